@@ -1,0 +1,21 @@
+//! The sans-I/O heart of fwd.
+//!
+//! Nothing in this crate performs I/O, reads a clock or spawns anything: the
+//! daemon feeds it facts (containers seen on a host, listeners it holds, the
+//! current `Instant`) and executes the actions it returns. That keeps every
+//! decision unit- and property-testable with a fake clock.
+
+pub mod backoff;
+pub mod classify;
+pub mod model;
+pub mod reconcile;
+pub mod repeat;
+
+pub use backoff::{Backoff, BackoffPolicy};
+pub use classify::{classify_ssh_failure, FailureClass, FailureKind};
+pub use model::{
+    Claim, Container, ContainerId, HostKey, InvalidContainerId, PortBinding, Protocol, Remote,
+    Unsupported,
+};
+pub use reconcile::{desired_forwards, reconcile, Action, Desired, Held};
+pub use repeat::RepeatGate;

@@ -1,0 +1,310 @@
+//! Desired forwards (from containers) versus held listeners → actions.
+//!
+//! Two pure steps:
+//! 1. [`desired_forwards`] decides which claim owns each local port;
+//! 2. [`reconcile`] compares that with what the daemon holds and says what to
+//!    bind, retarget or release.
+//!
+//! Ownership rules, keyed by local port:
+//! - on one host the container that started last owns the port (a container
+//!   that takes over a port from an older one gets it; when the newer one goes,
+//!   the older one, if still running, gets it back);
+//! - across hosts the host already holding the port keeps it while it still
+//!   claims it, so ports never flap between hosts; the other hosts' claims are
+//!   reported as conflicts;
+//! - a port is released only when no running container claims it any more, so
+//!   a removal can only come from the owner's disappearance.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::model::Claim;
+
+/// What the daemon holds for one local port, as far as reconciling goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub owner: Claim,
+    /// Listeners are bound. False while the port is taken by someone else.
+    pub bound: bool,
+    /// When an unbound port may be tried again.
+    pub retry_at: Option<Instant>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub forwards: BTreeMap<u16, Claim>,
+    /// Claims that lost their port to another host, with the reason.
+    pub conflicts: Vec<(Claim, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Bind listeners for this port and serve it for the claim.
+    Bind(Claim),
+    /// Keep the listeners; from now on forward to this claim. Used when a
+    /// port changes owner, so the port never goes unbound in between.
+    Retarget(Claim),
+    /// Close the listeners (if bound) and forget the port.
+    Release(u16),
+}
+
+/// Picks, for every claimed local port, the claim that owns it.
+pub fn desired_forwards<'a>(
+    claims: impl IntoIterator<Item = &'a Claim>,
+    held: &BTreeMap<u16, Held>,
+) -> Desired {
+    let mut by_port: BTreeMap<u16, Vec<&Claim>> = BTreeMap::new();
+    for c in claims {
+        by_port.entry(c.local_port).or_default().push(c);
+    }
+    let mut desired = Desired::default();
+    for (port, candidates) in by_port {
+        let incumbent_host = held
+            .get(&port)
+            .map(|h| &h.owner.host)
+            .filter(|host| candidates.iter().any(|c| &c.host == *host));
+        let winner_host = match incumbent_host {
+            Some(h) => h.clone(),
+            None => match candidates.iter().copied().max_by(|a, b| precedence(a, b)) {
+                Some(c) => c.host.clone(),
+                None => continue,
+            },
+        };
+        let winner = candidates
+            .iter()
+            .copied()
+            .filter(|c| c.host == winner_host)
+            .max_by(|a, b| precedence(a, b));
+        let Some(winner) = winner else { continue };
+        for loser in candidates.iter().filter(|c| c.host != winner_host) {
+            desired.conflicts.push((
+                (*loser).clone(),
+                format!(
+                    "local port {port} is already forwarded for container {} on host {}",
+                    winner.container_name, winner.host
+                ),
+            ));
+        }
+        desired.forwards.insert(port, winner.clone());
+    }
+    desired
+}
+
+/// Later start wins; ties are broken by IDs so the result never depends on
+/// the order claims were listed in.
+fn precedence(a: &Claim, b: &Claim) -> std::cmp::Ordering {
+    (a.started_at_ns, &a.host, &a.container).cmp(&(b.started_at_ns, &b.host, &b.container))
+}
+
+/// The actions that turn `held` into `desired`. Applying them (with every
+/// bind succeeding) yields a state for which this returns nothing.
+pub fn reconcile(desired: &Desired, held: &BTreeMap<u16, Held>, now: Instant) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for (port, claim) in &desired.forwards {
+        match held.get(port) {
+            None => actions.push(Action::Bind(claim.clone())),
+            Some(h) if !h.bound => {
+                if h.retry_at.is_none_or(|t| t <= now) {
+                    actions.push(Action::Bind(claim.clone()));
+                } else if h.owner != *claim {
+                    actions.push(Action::Retarget(claim.clone()));
+                }
+            }
+            Some(h) if h.owner != *claim => actions.push(Action::Retarget(claim.clone())),
+            Some(_) => {}
+        }
+    }
+    for port in held.keys() {
+        if !desired.forwards.contains_key(port) {
+            actions.push(Action::Release(*port));
+        }
+    }
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ContainerId, HostKey, Remote};
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn claim(host: &str, id: u8, started: i64, port: u16) -> Claim {
+        Claim {
+            host: HostKey::from(host),
+            container: ContainerId::parse(&format!("{id:012x}")).expect("valid id"),
+            container_name: format!("c{id}"),
+            compose_project: None,
+            container_port: 80,
+            started_at_ns: started,
+            local_port: port,
+            remote: Remote {
+                ip: "127.0.0.1".into(),
+                port,
+            },
+        }
+    }
+
+    /// Applies actions the way the daemon does, with binds that succeed
+    /// unless the port is in `taken`.
+    fn apply(held: &mut BTreeMap<u16, Held>, actions: &[Action], taken: &[u16], now: Instant) {
+        for a in actions {
+            match a {
+                Action::Bind(c) => {
+                    let bound = !taken.contains(&c.local_port);
+                    held.insert(
+                        c.local_port,
+                        Held {
+                            owner: c.clone(),
+                            bound,
+                            retry_at: (!bound).then(|| now + Duration::from_secs(3)),
+                        },
+                    );
+                }
+                Action::Retarget(c) => {
+                    if let Some(h) = held.get_mut(&c.local_port) {
+                        h.owner = c.clone();
+                    }
+                }
+                Action::Release(p) => {
+                    held.remove(p);
+                }
+            }
+        }
+    }
+
+    /// One daemon turn: decide, act, and return what was done.
+    fn step(
+        held: &mut BTreeMap<u16, Held>,
+        claims: &[&Claim],
+        taken: &[u16],
+        now: Instant,
+    ) -> Vec<Action> {
+        let actions = reconcile(&desired_forwards(claims.iter().copied(), held), held, now);
+        apply(held, &actions, taken, now);
+        actions
+    }
+
+    #[test]
+    fn start_binds_and_stop_releases() {
+        let now = Instant::now();
+        let mut held = BTreeMap::new();
+        let c = claim("h", 1, 10, 8080);
+        let d = desired_forwards([&c], &held);
+        let actions = reconcile(&d, &held, now);
+        assert_eq!(actions, vec![Action::Bind(c.clone())]);
+        apply(&mut held, &actions, &[], now);
+        assert!(reconcile(&d, &held, now).is_empty());
+        let d = desired_forwards([], &held);
+        assert_eq!(reconcile(&d, &held, now), vec![Action::Release(8080)]);
+    }
+
+    #[test]
+    fn newer_container_takes_over_without_unbinding_and_older_gets_it_back() {
+        let now = Instant::now();
+        let mut held = BTreeMap::new();
+        let old = claim("h", 1, 10, 8080);
+        let new = claim("h", 2, 20, 8080);
+        step(&mut held, &[&old], &[], now);
+        let actions = reconcile(&desired_forwards([&old, &new], &held), &held, now);
+        assert_eq!(actions, vec![Action::Retarget(new.clone())]);
+        apply(&mut held, &actions, &[], now);
+        // The old container going away must not release the new owner's port.
+        let actions = reconcile(&desired_forwards([&new], &held), &held, now);
+        assert!(actions.is_empty(), "{actions:?}");
+        // The new one going away hands the port back to the old one, if it runs.
+        let actions = reconcile(&desired_forwards([&old], &held), &held, now);
+        assert_eq!(actions, vec![Action::Retarget(old)]);
+    }
+
+    #[test]
+    fn incumbent_host_keeps_port_and_other_host_is_a_conflict() {
+        let now = Instant::now();
+        let mut held = BTreeMap::new();
+        let a = claim("a", 1, 10, 5432);
+        let b = claim("b", 2, 99, 5432);
+        step(&mut held, &[&a], &[], now);
+        let d = desired_forwards([&a, &b], &held);
+        assert_eq!(d.forwards.get(&5432), Some(&a));
+        assert_eq!(d.conflicts.len(), 1);
+        assert_eq!(d.conflicts[0].0, b);
+        assert!(d.conflicts[0].1.contains("host a"), "{}", d.conflicts[0].1);
+        assert!(reconcile(&d, &held, now).is_empty());
+    }
+
+    #[test]
+    fn conflicted_port_is_retried_only_when_due() {
+        let now = Instant::now();
+        let mut held = BTreeMap::new();
+        let c = claim("h", 1, 10, 8080);
+        let d = desired_forwards([&c], &held);
+        step(&mut held, &[&c], &[8080], now);
+        assert!(!held[&8080].bound);
+        assert!(reconcile(&d, &held, now + Duration::from_secs(1)).is_empty());
+        assert_eq!(
+            reconcile(&d, &held, now + Duration::from_secs(3)),
+            vec![Action::Bind(c)]
+        );
+        // A conflicted port whose container went away is forgotten.
+        let d = desired_forwards([], &held);
+        assert_eq!(reconcile(&d, &held, now), vec![Action::Release(8080)]);
+    }
+
+    fn arb_claim() -> impl Strategy<Value = Claim> {
+        (
+            prop::sample::select(vec!["a", "b"]),
+            0u8..6,
+            0i64..5,
+            prop::sample::select(vec![80u16, 443, 5432, 8080]),
+        )
+            .prop_map(|(h, id, started, port)| claim(h, id, started, port))
+    }
+
+    proptest! {
+        /// Whatever the history, reconciling converges in one step: after the
+        /// actions are applied, every desired port is held by exactly its
+        /// desired owner, nothing else is held, and a second pass is a no-op.
+        #[test]
+        fn one_pass_converges(
+            history in prop::collection::vec(prop::collection::vec(arb_claim(), 0..8), 1..6),
+        ) {
+            let now = Instant::now();
+            let mut held = BTreeMap::new();
+            for claims in &history {
+                let d = desired_forwards(claims.iter(), &held);
+                let actions = reconcile(&d, &held, now);
+                apply(&mut held, &actions, &[], now);
+                prop_assert!(reconcile(&d, &held, now).is_empty());
+                prop_assert_eq!(held.len(), d.forwards.len());
+                for (port, c) in &d.forwards {
+                    prop_assert_eq!(&held[port].owner, c);
+                }
+            }
+        }
+
+        /// On one host the latest-started claimant owns each port, and every
+        /// claimed port is desired.
+        #[test]
+        fn latest_start_owns_port_on_one_host(claims in prop::collection::vec(arb_claim(), 0..10)) {
+            let claims: Vec<Claim> = claims.into_iter().filter(|c| &*c.host == "a").collect();
+            let d = desired_forwards(claims.iter(), &BTreeMap::new());
+            for c in &claims {
+                let owner = &d.forwards[&c.local_port];
+                prop_assert!(owner.started_at_ns >= c.started_at_ns);
+            }
+            prop_assert!(d.conflicts.is_empty());
+        }
+
+        /// The result does not depend on the order claims are listed in.
+        #[test]
+        fn order_independent(claims in prop::collection::vec(arb_claim(), 0..10)) {
+            let mut reversed = claims.clone();
+            reversed.reverse();
+            let held = BTreeMap::new();
+            prop_assert_eq!(
+                desired_forwards(claims.iter(), &held).forwards,
+                desired_forwards(reversed.iter(), &held).forwards
+            );
+        }
+    }
+}
