@@ -1,0 +1,321 @@
+//! Docker's JSON (events, inspect) → fwd-core's model.
+//!
+//! Everything here handles input from the remote side: it never panics,
+//! bounds what it keeps, and reports malformed input as an error value the
+//! caller logs (rate-limited) and skips.
+
+use std::collections::HashMap;
+
+use bollard_stubs::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum};
+use fwd_core::{Container, ContainerId, PortBinding, Protocol};
+
+/// The label docker compose puts on every container of a project.
+pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("not valid JSON for {what}: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What the daemon needs to know about one container event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub id: ContainerId,
+    pub action: EventAction,
+    /// Event time on the Docker host's clock, nanoseconds since the epoch.
+    pub time_nano: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventAction {
+    /// The container (re)started: its ports are published now.
+    Start,
+    /// The container's process exited: its ports are gone.
+    Die,
+    /// The container was removed.
+    Destroy,
+    /// Something that may change what we show (e.g. a rename): look again.
+    Refresh,
+    /// Anything else (exec_*, attach, health_status, …): nothing to do.
+    Ignore,
+}
+
+/// Parses one line of the `/events` stream. Non-container events (which a
+/// filtered stream should not carry anyway) come back as `Ok(None)`.
+pub fn parse_event(line: &[u8]) -> Result<Option<ContainerEvent>, ParseError> {
+    let msg: EventMessage = serde_json::from_slice(line).map_err(|source| ParseError::Json {
+        what: "an event",
+        source,
+    })?;
+    if msg.typ != Some(EventMessageTypeEnum::CONTAINER) {
+        return Ok(None);
+    }
+    let id = msg
+        .actor
+        .as_ref()
+        .and_then(|a| a.id.as_deref())
+        .ok_or_else(|| ParseError::Invalid("container event without an actor ID".into()))?;
+    let id = ContainerId::parse(id).map_err(|e| ParseError::Invalid(e.to_string()))?;
+    let action = match msg.action.as_deref().unwrap_or("") {
+        "start" => EventAction::Start,
+        "die" => EventAction::Die,
+        "destroy" => EventAction::Destroy,
+        "rename" | "update" => EventAction::Refresh,
+        _ => EventAction::Ignore,
+    };
+    let time_nano = msg
+        .time_nano
+        .or_else(|| msg.time.map(|t| t.saturating_mul(1_000_000_000)))
+        .unwrap_or(0);
+    Ok(Some(ContainerEvent {
+        id,
+        action,
+        time_nano,
+    }))
+}
+
+/// Parses `GET /containers/{id}/json`. A container that is not running has
+/// no forwards and comes back as `Ok(None)`.
+pub fn parse_inspect(body: &[u8]) -> Result<Option<Container>, ParseError> {
+    let resp: ContainerInspectResponse =
+        serde_json::from_slice(body).map_err(|source| ParseError::Json {
+            what: "container inspect output",
+            source,
+        })?;
+    let id = resp
+        .id
+        .as_deref()
+        .ok_or_else(|| ParseError::Invalid("inspect output without an Id".into()))?;
+    let id = ContainerId::parse(id).map_err(|e| ParseError::Invalid(e.to_string()))?;
+    let state = resp.state.as_ref();
+    if !state.and_then(|s| s.running).unwrap_or(false) {
+        return Ok(None);
+    }
+    let started_at_ns = state
+        .and_then(|s| s.started_at.as_deref())
+        .and_then(parse_rfc3339_nanos)
+        .unwrap_or(0);
+    let name = resp
+        .name
+        .as_deref()
+        .map(|n| n.trim_start_matches('/'))
+        .unwrap_or("")
+        .chars()
+        .take(256)
+        .collect();
+    let compose_project = resp
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.as_ref())
+        .and_then(|l| l.get(COMPOSE_PROJECT_LABEL))
+        .map(|p| p.chars().take(256).collect());
+    let ports = resp
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref())
+        .map(port_bindings)
+        .unwrap_or_default();
+    Ok(Some(Container {
+        id,
+        name,
+        compose_project,
+        started_at_ns,
+        ports,
+    }))
+}
+
+/// `{"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}], "81/tcp": null}`
+/// → bindings. Entries that do not parse are skipped: one odd port must not
+/// hide the others.
+fn port_bindings(
+    map: &HashMap<String, Option<Vec<bollard_stubs::models::PortBinding>>>,
+) -> Vec<PortBinding> {
+    let mut out = Vec::new();
+    for (key, bindings) in map {
+        let Some((port, proto)) = key.split_once('/') else {
+            continue;
+        };
+        let (Ok(container_port), Some(protocol)) = (port.parse::<u16>(), Protocol::parse(proto))
+        else {
+            continue;
+        };
+        for b in bindings.iter().flatten() {
+            let Some(Ok(host_port)) = b.host_port.as_deref().map(str::parse::<u16>) else {
+                continue;
+            };
+            let host_ip = b.host_ip.clone().unwrap_or_default();
+            if host_ip.len() > 64 {
+                continue;
+            }
+            out.push(PortBinding {
+                container_port,
+                protocol,
+                host_ip,
+                host_port,
+            });
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Parses the IDs of `GET /containers/json`.
+pub fn parse_container_list(body: &[u8]) -> Result<Vec<ContainerId>, ParseError> {
+    #[derive(serde::Deserialize)]
+    struct Summary {
+        #[serde(rename = "Id")]
+        id: String,
+    }
+    let list: Vec<Summary> = serde_json::from_slice(body).map_err(|source| ParseError::Json {
+        what: "the container list",
+        source,
+    })?;
+    list.iter()
+        .map(|s| ContainerId::parse(&s.id).map_err(|e| ParseError::Invalid(e.to_string())))
+        .collect()
+}
+
+/// `GET /version` → "20.10.24 (API 1.41)".
+pub fn parse_version(body: &[u8]) -> Result<String, ParseError> {
+    let v: bollard_stubs::models::SystemVersion =
+        serde_json::from_slice(body).map_err(|source| ParseError::Json {
+            what: "the version answer",
+            source,
+        })?;
+    Ok(format!(
+        "{} (API {})",
+        v.version.as_deref().unwrap_or("unknown"),
+        v.api_version.as_deref().unwrap_or("unknown")
+    ))
+}
+
+/// Docker's timestamps: `2026-11-23T15:30:00.123456789Z` (UTC; an offset is
+/// accepted too). Returns nanoseconds since the epoch.
+pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut nanos = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let mut scaled: String = frac[..digits].chars().take(9).collect();
+        while scaled.len() < 9 {
+            scaled.push('0');
+        }
+        nanos = scaled.parse().ok()?;
+        rest = &frac[digits..];
+    }
+    let offset_secs = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
+            let h: i64 = rest.get(1..3)?.parse().ok()?;
+            let m: i64 = rest.get(4..6)?.parse().ok()?;
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (h * 3600 + m * 60)
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_secs;
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_rfc3339_nanos("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_nanos("2026-11-23T15:30:00.123456789Z"),
+            Some(1_795_447_800_123_456_789)
+        );
+        assert_eq!(
+            parse_rfc3339_nanos("2026-11-23T16:30:00.5+01:00"),
+            Some(1_795_447_800_500_000_000)
+        );
+        // Docker's "never started" is outside the nanosecond range: no value.
+        assert_eq!(parse_rfc3339_nanos("0001-01-01T00:00:00Z"), None);
+        for bad in [
+            "",
+            "2026-11-23",
+            "2026-13-01T00:00:00Z",
+            "2026-11-23T15:30:00.Z",
+            "2026-11-23T15:30:00",
+        ] {
+            assert_eq!(parse_rfc3339_nanos(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn malformed_events_are_errors_not_panics() {
+        assert!(parse_event(b"not json").is_err());
+        assert!(parse_event(br#"{"Type":"container","Action":"start"}"#).is_err());
+        assert!(
+            parse_event(br#"{"Type":"container","Action":"start","Actor":{"ID":"x;rm -rf"}}"#)
+                .is_err()
+        );
+        assert!(parse_event(br#"{"Type":"martian"}"#).is_err());
+        assert_eq!(
+            parse_event(br#"{"Type":"network","Action":"connect"}"#).ok(),
+            Some(None)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_event(&bytes);
+            let _ = parse_inspect(&bytes);
+            let _ = parse_container_list(&bytes);
+            let _ = parse_version(&bytes);
+        }
+
+        #[test]
+        fn timestamp_parser_never_panics(s in "\\PC{0,40}") {
+            let _ = parse_rfc3339_nanos(&s);
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The parsers against output captured from a real dockerd 20.10 (API 1.41);
+//! see testdata/README.md for how each sample was made.
+
+use fwd_core::{HostKey, Protocol};
+use fwd_docker::parse::{parse_container_list, parse_event, parse_inspect, parse_version};
+use fwd_docker::EventAction;
+
+fn sample(name: &str) -> Vec<u8> {
+    let path = format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// (local port, remote) of the claims, and (host port, protocol) of the
+/// unsupported bindings, of one inspect sample.
+fn forwards(name: &str) -> (Vec<(u16, String)>, Vec<(u16, Protocol)>) {
+    let c = parse_inspect(&sample(name))
+        .expect("sample parses")
+        .expect("sample container runs");
+    assert!(
+        c.started_at_ns > 1_700_000_000_000_000_000,
+        "{}",
+        c.started_at_ns
+    );
+    let (claims, unsupported) = c.claims(&HostKey::from("h"));
+    (
+        claims
+            .iter()
+            .map(|c| (c.local_port, c.remote.to_string()))
+            .collect(),
+        unsupported
+            .iter()
+            .map(|u| (u.binding.host_port, u.binding.protocol))
+            .collect(),
+    )
+}
+
+fn tcp(list: &[(u16, &str)]) -> (Vec<(u16, String)>, Vec<(u16, Protocol)>) {
+    (
+        list.iter().map(|(p, r)| (*p, r.to_string())).collect(),
+        vec![],
+    )
+}
+
+#[test]
+fn inspect_samples_give_the_expected_forwards() {
+    assert_eq!(
+        forwards("inspect-p-v4v6.json"),
+        tcp(&[(18080, "127.0.0.1:18080")])
+    );
+    assert_eq!(
+        forwards("inspect-publish-all.json"),
+        tcp(&[(32768, "127.0.0.1:32768")])
+    );
+    assert_eq!(
+        forwards("inspect-p-ephemeral.json"),
+        tcp(&[(32769, "127.0.0.1:32769")])
+    );
+    assert_eq!(
+        forwards("inspect-p-loopback.json"),
+        tcp(&[(18081, "127.0.0.1:18081")])
+    );
+    assert_eq!(
+        forwards("inspect-p-several.json"),
+        tcp(&[(18082, "127.0.0.1:18082"), (18083, "127.0.0.1:18083")])
+    );
+    assert_eq!(
+        forwards("inspect-p-range.json"),
+        tcp(&[(18090, "127.0.0.1:18090"), (18091, "127.0.0.1:18091")])
+    );
+    assert_eq!(forwards("inspect-no-ports.json"), tcp(&[]));
+    let (claims, unsupported) = forwards("inspect-p-udp.json");
+    assert!(claims.is_empty());
+    // v4 and v6 bindings of the UDP port are both listed.
+    assert_eq!(
+        unsupported,
+        vec![(18084, Protocol::Udp), (18084, Protocol::Udp)]
+    );
+}
+
+#[test]
+fn inspect_names_drop_the_slash() {
+    let c = parse_inspect(&sample("inspect-p-v4v6.json"))
+        .expect("parses")
+        .expect("runs");
+    assert_eq!(c.name, "sample-p-v4v6");
+}
+
+#[test]
+fn event_sample_parses_every_line_with_the_right_actions() {
+    let text = sample("events.jsonl");
+    let mut actions = Vec::new();
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let ev = parse_event(line)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(line)))
+            .expect("a container event");
+        assert!(ev.time_nano > 1_700_000_000_000_000_000);
+        actions.push(ev.action);
+    }
+    let count = |a: EventAction| actions.iter().filter(|x| **x == a).count();
+    assert!(count(EventAction::Start) >= 3, "{actions:?}");
+    assert!(count(EventAction::Die) >= 3, "{actions:?}");
+    assert!(count(EventAction::Destroy) >= 1, "{actions:?}");
+}
+
+#[test]
+fn unfiltered_stream_non_container_events_are_ignored_not_errors() {
+    let text = sample("events-unfiltered.jsonl");
+    let mut others = 0;
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        match parse_event(line) {
+            Ok(None) => others += 1,
+            Ok(Some(_)) => {}
+            Err(e) => panic!("{e}: {}", String::from_utf8_lossy(line)),
+        }
+    }
+    assert!(others > 0);
+}
+
+#[test]
+fn list_and_version_samples_parse() {
+    let ids = parse_container_list(&sample("containers-json.json")).expect("parses");
+    assert!(ids.len() >= 8, "{ids:?}");
+    let v = parse_version(&sample("version.json")).expect("parses");
+    assert!(v.starts_with("20.10") && v.ends_with("(API 1.41)"), "{v}");
+}
