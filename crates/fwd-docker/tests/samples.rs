@@ -12,7 +12,9 @@ fn sample(name: &str) -> Vec<u8> {
 
 /// (local port, remote) of the claims, and (host port, protocol) of the
 /// unsupported bindings, of one inspect sample.
-fn forwards(name: &str) -> (Vec<(u16, String)>, Vec<(u16, Protocol)>) {
+type Forwards = (Vec<(u16, String)>, Vec<(u16, Protocol)>);
+
+fn forwards(name: &str) -> Forwards {
     let c = parse_inspect(&sample(name))
         .expect("sample parses")
         .expect("sample container runs");
@@ -34,7 +36,7 @@ fn forwards(name: &str) -> (Vec<(u16, String)>, Vec<(u16, Protocol)>) {
     )
 }
 
-fn tcp(list: &[(u16, &str)]) -> (Vec<(u16, String)>, Vec<(u16, Protocol)>) {
+fn tcp(list: &[(u16, &str)]) -> Forwards {
     (
         list.iter().map(|(p, r)| (*p, r.to_string())).collect(),
         vec![],
