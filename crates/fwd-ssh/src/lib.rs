@@ -1,0 +1,18 @@
+//! `fwd-ssh`: the OpenSSH side of fwd.
+//!
+//! * [`mux`] — a native client of OpenSSH's control-socket ("mux") protocol, version 4
+//!   (see `PROTOCOL.mux` / `mux.c` in openssh-portable): alive check, terminate, stdio
+//!   forwards (`MUX_C_NEW_STDIO_FWD`, the socket fd handed over with `SCM_RIGHTS`) and
+//!   sessions (`MUX_C_NEW_SESSION`).
+//! * [`master`] — the ControlMaster process: argument building, spawning as a direct
+//!   child, readiness, stale control sockets, shutdown, and the `ssh -W` fallback.
+
+pub mod master;
+pub mod mux;
+
+pub use master::{
+    check_control_path_len, clear_stale_control_socket, fallback_stdio_forward_command,
+    master_args, validate_destination, Master, MasterConfig, MasterError, SocketState,
+    MAX_CONTROL_PATH_LEN,
+};
+pub use mux::{spawn_remote, MuxClient, MuxError, RemoteProcess, Session, StdioForward};

@@ -1,0 +1,713 @@
+//! The OpenSSH ControlMaster process: arguments, spawning, readiness, stale control
+//! sockets, shutdown, and the `ssh -W` fallback for stdio forwards.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::mux::MuxClient;
+
+/// Usable length (bytes) of a ControlPath: ssh first binds `<ControlPath>.<16 random
+/// chars>` and macOS limits `sun_path` to 104 bytes including the NUL.
+pub const MAX_CONTROL_PATH_LEN: usize = 104 - 1 - 17;
+
+/// How many stderr lines of the master are kept for error reports.
+const STDERR_TAIL_LINES: usize = 20;
+/// Longest stderr line kept (longer ones are split).
+const STDERR_MAX_LINE: u64 = 4096;
+/// Capacity of the stderr line channel; lines are dropped (and counted) when full so a
+/// slow consumer can never block ssh on a full stderr pipe.
+const STDERR_CHANNEL_CAP: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// `user@host` or an ssh config alias.
+    pub destination: String,
+    pub port: Option<u16>,
+    pub identity_file: Option<PathBuf>,
+    pub ssh_config: Option<PathBuf>,
+    /// `Key=Value`, each passed as one `-o` argument.
+    pub extra_options: Vec<String>,
+    pub server_alive_interval: Duration,
+    pub server_alive_count_max: u32,
+    pub connect_timeout: Duration,
+    pub strict_host_key_checking: String,
+    pub ssh_program: PathBuf,
+}
+
+impl MasterConfig {
+    /// Defaults: keepalive every 15 s, 2 missed → dead, connect timeout 10 s,
+    /// `StrictHostKeyChecking=yes`, `ssh` from `PATH`.
+    pub fn new(destination: impl Into<String>) -> Self {
+        MasterConfig {
+            destination: destination.into(),
+            port: None,
+            identity_file: None,
+            ssh_config: None,
+            extra_options: Vec::new(),
+            server_alive_interval: Duration::from_secs(15),
+            server_alive_count_max: 2,
+            connect_timeout: Duration::from_secs(10),
+            strict_host_key_checking: "yes".into(),
+            ssh_program: PathBuf::from("ssh"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("invalid ssh destination {0:?}: it must not be empty, start with '-', or contain whitespace or control characters")]
+    InvalidDestination(String),
+    #[error("invalid ssh option {0:?}: expected Key=Value with an alphanumeric key and no control characters")]
+    InvalidOption(String),
+    #[error("invalid value for {what}: {value:?}")]
+    InvalidValue { what: &'static str, value: String },
+    #[error(
+        "control socket path {path} is {len} bytes long; the limit is {limit} bytes \
+         (ssh appends 17 characters and Unix socket paths are limited to 104 bytes on macOS); \
+         use a shorter runtime directory"
+    )]
+    ControlPathTooLong {
+        path: PathBuf,
+        len: usize,
+        limit: usize,
+    },
+    #[error("failed to start {program}: {source}")]
+    Spawn { program: PathBuf, source: io::Error },
+    #[error("ssh ControlMaster exited ({status}) before it became ready{}", fmt_tail(.stderr_tail))]
+    Exited {
+        status: ExitStatus,
+        stderr_tail: Vec<String>,
+    },
+    #[error("ssh ControlMaster did not become ready within {timeout:?}; killed it{}", fmt_tail(.stderr_tail))]
+    Timeout {
+        timeout: Duration,
+        stderr_tail: Vec<String>,
+    },
+    #[error(
+        "another ssh master (pid {other_pid}) answers on control socket {path}; \
+         our ssh (pid {our_pid}) could not take it over — remove the stale master first"
+    )]
+    ForeignMaster {
+        path: PathBuf,
+        other_pid: u32,
+        our_pid: u32,
+    },
+    #[error("I/O error managing the ssh ControlMaster: {0}")]
+    Io(#[from] io::Error),
+}
+
+fn fmt_tail(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; ssh said:\n  {}", tail.join("\n  "))
+    }
+}
+
+/// Rejects destinations ssh could parse as an option or that cannot be a host/alias.
+pub fn validate_destination(dest: &str) -> Result<(), MasterError> {
+    if dest.is_empty()
+        || dest.starts_with('-')
+        || dest.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(MasterError::InvalidDestination(dest.to_string()));
+    }
+    Ok(())
+}
+
+fn validate_option(opt: &str) -> Result<(), MasterError> {
+    let bad = || MasterError::InvalidOption(opt.to_string());
+    let (key, _value) = opt.split_once('=').ok_or_else(bad)?;
+    if key.is_empty()
+        || !key.chars().all(|c| c.is_ascii_alphanumeric())
+        || opt.chars().any(|c| c.is_control())
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn validate_value(what: &'static str, value: &str) -> Result<(), MasterError> {
+    if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(MasterError::InvalidValue {
+            what,
+            value: value.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn secs(d: Duration) -> u64 {
+    // ssh takes whole seconds; never round a non-zero duration down to 0 (= disabled).
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    s.max(1)
+}
+
+fn opt(args: &mut Vec<OsString>, kv: impl Into<OsString>) {
+    args.push("-o".into());
+    args.push(kv.into());
+}
+
+/// Options shared by the master and fallback clients: -F, -i, -p, extra -o.
+fn common_args(cfg: &MasterConfig, args: &mut Vec<OsString>) -> Result<(), MasterError> {
+    if let Some(f) = &cfg.ssh_config {
+        args.push("-F".into());
+        args.push(f.into());
+    }
+    if let Some(i) = &cfg.identity_file {
+        args.push("-i".into());
+        args.push(i.into());
+    }
+    if let Some(p) = cfg.port {
+        args.push("-p".into());
+        args.push(p.to_string().into());
+    }
+    for o in &cfg.extra_options {
+        validate_option(o)?;
+        opt(args, o.as_str());
+    }
+    Ok(())
+}
+
+/// The ssh arguments (without the program) for the ControlMaster.
+///
+/// Pure; errors for a destination that ssh could misread, and for malformed options.
+pub fn master_args(cfg: &MasterConfig, control_path: &Path) -> Result<Vec<OsString>, MasterError> {
+    validate_destination(&cfg.destination)?;
+    validate_value("StrictHostKeyChecking", &cfg.strict_host_key_checking)?;
+    let mut a: Vec<OsString> = vec!["-M".into(), "-N".into(), "-S".into(), control_path.into()];
+    opt(&mut a, "ControlMaster=yes");
+    opt(&mut a, "ControlPersist=no");
+    opt(
+        &mut a,
+        format!("ServerAliveInterval={}", secs(cfg.server_alive_interval)),
+    );
+    opt(
+        &mut a,
+        format!("ServerAliveCountMax={}", cfg.server_alive_count_max),
+    );
+    opt(&mut a, "TCPKeepAlive=yes");
+    opt(&mut a, "BatchMode=yes");
+    opt(
+        &mut a,
+        format!("ConnectTimeout={}", secs(cfg.connect_timeout)),
+    );
+    opt(&mut a, "ExitOnForwardFailure=no");
+    opt(
+        &mut a,
+        format!("StrictHostKeyChecking={}", cfg.strict_host_key_checking),
+    );
+    common_args(cfg, &mut a)?;
+    a.push("--".into());
+    a.push(cfg.destination.as_str().into());
+    Ok(a)
+}
+
+/// Arguments for the `ssh -W` fallback; see [`fallback_stdio_forward_command`].
+pub fn fallback_stdio_forward_args(
+    cfg: &MasterConfig,
+    control_path: &Path,
+    host: &str,
+    port: u16,
+) -> Result<Vec<OsString>, MasterError> {
+    validate_destination(&cfg.destination)?;
+    validate_value("forward host", host)?;
+    let target = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut a: Vec<OsString> = vec!["-S".into(), control_path.into()];
+    opt(&mut a, "ControlMaster=no");
+    // If the master is gone, ssh would silently connect directly; a failing
+    // ProxyCommand makes that fallback fail instead.
+    opt(&mut a, "ProxyCommand=/bin/false");
+    opt(&mut a, "BatchMode=yes");
+    common_args(cfg, &mut a)?;
+    a.push("-W".into());
+    a.push(target.into());
+    a.push("--".into());
+    a.push(cfg.destination.as_str().into());
+    Ok(a)
+}
+
+/// `ssh -S <ctl> -o ControlMaster=no -o ProxyCommand=/bin/false … -W host:port -- dest`:
+/// a stdio forward through the existing master that fails (instead of opening a new
+/// SSH connection) when the master is gone. Set its stdin/stdout to the socket.
+pub fn fallback_stdio_forward_command(
+    cfg: &MasterConfig,
+    control_path: &Path,
+    host: &str,
+    port: u16,
+) -> Result<std::process::Command, MasterError> {
+    let mut cmd = std::process::Command::new(&cfg.ssh_program);
+    cmd.args(fallback_stdio_forward_args(cfg, control_path, host, port)?);
+    Ok(cmd)
+}
+
+/// Checks the control socket path against [`MAX_CONTROL_PATH_LEN`].
+pub fn check_control_path_len(path: &Path) -> Result<(), MasterError> {
+    let len = path.as_os_str().len();
+    if len > MAX_CONTROL_PATH_LEN {
+        return Err(MasterError::ControlPathTooLong {
+            path: path.to_path_buf(),
+            len,
+            limit: MAX_CONTROL_PATH_LEN,
+        });
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketState {
+    /// Nothing at the path.
+    Absent,
+    /// A master answers there (its pid).
+    Live(u32),
+    /// A socket was there but nobody answered; it was removed.
+    RemovedStale,
+}
+
+/// Before spawning a master: is there something at `path`, and is it alive?
+///
+/// A non-socket file at `path` is not removed; that is an error (`AlreadyExists`).
+pub async fn clear_stale_control_socket(
+    path: &Path,
+    timeout: Duration,
+) -> Result<SocketState, io::Error> {
+    let meta = match tokio::fs::symlink_metadata(path).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SocketState::Absent),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; refusing to remove it (remove it by hand)",
+                path.display()
+            ),
+        ));
+    }
+    let probe = async {
+        let mut c = MuxClient::connect(path).await?;
+        c.alive_check().await
+    };
+    if let Ok(Ok(pid)) = tokio::time::timeout(timeout, probe).await {
+        return Ok(SocketState::Live(pid));
+    }
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => Ok(SocketState::RemovedStale),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(SocketState::RemovedStale),
+        Err(e) => Err(e),
+    }
+}
+
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+fn tail_snapshot(tail: &Tail) -> Vec<String> {
+    match tail.lock() {
+        Ok(t) => t.iter().cloned().collect(),
+        Err(p) => p.into_inner().iter().cloned().collect(),
+    }
+}
+
+/// A running ControlMaster (a direct child process).
+#[derive(Debug)]
+pub struct Master {
+    pub pid: u32,
+    child: Child,
+    control_path: PathBuf,
+    tail: Tail,
+    status: Option<ExitStatus>,
+}
+
+impl Master {
+    /// Spawns ssh as a direct child in its own process group (and, on Linux, with
+    /// `PR_SET_PDEATHSIG=SIGTERM`), stdin/stdout null, stderr captured: every line is
+    /// sent to the returned channel (dropped if the channel is full) and the last 20
+    /// are kept for error reports.
+    ///
+    /// Waits until the control socket answers an alive check with the child's pid
+    /// (polling every 10 ms), the child exits ([`MasterError::Exited`]), or
+    /// `ready_timeout` passes (child killed, [`MasterError::Timeout`]).
+    ///
+    /// Must not be called from a thread that may exit before the master should die
+    /// (e.g. inside `spawn_blocking`): Linux delivers PDEATHSIG when the spawning
+    /// *thread* exits.
+    pub async fn spawn(
+        cfg: &MasterConfig,
+        control_path: &Path,
+        ready_timeout: Duration,
+    ) -> Result<(Master, mpsc::Receiver<String>), MasterError> {
+        check_control_path_len(control_path)?;
+        let args = master_args(cfg, control_path)?;
+        let mut cmd = Command::new(&cfg.ssh_program);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        #[cfg(target_os = "linux")]
+        {
+            let parent = nix::unistd::getpid();
+            // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) in the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                        .map_err(io::Error::from)?;
+                    // The parent may have died between fork and prctl.
+                    if nix::unistd::getppid() != parent {
+                        nix::libc::_exit(1);
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let started = Instant::now();
+        let mut child = cmd.spawn().map_err(|source| MasterError::Spawn {
+            program: cfg.ssh_program.clone(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let tail: Tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
+        let (tx, rx) = mpsc::channel(STDERR_CHANNEL_CAP);
+        let reader_done = child
+            .stderr
+            .take()
+            .map(|stderr| tokio::spawn(read_stderr(stderr, tx, tail.clone(), pid)));
+
+        let deadline = started + ready_timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                // Let the stderr reader drain what ssh wrote before exiting.
+                if let Some(h) = reader_done {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
+                }
+                return Err(MasterError::Exited {
+                    status,
+                    stderr_tail: tail_snapshot(&tail),
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(MasterError::Timeout {
+                    timeout: ready_timeout,
+                    stderr_tail: tail_snapshot(&tail),
+                });
+            }
+            if tokio::fs::symlink_metadata(control_path).await.is_ok() {
+                let probe = async {
+                    let mut c = MuxClient::connect(control_path).await?;
+                    c.alive_check().await
+                };
+                let budget = (deadline - now).min(Duration::from_secs(1));
+                if let Ok(Ok(master_pid)) = tokio::time::timeout(budget, probe).await {
+                    if master_pid == pid {
+                        tracing::debug!(
+                            pid,
+                            ready_ms = started.elapsed().as_millis() as u64,
+                            "ssh ControlMaster ready"
+                        );
+                        return Ok((
+                            Master {
+                                pid,
+                                child,
+                                control_path: control_path.to_path_buf(),
+                                tail,
+                                status: None,
+                            },
+                            rx,
+                        ));
+                    }
+                    // ssh with ControlMaster=yes and an occupied path logs "disabling
+                    // multiplexing" and runs on without a control socket.
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    return Err(MasterError::ForeignMaster {
+                        path: control_path.to_path_buf(),
+                        other_pid: master_pid,
+                        our_pid: pid,
+                    });
+                }
+            }
+            tokio::select! {
+                _ = child.wait() => {}
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+    }
+
+    /// The control socket path this master listens on.
+    pub fn control_path(&self) -> &Path {
+        &self.control_path
+    }
+
+    /// The last (up to 20) stderr lines of ssh.
+    pub fn stderr_tail(&self) -> Vec<String> {
+        tail_snapshot(&self.tail)
+    }
+
+    /// Resolves when the child exits. Cancel-safe; may be called again afterwards.
+    pub async fn exited(&mut self) -> io::Result<ExitStatus> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let s = self.child.wait().await?;
+        self.status = Some(s);
+        Ok(s)
+    }
+
+    /// Stops the master: mux terminate (falling back to SIGTERM), waits up to `grace`,
+    /// then SIGKILL. Removes the control socket file afterwards.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        if self.status.is_none() && !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let term = async {
+                let c = MuxClient::connect(&self.control_path).await?;
+                c.terminate().await
+            };
+            let asked = matches!(tokio::time::timeout(grace / 2, term).await, Ok(Ok(())));
+            if !asked {
+                if let Ok(pid) = i32::try_from(self.pid) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+            }
+            if tokio::time::timeout_at(deadline, self.child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    pid = self.pid,
+                    "ssh ControlMaster ignored shutdown; killing it"
+                );
+                let _ = self.child.start_kill();
+                let _ = self.child.wait().await;
+            }
+        }
+        match tokio::fs::remove_file(&self.control_path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %self.control_path.display(), error = %e,
+                "could not remove control socket"),
+        }
+    }
+}
+
+async fn read_stderr(
+    stderr: tokio::process::ChildStderr,
+    tx: mpsc::Sender<String>,
+    tail: Tail,
+    pid: u32,
+) {
+    let mut r = BufReader::new(stderr);
+    let mut buf = Vec::with_capacity(256);
+    let mut dropped: u64 = 0;
+    loop {
+        buf.clear();
+        match (&mut r)
+            .take(STDERR_MAX_LINE)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        if line.is_empty() {
+            continue;
+        }
+        {
+            let mut t = match tail.lock() {
+                Ok(t) => t,
+                Err(p) => p.into_inner(),
+            };
+            if t.len() == STDERR_TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(line.clone());
+        }
+        if tx.try_send(line).is_err() {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(pid, dropped, "ssh stderr lines dropped (consumer too slow)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strs(v: &[OsString]) -> Vec<&str> {
+        v.iter().map(|s| s.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn args_minimal() {
+        let cfg = MasterConfig::new("user@docker-host");
+        let a = master_args(&cfg, Path::new("/run/fwd/c1")).unwrap();
+        assert_eq!(
+            strs(&a),
+            [
+                "-M",
+                "-N",
+                "-S",
+                "/run/fwd/c1",
+                "-o",
+                "ControlMaster=yes",
+                "-o",
+                "ControlPersist=no",
+                "-o",
+                "ServerAliveInterval=15",
+                "-o",
+                "ServerAliveCountMax=2",
+                "-o",
+                "TCPKeepAlive=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "ExitOnForwardFailure=no",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "--",
+                "user@docker-host",
+            ]
+        );
+    }
+
+    #[test]
+    fn args_full() {
+        let mut cfg = MasterConfig::new("alias");
+        cfg.port = Some(2222);
+        cfg.identity_file = Some("/k/id".into());
+        cfg.ssh_config = Some("/k/cfg".into());
+        cfg.extra_options = vec![
+            "ProxyJump=bastion".into(),
+            "IPQoS=throughput lowdelay".into(),
+        ];
+        cfg.server_alive_interval = Duration::from_millis(1500);
+        cfg.connect_timeout = Duration::ZERO;
+        cfg.strict_host_key_checking = "accept-new".into();
+        let a = master_args(&cfg, Path::new("/c")).unwrap();
+        let s = strs(&a);
+        assert!(s.contains(&"ServerAliveInterval=2"));
+        assert!(s.contains(&"ConnectTimeout=1"));
+        assert!(s.contains(&"StrictHostKeyChecking=accept-new"));
+        assert_eq!(
+            &s[s.len() - 12..],
+            [
+                "-F",
+                "/k/cfg",
+                "-i",
+                "/k/id",
+                "-p",
+                "2222",
+                "-o",
+                "ProxyJump=bastion",
+                "-o",
+                "IPQoS=throughput lowdelay",
+                "--",
+                "alias",
+            ]
+        );
+    }
+
+    #[test]
+    fn destination_validation() {
+        for bad in ["", "-oProxyCommand=x", "a b", "host\n", "a\tb", "x\u{7}"] {
+            assert!(validate_destination(bad).is_err(), "{bad:?}");
+            assert!(master_args(&MasterConfig::new(bad), Path::new("/c")).is_err());
+        }
+        for good in ["host", "user@host", "user@10.0.0.1", "alias-1", "[::1]"] {
+            assert!(validate_destination(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn option_validation() {
+        let mut cfg = MasterConfig::new("h");
+        for bad in ["NoEquals", "=v", "-oX=y", "Key=a\nb", "Ke y=v"] {
+            cfg.extra_options = vec![bad.into()];
+            assert!(master_args(&cfg, Path::new("/c")).is_err(), "{bad:?}");
+        }
+        cfg.extra_options = vec![];
+        cfg.strict_host_key_checking = "yes -oFoo".into();
+        assert!(master_args(&cfg, Path::new("/c")).is_err());
+    }
+
+    #[test]
+    fn fallback_args() {
+        let mut cfg = MasterConfig::new("alias");
+        cfg.ssh_config = Some("/k/cfg".into());
+        let a = fallback_stdio_forward_args(&cfg, Path::new("/c"), "127.0.0.1", 5432).unwrap();
+        assert_eq!(
+            strs(&a),
+            [
+                "-S",
+                "/c",
+                "-o",
+                "ControlMaster=no",
+                "-o",
+                "ProxyCommand=/bin/false",
+                "-o",
+                "BatchMode=yes",
+                "-F",
+                "/k/cfg",
+                "-W",
+                "127.0.0.1:5432",
+                "--",
+                "alias",
+            ]
+        );
+        let a = fallback_stdio_forward_args(&cfg, Path::new("/c"), "::1", 80).unwrap();
+        assert!(strs(&a).contains(&"[::1]:80"));
+        assert!(fallback_stdio_forward_args(&cfg, Path::new("/c"), "a b", 80).is_err());
+        assert!(fallback_stdio_forward_command(&cfg, Path::new("/c"), "h", 1).is_ok());
+    }
+
+    #[test]
+    fn control_path_len() {
+        assert_eq!(MAX_CONTROL_PATH_LEN, 86);
+        let ok = PathBuf::from(format!("/{}", "a".repeat(85)));
+        assert!(check_control_path_len(&ok).is_ok());
+        let long = PathBuf::from(format!("/{}", "a".repeat(86)));
+        let err = check_control_path_len(&long).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("87 bytes") && msg.contains("86"), "{msg}");
+        assert!(msg.contains(&long.display().to_string()));
+    }
+
+    #[test]
+    fn error_messages_include_stderr_tail() {
+        use std::os::unix::process::ExitStatusExt;
+        let e = MasterError::Exited {
+            status: ExitStatus::from_raw(255 << 8),
+            stderr_tail: vec!["ssh: connect to host x port 1: Connection refused".into()],
+        };
+        let s = e.to_string();
+        assert!(s.contains("255") && s.contains("Connection refused"), "{s}");
+    }
+}

@@ -1,0 +1,723 @@
+//! Native client of OpenSSH's control-socket ("mux") protocol, version 4.
+//!
+//! Wire format (openssh-portable `PROTOCOL.mux`, `mux.c`): every message is
+//! `u32 length | payload`; strings are `u32 length | bytes`. Both sides start with
+//! `MUX_MSG_HELLO | u32 version`; every later request is `u32 type | u32 request_id | …`.
+//!
+//! File descriptors are passed after a request as separate one-byte messages, each
+//! carrying one fd in an `SCM_RIGHTS` control message (that is what the master's
+//! `mm_receive_fd` expects).
+//!
+//! Every async fn here may be cancelled (dropped) at any await point; callers are
+//! expected to wrap them in timeouts. A [`MuxClient`] whose request was cancelled
+//! half-way refuses further requests ([`MuxError::Desynchronized`]); open a new one.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
+
+/// Largest message we accept from the master (the master's own replies are tiny).
+pub const MAX_MESSAGE_LEN: usize = 256 * 1024;
+
+/// Mux protocol version spoken by OpenSSH since 5.x.
+pub const MUX_VERSION: u32 = 4;
+
+pub const MUX_MSG_HELLO: u32 = 0x0000_0001;
+pub const MUX_C_NEW_SESSION: u32 = 0x1000_0002;
+pub const MUX_C_ALIVE_CHECK: u32 = 0x1000_0004;
+pub const MUX_C_TERMINATE: u32 = 0x1000_0005;
+pub const MUX_C_NEW_STDIO_FWD: u32 = 0x1000_0008;
+pub const MUX_S_OK: u32 = 0x8000_0001;
+pub const MUX_S_PERMISSION_DENIED: u32 = 0x8000_0002;
+pub const MUX_S_FAILURE: u32 = 0x8000_0003;
+pub const MUX_S_EXIT_MESSAGE: u32 = 0x8000_0004;
+pub const MUX_S_ALIVE: u32 = 0x8000_0005;
+pub const MUX_S_SESSION_OPENED: u32 = 0x8000_0006;
+pub const MUX_S_TTY_ALLOC_FAIL: u32 = 0x8000_0008;
+
+/// `escape_char` value meaning "no escape character".
+const NO_ESCAPE_CHAR: u32 = 0xffff_ffff;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MuxError {
+    #[error(
+        "cannot connect to the ssh control socket {path}: {source} \
+         (is the ControlMaster running?)"
+    )]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("I/O error on the ssh control socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("the ssh ControlMaster closed the control connection unexpectedly")]
+    Closed,
+    #[error("ssh mux protocol error: {0}")]
+    Protocol(String),
+    #[error("an earlier request on this mux connection was cancelled; open a new connection")]
+    Desynchronized,
+    /// `MUX_S_FAILURE`, e.g. "Session open refused by peer" (nothing listening at the
+    /// forward's target, or sshd's MaxSessions reached).
+    #[error("the ssh ControlMaster refused the request: {0}")]
+    Refused(String),
+    /// `MUX_S_PERMISSION_DENIED` (ControlMaster=ask and the user said no).
+    #[error("the ssh ControlMaster denied permission: {0}")]
+    PermissionDenied(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+// ---------------------------------------------------------------------------------
+// Encoding / decoding (pure)
+
+/// Builder for one mux message payload (without the outer length).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct MsgBuf(Vec<u8>);
+
+impl MsgBuf {
+    pub(crate) fn new(msg_type: u32) -> Self {
+        let mut b = MsgBuf(Vec::with_capacity(64));
+        b.put_u32(msg_type);
+        b
+    }
+    pub(crate) fn put_u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    pub(crate) fn put_bytes(&mut self, s: &[u8]) -> Result<&mut Self, MuxError> {
+        let len = u32::try_from(s.len())
+            .ok()
+            .filter(|&l| (l as usize) < MAX_MESSAGE_LEN)
+            .ok_or_else(|| MuxError::InvalidArgument("string too long".into()))?;
+        self.put_u32(len);
+        self.0.extend_from_slice(s);
+        Ok(self)
+    }
+    pub(crate) fn put_str(&mut self, s: &str) -> Result<&mut Self, MuxError> {
+        self.put_bytes(s.as_bytes())
+    }
+    /// The framed message: `u32 length | payload`.
+    pub(crate) fn framed(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() + 4);
+        out.extend_from_slice(&(self.0.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.0);
+        out
+    }
+}
+
+/// Reader over one received payload.
+#[derive(Debug)]
+pub(crate) struct MsgReader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> MsgReader<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        MsgReader { buf }
+    }
+    pub(crate) fn get_u32(&mut self) -> Result<u32, MuxError> {
+        if self.buf.len() < 4 {
+            return Err(MuxError::Protocol("truncated message (u32)".into()));
+        }
+        let (head, rest) = self.buf.split_at(4);
+        self.buf = rest;
+        Ok(u32::from_be_bytes([head[0], head[1], head[2], head[3]]))
+    }
+    pub(crate) fn get_bytes(&mut self) -> Result<&'a [u8], MuxError> {
+        let len = self.get_u32()? as usize;
+        if self.buf.len() < len {
+            return Err(MuxError::Protocol("truncated message (string)".into()));
+        }
+        let (s, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        Ok(s)
+    }
+    pub(crate) fn get_string_lossy(&mut self) -> Result<String, MuxError> {
+        Ok(String::from_utf8_lossy(self.get_bytes()?).into_owned())
+    }
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// A decoded reply from the master (only the ones this client understands).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reply {
+    Hello { version: u32 },
+    Ok { rid: u32 },
+    Alive { rid: u32, pid: u32 },
+    SessionOpened { rid: u32, session_id: u32 },
+    Failure { rid: u32, reason: String },
+    PermissionDenied { rid: u32, reason: String },
+    ExitMessage { session_id: u32, exit_value: u32 },
+    TtyAllocFail { session_id: u32 },
+    Other { msg_type: u32 },
+}
+
+pub(crate) fn decode_reply(payload: &[u8]) -> Result<Reply, MuxError> {
+    let mut r = MsgReader::new(payload);
+    let t = r.get_u32()?;
+    Ok(match t {
+        MUX_MSG_HELLO => {
+            let version = r.get_u32()?;
+            // Extension pairs (string name, string value) may follow; validate and ignore.
+            while r.remaining() > 0 {
+                r.get_bytes()?;
+                r.get_bytes()?;
+            }
+            Reply::Hello { version }
+        }
+        MUX_S_OK => Reply::Ok { rid: r.get_u32()? },
+        MUX_S_ALIVE => Reply::Alive {
+            rid: r.get_u32()?,
+            pid: r.get_u32()?,
+        },
+        MUX_S_SESSION_OPENED => Reply::SessionOpened {
+            rid: r.get_u32()?,
+            session_id: r.get_u32()?,
+        },
+        MUX_S_FAILURE => Reply::Failure {
+            rid: r.get_u32()?,
+            reason: r.get_string_lossy()?,
+        },
+        MUX_S_PERMISSION_DENIED => Reply::PermissionDenied {
+            rid: r.get_u32()?,
+            reason: r.get_string_lossy()?,
+        },
+        MUX_S_EXIT_MESSAGE => Reply::ExitMessage {
+            session_id: r.get_u32()?,
+            exit_value: r.get_u32()?,
+        },
+        MUX_S_TTY_ALLOC_FAIL => Reply::TtyAllocFail {
+            session_id: r.get_u32()?,
+        },
+        other => Reply::Other { msg_type: other },
+    })
+}
+
+pub(crate) fn encode_hello() -> MsgBuf {
+    let mut m = MsgBuf::new(MUX_MSG_HELLO);
+    m.put_u32(MUX_VERSION);
+    m
+}
+
+pub(crate) fn encode_alive_check(rid: u32) -> MsgBuf {
+    let mut m = MsgBuf::new(MUX_C_ALIVE_CHECK);
+    m.put_u32(rid);
+    m
+}
+
+pub(crate) fn encode_terminate(rid: u32) -> MsgBuf {
+    let mut m = MsgBuf::new(MUX_C_TERMINATE);
+    m.put_u32(rid);
+    m
+}
+
+pub(crate) fn encode_stdio_fwd(rid: u32, host: &str, port: u16) -> Result<MsgBuf, MuxError> {
+    let mut m = MsgBuf::new(MUX_C_NEW_STDIO_FWD);
+    m.put_u32(rid);
+    m.put_str("")?; // reserved
+    m.put_str(host)?;
+    m.put_u32(u32::from(port));
+    Ok(m)
+}
+
+/// `MUX_C_NEW_SESSION`: no tty, no X11, no agent, not a subsystem, no escape char,
+/// empty TERM, no environment.
+pub(crate) fn encode_new_session(rid: u32, command: &str) -> Result<MsgBuf, MuxError> {
+    let mut m = MsgBuf::new(MUX_C_NEW_SESSION);
+    m.put_u32(rid);
+    m.put_str("")?; // reserved
+    m.put_u32(0); // want_tty
+    m.put_u32(0); // want_x11
+    m.put_u32(0); // want_agent
+    m.put_u32(0); // subsystem
+    m.put_u32(NO_ESCAPE_CHAR);
+    m.put_str("")?; // term
+    m.put_str(command)?;
+    Ok(m)
+}
+
+fn validate_forward_host(host: &str) -> Result<(), MuxError> {
+    if host.is_empty()
+        || host.len() > 1024
+        || host.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(MuxError::InvalidArgument(format!(
+            "invalid forward host {host:?}"
+        )));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Async client
+
+/// One connection to a ControlMaster's control socket, after the hello exchange.
+#[derive(Debug)]
+pub struct MuxClient {
+    stream: UnixStream,
+    next_rid: u32,
+    /// Set while a request is in flight; still set on entry ⇒ a request was cancelled.
+    busy: bool,
+}
+
+impl MuxClient {
+    /// Connects to the control socket and exchanges hellos.
+    pub async fn connect(control_path: &Path) -> Result<MuxClient, MuxError> {
+        let stream =
+            UnixStream::connect(control_path)
+                .await
+                .map_err(|source| MuxError::Connect {
+                    path: control_path.to_path_buf(),
+                    source,
+                })?;
+        let mut c = MuxClient {
+            stream,
+            next_rid: 0,
+            busy: true,
+        };
+        c.write_msg(&encode_hello()).await?;
+        match decode_reply(&c.read_msg().await?)? {
+            Reply::Hello {
+                version: MUX_VERSION,
+            } => {}
+            Reply::Hello { version } => {
+                return Err(MuxError::Protocol(format!(
+                    "master speaks mux protocol version {version}, expected {MUX_VERSION}"
+                )))
+            }
+            other => return Err(MuxError::Protocol(format!("expected hello, got {other:?}"))),
+        }
+        c.busy = false;
+        Ok(c)
+    }
+
+    /// `MUX_C_ALIVE_CHECK`: returns the master's pid.
+    pub async fn alive_check(&mut self) -> Result<u32, MuxError> {
+        let rid = self.begin()?;
+        self.write_msg(&encode_alive_check(rid)).await?;
+        let reply = decode_reply(&self.read_msg().await?)?;
+        self.busy = false;
+        match reply {
+            Reply::Alive { rid: r, pid } if r == rid => Ok(pid),
+            other => Err(unexpected(rid, other)),
+        }
+    }
+
+    /// `MUX_C_TERMINATE`: asks the master to exit. EOF instead of `MUX_S_OK` counts as
+    /// success (mux.c notes the master may exit before the reply makes it out).
+    pub async fn terminate(mut self) -> Result<(), MuxError> {
+        let rid = self.begin()?;
+        self.write_msg(&encode_terminate(rid)).await?;
+        match self.read_msg().await {
+            Err(MuxError::Closed) => Ok(()),
+            Err(e) => Err(e),
+            Ok(payload) => match decode_reply(&payload)? {
+                Reply::Ok { rid: r } if r == rid => Ok(()),
+                other => Err(unexpected(rid, other)),
+            },
+        }
+    }
+
+    /// Hands `fd` (e.g. an accepted TCP socket) to the master as a `direct-tcpip`
+    /// channel to `host:port` on the remote side (`MUX_C_NEW_STDIO_FWD`; the fd is
+    /// passed twice, as the channel's stdin and stdout).
+    ///
+    /// Resolves once the remote side accepted the channel, or with
+    /// [`MuxError::Refused`] (e.g. "Session open refused by peer" when nothing
+    /// listens there). The master holds its own copies of `fd` from the moment the
+    /// request is sent: the caller should close its copy once this returns (otherwise
+    /// the local peer will not see the connection close).
+    ///
+    /// The returned [`StdioForward`] owns the mux connection; dropping it tears the
+    /// tunnel down.
+    pub async fn open_stdio_forward(
+        mut self,
+        host: &str,
+        port: u16,
+        fd: BorrowedFd<'_>,
+    ) -> Result<StdioForward, MuxError> {
+        validate_forward_host(host)?;
+        let rid = self.begin()?;
+        self.write_msg(&encode_stdio_fwd(rid, host, port)?).await?;
+        self.send_fd(fd.as_raw_fd()).await?;
+        self.send_fd(fd.as_raw_fd()).await?;
+        let session_id = self.read_open_reply(rid).await?;
+        Ok(StdioForward {
+            stream: self.stream,
+            channel_id: session_id,
+        })
+    }
+
+    /// Runs `command` (a complete, already safely quoted remote command line) in a new
+    /// session channel whose stdin/stdout/stderr are the given fds
+    /// (`MUX_C_NEW_SESSION`, no tty). The master keeps its own copies of the fds;
+    /// close yours once this returns.
+    pub async fn open_session(
+        mut self,
+        command: &str,
+        stdin: BorrowedFd<'_>,
+        stdout: BorrowedFd<'_>,
+        stderr: BorrowedFd<'_>,
+    ) -> Result<Session, MuxError> {
+        if command.contains('\0') {
+            return Err(MuxError::InvalidArgument(
+                "command contains a NUL byte".into(),
+            ));
+        }
+        let rid = self.begin()?;
+        self.write_msg(&encode_new_session(rid, command)?).await?;
+        self.send_fd(stdin.as_raw_fd()).await?;
+        self.send_fd(stdout.as_raw_fd()).await?;
+        self.send_fd(stderr.as_raw_fd()).await?;
+        let session_id = self.read_open_reply(rid).await?;
+        Ok(Session {
+            stream: self.stream,
+            session_id,
+        })
+    }
+
+    fn begin(&mut self) -> Result<u32, MuxError> {
+        if self.busy {
+            return Err(MuxError::Desynchronized);
+        }
+        self.busy = true;
+        let rid = self.next_rid;
+        self.next_rid = self.next_rid.wrapping_add(1);
+        Ok(rid)
+    }
+
+    async fn read_open_reply(&mut self, rid: u32) -> Result<u32, MuxError> {
+        let reply = decode_reply(&self.read_msg().await?)?;
+        self.busy = false;
+        match reply {
+            Reply::SessionOpened { rid: r, session_id } if r == rid => Ok(session_id),
+            other => Err(unexpected(rid, other)),
+        }
+    }
+
+    async fn write_msg(&mut self, m: &MsgBuf) -> Result<(), MuxError> {
+        self.stream
+            .write_all(&m.framed())
+            .await
+            .map_err(map_write_err)
+    }
+
+    async fn read_msg(&mut self) -> Result<Vec<u8>, MuxError> {
+        read_msg(&mut self.stream).await?.ok_or(MuxError::Closed)
+    }
+
+    /// Sends one byte carrying `fd` in an `SCM_RIGHTS` control message.
+    async fn send_fd(&mut self, fd: RawFd) -> Result<(), MuxError> {
+        send_fd(&self.stream, fd).await.map_err(map_write_err)
+    }
+}
+
+fn map_write_err(e: io::Error) -> MuxError {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => MuxError::Closed,
+        _ => MuxError::Io(e),
+    }
+}
+
+fn unexpected(rid: u32, reply: Reply) -> MuxError {
+    match reply {
+        Reply::Failure { reason, .. } => MuxError::Refused(reason),
+        Reply::PermissionDenied { reason, .. } => MuxError::PermissionDenied(reason),
+        other => MuxError::Protocol(format!("unexpected reply to request {rid}: {other:?}")),
+    }
+}
+
+/// Reads one framed message; `Ok(None)` on a clean EOF at a message boundary.
+async fn read_msg(stream: &mut UnixStream) -> Result<Option<Vec<u8>>, MuxError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match stream.read(&mut len[got..]).await {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(MuxError::Closed),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_MESSAGE_LEN {
+        return Err(MuxError::Protocol(format!(
+            "message of {len} bytes exceeds the limit of {MAX_MESSAGE_LEN}"
+        )));
+    }
+    let mut buf = vec![0u8; len];
+    stream
+        .read_exact(&mut buf)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => MuxError::Closed,
+            _ => MuxError::Io(e),
+        })?;
+    Ok(Some(buf))
+}
+
+async fn send_fd(stream: &UnixStream, fd: RawFd) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let sock = stream.as_raw_fd();
+    let n = stream
+        .async_io(Interest::WRITABLE, || {
+            let byte = [0u8];
+            let iov = [io::IoSlice::new(&byte)];
+            let fds = [fd];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::empty(), None).map_err(io::Error::from)
+        })
+        .await?;
+    if n != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "fd message not sent",
+        ));
+    }
+    Ok(())
+}
+
+/// A running stdio forward. Holds the mux connection; the master closes it when the
+/// channel closes. Dropping this closes the tunnel.
+#[derive(Debug)]
+pub struct StdioForward {
+    stream: UnixStream,
+    channel_id: u32,
+}
+
+impl StdioForward {
+    /// The master's channel id for this forward.
+    pub fn channel_id(&self) -> u32 {
+        self.channel_id
+    }
+
+    /// Resolves when the master closes the mux connection (the tunnel ended, or the
+    /// master died). Cancel-safe.
+    pub async fn closed(mut self) {
+        self.wait_closed().await
+    }
+
+    /// Like [`StdioForward::closed`] but borrows (cancel-safe, may be polled again).
+    pub async fn wait_closed(&mut self) {
+        let mut buf = [0u8; 512];
+        loop {
+            match self.stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // nothing is expected here; ignore
+            }
+        }
+    }
+}
+
+/// A remote command running as a session channel of the master.
+#[derive(Debug)]
+pub struct Session {
+    stream: UnixStream,
+    session_id: u32,
+}
+
+impl Session {
+    pub fn session_id(&self) -> u32 {
+        self.session_id
+    }
+
+    /// Waits for the remote command to end: `Some(exit status)` from
+    /// `MUX_S_EXIT_MESSAGE`, `None` if the master closed the connection without one
+    /// (command killed by a signal, channel closed, master died).
+    ///
+    /// Dropping the future (or the `Session`) does NOT stop the remote command until it
+    /// writes to the closed channel; close the stdio fds or kill it remotely.
+    pub async fn wait(mut self) -> Result<Option<u32>, MuxError> {
+        loop {
+            let Some(payload) = read_msg(&mut self.stream).await.or_else(|e| match e {
+                MuxError::Closed => Ok(None),
+                e => Err(e),
+            })?
+            else {
+                return Ok(None);
+            };
+            match decode_reply(&payload)? {
+                Reply::ExitMessage { exit_value, .. } => return Ok(Some(exit_value)),
+                Reply::TtyAllocFail { .. } => continue,
+                other => {
+                    tracing::debug!(reply = ?other, "ignoring unexpected mux message in session");
+                }
+            }
+        }
+    }
+}
+
+/// A remote command started by [`spawn_remote`].
+#[derive(Debug)]
+pub struct RemoteProcess {
+    /// The command's stdin and stdout (one end of a socketpair). Shut down the write
+    /// half (`shutdown()`) to send EOF to the remote stdin.
+    pub stdio: UnixStream,
+    /// The command's stderr.
+    pub stderr: tokio::net::unix::pipe::Receiver,
+    pub session: Session,
+}
+
+/// Starts `command` (already safely quoted) on the remote host through the master at
+/// `control_path`.
+pub async fn spawn_remote(control_path: &Path, command: &str) -> Result<RemoteProcess, MuxError> {
+    let client = MuxClient::connect(control_path).await?;
+    let (local, remote) = std::os::unix::net::UnixStream::pair()?;
+    let (err_read, err_write): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    local.set_nonblocking(true)?;
+    let stdio = UnixStream::from_std(local)?;
+    let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(err_read)?;
+    let session = client
+        .open_session(command, remote.as_fd(), remote.as_fd(), err_write.as_fd())
+        .await?;
+    // The master holds its own copies now.
+    drop(remote);
+    drop(err_write);
+    Ok(RemoteProcess {
+        stdio,
+        stderr,
+        session,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_encoding() {
+        assert_eq!(
+            encode_hello().framed(),
+            [0, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 4]
+        );
+    }
+
+    #[test]
+    fn alive_and_terminate_encoding() {
+        assert_eq!(
+            encode_alive_check(7).framed(),
+            [0, 0, 0, 8, 0x10, 0, 0, 4, 0, 0, 0, 7]
+        );
+        assert_eq!(
+            encode_terminate(1).framed(),
+            [0, 0, 0, 8, 0x10, 0, 0, 5, 0, 0, 0, 1]
+        );
+    }
+
+    #[test]
+    fn stdio_fwd_encoding() {
+        let m = encode_stdio_fwd(3, "db", 5432).unwrap().framed();
+        let expect: Vec<u8> = [
+            &[0, 0, 0, 22][..],
+            &[0x10, 0, 0, 8],
+            &[0, 0, 0, 3],
+            &[0, 0, 0, 0],
+            &[0, 0, 0, 2],
+            b"db",
+            &[0, 0, 0x15, 0x38],
+        ]
+        .concat();
+        assert_eq!(m, expect);
+    }
+
+    #[test]
+    fn new_session_encoding() {
+        let m = encode_new_session(1, "true").unwrap();
+        let mut r = MsgReader::new(&m.0);
+        assert_eq!(r.get_u32().unwrap(), MUX_C_NEW_SESSION);
+        assert_eq!(r.get_u32().unwrap(), 1);
+        assert_eq!(r.get_bytes().unwrap(), b"");
+        for _ in 0..4 {
+            assert_eq!(r.get_u32().unwrap(), 0);
+        }
+        assert_eq!(r.get_u32().unwrap(), 0xffff_ffff);
+        assert_eq!(r.get_bytes().unwrap(), b"");
+        assert_eq!(r.get_bytes().unwrap(), b"true");
+        assert_eq!(r.remaining(), 0);
+        let framed = m.framed();
+        assert_eq!(&framed[..4], &(m.0.len() as u32).to_be_bytes());
+    }
+
+    #[test]
+    fn decode_replies() {
+        let mut m = MsgBuf::new(MUX_MSG_HELLO);
+        m.put_u32(4);
+        m.put_str("ext").unwrap().put_str("val").unwrap();
+        assert_eq!(decode_reply(&m.0).unwrap(), Reply::Hello { version: 4 });
+
+        let mut m = MsgBuf::new(MUX_S_ALIVE);
+        m.put_u32(0).put_u32(1234);
+        assert_eq!(
+            decode_reply(&m.0).unwrap(),
+            Reply::Alive { rid: 0, pid: 1234 }
+        );
+
+        let mut m = MsgBuf::new(MUX_S_FAILURE);
+        m.put_u32(5)
+            .put_str("Session open refused by peer")
+            .unwrap();
+        let r = decode_reply(&m.0).unwrap();
+        assert!(
+            matches!(unexpected(5, r), MuxError::Refused(s) if s == "Session open refused by peer")
+        );
+
+        let mut m = MsgBuf::new(MUX_S_EXIT_MESSAGE);
+        m.put_u32(2).put_u32(3);
+        assert_eq!(
+            decode_reply(&m.0).unwrap(),
+            Reply::ExitMessage {
+                session_id: 2,
+                exit_value: 3
+            }
+        );
+        let mut m = MsgBuf::new(0x8000_00ff);
+        m.put_u32(0);
+        assert_eq!(
+            decode_reply(&m.0).unwrap(),
+            Reply::Other {
+                msg_type: 0x8000_00ff
+            }
+        );
+    }
+
+    #[test]
+    fn decode_rejects_truncated() {
+        assert!(decode_reply(&[0x80, 0, 0]).is_err());
+        assert!(decode_reply(&[0x80, 0, 0, 5, 0, 0]).is_err());
+        // string length beyond the buffer
+        assert!(decode_reply(&[0x80, 0, 0, 3, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]).is_err());
+        // hello with a dangling extension name
+        assert!(decode_reply(&[0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 1, b'x']).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_hosts() {
+        assert!(validate_forward_host("").is_err());
+        assert!(validate_forward_host("a b").is_err());
+        assert!(validate_forward_host("a\nb").is_err());
+        assert!(validate_forward_host("127.0.0.1").is_ok());
+        assert!(validate_forward_host("::1").is_ok());
+    }
+
+    #[tokio::test]
+    async fn oversized_message_is_rejected() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(&(MAX_MESSAGE_LEN as u32 + 1).to_be_bytes())
+            .await
+            .unwrap();
+        assert!(matches!(read_msg(&mut a).await, Err(MuxError::Protocol(_))));
+        drop(b);
+    }
+
+    #[tokio::test]
+    async fn eof_mid_message_is_closed() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(&[0, 0, 0, 8, 0, 0]).await.unwrap();
+        drop(b);
+        assert!(matches!(read_msg(&mut a).await, Err(MuxError::Closed)));
+    }
+}

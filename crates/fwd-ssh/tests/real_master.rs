@@ -1,0 +1,638 @@
+//! Integration tests against a real OpenSSH sshd started on 127.0.0.1 by each test.
+//!
+//! If `/usr/sbin/sshd` is missing the tests print SKIPPED and pass, unless `CI=true`.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use fwd_ssh::{
+    clear_stale_control_socket, fallback_stdio_forward_command, spawn_remote, Master, MasterConfig,
+    MasterError, MuxClient, MuxError, SocketState,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const SSHD: &str = "/usr/sbin/sshd";
+const READY: Duration = Duration::from_secs(10);
+const T: Duration = Duration::from_secs(5);
+
+fn sshd_available() -> bool {
+    if Path::new(SSHD).exists() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{SSHD} is missing and CI=true");
+    }
+    eprintln!("SKIPPED: {SSHD} not found");
+    false
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "fwdssh-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Sshd {
+    dir: TempDir,
+    child: std::process::Child,
+    log: PathBuf,
+    ssh_config: PathBuf,
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        let dir = TempDir::new();
+        let d = dir.0.clone();
+        let port = free_port();
+        run(std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join("host_key")));
+        run(std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join("id_client")));
+        std::fs::copy(d.join("id_client.pub"), d.join("authorized_keys")).unwrap();
+        let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
+        std::fs::write(
+            d.join("known_hosts"),
+            format!("[127.0.0.1]:{port} {host_pub}"),
+        )
+        .unwrap();
+        let user = String::from_utf8(
+            std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim()
+        .to_string();
+        std::fs::write(
+            d.join("sshd_config"),
+            format!(
+                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+                 UsePAM no\nStrictModes no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
+                 AllowTcpForwarding yes\nLogLevel VERBOSE\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        let ssh_config = d.join("ssh_config");
+        std::fs::write(
+            &ssh_config,
+            format!(
+                "Host testhost\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n\
+                 IdentityFile {d}/id_client\n  IdentitiesOnly yes\n\
+                 UserKnownHostsFile {d}/known_hosts\n  GlobalKnownHostsFile /dev/null\n\
+                 StrictHostKeyChecking yes\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let log = d.join("sshd.log");
+        let child = std::process::Command::new(SSHD)
+            .arg("-D")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .arg("-E")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < T,
+                "sshd did not start; log: {:?}",
+                std::fs::read_to_string(&log)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Sshd {
+            dir,
+            child,
+            log,
+            ssh_config,
+        }
+    }
+
+    fn config(&self) -> MasterConfig {
+        let mut c = MasterConfig::new("testhost");
+        c.ssh_config = Some(self.ssh_config.clone());
+        c
+    }
+
+    fn ctl(&self) -> PathBuf {
+        self.dir.0.join("ctl")
+    }
+
+    fn connections_logged(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("Connection from")
+            .count()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A connected local TCP pair: (client side, server side whose fd is handed to ssh).
+async fn local_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (s, _) = l.accept().await.unwrap();
+    (c, s)
+}
+
+#[tokio::test]
+async fn master_alive_session_forward_shutdown() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let ctl = sshd.ctl();
+    let t0 = Instant::now();
+    let (mut master, mut lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
+    eprintln!("TIMING master ready: {:?}", t0.elapsed());
+
+    // Alive check answers with the master's pid.
+    let t0 = Instant::now();
+    let mut c = tokio::time::timeout(T, MuxClient::connect(&ctl))
+        .await
+        .unwrap()
+        .unwrap();
+    let pid = tokio::time::timeout(T, c.alive_check())
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("TIMING connect+alive check: {:?}", t0.elapsed());
+    assert_eq!(pid, master.pid);
+    assert_eq!(
+        tokio::time::timeout(T, c.alive_check())
+            .await
+            .unwrap()
+            .unwrap(),
+        pid
+    );
+    drop(c);
+    assert_eq!(
+        clear_stale_control_socket(&ctl, T).await.unwrap(),
+        SocketState::Live(master.pid)
+    );
+
+    // A session: output and exit status.
+    let t0 = Instant::now();
+    let mut p = tokio::time::timeout(T, spawn_remote(&ctl, "echo hi; echo err >&2; exit 3"))
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("TIMING session open: {:?}", t0.elapsed());
+    let mut out = String::new();
+    tokio::time::timeout(T, p.stdio.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut err = String::new();
+    tokio::time::timeout(T, p.stderr.read_to_string(&mut err))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = tokio::time::timeout(T, p.session.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("TIMING session open → exit: {:?}", t0.elapsed());
+    assert_eq!(out, "hi\n");
+    assert_eq!(err, "err\n");
+    assert_eq!(status, Some(3));
+
+    // Session with stdin.
+    let mut p = spawn_remote(&ctl, "tr a-z A-Z").await.unwrap();
+    p.stdio.write_all(b"hello\n").await.unwrap();
+    p.stdio.shutdown().await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(T, p.stdio.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, "HELLO\n");
+    assert_eq!(
+        tokio::time::timeout(T, p.session.wait())
+            .await
+            .unwrap()
+            .unwrap(),
+        Some(0)
+    );
+
+    // Stdio forward: bytes both ways, closed() after both sides close.
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tport = target.local_addr().unwrap().port();
+    let (mut client, server) = local_pair().await;
+    let t0 = Instant::now();
+    let mc = MuxClient::connect(&ctl).await.unwrap();
+    let fwd = tokio::time::timeout(T, mc.open_stdio_forward("127.0.0.1", tport, server.as_fd()))
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "TIMING stdio forward open (connect+hello+request): {:?}",
+        t0.elapsed()
+    );
+    drop(server); // the master holds its own copies
+    let (mut remote, _) = tokio::time::timeout(T, target.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    client.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(T, remote.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+    remote.write_all(b"pong").await.unwrap();
+    tokio::time::timeout(T, client.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"pong");
+    // Round-trip latency through the tunnel.
+    let t0 = Instant::now();
+    for _ in 0..20 {
+        client.write_all(b"x").await.unwrap();
+        remote.read_exact(&mut buf[..1]).await.unwrap();
+        remote.write_all(b"y").await.unwrap();
+        client.read_exact(&mut buf[..1]).await.unwrap();
+    }
+    eprintln!("TIMING stdio forward round trip: {:?}", t0.elapsed() / 20);
+    // Client closes first: the remote side sees EOF, then closes too.
+    drop(client);
+    let mut rest = Vec::new();
+    tokio::time::timeout(T, remote.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty());
+    drop(remote);
+    tokio::time::timeout(T, fwd.closed())
+        .await
+        .expect("StdioForward::closed did not resolve");
+
+    // Forward to a port with nothing listening → Refused.
+    let dead = free_port();
+    let (_client, server) = local_pair().await;
+    let t0 = Instant::now();
+    let mc = MuxClient::connect(&ctl).await.unwrap();
+    let r = tokio::time::timeout(T, mc.open_stdio_forward("127.0.0.1", dead, server.as_fd()))
+        .await
+        .unwrap();
+    eprintln!("TIMING refused stdio forward: {:?}", t0.elapsed());
+    match r {
+        Err(MuxError::Refused(reason)) => eprintln!("refusal reason: {reason:?}"),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+
+    // The master still works after a refusal.
+    let mut c = MuxClient::connect(&ctl).await.unwrap();
+    assert_eq!(c.alive_check().await.unwrap(), master.pid);
+    drop(c);
+
+    // Some stderr may or may not have been produced; the channel must not block.
+    while let Ok(l) = lines.try_recv() {
+        eprintln!("ssh stderr: {l}");
+    }
+
+    // Shutdown: socket removed, process gone.
+    let t0 = Instant::now();
+    let pid = master.pid;
+    let _ = tokio::time::timeout(Duration::from_millis(1), master.exited()).await;
+    master.shutdown(Duration::from_secs(3)).await;
+    eprintln!("TIMING shutdown: {:?}", t0.elapsed());
+    assert!(!ctl.exists());
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err());
+}
+
+#[tokio::test]
+async fn remote_close_first_propagates_to_local_client() {
+    // Exploratory: when the remote service closes first, does the local client see EOF?
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let ctl = sshd.ctl();
+    let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tport = target.local_addr().unwrap().port();
+    let (mut client, server) = local_pair().await;
+    let mc = MuxClient::connect(&ctl).await.unwrap();
+    let fwd = mc
+        .open_stdio_forward("127.0.0.1", tport, server.as_fd())
+        .await
+        .unwrap();
+    drop(server);
+    let (mut remote, _) = target.accept().await.unwrap();
+    remote.write_all(b"bye").await.unwrap();
+    drop(remote); // remote closes completely
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(3), client.read_to_end(&mut got)).await;
+    eprintln!(
+        "remote-close-first: client read result {r:?}, got {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(&got, b"bye");
+    let saw_eof = r.is_ok();
+    eprintln!("FINDING remote close propagated to local client as EOF: {saw_eof}");
+    drop(client);
+    tokio::time::timeout(T, fwd.closed())
+        .await
+        .expect("closed() after client close");
+    master.shutdown(Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn half_close_both_directions() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let ctl = sshd.ctl();
+    let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tport = target.local_addr().unwrap().port();
+
+    // Local client half-closes (request, then EOF), the remote answers after EOF.
+    let (mut client, server) = local_pair().await;
+    let mc = MuxClient::connect(&ctl).await.unwrap();
+    let fwd = mc
+        .open_stdio_forward("127.0.0.1", tport, server.as_fd())
+        .await
+        .unwrap();
+    drop(server);
+    let (mut remote, _) = target.accept().await.unwrap();
+    client.write_all(b"req").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut req = Vec::new();
+    tokio::time::timeout(T, remote.read_to_end(&mut req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(req, b"req");
+    remote.write_all(b"resp").await.unwrap();
+    drop(remote);
+    let mut resp = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(3), client.read_to_end(&mut resp)).await;
+    eprintln!(
+        "FINDING client half-close: response {:?}, EOF seen: {}",
+        String::from_utf8_lossy(&resp),
+        r.is_ok()
+    );
+    assert_eq!(resp, b"resp");
+    assert!(r.is_ok());
+    tokio::time::timeout(T, fwd.closed()).await.unwrap();
+
+    // Remote half-closes its write side only; the client can still send afterwards.
+    let (mut client, server) = local_pair().await;
+    let mc = MuxClient::connect(&ctl).await.unwrap();
+    let fwd = mc
+        .open_stdio_forward("127.0.0.1", tport, server.as_fd())
+        .await
+        .unwrap();
+    drop(server);
+    let (mut remote, _) = target.accept().await.unwrap();
+    remote.write_all(b"banner").await.unwrap();
+    remote.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(3), client.read_to_end(&mut got)).await;
+    eprintln!(
+        "FINDING remote half-close: client got {:?}, EOF seen: {}",
+        String::from_utf8_lossy(&got),
+        r.is_ok()
+    );
+    assert_eq!(got, b"banner");
+    let w = client.write_all(b"after").await;
+    let mut buf = [0u8; 5];
+    let rr = tokio::time::timeout(Duration::from_secs(3), remote.read_exact(&mut buf)).await;
+    eprintln!(
+        "FINDING remote half-close: client write {w:?}, remote read after its own shutdown: {rr:?}"
+    );
+    drop(client);
+    drop(remote);
+    tokio::time::timeout(T, fwd.closed()).await.unwrap();
+    master.shutdown(Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn kill_9_master_resolves_exited_and_ends_forwards() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let ctl = sshd.ctl();
+    let (mut master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (_client, server) = local_pair().await;
+    let mc = MuxClient::connect(&ctl).await.unwrap();
+    let fwd = mc
+        .open_stdio_forward(
+            "127.0.0.1",
+            target.local_addr().unwrap().port(),
+            server.as_fd(),
+        )
+        .await
+        .unwrap();
+    let p = spawn_remote(&ctl, "sleep 30").await.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let st = tokio::time::timeout(T, master.exited())
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("exit status after kill -9: {st:?}");
+    assert!(!st.success());
+    // Cached second call.
+    assert_eq!(master.exited().await.unwrap(), st);
+    tokio::time::timeout(T, fwd.closed())
+        .await
+        .expect("forward ends with the master");
+    assert_eq!(
+        tokio::time::timeout(T, p.session.wait())
+            .await
+            .unwrap()
+            .unwrap(),
+        None
+    );
+    // The socket file is left behind by a killed master: it is stale now.
+    assert!(ctl.exists());
+    assert_eq!(
+        clear_stale_control_socket(&ctl, T).await.unwrap(),
+        SocketState::RemovedStale
+    );
+    assert!(matches!(
+        MuxClient::connect(&ctl).await,
+        Err(MuxError::Connect { .. })
+    ));
+    master.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn stale_socket_is_removed() {
+    let dir = TempDir::new();
+    let p = dir.0.join("ctl");
+    assert_eq!(
+        clear_stale_control_socket(&p, T).await.unwrap(),
+        SocketState::Absent
+    );
+    drop(std::os::unix::net::UnixListener::bind(&p).unwrap());
+    assert!(p.exists());
+    assert_eq!(
+        clear_stale_control_socket(&p, T).await.unwrap(),
+        SocketState::RemovedStale
+    );
+    assert!(!p.exists());
+    // A listener that never answers the hello is not "live" either.
+    let l = std::os::unix::net::UnixListener::bind(&p).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(
+        clear_stale_control_socket(&p, Duration::from_millis(200))
+            .await
+            .unwrap(),
+        SocketState::RemovedStale
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    drop(l);
+    // A regular file is not removed.
+    std::fs::write(&p, b"x").unwrap();
+    assert!(clear_stale_control_socket(&p, T).await.is_err());
+    assert!(p.exists());
+}
+
+#[tokio::test]
+async fn unreachable_destination_reports_connection_refused() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let mut cfg = sshd.config();
+    cfg.port = Some(free_port()); // -p overrides the config file's Port
+    let t0 = Instant::now();
+    let r = Master::spawn(&cfg, &sshd.ctl(), READY).await;
+    eprintln!("TIMING failed spawn: {:?}", t0.elapsed());
+    match r {
+        Err(MasterError::Exited {
+            status,
+            stderr_tail,
+        }) => {
+            eprintln!("status {status:?}, stderr {stderr_tail:?}");
+            assert!(
+                stderr_tail.iter().any(|l| l.contains("Connection refused")),
+                "{stderr_tail:?}"
+            );
+        }
+        other => panic!("expected Exited, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn fallback_without_master_fails_and_opens_no_connection() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    // Give sshd's log a moment, then count connections (the readiness probe made one).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = sshd.connections_logged();
+    let cfg = sshd.config();
+    let missing = sshd.dir.0.join("no-such-ctl");
+    let mut cmd = fallback_stdio_forward_command(&cfg, &missing, "127.0.0.1", 22).unwrap();
+    cmd.stdin(Stdio::null());
+    let out = tokio::process::Command::from(cmd).output().await.unwrap();
+    eprintln!(
+        "fallback without master: {:?} stderr {:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sshd.connections_logged(),
+        before,
+        "fallback opened a new SSH connection"
+    );
+
+    // Control: the same command with a live master does work (bytes flow).
+    let ctl = sshd.ctl();
+    let (master, _l) = Master::spawn(&cfg, &ctl, READY).await.unwrap();
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tport = target.local_addr().unwrap().port();
+    let mut cmd = fallback_stdio_forward_command(&cfg, &ctl, "127.0.0.1", tport).unwrap();
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = tokio::process::Command::from(cmd).spawn().unwrap();
+    let (mut remote, _) = tokio::time::timeout(T, target.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"via-W").await.unwrap();
+    let mut buf = [0u8; 5];
+    tokio::time::timeout(T, remote.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"via-W");
+    drop(stdin);
+    drop(remote);
+    let st = tokio::time::timeout(T, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("fallback with master exited: {st:?}");
+    master.shutdown(Duration::from_secs(3)).await;
+}
