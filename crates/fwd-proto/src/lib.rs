@@ -1,0 +1,355 @@
+//! Wire protocol of the fwdd control socket, shared by `fwdd` and `fwdctl`.
+//!
+//! Newline-delimited JSON over a Unix stream socket: the client writes one request per
+//! line, the daemon answers each with exactly one response line, in order. Both carry
+//! `"v": 1` ([`PROTOCOL_VERSION`]). The schema is documented in `docs/control-api.md`.
+//!
+//! ```text
+//! -> {"v":1,"cmd":"status"}
+//! <- {"v":1,"ok":true,"status":{...}}
+//! -> {"v":1,"cmd":"bogus"}
+//! <- {"v":1,"ok":false,"error":"unknown command \"bogus\" (supported: status)"}
+//! ```
+
+use serde::{Deserialize, Serialize, Serializer};
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+
+mod status;
+
+pub use status::{
+    DaemonInfo, ErrorInfo, ForwardState, ForwardStatus, HostStatus, MasterState, MasterStatus,
+    Status, StreamState, StreamStatus,
+};
+
+/// Version carried as `"v"` by every request and response.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest request line the daemon accepts, in bytes, excluding the trailing newline.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// File name of the control socket inside the runtime directory.
+pub const CONTROL_SOCKET_NAME: &str = "control.sock";
+
+/// Environment variable naming the control socket (used by fwdctl).
+pub const SOCKET_ENV: &str = "FWD_SOCKET";
+
+/// A request from a client.
+///
+/// On the wire the object also carries `"v"`; build lines with [`encode_request`], not
+/// [`encode_line`] (which would omit the version). New commands are added as new
+/// variants; a daemon that does not know a command answers with an error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// `{"v":1,"cmd":"status"}`: a full [`Status`] snapshot.
+    Status,
+}
+
+impl Request {
+    /// Every `cmd` value this version of the protocol knows.
+    pub const COMMANDS: &'static [&'static str] = &["status"];
+
+    /// The `cmd` value of this request.
+    pub fn cmd(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+        }
+    }
+}
+
+/// A response from the daemon: exactly one per request line.
+///
+/// Wire shape: `{"v":1,"ok":true,"status":{...}}` for success (the key names the payload
+/// kind) and `{"v":1,"ok":false,"error":"message"}` for failure.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "WireResponse")]
+pub enum Response {
+    /// Answer to [`Request::Status`].
+    Status(Status),
+    /// The request failed; `message` is meant for people.
+    Error {
+        /// Human-readable description of what went wrong.
+        message: String,
+    },
+}
+
+impl Response {
+    /// An error response.
+    pub fn error(message: impl Into<String>) -> Self {
+        Response::Error {
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WireResponseRef<'a> {
+    v: u32,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    v: u32,
+    ok: bool,
+    #[serde(default)]
+    status: Option<Status>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+impl Serialize for Response {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut w = WireResponseRef {
+            v: PROTOCOL_VERSION,
+            ok: true,
+            status: None,
+            error: None,
+        };
+        match self {
+            Response::Status(st) => w.status = Some(st),
+            Response::Error { message } => {
+                w.ok = false;
+                w.error = Some(message);
+            }
+        }
+        w.serialize(s)
+    }
+}
+
+impl TryFrom<WireResponse> for Response {
+    type Error = String;
+
+    fn try_from(w: WireResponse) -> Result<Self, String> {
+        if w.v != PROTOCOL_VERSION {
+            return Err(format!(
+                "unsupported protocol version {} (expected {PROTOCOL_VERSION})",
+                w.v
+            ));
+        }
+        match (w.ok, w.status, w.error) {
+            (true, Some(st), _) => Ok(Response::Status(st)),
+            (true, None, _) => Err("response has ok=true but no known payload".into()),
+            (false, _, err) => Ok(Response::Error {
+                message: err.unwrap_or_else(|| "unspecified error".into()),
+            }),
+        }
+    }
+}
+
+/// Serializes `v` as one compact JSON line, terminated by `'\n'`.
+///
+/// # Panics
+/// Only if `v`'s `Serialize` implementation fails, which cannot happen for the types of
+/// this crate.
+pub fn encode_line<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    let mut out = serde_json::to_vec(v).expect("protocol types always serialize");
+    out.push(b'\n');
+    out
+}
+
+/// Encodes a request as a line, with the protocol version: `{"v":1,"cmd":"status"}\n`.
+pub fn encode_request(req: &Request) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        v: u32,
+        #[serde(flatten)]
+        req: &'a Request,
+    }
+    encode_line(&Wire {
+        v: PROTOCOL_VERSION,
+        req,
+    })
+}
+
+/// Why a line could not be decoded. `Display` gives a message fit to send back to the
+/// client or to show to a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The line is longer than the limit.
+    TooLong {
+        /// Length of the line (or of the part read so far) in bytes.
+        len: usize,
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// The line is empty (or only whitespace).
+    Empty,
+    /// The line is not valid UTF-8.
+    InvalidUtf8 {
+        /// Byte offset of the first invalid sequence.
+        valid_up_to: usize,
+    },
+    /// The line is not valid JSON.
+    InvalidJson(String),
+    /// The JSON value is not an object.
+    NotAnObject,
+    /// The `"v"` field is missing.
+    MissingVersion,
+    /// The `"v"` field is not [`PROTOCOL_VERSION`]; holds the value as JSON text.
+    UnsupportedVersion(String),
+    /// The `"cmd"` field is missing or not a string.
+    MissingCmd,
+    /// The `"cmd"` is not one this protocol version knows.
+    UnknownCmd(String),
+    /// The command is known but its other fields are invalid.
+    InvalidRequest {
+        /// The command.
+        cmd: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A response line does not match the schema.
+    InvalidResponse(String),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::TooLong { len, max } => {
+                write!(f, "line too long ({len} bytes, limit {max})")
+            }
+            DecodeError::Empty => f.write_str("empty line"),
+            DecodeError::InvalidUtf8 { valid_up_to } => {
+                write!(
+                    f,
+                    "line is not valid UTF-8 (invalid byte at offset {valid_up_to})"
+                )
+            }
+            DecodeError::InvalidJson(e) => write!(f, "invalid JSON: {e}"),
+            DecodeError::NotAnObject => f.write_str("expected a JSON object"),
+            DecodeError::MissingVersion => write!(
+                f,
+                "missing protocol version field \"v\" (this daemon speaks v{PROTOCOL_VERSION})"
+            ),
+            DecodeError::UnsupportedVersion(v) => write!(
+                f,
+                "unsupported protocol version {v} (this side speaks v{PROTOCOL_VERSION})"
+            ),
+            DecodeError::MissingCmd => f.write_str("missing string field \"cmd\""),
+            DecodeError::UnknownCmd(c) => write!(
+                f,
+                "unknown command {:?} (supported: {})",
+                c,
+                Request::COMMANDS.join(", ")
+            ),
+            DecodeError::InvalidRequest { cmd, message } => {
+                write!(f, "invalid {cmd:?} request: {message}")
+            }
+            DecodeError::InvalidResponse(e) => write!(f, "invalid response: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Strips one trailing `"\n"` or `"\r\n"`.
+fn strip_eol(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Parses a line into a JSON object after the size, UTF-8 and version checks.
+fn decode_object(
+    line: &[u8],
+    max: Option<usize>,
+) -> Result<serde_json::Map<String, serde_json::Value>, DecodeError> {
+    let line = strip_eol(line);
+    if let Some(max) = max {
+        if line.len() > max {
+            return Err(DecodeError::TooLong {
+                len: line.len(),
+                max,
+            });
+        }
+    }
+    let text = std::str::from_utf8(line).map_err(|e| DecodeError::InvalidUtf8 {
+        valid_up_to: e.valid_up_to(),
+    })?;
+    if text.trim().is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    let serde_json::Value::Object(obj) = value else {
+        return Err(DecodeError::NotAnObject);
+    };
+    match obj.get("v") {
+        None => Err(DecodeError::MissingVersion),
+        Some(v) if v.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => Ok(obj),
+        Some(v) => Err(DecodeError::UnsupportedVersion(v.to_string())),
+    }
+}
+
+/// Decodes one request line (with or without its trailing newline).
+///
+/// Rejects, with a message suitable for the error response: lines over [`MAX_LINE`],
+/// invalid UTF-8, invalid JSON, non-objects, a missing or different `"v"`, a missing or
+/// unknown `"cmd"`, and invalid fields of a known command. Unknown extra fields are
+/// ignored. Never panics.
+pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
+    let mut obj = decode_object(line, Some(MAX_LINE))?;
+    obj.remove("v");
+    let cmd = match obj.get("cmd") {
+        Some(serde_json::Value::String(c)) => c.clone(),
+        _ => return Err(DecodeError::MissingCmd),
+    };
+    if !Request::COMMANDS.contains(&cmd.as_str()) {
+        return Err(DecodeError::UnknownCmd(cmd));
+    }
+    serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
+        DecodeError::InvalidRequest {
+            cmd,
+            message: e.to_string(),
+        }
+    })
+}
+
+/// Decodes one response line (with or without its trailing newline). No length limit is
+/// applied here; the reader bounds what it reads.
+pub fn decode_response(line: &[u8]) -> Result<Response, DecodeError> {
+    let obj = decode_object(line, None)?;
+    serde_json::from_value(serde_json::Value::Object(obj))
+        .map_err(|e| DecodeError::InvalidResponse(e.to_string()))
+}
+
+/// The daemon's runtime directory, where the control socket lives:
+/// `$XDG_RUNTIME_DIR/fwdd` if `XDG_RUNTIME_DIR` is set (non-empty, absolute), else
+/// `/run/fwdd` when the effective uid is 0, else `/tmp/fwdd-<euid>`.
+pub fn default_runtime_dir() -> PathBuf {
+    runtime_dir_for(std::env::var_os("XDG_RUNTIME_DIR"), effective_uid())
+}
+
+/// [`default_runtime_dir`] for explicit inputs (the value of `XDG_RUNTIME_DIR` and the
+/// effective uid).
+pub fn runtime_dir_for(xdg_runtime_dir: Option<OsString>, euid: u32) -> PathBuf {
+    match xdg_runtime_dir.map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir.join("fwdd"),
+        _ if euid == 0 => PathBuf::from("/run/fwdd"),
+        _ => PathBuf::from(format!("/tmp/fwdd-{euid}")),
+    }
+}
+
+/// `<default_runtime_dir()>/control.sock`.
+pub fn default_control_socket() -> PathBuf {
+    default_runtime_dir().join(CONTROL_SOCKET_NAME)
+}
+
+/// The effective uid of this process.
+pub fn effective_uid() -> u32 {
+    extern "C" {
+        fn geteuid() -> u32;
+    }
+    // SAFETY: geteuid(2) takes no arguments, always succeeds and touches no memory;
+    // uid_t is a 32-bit unsigned integer on every Unix Rust supports.
+    unsafe { geteuid() }
+}
+
+#[cfg(test)]
+mod tests;

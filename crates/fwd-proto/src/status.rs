@@ -1,0 +1,210 @@
+//! The `status` payload: a snapshot of everything fwdd knows.
+//!
+//! Every type here is part of the versioned wire schema documented in
+//! `docs/control-api.md`. Rules for protocol version 1:
+//!
+//! * field names and enum values are `snake_case`;
+//! * timestamps are Unix time in milliseconds (`*_ms` fields that are not durations);
+//! * optional fields are always present and `null` when unknown (never omitted);
+//! * new fields may be added within version 1, so readers must ignore unknown fields;
+//!   removing or renaming a field, or changing its meaning, bumps the version.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Full answer to a `status` request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The daemon process itself.
+    pub daemon: DaemonInfo,
+    /// One entry per configured Docker host, in configuration order.
+    pub hosts: Vec<HostStatus>,
+    /// Every published container port the daemon knows about, whatever its state.
+    /// Order is unspecified (fwdctl sorts by local port).
+    pub forwards: Vec<ForwardStatus>,
+}
+
+/// Identity of the running daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    /// Daemon version, e.g. `"0.1.0"` (may carry a git commit suffix).
+    pub version: String,
+    /// Process id of fwdd.
+    pub pid: u32,
+    /// When the daemon started, Unix time in milliseconds.
+    pub started_at_ms: u64,
+}
+
+/// State of one Docker host: its SSH ControlMaster and its Docker event stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// Host name as given in the configuration.
+    pub name: String,
+    /// SSH destination used for the master, e.g. `"deploy@docker1.example.com"`.
+    pub destination: String,
+    /// The OpenSSH ControlMaster connection to this host.
+    pub master: MasterStatus,
+    /// The `docker events` stream that keeps the forward list current.
+    pub events: StreamStatus,
+    /// Docker engine version reported by the host (`null` until known).
+    pub docker_version: Option<String>,
+}
+
+/// State of the SSH ControlMaster for one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MasterStatus {
+    /// Current state of the master.
+    pub state: MasterState,
+    /// Process id of the `ssh` master process (`null` when none is running).
+    pub pid: Option<u32>,
+    /// When the master entered `state`, Unix time in milliseconds.
+    pub since_ms: u64,
+    /// Round-trip time of the last successful liveness probe, in milliseconds
+    /// (`null` if no probe has succeeded on the current master).
+    pub last_probe_rtt_ms: Option<f64>,
+    /// Number of times the master was re-established since the daemon started.
+    pub reconnects: u64,
+    /// Failed connection attempts in a row (0 once connected).
+    pub consecutive_failures: u32,
+    /// The most recent error, kept after recovery for diagnosis (`null` if none yet).
+    pub last_error: Option<ErrorInfo>,
+    /// When the next connection attempt is due, Unix time in milliseconds
+    /// (only set in state `backoff`, otherwise `null`).
+    pub next_retry_ms: Option<u64>,
+}
+
+/// State of an SSH ControlMaster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MasterState {
+    /// A connection attempt is in progress.
+    Connecting,
+    /// The master is up and its last probe succeeded.
+    Connected,
+    /// The last attempt failed; waiting until `next_retry_ms` before the next one.
+    Backoff,
+    /// Not running and not going to retry (permanent error or shutdown).
+    Stopped,
+}
+
+/// A classified error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// Broad class deciding the retry policy: `"transient"` (retried with backoff) or
+    /// `"permanent"` (needs a human, e.g. bad credentials). Readers must accept other values.
+    pub class: String,
+    /// Machine-readable kind, e.g. `"connection_refused"`, `"timeout"`, `"auth_failed"`,
+    /// `"host_key_mismatch"`. The set grows over time; readers must accept other values.
+    pub kind: String,
+    /// Human-readable message (typically ssh's or docker's own words).
+    pub message: String,
+    /// When the error happened, Unix time in milliseconds.
+    pub at_ms: u64,
+}
+
+/// State of the Docker event stream of one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamStatus {
+    /// Current state of the stream.
+    pub state: StreamState,
+    /// Events received since the daemon started (all restarts included).
+    pub events_received: u64,
+    /// When the last event arrived, Unix time in milliseconds (`null` if none yet).
+    pub last_event_ms: Option<u64>,
+    /// Number of times the stream was restarted since the daemon started.
+    pub restarts: u64,
+}
+
+/// State of a Docker event stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamState {
+    /// Events are flowing; the forward list is current.
+    Streaming,
+    /// The stream (re)started and the container list is being re-read.
+    Resyncing,
+    /// No stream (e.g. the master is down); the forward list may be stale.
+    Down,
+}
+
+/// One published container port and its local forward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardStatus {
+    /// Name of the host (matches [`HostStatus::name`]) the container runs on.
+    pub host: String,
+    /// Local TCP port on the runner.
+    pub local_port: u16,
+    /// Local addresses actually listening, e.g. `["127.0.0.1:5432", "[::1]:5432"]`
+    /// (empty when nothing is bound, e.g. in state `conflict` or `pending`).
+    pub local_addrs: Vec<String>,
+    /// Address the traffic is sent to, as seen from the Docker host, e.g. `"127.0.0.1:5432"`.
+    pub remote: String,
+    /// Full container id.
+    pub container_id: String,
+    /// Container name, without the leading `/`.
+    pub container_name: String,
+    /// Value of the `com.docker.compose.project` label, if any.
+    pub compose_project: Option<String>,
+    /// The container-side port and protocol, e.g. `"5432/tcp"`.
+    pub container_port: String,
+    /// State of this forward.
+    pub state: ForwardState,
+    /// Why the forward is not `active` (`null` when active).
+    pub reason: Option<String>,
+    /// When the forward entered `state`, Unix time in milliseconds.
+    pub since_ms: u64,
+    /// Client connections currently open through this forward.
+    pub connections_open: u64,
+    /// Client connections accepted through this forward since it was created.
+    pub connections_total: u64,
+}
+
+/// State of one forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardState {
+    /// Listening locally and forwarding.
+    Active,
+    /// The local port could not be bound (used by another process or another forward).
+    Conflict,
+    /// Being set up (listener or master not ready yet).
+    Pending,
+    /// Cannot be forwarded (e.g. a UDP port); see `reason`.
+    Unsupported,
+}
+
+macro_rules! wire_names {
+    ($ty:ty { $($variant:ident => $name:literal),* $(,)? }) => {
+        impl $ty {
+            /// The value's name on the wire (`snake_case`).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(<$ty>::$variant => $name,)*
+                }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+wire_names!(MasterState {
+    Connecting => "connecting",
+    Connected => "connected",
+    Backoff => "backoff",
+    Stopped => "stopped",
+});
+wire_names!(StreamState {
+    Streaming => "streaming",
+    Resyncing => "resyncing",
+    Down => "down",
+});
+wire_names!(ForwardState {
+    Active => "active",
+    Conflict => "conflict",
+    Pending => "pending",
+    Unsupported => "unsupported",
+});

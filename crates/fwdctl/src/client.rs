@@ -1,0 +1,138 @@
+//! Blocking client of the control socket: one request, one response line.
+
+use anyhow::{bail, Context, Result};
+use fwd_proto::{encode_request, Request};
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Time allowed for a whole request: connect, send, and the complete response.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest response line accepted (a status with thousands of forwards fits easily).
+const MAX_RESPONSE: usize = 64 << 20;
+
+/// Which socket to talk to: `--socket`, else `--runtime-dir`/control.sock, else
+/// `$FWD_SOCKET`, else the daemon's default runtime dir.
+pub fn resolve_socket(
+    socket: Option<PathBuf>,
+    runtime_dir: Option<PathBuf>,
+    env_socket: Option<std::ffi::OsString>,
+) -> PathBuf {
+    socket
+        .or_else(|| runtime_dir.map(|d| d.join(fwd_proto::CONTROL_SOCKET_NAME)))
+        .or_else(|| env_socket.filter(|s| !s.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(fwd_proto::default_control_socket)
+}
+
+fn connect(path: &Path) -> Result<UnixStream> {
+    UnixStream::connect(path).map_err(|e| {
+        let p = path.display();
+        match e.kind() {
+            io::ErrorKind::NotFound => {
+                anyhow::anyhow!("fwdd is not running (no control socket at {p})")
+            }
+            io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
+                "fwdd is not running (control socket {p} exists but nothing accepts on it)"
+            ),
+            io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+                "permission denied on control socket {p} (is fwdd running as another user?)"
+            ),
+            _ => anyhow::anyhow!("cannot connect to fwdd control socket {p}: {e}"),
+        }
+    })
+}
+
+/// Sends `req` and returns the response line (without its newline), all within `timeout`.
+pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let remaining = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    };
+    let timed_out = || {
+        anyhow::anyhow!(
+            "fwdd did not answer within {}s (control socket {})",
+            timeout.as_secs_f64(),
+            path.display()
+        )
+    };
+    let mut stream = connect(path)?;
+    stream.set_write_timeout(remaining().or(Some(Duration::from_millis(1))))?;
+    stream
+        .write_all(&encode_request(req))
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(),
+            _ => anyhow::anyhow!("cannot send request to fwdd ({}): {e}", path.display()),
+        })?;
+    let mut line = Vec::with_capacity(8192);
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let Some(left) = remaining() else {
+            return Err(timed_out());
+        };
+        stream.set_read_timeout(Some(left))?;
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(timed_out())
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading from fwdd ({}) failed", path.display()))
+            }
+        };
+        if n == 0 {
+            bail!(
+                "fwdd closed the connection without answering (control socket {})",
+                path.display()
+            );
+        }
+        if let Some(i) = chunk[..n].iter().position(|&b| b == b'\n') {
+            line.extend_from_slice(&chunk[..i]);
+            return Ok(line);
+        }
+        line.extend_from_slice(&chunk[..n]);
+        if line.len() > MAX_RESPONSE {
+            bail!("response from fwdd exceeds {MAX_RESPONSE} bytes");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_precedence() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(
+            resolve_socket(p("/a.sock"), p("/rt"), Some("/env.sock".into())),
+            PathBuf::from("/a.sock")
+        );
+        assert_eq!(
+            resolve_socket(None, p("/rt"), Some("/env.sock".into())),
+            PathBuf::from("/rt/control.sock")
+        );
+        assert_eq!(
+            resolve_socket(None, None, Some("/env.sock".into())),
+            PathBuf::from("/env.sock")
+        );
+        assert_eq!(
+            resolve_socket(None, None, Some("".into())),
+            fwd_proto::default_control_socket()
+        );
+        assert_eq!(
+            resolve_socket(None, None, None),
+            fwd_proto::default_control_socket()
+        );
+    }
+}

@@ -1,0 +1,392 @@
+//! `fwdctl status` for people, and the health verdict behind the exit code.
+
+use fwd_proto::{ForwardState, ForwardStatus, HostStatus, MasterState, Status};
+use std::fmt::Write as _;
+
+/// Exit code: everything healthy.
+pub const EXIT_HEALTHY: i32 = 0;
+/// Exit code: degraded (a host's master not connected, or a forward in conflict).
+pub const EXIT_DEGRADED: i32 = 1;
+/// Exit code: the daemon could not be reached or answered with an error.
+pub const EXIT_UNREACHABLE: i32 = 2;
+/// Exit code: bad command line.
+pub const EXIT_USAGE: i32 = 64;
+
+/// Why the status is degraded; empty when healthy.
+pub fn problems(st: &Status) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in &st.hosts {
+        if h.master.state != MasterState::Connected {
+            out.push(format!("host {} is {}", h.name, h.master.state));
+        }
+    }
+    let conflicts = st
+        .forwards
+        .iter()
+        .filter(|f| f.state == ForwardState::Conflict)
+        .count();
+    match conflicts {
+        0 => {}
+        1 => out.push("1 forward in conflict".into()),
+        n => out.push(format!("{n} forwards in conflict")),
+    }
+    out
+}
+
+/// 0 healthy, 1 degraded.
+pub fn exit_code(st: &Status) -> i32 {
+    if problems(st).is_empty() {
+        EXIT_HEALTHY
+    } else {
+        EXIT_DEGRADED
+    }
+}
+
+/// A duration in milliseconds, coarsely: `42s`, `3m12s`, `5h07m`, `2d03h`.
+pub fn fmt_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// How long ago `at_ms` was, e.g. `3m12s ago` (clock skew into the future shows `0s ago`).
+fn ago(now_ms: u64, at_ms: u64) -> String {
+    format!("{} ago", fmt_duration(now_ms.saturating_sub(at_ms)))
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn render_host(out: &mut String, h: &HostStatus, now_ms: u64) {
+    let m = &h.master;
+    let _ = writeln!(out, "host {} ({})", h.name, h.destination);
+    let mut master = format!("{}", m.state);
+    if let Some(pid) = m.pid {
+        let _ = write!(master, ", pid {pid}");
+    }
+    let _ = write!(master, ", since {}", ago(now_ms, m.since_ms));
+    if let Some(next) = m.next_retry_ms {
+        let _ = write!(
+            master,
+            ", next retry in {}",
+            fmt_duration(next.saturating_sub(now_ms))
+        );
+    }
+    let rtt = match m.last_probe_rtt_ms {
+        Some(ms) => format!("{ms:.1} ms"),
+        None => "-".into(),
+    };
+    let last_error = match &m.last_error {
+        Some(e) => format!(
+            "{}/{}, {}: {}",
+            e.class,
+            e.kind,
+            ago(now_ms, e.at_ms),
+            e.message
+        ),
+        None => "none".into(),
+    };
+    let ev = &h.events;
+    let last_event = match ev.last_event_ms {
+        Some(t) => format!("last {}", ago(now_ms, t)),
+        None => "no event yet".into(),
+    };
+    let rows = [
+        ("master", master),
+        ("probe rtt", rtt),
+        (
+            "reconnects",
+            format!(
+                "{}, consecutive failures {}",
+                m.reconnects, m.consecutive_failures
+            ),
+        ),
+        ("last error", last_error),
+        (
+            "events",
+            format!(
+                "{}, {} received, {}, {}",
+                ev.state,
+                ev.events_received,
+                last_event,
+                plural(ev.restarts, "restart", "restarts")
+            ),
+        ),
+        (
+            "docker",
+            h.docker_version.clone().unwrap_or_else(|| "unknown".into()),
+        ),
+    ];
+    for (label, value) in rows {
+        let _ = writeln!(out, "  {label:<11} {value}");
+    }
+}
+
+fn container_label(f: &ForwardStatus) -> String {
+    match &f.compose_project {
+        Some(p) => format!("{p}/{}", f.container_name),
+        None => f.container_name.clone(),
+    }
+}
+
+/// Renders rows as left-aligned columns separated by two spaces, without trailing blanks.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c > 0 {
+                line.push_str("  ");
+            }
+            let _ = write!(line, "{cell:<w$}", w = widths[c]);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The whole human-readable status. `now_ms` is the current Unix time in ms (a parameter
+/// so the output is testable). Layout: a summary line, a block per host, then the
+/// forwards sorted by local port. The HOST column appears only with more than one host.
+pub fn render_status(st: &Status, now_ms: u64) -> String {
+    let mut out = String::new();
+    let problems = problems(st);
+    let verdict = if problems.is_empty() {
+        "healthy".to_string()
+    } else {
+        format!("degraded: {}", problems.join("; "))
+    };
+    let _ = writeln!(
+        out,
+        "fwdd {} (pid {}), up {}, {}",
+        st.daemon.version,
+        st.daemon.pid,
+        fmt_duration(now_ms.saturating_sub(st.daemon.started_at_ms)),
+        verdict
+    );
+    if st.hosts.is_empty() {
+        out.push_str("\nno hosts configured\n");
+    }
+    for h in &st.hosts {
+        out.push('\n');
+        render_host(&mut out, h, now_ms);
+    }
+    out.push('\n');
+    if st.forwards.is_empty() {
+        out.push_str("no forwards\n");
+        return out;
+    }
+    let multi_host =
+        st.hosts.len() > 1 || st.forwards.iter().any(|f| f.host != st.forwards[0].host);
+    let mut fwds: Vec<&ForwardStatus> = st.forwards.iter().collect();
+    fwds.sort_by(|a, b| {
+        (a.local_port, &a.host, &a.container_name, &a.container_port).cmp(&(
+            b.local_port,
+            &b.host,
+            &b.container_name,
+            &b.container_port,
+        ))
+    });
+    let mut rows = Vec::with_capacity(fwds.len() + 1);
+    let mut header: Vec<String> = Vec::new();
+    if multi_host {
+        header.push("HOST".into());
+    }
+    header.extend(
+        [
+            "LOCAL",
+            "REMOTE",
+            "CONTAINER",
+            "PORT",
+            "STATE",
+            "SINCE",
+            "CONN",
+            "REASON",
+        ]
+        .map(String::from),
+    );
+    rows.push(header);
+    for f in fwds {
+        let mut row = Vec::new();
+        if multi_host {
+            row.push(f.host.clone());
+        }
+        let local = if f.local_addrs.is_empty() {
+            format!(":{}", f.local_port)
+        } else {
+            f.local_addrs.join(",")
+        };
+        let reason = match (f.state, &f.reason) {
+            (ForwardState::Active, _) | (_, None) => String::new(),
+            (_, Some(r)) => r.clone(),
+        };
+        row.extend([
+            local,
+            f.remote.clone(),
+            container_label(f),
+            f.container_port.clone(),
+            f.state.to_string(),
+            ago(now_ms, f.since_ms),
+            format!("{}/{}", f.connections_open, f.connections_total),
+            reason,
+        ]);
+        rows.push(row);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOLDEN: &str = include_str!("../../fwd-proto/tests/golden/status.json");
+
+    fn sample() -> Status {
+        serde_json::from_str(GOLDEN).unwrap()
+    }
+
+    const NOW: u64 = 1_700_000_200_000;
+
+    #[test]
+    fn durations() {
+        assert_eq!(fmt_duration(0), "0s");
+        assert_eq!(fmt_duration(59_999), "59s");
+        assert_eq!(fmt_duration(60_000), "1m00s");
+        assert_eq!(fmt_duration(192_000), "3m12s");
+        assert_eq!(fmt_duration(3_600_000 * 5 + 7 * 60_000), "5h07m");
+        assert_eq!(fmt_duration(86_400_000 * 2 + 3_600_000 * 3), "2d03h");
+        assert_eq!(ago(1000, 5000), "0s ago");
+    }
+
+    #[test]
+    fn human_output_is_stable() {
+        let expected = "\
+fwdd 0.1.0 (pid 4242), up 3m20s, degraded: host staging is backoff; 1 forward in conflict
+
+host prod (deploy@docker1.example.com)
+  master      connected, pid 4300, since 1m40s ago
+  probe rtt   1.8 ms
+  reconnects  2, consecutive failures 0
+  last error  transient/connection_refused, 1m50s ago: ssh: connect to host docker1.example.com port 22: Connection refused
+  events      streaming, 1234 received, last 10s ago, 1 restart
+  docker      27.3.1
+
+host staging (ci@docker2.example.com)
+  master      backoff, since 50s ago, next retry in 10s
+  probe rtt   -
+  reconnects  0, consecutive failures 3
+  last error  permanent/auth_failed, 50s ago: ci@docker2.example.com: Permission denied (publickey)
+  events      down, 0 received, no event yet, 0 restarts
+  docker      unknown
+
+HOST     LOCAL                      REMOTE          CONTAINER          PORT      STATE        SINCE      CONN  REASON
+prod     :5353                      127.0.0.1:5353  dns                53/udp    unsupported  1m00s ago  0/0   UDP ports are not forwarded
+prod     127.0.0.1:5432,[::1]:5432  127.0.0.1:5432  shop/shop-db-1     5432/tcp  active       1m30s ago  2/17
+prod     :6379                      127.0.0.1:6379  shop/shop-cache-1  6379/tcp  conflict     1m10s ago  0/0   127.0.0.1:6379 is in use by another process
+prod     127.0.0.1:8080             127.0.0.1:8080  web                80/tcp    active       1m20s ago  0/3
+staging  :9000                      127.0.0.1:9000  minio              9000/tcp  pending      50s ago    0/0   waiting for the ssh master
+";
+        let actual = render_status(&sample(), NOW);
+        // Compare line by line for a readable failure.
+        for (i, (a, e)) in actual.lines().zip(expected.lines()).enumerate() {
+            assert_eq!(a, e, "line {}", i + 1);
+        }
+        assert_eq!(actual, expected);
+    }
+
+    #[test]
+    fn healthy_single_host() {
+        let mut st = sample();
+        st.hosts.truncate(1);
+        st.forwards
+            .retain(|f| f.host == "prod" && f.state == ForwardState::Active);
+        assert_eq!(problems(&st), Vec::<String>::new());
+        assert_eq!(exit_code(&st), EXIT_HEALTHY);
+        let text = render_status(&st, NOW);
+        assert!(text.starts_with("fwdd 0.1.0 (pid 4242), up 3m20s, healthy\n"));
+        // Single host: no HOST column; sorted by local port.
+        let table: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("LOCAL"))
+            .collect();
+        assert_eq!(
+            table,
+            [
+                "LOCAL                      REMOTE          CONTAINER       PORT      STATE   SINCE      CONN  REASON",
+                "127.0.0.1:5432,[::1]:5432  127.0.0.1:5432  shop/shop-db-1  5432/tcp  active  1m30s ago  2/17",
+                "127.0.0.1:8080             127.0.0.1:8080  web             80/tcp    active  1m20s ago  0/3",
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_status() {
+        let mut st = sample();
+        st.hosts.clear();
+        st.forwards.clear();
+        assert_eq!(exit_code(&st), EXIT_HEALTHY);
+        assert_eq!(
+            render_status(&st, NOW),
+            "fwdd 0.1.0 (pid 4242), up 3m20s, healthy\n\nno hosts configured\n\nno forwards\n"
+        );
+    }
+
+    #[test]
+    fn exit_codes() {
+        let base = {
+            let mut st = sample();
+            st.hosts.truncate(1);
+            st.forwards.clear();
+            st
+        };
+        assert_eq!(exit_code(&base), EXIT_HEALTHY);
+        for state in [
+            MasterState::Connecting,
+            MasterState::Backoff,
+            MasterState::Stopped,
+        ] {
+            let mut st = base.clone();
+            st.hosts[0].master.state = state;
+            assert_eq!(exit_code(&st), EXIT_DEGRADED, "{state}");
+        }
+        for (state, code) in [
+            (ForwardState::Active, EXIT_HEALTHY),
+            (ForwardState::Pending, EXIT_HEALTHY),
+            (ForwardState::Unsupported, EXIT_HEALTHY),
+            (ForwardState::Conflict, EXIT_DEGRADED),
+        ] {
+            let mut st = base.clone();
+            let mut f = sample().forwards[0].clone();
+            f.state = state;
+            st.forwards.push(f);
+            assert_eq!(exit_code(&st), code, "{state}");
+        }
+        // The event stream being down alone does not degrade (masters decide).
+        let mut st = base.clone();
+        st.hosts[0].events.state = fwd_proto::StreamState::Down;
+        assert_eq!(exit_code(&st), EXIT_HEALTHY);
+        // The full sample: one host in backoff and one conflict.
+        assert_eq!(
+            problems(&sample()),
+            ["host staging is backoff", "1 forward in conflict"]
+        );
+        assert_eq!(exit_code(&sample()), EXIT_DEGRADED);
+    }
+}
