@@ -1,0 +1,382 @@
+//! Daemon-owned listeners and the hand-off of each accepted connection to
+//! the ControlMaster.
+//!
+//! fwdd binds the local ports itself (not the master), so a port stays bound
+//! while the master is being replaced, a conflict shows up exactly at
+//! `bind()`, and what is forwarded is exactly what this table holds. Each
+//! accepted socket is passed to the master as a stdio forward; from then on
+//! bytes flow socket ⇄ ssh without touching fwdd.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use fwd_core::{Action, Claim, Held, HostKey};
+use fwd_ssh::{MasterConfig, MuxClient, MuxError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A usable ControlMaster of one host.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub control_path: PathBuf,
+    /// Increments with every new master, so waiters can tell old from new.
+    pub generation: u64,
+    pub ssh: Arc<MasterConfig>,
+}
+
+pub type LinkWatch = watch::Receiver<Option<Link>>;
+
+#[derive(Default, Debug)]
+pub struct ConnStats {
+    pub open: Cell<u64>,
+    pub total: Cell<u64>,
+}
+
+/// One local port fwdd holds (or tries to hold) for a container.
+pub struct Forward {
+    pub held: Held,
+    /// Read by the accept loops at each connection, so a retarget takes
+    /// effect for the next connection without rebinding.
+    target: Rc<RefCell<Claim>>,
+    pub reason: Option<String>,
+    pub since: SystemTime,
+    pub local_addrs: Vec<SocketAddr>,
+    pub stats: Rc<ConnStats>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        for t in &self.accept_tasks {
+            t.abort();
+        }
+    }
+}
+
+pub struct ServeContext {
+    pub links: BTreeMap<HostKey, LinkWatch>,
+    pub connect_wait: Duration,
+}
+
+/// The ports fwdd holds, keyed by local port.
+#[derive(Default)]
+pub struct ForwardTable {
+    pub forwards: BTreeMap<u16, Forward>,
+}
+
+impl ForwardTable {
+    pub fn held(&self) -> BTreeMap<u16, Held> {
+        self.forwards
+            .iter()
+            .map(|(p, f)| (*p, f.held.clone()))
+            .collect()
+    }
+
+    /// The earliest time a conflicted port should be tried again.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.forwards.values().filter_map(|f| f.held.retry_at).min()
+    }
+
+    pub fn apply(
+        &mut self,
+        actions: Vec<Action>,
+        ctx: &Rc<ServeContext>,
+        now: Instant,
+        conflict_retry: Duration,
+    ) {
+        for action in actions {
+            match action {
+                Action::Bind(claim) => self.bind(claim, ctx, now, conflict_retry),
+                Action::Retarget(claim) => {
+                    if let Some(f) = self.forwards.get_mut(&claim.local_port) {
+                        if f.held.bound {
+                            tracing::info!(
+                                event = "forward_retargeted",
+                                host = %claim.host,
+                                port = claim.local_port,
+                                container = %claim.container_name,
+                                container_id = %claim.container,
+                                remote = %claim.remote,
+                                "local port {} now forwards to container {}",
+                                claim.local_port,
+                                claim.container_name
+                            );
+                        }
+                        *f.target.borrow_mut() = claim.clone();
+                        f.held.owner = claim;
+                        f.since = SystemTime::now();
+                    }
+                }
+                Action::Release(port) => {
+                    if let Some(f) = self.forwards.remove(&port) {
+                        if f.held.bound {
+                            tracing::info!(
+                                event = "forward_removed",
+                                host = %f.held.owner.host,
+                                port,
+                                container = %f.held.owner.container_name,
+                                container_id = %f.held.owner.container,
+                                "released local port {port}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn bind(&mut self, claim: Claim, ctx: &Rc<ServeContext>, now: Instant, retry: Duration) {
+        let port = claim.local_port;
+        let was_conflict = self.forwards.get(&port).is_some_and(|f| !f.held.bound);
+        // Drop a previous (unbound) record before binding: it holds nothing.
+        self.forwards.remove(&port);
+        match bind_loopback(port) {
+            Ok(listeners) => {
+                let target = Rc::new(RefCell::new(claim.clone()));
+                let stats = Rc::new(ConnStats::default());
+                let local_addrs = listeners
+                    .iter()
+                    .filter_map(|l| l.local_addr().ok())
+                    .collect();
+                let accept_tasks = listeners
+                    .into_iter()
+                    .map(|l| {
+                        tokio::task::spawn_local(accept_loop(
+                            l,
+                            target.clone(),
+                            stats.clone(),
+                            ctx.clone(),
+                        ))
+                    })
+                    .collect();
+                tracing::info!(
+                    event = "forward_added",
+                    host = %claim.host,
+                    port,
+                    container = %claim.container_name,
+                    container_id = %claim.container,
+                    remote = %claim.remote,
+                    "forwarding localhost:{port} to {} of container {}",
+                    claim.remote,
+                    claim.container_name
+                );
+                if was_conflict {
+                    tracing::info!(
+                        event = "forward_conflict_cleared",
+                        port,
+                        "local port {port} is free again"
+                    );
+                }
+                self.forwards.insert(
+                    port,
+                    Forward {
+                        held: Held {
+                            owner: claim.clone(),
+                            bound: true,
+                            retry_at: None,
+                        },
+                        target,
+                        reason: None,
+                        since: SystemTime::now(),
+                        local_addrs,
+                        stats,
+                        accept_tasks,
+                    },
+                );
+            }
+            Err(reason) => {
+                if !was_conflict {
+                    tracing::warn!(
+                        event = "forward_conflict",
+                        host = %claim.host,
+                        port,
+                        container = %claim.container_name,
+                        reason = %reason,
+                        "cannot forward local port {port}: {reason}; retrying every {}s",
+                        retry.as_secs()
+                    );
+                }
+                self.forwards.insert(
+                    port,
+                    Forward {
+                        held: Held {
+                            owner: claim.clone(),
+                            bound: false,
+                            retry_at: Some(now + retry),
+                        },
+                        target: Rc::new(RefCell::new(claim)),
+                        reason: Some(reason),
+                        since: SystemTime::now(),
+                        local_addrs: Vec::new(),
+                        stats: Rc::new(ConnStats::default()),
+                        accept_tasks: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Binds 127.0.0.1:port and, where the host has IPv6, [::1]:port. Either
+/// address being taken is a conflict: a client resolving `localhost` may
+/// try either.
+fn bind_loopback(port: u16) -> Result<Vec<TcpListener>, String> {
+    let mut out = Vec::new();
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    out.push(listen(v4).map_err(|e| describe_bind_error(v4, &e))?);
+    let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+    match listen(v6) {
+        Ok(l) => out.push(l),
+        Err(e)
+            if e.kind() == io::ErrorKind::AddrNotAvailable
+                || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {}
+        Err(e) => return Err(describe_bind_error(v6, &e)),
+    }
+    Ok(out)
+}
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
+}
+
+fn describe_bind_error(addr: SocketAddr, e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        format!("{addr} is already in use by another program")
+    } else {
+        format!("cannot bind {addr}: {e}")
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    target: Rc<RefCell<Claim>>,
+    stats: Rc<ConnStats>,
+    ctx: Rc<ServeContext>,
+) {
+    let mut failures = fwd_core::RepeatGate::new(Duration::from_secs(60));
+    loop {
+        match listener.accept().await {
+            Ok((sock, _peer)) => {
+                failures.clear();
+                let claim = target.borrow().clone();
+                stats.open.set(stats.open.get() + 1);
+                stats.total.set(stats.total.get() + 1);
+                let stats = stats.clone();
+                let ctx = ctx.clone();
+                tokio::task::spawn_local(async move {
+                    serve_connection(sock, &claim, &ctx).await;
+                    stats.open.set(stats.open.get().saturating_sub(1));
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off a little instead of spinning.
+                if failures.observe(&e.to_string(), Instant::now())
+                    != fwd_core::repeat::Verdict::Suppress
+                {
+                    tracing::warn!(event = "accept_failed", error = %e, "accepting a connection failed");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Hands one accepted connection to the host's master. While no master is
+/// up the client waits (up to `connect_wait`) instead of being refused.
+async fn serve_connection(sock: TcpStream, claim: &Claim, ctx: &ServeContext) {
+    let Some(mut link_rx) = ctx.links.get(&claim.host).cloned() else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + ctx.connect_wait;
+    let Ok(sock) = sock.into_std() else { return };
+    let mut fallback_tried = false;
+    loop {
+        let link = match tokio::time::timeout_at(deadline, link_rx.wait_for(Option::is_some)).await
+        {
+            Ok(Ok(link)) => match link.clone() {
+                Some(l) => l,
+                None => return,
+            },
+            _ => {
+                tracing::debug!(
+                    port = claim.local_port,
+                    "no master in time; closing the connection"
+                );
+                return;
+            }
+        };
+        let attempt = async {
+            let mux = MuxClient::connect(&link.control_path).await?;
+            mux.open_stdio_forward(&claim.remote.ip, claim.remote.port, sock.as_fd())
+                .await
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(tunnel)) => {
+                // The master holds its own copy of the socket now.
+                drop(sock);
+                tunnel.closed().await;
+                return;
+            }
+            Ok(Err(MuxError::Refused(reason))) => {
+                tracing::debug!(port = claim.local_port, %reason, "remote end refused the connection");
+                return;
+            }
+            Ok(Err(e)) => {
+                // Either the master is going away (a new one will come) or
+                // the native mux path does not work with this master.
+                let generation = link.generation;
+                let changed = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    link_rx.wait_for(|l| l.as_ref().map(|l| l.generation) != Some(generation)),
+                )
+                .await;
+                if changed.is_err() && !fallback_tried {
+                    fallback_tried = true;
+                    tracing::debug!(error = %e, "mux stdio forward failed; trying ssh -W");
+                    if run_fallback(&link, claim, &sock).await {
+                        return;
+                    }
+                }
+            }
+            Err(_) => return,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+    }
+}
+
+/// `ssh -S ctl -W host:port` with the socket as its stdin and stdout.
+/// Returns whether it ran (and so served the connection until it ended).
+async fn run_fallback(link: &Link, claim: &Claim, sock: &std::net::TcpStream) -> bool {
+    let Ok(mut cmd) = fwd_ssh::fallback_stdio_forward_command(
+        &link.ssh,
+        &link.control_path,
+        &claim.remote.ip,
+        claim.remote.port,
+    ) else {
+        return false;
+    };
+    let (Ok(a), Ok(b)) = (sock.try_clone(), sock.try_clone()) else {
+        return false;
+    };
+    cmd.stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(a)))
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(b)))
+        .stderr(std::process::Stdio::null());
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    match cmd.spawn() {
+        Ok(mut child) => child.wait().await.is_ok_and(|s| s.success()),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,152 @@
+//! The daemon's state as the control API's `Status` snapshot.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fwd_core::Claim;
+use fwd_proto::{
+    DaemonInfo, ErrorInfo, ForwardState, ForwardStatus, HostStatus, MasterState, MasterStatus,
+    Status, StreamState, StreamStatus,
+};
+
+use crate::daemon::{Daemon, MasterPhase, StreamPhase};
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+fn forward(
+    claim: &Claim,
+    state: ForwardState,
+    reason: Option<String>,
+    since: SystemTime,
+) -> ForwardStatus {
+    ForwardStatus {
+        host: claim.host.to_string(),
+        local_port: claim.local_port,
+        local_addrs: Vec::new(),
+        remote: claim.remote.to_string(),
+        container_id: claim.container.as_str().to_string(),
+        container_name: claim.container_name.clone(),
+        compose_project: claim.compose_project.clone(),
+        container_port: format!("{}/tcp", claim.container_port),
+        state,
+        reason,
+        since_ms: unix_ms(since),
+        connections_open: 0,
+        connections_total: 0,
+    }
+}
+
+pub fn snapshot(d: &Daemon) -> Status {
+    let hosts = d
+        .hosts
+        .iter()
+        .map(|h| {
+            let health = h.health.borrow();
+            HostStatus {
+                name: h.key.to_string(),
+                destination: h.cfg.ssh.destination.clone(),
+                master: MasterStatus {
+                    state: match health.master {
+                        MasterPhase::Connecting => MasterState::Connecting,
+                        MasterPhase::Connected => MasterState::Connected,
+                        MasterPhase::Backoff => MasterState::Backoff,
+                        MasterPhase::Stopped => MasterState::Stopped,
+                    },
+                    pid: health.master_pid,
+                    since_ms: unix_ms(health.since),
+                    last_probe_rtt_ms: health.last_probe_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    reconnects: health.reconnects,
+                    consecutive_failures: health.consecutive_failures,
+                    last_error: health.last_error.as_ref().map(|e| ErrorInfo {
+                        class: e.kind.class().as_str().to_string(),
+                        kind: e.kind.as_str().to_string(),
+                        message: format!("{} ({})", e.message, e.kind.hint()),
+                        at_ms: unix_ms(e.at),
+                    }),
+                    next_retry_ms: health.next_retry.map(unix_ms),
+                },
+                events: StreamStatus {
+                    state: match health.stream {
+                        StreamPhase::Streaming => StreamState::Streaming,
+                        StreamPhase::Resyncing => StreamState::Resyncing,
+                        StreamPhase::Down => StreamState::Down,
+                    },
+                    events_received: health.events_received,
+                    last_event_ms: health.last_event.map(unix_ms),
+                    restarts: health.stream_restarts,
+                },
+                docker_version: health.docker_version.clone(),
+            }
+        })
+        .collect();
+
+    let mut forwards = Vec::new();
+    for f in d.table.borrow().forwards.values() {
+        let owner = &f.held.owner;
+        let link_up = d
+            .serve
+            .links
+            .get(&owner.host)
+            .is_some_and(|l| l.borrow().is_some());
+        let (state, reason) = if !f.held.bound {
+            (ForwardState::Conflict, f.reason.clone())
+        } else if !link_up {
+            (
+                ForwardState::Pending,
+                Some(format!(
+                    "waiting for the link to {}; new connections wait up to {}s",
+                    owner.host,
+                    d.config.connect_wait.as_secs()
+                )),
+            )
+        } else {
+            (ForwardState::Active, None)
+        };
+        let mut s = forward(owner, state, reason, f.since);
+        s.local_addrs = f.local_addrs.iter().map(|a| a.to_string()).collect();
+        s.connections_open = f.stats.open.get();
+        s.connections_total = f.stats.total.get();
+        forwards.push(s);
+    }
+    for (claim, reason) in d.cross_host_conflicts.borrow().iter() {
+        forwards.push(forward(
+            claim,
+            ForwardState::Conflict,
+            Some(reason.clone()),
+            d.started_at,
+        ));
+    }
+    for u in d.unsupported.borrow().iter() {
+        forwards.push(ForwardStatus {
+            host: u.host.to_string(),
+            local_port: u.binding.host_port,
+            local_addrs: Vec::new(),
+            remote: String::new(),
+            container_id: u.container.as_str().to_string(),
+            container_name: u.container_name.clone(),
+            compose_project: None,
+            container_port: format!(
+                "{}/{}",
+                u.binding.container_port,
+                u.binding.protocol.as_str()
+            ),
+            state: ForwardState::Unsupported,
+            reason: Some(u.reason.to_string()),
+            since_ms: unix_ms(d.started_at),
+            connections_open: 0,
+            connections_total: 0,
+        });
+    }
+    Status {
+        daemon: DaemonInfo {
+            version: crate::VERSION.to_string(),
+            pid: std::process::id(),
+            started_at_ms: unix_ms(d.started_at),
+        },
+        hosts,
+        forwards,
+    }
+}
