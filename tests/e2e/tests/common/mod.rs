@@ -1,0 +1,239 @@
+//! Drives a real `fwdd` inside a [`TestHost`]'s runner namespace and reads
+//! its state through the real control socket.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fwd_e2e::{wait_until, TestHost};
+use fwd_proto::{ForwardState, ForwardStatus, MasterState, Request, Response, Status};
+
+/// Path of a workspace binary, built once per test process. The e2e crate
+/// cannot depend on binaries of other packages, so it asks cargo to build
+/// them into the same target directory (a no-op when they are current).
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile> dir")
+            .to_path_buf();
+        let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "fwdd", "-p", "fwdctl", "--bins"])
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building fwdd/fwdctl failed");
+        profile_dir
+    });
+    dir.join(name)
+}
+
+pub struct Fwdd<'a> {
+    pub host: &'a TestHost,
+    pub child: Child,
+    pub runtime_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl<'a> Fwdd<'a> {
+    /// Starts fwdd for `host` and waits until its link is up.
+    pub fn start(host: &'a TestHost) -> Fwdd<'a> {
+        let d = Self::spawn(host, &[]);
+        d.wait_connected();
+        d
+    }
+
+    /// Starts fwdd without waiting for anything.
+    pub fn spawn(host: &'a TestHost, extra: &[&str]) -> Fwdd<'a> {
+        let runtime_dir = host.dir.join("rt");
+        let log = host.dir.join("fwdd.log");
+        let log_file = File::create(&log).expect("create fwdd log");
+        let url = format!("ssh://{}", host.alias);
+        let child = host
+            .runner_command(bin("fwdd"))
+            .arg("--host")
+            .arg(&url)
+            .arg("--ssh-config")
+            .arg(&host.ssh_config)
+            .arg("--runtime-dir")
+            .arg(&runtime_dir)
+            .args(["--log-format", "json"])
+            .args(extra)
+            .env("FWD_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn fwdd");
+        Fwdd {
+            host,
+            child,
+            runtime_dir,
+            log,
+        }
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.runtime_dir.join(fwd_proto::CONTROL_SOCKET_NAME)
+    }
+
+    /// One `status` request over the control socket.
+    pub fn status(&self) -> Option<Status> {
+        let mut s = UnixStream::connect(self.control_socket()).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(&fwd_proto::encode_request(&Request::Status))
+            .ok()?;
+        let mut line = Vec::new();
+        BufReader::new(s).read_until(b'\n', &mut line).ok()?;
+        match fwd_proto::decode_response(&line).ok()? {
+            Response::Status(st) => Some(st),
+            Response::Error { .. } => None,
+        }
+    }
+
+    pub fn master_state(&self) -> Option<MasterState> {
+        Some(self.status()?.hosts.first()?.master.state)
+    }
+
+    pub fn wait_connected(&self) {
+        self.wait_for(Duration::from_secs(30), "fwdd connected", |st| {
+            st.hosts
+                .iter()
+                .all(|h| h.master.state == MasterState::Connected)
+        });
+    }
+
+    pub fn wait_for(&self, timeout: Duration, what: &str, mut f: impl FnMut(&Status) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.status() {
+                if f(&st) {
+                    return;
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}\nlast status: {:#?}\nfwdd log tail:\n{}",
+                    self.status(),
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn forward(&self, port: u16) -> Option<ForwardStatus> {
+        self.status()?
+            .forwards
+            .into_iter()
+            .find(|f| f.local_port == port)
+    }
+
+    pub fn wait_forward_state(&self, port: u16, state: ForwardState) -> ForwardStatus {
+        self.wait_for(
+            Duration::from_secs(15),
+            &format!("port {port} {state}"),
+            |st| {
+                st.forwards
+                    .iter()
+                    .any(|f| f.local_port == port && f.state == state)
+            },
+        );
+        self.forward(port).expect("forward present")
+    }
+
+    /// Waits until an HTTP GET through local `port` succeeds; returns the body.
+    pub fn wait_http(&self, port: u16) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.host.http_get(port) {
+                Ok(body) => return body,
+                Err(e) if Instant::now() >= deadline => panic!(
+                    "port {port} never served: {e}\nstatus: {:#?}\nlog:\n{}",
+                    self.status(),
+                    self.log_tail(40)
+                ),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    /// Waits until connecting to local `port` is refused (nothing listens).
+    pub fn wait_refused(&self, port: u16) {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("port {port} refused"),
+            || matches!(self.host.connect(port), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        );
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.status()
+            .and_then(|s| s.hosts.first().and_then(|h| h.master.pid))
+            .expect("master pid in status")
+    }
+
+    /// SIGTERM, then wait for exit; returns the status and how long it took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let t0 = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signal fwdd");
+        let deadline = t0 + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait fwdd") {
+                return (st, t0.elapsed());
+            }
+            assert!(Instant::now() < deadline, "fwdd did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Fwdd<'_> {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A container command serving `body` over HTTP on container port 8080.
+pub fn httpd_serving(body: &str) -> String {
+    format!("mkdir -p /w && echo {body} > /w/index.html && exec /bin/httpd -f -p 8080 -h /w")
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}

@@ -1,0 +1,266 @@
+//! End to end: a real fwdd in a runner namespace, a real sshd and dockerd
+//! in the "remote" namespace, real containers and real TCP through the
+//! forwards. Each test uses its own host ports (the remote engine is shared).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{httpd_serving, pid_alive, Fwdd};
+use fwd_e2e::{wait_until, Sandbox, TestHost};
+use fwd_proto::{ForwardState, MasterState};
+
+macro_rules! sandbox_host {
+    ($name:expr) => {
+        match Sandbox::get() {
+            Some(sb) => TestHost::new(sb, $name),
+            None => return,
+        }
+    };
+}
+
+#[test]
+fn start_serves_http_on_both_loopbacks_and_stop_refuses() {
+    let host = sandbox_host!("start_stop");
+    let fwdd = Fwdd::start(&host);
+    let id = host.httpd(&["20100:8080"]);
+    assert_eq!(fwdd.wait_http(20100), "hello\n");
+    // [::1] too: a client resolving localhost may pick either.
+    let mut v6 = host.connect_v6(20100).expect("connect [::1]");
+    v6.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+    let mut answer = String::new();
+    v6.read_to_string(&mut answer).expect("read");
+    assert!(answer.ends_with("hello\n"), "{answer}");
+
+    let f = fwdd.wait_forward_state(20100, ForwardState::Active);
+    assert_eq!(f.remote, "127.0.0.1:20100");
+    assert!(id.starts_with(&f.container_id[..12]));
+    assert_eq!(f.container_port, "8080/tcp");
+    assert!(f.connections_total >= 2, "{f:?}");
+
+    host.sandbox().docker_ok(&["stop", "-t", "0", &id]);
+    fwdd.wait_refused(20100);
+    assert!(fwdd.forward(20100).is_none());
+    // All of it through the one connection fwdd opened.
+    assert_eq!(
+        host.sshd_connection_count(),
+        1,
+        "extra SSH connections were made"
+    );
+}
+
+#[test]
+fn several_ports_ranges_and_loopback_only_publishes() {
+    let host = sandbox_host!("several_ports");
+    let fwdd = Fwdd::start(&host);
+    host.run(&[
+        "-p",
+        "20110:8080",
+        "-p",
+        "20111-20112:9090-9091",
+        &host.image,
+        "/bin/sh",
+        "-c",
+        "/bin/httpd -p 9090 -h /www; /bin/httpd -p 9091 -h /www; exec /bin/httpd -f -p 8080 -h /www",
+    ]);
+    host.httpd(&["127.0.0.1:20113:8080"]);
+    for port in [20110, 20111, 20112, 20113] {
+        assert_eq!(fwdd.wait_http(port), "hello\n", "port {port}");
+    }
+    let f = fwdd.wait_forward_state(20113, ForwardState::Active);
+    assert_eq!(f.remote, "127.0.0.1:20113");
+}
+
+#[test]
+fn ephemeral_and_publish_all_ports_are_forwarded() {
+    let host = sandbox_host!("ephemeral");
+    let fwdd = Fwdd::start(&host);
+    let a = host.httpd(&["0:8080"]);
+    let b = host.run(&[
+        "--expose",
+        "8080",
+        "-P",
+        &host.image,
+        "/bin/httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ]);
+    for id in [a, b] {
+        let mapping = host.sandbox().docker_ok(&["port", &id, "8080/tcp"]);
+        let port: u16 = mapping
+            .lines()
+            .next()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no port in {mapping:?}"));
+        assert_eq!(
+            fwdd.wait_http(port),
+            "hello\n",
+            "container {id} port {port}"
+        );
+    }
+}
+
+#[test]
+fn udp_ports_are_listed_as_unsupported_not_forwarded() {
+    let host = sandbox_host!("udp");
+    let fwdd = Fwdd::start(&host);
+    host.run(&[
+        "-p",
+        "20120:5353/udp",
+        "-p",
+        "20121:8080",
+        &host.image,
+        "/bin/httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ]);
+    assert_eq!(fwdd.wait_http(20121), "hello\n");
+    let udp = fwdd.wait_forward_state(20120, ForwardState::Unsupported);
+    assert_eq!(udp.container_port, "5353/udp");
+    assert!(
+        udp.reason.as_deref().unwrap_or("").contains("TCP"),
+        "{udp:?}"
+    );
+    let refused = host.connect(20120);
+    assert!(refused.is_err(), "a UDP port must not be forwarded as TCP");
+}
+
+#[test]
+fn a_second_container_takes_over_a_port_and_the_first_ones_removal_keeps_it() {
+    let host = sandbox_host!("takeover");
+    let fwdd = Fwdd::start(&host);
+    let sb = host.sandbox();
+    let first = host.run(&[
+        "-p",
+        "20130:8080",
+        &host.image,
+        "/bin/sh",
+        "-c",
+        &httpd_serving("first"),
+    ]);
+    assert_eq!(fwdd.wait_http(20130), "first\n");
+    sb.docker_ok(&["stop", "-t", "0", &first]);
+    let second = host.run(&[
+        "-p",
+        "20130:8080",
+        &host.image,
+        "/bin/sh",
+        "-c",
+        &httpd_serving("second"),
+    ]);
+    wait_until(Duration::from_secs(15), "second container serves", || {
+        host.http_get(20130).is_ok_and(|b| b == "second\n")
+    });
+    // Removing the first (stopped) container must not take the port away.
+    sb.docker_ok(&["rm", &first]);
+    let f = fwdd.wait_forward_state(20130, ForwardState::Active);
+    assert!(second.starts_with(&f.container_id[..12]), "{f:?}");
+    assert_eq!(host.http_get(20130).expect("still served"), "second\n");
+}
+
+#[test]
+fn master_killed_serves_again_and_a_connection_during_the_outage_is_not_refused() {
+    let host = sandbox_host!("master_kill");
+    let fwdd = Fwdd::start(&host);
+    host.httpd(&["20140:8080"]);
+    assert_eq!(fwdd.wait_http(20140), "hello\n");
+    let old = fwdd.master_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill master");
+    // At once, while the master is gone: the connection must wait and be served.
+    let body = host.http_get(20140).expect("connection during the outage");
+    assert_eq!(body, "hello\n");
+    fwdd.wait_for(Duration::from_secs(15), "new master", |st| {
+        let h = &st.hosts[0];
+        h.master.state == MasterState::Connected
+            && h.master.pid.is_some_and(|p| p != old)
+            && h.master.reconnects >= 1
+    });
+    assert!(!pid_alive(old));
+    assert_eq!(fwdd.wait_http(20140), "hello\n");
+}
+
+#[test]
+fn sshd_restart_recovers_and_a_container_started_meanwhile_is_forwarded() {
+    let host = sandbox_host!("sshd_restart");
+    let fwdd = Fwdd::start(&host);
+    host.httpd(&["20150:8080"]);
+    assert_eq!(fwdd.wait_http(20150), "hello\n");
+    host.stop_sshd();
+    fwdd.wait_for(Duration::from_secs(30), "link down", |st| {
+        st.hosts[0].master.state != MasterState::Connected
+    });
+    // The port stays bound while the link is down, waiting for it.
+    assert_eq!(
+        fwdd.forward(20150).map(|f| f.state),
+        Some(ForwardState::Pending)
+    );
+    host.httpd(&["20151:8080"]);
+    host.start_sshd();
+    fwdd.wait_connected();
+    assert_eq!(fwdd.wait_http(20151), "hello\n");
+    assert_eq!(fwdd.wait_http(20150), "hello\n");
+    let st = fwdd.status().expect("status");
+    assert!(st.hosts[0].master.reconnects >= 1);
+}
+
+#[test]
+fn a_port_taken_locally_is_a_conflict_until_it_is_released() {
+    let host = sandbox_host!("conflict");
+    let fwdd = Fwdd::start(&host);
+    let squatter = host.bind_in_runner(20160).expect("bind squatter");
+    host.httpd(&["20160:8080", "20161:8080"]);
+    // The other port of the same container is not affected.
+    assert_eq!(fwdd.wait_http(20161), "hello\n");
+    let f = fwdd.wait_forward_state(20160, ForwardState::Conflict);
+    assert!(
+        f.reason.as_deref().unwrap_or("").contains("in use"),
+        "{f:?}"
+    );
+    drop(squatter);
+    fwdd.wait_forward_state(20160, ForwardState::Active);
+    assert_eq!(fwdd.wait_http(20160), "hello\n");
+}
+
+#[test]
+fn sigterm_releases_everything_and_leaves_no_remote_process() {
+    let host = sandbox_host!("sigterm");
+    let mut fwdd = Fwdd::start(&host);
+    host.httpd(&["20170:8080"]);
+    assert_eq!(fwdd.wait_http(20170), "hello\n");
+    let master = fwdd.master_pid();
+    let remote = host.remote_session_processes();
+    assert!(
+        remote.iter().any(|(_, cmd)| cmd.contains("dial-stdio")),
+        "expected the docker channels on the host: {remote:?}"
+    );
+    let (status, took) = fwdd.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+    assert!(host.connect(20170).is_err(), "port still open after exit");
+    assert!(
+        !fwdd.control_socket().exists(),
+        "control socket left behind"
+    );
+    assert!(
+        !fwdd.runtime_dir.join("h0.ctl").exists(),
+        "ControlPath left behind"
+    );
+    wait_until(Duration::from_secs(5), "ssh master gone", || {
+        !pid_alive(master)
+    });
+    wait_until(Duration::from_secs(10), "no remote processes left", || {
+        host.remote_session_processes().is_empty()
+    });
+}
