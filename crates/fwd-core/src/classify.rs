@@ -127,6 +127,7 @@ pub fn classify_ssh_failure(stderr: &str) -> FailureKind {
         "connection reset",
         "broken pipe",
         "connection closed by",
+        "closed by remote host",
         "kex_exchange_identification",
     ]) {
         FailureKind::ConnectionReset
@@ -156,6 +157,10 @@ mod tests {
             ("/tmp/cfg: line 3: Bad configuration option: bogus", FailureKind::InvalidConfig),
             ("Connection reset by 10.231.0.1 port 22", FailureKind::ConnectionReset),
             ("Connection closed by 10.231.0.1 port 22", FailureKind::ConnectionReset),
+            (
+                "Connection to 10.168.0.5 closed by remote host.",
+                FailureKind::ConnectionReset,
+            ),
             ("something new", FailureKind::Unknown),
         ];
         for (text, kind) in cases {

@@ -18,4 +18,4 @@ pub use model::{
     Unsupported,
 };
 pub use reconcile::{desired_forwards, reconcile, Action, Desired, Held};
-pub use repeat::RepeatGate;
+pub use repeat::{RecentLines, RepeatGate};

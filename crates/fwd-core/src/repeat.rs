@@ -102,3 +102,61 @@ mod tests {
         assert_eq!(g.observe("timeout", t0), Verdict::Log);
     }
 }
+
+/// Remembers recently seen lines so a process that prints the same thing
+/// on every retry (ssh's "Connection refused") is logged once per `ttl`.
+#[derive(Clone, Debug)]
+pub struct RecentLines {
+    ttl: Duration,
+    max: usize,
+    seen: Vec<(String, Instant)>,
+}
+
+impl RecentLines {
+    pub fn new(ttl: Duration, max: usize) -> Self {
+        RecentLines {
+            ttl,
+            max: max.max(1),
+            seen: Vec::new(),
+        }
+    }
+
+    /// True if `line` was not seen within `ttl` (and records it).
+    pub fn is_fresh(&mut self, line: &str, now: Instant) -> bool {
+        self.seen
+            .retain(|(_, at)| now.saturating_duration_since(*at) < self.ttl);
+        if self.seen.iter().any(|(l, _)| l == line) {
+            return false;
+        }
+        if self.seen.len() == self.max {
+            self.seen.remove(0);
+        }
+        self.seen.push((line.to_string(), now));
+        true
+    }
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_fresh_once_per_ttl() {
+        let t0 = Instant::now();
+        let mut r = RecentLines::new(Duration::from_secs(600), 4);
+        assert!(r.is_fresh("refused", t0));
+        assert!(!r.is_fresh("refused", t0 + Duration::from_secs(599)));
+        assert!(r.is_fresh("other", t0));
+        assert!(r.is_fresh("refused", t0 + Duration::from_secs(601)));
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let t0 = Instant::now();
+        let mut r = RecentLines::new(Duration::from_secs(600), 2);
+        for i in 0..100 {
+            assert!(r.is_fresh(&i.to_string(), t0));
+        }
+        assert!(r.seen.len() <= 2);
+    }
+}

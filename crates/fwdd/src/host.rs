@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fwd_core::{
-    classify_ssh_failure, Backoff, BackoffPolicy, FailureClass, FailureKind, RepeatGate,
+    classify_ssh_failure, Backoff, BackoffPolicy, FailureClass, FailureKind, RecentLines,
+    RepeatGate,
 };
 use fwd_docker::{ApiError, ContainerEvent, DockerApi, EventAction, StreamItem};
 use fwd_ssh::{Master, MasterError, MuxClient, SocketState};
@@ -162,6 +163,7 @@ pub async fn supervise(d: Rc<Daemon>, host: Rc<Host>, mut shutdown: watch::Recei
         generation: 0,
         connected_once: false,
         logged_version: None,
+        recent_stderr: Rc::new(RefCell::new(RecentLines::new(SUMMARY_EVERY, 32))),
     };
     loop {
         if *shutdown.borrow() {
@@ -205,6 +207,7 @@ struct Supervisor {
     generation: u64,
     connected_once: bool,
     logged_version: Option<String>,
+    recent_stderr: Rc<RefCell<RecentLines>>,
 }
 
 impl Supervisor {
@@ -287,11 +290,15 @@ impl Supervisor {
             Err(e) => return Ended::Failed(master_failure(e)),
         };
         let host_key = host.key.clone();
-        // The master's stderr carries the reason a connection fails; keep it
-        // in the log at debug (the failure line quotes it when it matters).
+        let recent = self.recent_stderr.clone();
+        // The master's stderr carries the reason a connection fails. ssh
+        // repeats itself on every retry, so a line is logged once per
+        // window; the failure line quotes the last one anyway.
         let _stderr_task = TaskGuard(tokio::task::spawn_local(async move {
             while let Some(line) = stderr_rx.recv().await {
-                tracing::debug!(host = %host_key, line = %line, "ssh master stderr");
+                if recent.borrow_mut().is_fresh(&line, Instant::now()) {
+                    tracing::info!(event = "ssh_stderr", host = %host_key, line = %line, "ssh: {line}");
+                }
             }
         }));
         host.health.borrow_mut().master_pid = Some(master.pid);
@@ -339,8 +346,19 @@ impl Supervisor {
             };
             // Is the master itself still fine? Then only the channel failed.
             let alive = tokio::time::timeout(Duration::from_secs(2), alive_check(&host)).await;
-            if failure.kind == FailureKind::MasterDied || !matches!(alive, Ok(Ok(_))) {
+            if failure.kind == FailureKind::MasterDied {
                 return Ended::Failed(failure);
+            }
+            if !matches!(alive, Ok(Ok(_))) {
+                // The channel failed because the connection under it did:
+                // report it as such (its stderr says why).
+                return Ended::Failed(Failure::new(
+                    FailureKind::MasterDied,
+                    format!(
+                        "ssh master lost its connection ({})",
+                        failure.message.trim()
+                    ),
+                ));
             }
             if failure.kind.class() == FailureClass::Permanent {
                 return Ended::Failed(failure);

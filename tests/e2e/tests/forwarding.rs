@@ -207,6 +207,31 @@ fn sshd_restart_recovers_and_a_container_started_meanwhile_is_forwarded() {
         Some(ForwardState::Pending)
     );
     host.httpd(&["20151:8080"]);
+    // Several refused attempts, each failing the same way...
+    fwdd.wait_for(Duration::from_secs(30), "3 failed attempts", |st| {
+        st.hosts[0].master.consecutive_failures >= 3
+    });
+    // ...are logged once, not once per attempt.
+    let log = fwdd.log_text();
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count("Connection refused\""),
+        1,
+        "the refusal was logged per attempt:\n{log}"
+    );
+    assert!(
+        count("\"link_failed\"") <= 2,
+        "failure logged per attempt:\n{log}"
+    );
+    let err = fwdd.status().expect("status").hosts[0]
+        .master
+        .last_error
+        .clone();
+    let err = err.expect("last error shown");
+    assert_eq!(
+        (err.class.as_str(), err.kind.as_str()),
+        ("transient", "connection_refused")
+    );
     host.start_sshd();
     fwdd.wait_connected();
     assert_eq!(fwdd.wait_http(20151), "hello\n");
@@ -263,4 +288,47 @@ fn sigterm_releases_everything_and_leaves_no_remote_process() {
     wait_until(Duration::from_secs(10), "no remote processes left", || {
         host.remote_session_processes().is_empty()
     });
+}
+
+#[test]
+fn two_hosts_claiming_one_port_is_a_reported_conflict_and_each_host_has_its_own_master() {
+    let host = sandbox_host!("two_hosts");
+    // Two configured hosts that reach the same engine: every published port
+    // is claimed by both.
+    let cfg = host.ssh_config.display();
+    let fwdd = Fwdd::spawn_with_config(
+        &host,
+        &format!(
+            "[[host]]\nname = \"a\"\nurl = \"ssh://{alias}\"\nssh_config = \"{cfg}\"\n\n\
+             [[host]]\nname = \"b\"\nurl = \"ssh://{alias}\"\nssh_config = \"{cfg}\"\n",
+            alias = host.alias
+        ),
+    );
+    fwdd.wait_connected();
+    host.httpd(&["20180:8080"]);
+    assert_eq!(fwdd.wait_http(20180), "hello\n");
+    fwdd.wait_for(
+        Duration::from_secs(15),
+        "one active and one conflicting claim",
+        |st| {
+            let on_port: Vec<_> = st
+                .forwards
+                .iter()
+                .filter(|f| f.local_port == 20180)
+                .collect();
+            on_port.len() == 2
+                && on_port.iter().any(|f| f.state == ForwardState::Active)
+                && on_port.iter().any(|f| {
+                    f.state == ForwardState::Conflict
+                        && f.reason
+                            .as_deref()
+                            .is_some_and(|r| r.contains("already forwarded"))
+                })
+        },
+    );
+    let st = fwdd.status().expect("status");
+    let pids: Vec<_> = st.hosts.iter().map(|h| h.master.pid).collect();
+    assert_eq!(st.hosts.len(), 2);
+    assert!(pids[0].is_some() && pids[0] != pids[1], "{pids:?}");
+    assert_eq!(host.sshd_connection_count(), 2, "one connection per host");
 }

@@ -60,20 +60,32 @@ impl<'a> Fwdd<'a> {
 
     /// Starts fwdd without waiting for anything.
     pub fn spawn(host: &'a TestHost, extra: &[&str]) -> Fwdd<'a> {
+        let url = format!("ssh://{}", host.alias);
+        let mut args = vec!["--host", &url, "--ssh-config"];
+        let cfg = host.ssh_config.to_string_lossy().into_owned();
+        args.push(&cfg);
+        args.extend_from_slice(extra);
+        Self::spawn_args(host, &args)
+    }
+
+    /// Starts fwdd with a configuration file of `toml` content.
+    pub fn spawn_with_config(host: &'a TestHost, toml: &str) -> Fwdd<'a> {
+        let path = host.dir.join("fwdd.toml");
+        std::fs::write(&path, toml).expect("write fwdd.toml");
+        let path = path.to_string_lossy().into_owned();
+        Self::spawn_args(host, &["--config", &path])
+    }
+
+    fn spawn_args(host: &'a TestHost, args: &[&str]) -> Fwdd<'a> {
         let runtime_dir = host.dir.join("rt");
         let log = host.dir.join("fwdd.log");
         let log_file = File::create(&log).expect("create fwdd log");
-        let url = format!("ssh://{}", host.alias);
         let child = host
             .runner_command(bin("fwdd"))
-            .arg("--host")
-            .arg(&url)
-            .arg("--ssh-config")
-            .arg(&host.ssh_config)
+            .args(args)
             .arg("--runtime-dir")
             .arg(&runtime_dir)
             .args(["--log-format", "json"])
-            .args(extra)
             .env("FWD_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
