@@ -89,8 +89,52 @@ pub struct Host {
     pub control_path: PathBuf,
     /// Running containers as last seen on the host.
     pub containers: RefCell<HashMap<ContainerId, Container>>,
-    pub health: RefCell<HostHealth>,
+    health: RefCell<HostHealth>,
     pub link: watch::Sender<Option<Link>>,
+    /// `fwdctl reconnect`: replace the master now.
+    pub reconnect: Notify,
+    /// `fwdctl resync`: list and inspect everything again now.
+    pub resync: Notify,
+    changed: Rc<watch::Sender<u64>>,
+}
+
+impl Host {
+    pub fn health(&self) -> std::cell::Ref<'_, HostHealth> {
+        self.health.borrow()
+    }
+
+    /// Mutable access that announces the change when dropped, so watchers
+    /// (`fwdctl watch`) see every health transition.
+    pub fn health_mut(&self) -> HealthGuard<'_> {
+        HealthGuard {
+            inner: self.health.borrow_mut(),
+            changed: &self.changed,
+        }
+    }
+}
+
+pub struct HealthGuard<'a> {
+    inner: std::cell::RefMut<'a, HostHealth>,
+    changed: &'a watch::Sender<u64>,
+}
+
+impl std::ops::Deref for HealthGuard<'_> {
+    type Target = HostHealth;
+    fn deref(&self) -> &HostHealth {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for HealthGuard<'_> {
+    fn deref_mut(&mut self) -> &mut HostHealth {
+        &mut self.inner
+    }
+}
+
+impl Drop for HealthGuard<'_> {
+    fn drop(&mut self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
 }
 
 pub struct Daemon {
@@ -104,10 +148,13 @@ pub struct Daemon {
     pub serve: Rc<ServeContext>,
     /// Woken whenever the earliest conflict retry may have changed.
     pub retry_changed: Notify,
+    /// Bumped on every change of state a status reader can see.
+    pub changed: Rc<watch::Sender<u64>>,
 }
 
 impl Daemon {
     pub fn new(config: Config) -> Rc<Daemon> {
+        let changed = Rc::new(watch::channel(0u64).0);
         let mut hosts = Vec::new();
         let mut links = std::collections::BTreeMap::new();
         for (i, cfg) in config.hosts.iter().enumerate() {
@@ -121,6 +168,9 @@ impl Daemon {
                 containers: RefCell::new(HashMap::new()),
                 health: RefCell::new(HostHealth::new()),
                 link: tx,
+                reconnect: Notify::new(),
+                resync: Notify::new(),
+                changed: changed.clone(),
             }));
         }
         let serve = Rc::new(ServeContext {
@@ -136,6 +186,7 @@ impl Daemon {
             unsupported: RefCell::new(Vec::new()),
             serve,
             retry_changed: Notify::new(),
+            changed,
         })
     }
 
@@ -171,6 +222,39 @@ impl Daemon {
         }
         *self.cross_host_conflicts.borrow_mut() = desired.conflicts;
         *self.unsupported.borrow_mut() = unsupported;
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub fn host(&self, name: &str) -> Option<&Rc<Host>> {
+        self.hosts.iter().find(|h| &*h.key == name)
+    }
+
+    /// Whether a connection through local `port` is accepted by the remote
+    /// side right now: opens (and at once closes) a channel to the forward's
+    /// remote end over its host's master. This is what `fwdctl wait` needs:
+    /// a bound local port alone proves nothing about the container.
+    pub async fn probe_port(&self, port: u16) -> Result<(), String> {
+        let claim = {
+            let table = self.table.borrow();
+            let f = table
+                .forwards
+                .get(&port)
+                .ok_or_else(|| format!("port {port} is not forwarded"))?;
+            if !f.held.bound {
+                return Err(f
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| format!("port {port} is not bound")));
+            }
+            f.held.owner.clone()
+        };
+        let link = self
+            .serve
+            .links
+            .get(&claim.host)
+            .and_then(|l| l.borrow().clone())
+            .ok_or_else(|| format!("the link to {} is down", claim.host))?;
+        crate::forwards::probe_remote(&link, &claim).await
     }
 
     /// Retries ports taken by other programs when they are due.

@@ -356,6 +356,28 @@ async fn serve_connection(sock: TcpStream, claim: &Claim, ctx: &ServeContext) {
     }
 }
 
+/// Opens a channel to the claim's remote end through the master and closes
+/// it again: `Ok` when something accepts connections there.
+pub async fn probe_remote(link: &Link, claim: &Claim) -> Result<(), String> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    let attempt = async {
+        let mux = MuxClient::connect(&link.control_path).await?;
+        mux.open_stdio_forward(&claim.remote.ip, claim.remote.port, theirs.as_fd())
+            .await
+    };
+    let result = tokio::time::timeout(Duration::from_secs(5), attempt).await;
+    drop(ours);
+    match result {
+        Ok(Ok(_tunnel)) => Ok(()),
+        Ok(Err(MuxError::Refused(reason))) => Err(format!(
+            "nothing accepts connections at {} on {}: {reason}",
+            claim.remote, claim.host
+        )),
+        Ok(Err(e)) => Err(format!("probing {} failed: {e}", claim.remote)),
+        Err(_) => Err(format!("probing {} timed out", claim.remote)),
+    }
+}
+
 /// `ssh -S ctl -W host:port` with the socket as its stdin and stdout.
 /// Returns whether it ran (and so served the connection until it ended).
 async fn run_fallback(link: &Link, claim: &Claim, sock: &std::net::TcpStream) -> bool {

@@ -40,6 +40,9 @@ use crate::forwards::Link;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retry pace for failures that will not heal by themselves.
 const PERMANENT_RETRY: Duration = Duration::from_secs(300);
+/// dockerd drops an API connection that stays idle this long (moby's
+/// 5-minute read timeout, minus a margin).
+const API_IDLE_LIMIT: Duration = Duration::from_secs(240);
 /// A repeating failure is summarised at most this often.
 const SUMMARY_EVERY: Duration = Duration::from_secs(300);
 
@@ -60,7 +63,15 @@ impl Failure {
 
 enum Ended {
     Shutdown,
+    /// `fwdctl reconnect`: replace the master now, no backoff.
+    Reconnect,
     Failed(Failure),
+}
+
+/// Why serving a healthy link stopped, other than a failure.
+enum Stop {
+    Shutdown,
+    Reconnect,
 }
 
 /// Aborts a spawned task when dropped.
@@ -169,15 +180,17 @@ pub async fn supervise(d: Rc<Daemon>, host: Rc<Host>, mut shutdown: watch::Recei
         if *shutdown.borrow() {
             break;
         }
-        sup.host
-            .health
-            .borrow_mut()
-            .set_master(MasterPhase::Connecting);
+        sup.host.health_mut().set_master(MasterPhase::Connecting);
         let started = Instant::now();
         let ended = sup.run_once(&mut shutdown, &mut gate).await;
         sup.host.link.send_replace(None);
         let failure = match ended {
             Ended::Shutdown => break,
+            Ended::Reconnect => {
+                tracing::info!(event = "reconnect_requested", host = %sup.host.key, "replacing the master of {} on request", sup.host.key);
+                backoff.reset();
+                continue;
+            }
             Ended::Failed(f) => f,
         };
         backoff.record_uptime(started.elapsed());
@@ -191,10 +204,11 @@ pub async fn supervise(d: Rc<Daemon>, host: Rc<Host>, mut shutdown: watch::Recei
         sup.record_failure(&failure, backoff.failures(), delay, &mut gate);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
+            _ = sup.host.reconnect.notified() => backoff.reset(),
             _ = shutdown.changed() => break,
         }
     }
-    let mut h = sup.host.health.borrow_mut();
+    let mut h = sup.host.health_mut();
     h.set_master(MasterPhase::Stopped);
     h.stream = StreamPhase::Down;
 }
@@ -213,7 +227,7 @@ struct Supervisor {
 impl Supervisor {
     fn record_failure(&self, f: &Failure, failures: u32, delay: Duration, gate: &mut RepeatGate) {
         {
-            let mut h = self.host.health.borrow_mut();
+            let mut h = self.host.health_mut();
             h.set_master(MasterPhase::Backoff);
             h.stream = StreamPhase::Down;
             h.master_pid = None;
@@ -301,7 +315,7 @@ impl Supervisor {
                 }
             }
         }));
-        host.health.borrow_mut().master_pid = Some(master.pid);
+        host.health_mut().master_pid = Some(master.pid);
         let ended = self.serve_master(&mut master, shutdown, gate).await;
         host.link.send_replace(None);
         let ended = match ended {
@@ -341,7 +355,8 @@ impl Supervisor {
                 st = master.exited() => Err(Failure::new(FailureKind::MasterDied, format!("ssh master exited ({})", describe_exit(st)))),
             };
             let failure = match result {
-                Ok(()) => return Ended::Shutdown,
+                Ok(Stop::Shutdown) => return Ended::Shutdown,
+                Ok(Stop::Reconnect) => return Ended::Reconnect,
                 Err(f) => f,
             };
             // Is the master itself still fine? Then only the channel failed.
@@ -366,7 +381,7 @@ impl Supervisor {
             channel_backoff.record_uptime(session_started.elapsed());
             let delay = channel_backoff.next_delay(unit_random());
             {
-                let mut h = host.health.borrow_mut();
+                let mut h = host.health_mut();
                 h.stream = StreamPhase::Down;
                 h.stream_restarts += 1;
             }
@@ -387,15 +402,15 @@ impl Supervisor {
     }
 
     /// Opens the Docker channels, resyncs, and serves events and health
-    /// ticks. `Ok(())` means shutdown.
+    /// ticks until something fails or a stop is requested.
     async fn serve_docker(
         &mut self,
         master_pid: u32,
         shutdown: &mut watch::Receiver<bool>,
         gate: &mut RepeatGate,
-    ) -> Result<(), Failure> {
+    ) -> Result<Stop, Failure> {
         let host = self.host.clone();
-        host.health.borrow_mut().stream = StreamPhase::Resyncing;
+        host.health_mut().stream = StreamPhase::Resyncing;
         let (mut api, api_channel) = open_docker(&host).await?;
         // EnsureAlive, step 2: a request end to end (master, sshd, docker CLI, dockerd).
         let t0 = Instant::now();
@@ -436,7 +451,7 @@ impl Supervisor {
         }));
         let recovered_after = gate.clear();
         {
-            let mut h = host.health.borrow_mut();
+            let mut h = host.health_mut();
             if h.master != MasterPhase::Connected {
                 if self.connected_once {
                     h.reconnects += 1;
@@ -467,7 +482,9 @@ impl Supervisor {
             self.logged_version = Some(version);
         }
 
-        let mut health = tokio::time::interval(host.cfg.health_interval);
+        // dockerd closes an API connection idle for 5 minutes: probe more
+        // often than that whatever the configured interval.
+        let mut health = tokio::time::interval(host.cfg.health_interval.min(API_IDLE_LIMIT));
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         health.tick().await;
         let mut skipped = RepeatGate::new(SUMMARY_EVERY);
@@ -489,7 +506,12 @@ impl Supervisor {
                     Err(e) => return Err(events_channel.diagnose(e).await),
                 },
                 _ = health.tick() => self.probe(&mut api).await?,
-                _ = shutdown.changed() => return Ok(()),
+                _ = host.resync.notified() => {
+                    tracing::info!(event = "resync_requested", host = %host.key, "resyncing {} on request", host.key);
+                    self.resync(&mut api).await?;
+                }
+                _ = host.reconnect.notified() => return Ok(Stop::Reconnect),
+                _ = shutdown.changed() => return Ok(Stop::Shutdown),
             }
         }
     }
@@ -515,7 +537,7 @@ impl Supervisor {
         let t0 = Instant::now();
         match tokio::time::timeout(timeout, api.version()).await {
             Ok(Ok(_)) => {
-                self.host.health.borrow_mut().last_probe_rtt = Some(t0.elapsed());
+                self.host.health_mut().last_probe_rtt = Some(t0.elapsed());
                 Ok(())
             }
             Ok(Err(e)) => Err(Failure::new(
@@ -573,7 +595,7 @@ impl Supervisor {
     ) -> Result<(), ApiError> {
         self.since_ns = Some(self.since_ns.map_or(ev.time_nano, |s| s.max(ev.time_nano)));
         {
-            let mut h = self.host.health.borrow_mut();
+            let mut h = self.host.health_mut();
             h.events_received += 1;
             h.last_event = Some(SystemTime::now());
         }

@@ -6,6 +6,7 @@ mod config;
 mod control;
 mod daemon;
 mod forwards;
+mod handler;
 mod host;
 mod status;
 

@@ -44,7 +44,7 @@ pub fn snapshot(d: &Daemon) -> Status {
         .hosts
         .iter()
         .map(|h| {
-            let health = h.health.borrow();
+            let health = h.health();
             HostStatus {
                 name: h.key.to_string(),
                 destination: h.cfg.ssh.destination.clone(),

@@ -1,0 +1,76 @@
+//! What the control server may ask of the daemon. The control socket code
+//! (control.rs) knows only this trait; the daemon implements it here.
+
+// Wired into the control server together with fwdctl wait/watch/reconnect/resync.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use fwd_proto::Status;
+use tokio::sync::watch;
+
+use crate::daemon::Daemon;
+
+pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+pub trait ControlHandler {
+    /// A snapshot of everything fwdd knows.
+    fn status(&self) -> Status;
+    /// Changes whenever something a status reader can see may have changed
+    /// (forwards, link health, stream state). For `watch`: take a snapshot
+    /// after each change and report the difference.
+    fn changes(&self) -> watch::Receiver<u64>;
+    /// Whether a connection through local `port` reaches a listener on the
+    /// remote side right now (for `wait`). `Err` says why not.
+    fn probe_port(&self, port: u16) -> LocalFuture<'_, Result<(), String>>;
+    /// Replace the master of `host` (all hosts when `None`) now. Returns the
+    /// hosts affected, or an error naming an unknown host.
+    fn reconnect(&self, host: Option<&str>) -> Result<Vec<String>, String>;
+    /// List and inspect every container again on `host` (all when `None`).
+    fn resync(&self, host: Option<&str>) -> Result<Vec<String>, String>;
+}
+
+impl Daemon {
+    fn select_hosts(&self, host: Option<&str>) -> Result<Vec<&Rc<crate::daemon::Host>>, String> {
+        match host {
+            None => Ok(self.hosts.iter().collect()),
+            Some(name) => self.host(name).map(|h| vec![h]).ok_or_else(|| {
+                let known: Vec<&str> = self.hosts.iter().map(|h| &*h.key).collect();
+                format!("no host named {name:?} (configured: {})", known.join(", "))
+            }),
+        }
+    }
+}
+
+impl ControlHandler for Rc<Daemon> {
+    fn status(&self) -> Status {
+        crate::status::snapshot(self)
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn probe_port(&self, port: u16) -> LocalFuture<'_, Result<(), String>> {
+        Box::pin(Daemon::probe_port(self, port))
+    }
+
+    fn reconnect(&self, host: Option<&str>) -> Result<Vec<String>, String> {
+        let hosts = self.select_hosts(host)?;
+        for h in &hosts {
+            // notify_one keeps a permit if the supervisor is between awaits.
+            h.reconnect.notify_one();
+        }
+        Ok(hosts.iter().map(|h| h.key.to_string()).collect())
+    }
+
+    fn resync(&self, host: Option<&str>) -> Result<Vec<String>, String> {
+        let hosts = self.select_hosts(host)?;
+        for h in &hosts {
+            h.resync.notify_one();
+        }
+        Ok(hosts.iter().map(|h| h.key.to_string()).collect())
+    }
+}

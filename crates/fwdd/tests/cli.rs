@@ -1,0 +1,70 @@
+//! fwdd's command line: bad input is refused before anything starts, with
+//! exit status 2 and a message that names what is wrong.
+
+use std::process::Command;
+
+fn fwdd(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fwdd"))
+        .args(args)
+        .env_remove("FWD_LOG")
+        .output()
+        .expect("run fwdd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fwdd-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+#[test]
+fn no_host_is_an_error() {
+    let (code, err) = fwdd(&[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--host"), "{err}");
+}
+
+#[test]
+fn a_bad_url_is_named() {
+    let (code, err) = fwdd(&["--host", "ssh://-oProxyCommand=evil"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--host #1.url"), "{err}");
+}
+
+#[test]
+fn a_bad_duration_in_the_file_names_the_key() {
+    let dir = scratch("dur");
+    let cfg = dir.join("fwdd.toml");
+    std::fs::write(
+        &cfg,
+        "[[host]]\nurl = \"ssh://h\"\nhealth_interval = \"often\"\n",
+    )
+    .expect("write");
+    let (code, err) = fwdd(&["--config", cfg.to_str().expect("utf8 path")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("host[0].health_interval"), "{err}");
+}
+
+#[test]
+fn a_runtime_dir_too_long_for_a_control_socket_is_refused() {
+    let long = format!("/tmp/{}", "d".repeat(100));
+    let (code, err) = fwdd(&["--host", "ssh://h", "--runtime-dir", &long]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("shorter --runtime-dir"), "{err}");
+    let _ = std::fs::remove_dir_all(&long);
+}
+
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fwdd"))
+        .arg("--version")
+        .output()
+        .expect("run fwdd");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.starts_with("fwdd 0.") && text.contains('('), "{text}");
+}
