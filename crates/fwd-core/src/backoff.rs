@@ -40,6 +40,12 @@ impl Backoff {
         }
     }
 
+    /// Takes new numbers (a configuration reload) without forgetting the
+    /// failures seen so far.
+    pub fn set_policy(&mut self, policy: BackoffPolicy) {
+        self.policy = policy;
+    }
+
     /// Consecutive failures recorded since the last reset.
     pub fn failures(&self) -> u32 {
         self.failures

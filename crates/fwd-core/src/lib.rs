@@ -18,4 +18,4 @@ pub use model::{
     Unsupported,
 };
 pub use reconcile::{desired_forwards, reconcile, Action, Desired, Held};
-pub use repeat::{RecentLines, RepeatGate};
+pub use repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};

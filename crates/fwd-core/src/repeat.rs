@@ -160,3 +160,165 @@ mod recent_tests {
         assert!(r.seen.len() <= 2);
     }
 }
+
+/// Log decisions for a link that may flap.
+///
+/// An *episode* of trouble starts with the first failure and ends only once
+/// the link has then stayed up for `healthy_after`. Within an episode each
+/// kind of failure is logged once, the first recovery once, and everything
+/// else is folded into a summary at most every `summary_every`. A link that
+/// flaps for ten minutes therefore costs a handful of lines, not hundreds.
+#[derive(Clone, Debug)]
+pub struct EpisodeLog {
+    healthy_after: Duration,
+    summary_every: Duration,
+    up_since: Option<Instant>,
+    episode: Option<Episode>,
+    announced_first_up: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Episode {
+    kinds: Vec<String>,
+    failures: u64,
+    unreported: u64,
+    last_line: Instant,
+    recovery_logged: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpLog {
+    /// The first connection since start: worth a line.
+    First,
+    /// Back after `failures` failed attempts in this episode.
+    Recovered { failures: u64 },
+    /// Already said: stay quiet.
+    Quiet,
+}
+
+impl EpisodeLog {
+    pub fn new(healthy_after: Duration, summary_every: Duration) -> Self {
+        EpisodeLog {
+            healthy_after,
+            summary_every,
+            up_since: None,
+            episode: None,
+            announced_first_up: false,
+        }
+    }
+
+    /// A failure of kind `key` (a stable name such as "connection_refused").
+    pub fn on_failure(&mut self, key: &str, now: Instant) -> Verdict {
+        if let Some(up) = self.up_since.take() {
+            if now.saturating_duration_since(up) >= self.healthy_after {
+                self.episode = None;
+            }
+        }
+        let ep = self.episode.get_or_insert_with(|| Episode {
+            kinds: Vec::new(),
+            failures: 0,
+            unreported: 0,
+            last_line: now,
+            recovery_logged: false,
+        });
+        ep.failures += 1;
+        if !ep.kinds.iter().any(|k| k == key) {
+            if ep.kinds.len() < 16 {
+                ep.kinds.push(key.to_string());
+            }
+            ep.last_line = now;
+            return Verdict::Log;
+        }
+        ep.unreported += 1;
+        if now.saturating_duration_since(ep.last_line) >= self.summary_every {
+            ep.last_line = now;
+            Verdict::Summary {
+                repeats: std::mem::take(&mut ep.unreported),
+            }
+        } else {
+            Verdict::Suppress
+        }
+    }
+
+    /// The link is up.
+    pub fn on_up(&mut self, now: Instant) -> UpLog {
+        self.up_since = Some(now);
+        let first = !std::mem::replace(&mut self.announced_first_up, true);
+        match &mut self.episode {
+            Some(ep) if !ep.recovery_logged => {
+                ep.recovery_logged = true;
+                UpLog::Recovered {
+                    failures: ep.failures,
+                }
+            }
+            Some(_) => UpLog::Quiet,
+            None if first => UpLog::First,
+            None => UpLog::Quiet,
+        }
+    }
+}
+
+#[cfg(test)]
+mod episode_tests {
+    use super::*;
+
+    #[test]
+    fn ten_minutes_of_flapping_is_a_handful_of_lines() {
+        let t0 = Instant::now();
+        let mut log = EpisodeLog::new(Duration::from_secs(60), Duration::from_secs(300));
+        assert_eq!(log.on_up(t0), UpLog::First);
+        let mut lines = 1;
+        // Down 5 s, up 5 s, alternating failure kinds, for ten minutes.
+        for i in 0..60u64 {
+            let t = t0 + Duration::from_secs(10 * i + 5);
+            let kind = if i % 2 == 0 {
+                "master_died"
+            } else {
+                "connection_refused"
+            };
+            if log.on_failure(kind, t) != Verdict::Suppress {
+                lines += 1;
+            }
+            if log.on_up(t + Duration::from_secs(5)) != UpLog::Quiet {
+                lines += 1;
+            }
+        }
+        assert!(lines <= 6, "{lines} lines");
+    }
+
+    #[test]
+    fn a_healthy_period_ends_the_episode() {
+        let t0 = Instant::now();
+        let mut log = EpisodeLog::new(Duration::from_secs(60), Duration::from_secs(300));
+        log.on_up(t0);
+        assert_eq!(
+            log.on_failure("refused", t0 + Duration::from_secs(1)),
+            Verdict::Log
+        );
+        assert_eq!(
+            log.on_failure("refused", t0 + Duration::from_secs(2)),
+            Verdict::Suppress
+        );
+        assert_eq!(
+            log.on_up(t0 + Duration::from_secs(3)),
+            UpLog::Recovered { failures: 2 }
+        );
+        // Up for two minutes: the next failure is news again.
+        assert_eq!(
+            log.on_failure("refused", t0 + Duration::from_secs(123)),
+            Verdict::Log
+        );
+        assert_eq!(
+            log.on_up(t0 + Duration::from_secs(124)),
+            UpLog::Recovered { failures: 1 }
+        );
+    }
+
+    #[test]
+    fn first_connection_after_failures_is_a_recovery() {
+        let t0 = Instant::now();
+        let mut log = EpisodeLog::new(Duration::from_secs(60), Duration::from_secs(300));
+        assert_eq!(log.on_failure("refused", t0), Verdict::Log);
+        assert_eq!(log.on_up(t0), UpLog::Recovered { failures: 1 });
+    }
+}

@@ -29,7 +29,7 @@ const STDERR_MAX_LINE: u64 = 4096;
 /// slow consumer can never block ssh on a full stderr pipe.
 const STDERR_CHANNEL_CAP: usize = 256;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MasterConfig {
     /// `user@host` or an ssh config alias.
     pub destination: String,
