@@ -7,8 +7,16 @@
 //! ```text
 //! -> {"v":1,"cmd":"status"}
 //! <- {"v":1,"ok":true,"status":{...}}
+//! -> {"v":1,"cmd":"probe","port":5432}
+//! <- {"v":1,"ok":true,"probe":{"port":5432}}
+//! -> {"v":1,"cmd":"reconnect","host":null}
+//! <- {"v":1,"ok":true,"reconnect":{"hosts":["ci-docker"]}}
 //! -> {"v":1,"cmd":"bogus"}
-//! <- {"v":1,"ok":false,"error":"unknown command \"bogus\" (supported: status)"}
+//! <- {"v":1,"ok":false,"error":"unknown command \"bogus\" (supported: status, ...)"}
+//! -> {"v":1,"cmd":"watch"}
+//! <- {"v":1,"ok":true,"event":{"kind":"snapshot","at_ms":...,"status":{...}}}
+//! <- {"v":1,"ok":true,"event":{"kind":"forward_added","at_ms":...,"forward":{...}}}
+//! ...                                          (until the client disconnects)
 //! ```
 
 use serde::{Deserialize, Serialize, Serializer};
@@ -16,8 +24,10 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 
+mod events;
 mod status;
 
+pub use events::{diff, Event};
 pub use status::{
     DaemonInfo, ErrorInfo, ForwardState, ForwardStatus, HostStatus, MasterState, MasterStatus,
     Status, StreamState, StreamStatus,
@@ -45,43 +55,119 @@ pub const SOCKET_ENV: &str = "FWD_SOCKET";
 pub enum Request {
     /// `{"v":1,"cmd":"status"}`: a full [`Status`] snapshot.
     Status,
+    /// `{"v":1,"cmd":"probe","port":5432}`: whether a connection through the forward of
+    /// local `port` reaches a listener on the remote side right now.
+    Probe {
+        /// Local port of the forward (1-65535).
+        port: u16,
+    },
+    /// `{"v":1,"cmd":"watch"}`: a stream of [`Event`]s, starting with a snapshot, until
+    /// the client disconnects.
+    Watch,
+    /// `{"v":1,"cmd":"reconnect","host":null}`: replace the ssh master of `host` (all
+    /// hosts when `null` or absent) now.
+    Reconnect {
+        /// Host name from the daemon's configuration; `None` for all hosts.
+        #[serde(default)]
+        host: Option<String>,
+    },
+    /// `{"v":1,"cmd":"resync","host":null}`: list and inspect every container of `host`
+    /// (all hosts when `null` or absent) again now.
+    Resync {
+        /// Host name from the daemon's configuration; `None` for all hosts.
+        #[serde(default)]
+        host: Option<String>,
+    },
 }
 
 impl Request {
     /// Every `cmd` value this version of the protocol knows.
-    pub const COMMANDS: &'static [&'static str] = &["status"];
+    pub const COMMANDS: &'static [&'static str] =
+        &["status", "probe", "watch", "reconnect", "resync"];
 
     /// The `cmd` value of this request.
     pub fn cmd(&self) -> &'static str {
         match self {
             Request::Status => "status",
+            Request::Probe { .. } => "probe",
+            Request::Watch => "watch",
+            Request::Reconnect { .. } => "reconnect",
+            Request::Resync { .. } => "resync",
         }
     }
 }
 
-/// A response from the daemon: exactly one per request line.
+/// Machine-readable error code carried by some error responses as `"code"`.
+pub mod error_code {
+    /// `reconnect` / `resync` named a host the daemon does not have.
+    pub const UNKNOWN_HOST: &str = "unknown_host";
+    /// `probe`: the port is not forwarded, or the probe did not reach a listener.
+    pub const PROBE_FAILED: &str = "probe_failed";
+}
+
+/// A response from the daemon: exactly one per request line, except for `watch`, which
+/// is answered by a stream of [`Response::Event`] lines.
 ///
-/// Wire shape: `{"v":1,"ok":true,"status":{...}}` for success (the key names the payload
-/// kind) and `{"v":1,"ok":false,"error":"message"}` for failure.
+/// Wire shape: `{"v":1,"ok":true,"<kind>":{...}}` for success (the key names the payload
+/// kind) and `{"v":1,"ok":false,"error":"message"}` (plus `"code"` for some errors) for
+/// failure.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "WireResponse")]
 pub enum Response {
     /// Answer to [`Request::Status`].
     Status(Status),
+    /// Answer to a successful [`Request::Probe`]: `{"probe":{"port":5432}}`.
+    Probe {
+        /// The probed local port.
+        port: u16,
+    },
+    /// Answer to [`Request::Reconnect`]: the hosts whose master is being replaced.
+    Reconnect {
+        /// Host names, in configuration order.
+        hosts: Vec<String>,
+    },
+    /// Answer to [`Request::Resync`]: the hosts being resynchronised.
+    Resync {
+        /// Host names, in configuration order.
+        hosts: Vec<String>,
+    },
+    /// One line of a `watch` stream.
+    Event(Event),
     /// The request failed; `message` is meant for people.
     Error {
         /// Human-readable description of what went wrong.
         message: String,
+        /// Machine-readable code (see [`error_code`]), when there is one.
+        code: Option<String>,
     },
 }
 
 impl Response {
-    /// An error response.
+    /// An error response without a code.
     pub fn error(message: impl Into<String>) -> Self {
         Response::Error {
             message: message.into(),
+            code: None,
         }
     }
+
+    /// An error response with a machine-readable `code` (see [`error_code`]).
+    pub fn error_with_code(message: impl Into<String>, code: &str) -> Self {
+        Response::Error {
+            message: message.into(),
+            code: Some(code.to_string()),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ProbePayload {
+    port: u16,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HostsPayload<H> {
+    hosts: H,
 }
 
 #[derive(Serialize)]
@@ -91,7 +177,17 @@ struct WireResponseRef<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<&'a Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    probe: Option<ProbePayload>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconnect: Option<HostsPayload<&'a [String]>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resync: Option<HostsPayload<&'a [String]>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a Event>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -101,7 +197,17 @@ struct WireResponse {
     #[serde(default)]
     status: Option<Status>,
     #[serde(default)]
+    probe: Option<ProbePayload>,
+    #[serde(default)]
+    reconnect: Option<HostsPayload<Vec<String>>>,
+    #[serde(default)]
+    resync: Option<HostsPayload<Vec<String>>>,
+    #[serde(default)]
+    event: Option<Event>,
+    #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
 }
 
 impl Serialize for Response {
@@ -110,13 +216,23 @@ impl Serialize for Response {
             v: PROTOCOL_VERSION,
             ok: true,
             status: None,
+            probe: None,
+            reconnect: None,
+            resync: None,
+            event: None,
             error: None,
+            code: None,
         };
         match self {
             Response::Status(st) => w.status = Some(st),
-            Response::Error { message } => {
+            Response::Probe { port } => w.probe = Some(ProbePayload { port: *port }),
+            Response::Reconnect { hosts } => w.reconnect = Some(HostsPayload { hosts }),
+            Response::Resync { hosts } => w.resync = Some(HostsPayload { hosts }),
+            Response::Event(e) => w.event = Some(e),
+            Response::Error { message, code } => {
                 w.ok = false;
                 w.error = Some(message);
+                w.code = code.as_deref();
             }
         }
         w.serialize(s)
@@ -133,12 +249,24 @@ impl TryFrom<WireResponse> for Response {
                 w.v
             ));
         }
-        match (w.ok, w.status, w.error) {
-            (true, Some(st), _) => Ok(Response::Status(st)),
-            (true, None, _) => Err("response has ok=true but no known payload".into()),
-            (false, _, err) => Ok(Response::Error {
-                message: err.unwrap_or_else(|| "unspecified error".into()),
-            }),
+        if !w.ok {
+            return Ok(Response::Error {
+                message: w.error.unwrap_or_else(|| "unspecified error".into()),
+                code: w.code,
+            });
+        }
+        if let Some(st) = w.status {
+            Ok(Response::Status(st))
+        } else if let Some(p) = w.probe {
+            Ok(Response::Probe { port: p.port })
+        } else if let Some(r) = w.reconnect {
+            Ok(Response::Reconnect { hosts: r.hosts })
+        } else if let Some(r) = w.resync {
+            Ok(Response::Resync { hosts: r.hosts })
+        } else if let Some(e) = w.event {
+            Ok(Response::Event(e))
+        } else {
+            Err("response has ok=true but no known payload".into())
         }
     }
 }
@@ -303,12 +431,19 @@ pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
     if !Request::COMMANDS.contains(&cmd.as_str()) {
         return Err(DecodeError::UnknownCmd(cmd));
     }
-    serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
+    let req: Request = serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
         DecodeError::InvalidRequest {
-            cmd,
+            cmd: cmd.clone(),
             message: e.to_string(),
         }
-    })
+    })?;
+    if let Request::Probe { port: 0 } = req {
+        return Err(DecodeError::InvalidRequest {
+            cmd,
+            message: "port must be between 1 and 65535".into(),
+        });
+    }
+    Ok(req)
 }
 
 /// Decodes one response line (with or without its trailing newline). No length limit is

@@ -226,8 +226,7 @@ fn request_wire_shape() {
         decode_request(b"{\"cmd\":\"status\",\"v\":1,\"extra\":[1]}\r\n"),
         Ok(Request::Status)
     );
-    #[allow(clippy::single_element_loop)] // one entry per command; grows with the protocol
-    for req in [Request::Status] {
+    for req in all_requests() {
         assert!(Request::COMMANDS.contains(&req.cmd()));
         assert_eq!(decode_request(&encode_request(&req)), Ok(req));
     }
@@ -270,7 +269,7 @@ fn request_rejections() {
     ));
     assert_eq!(
         DecodeError::UnknownCmd("launch".into()).to_string(),
-        "unknown command \"launch\" (supported: status)"
+        "unknown command \"launch\" (supported: status, probe, watch, reconnect, resync)"
     );
 }
 
@@ -319,6 +318,420 @@ fn runtime_dir_rules() {
     assert!(default_control_socket().ends_with(CONTROL_SOCKET_NAME));
 }
 
+/// One of each request shape.
+fn all_requests() -> Vec<Request> {
+    vec![
+        Request::Status,
+        Request::Probe { port: 5432 },
+        Request::Watch,
+        Request::Reconnect { host: None },
+        Request::Reconnect {
+            host: Some("prod".into()),
+        },
+        Request::Resync { host: None },
+        Request::Resync {
+            host: Some("staging".into()),
+        },
+    ]
+}
+
+fn small_status() -> Status {
+    Status {
+        daemon: sample_status().daemon,
+        hosts: vec![],
+        forwards: vec![],
+    }
+}
+
+/// One event of each kind (the snapshot with a small status).
+fn all_events() -> Vec<Event> {
+    let st = sample_status();
+    let at_ms = 1_700_000_200_000;
+    vec![
+        Event::Snapshot {
+            at_ms,
+            status: small_status(),
+        },
+        Event::ForwardAdded {
+            at_ms,
+            forward: st.forwards[0].clone(),
+        },
+        Event::ForwardRemoved {
+            at_ms,
+            forward: st.forwards[1].clone(),
+        },
+        Event::ForwardStateChanged {
+            at_ms,
+            previous_state: ForwardState::Active,
+            forward: st.forwards[2].clone(),
+        },
+        Event::MasterStateChanged {
+            at_ms,
+            host: "staging".into(),
+            previous_state: Some(MasterState::Connecting),
+            master: st.hosts[1].master.clone(),
+        },
+        Event::StreamStateChanged {
+            at_ms,
+            host: "prod".into(),
+            previous_state: Some(StreamState::Resyncing),
+            stream: st.hosts[0].events.clone(),
+        },
+    ]
+}
+
+/// Every request, every non-status response and every event kind, one compact line
+/// each, as sent on the wire.
+fn protocol_lines() -> String {
+    let mut out = String::new();
+    let mut push = |line: Vec<u8>| out.push_str(std::str::from_utf8(&line).unwrap());
+    for req in all_requests() {
+        push(encode_request(&req));
+    }
+    push(encode_line(&Response::Probe { port: 5432 }));
+    push(encode_line(&Response::Reconnect {
+        hosts: vec!["prod".into(), "staging".into()],
+    }));
+    push(encode_line(&Response::Resync {
+        hosts: vec!["prod".into()],
+    }));
+    push(encode_line(&Response::error_with_code(
+        "no host named \"nope\" (configured: prod, staging)",
+        error_code::UNKNOWN_HOST,
+    )));
+    push(encode_line(&Response::error_with_code(
+        "nothing accepts connections at 127.0.0.1:5432 on prod: open failed",
+        error_code::PROBE_FAILED,
+    )));
+    for e in all_events() {
+        push(encode_line(&Response::Event(e)));
+    }
+    out
+}
+
+/// Pins the wire shape of requests, the other responses and the watch events.
+/// Regenerate deliberately with `UPDATE_GOLDEN=1 cargo test -p fwd-proto`.
+#[test]
+fn golden_protocol_lines() {
+    let actual = protocol_lines();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/protocol.ndjson");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        actual, expected,
+        "wire shapes changed; if intended, update docs/control-api.md and regenerate with UPDATE_GOLDEN=1"
+    );
+    // Each line decodes back to what produced it.
+    let mut lines = expected.lines();
+    for req in all_requests() {
+        assert_eq!(decode_request(lines.next().unwrap().as_bytes()), Ok(req));
+    }
+    for line in lines {
+        let r = decode_response(line.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(encode_line(&r)).unwrap(),
+            format!("{line}\n")
+        );
+    }
+}
+
+#[test]
+fn new_request_decoding() {
+    assert_eq!(
+        decode_request(br#"{"v":1,"cmd":"probe","port":8080}"#),
+        Ok(Request::Probe { port: 8080 })
+    );
+    assert_eq!(
+        decode_request(br#"{"v":1,"cmd":"reconnect"}"#),
+        Ok(Request::Reconnect { host: None })
+    );
+    assert_eq!(
+        decode_request(br#"{"v":1,"cmd":"resync","host":null}"#),
+        Ok(Request::Resync { host: None })
+    );
+    assert_eq!(
+        decode_request(br#"{"v":1,"cmd":"resync","host":"a b"}"#),
+        Ok(Request::Resync {
+            host: Some("a b".into())
+        })
+    );
+    assert_eq!(
+        decode_request(br#"{"v":1,"cmd":"watch","since":3}"#),
+        Ok(Request::Watch)
+    );
+    for (line, what) in [
+        (&br#"{"v":1,"cmd":"probe"}"#[..], "missing field `port`"),
+        (br#"{"v":1,"cmd":"probe","port":0}"#, "between 1 and 65535"),
+        (br#"{"v":1,"cmd":"probe","port":70000}"#, "invalid value"),
+        (br#"{"v":1,"cmd":"probe","port":"80"}"#, "invalid type"),
+        (br#"{"v":1,"cmd":"reconnect","host":5}"#, "invalid type"),
+    ] {
+        match decode_request(line) {
+            Err(e @ DecodeError::InvalidRequest { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains(what), "{msg}");
+                assert!(!msg.contains('\n'));
+            }
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(line)),
+        }
+    }
+}
+
+#[test]
+fn error_code_is_optional_on_the_wire() {
+    let line = encode_line(&Response::error_with_code("x", error_code::UNKNOWN_HOST));
+    assert_eq!(
+        line,
+        b"{\"v\":1,\"ok\":false,\"error\":\"x\",\"code\":\"unknown_host\"}\n"
+    );
+    assert_eq!(
+        decode_response(br#"{"v":1,"ok":false,"error":"x"}"#).unwrap(),
+        Response::error("x")
+    );
+}
+
+#[test]
+fn unknown_event_kind_is_an_invalid_response() {
+    // fwdctl reads event lines leniently (it prints raw JSON and skips unknown kinds);
+    // the typed decoder rejects them.
+    assert!(matches!(
+        decode_response(br#"{"v":1,"ok":true,"event":{"kind":"future","at_ms":1}}"#),
+        Err(DecodeError::InvalidResponse(_))
+    ));
+}
+
+mod diff_tests {
+    use super::*;
+
+    const T: u64 = 1_800_000_000_000;
+
+    fn kinds(events: &[Event]) -> Vec<&'static str> {
+        events.iter().map(Event::kind).collect()
+    }
+
+    #[test]
+    fn identical_snapshots_give_nothing() {
+        assert!(diff(&sample_status(), &sample_status(), T).is_empty());
+    }
+
+    #[test]
+    fn counters_alone_give_nothing() {
+        let old = sample_status();
+        let mut new = old.clone();
+        new.forwards[1].connections_open += 5;
+        new.forwards[1].connections_total += 5;
+        new.hosts[0].events.events_received += 10;
+        new.hosts[0].events.last_event_ms = Some(T);
+        new.hosts[0].master.last_probe_rtt_ms = Some(9.5);
+        new.daemon.pid = 1;
+        assert!(diff(&old, &new, T).is_empty());
+    }
+
+    #[test]
+    fn forward_added_and_removed() {
+        let old = sample_status();
+        let mut new = old.clone();
+        let gone = new.forwards.remove(1); // 5432
+        let mut added = gone.clone();
+        added.local_port = 15432;
+        added.container_id = "1".repeat(64);
+        new.forwards.push(added.clone());
+        let ev = diff(&old, &new, T);
+        assert_eq!(
+            ev,
+            vec![
+                Event::ForwardRemoved {
+                    at_ms: T,
+                    forward: gone
+                },
+                Event::ForwardAdded {
+                    at_ms: T,
+                    forward: added
+                },
+            ]
+        );
+        assert!(ev.iter().all(|e| e.at_ms() == T));
+    }
+
+    #[test]
+    fn port_handed_to_another_container_reads_removed_then_added() {
+        let old = sample_status();
+        let mut new = old.clone();
+        new.forwards[1].container_id = "2".repeat(64);
+        new.forwards[1].container_name = "shop-db-2".into();
+        let ev = diff(&old, &new, T);
+        assert_eq!(kinds(&ev), ["forward_removed", "forward_added"]);
+    }
+
+    #[test]
+    fn forward_state_changed_with_reason() {
+        let old = sample_status();
+        let mut new = old.clone();
+        new.forwards[0].state = ForwardState::Conflict;
+        new.forwards[0].reason = Some("127.0.0.1:8080 is in use by another process".into());
+        new.forwards[0].local_addrs.clear();
+        let ev = diff(&old, &new, T);
+        assert_eq!(
+            ev,
+            vec![Event::ForwardStateChanged {
+                at_ms: T,
+                previous_state: ForwardState::Active,
+                forward: new.forwards[0].clone(),
+            }]
+        );
+        // A reason alone changing (same state) is not an event.
+        let mut newer = new.clone();
+        newer.forwards[0].reason = Some("still busy".into());
+        assert!(diff(&new, &newer, T).is_empty());
+    }
+
+    #[test]
+    fn master_state_and_pid_changes() {
+        let old = sample_status();
+        let mut down = old.clone();
+        down.hosts[0].master.state = MasterState::Backoff;
+        down.hosts[0].master.pid = None;
+        down.hosts[0].master.last_error = Some(ErrorInfo {
+            class: "transient".into(),
+            kind: "lost".into(),
+            message: "connection lost".into(),
+            at_ms: T,
+        });
+        let ev = diff(&old, &down, T);
+        assert_eq!(
+            ev,
+            vec![Event::MasterStateChanged {
+                at_ms: T,
+                host: "prod".into(),
+                previous_state: Some(MasterState::Connected),
+                master: down.hosts[0].master.clone(),
+            }]
+        );
+        // Coalesced reconnect: connected before and after, but a new master process.
+        let mut replaced = old.clone();
+        replaced.hosts[0].master.pid = Some(9999);
+        replaced.hosts[0].master.reconnects += 1;
+        assert_eq!(kinds(&diff(&old, &replaced, T)), ["master_state_changed"]);
+    }
+
+    #[test]
+    fn stream_state_and_restarts() {
+        let old = sample_status();
+        let mut new = old.clone();
+        new.hosts[1].events.state = StreamState::Resyncing;
+        let ev = diff(&old, &new, T);
+        assert_eq!(
+            ev,
+            vec![Event::StreamStateChanged {
+                at_ms: T,
+                host: "staging".into(),
+                previous_state: Some(StreamState::Down),
+                stream: new.hosts[1].events.clone(),
+            }]
+        );
+        let mut restarted = old.clone();
+        restarted.hosts[0].events.restarts += 1;
+        assert_eq!(kinds(&diff(&old, &restarted, T)), ["stream_state_changed"]);
+    }
+
+    #[test]
+    fn new_host_has_no_previous_state() {
+        let old = small_status();
+        let new = sample_status();
+        let ev = diff(&old, &new, T);
+        assert_eq!(
+            kinds(&ev),
+            [
+                "master_state_changed",
+                "stream_state_changed",
+                "master_state_changed",
+                "stream_state_changed",
+                "forward_added",
+                "forward_added",
+                "forward_added",
+                "forward_added",
+                "forward_added",
+            ]
+        );
+        assert!(matches!(
+            &ev[0],
+            Event::MasterStateChanged { previous_state: None, host, .. } if host == "prod"
+        ));
+        // Forwards come sorted by local port.
+        let ports: Vec<u16> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::ForwardAdded { forward, .. } => Some(forward.local_port),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ports, [5353, 5432, 6379, 8080, 9000]);
+        // And everything goes away again.
+        assert_eq!(diff(&new, &old, T).len(), 5);
+    }
+
+    #[test]
+    fn same_port_on_two_hosts_is_two_forwards() {
+        let old = sample_status();
+        let mut new = old.clone();
+        let mut other = new.forwards[1].clone();
+        other.host = "staging".into();
+        other.state = ForwardState::Conflict;
+        new.forwards.push(other.clone());
+        assert_eq!(
+            diff(&old, &new, T),
+            vec![Event::ForwardAdded {
+                at_ms: T,
+                forward: other
+            }]
+        );
+    }
+
+    /// Status for a daemon with `n` active forwards (for the size/time measurement).
+    pub(crate) fn big_status(n: usize) -> Status {
+        let mut st = sample_status();
+        let template = st.forwards[1].clone();
+        st.forwards = (0..n)
+            .map(|i| {
+                let mut f = template.clone();
+                f.local_port = 20_000 + i as u16;
+                f.container_id = format!("{:064x}", i + 1);
+                f.container_name = format!("svc-{i}");
+                f
+            })
+            .collect();
+        st
+    }
+
+    /// Not a benchmark with assertions: prints how long serializing (and diffing) a
+    /// status with 500 forwards takes, for the record.
+    #[test]
+    fn serialize_500_forwards_timing() {
+        let st = big_status(500);
+        let resp = Response::Status(st.clone());
+        let _ = encode_line(&resp); // warm up
+        let rounds = 50;
+        let t0 = std::time::Instant::now();
+        let mut len = 0;
+        for _ in 0..rounds {
+            len = encode_line(&resp).len();
+        }
+        let per = t0.elapsed() / rounds;
+        let mut changed = st.clone();
+        changed.forwards[250].state = ForwardState::Conflict;
+        let t1 = std::time::Instant::now();
+        for _ in 0..rounds {
+            assert_eq!(diff(&st, &changed, T).len(), 1);
+        }
+        let per_diff = t1.elapsed() / rounds;
+        println!(
+            "status with 500 forwards: {len} bytes, encode {per:?} per response, diff {per_diff:?}"
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -343,10 +756,23 @@ proptest! {
     #[test]
     fn decode_request_never_panics_on_objects(
         v in prop_oneof![Just(serde_json::json!(1)), any::<i64>().prop_map(|n| serde_json::json!(n)), ".{0,8}".prop_map(serde_json::Value::from)],
-        cmd in prop_oneof![Just("status".to_string()), "[a-z_]{0,12}".prop_map(String::from)],
+        cmd in prop_oneof![
+            Just("status".to_string()),
+            Just("probe".to_string()),
+            Just("watch".to_string()),
+            Just("reconnect".to_string()),
+            Just("resync".to_string()),
+            "[a-z_]{0,12}".prop_map(String::from),
+        ],
+        port in prop_oneof![Just(serde_json::Value::Null), any::<i64>().prop_map(|n| serde_json::json!(n)), ".{0,6}".prop_map(serde_json::Value::from)],
+        host in prop_oneof![Just(serde_json::Value::Null), any::<i32>().prop_map(|n| serde_json::json!(n)), ".{0,12}".prop_map(serde_json::Value::from)],
         extra in ".{0,16}",
     ) {
-        let line = serde_json::json!({"v": v, "cmd": cmd, "x": extra}).to_string();
-        let _ = decode_request(line.as_bytes());
+        let line = serde_json::json!({"v": v, "cmd": cmd, "port": port, "host": host, "x": extra}).to_string();
+        match decode_request(line.as_bytes()) {
+            // Whatever decodes re-encodes to something that decodes the same.
+            Ok(req) => prop_assert_eq!(decode_request(&encode_request(&req)), Ok(req)),
+            Err(e) => prop_assert!(!e.to_string().contains('\n')),
+        }
     }
 }

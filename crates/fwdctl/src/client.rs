@@ -1,4 +1,5 @@
-//! Blocking client of the control socket: one request, one response line.
+//! Blocking client of the control socket: one request, one response line; or a stream
+//! of lines for `watch`.
 
 use anyhow::{bail, Context, Result};
 use fwd_proto::{encode_request, Request};
@@ -104,6 +105,75 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Vec<u8>>
         if line.len() > MAX_RESPONSE {
             bail!("response from fwdd exceeds {MAX_RESPONSE} bytes");
         }
+    }
+}
+
+/// A connection carrying a stream of response lines (`watch`).
+pub struct LineStream {
+    reader: io::BufReader<UnixStream>,
+    path: PathBuf,
+}
+
+impl LineStream {
+    /// Connects and sends `req`; the first line must arrive within `first_timeout`.
+    pub fn open(path: &Path, req: &Request) -> Result<LineStream> {
+        let mut stream = connect(path)?;
+        stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+        stream
+            .write_all(&encode_request(req))
+            .with_context(|| format!("cannot send request to fwdd ({})", path.display()))?;
+        stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        Ok(LineStream {
+            reader: io::BufReader::new(stream),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// After the first line: wait for further lines as long as it takes.
+    pub fn no_read_timeout(&mut self) -> Result<()> {
+        self.reader.get_ref().set_read_timeout(None)?;
+        Ok(())
+    }
+
+    /// The next line without its newline, or `None` when fwdd closed the connection.
+    pub fn next_line(&mut self) -> Result<Option<Vec<u8>>> {
+        use std::io::BufRead;
+        let mut line = Vec::new();
+        let mut limited = (&mut self.reader).take(MAX_RESPONSE as u64 + 1);
+        let n = loop {
+            match limited.read_until(b'\n', &mut line) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    bail!(
+                        "fwdd did not answer within {}s (control socket {})",
+                        REQUEST_TIMEOUT.as_secs(),
+                        self.path.display()
+                    )
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("reading from fwdd ({}) failed", self.path.display())
+                    })
+                }
+            }
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        if line.last() != Some(&b'\n') {
+            if line.len() > MAX_RESPONSE {
+                bail!("response from fwdd exceeds {MAX_RESPONSE} bytes");
+            }
+            return Ok(None); // cut off mid-line: the daemon went away
+        }
+        line.pop();
+        Ok(Some(line))
     }
 }
 

@@ -2,33 +2,109 @@
 
 mod client;
 mod human;
+mod wait;
+mod watch;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
-use fwd_proto::{decode_response, Request, Response};
+use fwd_proto::{decode_response, error_code, Request, Response};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FWD_GIT_COMMIT"), ")");
 
-const AFTER_HELP: &str = "\
+const MAIN_HELP: &str = "\
+Examples:
+  fwdctl status                     the links and every forward, for people
+  fwdctl status --json | jq .       the same for scripts (schema: docs/control-api.md)
+  fwdctl wait 5432 8080 --timeout 30s
+                                    in CI, after `docker compose up -d`: block until
+                                    the ports answer through their forwards
+  fwdctl watch                      follow changes as they happen
+  fwdctl reconnect                  replace the ssh master(s) now
+
 Socket selection: --socket, else --runtime-dir/control.sock, else $FWD_SOCKET, else the
 daemon's default ($XDG_RUNTIME_DIR/fwdd, or /run/fwdd as root, or /tmp/fwdd-<uid>).
 
+Exit codes: 0 success/healthy; 1 degraded (status), timed out (wait), unknown host
+(reconnect, resync); 2 fwdd unreachable (not running, permission denied, timeout,
+protocol error) or it went away; 64 invalid command line.";
+
+const STATUS_HELP: &str = "\
 Exit codes:
   0   healthy
   1   degraded: a host's ssh master is not connected, or a forward is in conflict
   2   fwdd unreachable (not running, permission denied, timeout, protocol error)
-  64  invalid command line";
+  64  invalid command line
+
+Socket selection: --socket, else --runtime-dir/control.sock, else $FWD_SOCKET, else the
+daemon's default ($XDG_RUNTIME_DIR/fwdd, or /run/fwdd as root, or /tmp/fwdd-<uid>).";
+
+const WAIT_HELP: &str = "\
+Each TARGET is a local port (a number, e.g. 5432) or a container (its name, e.g.
+shop-db-1, or a prefix of its ID). A port is ready when it is forwarded (state active)
+AND a connection through the forward reaches a listener on the Docker host; a container
+is ready when all of its published TCP ports are. Targets that do not exist yet are
+waited for: containers may start after `wait` does. fwdd is asked every 100 ms.
+
+Examples (CI):
+  docker compose up -d
+  fwdctl wait 5432 6379 --timeout 60s      # then run the tests against localhost
+
+  docker run -d --name db -p 5432:5432 postgres:16
+  fwdctl wait db --timeout 2m && psql -h localhost -U postgres -c 'select 1'
+
+  # \"ready\" means the port accepts connections, not that the service finished
+  # initialising: keep the service's own readiness check where it matters.
+
+On success, prints `ready after 1.2s: port 5432, port 6379` and exits 0. On timeout,
+prints one line naming each target still missing and why, e.g.
+  fwdctl: timed out after 30s: port 5432 not forwarded (no running container publishes it)
+and exits 1.
+
+Exit codes:
+  0   every target is forwarded and answers
+  1   timed out
+  2   fwdd unreachable (not running, permission denied, protocol error)
+  64  invalid command line (e.g. a bad --timeout)";
+
+const WATCH_HELP: &str = "\
+Prints one line per change: forwards added and removed, forward state changes (active,
+conflict, pending, with the reason), ssh master state changes (with pid and last error)
+and event stream restarts. The first line summarises the state when watching began.
+Changes that happen faster than they are read are coalesced (the latest state is always
+reported).
+
+  15:04:05 watching fwdd 0.1.0 (pid 812): 1 host (1 connected), 2 forwards (2 active)
+  15:04:09 forward added localhost:5432 → db (ci-docker)
+  15:04:31 host ci-docker master connected → backoff: transient/lost: connection lost
+
+--json prints each event as one JSON object per line (the first has kind
+\"snapshot\" and the full status); fields are documented in docs/control-api.md.
+
+Exit codes:
+  0   interrupted (Ctrl-C, SIGTERM)
+  2   fwdd unreachable, or it went away while watching";
+
+const HOSTS_HELP: &str = "\
+HOST is a host name from fwdd's configuration (as shown by `fwdctl status`); without
+it, every host.
+
+Exit codes:
+  0   done (the work happens in the background; see `fwdctl status` or `fwdctl watch`)
+  1   no host of that name
+  2   fwdd unreachable";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "fwdctl",
     version = VERSION,
     about = "Query and control fwdd, the Docker port forwarding daemon",
-    after_help = AFTER_HELP
+    long_about = "Query and control fwdd, the daemon that keeps the published ports of \
+containers on remote Docker hosts reachable on this machine's loopback.",
+    after_help = MAIN_HELP
 )]
 struct Cli {
     /// Control socket of the daemon [env: FWD_SOCKET]
@@ -51,13 +127,50 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Show the ssh masters, event streams and forwards (exit 1 if degraded)
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = STATUS_HELP)]
     Status {
         /// Print the status object as sent by the daemon: compact JSON on one line
         /// (schema: docs/control-api.md)
         #[arg(long)]
         json: bool,
     },
+    /// Block until ports or containers are forwarded and answer (for CI scripts)
+    #[command(after_help = WAIT_HELP)]
+    Wait {
+        /// Local port (e.g. 5432) or container name / ID prefix
+        #[arg(value_name = "PORT|CONTAINER", required = true, value_parser = parse_target)]
+        targets: Vec<wait::Target>,
+        /// Give up after this long (e.g. 30s, 2m, 1m30s)
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Print state changes as they happen, until interrupted
+    #[command(after_help = WATCH_HELP)]
+    Watch {
+        /// One JSON object per event (schema: docs/control-api.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the ssh master of HOST (default: every host) now
+    #[command(after_help = HOSTS_HELP)]
+    Reconnect {
+        /// Host name from fwdd's configuration
+        host: Option<String>,
+    },
+    /// List and inspect the containers of HOST (default: every host) again now
+    #[command(after_help = HOSTS_HELP)]
+    Resync {
+        /// Host name from fwdd's configuration
+        host: Option<String>,
+    },
+}
+
+fn parse_target(s: &str) -> Result<wait::Target, String> {
+    wait::Target::parse(s)
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 2m, 1m30s, 500ms)"))
 }
 
 fn now_ms() -> u64 {
@@ -80,7 +193,10 @@ fn status(socket: &std::path::Path, json: bool) -> Result<i32> {
         .map_err(|e| anyhow!("bad answer from fwdd ({}): {e}", socket.display()))?
     {
         Response::Status(st) => st,
-        Response::Error { message } => return Err(anyhow!("fwdd refused the request: {message}")),
+        Response::Error { message, .. } => {
+            return Err(anyhow!("fwdd refused the request: {message}"))
+        }
+        other => return Err(anyhow!("unexpected answer from fwdd: {other:?}")),
     };
     let mut out = std::io::stdout().lock();
     if json {
@@ -91,6 +207,45 @@ fn status(socket: &std::path::Path, json: bool) -> Result<i32> {
     }
     out.flush()?;
     Ok(human::exit_code(&status))
+}
+
+fn wait(socket: &std::path::Path, targets: &[wait::Target], timeout: Duration) -> Result<i32> {
+    match wait::run(socket, targets, timeout)? {
+        wait::Outcome::Ready(line) => {
+            println!("{line}");
+            Ok(human::EXIT_HEALTHY)
+        }
+        wait::Outcome::TimedOut(line) => {
+            eprintln!("fwdctl: {line}");
+            Ok(human::EXIT_DEGRADED)
+        }
+    }
+}
+
+/// `reconnect` / `resync`.
+fn host_command(socket: &std::path::Path, req: Request) -> Result<i32> {
+    let line = client::request(socket, &req, client::REQUEST_TIMEOUT)?;
+    let resp = decode_response(&line)
+        .map_err(|e| anyhow!("bad answer from fwdd ({}): {e}", socket.display()))?;
+    let (hosts, what) = match resp {
+        Response::Reconnect { hosts } => (hosts, "replacing the ssh master"),
+        Response::Resync { hosts } => (hosts, "listing and inspecting the containers again"),
+        Response::Error { message, code } if code.as_deref() == Some(error_code::UNKNOWN_HOST) => {
+            eprintln!("fwdctl: {message}");
+            return Ok(human::EXIT_DEGRADED);
+        }
+        Response::Error { message, .. } => {
+            return Err(anyhow!("fwdd refused the request: {message}"))
+        }
+        other => return Err(anyhow!("unexpected answer from fwdd: {other:?}")),
+    };
+    if hosts.is_empty() {
+        println!("no hosts configured, nothing to do");
+    }
+    for h in hosts {
+        println!("{h}: {what}");
+    }
+    Ok(human::EXIT_HEALTHY)
 }
 
 fn main() -> ExitCode {
@@ -112,6 +267,13 @@ fn main() -> ExitCode {
     );
     let result = match cli.command {
         Command::Status { json } => status(&socket, json),
+        Command::Wait { targets, timeout } => wait(&socket, &targets, timeout),
+        Command::Watch { json } => {
+            watch::exit_0_on_interrupt();
+            watch::run(&socket, json)
+        }
+        Command::Reconnect { host } => host_command(&socket, Request::Reconnect { host }),
+        Command::Resync { host } => host_command(&socket, Request::Resync { host }),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

@@ -1,9 +1,6 @@
 //! What the control server may ask of the daemon. The control socket code
 //! (control.rs) knows only this trait; the daemon implements it here.
 
-// Wired into the control server together with fwdctl wait/watch/reconnect/resync.
-#![allow(dead_code)]
-
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -33,11 +30,11 @@ pub trait ControlHandler {
 }
 
 impl Daemon {
-    fn select_hosts(&self, host: Option<&str>) -> Result<Vec<&Rc<crate::daemon::Host>>, String> {
+    fn select_hosts(&self, host: Option<&str>) -> Result<Vec<Rc<crate::daemon::Host>>, String> {
         match host {
-            None => Ok(self.hosts.iter().collect()),
+            None => Ok(self.hosts()),
             Some(name) => self.host(name).map(|h| vec![h]).ok_or_else(|| {
-                let known: Vec<&str> = self.hosts.iter().map(|h| &*h.key).collect();
+                let known: Vec<String> = self.hosts().iter().map(|h| h.key.to_string()).collect();
                 format!("no host named {name:?} (configured: {})", known.join(", "))
             }),
         }

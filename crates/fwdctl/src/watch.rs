@@ -1,0 +1,330 @@
+//! `fwdctl watch`: follow the daemon's state changes.
+
+use anyhow::{anyhow, bail, Context, Result};
+use fwd_proto::{decode_response, Event, ForwardStatus, MasterState, Request, Response};
+use std::io::Write;
+use std::path::Path;
+
+use crate::client::LineStream;
+use crate::human;
+
+/// `HH:MM:SS` in local time.
+pub fn clock(at_ms: u64) -> String {
+    let secs = (at_ms / 1000) as nix::libc::time_t;
+    // SAFETY: localtime_r only writes the `tm` we pass; an all-zero `tm` is valid.
+    let mut tm: nix::libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !nix::libc::localtime_r(&secs, &mut tm).is_null() };
+    if !ok {
+        let s = at_ms / 1000 % 86_400;
+        return format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+    }
+    format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+}
+
+fn fwd_label(f: &ForwardStatus) -> String {
+    let name = match &f.compose_project {
+        Some(p) => format!("{p}/{}", f.container_name),
+        None => f.container_name.clone(),
+    };
+    format!("localhost:{} → {name} ({})", f.local_port, f.host)
+}
+
+fn with_reason(s: &mut String, reason: &Option<String>) {
+    if let Some(r) = reason {
+        s.push_str(": ");
+        s.push_str(r);
+    }
+}
+
+/// One line for people (without the trailing newline).
+pub fn render_event(e: &Event) -> String {
+    let t = clock(e.at_ms());
+    match e {
+        Event::Snapshot { status, .. } => {
+            let connected = status
+                .hosts
+                .iter()
+                .filter(|h| h.master.state == MasterState::Connected)
+                .count();
+            let active = status
+                .forwards
+                .iter()
+                .filter(|f| f.state == fwd_proto::ForwardState::Active)
+                .count();
+            let problems = human::problems(status);
+            format!(
+                "{t} watching fwdd {} (pid {}): {} host{} ({connected} connected), {} forward{} ({active} active){}",
+                status.daemon.version,
+                status.daemon.pid,
+                status.hosts.len(),
+                if status.hosts.len() == 1 { "" } else { "s" },
+                status.forwards.len(),
+                if status.forwards.len() == 1 { "" } else { "s" },
+                if problems.is_empty() {
+                    String::new()
+                } else {
+                    format!("; degraded: {}", problems.join(", "))
+                }
+            )
+        }
+        Event::ForwardAdded { forward, .. } => {
+            let mut s = format!("{t} forward added {}", fwd_label(forward));
+            if forward.state != fwd_proto::ForwardState::Active {
+                s.push_str(&format!(", {}", forward.state));
+                with_reason(&mut s, &forward.reason);
+            }
+            s
+        }
+        Event::ForwardRemoved { forward, .. } => {
+            format!("{t} forward removed {}", fwd_label(forward))
+        }
+        Event::ForwardStateChanged {
+            previous_state,
+            forward,
+            ..
+        } => {
+            let mut s = format!(
+                "{t} forward {} {previous_state} → {}",
+                fwd_label(forward),
+                forward.state
+            );
+            with_reason(&mut s, &forward.reason);
+            s
+        }
+        Event::MasterStateChanged {
+            host,
+            previous_state,
+            master,
+            ..
+        } => {
+            let mut s = match previous_state {
+                Some(p) if *p != master.state => {
+                    format!("{t} host {host} master {p} → {}", master.state)
+                }
+                Some(_) => format!("{t} host {host} master replaced, {}", master.state),
+                None => format!("{t} host {host} master {}", master.state),
+            };
+            if let Some(pid) = master.pid {
+                s.push_str(&format!(" (pid {pid})"));
+            }
+            if master.state != MasterState::Connected {
+                if let Some(e) = &master.last_error {
+                    s.push_str(&format!(": {}/{}: {}", e.class, e.kind, e.message));
+                }
+            }
+            s
+        }
+        Event::StreamStateChanged {
+            host,
+            previous_state,
+            stream,
+            ..
+        } => {
+            let change = match previous_state {
+                Some(p) if *p != stream.state => format!("{p} → {}", stream.state),
+                Some(_) => format!("restarted, {}", stream.state),
+                None => stream.state.to_string(),
+            };
+            format!(
+                "{t} host {host} events {change} (restarts {})",
+                stream.restarts
+            )
+        }
+    }
+}
+
+/// The `"event"` member of a response line, byte for byte.
+#[derive(serde::Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    event: Option<&'a serde_json::value::RawValue>,
+}
+
+/// A kind this fwdctl does not know (from a newer daemon): say so briefly.
+fn render_unknown(line: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let ev = v.get("event")?;
+    let kind = ev.get("kind")?.as_str()?;
+    let at = ev.get("at_ms").and_then(|a| a.as_u64()).unwrap_or(0);
+    Some(format!("{} {kind}", clock(at)))
+}
+
+/// Follows the daemon until it goes away (an error: exit 2). Ctrl-C ends the process
+/// from the signal handler with exit 0.
+pub fn run(socket: &Path, json: bool) -> Result<i32> {
+    let mut conn = LineStream::open(socket, &Request::Watch)?;
+    let mut first = true;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let Some(line) = conn.next_line()? else {
+            bail!(
+                "fwdd closed the watch connection (daemon stopped?) ({})",
+                socket.display()
+            );
+        };
+        let decoded = decode_response(&line);
+        if let Ok(Response::Error { message, .. }) = &decoded {
+            return Err(anyhow!("fwdd refused the request: {message}"));
+        }
+        if first {
+            match &decoded {
+                Ok(Response::Event(Event::Snapshot { .. })) => {}
+                Ok(other) => bail!("unexpected answer from fwdd: {other:?}"),
+                Err(e) => bail!("bad answer from fwdd ({}): {e}", socket.display()),
+            }
+            conn.no_read_timeout()?;
+            first = false;
+        }
+        let text = if json {
+            let raw: RawEvent = serde_json::from_slice(&line).context("bad answer from fwdd")?;
+            match raw.event {
+                Some(ev) => ev.get().to_string(),
+                None => continue,
+            }
+        } else {
+            match &decoded {
+                Ok(Response::Event(e)) => render_event(e),
+                _ => match render_unknown(&line) {
+                    Some(s) => s,
+                    None => continue,
+                },
+            }
+        };
+        let written = writeln!(out, "{text}").and_then(|()| out.flush());
+        if let Err(e) = written {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(0); // `fwdctl watch | head`: the reader is done
+            }
+            return Err(e).context("writing to stdout");
+        }
+    }
+}
+
+/// Makes SIGINT and SIGTERM end the process at once with exit status 0 (`watch` runs
+/// until interrupted; being interrupted is its normal end).
+pub fn exit_0_on_interrupt() {
+    extern "C" fn on_signal(_: nix::libc::c_int) {
+        // SAFETY: _exit is async-signal-safe; stdout is flushed after every line.
+        unsafe { nix::libc::_exit(0) }
+    }
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only calls _exit.
+        let _ = unsafe { signal(sig, SigHandler::Handler(on_signal)) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fwd_proto::{ErrorInfo, ForwardState, MasterStatus, StreamState, StreamStatus};
+
+    fn fw() -> ForwardStatus {
+        ForwardStatus {
+            host: "ci-docker".into(),
+            local_port: 5432,
+            local_addrs: vec![],
+            remote: "127.0.0.1:5432".into(),
+            container_id: "a".repeat(64),
+            container_name: "db".into(),
+            compose_project: None,
+            container_port: "5432/tcp".into(),
+            state: ForwardState::Active,
+            reason: None,
+            since_ms: 0,
+            connections_open: 0,
+            connections_total: 0,
+        }
+    }
+
+    fn strip_clock(s: String) -> String {
+        assert_eq!(&s[2..3], ":", "{s}");
+        s[9..].to_string()
+    }
+
+    #[test]
+    fn human_lines() {
+        assert_eq!(
+            strip_clock(render_event(&Event::ForwardAdded {
+                at_ms: 0,
+                forward: fw()
+            })),
+            "forward added localhost:5432 → db (ci-docker)"
+        );
+        let mut f = fw();
+        f.compose_project = Some("shop".into());
+        assert_eq!(
+            strip_clock(render_event(&Event::ForwardRemoved {
+                at_ms: 0,
+                forward: f.clone()
+            })),
+            "forward removed localhost:5432 → shop/db (ci-docker)"
+        );
+        f.state = ForwardState::Conflict;
+        f.reason = Some("127.0.0.1:5432 is in use by another process".into());
+        assert_eq!(
+            strip_clock(render_event(&Event::ForwardStateChanged {
+                at_ms: 0,
+                previous_state: ForwardState::Active,
+                forward: f
+            })),
+            "forward localhost:5432 → shop/db (ci-docker) active → conflict: 127.0.0.1:5432 is in use by another process"
+        );
+        let mut m = MasterStatus {
+            state: MasterState::Backoff,
+            pid: None,
+            since_ms: 0,
+            last_probe_rtt_ms: None,
+            reconnects: 0,
+            consecutive_failures: 1,
+            last_error: Some(ErrorInfo {
+                class: "transient".into(),
+                kind: "connection_refused".into(),
+                message: "Connection refused".into(),
+                at_ms: 0,
+            }),
+            next_retry_ms: None,
+        };
+        assert_eq!(
+            strip_clock(render_event(&Event::MasterStateChanged {
+                at_ms: 0,
+                host: "ci-docker".into(),
+                previous_state: Some(MasterState::Connected),
+                master: m.clone()
+            })),
+            "host ci-docker master connected → backoff: transient/connection_refused: Connection refused"
+        );
+        m.state = MasterState::Connected;
+        m.pid = Some(77);
+        assert_eq!(
+            strip_clock(render_event(&Event::MasterStateChanged {
+                at_ms: 0,
+                host: "ci-docker".into(),
+                previous_state: Some(MasterState::Connected),
+                master: m
+            })),
+            "host ci-docker master replaced, connected (pid 77)"
+        );
+        assert_eq!(
+            strip_clock(render_event(&Event::StreamStateChanged {
+                at_ms: 0,
+                host: "ci-docker".into(),
+                previous_state: Some(StreamState::Down),
+                stream: StreamStatus {
+                    state: StreamState::Resyncing,
+                    events_received: 0,
+                    last_event_ms: None,
+                    restarts: 2
+                }
+            })),
+            "host ci-docker events down → resyncing (restarts 2)"
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_are_named() {
+        let s =
+            render_unknown(br#"{"v":1,"ok":true,"event":{"kind":"future","at_ms":0}}"#).unwrap();
+        assert!(s.ends_with(" future"), "{s}");
+    }
+}
