@@ -1,4 +1,4 @@
-//! Embeds the git commit into `fwdctl --version` (`FWD_GIT_COMMIT`).
+//! Embeds the git commit into `--version` of fwdd and fwdctl (`FWD_GIT_COMMIT`).
 //! An explicit `FWD_GIT_COMMIT` in the environment wins (for builds from a tarball);
 //! without git or outside a repository the commit is "unknown". Never fails the build.
 

@@ -10,6 +10,7 @@ pub mod classify;
 pub mod model;
 pub mod reconcile;
 pub mod repeat;
+pub mod rules;
 
 pub use backoff::{Backoff, BackoffPolicy};
 pub use classify::{classify_ssh_failure, FailureClass, FailureKind};
@@ -19,3 +20,4 @@ pub use model::{
 };
 pub use reconcile::{desired_forwards, reconcile, Action, Desired, Held};
 pub use repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};
+pub use rules::{Decision, Rule, RuleAction, Rules};

@@ -1,8 +1,12 @@
 //! What fwd knows about a remote Docker host: containers and the ports they
 //! publish, reduced to exactly what forwarding needs.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use crate::rules::{Decision, PortFacts, Rules};
 
 /// Names one configured Docker host (the `name` in the config, or the URL).
 pub type HostKey = Arc<str>;
@@ -102,6 +106,8 @@ pub struct Container {
     /// (older than the container's current start) be ignored.
     pub started_at_ns: i64,
     pub ports: Vec<PortBinding>,
+    /// The container's labels, as far as rules need them (bounded by the parser).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Where the Docker host side of a forward connects, as seen from the host.
@@ -131,6 +137,8 @@ pub struct Claim {
     pub container_port: u16,
     pub started_at_ns: i64,
     pub local_port: u16,
+    /// Local addresses to listen on (loopback unless a rule says otherwise).
+    pub bind: Vec<IpAddr>,
     pub remote: Remote,
 }
 
@@ -164,8 +172,9 @@ fn remote_ip_for(host_ip: &str) -> String {
 
 impl Container {
     /// Splits the container's bindings into forwardable claims (TCP, one per
-    /// host port) and the ones fwd lists but does not forward.
-    pub fn claims(&self, host: &HostKey) -> (Vec<Claim>, Vec<Unsupported>) {
+    /// local port, as the rules decide) and the ones fwd lists but does not
+    /// forward. Ports the rules skip are in neither.
+    pub fn claims(&self, host: &HostKey, rules: &Rules) -> (Vec<Claim>, Vec<Unsupported>) {
         let mut claims: Vec<Claim> = Vec::new();
         let mut unsupported = Vec::new();
         let mut bindings = self.ports.clone();
@@ -194,8 +203,22 @@ impl Container {
                 // Docker has not (yet) assigned a port; nothing to forward.
                 continue;
             }
-            if claims.iter().any(|c| c.local_port == b.host_port) {
+            if claims.iter().any(|c| c.remote.port == b.host_port) {
                 // The same port on 0.0.0.0 and :: is one forward.
+                continue;
+            }
+            let facts = PortFacts {
+                host,
+                published_port: b.host_port,
+                labels: &self.labels,
+                project: self.compose_project.as_deref(),
+            };
+            let (local_port, bind) = match rules.decide(&facts) {
+                Decision::Skip { .. } => continue,
+                Decision::Forward { local_port, bind } => (local_port, bind),
+            };
+            if claims.iter().any(|c| c.local_port == local_port) {
+                // Two ports remapped onto one local port: the first keeps it.
                 continue;
             }
             claims.push(Claim {
@@ -205,7 +228,8 @@ impl Container {
                 compose_project: self.compose_project.clone(),
                 container_port: b.container_port,
                 started_at_ns: self.started_at_ns,
-                local_port: b.host_port,
+                local_port,
+                bind,
                 remote: Remote {
                     ip: remote_ip_for(&b.host_ip),
                     port: b.host_port,
@@ -243,7 +267,12 @@ mod tests {
             compose_project: None,
             started_at_ns: 1,
             ports,
+            labels: BTreeMap::new(),
         }
+    }
+
+    fn no_rules() -> Rules {
+        Rules { rules: vec![] }
     }
 
     #[test]
@@ -268,7 +297,7 @@ mod tests {
             binding(80, Protocol::Tcp, "::", 8080),
             binding(80, Protocol::Tcp, "0.0.0.0", 8080),
         ]);
-        let (claims, unsupported) = c.claims(&HostKey::from("h"));
+        let (claims, unsupported) = c.claims(&HostKey::from("h"), &no_rules());
         assert!(unsupported.is_empty());
         assert_eq!(claims.len(), 1);
         assert_eq!(claims[0].local_port, 8080);
@@ -278,10 +307,10 @@ mod tests {
     #[test]
     fn specific_host_ip_is_the_remote_end() {
         let c = container(vec![binding(80, Protocol::Tcp, "127.0.0.1", 8081)]);
-        let (claims, _) = c.claims(&HostKey::from("h"));
+        let (claims, _) = c.claims(&HostKey::from("h"), &no_rules());
         assert_eq!(claims[0].remote.to_string(), "127.0.0.1:8081");
         let c = container(vec![binding(80, Protocol::Tcp, "fd00::1", 8082)]);
-        let (claims, _) = c.claims(&HostKey::from("h"));
+        let (claims, _) = c.claims(&HostKey::from("h"), &no_rules());
         assert_eq!(claims[0].remote.to_string(), "[fd00::1]:8082");
     }
 
@@ -291,10 +320,45 @@ mod tests {
             binding(53, Protocol::Udp, "0.0.0.0", 5353),
             binding(80, Protocol::Tcp, "0.0.0.0", 8080),
         ]);
-        let (claims, unsupported) = c.claims(&HostKey::from("h"));
+        let (claims, unsupported) = c.claims(&HostKey::from("h"), &no_rules());
         assert_eq!(claims.len(), 1);
         assert_eq!(unsupported.len(), 1);
         assert_eq!(unsupported[0].binding.host_port, 5353);
+    }
+
+    #[test]
+    fn rules_remap_and_skip() {
+        use crate::rules::{Rule, RuleAction};
+        let c = container(vec![
+            binding(5432, Protocol::Tcp, "0.0.0.0", 5432),
+            binding(80, Protocol::Tcp, "0.0.0.0", 8080),
+        ]);
+        let rules = Rules {
+            rules: vec![
+                Rule {
+                    host: None,
+                    ports: Some((5432, 5432)),
+                    label: None,
+                    project: None,
+                    action: RuleAction::Forward {
+                        local_port: Some(15432),
+                        bind: None,
+                    },
+                },
+                Rule {
+                    host: None,
+                    ports: Some((8080, 8080)),
+                    label: None,
+                    project: None,
+                    action: RuleAction::Skip,
+                },
+            ],
+        };
+        let (claims, _) = c.claims(&HostKey::from("h"), &rules);
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].local_port, 15432);
+        // The remote end is still the published port.
+        assert_eq!(claims[0].remote.to_string(), "127.0.0.1:5432");
     }
 
     #[test]
@@ -304,7 +368,7 @@ mod tests {
             binding(90, Protocol::Tcp, "0.0.0.0", 9090),
             binding(91, Protocol::Tcp, "0.0.0.0", 0),
         ]);
-        let (claims, _) = c.claims(&HostKey::from("h"));
+        let (claims, _) = c.claims(&HostKey::from("h"), &no_rules());
         let ports: Vec<u16> = claims.iter().map(|c| c.local_port).collect();
         assert_eq!(ports, vec![8080, 9090]);
     }

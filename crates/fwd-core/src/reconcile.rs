@@ -138,6 +138,7 @@ mod tests {
             container_port: 80,
             started_at_ns: started,
             local_port: port,
+            bind: crate::rules::default_bind(),
             remote: Remote {
                 ip: "127.0.0.1".into(),
                 port,

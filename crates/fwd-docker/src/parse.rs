@@ -110,12 +110,20 @@ pub fn parse_inspect(body: &[u8]) -> Result<Option<Container>, ParseError> {
         .chars()
         .take(256)
         .collect();
-    let compose_project = resp
-        .config
-        .as_ref()
-        .and_then(|c| c.labels.as_ref())
+    let all_labels = resp.config.as_ref().and_then(|c| c.labels.as_ref());
+    let compose_project = all_labels
         .and_then(|l| l.get(COMPOSE_PROJECT_LABEL))
         .map(|p| p.chars().take(256).collect());
+    // Kept for rules; bounded, since they come from the remote side.
+    let labels = all_labels
+        .map(|l| {
+            l.iter()
+                .filter(|(k, v)| k.len() <= 256 && v.len() <= 1024)
+                .take(MAX_LABELS)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
     let ports = resp
         .network_settings
         .as_ref()
@@ -128,8 +136,12 @@ pub fn parse_inspect(body: &[u8]) -> Result<Option<Container>, ParseError> {
         compose_project,
         started_at_ns,
         ports,
+        labels,
     }))
 }
+
+/// Labels kept per container (rules look at a few; Docker allows many).
+const MAX_LABELS: usize = 256;
 
 /// `{"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}], "81/tcp": null}`
 /// → bindings. Entries that do not parse are skipped: one odd port must not

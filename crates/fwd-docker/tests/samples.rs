@@ -1,7 +1,7 @@
 //! The parsers against output captured from a real dockerd 20.10 (API 1.41);
 //! see testdata/README.md for how each sample was made.
 
-use fwd_core::{HostKey, Protocol};
+use fwd_core::{HostKey, Protocol, Rules};
 use fwd_docker::parse::{parse_container_list, parse_event, parse_inspect, parse_version};
 use fwd_docker::EventAction;
 
@@ -23,7 +23,7 @@ fn forwards(name: &str) -> Forwards {
         "{}",
         c.started_at_ns
     );
-    let (claims, unsupported) = c.claims(&HostKey::from("h"));
+    let (claims, unsupported) = c.claims(&HostKey::from("h"), &Rules { rules: vec![] });
     (
         claims
             .iter()

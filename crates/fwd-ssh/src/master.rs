@@ -355,6 +355,11 @@ impl Master {
         let args = master_args(cfg, control_path)?;
         let mut cmd = Command::new(&cfg.ssh_program);
         cmd.args(&args)
+            // systemd's notification socket belongs to fwdd alone
+            // (NotifyAccess=main); ssh has no business with it.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -16,7 +16,22 @@ pub struct Config {
     pub connect_wait: Duration,
     /// How often a port taken by another program is tried again.
     pub conflict_retry: Duration,
+    pub retry: RetryConfig,
+    /// How often the full container list is read again, repairing any drift
+    /// between Docker and the listeners (e.g. a silently stuck event stream).
+    pub resync_interval: Duration,
+    /// Which ports are forwarded where (first match wins; see fwd-core rules).
+    pub rules: fwd_core::Rules,
     pub hosts: Vec<HostConfig>,
+}
+
+/// Pacing of reconnects after a failure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryConfig {
+    pub backoff: fwd_core::BackoffPolicy,
+    /// Retry pace after a failure that will not heal by itself (refused
+    /// key, changed host key, bad ssh config, docker missing).
+    pub permanent_retry: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,11 +40,14 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostConfig {
     pub name: String,
     pub ssh: fwd_ssh::MasterConfig,
     pub health_interval: Duration,
+    /// At most this many forwards for the host (the earliest-started
+    /// containers keep theirs); `None` = no cap.
+    pub max_forwards: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,8 +57,28 @@ struct FileConfig {
     log_format: Option<String>,
     connect_wait: Option<String>,
     conflict_retry: Option<String>,
+    retry_first_delay: Option<String>,
+    retry_max_delay: Option<String>,
+    retry_jitter: Option<f64>,
+    healthy_after: Option<String>,
+    permanent_retry: Option<String>,
+    resync_interval: Option<String>,
+    #[serde(default, rename = "rule")]
+    rules: Vec<FileRule>,
     #[serde(default, rename = "host")]
     hosts: Vec<FileHost>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRule {
+    host: Option<String>,
+    ports: Option<String>,
+    label: Option<String>,
+    project: Option<String>,
+    action: Option<String>,
+    local_port: Option<u16>,
+    bind: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +96,7 @@ struct FileHost {
     health_interval: Option<String>,
     strict_host_key_checking: Option<String>,
     ssh_program: Option<PathBuf>,
+    max_forwards: Option<usize>,
 }
 
 /// What the command line contributes (flags win over the file).
@@ -90,6 +129,97 @@ fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duratio
             )),
         },
     }
+}
+
+/// The effective configuration as TOML, for `fwdd check-config`: every
+/// setting with the value that will be used, defaults included.
+pub fn render(c: &Config) -> String {
+    let secs = |d: Duration| humantime::format_duration(d).to_string();
+    let q = |s: &str| format!("{s:?}");
+    let mut out = String::new();
+    out.push_str(&format!(
+        "runtime_dir = {}\n",
+        q(&c.runtime_dir.display().to_string())
+    ));
+    out.push_str(&format!(
+        "log_format = {}\n",
+        q(match c.log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    ));
+    out.push_str(&format!("connect_wait = {}\n", q(&secs(c.connect_wait))));
+    out.push_str(&format!(
+        "conflict_retry = {}\n",
+        q(&secs(c.conflict_retry))
+    ));
+    out.push_str(&format!(
+        "retry_first_delay = {}\n",
+        q(&secs(c.retry.backoff.base))
+    ));
+    out.push_str(&format!(
+        "retry_max_delay = {}\n",
+        q(&secs(c.retry.backoff.cap))
+    ));
+    out.push_str(&format!("retry_jitter = {}\n", c.retry.backoff.jitter));
+    out.push_str(&format!(
+        "healthy_after = {}\n",
+        q(&secs(c.retry.backoff.healthy_after))
+    ));
+    out.push_str(&format!(
+        "permanent_retry = {}\n",
+        q(&secs(c.retry.permanent_retry))
+    ));
+    out.push_str(&format!(
+        "resync_interval = {}\n",
+        q(&secs(c.resync_interval))
+    ));
+    for h in &c.hosts {
+        let s = &h.ssh;
+        out.push_str("\n[[host]]\n");
+        out.push_str(&format!("name = {}\n", q(&h.name)));
+        let url = match s.port {
+            Some(p) => format!("ssh://{}:{p}", s.destination),
+            None => format!("ssh://{}", s.destination),
+        };
+        out.push_str(&format!("url = {}\n", q(&url)));
+        if let Some(p) = &s.identity_file {
+            out.push_str(&format!(
+                "identity_file = {}\n",
+                q(&p.display().to_string())
+            ));
+        }
+        if let Some(p) = &s.ssh_config {
+            out.push_str(&format!("ssh_config = {}\n", q(&p.display().to_string())));
+        }
+        let opts: Vec<String> = s.extra_options.iter().map(|o| q(o)).collect();
+        out.push_str(&format!("ssh_options = [{}]\n", opts.join(", ")));
+        out.push_str(&format!(
+            "server_alive_interval = {}\n",
+            q(&secs(s.server_alive_interval))
+        ));
+        out.push_str(&format!(
+            "server_alive_count_max = {}\n",
+            s.server_alive_count_max
+        ));
+        out.push_str(&format!(
+            "connect_timeout = {}\n",
+            q(&secs(s.connect_timeout))
+        ));
+        out.push_str(&format!(
+            "health_interval = {}\n",
+            q(&secs(h.health_interval))
+        ));
+        out.push_str(&format!(
+            "strict_host_key_checking = {}\n",
+            q(&s.strict_host_key_checking)
+        ));
+        out.push_str(&format!(
+            "ssh_program = {}\n",
+            q(&s.ssh_program.display().to_string())
+        ));
+    }
+    out
 }
 
 /// `ssh://[user@]host[:port]` → (destination, port).
@@ -155,7 +285,17 @@ pub fn default_runtime_dir() -> PathBuf {
 }
 
 impl Config {
+    /// Loads and validates. An error about a key that comes from the file
+    /// names the file and the line, e.g.
+    /// `fwdd.toml:7: host[0].health_interval: "often" is not a duration`.
     pub fn load(cli: CliOverrides) -> Result<Config, ConfigError> {
+        Self::load_unlocated(&cli).map_err(|e| match &cli.config_file {
+            Some(path) => locate_error(path, e),
+            None => e,
+        })
+    }
+
+    fn load_unlocated(cli: &CliOverrides) -> Result<Config, ConfigError> {
         let file = match &cli.config_file {
             None => FileConfig::default(),
             Some(path) => read_file(path)?,
@@ -169,14 +309,14 @@ impl Config {
         };
         let mut hosts = Vec::new();
         for (i, h) in file.hosts.iter().enumerate() {
-            hosts.push(host_config(&format!("host[{i}]"), h, &cli)?);
+            hosts.push(host_config(&format!("host[{i}]"), h, cli)?);
         }
         for (i, url) in cli.hosts.iter().enumerate() {
             let h = FileHost {
                 url: url.clone(),
                 ..FileHost::default()
             };
-            hosts.push(host_config(&format!("--host #{}", i + 1), &h, &cli)?);
+            hosts.push(host_config(&format!("--host #{}", i + 1), &h, cli)?);
         }
         if hosts.is_empty() {
             return err(
@@ -191,11 +331,13 @@ impl Config {
                 ));
             }
         }
+        let rules = rules_config(&file.rules, &hosts)?;
         Ok(Config {
+            rules,
             runtime_dir: cli
                 .runtime_dir
                 .clone()
-                .or(file.runtime_dir)
+                .or(file.runtime_dir.clone())
                 .unwrap_or_else(default_runtime_dir),
             log_format,
             connect_wait: duration(
@@ -208,9 +350,193 @@ impl Config {
                 file.conflict_retry.as_deref(),
                 Duration::from_secs(3),
             )?,
+            retry: retry_config(&file)?,
+            resync_interval: duration(
+                "resync_interval",
+                file.resync_interval.as_deref(),
+                Duration::from_secs(300),
+            )?,
             hosts,
         })
     }
+}
+
+fn rules_config(rules: &[FileRule], hosts: &[HostConfig]) -> Result<fwd_core::Rules, ConfigError> {
+    use fwd_core::{Rule, RuleAction};
+    let mut out = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        let key = format!("rule[{i}]");
+        let ports = r
+            .ports
+            .as_deref()
+            .map(fwd_core::rules::parse_port_range)
+            .transpose()
+            .map_err(|e| ConfigError(format!("{key}.ports: {e}")))?;
+        if let Some(h) = &r.host {
+            if !hosts.iter().any(|c| &c.name == h) {
+                return err(format!("{key}.host: no host named {h:?} is configured"));
+            }
+        }
+        let label = r.label.as_deref().map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (l.to_string(), None),
+        });
+        if label.as_ref().is_some_and(|(k, _)| k.is_empty()) {
+            return err(format!("{key}.label: write \"key\" or \"key=value\""));
+        }
+        let bind = r
+            .bind
+            .as_ref()
+            .map(|addrs| {
+                addrs
+                    .iter()
+                    .map(|a| {
+                        a.parse::<std::net::IpAddr>().map_err(|_| {
+                            ConfigError(format!("{key}.bind: {a:?} is not an IP address"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        if bind.as_ref().is_some_and(Vec::is_empty) {
+            return err(format!("{key}.bind: name at least one address"));
+        }
+        let action = match r.action.as_deref().unwrap_or("forward") {
+            "forward" => {
+                if r.local_port.is_some() && ports.is_none_or(|(a, b)| a != b) {
+                    return err(format!(
+                        "{key}.local_port: only a rule for a single port (ports = \"5432\") can remap"
+                    ));
+                }
+                if r.local_port == Some(0) {
+                    return err(format!("{key}.local_port: must be from 1 to 65535"));
+                }
+                RuleAction::Forward {
+                    local_port: r.local_port,
+                    bind,
+                }
+            }
+            "skip" => {
+                if r.local_port.is_some() || bind.is_some() {
+                    return err(format!("{key}: a skip rule takes no local_port or bind"));
+                }
+                RuleAction::Skip
+            }
+            other => {
+                return err(format!(
+                    "{key}.action: {other:?} is not \"forward\" or \"skip\""
+                ))
+            }
+        };
+        out.push(Rule {
+            host: r.host.clone(),
+            ports,
+            label,
+            project: r.project.clone(),
+            action,
+        });
+    }
+    Ok(fwd_core::Rules { rules: out })
+}
+
+fn retry_config(file: &FileConfig) -> Result<RetryConfig, ConfigError> {
+    let defaults = fwd_core::BackoffPolicy::default();
+    let jitter = file.retry_jitter.unwrap_or(defaults.jitter);
+    if !(0.0..=1.0).contains(&jitter) {
+        return err(format!("retry_jitter: {jitter} is not between 0 and 1"));
+    }
+    let backoff = fwd_core::BackoffPolicy {
+        base: duration(
+            "retry_first_delay",
+            file.retry_first_delay.as_deref(),
+            defaults.base,
+        )?,
+        cap: duration(
+            "retry_max_delay",
+            file.retry_max_delay.as_deref(),
+            defaults.cap,
+        )?,
+        jitter,
+        healthy_after: duration(
+            "healthy_after",
+            file.healthy_after.as_deref(),
+            defaults.healthy_after,
+        )?,
+    };
+    if backoff.base > backoff.cap {
+        return err("retry_first_delay: must not be longer than retry_max_delay");
+    }
+    Ok(RetryConfig {
+        backoff,
+        permanent_retry: duration(
+            "permanent_retry",
+            file.permanent_retry.as_deref(),
+            Duration::from_secs(300),
+        )?,
+    })
+}
+
+/// Prefixes `FILE:LINE: ` to an error that starts with a key path the file
+/// sets ("connect_wait: …", "host[1].url: …", "rule[0].ports: …").
+fn locate_error(path: &Path, e: ConfigError) -> ConfigError {
+    let Some((key_path, _)) = e.0.split_once(": ") else {
+        return e;
+    };
+    // "host[1].url" → table ("host", 1), key "url"; "connect_wait" → top level.
+    let (table, key) = match key_path.split_once('[') {
+        Some((name, rest)) if name == "host" || name == "rule" => match rest.split_once(']') {
+            Some((i, k)) => match i.parse::<usize>() {
+                Ok(i) => (Some((name, i)), k.trim_start_matches('.')),
+                Err(_) => return e,
+            },
+            None => return e,
+        },
+        _ => (None, key_path),
+    };
+    let key = key.split('[').next().unwrap_or(key);
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return e;
+    };
+    match locate_key(&text, table, key) {
+        Some(line) => ConfigError(format!("{}:{line}: {}", path.display(), e.0)),
+        None => e,
+    }
+}
+
+/// The 1-based line on which `key` is set: at top level (before any table)
+/// or inside the `index`-th `[[name]]` table. An empty `key` means the
+/// table's header line.
+fn locate_key(text: &str, table: Option<(&str, usize)>, key: &str) -> Option<usize> {
+    let mut current: Option<(String, usize)> = None;
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = t
+            .strip_prefix("[[")
+            .and_then(|r| r.split_once("]]"))
+            .map(|(n, _)| n.trim())
+        {
+            let i = seen.entry(name.to_string()).or_insert(0);
+            current = Some((name.to_string(), *i));
+            *i += 1;
+            if key.is_empty() && table.is_some_and(|(tn, ti)| tn == name && ti + 1 == *i) {
+                return Some(n + 1);
+            }
+            continue;
+        }
+        if t.starts_with('[') {
+            current = Some((t.to_string(), usize::MAX));
+            continue;
+        }
+        let Some((k, _)) = t.split_once('=') else {
+            continue;
+        };
+        let here = current.as_ref().map(|(name, i)| (name.as_str(), *i));
+        if k.trim() == key && here == table {
+            return Some(n + 1);
+        }
+    }
+    None
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -279,6 +605,7 @@ fn host_config(key: &str, h: &FileHost, cli: &CliOverrides) -> Result<HostConfig
             h.health_interval.as_deref(),
             Duration::from_secs(15),
         )?,
+        max_forwards: h.max_forwards,
     })
 }
 
@@ -338,6 +665,50 @@ mod tests {
     }
 
     #[test]
+    fn file_errors_name_the_line() {
+        let e = load_toml("# fwd\nconnect_wait = \"soon\"\n[[host]]\nurl = \"ssh://h\"\n")
+            .expect_err("invalid");
+        assert!(e.0.contains(".toml:2: connect_wait"), "{e}");
+        let e = load_toml(
+            "[[host]]\nurl = \"ssh://a\"\n\n[[host]]\nname = \"b\"\nurl = \"ssh://b\"\nhealth_interval = \"x\"\n",
+        )
+        .expect_err("invalid");
+        assert!(e.0.contains(".toml:7: host[1].health_interval"), "{e}");
+        let e = load_toml(
+            "[[host]]\nurl = \"ssh://a\"\n[[rule]]\nports = \"1\"\n[[rule]]\nports = \"x\"\n",
+        )
+        .expect_err("invalid");
+        assert!(e.0.contains(".toml:6: rule[1].ports"), "{e}");
+        // Syntax errors carry toml's own location.
+        let e = load_toml("[[host]\n").expect_err("invalid");
+        assert!(e.0.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn rules_are_validated_with_their_keys() {
+        let host = "[[host]]\nname = \"h\"\nurl = \"ssh://h\"\n";
+        let c = load_toml(&format!(
+            "{host}[[rule]]\nports = \"5432\"\nlocal_port = 15432\n[[rule]]\nlabel = \"team=x\"\naction = \"skip\"\n[[rule]]\nhost = \"h\"\nports = \"8000-8099\"\nbind = [\"0.0.0.0\"]\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.rules.rules.len(), 3);
+        for (bad, key) in [
+            (
+                "[[rule]]\nports = \"8000-8099\"\nlocal_port = 1\n",
+                "rule[0].local_port",
+            ),
+            ("[[rule]]\nports = \"99999\"\n", "rule[0].ports"),
+            ("[[rule]]\naction = \"maybe\"\n", "rule[0].action"),
+            ("[[rule]]\nbind = [\"localhost\"]\n", "rule[0].bind"),
+            ("[[rule]]\nhost = \"nope\"\n", "rule[0].host"),
+            ("[[rule]]\naction = \"skip\"\nlocal_port = 5\n", "rule[0]"),
+        ] {
+            let e = load_toml(&format!("{host}{bad}")).expect_err(bad);
+            assert!(e.0.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = load_toml("[[host]]\nurl = \"ssh://h\"\nserver_alive_interval = \"soon\"\n")
             .expect_err("invalid");
@@ -353,6 +724,34 @@ mod tests {
         let e = load_toml("[[host]]\nurl = \"ssh://h\"\nssh_options = [\"ProxyCommand\"]\n")
             .expect_err("invalid");
         assert!(e.0.contains("ssh_options[0]"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod render_tests {
+    /// What check-config prints is itself a valid configuration that loads
+    /// to the same settings.
+    #[test]
+    fn rendered_config_round_trips() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/fwdd.toml");
+        let load = |p: std::path::PathBuf| {
+            super::Config::load(super::CliOverrides {
+                config_file: Some(p),
+                ..Default::default()
+            })
+            .expect("valid")
+        };
+        let original = load(path);
+        let text = super::render(&original);
+        let dir = std::env::temp_dir().join(format!("fwdd-render-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let copy = dir.join("rendered.toml");
+        std::fs::write(&copy, &text).expect("write");
+        let again = load(copy);
+        assert_eq!(again.hosts, original.hosts, "{text}");
+        assert_eq!(again.retry, original.retry, "{text}");
+        assert_eq!(again.resync_interval, original.resync_interval);
+        assert_eq!(again.rules, original.rules, "{text}");
     }
 }
 

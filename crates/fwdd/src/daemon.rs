@@ -4,14 +4,15 @@
 //! fwdd runs on a single-threaded runtime: state lives in `RefCell`s and no
 //! borrow is ever held across an `.await`.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fwd_core::{Claim, Container, ContainerId, FailureKind, HostKey, Unsupported};
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 
 use crate::config::{Config, HostConfig};
 use crate::forwards::{ForwardTable, Link, ServeContext};
@@ -91,10 +92,18 @@ pub struct Host {
     pub containers: RefCell<HashMap<ContainerId, Container>>,
     health: RefCell<HostHealth>,
     pub link: watch::Sender<Option<Link>>,
-    /// `fwdctl reconnect`: replace the master now.
+    /// `fwdctl reconnect` (and SIGHUP for a failing host): replace the master now.
     pub reconnect: Notify,
     /// `fwdctl resync`: list and inspect everything again now.
     pub resync: Notify,
+    /// The network changed or the machine woke up: check the link now.
+    pub wake: Notify,
+    /// Stops this host's supervisor (shutdown, or the host left the config).
+    pub stop: watch::Sender<bool>,
+    /// The supervisor promises to come back to its loop before this instant;
+    /// the systemd watchdog is fed only while every host keeps its promise.
+    pub progress_by: Cell<Instant>,
+    task: RefCell<Option<JoinHandle<()>>>,
     changed: Rc<watch::Sender<u64>>,
 }
 
@@ -104,14 +113,23 @@ impl Host {
     }
 
     /// Mutable access that announces the change when dropped, so watchers
-    /// (`fwdctl watch`) see every health transition.
+    /// (`fwdctl watch`, systemd STATUS=) see every health transition.
     pub fn health_mut(&self) -> HealthGuard<'_> {
         HealthGuard {
             inner: self.health.borrow_mut(),
             changed: &self.changed,
         }
     }
+
+    /// Records that the supervisor is about to wait at most `within`.
+    pub fn expect_progress(&self, within: Duration) {
+        self.progress_by
+            .set(Instant::now() + within + PROGRESS_SLACK);
+    }
 }
+
+/// Allowance on top of every promised wait (scheduling, slow disks).
+const PROGRESS_SLACK: Duration = Duration::from_secs(15);
 
 pub struct HealthGuard<'a> {
     inner: std::cell::RefMut<'a, HostHealth>,
@@ -138,69 +156,207 @@ impl Drop for HealthGuard<'_> {
 }
 
 pub struct Daemon {
-    pub config: Config,
+    /// Global settings; replaced on reload (the host list is applied
+    /// separately, host by host).
+    pub config: RefCell<Config>,
     pub started_at: SystemTime,
-    pub hosts: Vec<Rc<Host>>,
+    hosts: RefCell<Vec<Rc<Host>>>,
+    next_host_id: Cell<u32>,
     pub table: RefCell<ForwardTable>,
-    /// Claims that lost their port to another host (reported, not served).
-    pub cross_host_conflicts: RefCell<Vec<(Claim, String)>>,
+    /// Claims not served, with the reason: the port is another host's, or
+    /// the host is at its cap (reported as conflicts, never bound).
+    pub rejected: RefCell<Vec<(Claim, String)>>,
     pub unsupported: RefCell<Vec<Unsupported>>,
     pub serve: Rc<ServeContext>,
     /// Woken whenever the earliest conflict retry may have changed.
     pub retry_changed: Notify,
     /// Bumped on every change of state a status reader can see.
     pub changed: Rc<watch::Sender<u64>>,
+    /// Whether any network link is usable (see netwatch.rs).
+    pub net_usable: watch::Receiver<bool>,
 }
 
 impl Daemon {
-    pub fn new(config: Config) -> Rc<Daemon> {
-        let changed = Rc::new(watch::channel(0u64).0);
-        let mut hosts = Vec::new();
-        let mut links = std::collections::BTreeMap::new();
-        for (i, cfg) in config.hosts.iter().enumerate() {
-            let key = HostKey::from(cfg.name.as_str());
-            let (tx, rx) = watch::channel(None);
-            links.insert(key.clone(), rx);
-            hosts.push(Rc::new(Host {
-                key,
-                control_path: config.runtime_dir.join(format!("h{i}.ctl")),
-                cfg: cfg.clone(),
-                containers: RefCell::new(HashMap::new()),
-                health: RefCell::new(HostHealth::new()),
-                link: tx,
-                reconnect: Notify::new(),
-                resync: Notify::new(),
-                changed: changed.clone(),
-            }));
-        }
+    pub fn new(config: Config, net_usable: watch::Receiver<bool>) -> Rc<Daemon> {
         let serve = Rc::new(ServeContext {
-            links,
-            connect_wait: config.connect_wait,
+            links: RefCell::new(BTreeMap::new()),
+            connect_wait: Cell::new(config.connect_wait),
         });
         Rc::new(Daemon {
-            config,
+            config: RefCell::new(config),
             started_at: SystemTime::now(),
-            hosts,
+            hosts: RefCell::new(Vec::new()),
+            next_host_id: Cell::new(0),
             table: RefCell::new(ForwardTable::default()),
-            cross_host_conflicts: RefCell::new(Vec::new()),
+            rejected: RefCell::new(Vec::new()),
             unsupported: RefCell::new(Vec::new()),
             serve,
             retry_changed: Notify::new(),
-            changed,
+            changed: Rc::new(watch::channel(0u64).0),
+            net_usable,
         })
+    }
+
+    pub fn hosts(&self) -> Vec<Rc<Host>> {
+        self.hosts.borrow().clone()
+    }
+
+    pub fn host(&self, name: &str) -> Option<Rc<Host>> {
+        self.hosts
+            .borrow()
+            .iter()
+            .find(|h| &*h.key == name)
+            .cloned()
+    }
+
+    /// The ControlPath a new host would get; checked before anything starts.
+    pub fn next_control_path(&self) -> PathBuf {
+        let id = self.next_host_id.get();
+        self.config.borrow().runtime_dir.join(format!("h{id}.ctl"))
+    }
+
+    /// Adds a host and starts its supervisor.
+    pub fn add_host(self: &Rc<Self>, cfg: HostConfig) -> Rc<Host> {
+        let id = self.next_host_id.get();
+        self.next_host_id.set(id + 1);
+        let key = HostKey::from(cfg.name.as_str());
+        let (link, link_rx) = watch::channel(None);
+        self.serve.links.borrow_mut().insert(key.clone(), link_rx);
+        let host = Rc::new(Host {
+            key,
+            control_path: self.config.borrow().runtime_dir.join(format!("h{id}.ctl")),
+            cfg,
+            containers: RefCell::new(HashMap::new()),
+            health: RefCell::new(HostHealth::new()),
+            link,
+            reconnect: Notify::new(),
+            resync: Notify::new(),
+            wake: Notify::new(),
+            stop: watch::channel(false).0,
+            progress_by: Cell::new(Instant::now() + PROGRESS_SLACK),
+            task: RefCell::new(None),
+            changed: self.changed.clone(),
+        });
+        let task = tokio::task::spawn_local(crate::host::supervise(self.clone(), host.clone()));
+        *host.task.borrow_mut() = Some(task);
+        self.hosts.borrow_mut().push(host.clone());
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        host
+    }
+
+    /// Stops a host's supervisor (which ends its master) and forgets its
+    /// containers, releasing the ports only it claimed.
+    pub async fn remove_host(&self, name: &str) {
+        let host = {
+            let mut hosts = self.hosts.borrow_mut();
+            let Some(i) = hosts.iter().position(|h| &*h.key == name) else {
+                return;
+            };
+            hosts.remove(i)
+        };
+        stop_hosts(std::slice::from_ref(&host)).await;
+        self.serve.links.borrow_mut().remove(&host.key);
+        host.containers.borrow_mut().clear();
+        self.reconcile();
+    }
+
+    /// Applies a new configuration (SIGHUP): hosts added, removed or changed
+    /// are started, stopped or restarted; unchanged hosts and their forwards
+    /// are left alone; hosts that are failing are retried at once.
+    pub async fn reload(self: &Rc<Self>, mut new: Config) {
+        let old_dir = self.config.borrow().runtime_dir.clone();
+        if new.runtime_dir != old_dir {
+            tracing::warn!(
+                event = "reload_ignored_key",
+                key = "runtime_dir",
+                "runtime_dir cannot change while running; keeping {}",
+                old_dir.display()
+            );
+            new.runtime_dir = old_dir;
+        }
+        let (mut removed, mut restarted, mut kept) = (0, 0, 0);
+        for h in self.hosts() {
+            match new.hosts.iter().find(|c| c.name == *h.key) {
+                Some(c) if *c == h.cfg => {
+                    kept += 1;
+                    if h.health().master != MasterPhase::Connected {
+                        h.reconnect.notify_one();
+                    }
+                }
+                Some(_) => {
+                    restarted += 1;
+                    self.remove_host(&h.key).await;
+                }
+                None => {
+                    removed += 1;
+                    self.remove_host(&h.key).await;
+                }
+            }
+        }
+        self.serve.connect_wait.set(new.connect_wait);
+        let wanted = new.hosts.clone();
+        *self.config.borrow_mut() = new;
+        let mut started = 0;
+        for cfg in wanted {
+            if self.host(&cfg.name).is_some() {
+                continue;
+            }
+            if let Err(e) = fwd_ssh::check_control_path_len(&self.next_control_path()) {
+                tracing::error!(event = "reload_host_skipped", host = %cfg.name, error = %e, "not adding host {}: {e}", cfg.name);
+                continue;
+            }
+            started += 1;
+            self.add_host(cfg);
+        }
+        let added = started - restarted;
+        tracing::info!(
+            event = "reloaded",
+            hosts_added = added,
+            hosts_removed = removed,
+            hosts_restarted = restarted,
+            hosts_unchanged = kept,
+            "configuration reloaded: {added} hosts added, {removed} removed, {restarted} restarted, {kept} unchanged"
+        );
+        self.reconcile();
     }
 
     /// Brings the listeners in line with the containers of every host.
     pub fn reconcile(&self) {
         let mut claims = Vec::new();
         let mut unsupported = Vec::new();
-        for h in &self.hosts {
+        let mut rejected = Vec::new();
+        let config = self.config.borrow();
+        for h in self.hosts.borrow().iter() {
+            let mut host_claims = Vec::new();
             for c in h.containers.borrow().values() {
-                let (cl, un) = c.claims(&h.key);
-                claims.extend(cl);
+                let (cl, un) = c.claims(&h.key, &config.rules);
+                host_claims.extend(cl);
                 unsupported.extend(un);
             }
+            if let Some(cap) = h.cfg.max_forwards {
+                // Earliest-started keep theirs: a burst of new containers
+                // cannot take ports away from running ones.
+                host_claims.sort_by(|a, b| {
+                    (a.started_at_ns, &a.container, a.local_port).cmp(&(
+                        b.started_at_ns,
+                        &b.container,
+                        b.local_port,
+                    ))
+                });
+                if host_claims.len() > cap {
+                    for c in host_claims.split_off(cap) {
+                        let reason = format!(
+                            "host {} is at its cap of {cap} forwards (max_forwards)",
+                            h.key
+                        );
+                        rejected.push((c, reason));
+                    }
+                }
+            }
+            claims.extend(host_claims);
         }
+        let conflict_retry = config.conflict_retry;
+        drop(config);
         unsupported.sort_by_key(|u| (u.binding.host_port, u.host.clone(), u.container.clone()));
         unsupported.dedup_by_key(|u| {
             (
@@ -216,17 +372,14 @@ impl Daemon {
         let now = Instant::now();
         let actions = fwd_core::reconcile(&desired, &held, now);
         let before = table.next_retry();
-        table.apply(actions, &self.serve, now, self.config.conflict_retry);
+        table.apply(actions, &self.serve, now, conflict_retry);
         if table.next_retry() != before {
             self.retry_changed.notify_one();
         }
-        *self.cross_host_conflicts.borrow_mut() = desired.conflicts;
+        rejected.extend(desired.conflicts);
+        *self.rejected.borrow_mut() = rejected;
         *self.unsupported.borrow_mut() = unsupported;
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
-    }
-
-    pub fn host(&self, name: &str) -> Option<&Rc<Host>> {
-        self.hosts.iter().find(|h| &*h.key == name)
     }
 
     /// Whether a connection through local `port` is accepted by the remote
@@ -251,6 +404,7 @@ impl Daemon {
         let link = self
             .serve
             .links
+            .borrow()
             .get(&claim.host)
             .and_then(|l| l.borrow().clone())
             .ok_or_else(|| format!("the link to {} is down", claim.host))?;
@@ -273,17 +427,55 @@ impl Daemon {
         }
     }
 
-    /// Drops every listener (shutdown): ports are released at once.
-    pub fn release_all(&self) {
-        let mut table = self.table.borrow_mut();
-        let n = table.forwards.len();
-        table.forwards.clear();
-        if n > 0 {
-            tracing::info!(
-                event = "forwards_released",
-                count = n,
-                "released {n} local ports"
-            );
+    /// True while every supervisor keeps its promise to make progress.
+    pub fn making_progress(&self) -> bool {
+        let now = Instant::now();
+        self.hosts
+            .borrow()
+            .iter()
+            .all(|h| h.progress_by.get() >= now)
+    }
+
+    /// Shutdown: ports first (nothing new may be accepted), then every host.
+    pub async fn shutdown(&self) {
+        {
+            let mut table = self.table.borrow_mut();
+            let n = table.forwards.len();
+            table.forwards.clear();
+            if n > 0 {
+                tracing::info!(
+                    event = "forwards_released",
+                    count = n,
+                    "released {n} local ports"
+                );
+            }
         }
+        let hosts = self.hosts();
+        stop_hosts(&hosts).await;
+        for h in &hosts {
+            let _ = std::fs::remove_file(&h.control_path);
+        }
+    }
+}
+
+/// Signals the hosts' supervisors to stop and waits (bounded) for them: each
+/// ends its master and removes its socket.
+async fn stop_hosts(hosts: &[Rc<Host>]) {
+    for h in hosts {
+        let _ = h.stop.send(true);
+    }
+    let wait_all = async {
+        for h in hosts {
+            let task = h.task.borrow_mut().take();
+            if let Some(t) = task {
+                let _ = t.await;
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_millis(1500), wait_all)
+        .await
+        .is_err()
+    {
+        tracing::warn!(event = "stop_timeout", "a host did not stop in time");
     }
 }

@@ -10,7 +10,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -62,8 +62,8 @@ impl Drop for Forward {
 }
 
 pub struct ServeContext {
-    pub links: BTreeMap<HostKey, LinkWatch>,
-    pub connect_wait: Duration,
+    pub links: RefCell<BTreeMap<HostKey, LinkWatch>>,
+    pub connect_wait: Cell<Duration>,
 }
 
 /// The ports fwdd holds, keyed by local port.
@@ -95,6 +95,16 @@ impl ForwardTable {
         for action in actions {
             match action {
                 Action::Bind(claim) => self.bind(claim, ctx, now, conflict_retry),
+                Action::Retarget(claim)
+                    if self
+                        .forwards
+                        .get(&claim.local_port)
+                        .is_some_and(|f| f.held.bound && f.held.owner.bind != claim.bind) =>
+                {
+                    // New listen addresses (a rule changed): rebind.
+                    self.forwards.remove(&claim.local_port);
+                    self.bind(claim, ctx, now, conflict_retry);
+                }
                 Action::Retarget(claim) => {
                     if let Some(f) = self.forwards.get_mut(&claim.local_port) {
                         if f.held.bound {
@@ -138,7 +148,7 @@ impl ForwardTable {
         let was_conflict = self.forwards.get(&port).is_some_and(|f| !f.held.bound);
         // Drop a previous (unbound) record before binding: it holds nothing.
         self.forwards.remove(&port);
-        match bind_loopback(port) {
+        match bind_all(port, &claim.bind) {
             Ok(listeners) => {
                 let target = Rc::new(RefCell::new(claim.clone()));
                 let stats = Rc::new(ConnStats::default());
@@ -225,20 +235,29 @@ impl ForwardTable {
     }
 }
 
-/// Binds 127.0.0.1:port and, where the host has IPv6, [::1]:port. Either
+/// Binds `port` on every address (by default 127.0.0.1 and [::1]). Any
 /// address being taken is a conflict: a client resolving `localhost` may
-/// try either.
-fn bind_loopback(port: u16) -> Result<Vec<TcpListener>, String> {
+/// try either. IPv6 loopback missing on the machine is not an error.
+fn bind_all(port: u16, addrs: &[IpAddr]) -> Result<Vec<TcpListener>, String> {
     let mut out = Vec::new();
-    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    out.push(listen(v4).map_err(|e| describe_bind_error(v4, &e))?);
-    let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-    match listen(v6) {
-        Ok(l) => out.push(l),
-        Err(e)
-            if e.kind() == io::ErrorKind::AddrNotAvailable
-                || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {}
-        Err(e) => return Err(describe_bind_error(v6, &e)),
+    for ip in addrs {
+        let addr = SocketAddr::new(*ip, port);
+        match listen(addr) {
+            Ok(l) => {
+                if !ip.is_loopback() {
+                    tracing::warn!(event = "wide_bind", address = %addr, "listening on {addr}: reachable beyond this machine (configured by a rule)");
+                }
+                out.push(l)
+            }
+            Err(e)
+                if *ip == IpAddr::V6(Ipv6Addr::LOCALHOST)
+                    && (e.kind() == io::ErrorKind::AddrNotAvailable
+                        || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT)) => {}
+            Err(e) => return Err(describe_bind_error(addr, &e)),
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("no address to listen on for port {port}"));
     }
     Ok(out)
 }
@@ -294,10 +313,10 @@ async fn accept_loop(
 /// Hands one accepted connection to the host's master. While no master is
 /// up the client waits (up to `connect_wait`) instead of being refused.
 async fn serve_connection(sock: TcpStream, claim: &Claim, ctx: &ServeContext) {
-    let Some(mut link_rx) = ctx.links.get(&claim.host).cloned() else {
+    let Some(mut link_rx) = ctx.links.borrow().get(&claim.host).cloned() else {
         return;
     };
-    let deadline = tokio::time::Instant::now() + ctx.connect_wait;
+    let deadline = tokio::time::Instant::now() + ctx.connect_wait.get();
     let Ok(sock) = sock.into_std() else { return };
     let mut fallback_tried = false;
     loop {

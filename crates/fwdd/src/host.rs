@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fwd_core::{
-    classify_ssh_failure, Backoff, BackoffPolicy, FailureClass, FailureKind, RecentLines,
-    RepeatGate,
+    classify_ssh_failure, Backoff, EpisodeLog, FailureClass, FailureKind, RecentLines, RepeatGate,
+    UpLog, Verdict,
 };
 use fwd_docker::{ApiError, ContainerEvent, DockerApi, EventAction, StreamItem};
 use fwd_ssh::{Master, MasterError, MuxClient, SocketState};
@@ -38,11 +38,12 @@ use crate::forwards::Link;
 /// How long one Docker API request may take before the channel is
 /// considered hung.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Retry pace for failures that will not heal by themselves.
-const PERMANENT_RETRY: Duration = Duration::from_secs(300);
 /// dockerd drops an API connection that stays idle this long (moby's
 /// 5-minute read timeout, minus a margin).
 const API_IDLE_LIMIT: Duration = Duration::from_secs(240);
+/// A probe after a network change must answer quickly: a link that was
+/// reloaded under an open connection usually leaves it dead.
+const WAKE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A repeating failure is summarised at most this often.
 const SUMMARY_EVERY: Duration = Duration::from_secs(300);
 
@@ -164,15 +165,18 @@ fn unit_random() -> f64 {
     (n >> 11) as f64 / (1u64 << 53) as f64
 }
 
-pub async fn supervise(d: Rc<Daemon>, host: Rc<Host>, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = Backoff::new(BackoffPolicy::default());
-    let mut gate = RepeatGate::new(SUMMARY_EVERY);
+pub async fn supervise(d: Rc<Daemon>, host: Rc<Host>) {
+    let mut shutdown = host.stop.subscribe();
+    let retry = d.config.borrow().retry.clone();
+    let mut backoff = Backoff::new(retry.backoff.clone());
     let mut sup = Supervisor {
+        episodes: EpisodeLog::new(retry.backoff.healthy_after, SUMMARY_EVERY),
+        channel_episodes: EpisodeLog::new(retry.backoff.healthy_after, SUMMARY_EVERY),
         d,
         host,
         since_ns: None,
         generation: 0,
-        connected_once: false,
+        ever_connected: false,
         logged_version: None,
         recent_stderr: Rc::new(RefCell::new(RecentLines::new(SUMMARY_EVERY, 32))),
     };
@@ -182,7 +186,7 @@ pub async fn supervise(d: Rc<Daemon>, host: Rc<Host>, mut shutdown: watch::Recei
         }
         sup.host.health_mut().set_master(MasterPhase::Connecting);
         let started = Instant::now();
-        let ended = sup.run_once(&mut shutdown, &mut gate).await;
+        let ended = sup.run_once(&mut shutdown).await;
         sup.host.link.send_replace(None);
         let failure = match ended {
             Ended::Shutdown => break,
@@ -193,25 +197,34 @@ pub async fn supervise(d: Rc<Daemon>, host: Rc<Host>, mut shutdown: watch::Recei
             }
             Ended::Failed(f) => f,
         };
+        let retry = sup.d.config.borrow().retry.clone();
+        backoff.set_policy(retry.backoff);
         backoff.record_uptime(started.elapsed());
         let delay = match failure.kind.class() {
             FailureClass::Permanent => {
                 backoff.next_delay(0.5);
-                PERMANENT_RETRY
+                retry.permanent_retry
             }
             FailureClass::Transient => backoff.next_delay(unit_random()),
         };
-        sup.record_failure(&failure, backoff.failures(), delay, &mut gate);
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = sup.host.reconnect.notified() => backoff.reset(),
-            _ = shutdown.changed() => break,
+        sup.record_failure(&failure, backoff.failures(), delay);
+        let early_wake_ok = failure.kind.class() == FailureClass::Transient;
+        if !sup
+            .wait_before_retry(delay, early_wake_ok, &mut shutdown, &mut backoff)
+            .await
+        {
+            break;
         }
     }
     let mut h = sup.host.health_mut();
     h.set_master(MasterPhase::Stopped);
     h.stream = StreamPhase::Down;
+    h.master_pid = None;
 }
+
+/// How long to wait for a promise that has no bound (waiting for a network
+/// to come back): far enough to never trip the watchdog.
+const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
 
 struct Supervisor {
     d: Rc<Daemon>,
@@ -219,13 +232,64 @@ struct Supervisor {
     /// Engine time of the last event seen: where a new stream resumes.
     since_ns: Option<i64>,
     generation: u64,
-    connected_once: bool,
+    /// A master has been connected before (so the next one is a reconnect).
+    ever_connected: bool,
     logged_version: Option<String>,
     recent_stderr: Rc<RefCell<RecentLines>>,
+    /// Log hygiene for the link: one line per kind of trouble per episode.
+    episodes: EpisodeLog,
+    /// The same for the Docker channels on a healthy master.
+    channel_episodes: EpisodeLog,
 }
 
 impl Supervisor {
-    fn record_failure(&self, f: &Failure, failures: u32, delay: Duration, gate: &mut RepeatGate) {
+    /// Waits before the next connection attempt. Ends early on `fwdctl
+    /// reconnect`, and (for transient failures) when the network changes;
+    /// while no network link is usable it does not retry at all, so an
+    /// unplugged runner neither spins nor logs. Returns false on shutdown.
+    async fn wait_before_retry(
+        &self,
+        delay: Duration,
+        early_wake_ok: bool,
+        shutdown: &mut watch::Receiver<bool>,
+        backoff: &mut Backoff,
+    ) -> bool {
+        let host = &self.host;
+        host.expect_progress(delay);
+        let started = Instant::now();
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                _ = host.reconnect.notified() => {
+                    backoff.reset();
+                    return true;
+                }
+                _ = host.wake.notified() => {
+                    // A change of network is the likely cure of a transient
+                    // failure: try now, but not more than once a second.
+                    if early_wake_ok && started.elapsed() >= Duration::from_secs(1) && *self.d.net_usable.borrow() {
+                        return true;
+                    }
+                }
+                _ = shutdown.changed() => return false,
+            }
+        }
+        let mut net = self.d.net_usable.clone();
+        if !*net.borrow() {
+            tracing::debug!(host = %host.key, "no usable network link; waiting for one");
+            host.expect_progress(UNBOUNDED);
+            tokio::select! {
+                _ = net.wait_for(|usable| *usable) => {}
+                _ = host.reconnect.notified() => {}
+                _ = shutdown.changed() => return false,
+            }
+        }
+        true
+    }
+
+    fn record_failure(&mut self, f: &Failure, failures: u32, delay: Duration) {
         {
             let mut h = self.host.health_mut();
             h.set_master(MasterPhase::Backoff);
@@ -240,8 +304,8 @@ impl Supervisor {
             h.next_retry = Some(SystemTime::now() + delay);
         }
         let key = self.host.key.as_ref();
-        match gate.observe(f.kind.as_str(), Instant::now()) {
-            fwd_core::repeat::Verdict::Log => tracing::warn!(
+        match self.episodes.on_failure(f.kind.as_str(), Instant::now()) {
+            Verdict::Log => tracing::warn!(
                 event = "link_failed",
                 host = key,
                 kind = f.kind.as_str(),
@@ -253,25 +317,21 @@ impl Supervisor {
                 "link to {key} failed: {}",
                 f.message
             ),
-            fwd_core::repeat::Verdict::Summary { repeats } => tracing::warn!(
+            Verdict::Summary { repeats } => tracing::warn!(
                 event = "link_still_failing",
                 host = key,
                 kind = f.kind.as_str(),
                 consecutive_failures = failures,
                 repeats,
                 error = %f.message,
-                "link to {key} still failing ({repeats} more attempts): {}",
+                "link to {key} still failing ({repeats} more failures): {}",
                 f.message
             ),
-            fwd_core::repeat::Verdict::Suppress => {}
+            Verdict::Suppress => {}
         }
     }
 
-    async fn run_once(
-        &mut self,
-        shutdown: &mut watch::Receiver<bool>,
-        gate: &mut RepeatGate,
-    ) -> Ended {
+    async fn run_once(&mut self, shutdown: &mut watch::Receiver<bool>) -> Ended {
         let host = self.host.clone();
         let ctl = &host.control_path;
         // EnsureAlive, step 1: nothing stale may sit at our ControlPath.
@@ -295,6 +355,7 @@ impl Supervisor {
         }
         let cfg = &host.cfg.ssh;
         let ready_timeout = cfg.connect_timeout * 2 + Duration::from_secs(5);
+        host.expect_progress(ready_timeout);
         let spawned = tokio::select! {
             r = Master::spawn(cfg, ctl, ready_timeout) => r,
             _ = shutdown.changed() => return Ended::Shutdown,
@@ -316,7 +377,7 @@ impl Supervisor {
             }
         }));
         host.health_mut().master_pid = Some(master.pid);
-        let ended = self.serve_master(&mut master, shutdown, gate).await;
+        let ended = self.serve_master(&mut master, shutdown).await;
         host.link.send_replace(None);
         let ended = match ended {
             Ended::Failed(f) if f.kind == FailureKind::MasterDied => {
@@ -343,15 +404,14 @@ impl Supervisor {
         &mut self,
         master: &mut Master,
         shutdown: &mut watch::Receiver<bool>,
-        gate: &mut RepeatGate,
     ) -> Ended {
         let host = self.host.clone();
         let master_pid = master.pid;
-        let mut channel_backoff = Backoff::new(BackoffPolicy::default());
+        let mut channel_backoff = Backoff::new(self.d.config.borrow().retry.backoff.clone());
         loop {
             let session_started = Instant::now();
             let result = tokio::select! {
-                r = self.serve_docker(master_pid, shutdown, gate) => r,
+                r = self.serve_docker(master_pid, shutdown) => r,
                 st = master.exited() => Err(Failure::new(FailureKind::MasterDied, format!("ssh master exited ({})", describe_exit(st)))),
             };
             let failure = match result {
@@ -359,11 +419,19 @@ impl Supervisor {
                 Ok(Stop::Reconnect) => return Ended::Reconnect,
                 Err(f) => f,
             };
-            // Is the master itself still fine? Then only the channel failed.
-            let alive = tokio::time::timeout(Duration::from_secs(2), alive_check(&host)).await;
             if failure.kind == FailureKind::MasterDied {
                 return Ended::Failed(failure);
             }
+            // A request that got no answer indicts the connection: the mux
+            // alive check below only proves the local ssh process lives,
+            // and a black-holed connection keeps it alive for a keepalive
+            // budget. The same holds for anything failing while no network
+            // link is usable.
+            if failure.kind == FailureKind::Timeout || !*self.d.net_usable.borrow() {
+                return Ended::Failed(failure);
+            }
+            // Is the master itself still fine? Then only the channel failed.
+            let alive = tokio::time::timeout(Duration::from_secs(2), alive_check(&host)).await;
             if !matches!(alive, Ok(Ok(_))) {
                 // The channel failed because the connection under it did:
                 // report it as such (its stderr says why).
@@ -384,18 +452,43 @@ impl Supervisor {
                 let mut h = host.health_mut();
                 h.stream = StreamPhase::Down;
                 h.stream_restarts += 1;
+                h.consecutive_failures = channel_backoff.failures();
+                h.last_error = Some(LastError {
+                    kind: failure.kind,
+                    message: failure.message.clone(),
+                    at: SystemTime::now(),
+                });
+                h.next_retry = Some(SystemTime::now() + delay);
             }
-            tracing::info!(
-                event = "stream_restarting",
-                host = %host.key,
-                error = %failure.message,
-                retry_in_ms = delay.as_millis() as u64,
-                "docker channel to {} ended; reopening",
-                host.key
-            );
+            match self
+                .channel_episodes
+                .on_failure(failure.kind.as_str(), Instant::now())
+            {
+                Verdict::Log => tracing::info!(
+                    event = "stream_restarting",
+                    host = %host.key,
+                    error = %failure.message,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "docker channel to {} ended ({}); reopening",
+                    host.key,
+                    failure.message
+                ),
+                Verdict::Summary { repeats } => tracing::info!(
+                    event = "stream_still_restarting",
+                    host = %host.key,
+                    error = %failure.message,
+                    repeats,
+                    "docker channel to {} keeps ending ({repeats} more times): {}",
+                    host.key,
+                    failure.message
+                ),
+                Verdict::Suppress => {}
+            }
+            host.expect_progress(delay);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 st = master.exited() => return Ended::Failed(Failure::new(FailureKind::MasterDied, format!("ssh master exited ({})", describe_exit(st)))),
+                _ = host.reconnect.notified() => return Ended::Reconnect,
                 _ = shutdown.changed() => return Ended::Shutdown,
             }
         }
@@ -407,10 +500,11 @@ impl Supervisor {
         &mut self,
         master_pid: u32,
         shutdown: &mut watch::Receiver<bool>,
-        gate: &mut RepeatGate,
     ) -> Result<Stop, Failure> {
         let host = self.host.clone();
         host.health_mut().stream = StreamPhase::Resyncing;
+        // Setup: two sessions, a probe, a subscription and a resync, each bounded.
+        host.expect_progress(REQUEST_TIMEOUT * 5);
         let (mut api, api_channel) = open_docker(&host).await?;
         // EnsureAlive, step 2: a request end to end (master, sshd, docker CLI, dockerd).
         let t0 = Instant::now();
@@ -449,11 +543,10 @@ impl Supervisor {
             generation: self.generation,
             ssh: Arc::new(host.cfg.ssh.clone()),
         }));
-        let recovered_after = gate.clear();
         {
             let mut h = host.health_mut();
             if h.master != MasterPhase::Connected {
-                if self.connected_once {
+                if self.ever_connected {
                     h.reconnects += 1;
                 }
                 h.set_master(MasterPhase::Connected);
@@ -465,18 +558,24 @@ impl Supervisor {
             h.stream = StreamPhase::Streaming;
             h.docker_version = Some(version.clone());
         }
-        if !self.connected_once || recovered_after.is_some() {
+        self.ever_connected = true;
+        self.channel_episodes.on_up(Instant::now());
+        let failures_before = match self.episodes.on_up(Instant::now()) {
+            UpLog::Quiet => None,
+            UpLog::First => Some(0),
+            UpLog::Recovered { failures } => Some(failures),
+        };
+        if let Some(failures_before) = failures_before {
             tracing::info!(
                 event = "link_up",
                 host = %host.key,
                 master_pid = master_pid,
-                failures_before = recovered_after.unwrap_or(0),
+                failures_before,
                 "connected to {} (ssh master pid {})",
                 host.key,
                 master_pid
             );
         }
-        self.connected_once = true;
         if self.logged_version.as_deref() != Some(version.as_str()) {
             tracing::info!(event = "docker_version", host = %host.key, version = %version, "Docker engine on {}: {version}", host.key);
             self.logged_version = Some(version);
@@ -484,11 +583,19 @@ impl Supervisor {
 
         // dockerd closes an API connection idle for 5 minutes: probe more
         // often than that whatever the configured interval.
-        let mut health = tokio::time::interval(host.cfg.health_interval.min(API_IDLE_LIMIT));
+        let health_period = host.cfg.health_interval.min(API_IDLE_LIMIT);
+        let mut health = tokio::time::interval(health_period);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         health.tick().await;
+        let resync_period = self.d.config.borrow().resync_interval;
+        let mut resync = tokio::time::interval(resync_period);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await;
         let mut skipped = RepeatGate::new(SUMMARY_EVERY);
         loop {
+            // Every branch below returns to this loop within a health period
+            // plus one bounded request.
+            host.expect_progress(health_period + REQUEST_TIMEOUT * 2);
             tokio::select! {
                 item = stream.next() => match item {
                     Ok(Some(StreamItem::Event(ev))) => {
@@ -497,7 +604,7 @@ impl Supervisor {
                         }
                     }
                     Ok(Some(StreamItem::Skipped(why))) => {
-                        if skipped.observe("skipped", Instant::now()) != fwd_core::repeat::Verdict::Suppress {
+                        if skipped.observe("skipped", Instant::now()) != Verdict::Suppress {
                             tracing::warn!(event = "event_skipped", host = %host.key, reason = %why, "skipped an event line from {}: {why}", host.key);
                         }
                     }
@@ -505,7 +612,17 @@ impl Supervisor {
                     Ok(None) => return Err(events_channel.diagnose("the docker event stream ended").await),
                     Err(e) => return Err(events_channel.diagnose(e).await),
                 },
-                _ = health.tick() => self.probe(&mut api).await?,
+                _ = health.tick() => self.probe(&mut api, host.cfg.health_interval.min(REQUEST_TIMEOUT)).await?,
+                _ = host.wake.notified() => {
+                    // The network changed or the machine woke up: find out
+                    // now instead of waiting for keepalives to give up.
+                    tracing::debug!(host = %host.key, "woken: probing the link");
+                    self.probe(&mut api, WAKE_PROBE_TIMEOUT).await?;
+                }
+                _ = resync.tick() => {
+                    host.expect_progress(REQUEST_TIMEOUT * 3);
+                    self.resync(&mut api).await?;
+                }
                 _ = host.resync.notified() => {
                     tracing::info!(event = "resync_requested", host = %host.key, "resyncing {} on request", host.key);
                     self.resync(&mut api).await?;
@@ -517,8 +634,7 @@ impl Supervisor {
     }
 
     /// A health tick: the mux answers, and a request crosses to dockerd.
-    async fn probe(&self, api: &mut DockerApi) -> Result<(), Failure> {
-        let timeout = self.host.cfg.health_interval.min(REQUEST_TIMEOUT);
+    async fn probe(&self, api: &mut DockerApi, timeout: Duration) -> Result<(), Failure> {
         match tokio::time::timeout(timeout, alive_check(&self.host)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
@@ -566,6 +682,7 @@ impl Supervisor {
         };
         let mut fresh = HashMap::new();
         for id in ids {
+            self.host.expect_progress(REQUEST_TIMEOUT);
             match tokio::time::timeout(REQUEST_TIMEOUT, api.inspect(&id)).await {
                 Ok(Ok(Some(c))) => {
                     fresh.insert(c.id.clone(), c);

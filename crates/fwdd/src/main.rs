@@ -8,14 +8,17 @@ mod daemon;
 mod forwards;
 mod handler;
 mod host;
+mod netwatch;
+mod sleepwatch;
 mod status;
+mod systemd;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
@@ -31,43 +34,93 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FWD_GIT
 /// every published TCP port of every running container. Each connection is
 /// handed to the master, so it reaches the container's port on the host.
 ///
-/// Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for invalid
-/// configuration, 1 when the daemon cannot start (e.g. another fwdd runs).
+/// Settings come from flags, then FWD_* environment variables, then the
+/// configuration file. Signals: SIGTERM/SIGINT stop (ports released, master
+/// ended, exit 0); SIGHUP reloads the configuration and retries failing hosts.
+///
+/// Exit status: 0 after a clean shutdown, 2 for invalid configuration, 1
+/// when the daemon cannot start (e.g. another fwdd runs).
 #[derive(Debug, Parser)]
 #[command(name = "fwdd", version = VERSION)]
 struct Args {
-    /// Docker host to forward from, as ssh://[user@]host[:port]; repeatable.
-    /// The user's ssh configuration applies (aliases, keys, ProxyJump, ...).
-    #[arg(long = "host", value_name = "URL")]
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(Debug, clap::Args)]
+struct Settings {
+    /// Docker host to forward from, as ssh://[user@]host[:port]; repeatable
+    /// (FWD_HOST takes a comma-separated list). The user's ssh configuration
+    /// applies (aliases, keys, ProxyJump, ...).
+    #[arg(
+        long = "host",
+        value_name = "URL",
+        env = "FWD_HOST",
+        value_delimiter = ','
+    )]
     hosts: Vec<String>,
-    /// TOML configuration file (see config/fwdd.toml). Flags win over it.
-    #[arg(long, short = 'c', value_name = "FILE")]
-    config: Option<std::path::PathBuf>,
+    /// TOML configuration file (see config/fwdd.toml).
+    #[arg(long, short = 'c', value_name = "FILE", env = "FWD_CONFIG")]
+    config: Option<PathBuf>,
     /// Where the control socket and ControlMaster sockets live
     /// [default: $XDG_RUNTIME_DIR/fwdd, /run/fwdd for root, else /tmp/fwdd-UID].
-    #[arg(long, value_name = "DIR")]
-    runtime_dir: Option<std::path::PathBuf>,
+    #[arg(long, value_name = "DIR", env = "FWD_RUNTIME_DIR")]
+    runtime_dir: Option<PathBuf>,
     /// Log format: text for people, json for machines [default: text].
-    #[arg(long, value_name = "FORMAT")]
+    #[arg(long, value_name = "FORMAT", env = "FWD_LOG_FORMAT")]
     log_format: Option<String>,
-    /// ssh client configuration file for --host hosts (ssh -F).
-    #[arg(long, value_name = "FILE")]
-    ssh_config: Option<std::path::PathBuf>,
-    /// Identity file (private key) for --host hosts (ssh -i).
-    #[arg(long, value_name = "FILE")]
-    identity: Option<std::path::PathBuf>,
+    /// ssh client configuration file for all hosts (ssh -F).
+    #[arg(long, value_name = "FILE", env = "FWD_SSH_CONFIG")]
+    ssh_config: Option<PathBuf>,
+    /// Identity file (private key) for all hosts (ssh -i).
+    #[arg(long, value_name = "FILE", env = "FWD_IDENTITY")]
+    identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the configuration and print the effective settings; exit 0
+    /// when valid, 2 otherwise. Starts nothing.
+    CheckConfig {
+        /// The file to check (default: --config / FWD_CONFIG).
+        file: Option<PathBuf>,
+    },
+}
+
+impl Settings {
+    fn overrides(&self) -> CliOverrides {
+        CliOverrides {
+            config_file: self.config.clone(),
+            hosts: self.hosts.clone(),
+            ssh_config: self.ssh_config.clone(),
+            identity_file: self.identity.clone(),
+            runtime_dir: self.runtime_dir.clone(),
+            log_format: self.log_format.clone(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(CliOverrides {
-        config_file: args.config,
-        hosts: args.hosts,
-        ssh_config: args.ssh_config,
-        identity_file: args.identity,
-        runtime_dir: args.runtime_dir,
-        log_format: args.log_format,
-    }) {
+    let mut settings = args.settings;
+    if let Some(Command::CheckConfig { file }) = args.command {
+        if file.is_some() {
+            settings.config = file;
+        }
+        return match Config::load(settings.overrides()) {
+            Ok(c) => {
+                print!("{}", config::render(&c));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fwdd: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match Config::load(settings.overrides()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("fwdd: {e}");
@@ -82,9 +135,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let daemon = Daemon::new(config);
-    for h in &daemon.hosts {
-        if let Err(e) = fwd_ssh::check_control_path_len(&h.control_path) {
+    for i in 0..config.hosts.len() {
+        let path = config.runtime_dir.join(format!("h{i}.ctl"));
+        if let Err(e) = fwd_ssh::check_control_path_len(&path) {
             eprintln!("fwdd: {e} (choose a shorter --runtime-dir)");
             return ExitCode::from(2);
         }
@@ -99,8 +152,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let reload = move || Config::load(settings.overrides());
     let local = tokio::task::LocalSet::new();
-    match local.block_on(&runtime, run(daemon)) {
+    match local.block_on(&runtime, run(config, reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(event = "fatal", error = %format!("{e:#}"), "fwdd: {e:#}");
@@ -140,63 +194,76 @@ fn prepare_runtime_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn run(daemon: Rc<Daemon>) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    reload: impl Fn() -> Result<Config, config::ConfigError>,
+) -> anyhow::Result<()> {
+    let net = netwatch::spawn();
+    let hosts = config.hosts.clone();
+    let control_path = config.runtime_dir.join(fwd_proto::CONTROL_SOCKET_NAME);
+    let daemon = Daemon::new(config, net.usable.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let control_path = daemon
-        .config
-        .runtime_dir
-        .join(fwd_proto::CONTROL_SOCKET_NAME);
     let control = control::ControlServer::bind(&control_path, control::ControlConfig::default())?;
     let d = daemon.clone();
-    let control_task =
-        tokio::task::spawn_local(control.run(move || status::snapshot(&d), shutdown_rx.clone()));
+    let control_task = tokio::task::spawn_local(control.run(d, shutdown_rx.clone()));
 
-    let mut supervisors = Vec::new();
-    for h in &daemon.hosts {
-        supervisors.push(tokio::task::spawn_local(host::supervise(
-            daemon.clone(),
-            h.clone(),
-            shutdown_rx.clone(),
-        )));
+    for cfg in hosts {
+        daemon.add_host(cfg);
     }
     let retry_task = tokio::task::spawn_local(daemon.clone().retry_conflicts());
+    spawn_wakers(&daemon, net.changes);
     tracing::info!(
         event = "started",
         version = VERSION,
-        hosts = daemon.hosts.len(),
+        hosts = daemon.hosts().len(),
         control_socket = %control_path.display(),
         "fwdd started"
     );
+    // Ready once local things are up; the links come when they come.
+    systemd::ready();
+    systemd::spawn(daemon.clone());
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let which = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let mut hup = signal(SignalKind::hangup())?;
+    let which = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => {
+                systemd::reloading();
+                match reload() {
+                    Ok(new) => daemon.reload(new).await,
+                    Err(e) => tracing::error!(event = "reload_failed", error = %e, "not reloading: {e}; the running configuration stays"),
+                }
+                systemd::ready();
+            }
+        }
     };
     tracing::info!(event = "stopping", signal = which, "stopping on {which}");
-
-    // Ports first: nothing new may be accepted while the rest winds down.
-    daemon.release_all();
+    systemd::stopping();
     retry_task.abort();
+    daemon.shutdown().await;
     let _ = shutdown_tx.send(true);
-    let all = futures_join_all(supervisors);
-    if tokio::time::timeout(Duration::from_millis(1500), all)
-        .await
-        .is_err()
-    {
-        tracing::warn!(event = "stop_timeout", "a host did not stop in time");
-    }
-    for h in &daemon.hosts {
-        let _ = std::fs::remove_file(&h.control_path);
-    }
     let _ = tokio::time::timeout(Duration::from_millis(300), control_task).await;
     tracing::info!(event = "stopped", "fwdd stopped");
     Ok(())
 }
 
-async fn futures_join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
-    for h in handles {
-        let _ = h.await;
-    }
+/// Network changes and wake-ups make every host check its link at once.
+fn spawn_wakers(daemon: &Rc<Daemon>, mut net_changes: watch::Receiver<u64>) {
+    let d = daemon.clone();
+    tokio::task::spawn_local(async move {
+        while net_changes.changed().await.is_ok() {
+            for h in d.hosts() {
+                h.wake.notify_one();
+            }
+        }
+    });
+    let d = daemon.clone();
+    sleepwatch::spawn(move || {
+        for h in d.hosts() {
+            h.wake.notify_one();
+        }
+    });
 }

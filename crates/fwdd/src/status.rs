@@ -41,7 +41,7 @@ fn forward(
 
 pub fn snapshot(d: &Daemon) -> Status {
     let hosts = d
-        .hosts
+        .hosts()
         .iter()
         .map(|h| {
             let health = h.health();
@@ -89,6 +89,7 @@ pub fn snapshot(d: &Daemon) -> Status {
         let link_up = d
             .serve
             .links
+            .borrow()
             .get(&owner.host)
             .is_some_and(|l| l.borrow().is_some());
         let (state, reason) = if !f.held.bound {
@@ -99,7 +100,7 @@ pub fn snapshot(d: &Daemon) -> Status {
                 Some(format!(
                     "waiting for the link to {}; new connections wait up to {}s",
                     owner.host,
-                    d.config.connect_wait.as_secs()
+                    d.serve.connect_wait.get().as_secs()
                 )),
             )
         } else {
@@ -111,7 +112,7 @@ pub fn snapshot(d: &Daemon) -> Status {
         s.connections_total = f.stats.total.get();
         forwards.push(s);
     }
-    for (claim, reason) in d.cross_host_conflicts.borrow().iter() {
+    for (claim, reason) in d.rejected.borrow().iter() {
         forwards.push(forward(
             claim,
             ForwardState::Conflict,

@@ -221,6 +221,25 @@ impl Sandbox {
         netns_command(&self.remote_ns, program)
     }
 
+    /// Stops the shared dockerd (SIGTERM, as a service manager would) and
+    /// starts it again with `tests/sandbox/up.sh`. Every test using the
+    /// sandbox sees this: call it only from a test binary of its own (cargo
+    /// runs test binaries one at a time).
+    pub fn restart_dockerd(&self) {
+        let pid_file = self.dir.join("docker.pid");
+        let pid: i32 = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .expect("dockerd pid file");
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        wait_until(Duration::from_secs(30), "dockerd to stop", || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+        });
+        let up = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox/up.sh");
+        run_ok(Command::new("bash").arg(up).arg(&self.dir));
+    }
+
     /// Runs `f` on a thread inside the remote netns.
     pub fn in_remote_ns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         in_netns(&self.remote_ns, f)
@@ -572,10 +591,16 @@ impl TestHost {
     /// Busybox httpd serving `/www` (body `hello\n`) on container port 8080, published with
     /// the given `-p` specs (e.g. `["18080:8080"]`); returns the container id.
     pub fn httpd(&self, publish: &[&str]) -> String {
-        let mut args: Vec<&str> = Vec::new();
+        let mut opts: Vec<&str> = Vec::new();
         for p in publish {
-            args.extend_from_slice(&["-p", p]);
+            opts.extend_from_slice(&["-p", p]);
         }
+        self.httpd_with(&opts)
+    }
+
+    /// The same httpd with any `docker run` options (labels, `--restart`, `-P`, ...).
+    pub fn httpd_with(&self, run_options: &[&str]) -> String {
+        let mut args: Vec<&str> = run_options.to_vec();
         args.extend_from_slice(&[&self.image, "/bin/httpd", "-f", "-p", "8080", "-h", "/www"]);
         self.run(&args)
     }
@@ -743,6 +768,88 @@ impl TestHost {
                     .count()
             })
             .unwrap_or(0)
+    }
+
+    /// Connections that reached this sshd, authenticated or not.
+    pub fn sshd_connection_attempts(&self) -> usize {
+        fs::read_to_string(&self.sshd_log)
+            .map(|t| t.lines().filter(|l| l.contains("Connection from")).count())
+            .unwrap_or(0)
+    }
+
+    /// Rewrites authorized_keys with `options` in front of the client key
+    /// (e.g. `command="/path/script"` to stand in for the remote docker).
+    /// sshd reads the file per connection: no restart needed.
+    pub fn set_authorized_key_options(&self, options: &str) {
+        let key =
+            fs::read_to_string(self.identity.with_extension("pub")).expect("client public key");
+        let line = if options.is_empty() {
+            key
+        } else {
+            format!("{options} {key}")
+        };
+        fs::write(self.dir.join("authorized_keys"), line).expect("write authorized_keys");
+    }
+
+    /// Replaces the client key with a new one the server does not know.
+    pub fn rotate_client_key_wrongly(&self) {
+        let _ = fs::remove_file(&self.identity);
+        let _ = fs::remove_file(self.identity.with_extension("pub"));
+        run_ok(
+            Command::new("ssh-keygen")
+                .args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "fwd-test-wrong",
+                    "-f",
+                ])
+                .arg(&self.identity),
+        );
+        // authorized_keys still holds the old key.
+    }
+
+    /// Gives sshd a new host key (known_hosts keeps the old one) and
+    /// restarts it: clients with strict checking must refuse it.
+    pub fn change_host_key(&self) {
+        let host_key = self.dir.join("ssh_host_ed25519_key");
+        let _ = fs::remove_file(&host_key);
+        let _ = fs::remove_file(host_key.with_extension("pub"));
+        run_ok(
+            Command::new("ssh-keygen")
+                .args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "fwd-test-host-2",
+                    "-f",
+                ])
+                .arg(&host_key),
+        );
+        self.stop_sshd();
+        self.start_sshd();
+    }
+
+    /// Drops every packet on the runner's veth in both directions (a
+    /// black hole: the link stays up, nothing gets through), or stops.
+    pub fn drop_packets(&self, on: bool) {
+        let op = if on { "-I" } else { "-D" };
+        for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
+            run_ok(self.runner_command("iptables").args([
+                op,
+                chain,
+                dir,
+                &self.runner_veth,
+                "-j",
+                "DROP",
+            ]));
+        }
     }
 
     /// Ids of all containers (running or not) carrying this host's label.

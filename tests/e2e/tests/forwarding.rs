@@ -77,18 +77,7 @@ fn ephemeral_and_publish_all_ports_are_forwarded() {
     let host = sandbox_host!("ephemeral");
     let fwdd = Fwdd::start(&host);
     let a = host.httpd(&["0:8080"]);
-    let b = host.run(&[
-        "--expose",
-        "8080",
-        "-P",
-        &host.image,
-        "/bin/httpd",
-        "-f",
-        "-p",
-        "8080",
-        "-h",
-        "/www",
-    ]);
+    let b = host.httpd_with(&["--expose", "8080", "-P"]);
     for id in [a, b] {
         let mapping = host.sandbox().docker_ok(&["port", &id, "8080/tcp"]);
         let port: u16 = mapping
@@ -109,19 +98,7 @@ fn ephemeral_and_publish_all_ports_are_forwarded() {
 fn udp_ports_are_listed_as_unsupported_not_forwarded() {
     let host = sandbox_host!("udp");
     let fwdd = Fwdd::start(&host);
-    host.run(&[
-        "-p",
-        "20120:5353/udp",
-        "-p",
-        "20121:8080",
-        &host.image,
-        "/bin/httpd",
-        "-f",
-        "-p",
-        "8080",
-        "-h",
-        "/www",
-    ]);
+    host.httpd_with(&["-p", "20120:5353/udp", "-p", "20121:8080"]);
     assert_eq!(fwdd.wait_http(20121), "hello\n");
     let udp = fwdd.wait_forward_state(20120, ForwardState::Unsupported);
     assert_eq!(udp.container_port, "5353/udp");

@@ -8,39 +8,40 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fwd_e2e::{wait_until, TestHost};
 use fwd_proto::{ForwardState, ForwardStatus, MasterState, Request, Response, Status};
 
-/// Path of a workspace binary, built once per test process. The e2e crate
-/// cannot depend on binaries of other packages, so it asks cargo to build
-/// them into the same target directory (a no-op when they are current).
+/// Path of a workspace binary (a package's binary of the same name), built
+/// once per test process. The e2e crate cannot depend on binaries of other
+/// packages, so it asks cargo to build them into the same target directory
+/// (a no-op when they are current).
 pub fn bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> → target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile> dir")
-            .to_path_buf();
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> dir")
+        .to_path_buf();
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "fwdd", "-p", "fwdctl", "--bins"])
+        cmd.args(["build", "--quiet", "-p", name, "--bin", name])
             .env("CARGO_TARGET_DIR", &target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building fwdd/fwdctl failed");
-        profile_dir
-    });
-    dir.join(name)
+        assert!(status.success(), "building {name} failed");
+        built.push(name.to_string());
+    }
+    profile_dir.join(name)
 }
 
 pub struct Fwdd<'a> {
@@ -77,6 +78,11 @@ impl<'a> Fwdd<'a> {
     }
 
     fn spawn_args(host: &'a TestHost, args: &[&str]) -> Fwdd<'a> {
+        Self::spawn_env(host, args, &[])
+    }
+
+    /// Starts fwdd with `args` and extra environment variables.
+    pub fn spawn_env(host: &'a TestHost, args: &[&str], env: &[(&str, &str)]) -> Fwdd<'a> {
         let runtime_dir = host.dir.join("rt");
         let log = host.dir.join("fwdd.log");
         let log_file = File::create(&log).expect("create fwdd log");
@@ -86,7 +92,8 @@ impl<'a> Fwdd<'a> {
             .arg("--runtime-dir")
             .arg(&runtime_dir)
             .args(["--log-format", "json"])
-            .env("FWD_LOG", "debug")
+            .env("FWD_LOG", "debug,fwdd::control=info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -114,7 +121,7 @@ impl<'a> Fwdd<'a> {
         BufReader::new(s).read_until(b'\n', &mut line).ok()?;
         match fwd_proto::decode_response(&line).ok()? {
             Response::Status(st) => Some(st),
-            Response::Error { .. } => None,
+            _ => None,
         }
     }
 
@@ -200,6 +207,29 @@ impl<'a> Fwdd<'a> {
             .expect("master pid in status")
     }
 
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signal fwdd");
+    }
+
+    /// Sends one raw request line over the control socket; returns the
+    /// answer line.
+    pub fn request(&self, line: &str) -> Option<String> {
+        let mut s = UnixStream::connect(self.control_socket()).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(line.as_bytes()).ok()?;
+        s.write_all(b"\n").ok()?;
+        let mut answer = String::new();
+        BufReader::new(s).read_line(&mut answer).ok()?;
+        Some(answer)
+    }
+
+    /// `fwdctl reconnect` through the control API; true when accepted.
+    pub fn reconnect(&self) -> bool {
+        self.request(r#"{"v":1,"cmd":"reconnect","host":null}"#)
+            .is_some_and(|a| a.contains("\"ok\":true"))
+    }
+
     /// SIGTERM, then wait for exit; returns the status and how long it took.
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
         let t0 = Instant::now();
@@ -248,4 +278,21 @@ pub fn pid_alive(pid: u32) -> bool {
         && std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| !s.contains(") Z "))
             .unwrap_or(false)
+}
+
+/// `fwdctl --socket <fwdd's control socket> ARGS...`, run in the root namespace
+/// (Unix sockets work across network namespaces).
+pub fn fwdctl_command(fwdd: &Fwdd, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin("fwdctl"));
+    cmd.arg("--socket")
+        .arg(fwdd.control_socket())
+        .args(args)
+        .env_remove("FWD_SOCKET")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs fwdctl to completion (see [`fwdctl_command`]).
+pub fn fwdctl(fwdd: &Fwdd, args: &[&str]) -> std::process::Output {
+    fwdctl_command(fwdd, args).output().expect("run fwdctl")
 }
