@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Builds a Debian package from the workspace without debhelper: stage the
+# tree, write DEBIAN/, `dpkg-deb --build`. Output: dist/fwd_<ver>-<rev>_<arch>.deb
+#
+#   packaging/build-deb.sh                       # cargo build --release --locked
+#   FWD_BIN_DIR=DIR packaging/build-deb.sh       # package prebuilt binaries
+#   DIST=DIR           where the .deb goes (default: dist/ in the checkout)
+#   FWD_DEB_REVISION   Debian revision (default 1)
+#
+# Layout (what the units expect):
+#   /usr/bin/fwdd, /usr/bin/fwdctl
+#   /usr/lib/systemd/system/fwdd.service   (User=fwd, --config /etc/fwd/fwdd.toml)
+#   /usr/lib/systemd/user/fwdd.service     (--config ~/.config/fwd/fwdd.toml)
+#   /etc/fwd/fwdd.toml                     (conffile: never clobbered by upgrades)
+#   /usr/share/doc/fwd/                    (README, operations guide, control API)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+umask 022
+
+command -v dpkg-deb >/dev/null || { echo "build-deb.sh: dpkg-deb not found (apt-get install dpkg)" >&2; exit 1; }
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+[ -n "$version" ] || { echo "build-deb.sh: no version in Cargo.toml" >&2; exit 1; }
+deb_version=$version-${FWD_DEB_REVISION:-1}
+arch=$(dpkg --print-architecture)
+dist=${DIST:-$root/dist}
+
+if [ -n "${FWD_BIN_DIR:-}" ]; then
+  bin_dir=$FWD_BIN_DIR
+else
+  cargo build --release --locked -p fwdd -p fwdctl
+  bin_dir=${CARGO_TARGET_DIR:-$root/target}/release
+fi
+for b in fwdd fwdctl; do
+  [ -x "$bin_dir/$b" ] || { echo "build-deb.sh: $bin_dir/$b not found" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+stage=$work/fwd
+install -d -m 0755 "$stage/DEBIAN" "$stage/usr/bin" "$stage/usr/lib/systemd/system" \
+  "$stage/usr/lib/systemd/user" "$stage/etc/fwd" "$stage/usr/share/doc/fwd"
+
+for b in fwdd fwdctl; do
+  install -m 0755 "$bin_dir/$b" "$stage/usr/bin/$b"
+  strip --strip-unneeded "$stage/usr/bin/$b" 2>/dev/null || true
+done
+# The units already name /usr/bin/fwdd and /usr/share/doc/fwd.
+install -m 0644 systemd/fwdd.service "$stage/usr/lib/systemd/system/fwdd.service"
+install -m 0644 systemd/fwdd-user.service "$stage/usr/lib/systemd/user/fwdd.service"
+install -m 0644 config/fwdd.toml "$stage/etc/fwd/fwdd.toml"
+install -m 0644 README.md docs/operations.md docs/control-api.md packaging/debian/copyright \
+  "$stage/usr/share/doc/fwd/"
+
+installed_size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
+sed -e "s/@VERSION@/$deb_version/" -e "s/@ARCH@/$arch/" -e "s/@INSTALLED_SIZE@/$installed_size/" \
+  packaging/debian/control.in >"$stage/DEBIAN/control"
+install -m 0644 packaging/debian/conffiles "$stage/DEBIAN/conffiles"
+for s in postinst prerm postrm; do
+  install -m 0755 "packaging/debian/$s" "$stage/DEBIAN/$s"
+done
+
+mkdir -p "$dist"
+deb=$dist/fwd_${deb_version}_${arch}.deb
+dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >/dev/null
+echo "$deb"

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds a release tarball: dist/fwd-<version>-<target>.tar.gz (+ .sha256)
+# holding the stripped binaries, the systemd units, the launchd agent, the
+# example configuration, the docs and install.sh.
+#
+#   packaging/build-release.sh            # cargo build --release --locked
+#   FWD_BIN_DIR=DIR packaging/build-release.sh   # package prebuilt binaries
+#   DIST=DIR    where the tarball goes (default: dist/ in the checkout)
+#
+# The binaries are self-contained (no runtime dependency besides libc and
+# the OpenSSH client), so the tarball is all a host needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+[ -n "$version" ] || { echo "build-release.sh: no version in Cargo.toml" >&2; exit 1; }
+target=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+target=${FWD_TARGET:-${target:-$(uname -m)-$(uname -s | tr '[:upper:]' '[:lower:]')}}
+dist=${DIST:-$root/dist}
+
+if [ -n "${FWD_BIN_DIR:-}" ]; then
+  bin_dir=$FWD_BIN_DIR
+else
+  cargo build --release --locked -p fwdd -p fwdctl
+  bin_dir=${CARGO_TARGET_DIR:-$root/target}/release
+fi
+
+name=fwd-$version-$target
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+stage=$work/$name
+install -d -m 0755 "$stage/bin" "$stage/systemd" "$stage/launchd" "$stage/config" "$stage/docs"
+for b in fwdd fwdctl; do
+  install -m 0755 "$bin_dir/$b" "$stage/bin/$b"
+  # Line tables are kept in target/ for backtraces; the shipped binary is lean.
+  if command -v strip >/dev/null; then strip "$stage/bin/$b"; fi
+done
+install -m 0644 systemd/fwdd.service systemd/fwdd-user.service "$stage/systemd/"
+install -m 0644 launchd/com.fwd.fwdd.plist launchd/fwdd.newsyslog.conf "$stage/launchd/"
+install -m 0644 config/fwdd.toml "$stage/config/"
+install -m 0644 docs/operations.md docs/control-api.md "$stage/docs/"
+install -m 0644 README.md "$stage/"
+install -m 0755 packaging/install.sh "$stage/install.sh"
+
+mkdir -p "$dist"
+tarball=$dist/$name.tar.gz
+# Reproducible-ish: fixed owner and sorted names.
+tar -C "$work" --owner=0 --group=0 --numeric-owner --sort=name -czf "$tarball" "$name" 2>/dev/null ||
+  tar -C "$work" -czf "$tarball" "$name" # bsdtar (macOS) lacks those options
+(cd "$dist" && { sha256sum "$name.tar.gz" 2>/dev/null || shasum -a 256 "$name.tar.gz"; } >"$name.tar.gz.sha256")
+echo "$tarball"

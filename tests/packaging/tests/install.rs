@@ -1,0 +1,198 @@
+//! packaging/install.sh into a temporary DESTDIR (never into /, never
+//! creating a user): files land where the units point, and an existing
+//! configuration is never overwritten. Also the release tarball, whose
+//! install.sh runs from the unpacked tree.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fwd_packaging_tests::{bin, bin_dir, run_ok, workspace, Unit};
+
+const PREFIX: &str = "/usr/local";
+
+fn install(script: &Path, destdir: &Path, platform: &str, home: &Path) -> String {
+    run_ok(
+        Command::new("bash")
+            .arg(script)
+            .env("DESTDIR", destdir)
+            .env("PREFIX", PREFIX)
+            .env("FWD_BIN_DIR", bin_dir())
+            .env("FWD_PLATFORM", platform)
+            .env("HOME", home)
+            .env("USER", "ci"),
+    )
+}
+
+fn staged(destdir: &Path, path: &str) -> PathBuf {
+    destdir.join(path.trim_start_matches('/'))
+}
+
+fn check_linux_tree(d: &Path) {
+    for b in ["fwdd", "fwdctl"] {
+        let p = staged(d, &format!("{PREFIX}/bin/{b}"));
+        let mode = std::fs::metadata(&p)
+            .expect("binary installed")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755, "{}", p.display());
+    }
+    let system = Unit::read(&staged(
+        d,
+        &format!("{PREFIX}/lib/systemd/system/fwdd.service"),
+    ));
+    let user = Unit::read(&staged(
+        d,
+        &format!("{PREFIX}/lib/systemd/user/fwdd.service"),
+    ));
+    for unit in [&system, &user] {
+        let exec = unit.exec_start();
+        assert_eq!(
+            exec[0],
+            format!("{PREFIX}/bin/fwdd"),
+            "ExecStart rewritten to PREFIX"
+        );
+        assert!(staged(d, &exec[0]).is_file());
+        for reload in unit.all("Service", "ExecReload") {
+            let program = reload.split_whitespace().next().unwrap();
+            assert!(
+                !program.starts_with("/usr/bin/fwdd"),
+                "ExecReload not rewritten: {reload}"
+            );
+        }
+    }
+    let config = system.exec_start_flag("--config").unwrap();
+    assert!(staged(d, &config).is_file(), "{config} installed");
+    assert!(staged(d, &format!("{PREFIX}/share/doc/fwd/fwdd.toml.example")).is_file());
+    assert!(staged(d, &format!("{PREFIX}/share/doc/fwd/operations.md")).is_file());
+    // DESTDIR installs do not create the service user's home.
+    assert!(!staged(d, "/var/lib/fwd").exists());
+}
+
+#[test]
+fn destdir_install_never_clobbers_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("root");
+    let script = workspace().join("packaging/install.sh");
+    let out = install(&script, &d, "linux", tmp.path());
+    check_linux_tree(&d);
+    let config = staged(&d, "/etc/fwd/fwdd.toml");
+    let shipped = std::fs::read_to_string(workspace().join("config/fwdd.toml")).unwrap();
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), shipped);
+    assert!(out.contains("installed the example configuration"), "{out}");
+
+    // The operator edits it; a second install (an upgrade) keeps the edit.
+    let mine = "# mine\n[[host]]\nurl = \"ssh://me@my-docker\"\n";
+    std::fs::write(&config, mine).unwrap();
+    let out = install(&script, &d, "linux", tmp.path());
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        mine,
+        "config overwritten"
+    );
+    assert!(
+        out.contains("kept the existing /etc/fwd/fwdd.toml"),
+        "{out}"
+    );
+    check_linux_tree(&d);
+}
+
+#[test]
+fn macos_install_renders_the_launch_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("root");
+    let home = Path::new("/Users/ci");
+    let script = workspace().join("packaging/install.sh");
+    install(&script, &d, "macos", home);
+    let agent = staged(&d, "/Users/ci/Library/LaunchAgents/com.fwd.fwdd.plist");
+    let text = std::fs::read_to_string(&agent).expect("agent installed");
+    assert!(!text.contains("@HOME@"), "template token left");
+    let v = plist::Value::from_file(&agent).expect("rendered agent parses");
+    let args: Vec<&str> = v
+        .as_dictionary()
+        .and_then(|d| d.get("ProgramArguments"))
+        .and_then(plist::Value::as_array)
+        .unwrap()
+        .iter()
+        .map(|a| a.as_string().unwrap())
+        .collect();
+    assert_eq!(args[0], format!("{PREFIX}/bin/fwdd"));
+    assert!(staged(&d, args[0]).is_file());
+    assert_eq!(args[2], "/Users/ci/.config/fwd/fwdd.toml");
+    assert!(
+        staged(&d, args[2]).is_file(),
+        "config installed where the agent reads it"
+    );
+    assert!(
+        staged(&d, "/Users/ci/Library/Logs/fwd").is_dir(),
+        "launchd does not create it"
+    );
+    let newsyslog = std::fs::read_to_string(staged(
+        &d,
+        &format!("{PREFIX}/share/fwd/fwdd.newsyslog.conf"),
+    ))
+    .unwrap();
+    assert!(
+        newsyslog.contains("/Users/ci/Library/Logs/fwd/fwdd.log    ci:staff"),
+        "{newsyslog}"
+    );
+}
+
+#[test]
+fn release_tarball_installs_from_its_own_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dist = tmp.path().join("dist");
+    let out = run_ok(
+        Command::new("bash")
+            .arg(workspace().join("packaging/build-release.sh"))
+            .env("FWD_BIN_DIR", bin_dir())
+            .env("DIST", &dist),
+    );
+    let tarball = PathBuf::from(out.lines().last().unwrap().trim());
+    assert!(tarball.is_file(), "{}", tarball.display());
+    let sums = std::fs::read_to_string(format!("{}.sha256", tarball.display())).unwrap();
+    assert!(sums.contains(tarball.file_name().unwrap().to_str().unwrap()));
+
+    let unpack = tmp.path().join("unpack");
+    std::fs::create_dir(&unpack).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&unpack)
+            .arg("-xzf")
+            .arg(&tarball),
+    );
+    let top: Vec<PathBuf> = std::fs::read_dir(&unpack)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(top.len(), 1, "one top-level directory: {top:?}");
+    let tree = &top[0];
+    for f in [
+        "bin/fwdd",
+        "bin/fwdctl",
+        "systemd/fwdd.service",
+        "systemd/fwdd-user.service",
+        "launchd/com.fwd.fwdd.plist",
+        "launchd/fwdd.newsyslog.conf",
+        "config/fwdd.toml",
+        "docs/operations.md",
+        "install.sh",
+    ] {
+        assert!(tree.join(f).is_file(), "{f} missing from the tarball");
+    }
+    let v = run_ok(Command::new(tree.join("bin/fwdd")).arg("--version"));
+    assert_eq!(v, run_ok(Command::new(bin("fwdd")).arg("--version")));
+
+    // install.sh from the tarball uses the tarball's bin/ (no FWD_BIN_DIR).
+    let d = tmp.path().join("root");
+    run_ok(
+        Command::new("bash")
+            .arg(tree.join("install.sh"))
+            .env("DESTDIR", &d)
+            .env("PREFIX", PREFIX)
+            .env("FWD_PLATFORM", "linux")
+            .env_remove("FWD_BIN_DIR"),
+    );
+    check_linux_tree(&d);
+}
