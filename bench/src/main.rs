@@ -1,0 +1,1400 @@
+//! `fwd-bench`: measures fwdd in the e2e sandbox (a real sshd + dockerd in network
+//! namespaces, see `tests/sandbox`) and prints a table of figures against the targets of
+//! issue 6. It is a report, not a test: run it through `scripts/bench.sh`.
+//!
+//! Every loop is bounded in count and in time; all traffic goes to the runner
+//! namespace's loopback (through fwdd or an `ssh -L` listener of the same master).
+//!
+//! Usage: `fwd-bench [--only NAME,NAME…] [--seq N] [--kill N] [--burst N] [--conns N]
+//! [--many N] [--many-ports K] [--idle-secs S] [--bytes-mib M]`
+//! with `FWD_SANDBOX=DIR/env` set. Names: start, kill, burst, setup, throughput,
+//! master, link, many (many also measures memory and the idle minute).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fwd_e2e::{netns_path, run_ok, Sandbox, TestHost};
+use fwd_proto::{ForwardState, MasterState, Request, Response, Status};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const HTTP_REQ: &[u8] = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n";
+
+// ---------------------------------------------------------------------------------------
+// options and results
+
+struct Opts {
+    only: Option<Vec<String>>,
+    seq: usize,
+    kill: usize,
+    burst: usize,
+    conns: usize,
+    many: usize,
+    many_ports: usize,
+    idle_secs: u64,
+    bytes_mib: u64,
+    master_trials: usize,
+    quickack: bool,
+}
+
+impl Opts {
+    fn parse() -> Opts {
+        let mut o = Opts {
+            only: None,
+            seq: 50,
+            kill: 30,
+            burst: 50,
+            conns: 1000,
+            many: 500,
+            many_ports: 2,
+            idle_secs: 60,
+            bytes_mib: 1024,
+            master_trials: 3,
+            quickack: false,
+        };
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut i = 0;
+        while i < args.len() {
+            let val = args.get(i + 1).cloned().unwrap_or_default();
+            let num = || -> usize {
+                val.parse()
+                    .unwrap_or_else(|_| panic!("{} needs a number", args[i]))
+            };
+            match args[i].as_str() {
+                "--only" => o.only = Some(val.split(',').map(str::to_string).collect()),
+                "--seq" => o.seq = num(),
+                "--kill" => o.kill = num(),
+                "--burst" => o.burst = num(),
+                "--conns" => o.conns = num(),
+                "--many" => o.many = num(),
+                "--many-ports" => o.many_ports = num(),
+                "--idle-secs" => o.idle_secs = num() as u64,
+                "--bytes-mib" => o.bytes_mib = num() as u64,
+                "--master-trials" => o.master_trials = num(),
+                "--quickack" => {
+                    o.quickack = true;
+                    i += 1;
+                    continue;
+                }
+                other => panic!("unknown argument {other}"),
+            }
+            i += 2;
+        }
+        o.seq = o.seq.clamp(1, 1000);
+        o.kill = o.kill.min(o.seq);
+        o.burst = o.burst.clamp(1, 1000);
+        o.conns = o.conns.clamp(1, 100_000);
+        o.many = o.many.min(1000);
+        o.many_ports = o.many_ports.clamp(1, 10);
+        o.idle_secs = o.idle_secs.min(600);
+        o.bytes_mib = o.bytes_mib.clamp(1, 8192);
+        o.master_trials = o.master_trials.clamp(1, 10);
+        o
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .map_or(true, |l| l.iter().any(|n| n == name))
+    }
+}
+
+struct Row {
+    figure: String,
+    measured: String,
+    target: String,
+    pass: Option<bool>,
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn row(&mut self, figure: &str, measured: String, target: &str, pass: Option<bool>) {
+        println!(
+            "  => {figure}: {measured}  [target {target}: {}]",
+            verdict(pass)
+        );
+        self.rows.push(Row {
+            figure: figure.into(),
+            measured,
+            target: target.into(),
+            pass,
+        });
+    }
+
+    fn note(&mut self, s: String) {
+        println!("  .. {s}");
+        self.notes.push(s);
+    }
+
+    fn print(&self) {
+        println!();
+        println!("| figure | measured | target | result |");
+        println!("| --- | --- | --- | --- |");
+        for r in &self.rows {
+            println!(
+                "| {} | {} | {} | {} |",
+                r.figure,
+                r.measured,
+                r.target,
+                verdict(r.pass)
+            );
+        }
+        if !self.notes.is_empty() {
+            println!();
+            for n in &self.notes {
+                println!("- {n}");
+            }
+        }
+    }
+}
+
+fn verdict(p: Option<bool>) -> &'static str {
+    match p {
+        Some(true) => "pass",
+        Some(false) => "MISS",
+        None => "-",
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// small helpers
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos() as i128
+}
+
+/// Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+/// Parses Docker's `2026-11-23T15:55:01.123456789Z` into ns since the epoch.
+fn parse_docker_time(s: &str) -> Option<i128> {
+    let s = s.trim();
+    let (date, rest) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, mo, da) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let rest = rest.strip_suffix('Z')?;
+    let (hms, frac) = rest.split_once('.').unwrap_or((rest, ""));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>());
+    let (h, mi, se) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let mut frac: String = frac.chars().take(9).collect();
+    while frac.len() < 9 {
+        frac.push('0');
+    }
+    let nanos: i128 = frac.parse().ok()?;
+    let secs = days_from_civil(y, mo, da) * 86400 + h * 3600 + mi * 60 + se;
+    Some(secs as i128 * 1_000_000_000 + nanos)
+}
+
+/// `State.<field>` (StartedAt / FinishedAt) of each container, in ns since the epoch.
+fn docker_times(sb: &Sandbox, ids: &[String], field: &str) -> HashMap<String, i128> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(100) {
+        let mut args = vec![
+            "inspect".to_string(),
+            "-f".to_string(),
+            format!("{{{{.Id}}}} {{{{.State.{field}}}}}"),
+        ];
+        args.extend(chunk.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        for line in sb.docker_ok(&args).lines() {
+            if let Some((id, ts)) = line.split_once(' ') {
+                if let Some(t) = parse_docker_time(ts) {
+                    out.insert(id.to_string(), t);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn docker_time(sb: &Sandbox, id: &str, field: &str) -> i128 {
+    let m = docker_times(sb, &[id.to_string()], field);
+    *m.values()
+        .next()
+        .unwrap_or_else(|| panic!("no {field} for {id}"))
+}
+
+/// `timeNano` of each container's `action` event (start, die) between `since_ns` and now,
+/// from dockerd's own event log.
+fn docker_event_times(
+    sb: &Sandbox,
+    label: &str,
+    action: &str,
+    since_ns: i128,
+) -> HashMap<String, i128> {
+    let since = format!("{}", since_ns / 1_000_000_000 - 1);
+    let until = format!("{}", now_ns() / 1_000_000_000 + 1);
+    let lf = format!("label={}={label}", fwd_e2e::LABEL_KEY);
+    let ef = format!("event={action}");
+    let out = sb.docker_ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        &lf,
+        "--filter",
+        &ef,
+        "--format",
+        "{{.ID}} {{.TimeNano}}",
+    ]);
+    out.lines()
+        .filter_map(|l| {
+            let (id, t) = l.split_once(' ')?;
+            Some((id.to_string(), t.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Nearest-rank percentile of a sorted slice.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v
+}
+
+fn dist(v: &[f64]) -> String {
+    format!(
+        "p50 {:.1} / p99 {:.1} / max {:.1} ms (n={})",
+        pct(v, 50.0),
+        pct(v, 99.0),
+        v.last().copied().unwrap_or(f64::NAN),
+        v.len()
+    )
+}
+
+fn local(port: u16) -> SocketAddr {
+    (Ipv4Addr::LOCALHOST, port).into()
+}
+
+/// Spawns a thread that enters the network namespace `ns` and runs `f`. Threads it
+/// spawns in turn inherit the namespace.
+fn spawn_in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let path = netns_path(ns);
+    let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    thread::spawn(move || {
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// Connect, send an HTTP request, read the first byte of the answer.
+fn first_byte(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(HTTP_REQ)?;
+    let mut b = [0u8; 1];
+    match s.read(&mut b)? {
+        0 => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    Ok,
+    Refused,
+    Failed(String),
+}
+
+/// A full HTTP GET; `Ok` only for a 2xx answer.
+fn http_probe(addr: SocketAddr) -> Outcome {
+    let run = || -> io::Result<bool> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.set_write_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(HTTP_REQ)?;
+        let mut buf = Vec::new();
+        s.take(64 * 1024).read_to_end(&mut buf)?;
+        Ok(buf.starts_with(b"HTTP/1.") && buf.get(9) == Some(&b'2'))
+    };
+    match run() {
+        Ok(true) => Outcome::Ok,
+        Ok(false) => Outcome::Failed("no 2xx answer".into()),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Outcome::Refused,
+        Err(e) => Outcome::Failed(e.kind().to_string()),
+    }
+}
+
+struct Probe {
+    start: Instant,
+    end: Instant,
+    outcome: Outcome,
+}
+
+/// Starts one HTTP probe every `interval` (each on its own thread, so a probe that waits
+/// does not delay the next), at most `max` of them, until stopped.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    results: Arc<Mutex<Vec<Probe>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Prober {
+    fn start(ns: &str, port: u16, interval: Duration, max: usize) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let (st, res) = (stop.clone(), results.clone());
+        let handle = spawn_in_ns(ns, move || {
+            let mut kids = Vec::new();
+            while !st.load(Ordering::SeqCst) && kids.len() < max {
+                let res = res.clone();
+                kids.push(thread::spawn(move || {
+                    let start = Instant::now();
+                    let outcome = http_probe(local(port));
+                    res.lock().expect("lock").push(Probe {
+                        start,
+                        end: Instant::now(),
+                        outcome,
+                    });
+                }));
+                thread::sleep(interval);
+            }
+            for k in kids {
+                let _ = k.join();
+            }
+        });
+        Prober {
+            stop,
+            results,
+            handle: Some(handle),
+        }
+    }
+
+    /// Whether a probe started at or after `t` has succeeded.
+    fn ok_since(&self, t: Instant) -> bool {
+        self.results
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|p| p.start >= t && p.outcome == Outcome::Ok)
+    }
+
+    fn finish(mut self) -> Vec<Probe> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        std::mem::take(&mut *self.results.lock().expect("lock"))
+    }
+}
+
+/// Polls `f` every 5 ms until true or `timeout`; returns whether it became true.
+fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// /proc readings
+
+fn proc_status_field(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU seconds (utime+stime of the whole process) and voluntary+involuntary context
+/// switches per thread id.
+struct CpuSample {
+    cpu: f64,
+    switches: HashMap<String, u64>,
+}
+
+fn proc_cpu_wakeups(pid: u32) -> CpuSample {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let cpu = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // after ')': state=0 … utime=11 stime=12
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let st: f64 = f.get(12)?.parse().ok()?;
+            Some((u + st) / ticks)
+        })
+        .unwrap_or(0.0);
+    let mut switches = HashMap::new();
+    if let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in rd.flatten() {
+            let mut n = 0;
+            if let Ok(text) = fs::read_to_string(t.path().join("status")) {
+                for l in text.lines() {
+                    if l.starts_with("voluntary_ctxt_switches")
+                        || l.starts_with("nonvoluntary_ctxt_switches")
+                    {
+                        n += l
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .unwrap_or(0);
+                    }
+                }
+            }
+            switches.insert(t.file_name().to_string_lossy().into_owned(), n);
+        }
+    }
+    CpuSample { cpu, switches }
+}
+
+/// (CPU seconds, context switches, threads seen) between two samples. Threads that
+/// exist at the end count fully if they are new; threads that ended in between are lost
+/// (the count is then a lower bound; the number of threads is reported).
+fn cpu_delta(a: &CpuSample, b: &CpuSample) -> (f64, u64, usize) {
+    let sw = b
+        .switches
+        .iter()
+        .map(|(tid, n)| n.saturating_sub(a.switches.get(tid).copied().unwrap_or(0)))
+        .sum();
+    let mut tids: Vec<&String> = a.switches.keys().chain(b.switches.keys()).collect();
+    tids.sort();
+    tids.dedup();
+    (b.cpu - a.cpu, sw, tids.len())
+}
+
+// ---------------------------------------------------------------------------------------
+// fwdd under test
+
+struct Fwdd {
+    child: Child,
+    runtime_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Fwdd {
+    fn spawn(host: &TestHost, bin_dir: &Path) -> Fwdd {
+        let runtime_dir = host.dir.join("rt");
+        let log = host.dir.join("fwdd.log");
+        let log_file = File::create(&log).expect("create fwdd log");
+        let mut cmd = host.runner_command(bin_dir.join("fwdd"));
+        cmd.arg("--host")
+            .arg(format!("ssh://{}", host.alias))
+            .arg("--ssh-config")
+            .arg(&host.ssh_config)
+            .arg("--runtime-dir")
+            .arg(&runtime_dir)
+            .args(["--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        // FWD_LOG passes through from the environment (default: info).
+        let child = cmd.spawn().expect("spawn fwdd");
+        Fwdd {
+            child,
+            runtime_dir,
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn control_path(&self) -> PathBuf {
+        self.runtime_dir.join("h0.ctl")
+    }
+
+    fn status(&self) -> Option<Status> {
+        let mut s =
+            UnixStream::connect(self.runtime_dir.join(fwd_proto::CONTROL_SOCKET_NAME)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(&fwd_proto::encode_request(&Request::Status))
+            .ok()?;
+        let mut line = Vec::new();
+        BufReader::new(s).read_until(b'\n', &mut line).ok()?;
+        match fwd_proto::decode_response(&line).ok()? {
+            Response::Status(st) => Some(st),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    fn master_pid(&self) -> Option<u32> {
+        let st = self.status()?;
+        let h = st.hosts.first()?;
+        (h.master.state == MasterState::Connected)
+            .then_some(h.master.pid)
+            .flatten()
+    }
+
+    fn wait_connected(&self, timeout: Duration) -> bool {
+        poll(timeout, || self.master_pid().is_some())
+    }
+
+    fn active_count(&self) -> usize {
+        self.status()
+            .map(|s| {
+                s.forwards
+                    .iter()
+                    .filter(|f| f.state == ForwardState::Active)
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    fn remote_of(&self, port: u16) -> Option<String> {
+        self.status()?
+            .forwards
+            .into_iter()
+            .find(|f| f.local_port == port && f.state == ForwardState::Active)
+            .map(|f| f.remote)
+    }
+
+    fn log_lines(&self) -> usize {
+        fs::read_to_string(&self.log)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn stop(mut self) {
+        self.keep_log();
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Fwdd {
+    /// Copies fwdd's log to `$FWD_BENCH_LOGDIR` (if set) before the test host goes away.
+    fn keep_log(&self) {
+        if let Some(dir) = std::env::var_os("FWD_BENCH_LOGDIR").filter(|d| !d.is_empty()) {
+            let dir = PathBuf::from(dir);
+            let _ = fs::create_dir_all(&dir);
+            let name = format!("fwdd-{}.log", self.child.id());
+            let _ = fs::copy(&self.log, dir.join(name));
+        }
+    }
+}
+
+impl Drop for Fwdd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `ssh -S <ctl> -O forward|cancel -L 127.0.0.1:local:remote` on fwdd's master.
+fn ssh_mux_forward(host: &TestHost, ctl: &Path, op: &str, local_port: u16, remote: &str) {
+    let spec = format!("127.0.0.1:{local_port}:{remote}");
+    let mut cmd = host.ssh_command();
+    cmd.arg("-S")
+        .arg(ctl)
+        .args(["-O", op, "-L", &spec, &host.alias]);
+    run_ok(&mut cmd);
+}
+
+// ---------------------------------------------------------------------------------------
+// the figures
+
+struct Ctx<'a> {
+    sb: &'static Sandbox,
+    host: &'a TestHost,
+    bin_dir: PathBuf,
+    rep: Report,
+}
+
+impl Ctx<'_> {
+    fn ns(&self) -> String {
+        self.host.runner_ns.clone()
+    }
+
+    fn rm_all(&self) {
+        let ids = self.host.containers();
+        for chunk in ids.chunks(100) {
+            let mut args = vec!["rm", "-f"];
+            args.extend(chunk.iter().map(String::as_str));
+            let _ = self.sb.docker(&args);
+        }
+    }
+
+    /// Sequential container starts → first byte; returns (id, port) of the containers.
+    fn start_to_serve(&mut self, n: usize) -> Vec<(String, u16)> {
+        println!("[start] {n} sequential containers: StartedAt → first HTTP byte through fwd");
+        let mut lat = Vec::new();
+        let mut started = Vec::new();
+        let mut missing = 0;
+        let t_begin = now_ns();
+        let mut served_at: HashMap<String, (i128, i128)> = HashMap::new();
+        for i in 0..n {
+            let port = 20000 + i as u16;
+            let prober = spawn_in_ns(&self.ns(), move || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < deadline {
+                    if first_byte(local(port), Duration::from_secs(2)).is_ok() {
+                        return Some(now_ns());
+                    }
+                    thread::sleep(Duration::from_millis(1));
+                }
+                None
+            });
+            let id = self.host.httpd(&[&format!("{port}:8080")]);
+            let fb = prober.join().expect("prober");
+            let st = docker_time(self.sb, &id, "StartedAt");
+            match fb {
+                Some(t) => {
+                    lat.push((t - st) as f64 / 1e6);
+                    served_at.insert(id.clone(), (st, t));
+                }
+                None => missing += 1,
+            }
+            started.push((id, port));
+        }
+        let evs = docker_event_times(self.sb, &self.host.label, "start", t_begin);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for (id, (st, fb)) in &served_at {
+            if let Some(ev) = evs.get(id) {
+                a.push((ev - st) as f64 / 1e6);
+                b.push((fb - ev) as f64 / 1e6);
+            }
+        }
+        self.rep.note(format!(
+            "start: StartedAt → dockerd's start event: {}; start event → first byte: {}",
+            dist(&sorted(a)),
+            dist(&sorted(b))
+        ));
+        let v = sorted(lat);
+        if missing > 0 {
+            self.rep.note(format!(
+                "start→serve: {missing} containers never served within 20 s"
+            ));
+        }
+        let p50 = pct(&v, 50.0);
+        let p99 = pct(&v, 99.0);
+        self.rep.row(
+            "container start → first byte (sequential)",
+            dist(&v),
+            "p50 ≤ 50 ms, p99 ≤ 150 ms",
+            Some(p50 <= 50.0 && p99 <= 150.0 && missing == 0),
+        );
+        started
+    }
+
+    fn kill_to_refused(&mut self, containers: &[(String, u16)], n: usize) {
+        println!("[kill] docker kill → local port refused, {n} containers");
+        let mut lat = Vec::new();
+        let mut missing = 0;
+        let t_begin = now_ns();
+        let mut refused_at: HashMap<String, (i128, i128)> = HashMap::new();
+        for (id, port) in containers.iter().take(n) {
+            let port = *port;
+            let prober = spawn_in_ns(&self.ns(), move || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < deadline {
+                    match TcpStream::connect(local(port)) {
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                            return Some(now_ns())
+                        }
+                        _ => thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+                None
+            });
+            self.sb.docker_ok(&["kill", id]);
+            let refused = prober.join().expect("prober");
+            let fin = docker_time(self.sb, id, "FinishedAt");
+            match refused {
+                Some(t) => {
+                    lat.push((t - fin) as f64 / 1e6);
+                    refused_at.insert(id.clone(), (fin, t));
+                }
+                None => missing += 1,
+            }
+        }
+        let evs = docker_event_times(self.sb, &self.host.label, "die", t_begin);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for (id, (fin, t)) in &refused_at {
+            if let Some(ev) = evs.get(id) {
+                a.push((ev - fin) as f64 / 1e6);
+                b.push((t - ev) as f64 / 1e6);
+            }
+        }
+        self.rep.note(format!(
+            "kill: FinishedAt → dockerd's die event: {}; die event → refused: {}",
+            dist(&sorted(a)),
+            dist(&sorted(b))
+        ));
+        // dockerd's `kill` event (signal sent) precedes the exit: how much earlier?
+        let kills = docker_event_times(self.sb, &self.host.label, "kill", t_begin);
+        let ahead: Vec<f64> = refused_at
+            .iter()
+            .filter_map(|(id, (_, t))| Some((t - kills.get(id)?) as f64 / 1e6))
+            .collect();
+        let kill_to_fin: Vec<f64> = refused_at
+            .iter()
+            .filter_map(|(id, (fin, _))| Some((fin - kills.get(id)?) as f64 / 1e6))
+            .collect();
+        self.rep.note(format!(
+            "kill: dockerd's kill event → FinishedAt: {}; kill event → refused: {}",
+            dist(&sorted(kill_to_fin)),
+            dist(&sorted(ahead))
+        ));
+        let v = sorted(lat);
+        let p99 = pct(&v, 99.0);
+        self.rep.row(
+            "container kill (FinishedAt) → local port refused",
+            dist(&v),
+            "≤ 50 ms",
+            Some(p99 <= 50.0 && missing == 0),
+        );
+    }
+
+    fn burst(&mut self, n: usize) {
+        println!("[burst] {n} containers started back to back (8 parallel docker run)");
+        let ports: Vec<u16> = (0..n as u16).map(|i| 21000 + i).collect();
+        let pp = ports.clone();
+        let prober = spawn_in_ns(&self.ns(), move || {
+            let mut pending = pp;
+            let mut done: HashMap<u16, i128> = HashMap::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !pending.is_empty() && Instant::now() < deadline {
+                pending.retain(|&p| {
+                    if first_byte(local(p), Duration::from_secs(2)).is_ok() {
+                        done.insert(p, now_ns());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                thread::sleep(Duration::from_millis(1));
+            }
+            done
+        });
+        let next = AtomicUsize::new(0);
+        let ids = Mutex::new(Vec::new());
+        let host = self.host;
+        let t0 = Instant::now();
+        thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= ports.len() {
+                        break;
+                    }
+                    let id = host.httpd(&[&format!("{}:8080", ports[i])]);
+                    ids.lock().expect("lock").push((id, ports[i]));
+                });
+            }
+        });
+        let launch = t0.elapsed();
+        let ids = ids.into_inner().expect("lock");
+        let done = prober.join().expect("prober");
+        let id_list: Vec<String> = ids.iter().map(|(i, _)| i.clone()).collect();
+        let starts = docker_times(self.sb, &id_list, "StartedAt");
+        let last_start = starts.values().copied().max().unwrap_or(0);
+        let first_start = starts.values().copied().min().unwrap_or(0);
+        let mut each = Vec::new();
+        for (id, p) in &ids {
+            if let (Some(fb), Some(st)) = (done.get(p), starts.get(id)) {
+                each.push((fb - st) as f64 / 1e6);
+            }
+        }
+        let each = sorted(each);
+        if done.len() < n {
+            self.rep.note(format!(
+                "burst: only {}/{} ports served within 120 s",
+                done.len(),
+                n
+            ));
+            self.rep.row(
+                &format!("{n} containers back to back → all serving"),
+                format!("{}/{} served", done.len(), n),
+                "≤ 300 ms after last start",
+                Some(false),
+            );
+            return;
+        }
+        let all = done.values().copied().max().unwrap_or(0);
+        let after_last = (all - last_start) as f64 / 1e6;
+        self.rep.note(format!(
+            "burst: docker run ×{n} took {:.1} s (StartedAt spread {:.1} s); per container start→first byte {}",
+            launch.as_secs_f64(),
+            (last_start - first_start) as f64 / 1e9,
+            dist(&each)
+        ));
+        self.rep.row(
+            &format!("{n} containers back to back → all serving"),
+            format!("{after_last:.0} ms after the last StartedAt"),
+            "≤ 300 ms",
+            Some(after_last <= 300.0),
+        );
+        self.rm_all();
+    }
+
+    /// Connection setup and throughput, fwd vs `ssh -L` on the same master.
+    fn versus_ssh_l(&mut self, fwdd: &Fwdd, conns: usize, do_setup: bool, do_tp: bool, mib: u64) {
+        let ctl = fwdd.control_path();
+        if do_setup {
+            println!("[setup] {conns} × connect+first byte, fwd vs ssh -L (alternating)");
+            let port = 22000;
+            self.host.httpd(&[&format!("{port}:8080")]);
+            assert!(poll(Duration::from_secs(20), || fwdd
+                .remote_of(port)
+                .is_some()));
+            let remote = fwdd.remote_of(port).expect("remote");
+            let lport = 23000;
+            ssh_mux_forward(self.host, &ctl, "forward", lport, &remote);
+            let (a, b) = spawn_in_ns(&self.ns(), move || {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                // warm-up
+                for _ in 0..20 {
+                    let _ = first_byte(local(port), Duration::from_secs(5));
+                    let _ = first_byte(local(lport), Duration::from_secs(5));
+                }
+                let deadline = Instant::now() + Duration::from_secs(300);
+                for _ in 0..conns {
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    for (p, v) in [(port, &mut a), (lport, &mut b)] {
+                        let t = Instant::now();
+                        if first_byte(local(p), Duration::from_secs(5)).is_ok() {
+                            v.push(t.elapsed().as_secs_f64() * 1e3);
+                        }
+                    }
+                }
+                (a, b)
+            })
+            .join()
+            .expect("setup bench");
+            ssh_mux_forward(self.host, &ctl, "cancel", lport, &remote);
+            let (a, b) = (sorted(a), sorted(b));
+            let ratio = pct(&a, 50.0) / pct(&b, 50.0);
+            self.rep.note(format!("setup via fwd:    {}", dist(&a)));
+            self.rep.note(format!("setup via ssh -L: {}", dist(&b)));
+            self.rep.row(
+                "new connection setup (connect + first byte), fwd / ssh -L",
+                format!(
+                    "{ratio:.2}× (median {:.2} vs {:.2} ms, n={})",
+                    pct(&a, 50.0),
+                    pct(&b, 50.0),
+                    a.len().min(b.len())
+                ),
+                "≤ 1.2×",
+                Some(ratio <= 1.2),
+            );
+        }
+        if do_tp {
+            println!("[throughput] {mib} MiB transfer, fwd vs ssh -L (alternating, 2 each)");
+            let port = 22001;
+            let script = format!(
+                "while :; do /bin/busybox dd if=/dev/zero bs=1048576 count={mib} 2>/dev/null | /bin/busybox nc -l -p 9000; done"
+            );
+            self.host.run(&[
+                "-p",
+                &format!("{port}:9000"),
+                &self.host.image,
+                "/bin/sh",
+                "-c",
+                &script,
+            ]);
+            assert!(poll(Duration::from_secs(20), || fwdd
+                .remote_of(port)
+                .is_some()));
+            let remote = fwdd.remote_of(port).expect("remote");
+            let lport = 23001;
+            ssh_mux_forward(self.host, &ctl, "forward", lport, &remote);
+            let want = mib * 1024 * 1024;
+            let (a, b) = spawn_in_ns(&self.ns(), move || {
+                let transfer = |p: u16| -> Option<f64> {
+                    for _ in 0..50 {
+                        let t = Instant::now();
+                        let Ok(mut s) = TcpStream::connect(local(p)) else {
+                            thread::sleep(Duration::from_millis(100));
+                            continue;
+                        };
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                        let mut buf = vec![0u8; 256 * 1024];
+                        let mut got = 0u64;
+                        while got < want {
+                            match s.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => got += k as u64,
+                            }
+                        }
+                        if got >= want {
+                            return Some(want as f64 / 1048576.0 / t.elapsed().as_secs_f64());
+                        }
+                        drop(s);
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                    None
+                };
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                for _ in 0..2 {
+                    a.extend(transfer(port));
+                    thread::sleep(Duration::from_millis(300));
+                    b.extend(transfer(lport));
+                    thread::sleep(Duration::from_millis(300));
+                }
+                (a, b)
+            })
+            .join()
+            .expect("throughput bench");
+            ssh_mux_forward(self.host, &ctl, "cancel", lport, &remote);
+            let best = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+            let (fa, fb) = (best(&a), best(&b));
+            let ratio = fa / fb;
+            self.rep.note(format!(
+                "throughput runs (MiB/s): fwd {a:.0?}, ssh -L {b:.0?}"
+            ));
+            self.rep.row(
+                &format!("throughput of {mib} MiB, fwd / ssh -L (best of 2)"),
+                format!("{ratio:.2}× ({fa:.0} vs {fb:.0} MiB/s)"),
+                "≥ 0.95×",
+                Some(ratio >= 0.95),
+            );
+        }
+    }
+
+    fn master_kill(&mut self, fwdd: &Fwdd, trials: usize) {
+        println!(
+            "[master] SIGKILL of the master → serving again ({trials} trials, probe every 20 ms)"
+        );
+        let port = 22002;
+        self.host.httpd(&[&format!("{port}:8080")]);
+        assert!(poll(Duration::from_secs(20), || fwdd
+            .remote_of(port)
+            .is_some()));
+        let mut times = Vec::new();
+        let (mut refused, mut failed, mut total) = (0, 0, 0);
+        for _ in 0..trials {
+            assert!(fwdd.wait_connected(Duration::from_secs(30)));
+            let pid = fwdd.master_pid().expect("master pid");
+            let prober = Prober::start(&self.ns(), port, Duration::from_millis(20), 1500);
+            thread::sleep(Duration::from_millis(300));
+            let t_kill = Instant::now();
+            kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill master");
+            poll(Duration::from_secs(20), || prober.ok_since(t_kill));
+            thread::sleep(Duration::from_millis(300));
+            let probes = prober.finish();
+            let back = probes
+                .iter()
+                .filter(|p| p.start >= t_kill && p.outcome == Outcome::Ok)
+                .map(|p| p.end.duration_since(t_kill).as_secs_f64() * 1e3)
+                .fold(f64::INFINITY, f64::min);
+            times.push(back);
+            total += probes.len();
+            refused += probes
+                .iter()
+                .filter(|p| p.outcome == Outcome::Refused)
+                .count();
+            let fails: Vec<&Probe> = probes
+                .iter()
+                .filter(|p| matches!(p.outcome, Outcome::Failed(_)))
+                .collect();
+            failed += fails.len();
+            for f in fails.iter().take(3) {
+                self.rep.note(format!(
+                    "master kill: probe started {:+.0} ms after kill failed: {:?}",
+                    f.start.duration_since(t_kill).as_secs_f64() * 1e3,
+                    f.outcome
+                ));
+            }
+            let new_pid = fwdd.master_pid();
+            println!("  trial: serving again after {back:.0} ms (master {pid} → {new_pid:?})");
+        }
+        // The first kill comes after a long healthy period: that is the figure. Kills
+        // within `healthy_after` (60 s) of a reconnect are repeated failures, and fwdd's
+        // backoff (0, 0.5 s, 1 s, … ±25 %) deliberately adds to them.
+        let first = times.first().copied().unwrap_or(f64::INFINITY);
+        if times.len() > 1 {
+            self.rep.note(format!(
+                "master kill: later trials (within 60 s of the previous reconnect, so backoff 0.5 s, 1 s ±25 % applies by design): {} ms",
+                times[1..].iter().map(|x| fmt_ms(*x)).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        self.rep.row(
+            "master SIGKILL → serving again (first kill after a healthy period)",
+            format!(
+                "{} ms; {refused} refused, {failed} failed of {total} probes in {} trials",
+                fmt_ms(first),
+                times.len()
+            ),
+            "≤ 1.5 s, 0 refused",
+            Some(first <= 1500.0 && refused == 0 && failed == 0),
+        );
+    }
+
+    fn link_down(&mut self, fwdd: &Fwdd) {
+        println!("[link] runner link down 5 s → serving again after link up (probe every 20 ms)");
+        let port = 22002;
+        if fwdd.remote_of(port).is_none() {
+            self.host.httpd(&[&format!("{port}:8080")]);
+            assert!(poll(Duration::from_secs(20), || fwdd
+                .remote_of(port)
+                .is_some()));
+        }
+        assert!(fwdd.wait_connected(Duration::from_secs(30)));
+        let reconnects0 = fwdd
+            .status()
+            .and_then(|s| s.hosts.first().map(|h| h.master.reconnects))
+            .unwrap_or(0);
+        let prober = Prober::start(&self.ns(), port, Duration::from_millis(20), 3000);
+        thread::sleep(Duration::from_millis(300));
+        self.host.link_down();
+        let t_down = Instant::now();
+        thread::sleep(Duration::from_secs(5)); // the fault's duration
+        self.host.link_up();
+        let t_up = Instant::now();
+        poll(Duration::from_secs(40), || prober.ok_since(t_up));
+        thread::sleep(Duration::from_millis(300));
+        let probes = prober.finish();
+        let back = probes
+            .iter()
+            .filter(|p| p.end >= t_up && p.outcome == Outcome::Ok)
+            .map(|p| p.end.duration_since(t_up).as_secs_f64() * 1e3)
+            .fold(f64::INFINITY, f64::min);
+        let back_new = probes
+            .iter()
+            .filter(|p| p.start >= t_up && p.outcome == Outcome::Ok)
+            .map(|p| p.end.duration_since(t_up).as_secs_f64() * 1e3)
+            .fold(f64::INFINITY, f64::min);
+        let refused = probes
+            .iter()
+            .filter(|p| p.outcome == Outcome::Refused)
+            .count();
+        let failed: Vec<&Probe> = probes
+            .iter()
+            .filter(|p| matches!(p.outcome, Outcome::Failed(_)))
+            .collect();
+        let waited = probes
+            .iter()
+            .filter(|p| p.start >= t_down && p.start < t_up && p.outcome == Outcome::Ok)
+            .count();
+        let reconnects1 = fwdd
+            .status()
+            .and_then(|s| s.hosts.first().map(|h| h.master.reconnects))
+            .unwrap_or(0);
+        for f in failed.iter().take(3) {
+            self.rep.note(format!(
+                "link down: probe started {:+.0} ms after link down failed: {:?}",
+                f.start.duration_since(t_down).as_secs_f64() * 1e3,
+                f.outcome
+            ));
+        }
+        self.rep.note(format!(
+            "link down: {waited} probes started during the outage completed OK after it; master reconnects during the fault: {}",
+            reconnects1.saturating_sub(reconnects0)
+        ));
+        self.rep.row(
+            "link down 5 s → serving again after link up",
+            format!(
+                "{} ms (a probe started after link up: {} ms); {refused} refused, {} failed of {} probes",
+                fmt_ms(back),
+                fmt_ms(back_new),
+                failed.len(),
+                probes.len()
+            ),
+            "- (no target)",
+            None,
+        );
+    }
+
+    /// `many` containers (each publishing `ports` ports) running before fwdd starts →
+    /// all forwarded; then memory with those forwards and the idle minute.
+    fn many(&mut self, many: usize, ports: usize, idle_secs: u64) {
+        println!("[many] {many} containers × {ports} ports running, then fwdd starts");
+        self.rm_all();
+        let next = AtomicUsize::new(0);
+        let ok = AtomicUsize::new(0);
+        let host = self.host;
+        let t0 = Instant::now();
+        let budget = Duration::from_secs(900);
+        thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= many || t0.elapsed() > budget {
+                        break;
+                    }
+                    let mut args: Vec<String> = Vec::new();
+                    for k in 0..ports {
+                        args.push("-p".into());
+                        args.push(format!("{}:{}", 30000 + 1000 * k + i, 8080 + k));
+                    }
+                    args.push(host.image.clone());
+                    for a in ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"] {
+                        args.push(a.into());
+                    }
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    host.run(&args);
+                    ok.fetch_add(1, Ordering::SeqCst);
+                    if (i + 1) % 100 == 0 {
+                        println!("  {} started ({:.0} s)", i + 1, t0.elapsed().as_secs_f64());
+                    }
+                });
+            }
+        });
+        let n = ok.load(Ordering::SeqCst);
+        let want = n * ports;
+        self.rep.note(format!(
+            "many: starting {n} containers ({want} published ports) took {:.0} s with 6 parallel docker run",
+            t0.elapsed().as_secs_f64()
+        ));
+        let t_start = Instant::now();
+        let fwdd = Fwdd::spawn(self.host, &self.bin_dir);
+        let mut t_conn = None;
+        let all = poll(Duration::from_secs(120), || {
+            if t_conn.is_none() && fwdd.master_pid().is_some() {
+                t_conn = Some(t_start.elapsed());
+            }
+            fwdd.active_count() >= want
+        });
+        let took = t_start.elapsed().as_secs_f64() * 1e3;
+        let active = fwdd.active_count();
+        let conn_ms = t_conn.map(|d| d.as_secs_f64() * 1e3).unwrap_or(f64::NAN);
+        self.rep.row(
+            &format!("{n} running containers ({want} ports) at fwdd start → all forwarded"),
+            if all {
+                format!("{took:.0} ms after spawn (master connected at {conn_ms:.0} ms)")
+            } else {
+                format!("{active}/{want} active after {took:.0} ms")
+            },
+            "≤ 3 s (500 containers)",
+            Some(all && took <= 3000.0),
+        );
+        // memory with `want` forwards
+        thread::sleep(Duration::from_secs(2));
+        let mpid = fwdd.master_pid().unwrap_or(0);
+        let rss_fwdd = proc_status_field(fwdd.pid(), "VmRSS:");
+        let rss_master = proc_status_field(mpid, "VmRSS:");
+        let active = fwdd.active_count();
+        self.rep.row(
+            &format!("fwdd RSS with {active} forwards"),
+            format!("{:.1} MB (VmRSS {rss_fwdd} kB)", rss_fwdd as f64 / 1024.0),
+            "≤ 15 MB @1,000",
+            Some(active >= 1000 && rss_fwdd <= 15 * 1024),
+        );
+        self.rep.row(
+            &format!("ssh master RSS with {active} forwards"),
+            format!(
+                "{:.1} MB (VmRSS {rss_master} kB)",
+                rss_master as f64 / 1024.0
+            ),
+            "- (no target)",
+            None,
+        );
+        // the idle minute: no status requests, no traffic
+        println!("[idle] {idle_secs} s idle with {active} forwards");
+        let f0 = proc_cpu_wakeups(fwdd.pid());
+        let m0 = proc_cpu_wakeups(mpid);
+        let logs0 = fwdd.log_lines();
+        let conns0 = self.host.sshd_connection_count();
+        thread::sleep(Duration::from_secs(idle_secs));
+        let f1 = proc_cpu_wakeups(fwdd.pid());
+        let m1 = proc_cpu_wakeups(mpid);
+        let logs = fwdd.log_lines() - logs0;
+        let conns = self.host.sshd_connection_count() - conns0;
+        let (cpu, sw, threads) = cpu_delta(&f0, &f1);
+        let (mcpu, msw, _) = cpu_delta(&m0, &m1);
+        let per_s = sw as f64 / idle_secs as f64;
+        self.rep.row(
+            &format!("idle {idle_secs} s: fwdd CPU"),
+            format!("{cpu:.2} s"),
+            "- (no target)",
+            None,
+        );
+        self.rep.row(
+            &format!("idle {idle_secs} s: fwdd wakeups (ctx switches)"),
+            format!("{sw} ({per_s:.2}/s, {threads} threads)"),
+            "≤ 1/s",
+            Some(per_s <= 1.0),
+        );
+        self.rep.row(
+            &format!("idle {idle_secs} s: fwdd log lines"),
+            logs.to_string(),
+            "0",
+            Some(logs == 0),
+        );
+        self.rep.row(
+            &format!("idle {idle_secs} s: new SSH connections"),
+            conns.to_string(),
+            "0",
+            Some(conns == 0),
+        );
+        self.rep.note(format!(
+            "idle: ssh master used {mcpu:.2} s CPU, {msw} context switches"
+        ));
+        fwdd.stop();
+        self.rm_all();
+    }
+}
+
+/// TcpExt DelayedACKs of a network namespace (from /proc/net/netstat seen in it).
+fn delayed_acks(ns: &str) -> u64 {
+    let text = fwd_e2e::in_netns(ns, || fs::read_to_string("/proc/thread-self/net/netstat"))
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    if lines.len() < 2 {
+        return 0;
+    }
+    let names = lines[0].split_whitespace();
+    let vals = lines[1].split_whitespace();
+    names
+        .zip(vals)
+        .find(|(n, _)| *n == "DelayedACKs")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn fmt_ms(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.0}")
+    } else {
+        "never".into()
+    }
+}
+
+fn main() {
+    let opts = Opts::parse();
+    let Some(sb) = Sandbox::get() else {
+        eprintln!("fwd-bench: no sandbox (set FWD_SANDBOX=DIR/env, see tests/sandbox/up.sh)");
+        std::process::exit(2);
+    };
+    let bin_dir = std::env::var_os("FWD_BENCH_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .expect("current exe")
+                .parent()
+                .expect("bin dir")
+                .to_path_buf()
+        });
+    assert!(
+        bin_dir.join("fwdd").exists(),
+        "no fwdd in {} (build it with cargo build --release -p fwdd)",
+        bin_dir.display()
+    );
+    let host = TestHost::new(sb, "bench");
+    let mut ctx = Ctx {
+        sb,
+        host: &host,
+        bin_dir: bin_dir.clone(),
+        rep: Report::default(),
+    };
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    ctx.rep
+        .note(format!("load average at start: {}", load.trim()));
+
+    if opts.quickack {
+        // Diagnostic: the runner acknowledges every segment at once (no delayed ACK) on
+        // the route to sshd. Shows how much of a figure is Nagle (sshd) × delayed ACK.
+        let net = Ipv4Addr::from(u32::from(host.runner_ip) & !3);
+        let net = format!("{net}/30");
+        let mut cmd = Command::new("ip");
+        cmd.args(["-n", &host.runner_ns, "route", "replace", &net, "dev"])
+            .arg(&host.runner_veth)
+            .args(["src", &host.runner_ip.to_string(), "quickack", "1"]);
+        run_ok(&mut cmd);
+        ctx.rep
+            .note("diagnostic: quickack 1 on the runner's route to sshd".to_string());
+    }
+    let delacks0 = delayed_acks(&host.runner_ns);
+    let fwdd = Fwdd::spawn(&host, &bin_dir);
+    assert!(
+        fwdd.wait_connected(Duration::from_secs(30)),
+        "fwdd did not connect"
+    );
+    if opts.wants("start") || opts.wants("kill") {
+        let started = ctx.start_to_serve(opts.seq);
+        if opts.wants("kill") {
+            ctx.kill_to_refused(&started, opts.kill);
+        }
+        ctx.rm_all();
+    }
+    if opts.wants("burst") {
+        ctx.burst(opts.burst);
+    }
+    if opts.wants("setup") || opts.wants("throughput") {
+        ctx.versus_ssh_l(
+            &fwdd,
+            opts.conns,
+            opts.wants("setup"),
+            opts.wants("throughput"),
+            opts.bytes_mib,
+        );
+    }
+    if opts.wants("master") {
+        ctx.master_kill(&fwdd, opts.master_trials);
+    }
+    if opts.wants("link") {
+        ctx.link_down(&fwdd);
+    }
+    fwdd.stop();
+    ctx.rep.note(format!(
+        "delayed ACKs sent by the runner netns during the figures above: {}",
+        delayed_acks(&host.runner_ns).saturating_sub(delacks0)
+    ));
+    ctx.rm_all();
+    if opts.wants("many") {
+        ctx.many(opts.many, opts.many_ports, opts.idle_secs);
+    }
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    ctx.rep
+        .note(format!("load average at end: {}", load.trim()));
+    ctx.rep.print();
+}

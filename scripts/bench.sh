@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Benchmarks fwdd in the e2e sandbox and prints a table of figures against the targets
+# (issue 6; results and method in docs/benchmarks.md). Needs root, like scripts/test.sh.
+#
+#   bash scripts/bench.sh [fwd-bench args…]      e.g. --only start,kill --seq 100
+#
+# Builds release binaries (fwdd, fwdctl, fwd-bench), brings up a sandbox
+# (tests/sandbox/up.sh), runs fwd-bench, tears the sandbox down. The table is also
+# written to $FWD_BENCH_OUT (default: bench-results.md in the current directory).
+# FWD_BENCH_REV=<git rev>: benchmark the daemon of that revision instead of the working
+# tree (the bench crate and this script are taken from the working tree).
+# CARGO_TARGET_DIR is honoured (default: target/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench.sh: the sandbox creates network namespaces and runs dockerd: run as root" >&2
+  exit 1
+fi
+bash scripts/install-deps.sh
+
+src=$root
+if [ -n "${FWD_BENCH_REV:-}" ]; then
+  src=$(mktemp -d /tmp/fwdbench-src.XXXXXX)
+  git -C "$root" archive "$FWD_BENCH_REV" | tar -x -C "$src"
+  cp -r "$root/bench" "$src/"
+  grep -q '"bench"' "$src/Cargo.toml" ||
+    sed -i 's|^members = \[\(.*\)\]|members = [\1, "bench"]|' "$src/Cargo.toml"
+  echo "bench.sh: daemon from $FWD_BENCH_REV ($(git -C "$root" rev-parse --short "$FWD_BENCH_REV")), built in $src" >&2
+fi
+target=${CARGO_TARGET_DIR:-$root/target}
+(cd "$src" && CARGO_TARGET_DIR="$target" cargo build --release -p fwdd -p fwdctl -p fwd-bench)
+
+sandbox=$(mktemp -d /tmp/fwdbn.XXXXXX)
+cleanup() {
+  bash "$root/tests/sandbox/down.sh" "$sandbox" || true
+  if [ "$src" != "$root" ]; then rm -rf "$src"; fi
+}
+trap cleanup EXIT
+bash tests/sandbox/up.sh "$sandbox"
+
+out=${FWD_BENCH_OUT:-bench-results.md}
+{
+  echo "# fwd-bench $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
+  echo "$(ssh -V 2>&1); docker $(docker -H "unix://$sandbox/docker.sock" version --format '{{.Server.Version}}')"
+  echo
+} | tee "$out"
+FWD_SANDBOX="$sandbox/env" FWD_BENCH_BIN_DIR="$target/release" FWD_BENCH_LOGDIR="${FWD_BENCH_LOGDIR:-}" \
+  "$target/release/fwd-bench" "$@" | tee -a "$out"
