@@ -18,4 +18,4 @@ bash tests/sandbox/up.sh "$sandbox"
 
 # In CI a missing sandbox must fail the e2e tests instead of skipping them.
 export CI="${CI:-true}"
-FWD_SANDBOX="$sandbox/env" cargo test --workspace --locked "$@"
+FWD_SANDBOX="$sandbox/env" cargo test --workspace --locked --no-fail-fast "$@"
