@@ -37,7 +37,8 @@ pub struct ContainerEvent {
 pub enum EventAction {
     /// The container (re)started: its ports are published now.
     Start,
-    /// The container's process exited: its ports are gone.
+    /// The container's process exited (or was sent SIGKILL, which always
+    /// ends it: dockerd reports `die` only tens of milliseconds later).
     Die,
     /// The container was removed.
     Destroy,
@@ -63,9 +64,16 @@ pub fn parse_event(line: &[u8]) -> Result<Option<ContainerEvent>, ParseError> {
         .and_then(|a| a.id.as_deref())
         .ok_or_else(|| ParseError::Invalid("container event without an actor ID".into()))?;
     let id = ContainerId::parse(id).map_err(|e| ParseError::Invalid(e.to_string()))?;
+    let signal = msg
+        .actor
+        .as_ref()
+        .and_then(|a| a.attributes.as_ref())
+        .and_then(|a| a.get("signal"))
+        .map(String::as_str);
     let action = match msg.action.as_deref().unwrap_or("") {
         "start" => EventAction::Start,
         "die" => EventAction::Die,
+        "kill" if matches!(signal, Some("9" | "KILL" | "SIGKILL")) => EventAction::Die,
         "destroy" => EventAction::Destroy,
         "rename" | "update" => EventAction::Refresh,
         _ => EventAction::Ignore,
@@ -314,6 +322,23 @@ mod tests {
             parse_event(br#"{"Type":"network","Action":"connect"}"#).ok(),
             Some(None)
         );
+    }
+
+    #[test]
+    fn sigkill_counts_as_death_and_other_signals_do_not() {
+        let ev = |signal: &str| {
+            let line = format!(
+                r#"{{"Type":"container","Action":"kill","Actor":{{"ID":"0123456789ab","Attributes":{{"signal":"{signal}"}}}},"timeNano":5}}"#
+            );
+            parse_event(line.as_bytes())
+                .expect("parses")
+                .expect("container event")
+                .action
+        };
+        assert_eq!(ev("9"), EventAction::Die);
+        assert_eq!(ev("SIGKILL"), EventAction::Die);
+        assert_eq!(ev("15"), EventAction::Ignore);
+        assert_eq!(ev("HUP"), EventAction::Ignore);
     }
 
     proptest! {

@@ -5,7 +5,7 @@
 //! borrow is ever held across an `.await`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
@@ -178,10 +178,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(config: Config, net_usable: watch::Receiver<bool>) -> Rc<Daemon> {
-        let serve = Rc::new(ServeContext {
-            links: RefCell::new(BTreeMap::new()),
-            connect_wait: Cell::new(config.connect_wait),
-        });
+        let serve = Rc::new(ServeContext::new(config.connect_wait));
         Rc::new(Daemon {
             config: RefCell::new(config),
             started_at: SystemTime::now(),
@@ -255,7 +252,7 @@ impl Daemon {
             hosts.remove(i)
         };
         stop_hosts(std::slice::from_ref(&host)).await;
-        self.serve.links.borrow_mut().remove(&host.key);
+        self.serve.forget_host(&host.key);
         host.containers.borrow_mut().clear();
         self.reconcile();
     }

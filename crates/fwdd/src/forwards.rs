@@ -64,6 +64,84 @@ impl Drop for Forward {
 pub struct ServeContext {
     pub links: RefCell<BTreeMap<HostKey, LinkWatch>>,
     pub connect_wait: Cell<Duration>,
+    /// Per host, one mux connection already past its hello, so an accepted
+    /// client costs the master a single request: `ssh -L` opens its channel
+    /// straight from accept, and connect + hello would add ~0.2 ms (~20 %)
+    /// to every connection's setup.
+    spares: RefCell<BTreeMap<HostKey, Spare>>,
+}
+
+#[derive(Default)]
+struct Spare {
+    /// A connected client and the master generation it talks to.
+    ready: Option<(u64, MuxClient)>,
+    refilling: bool,
+}
+
+impl ServeContext {
+    pub fn new(connect_wait: Duration) -> Self {
+        ServeContext {
+            links: RefCell::new(BTreeMap::new()),
+            connect_wait: Cell::new(connect_wait),
+            spares: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// The host left the configuration: its spare connection goes too.
+    pub fn forget_host(&self, host: &HostKey) {
+        self.links.borrow_mut().remove(host);
+        self.spares.borrow_mut().remove(host);
+    }
+
+    /// A mux client for `link`: the spare if it belongs to this very master,
+    /// else a fresh connection. Either way a new spare is prepared.
+    async fn mux_client(
+        self: &Rc<Self>,
+        host: &HostKey,
+        link: &Link,
+    ) -> Result<MuxClient, MuxError> {
+        let spare = {
+            let mut spares = self.spares.borrow_mut();
+            match spares.entry(host.clone()).or_default().ready.take() {
+                Some((generation, client)) if generation == link.generation => Some(client),
+                _ => None,
+            }
+        };
+        self.refill(host, link);
+        match spare {
+            Some(client) => Ok(client),
+            None => MuxClient::connect(&link.control_path).await,
+        }
+    }
+
+    fn refill(self: &Rc<Self>, host: &HostKey, link: &Link) {
+        {
+            let mut spares = self.spares.borrow_mut();
+            let spare = spares.entry(host.clone()).or_default();
+            if spare.refilling || spare.ready.is_some() {
+                return;
+            }
+            spare.refilling = true;
+        }
+        let ctx = self.clone();
+        let host = host.clone();
+        let link = link.clone();
+        tokio::task::spawn_local(async move {
+            let client = tokio::time::timeout(
+                Duration::from_secs(2),
+                MuxClient::connect(&link.control_path),
+            )
+            .await;
+            let mut spares = ctx.spares.borrow_mut();
+            // The host may have been removed meanwhile: then keep nothing.
+            if let Some(spare) = spares.get_mut(&host) {
+                spare.refilling = false;
+                if let Ok(Ok(client)) = client {
+                    spare.ready = Some((link.generation, client));
+                }
+            }
+        });
+    }
 }
 
 /// The ports fwdd holds, keyed by local port.
@@ -312,7 +390,7 @@ async fn accept_loop(
 
 /// Hands one accepted connection to the host's master. While no master is
 /// up the client waits (up to `connect_wait`) instead of being refused.
-async fn serve_connection(sock: TcpStream, claim: &Claim, ctx: &ServeContext) {
+async fn serve_connection(sock: TcpStream, claim: &Claim, ctx: &Rc<ServeContext>) {
     let Some(mut link_rx) = ctx.links.borrow().get(&claim.host).cloned() else {
         return;
     };
@@ -335,7 +413,7 @@ async fn serve_connection(sock: TcpStream, claim: &Claim, ctx: &ServeContext) {
             }
         };
         let attempt = async {
-            let mux = MuxClient::connect(&link.control_path).await?;
+            let mux = ctx.mux_client(&claim.host, &link).await?;
             mux.open_stdio_forward(&claim.remote.ip, claim.remote.port, sock.as_fd())
                 .await
         };

@@ -371,7 +371,17 @@ impl Supervisor {
         // window; the failure line quotes the last one anyway.
         let _stderr_task = TaskGuard(tokio::task::spawn_local(async move {
             while let Some(line) = stderr_rx.recv().await {
-                if recent.borrow_mut().is_fresh(&line, Instant::now()) {
+                // A client connecting before its container listens makes
+                // ssh print "channel 7: open failed: …": one per connection,
+                // about the container, not the link.
+                if line.contains("open failed") {
+                    tracing::debug!(host = %host_key, line = %line, "ssh: {line}");
+                    continue;
+                }
+                if recent
+                    .borrow_mut()
+                    .is_fresh(&without_numbers(&line), Instant::now())
+                {
                     tracing::info!(event = "ssh_stderr", host = %host_key, line = %line, "ssh: {line}");
                 }
             }
@@ -794,6 +804,25 @@ fn master_failure(e: MasterError) -> Failure {
     }
 }
 
+/// Folds the numbers out of a line (pids, ports, channel numbers), so
+/// repeats of the same message count as the same line.
+fn without_numbers(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut in_number = false;
+    for c in line.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                out.push('#');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn last_line(text: &str) -> &str {
     text.lines()
         .rev()
@@ -805,5 +834,19 @@ fn describe_exit(st: std::io::Result<std::process::ExitStatus>) -> String {
     match st {
         Ok(s) => s.to_string(),
         Err(e) => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_numbers;
+
+    #[test]
+    fn numbers_do_not_make_a_line_new() {
+        assert_eq!(
+            without_numbers("channel 7: open failed: connect failed: Connection refused"),
+            without_numbers("channel 12: open failed: connect failed: Connection refused")
+        );
+        assert_eq!(without_numbers("port 22 pid 4021"), "port # pid #");
     }
 }
