@@ -114,6 +114,30 @@ impl ServeContext {
         }
     }
 
+    /// The master's mux alive check, on the idle spare connection when there
+    /// is one (one request instead of connect + hello + request: health
+    /// ticks are most of fwdd's idle wakeups).
+    pub async fn alive_check(&self, host: &HostKey, link: &Link) -> Result<u32, MuxError> {
+        let spare = {
+            let mut spares = self.spares.borrow_mut();
+            match spares.get_mut(host).and_then(|s| s.ready.take()) {
+                Some((generation, client)) if generation == link.generation => Some(client),
+                _ => None,
+            }
+        };
+        let mut client = match spare {
+            Some(c) => c,
+            None => MuxClient::connect(&link.control_path).await?,
+        };
+        let pid = client.alive_check().await?;
+        let mut spares = self.spares.borrow_mut();
+        let slot = spares.entry(host.clone()).or_default();
+        if slot.ready.is_none() {
+            slot.ready = Some((link.generation, client));
+        }
+        Ok(pid)
+    }
+
     fn refill(self: &Rc<Self>, host: &HostKey, link: &Link) {
         {
             let mut spares = self.spares.borrow_mut();

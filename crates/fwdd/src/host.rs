@@ -645,7 +645,14 @@ impl Supervisor {
 
     /// A health tick: the mux answers, and a request crosses to dockerd.
     async fn probe(&self, api: &mut DockerApi, timeout: Duration) -> Result<(), Failure> {
-        match tokio::time::timeout(timeout, alive_check(&self.host)).await {
+        let link = self.host.link.borrow().clone();
+        let alive = async {
+            match &link {
+                Some(link) => self.d.serve.alive_check(&self.host.key, link).await,
+                None => alive_check(&self.host).await,
+            }
+        };
+        match tokio::time::timeout(timeout, alive).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 return Err(Failure::new(

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 /// A sleep shorter than this is indistinguishable from scheduling noise.
 const MIN_GAP: Duration = Duration::from_secs(2);
-/// How often the clocks are compared (a wakeup every 5 s is the idle cost).
-const TICK: Duration = Duration::from_secs(5);
+/// How often the clocks are compared: the idle cost is one wakeup per tick,
+/// and a resume usually brings network changes that wake fwdd sooner.
+const TICK: Duration = Duration::from_secs(30);
 
 /// The time the machine was suspended between two readings of
 /// (clock including suspend, clock excluding suspend), if noticeable.
