@@ -1,11 +1,12 @@
 //! `fwdctl status` for people, and the health verdict behind the exit code.
 
-use fwd_proto::{ForwardState, ForwardStatus, HostStatus, MasterState, Status};
+use fwd_proto::{ForwardState, ForwardStatus, HostStatus, MasterState, Status, StreamState};
 use std::fmt::Write as _;
 
 /// Exit code: everything healthy.
 pub const EXIT_HEALTHY: i32 = 0;
-/// Exit code: degraded (a host's master not connected, or a forward in conflict).
+/// Exit code: degraded (a host's master not connected, its event stream down
+/// while connected, or a forward in conflict).
 pub const EXIT_DEGRADED: i32 = 1;
 /// Exit code: the daemon could not be reached or answered with an error.
 pub const EXIT_UNREACHABLE: i32 = 2;
@@ -18,6 +19,10 @@ pub fn problems(st: &Status) -> Vec<String> {
     for h in &st.hosts {
         if h.master.state != MasterState::Connected {
             out.push(format!("host {} is {}", h.name, h.master.state));
+        } else if h.events.state == StreamState::Down {
+            // The SSH link is up but Docker cannot be followed (e.g. dockerd
+            // restarting): forwards no longer track containers.
+            out.push(format!("host {}: docker event stream down", h.name));
         }
     }
     let conflicts = st
@@ -378,9 +383,17 @@ staging  :9000                      127.0.0.1:9000  minio              9000/tcp 
             st.forwards.push(f);
             assert_eq!(exit_code(&st), code, "{state}");
         }
-        // The event stream being down alone does not degrade (masters decide).
+        // A connected master whose event stream is down: Docker cannot be
+        // followed, so forwards drift. Resyncing (every connect) is fine.
         let mut st = base.clone();
-        st.hosts[0].events.state = fwd_proto::StreamState::Down;
+        st.hosts[0].events.state = StreamState::Down;
+        assert_eq!(exit_code(&st), EXIT_DEGRADED);
+        assert!(
+            problems(&st)[0].contains("event stream down"),
+            "{:?}",
+            problems(&st)
+        );
+        st.hosts[0].events.state = StreamState::Resyncing;
         assert_eq!(exit_code(&st), EXIT_HEALTHY);
         // The full sample: one host in backoff and one conflict.
         assert_eq!(

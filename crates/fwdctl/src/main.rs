@@ -35,7 +35,8 @@ protocol error) or it went away; 64 invalid command line.";
 const STATUS_HELP: &str = "\
 Exit codes:
   0   healthy
-  1   degraded: a host's ssh master is not connected, or a forward is in conflict
+  1   degraded: a host's ssh master is not connected (or its docker event stream
+      is down), or a forward is in conflict
   2   fwdd unreachable (not running, permission denied, timeout, protocol error)
   64  invalid command line
 
