@@ -24,6 +24,7 @@ fn dockerd_restart_keeps_survivors_forwarded_and_drops_the_rest() {
     let master = fwdd.master_pid();
 
     sb.restart_dockerd();
+    let t0 = std::time::Instant::now();
 
     fwdd.wait_for(
         Duration::from_secs(60),
@@ -34,6 +35,10 @@ fn dockerd_restart_keeps_survivors_forwarded_and_drops_the_rest() {
         },
     );
     assert_eq!(fwdd.wait_http(20240), "hello\n");
+    eprintln!(
+        "RECOVERY dockerd restart: survivor served again {:?} after dockerd answered",
+        t0.elapsed()
+    );
     fwdd.wait_refused(20241);
     // Only the Docker channel was replaced: the SSH connection stayed.
     assert_eq!(fwdd.master_pid(), master);

@@ -156,7 +156,12 @@ fn master_killed_serves_again_and_a_connection_during_the_outage_is_not_refused(
     )
     .expect("kill master");
     // At once, while the master is gone: the connection must wait and be served.
+    let t0 = std::time::Instant::now();
     let body = host.http_get(20140).expect("connection during the outage");
+    eprintln!(
+        "RECOVERY master SIGKILL: a connection made at once was served after {:?}",
+        t0.elapsed()
+    );
     assert_eq!(body, "hello\n");
     fwdd.wait_for(Duration::from_secs(15), "new master", |st| {
         let h = &st.hosts[0];
@@ -210,8 +215,13 @@ fn sshd_restart_recovers_and_a_container_started_meanwhile_is_forwarded() {
         ("transient", "connection_refused")
     );
     host.start_sshd();
+    let t0 = std::time::Instant::now();
     fwdd.wait_connected();
     assert_eq!(fwdd.wait_http(20151), "hello\n");
+    eprintln!(
+        "RECOVERY sshd restart: serving again {:?} after sshd started",
+        t0.elapsed()
+    );
     assert_eq!(fwdd.wait_http(20150), "hello\n");
     let st = fwdd.status().expect("status");
     assert!(st.hosts[0].master.reconnects >= 1);

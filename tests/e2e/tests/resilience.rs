@@ -38,7 +38,7 @@ fn a_five_second_interface_reload_is_survived() {
     assert_eq!(fwdd.wait_http(20200), "hello\n");
     fwdd.wait_connected();
     eprintln!(
-        "link down 5 s: serving again {:?} after link up",
+        "RECOVERY link down 5 s: serving again {:?} after link up",
         t0.elapsed()
     );
 }
@@ -56,7 +56,10 @@ fn a_minute_without_link_rebuilds_the_connection_without_spinning_and_catches_up
     fwdd.wait_for(Duration::from_secs(15), "link declared down", |st| {
         st.hosts[0].master.state != MasterState::Connected
     });
-    eprintln!("link loss noticed after {:?}", down_at.elapsed());
+    eprintln!(
+        "RECOVERY link down 60 s: loss noticed after {:?}",
+        down_at.elapsed()
+    );
     // Started while the runner cannot see the host.
     host.httpd(&["20202:8080"]);
     let remaining = Duration::from_secs(60).saturating_sub(down_at.elapsed());
@@ -72,7 +75,10 @@ fn a_minute_without_link_rebuilds_the_connection_without_spinning_and_catches_up
     let up_at = Instant::now();
     assert_eq!(fwdd.wait_http(20202), "hello\n");
     assert_eq!(fwdd.wait_http(20201), "hello\n");
-    eprintln!("serving again {:?} after link up", up_at.elapsed());
+    eprintln!(
+        "RECOVERY link down 60 s: serving again {:?} after link up",
+        up_at.elapsed()
+    );
     let log = fwdd.log_text();
     assert!(count_lines(&log, "\"link_failed\"") <= 2, "{log}");
 }
@@ -97,14 +103,14 @@ fn a_black_hole_is_detected_by_the_health_probe_and_recovered_from() {
     fwdd.wait_for(Duration::from_secs(20), "black hole detected", |st| {
         st.hosts[0].master.state != MasterState::Connected
     });
-    eprintln!("black hole detected after {:?}", t0.elapsed());
+    eprintln!("RECOVERY black hole: detected after {:?}", t0.elapsed());
     std::thread::sleep(Duration::from_secs(10));
     host.drop_packets(false);
     let t1 = Instant::now();
     fwdd.wait_connected();
     assert_eq!(fwdd.wait_http(20203), "hello\n");
     eprintln!(
-        "serving again {:?} after the black hole ended",
+        "RECOVERY black hole: serving again {:?} after it ended",
         t1.elapsed()
     );
 }
