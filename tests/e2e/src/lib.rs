@@ -38,6 +38,17 @@ pub const LABEL_KEY: &str = "fwd-test";
 /// Highest slot number; a /16 holds 16384 /30s.
 const MAX_SLOT: u32 = 16383;
 
+/// A fresh passphrase-less ed25519 key pair at `path` (replacing any there).
+fn keygen(path: &Path, comment: &str) {
+    let _ = fs::remove_file(path);
+    let _ = fs::remove_file(path.with_extension("pub"));
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+            .arg(path),
+    );
+}
+
 /// Polls `f` every ~10 ms until it returns true; panics with `what` after `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -508,16 +519,8 @@ impl TestHost {
     fn setup_ssh(&self) {
         let d = &self.dir;
         let host_key = d.join("ssh_host_ed25519_key");
-        for (key, comment) in [
-            (&host_key, "fwd-test-host"),
-            (&self.identity, "fwd-test-client"),
-        ] {
-            run_ok(
-                Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-                    .arg(key),
-            );
-        }
+        keygen(&host_key, "fwd-test-host");
+        keygen(&self.identity, "fwd-test-client");
         let read = |p: PathBuf| fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"));
         let client_pub = read(self.identity.with_extension("pub"));
         let host_pub = read(host_key.with_extension("pub"));
@@ -793,22 +796,7 @@ impl TestHost {
 
     /// Replaces the client key with a new one the server does not know.
     pub fn rotate_client_key_wrongly(&self) {
-        let _ = fs::remove_file(&self.identity);
-        let _ = fs::remove_file(self.identity.with_extension("pub"));
-        run_ok(
-            Command::new("ssh-keygen")
-                .args([
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    "fwd-test-wrong",
-                    "-f",
-                ])
-                .arg(&self.identity),
-        );
+        keygen(&self.identity, "fwd-test-wrong");
         // authorized_keys still holds the old key.
     }
 
@@ -816,22 +804,7 @@ impl TestHost {
     /// restarts it: clients with strict checking must refuse it.
     pub fn change_host_key(&self) {
         let host_key = self.dir.join("ssh_host_ed25519_key");
-        let _ = fs::remove_file(&host_key);
-        let _ = fs::remove_file(host_key.with_extension("pub"));
-        run_ok(
-            Command::new("ssh-keygen")
-                .args([
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    "fwd-test-host-2",
-                    "-f",
-                ])
-                .arg(&host_key),
-        );
+        keygen(&host_key, "fwd-test-host-2");
         self.stop_sshd();
         self.start_sshd();
     }
