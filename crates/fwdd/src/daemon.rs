@@ -405,7 +405,7 @@ impl Daemon {
             .get(&claim.host)
             .and_then(|l| l.borrow().clone())
             .ok_or_else(|| format!("the link to {} is down", claim.host))?;
-        crate::forwards::probe_remote(&link, &claim).await
+        self.serve.probe_remote(&link, &claim).await
     }
 
     /// Retries ports taken by other programs when they are due.

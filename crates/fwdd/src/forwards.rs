@@ -114,6 +114,29 @@ impl ServeContext {
         }
     }
 
+    /// Opens a channel to the claim's remote end through the master and
+    /// closes it again: `Ok` when something accepts connections there. Goes
+    /// the way real connections go (spare mux connection included).
+    pub async fn probe_remote(self: &Rc<Self>, link: &Link, claim: &Claim) -> Result<(), String> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+        let attempt = async {
+            let mux = self.mux_client(&claim.host, link).await?;
+            mux.open_stdio_forward(&claim.remote.ip, claim.remote.port, theirs.as_fd())
+                .await
+        };
+        let result = tokio::time::timeout(Duration::from_secs(5), attempt).await;
+        drop(ours);
+        match result {
+            Ok(Ok(_tunnel)) => Ok(()),
+            Ok(Err(MuxError::Refused(reason))) => Err(format!(
+                "nothing accepts connections at {} on {}: {reason}",
+                claim.remote, claim.host
+            )),
+            Ok(Err(e)) => Err(format!("probing {} failed: {e}", claim.remote)),
+            Err(_) => Err(format!("probing {} timed out", claim.remote)),
+        }
+    }
+
     /// The master's mux alive check, on the idle spare connection when there
     /// is one (one request instead of connect + hello + request: health
     /// ticks are most of fwdd's idle wakeups).
@@ -474,28 +497,6 @@ async fn serve_connection(sock: TcpStream, claim: &Claim, ctx: &Rc<ServeContext>
         if tokio::time::Instant::now() >= deadline {
             return;
         }
-    }
-}
-
-/// Opens a channel to the claim's remote end through the master and closes
-/// it again: `Ok` when something accepts connections there.
-pub async fn probe_remote(link: &Link, claim: &Claim) -> Result<(), String> {
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
-    let attempt = async {
-        let mux = MuxClient::connect(&link.control_path).await?;
-        mux.open_stdio_forward(&claim.remote.ip, claim.remote.port, theirs.as_fd())
-            .await
-    };
-    let result = tokio::time::timeout(Duration::from_secs(5), attempt).await;
-    drop(ours);
-    match result {
-        Ok(Ok(_tunnel)) => Ok(()),
-        Ok(Err(MuxError::Refused(reason))) => Err(format!(
-            "nothing accepts connections at {} on {}: {reason}",
-            claim.remote, claim.host
-        )),
-        Ok(Err(e)) => Err(format!("probing {} failed: {e}", claim.remote)),
-        Err(_) => Err(format!("probing {} timed out", claim.remote)),
     }
 }
 

@@ -30,6 +30,20 @@ pub trait ControlHandler {
 }
 
 impl Daemon {
+    /// Pokes one of each selected host's signals; returns the hosts' names.
+    fn notify_hosts(
+        &self,
+        host: Option<&str>,
+        signal: impl Fn(&crate::daemon::Host) -> &tokio::sync::Notify,
+    ) -> Result<Vec<String>, String> {
+        let hosts = self.select_hosts(host)?;
+        for h in &hosts {
+            // notify_one keeps a permit if the supervisor is between awaits.
+            signal(h).notify_one();
+        }
+        Ok(hosts.iter().map(|h| h.key.to_string()).collect())
+    }
+
     fn select_hosts(&self, host: Option<&str>) -> Result<Vec<Rc<crate::daemon::Host>>, String> {
         match host {
             None => Ok(self.hosts()),
@@ -55,19 +69,10 @@ impl ControlHandler for Rc<Daemon> {
     }
 
     fn reconnect(&self, host: Option<&str>) -> Result<Vec<String>, String> {
-        let hosts = self.select_hosts(host)?;
-        for h in &hosts {
-            // notify_one keeps a permit if the supervisor is between awaits.
-            h.reconnect.notify_one();
-        }
-        Ok(hosts.iter().map(|h| h.key.to_string()).collect())
+        self.notify_hosts(host, |h| &h.reconnect)
     }
 
     fn resync(&self, host: Option<&str>) -> Result<Vec<String>, String> {
-        let hosts = self.select_hosts(host)?;
-        for h in &hosts {
-            h.resync.notify_one();
-        }
-        Ok(hosts.iter().map(|h| h.key.to_string()).collect())
+        self.notify_hosts(host, |h| &h.resync)
     }
 }

@@ -422,7 +422,7 @@ impl Supervisor {
             let session_started = Instant::now();
             let result = tokio::select! {
                 r = self.serve_docker(master_pid, shutdown) => r,
-                st = master.exited() => Err(Failure::new(FailureKind::MasterDied, format!("ssh master exited ({})", describe_exit(st)))),
+                st = master.exited() => Err(master_exited(st)),
             };
             let failure = match result {
                 Ok(Stop::Shutdown) => return Ended::Shutdown,
@@ -497,7 +497,7 @@ impl Supervisor {
             host.expect_progress(delay);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                st = master.exited() => return Ended::Failed(Failure::new(FailureKind::MasterDied, format!("ssh master exited ({})", describe_exit(st)))),
+                st = master.exited() => return Ended::Failed(master_exited(st)),
                 _ = host.reconnect.notified() => return Ended::Reconnect,
                 _ = shutdown.changed() => return Ended::Shutdown,
             }
@@ -837,11 +837,15 @@ fn last_line(text: &str) -> &str {
         .unwrap_or("")
 }
 
-fn describe_exit(st: std::io::Result<std::process::ExitStatus>) -> String {
-    match st {
+fn master_exited(st: std::io::Result<std::process::ExitStatus>) -> Failure {
+    let how = match st {
         Ok(s) => s.to_string(),
         Err(e) => e.to_string(),
-    }
+    };
+    Failure::new(
+        FailureKind::MasterDied,
+        format!("ssh master exited ({how})"),
+    )
 }
 
 #[cfg(test)]
