@@ -11,13 +11,18 @@ pub mod model;
 pub mod reconcile;
 pub mod repeat;
 pub mod rules;
+pub mod supervisor;
 
 pub use backoff::{Backoff, BackoffPolicy};
 pub use classify::{classify_ssh_failure, FailureClass, FailureKind};
 pub use model::{
-    Claim, Container, ContainerId, HostKey, InvalidContainerId, PortBinding, Protocol, Remote,
-    Unsupported,
+    Claim, Container, ContainerEvent, ContainerId, EventAction, HostKey, InvalidContainerId,
+    PortBinding, Protocol, Remote, Unsupported,
 };
 pub use reconcile::{desired_forwards, reconcile, Action, Desired, Held};
 pub use repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};
 pub use rules::{Decision, Rule, RuleAction, Rules};
+pub use supervisor::{
+    Command, Failure, Health, HostMachine, HostPolicy, Input, LastError, MasterPhase, Op, OpId,
+    Outcome, Record, StreamPhase,
+};

@@ -247,6 +247,30 @@ fn wildcard_rank(ip: &str) -> u8 {
     }
 }
 
+/// What the daemon needs to know about one container event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub id: ContainerId,
+    pub action: EventAction,
+    /// Event time on the Docker host's clock, nanoseconds since the epoch.
+    pub time_nano: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventAction {
+    /// The container (re)started: its ports are published now.
+    Start,
+    /// The container's process exited (or was sent SIGKILL, which always
+    /// ends it: dockerd reports `die` only tens of milliseconds later).
+    Die,
+    /// The container was removed.
+    Destroy,
+    /// Something that may change what we show (e.g. a rename): look again.
+    Refresh,
+    /// Anything else (exec_*, attach, health_status, …): nothing to do.
+    Ignore,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

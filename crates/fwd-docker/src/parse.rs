@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use bollard_stubs::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum};
 use fwd_core::{Container, ContainerId, PortBinding, Protocol};
+pub use fwd_core::{ContainerEvent, EventAction};
 
 /// The label docker compose puts on every container of a project.
 pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
@@ -22,30 +23,6 @@ pub enum ParseError {
     },
     #[error("{0}")]
     Invalid(String),
-}
-
-/// What the daemon needs to know about one container event.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ContainerEvent {
-    pub id: ContainerId,
-    pub action: EventAction,
-    /// Event time on the Docker host's clock, nanoseconds since the epoch.
-    pub time_nano: i64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EventAction {
-    /// The container (re)started: its ports are published now.
-    Start,
-    /// The container's process exited (or was sent SIGKILL, which always
-    /// ends it: dockerd reports `die` only tens of milliseconds later).
-    Die,
-    /// The container was removed.
-    Destroy,
-    /// Something that may change what we show (e.g. a rename): look again.
-    Refresh,
-    /// Anything else (exec_*, attach, health_status, …): nothing to do.
-    Ignore,
 }
 
 /// Parses one line of the `/events` stream. Non-container events (which a

@@ -71,6 +71,11 @@ pub struct MasterStatus {
     /// When the next connection attempt is due, Unix time in milliseconds
     /// (only set in state `backoff`, otherwise `null`).
     pub next_retry_ms: Option<u64>,
+    /// Since when no network link is usable on the runner while the master
+    /// is kept (it may survive a short outage), Unix ms; `null` otherwise.
+    /// Added within version 1: absent from older daemons.
+    #[serde(default)]
+    pub network_lost_since_ms: Option<u64>,
 }
 
 /// State of an SSH ControlMaster.

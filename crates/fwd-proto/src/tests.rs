@@ -30,6 +30,7 @@ pub(crate) fn sample_status() -> Status {
                         at_ms: 1_700_000_090_000,
                     }),
                     next_retry_ms: None,
+                    network_lost_since_ms: None,
                 },
                 events: StreamStatus {
                     state: StreamState::Streaming,
@@ -56,6 +57,7 @@ pub(crate) fn sample_status() -> Status {
                         at_ms: 1_700_000_150_000,
                     }),
                     next_retry_ms: Some(1_700_000_210_000),
+                    network_lost_since_ms: None,
                 },
                 events: StreamStatus {
                     state: StreamState::Down,

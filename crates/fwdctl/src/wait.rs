@@ -329,6 +329,7 @@ mod tests {
                     consecutive_failures: 0,
                     last_error: None,
                     next_retry_ms: None,
+                    network_lost_since_ms: None,
                 },
                 events: StreamStatus {
                     state: StreamState::Streaming,

@@ -284,6 +284,7 @@ mod tests {
                 at_ms: 0,
             }),
             next_retry_ms: None,
+            network_lost_since_ms: None,
         };
         assert_eq!(
             strip_clock(render_event(&Event::MasterStateChanged {

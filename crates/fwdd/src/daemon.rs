@@ -5,155 +5,57 @@
 //! borrow is ever held across an `.await`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
-use fwd_core::{Claim, Container, ContainerId, FailureKind, HostKey, Unsupported};
+use fwd_core::{Claim, HostKey, HostMachine, HostPolicy, Input, MasterPhase, Unsupported};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, HostConfig};
 use crate::forwards::{ForwardTable, Link, ServeContext};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MasterPhase {
-    Connecting,
-    Connected,
-    Backoff,
-    Stopped,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StreamPhase {
-    Streaming,
-    Resyncing,
-    Down,
-}
-
-#[derive(Clone, Debug)]
-pub struct LastError {
-    pub kind: FailureKind,
-    pub message: String,
-    pub at: SystemTime,
-}
-
-/// What status reports about one host's link.
-#[derive(Clone, Debug)]
-pub struct HostHealth {
-    pub master: MasterPhase,
-    pub master_pid: Option<u32>,
-    pub since: SystemTime,
-    pub last_probe_rtt: Option<Duration>,
-    pub reconnects: u64,
-    pub consecutive_failures: u32,
-    pub last_error: Option<LastError>,
-    pub next_retry: Option<SystemTime>,
-    pub stream: StreamPhase,
-    pub events_received: u64,
-    pub last_event: Option<SystemTime>,
-    pub stream_restarts: u64,
-    pub docker_version: Option<String>,
-}
-
-impl HostHealth {
-    fn new() -> Self {
-        HostHealth {
-            master: MasterPhase::Connecting,
-            master_pid: None,
-            since: SystemTime::now(),
-            last_probe_rtt: None,
-            reconnects: 0,
-            consecutive_failures: 0,
-            last_error: None,
-            next_retry: None,
-            stream: StreamPhase::Down,
-            events_received: 0,
-            last_event: None,
-            stream_restarts: 0,
-            docker_version: None,
-        }
-    }
-
-    pub fn set_master(&mut self, phase: MasterPhase) {
-        if self.master != phase {
-            self.master = phase;
-            self.since = SystemTime::now();
-        }
-    }
-}
-
 pub struct Host {
     pub key: HostKey,
     pub cfg: HostConfig,
     pub control_path: PathBuf,
-    /// Running containers as last seen on the host.
-    pub containers: RefCell<HashMap<ContainerId, Container>>,
-    health: RefCell<HostHealth>,
+    /// Everything the supervisor decides, and what it knows: link health,
+    /// the host's running containers.
+    pub machine: RefCell<HostMachine>,
     pub link: watch::Sender<Option<Link>>,
     /// `fwdctl reconnect` (and SIGHUP for a failing host): replace the master now.
     pub reconnect: Notify,
     /// `fwdctl resync`: list and inspect everything again now.
     pub resync: Notify,
-    /// The network changed or the machine woke up: check the link now.
-    pub wake: Notify,
+    /// A network interface changed: check the link now.
+    pub net_changed: Notify,
+    /// The machine woke from suspend: check the link now.
+    pub resumed: Notify,
     /// Stops this host's supervisor (shutdown, or the host left the config).
     pub stop: watch::Sender<bool>,
-    /// The supervisor promises to come back to its loop before this instant;
-    /// the systemd watchdog is fed only while every host keeps its promise.
+    /// The supervisor promises to come back to its loop before this instant
+    /// (its machine's deadline); the systemd watchdog is fed only while
+    /// every host keeps its promise.
     pub progress_by: Cell<Instant>,
     task: RefCell<Option<JoinHandle<()>>>,
-    changed: Rc<watch::Sender<u64>>,
 }
 
-impl Host {
-    pub fn health(&self) -> std::cell::Ref<'_, HostHealth> {
-        self.health.borrow()
-    }
-
-    /// Mutable access that announces the change when dropped, so watchers
-    /// (`fwdctl watch`, systemd STATUS=) see every health transition.
-    pub fn health_mut(&self) -> HealthGuard<'_> {
-        HealthGuard {
-            inner: self.health.borrow_mut(),
-            changed: &self.changed,
-        }
-    }
-
-    /// Records that the supervisor is about to wait at most `within`.
-    pub fn expect_progress(&self, within: Duration) {
-        self.progress_by
-            .set(Instant::now() + within + PROGRESS_SLACK);
+/// The supervisor's numbers for one host, from the configuration.
+pub fn host_policy(config: &Config, host: &HostConfig) -> HostPolicy {
+    HostPolicy {
+        backoff: config.retry.backoff.clone(),
+        permanent_retry: config.retry.permanent_retry,
+        health_interval: host.health_interval,
+        resync_interval: config.resync_interval,
+        master_ready_timeout: crate::host::master_ready_timeout(&host.ssh),
+        ..HostPolicy::default()
     }
 }
 
-/// Allowance on top of every promised wait (scheduling, slow disks).
+/// Allowance before the first promise of a new host.
 const PROGRESS_SLACK: Duration = Duration::from_secs(15);
-
-pub struct HealthGuard<'a> {
-    inner: std::cell::RefMut<'a, HostHealth>,
-    changed: &'a watch::Sender<u64>,
-}
-
-impl std::ops::Deref for HealthGuard<'_> {
-    type Target = HostHealth;
-    fn deref(&self) -> &HostHealth {
-        &self.inner
-    }
-}
-
-impl std::ops::DerefMut for HealthGuard<'_> {
-    fn deref_mut(&mut self) -> &mut HostHealth {
-        &mut self.inner
-    }
-}
-
-impl Drop for HealthGuard<'_> {
-    fn drop(&mut self) {
-        self.changed.send_modify(|v| *v = v.wrapping_add(1));
-    }
-}
 
 pub struct Daemon {
     /// Global settings; replaced on reload (the host list is applied
@@ -219,20 +121,22 @@ impl Daemon {
         let key = HostKey::from(cfg.name.as_str());
         let (link, link_rx) = watch::channel(None);
         self.serve.links.borrow_mut().insert(key.clone(), link_rx);
+        let policy = host_policy(&self.config.borrow(), &cfg);
+        let seed = std::collections::hash_map::RandomState::new().hash_one(id);
+        let machine = HostMachine::new(policy, *self.net_usable.borrow(), seed, Instant::now());
         let host = Rc::new(Host {
             key,
             control_path: self.config.borrow().runtime_dir.join(format!("h{id}.ctl")),
             cfg,
-            containers: RefCell::new(HashMap::new()),
-            health: RefCell::new(HostHealth::new()),
+            machine: RefCell::new(machine),
             link,
             reconnect: Notify::new(),
             resync: Notify::new(),
-            wake: Notify::new(),
+            net_changed: Notify::new(),
+            resumed: Notify::new(),
             stop: watch::channel(false).0,
             progress_by: Cell::new(Instant::now() + PROGRESS_SLACK),
             task: RefCell::new(None),
-            changed: self.changed.clone(),
         });
         let task = tokio::task::spawn_local(crate::host::supervise(self.clone(), host.clone()));
         *host.task.borrow_mut() = Some(task);
@@ -253,7 +157,6 @@ impl Daemon {
         };
         stop_hosts(std::slice::from_ref(&host)).await;
         self.serve.forget_host(&host.key);
-        host.containers.borrow_mut().clear();
         self.reconcile();
     }
 
@@ -276,7 +179,8 @@ impl Daemon {
             match new.hosts.iter().find(|c| c.name == *h.key) {
                 Some(c) if *c == h.cfg => {
                     kept += 1;
-                    if h.health().master != MasterPhase::Connected {
+                    let failing = h.machine.borrow().health().master != MasterPhase::Connected;
+                    if failing {
                         h.reconnect.notify_one();
                     }
                 }
@@ -291,6 +195,12 @@ impl Daemon {
             }
         }
         self.serve.connect_wait.set(new.connect_wait);
+        for h in self.hosts() {
+            let policy = host_policy(&new, &h.cfg);
+            h.machine
+                .borrow_mut()
+                .handle(Input::PolicyChanged(policy), Instant::now());
+        }
         let wanted = new.hosts.clone();
         *self.config.borrow_mut() = new;
         let mut started = 0;
@@ -325,7 +235,7 @@ impl Daemon {
         let config = self.config.borrow();
         for h in self.hosts.borrow().iter() {
             let mut host_claims = Vec::new();
-            for c in h.containers.borrow().values() {
+            for c in h.machine.borrow().containers().values() {
                 let (cl, un) = c.claims(&h.key, &config.rules);
                 host_claims.extend(cl);
                 unsupported.extend(un);

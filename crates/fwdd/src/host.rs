@@ -1,79 +1,37 @@
-//! One supervisor per Docker host: keeps its ControlMaster alive, the
-//! Docker channels on it open, and the host's containers current.
+//! One driver task per Docker host: carries the host's inputs to its
+//! [`HostMachine`] (fwd-core) and carries out what the machine decides.
 //!
-//! The cycle, repeated forever until shutdown:
-//! 1. EnsureAlive: clear a stale control socket (or end a master left behind
-//!    by an earlier fwdd), spawn `ssh -M -N` as our child, wait until its
-//!    control socket answers;
-//! 2. open the Docker channels over the master (API requests, event stream)
-//!    and probe end to end with `GET /version`;
-//! 3. subscribe to events (from the last one seen), resync everything, and
-//!    only then declare the link usable to waiting connections;
-//! 4. serve events and health ticks until something fails; then back off
-//!    (first retry immediate, jittered, capped) and start over.
+//! Nothing here decides anything: when to spawn, probe, retry, publish or
+//! give up, and what to log, is the machine's. This file only moves
+//! processes, channels and timers: it spawns the ControlMaster, opens the
+//! Docker channels over it (`docker system dial-stdio` sessions), runs one
+//! request at a time, reads the event stream when the machine asks for
+//! events, and sleeps until the machine's deadline — which is also the
+//! promise given to systemd's watchdog.
 //!
 //! Every remote command goes through the master's socket: nothing here can
 //! open a second SSH connection.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use fwd_core::{
-    classify_ssh_failure, Backoff, EpisodeLog, FailureClass, FailureKind, RecentLines, RepeatGate,
-    UpLog, Verdict,
+    classify_ssh_failure, Command, ContainerId, Failure, FailureKind, Input, Op, OpId, Outcome,
+    Record,
 };
-use fwd_docker::{ApiError, ContainerEvent, DockerApi, EventAction, StreamItem};
+use fwd_docker::{ApiError, DockerApi, EventStream, StreamItem};
 use fwd_ssh::{Master, MasterError, MuxClient, SocketState};
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::daemon::{Daemon, Host, LastError, MasterPhase, StreamPhase};
+use crate::daemon::{Daemon, Host};
 use crate::forwards::Link;
-
-/// How long one Docker API request may take before the channel is
-/// considered hung.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// dockerd drops an API connection that stays idle this long (moby's
-/// 5-minute read timeout, minus a margin).
-const API_IDLE_LIMIT: Duration = Duration::from_secs(240);
-/// A probe after a network change must answer quickly: a link that was
-/// reloaded under an open connection usually leaves it dead.
-const WAKE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A repeating failure is summarised at most this often.
-const SUMMARY_EVERY: Duration = Duration::from_secs(300);
-
-#[derive(Debug)]
-struct Failure {
-    kind: FailureKind,
-    message: String,
-}
-
-impl Failure {
-    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Failure {
-            kind,
-            message: message.into(),
-        }
-    }
-}
-
-enum Ended {
-    Shutdown,
-    /// `fwdctl reconnect`: replace the master now, no backoff.
-    Reconnect,
-    Failed(Failure),
-}
-
-/// Why serving a healthy link stopped, other than a failure.
-enum Stop {
-    Shutdown,
-    Reconnect,
-}
 
 /// Aborts a spawned task when dropped.
 struct TaskGuard(JoinHandle<()>);
@@ -113,23 +71,14 @@ impl DockerChannel {
 }
 
 async fn open_docker(host: &Host) -> Result<(DockerApi, DockerChannel), Failure> {
-    let remote = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        fwd_ssh::spawn_remote(&host.control_path, fwd_docker::DIAL_STDIO_COMMAND),
-    )
-    .await
-    .map_err(|_| {
-        Failure::new(
-            FailureKind::Timeout,
-            "opening a session on the master timed out",
-        )
-    })?
-    .map_err(|e| {
-        Failure::new(
-            FailureKind::MasterDied,
-            format!("opening a session on the master failed: {e}"),
-        )
-    })?;
+    let remote = fwd_ssh::spawn_remote(&host.control_path, fwd_docker::DIAL_STDIO_COMMAND)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                FailureKind::MasterDied,
+                format!("opening a session on the master failed: {e}"),
+            )
+        })?;
     let stderr_tail = Rc::new(RefCell::new(VecDeque::new()));
     let tail = stderr_tail.clone();
     let host_key = host.key.clone();
@@ -158,625 +107,364 @@ async fn open_docker(host: &Host) -> Result<(DockerApi, DockerChannel), Failure>
     ))
 }
 
-/// A jitter sample in [0, 1). Quality does not matter, only that runners
-/// do not agree; std's randomly keyed hasher is enough.
-fn unit_random() -> f64 {
-    let n = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
-    (n >> 11) as f64 / (1u64 << 53) as f64
+/// What a finished operation hands back: its resources and its result.
+enum Done {
+    Master(Result<(Master, mpsc::Receiver<String>), Failure>),
+    Api(Result<(DockerApi, DockerChannel, String), Failure>),
+    Events(Result<(EventStream, DockerChannel), Failure>),
+    /// A request on the API channel, which comes back with the answer.
+    Request(DockerApi, Result<Reply, ApiError>),
+    Probe(DockerApi, Result<(), Failure>),
+    Plain(Outcome),
 }
+
+enum Reply {
+    Listed(Vec<ContainerId>),
+    Inspected(Option<fwd_core::Container>),
+}
+
+type OpFuture = Pin<Box<dyn Future<Output = Done>>>;
+
+/// What the driver holds for the machine: processes, channels, the one
+/// operation in flight.
+#[derive(Default)]
+struct Resources {
+    master: Option<Master>,
+    /// The master's stderr lines (the machine decides which to log).
+    stderr: Option<mpsc::Receiver<String>>,
+    api: Option<DockerApi>,
+    api_channel: Option<DockerChannel>,
+    events: Option<EventStream>,
+    events_channel: Option<DockerChannel>,
+    inflight: Option<(OpId, OpFuture)>,
+}
+
+impl Resources {
+    fn close_channels(&mut self) {
+        self.inflight = None;
+        self.api = None;
+        self.api_channel = None;
+        self.events = None;
+        self.events_channel = None;
+    }
+}
+
+/// Far enough never to trip the watchdog: the machine waits for an input
+/// that has no bound (a network coming back).
+const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Allowance on top of every deadline (scheduling, slow disks).
+const PROGRESS_SLACK: Duration = Duration::from_secs(15);
 
 pub async fn supervise(d: Rc<Daemon>, host: Rc<Host>) {
-    let mut shutdown = host.stop.subscribe();
-    let retry = d.config.borrow().retry.clone();
-    let mut backoff = Backoff::new(retry.backoff.clone());
-    let mut sup = Supervisor {
-        episodes: EpisodeLog::new(retry.backoff.healthy_after, SUMMARY_EVERY),
-        channel_episodes: EpisodeLog::new(retry.backoff.healthy_after, SUMMARY_EVERY),
-        d,
-        host,
-        since_ns: None,
-        generation: 0,
-        ever_connected: false,
-        logged_version: None,
-        recent_stderr: Rc::new(RefCell::new(RecentLines::new(SUMMARY_EVERY, 32))),
-    };
+    let mut stop = host.stop.subscribe();
+    let mut net = d.net_usable.clone();
+    let mut res = Resources::default();
     loop {
-        if *shutdown.borrow() {
+        carry_out(&d, &host, &mut res).await;
+        if host.machine.borrow().is_stopped() {
             break;
         }
-        sup.host.health_mut().set_master(MasterPhase::Connecting);
-        let started = Instant::now();
-        let ended = sup.run_once(&mut shutdown).await;
-        sup.host.link.send_replace(None);
-        let failure = match ended {
-            Ended::Shutdown => break,
-            Ended::Reconnect => {
-                tracing::info!(event = "reconnect_requested", host = %sup.host.key, "replacing the master of {} on request", sup.host.key);
-                backoff.reset();
+        let deadline = host.machine.borrow().poll_timeout();
+        host.progress_by
+            .set(deadline.unwrap_or_else(|| Instant::now() + UNBOUNDED) + PROGRESS_SLACK);
+        let wants_events = host.machine.borrow().wants_events();
+        let input = tokio::select! {
+            _ = sleep_until(deadline) => {
+                host.machine.borrow_mut().handle_timeout(Instant::now());
                 continue;
             }
-            Ended::Failed(f) => f,
-        };
-        let retry = sup.d.config.borrow().retry.clone();
-        backoff.set_policy(retry.backoff);
-        backoff.record_uptime(started.elapsed());
-        let delay = match failure.kind.class() {
-            FailureClass::Permanent => {
-                backoff.next_delay(0.5);
-                retry.permanent_retry
-            }
-            FailureClass::Transient => backoff.next_delay(unit_random()),
-        };
-        sup.record_failure(&failure, backoff.failures(), delay);
-        let early_wake_ok = failure.kind.class() == FailureClass::Transient;
-        if !sup
-            .wait_before_retry(delay, early_wake_ok, &mut shutdown, &mut backoff)
-            .await
-        {
-            break;
-        }
-    }
-    let mut h = sup.host.health_mut();
-    h.set_master(MasterPhase::Stopped);
-    h.stream = StreamPhase::Down;
-    h.master_pid = None;
-}
-
-/// How long to wait for a promise that has no bound (waiting for a network
-/// to come back): far enough to never trip the watchdog.
-const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
-
-struct Supervisor {
-    d: Rc<Daemon>,
-    host: Rc<Host>,
-    /// Engine time of the last event seen: where a new stream resumes.
-    since_ns: Option<i64>,
-    generation: u64,
-    /// A master has been connected before (so the next one is a reconnect).
-    ever_connected: bool,
-    logged_version: Option<String>,
-    recent_stderr: Rc<RefCell<RecentLines>>,
-    /// Log hygiene for the link: one line per kind of trouble per episode.
-    episodes: EpisodeLog,
-    /// The same for the Docker channels on a healthy master.
-    channel_episodes: EpisodeLog,
-}
-
-impl Supervisor {
-    /// Waits before the next connection attempt. Ends early on `fwdctl
-    /// reconnect`, and (for transient failures) when the network changes;
-    /// while no network link is usable it does not retry at all, so an
-    /// unplugged runner neither spins nor logs. Returns false on shutdown.
-    async fn wait_before_retry(
-        &self,
-        delay: Duration,
-        early_wake_ok: bool,
-        shutdown: &mut watch::Receiver<bool>,
-        backoff: &mut Backoff,
-    ) -> bool {
-        let host = &self.host;
-        host.expect_progress(delay);
-        let started = Instant::now();
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => break,
-                _ = host.reconnect.notified() => {
-                    backoff.reset();
-                    return true;
-                }
-                _ = host.wake.notified() => {
-                    // A change of network is the likely cure of a transient
-                    // failure: try now, but not more than once a second.
-                    if early_wake_ok && started.elapsed() >= Duration::from_secs(1) && *self.d.net_usable.borrow() {
-                        return true;
-                    }
-                }
-                _ = shutdown.changed() => return false,
-            }
-        }
-        let mut net = self.d.net_usable.clone();
-        if !*net.borrow() {
-            tracing::debug!(host = %host.key, "no usable network link; waiting for one");
-            host.expect_progress(UNBOUNDED);
-            tokio::select! {
-                _ = net.wait_for(|usable| *usable) => {}
-                _ = host.reconnect.notified() => {}
-                _ = shutdown.changed() => return false,
-            }
-        }
-        true
-    }
-
-    fn record_failure(&mut self, f: &Failure, failures: u32, delay: Duration) {
-        {
-            let mut h = self.host.health_mut();
-            h.set_master(MasterPhase::Backoff);
-            h.stream = StreamPhase::Down;
-            h.master_pid = None;
-            h.consecutive_failures = failures;
-            h.last_error = Some(LastError {
-                kind: f.kind,
-                message: f.message.clone(),
-                at: SystemTime::now(),
-            });
-            h.next_retry = Some(SystemTime::now() + delay);
-        }
-        let key = self.host.key.as_ref();
-        match self.episodes.on_failure(f.kind.as_str(), Instant::now()) {
-            Verdict::Log => tracing::warn!(
-                event = "link_failed",
-                host = key,
-                kind = f.kind.as_str(),
-                class = f.kind.class().as_str(),
-                consecutive_failures = failures,
-                retry_in_ms = delay.as_millis() as u64,
-                error = %f.message,
-                hint = f.kind.hint(),
-                "link to {key} failed: {}",
-                f.message
-            ),
-            Verdict::Summary { repeats } => tracing::warn!(
-                event = "link_still_failing",
-                host = key,
-                kind = f.kind.as_str(),
-                consecutive_failures = failures,
-                repeats,
-                error = %f.message,
-                "link to {key} still failing ({repeats} more failures): {}",
-                f.message
-            ),
-            Verdict::Suppress => {}
-        }
-    }
-
-    async fn run_once(&mut self, shutdown: &mut watch::Receiver<bool>) -> Ended {
-        let host = self.host.clone();
-        let ctl = &host.control_path;
-        // EnsureAlive, step 1: nothing stale may sit at our ControlPath.
-        match fwd_ssh::clear_stale_control_socket(ctl, Duration::from_secs(2)).await {
-            Ok(SocketState::Live(pid)) => {
-                // A master we did not spawn (an earlier fwdd was killed): we
-                // cannot watch its exit, so end it and start our own.
-                tracing::info!(event = "foreign_master_ended", host = %host.key, pid, "ending a leftover ssh master (pid {pid})");
-                if let Ok(c) = MuxClient::connect(ctl).await {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), c.terminate()).await;
-                }
-                let _ = std::fs::remove_file(ctl);
-            }
-            Ok(SocketState::Absent | SocketState::RemovedStale) => {}
-            Err(e) => {
-                return Ended::Failed(Failure::new(
-                    FailureKind::InvalidConfig,
-                    format!("cannot clear the control socket {}: {e}", ctl.display()),
-                ))
-            }
-        }
-        let cfg = &host.cfg.ssh;
-        let ready_timeout = cfg.connect_timeout * 2 + Duration::from_secs(5);
-        host.expect_progress(ready_timeout);
-        let spawned = tokio::select! {
-            r = Master::spawn(cfg, ctl, ready_timeout) => r,
-            _ = shutdown.changed() => return Ended::Shutdown,
-        };
-        let (mut master, mut stderr_rx) = match spawned {
-            Ok(m) => m,
-            Err(e) => return Ended::Failed(master_failure(e)),
-        };
-        let host_key = host.key.clone();
-        let recent = self.recent_stderr.clone();
-        // The master's stderr carries the reason a connection fails. ssh
-        // repeats itself on every retry, so a line is logged once per
-        // window; the failure line quotes the last one anyway.
-        let _stderr_task = TaskGuard(tokio::task::spawn_local(async move {
-            while let Some(line) = stderr_rx.recv().await {
-                // A client connecting before its container listens makes
-                // ssh print "channel 7: open failed: …": one per connection,
-                // about the container, not the link.
-                if line.contains("open failed") {
-                    tracing::debug!(host = %host_key, line = %line, "ssh: {line}");
+            (id, done) = in_flight(&mut res.inflight) => Input::Done(id, absorb(&mut res, done).await),
+            item = next_event(&mut res.events), if wants_events => match item {
+                Ok(Some(StreamItem::Event(ev))) => Input::Event(ev),
+                Ok(Some(StreamItem::Skipped(why))) => Input::EventSkipped(why),
+                Ok(Some(StreamItem::Other)) => continue,
+                Ok(None) => Input::StreamFailed(diagnose(&mut res.events_channel, "the docker event stream ended").await),
+                Err(e) => Input::StreamFailed(diagnose(&mut res.events_channel, e).await),
+            },
+            line = next_line(&mut res.stderr) => match line {
+                Some(line) => Input::MasterStderr(line),
+                None => {
+                    res.stderr = None;
                     continue;
                 }
-                if recent
-                    .borrow_mut()
-                    .is_fresh(&without_numbers(&line), Instant::now())
-                {
-                    tracing::info!(event = "ssh_stderr", host = %host_key, line = %line, "ssh: {line}");
-                }
+            },
+            how = master_exit(&mut res.master) => {
+                let tail = res.master.as_ref().map(|m| m.stderr_tail().join("\n")).unwrap_or_default();
+                Input::MasterExited { how, stderr_tail: tail }
             }
-        }));
-        host.health_mut().master_pid = Some(master.pid);
-        let ended = self.serve_master(&mut master, shutdown).await;
-        host.link.send_replace(None);
-        let ended = match ended {
-            Ended::Failed(f) if f.kind == FailureKind::MasterDied => {
-                let tail = master.stderr_tail().join("\n");
-                let kind = match classify_ssh_failure(&tail) {
-                    FailureKind::Unknown => FailureKind::MasterDied,
-                    k => k,
-                };
-                Ended::Failed(Failure::new(
-                    kind,
-                    format!("{} {}", f.message, last_line(&tail)),
-                ))
-            }
-            other => other,
+            _ = host.reconnect.notified() => Input::ReconnectRequested,
+            _ = host.resync.notified() => Input::ResyncRequested,
+            _ = host.net_changed.notified() => Input::Network { usable: *net.borrow() },
+            _ = host.resumed.notified() => Input::Resumed,
+            r = net.changed() => match r {
+                Ok(()) => Input::Network { usable: *net.borrow_and_update() },
+                Err(_) => continue,
+            },
+            _ = stop.changed() => Input::Shutdown,
         };
-        master.shutdown(Duration::from_millis(500)).await;
-        ended
+        host.machine.borrow_mut().handle(input, Instant::now());
     }
+    carry_out(&d, &host, &mut res).await;
+}
 
-    /// Runs the Docker side on a live master until the master or shutdown
-    /// ends it. Docker channel failures on a healthy master are retried
-    /// here without replacing the master.
-    async fn serve_master(
-        &mut self,
-        master: &mut Master,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Ended {
-        let host = self.host.clone();
-        let master_pid = master.pid;
-        let mut channel_backoff = Backoff::new(self.d.config.borrow().retry.backoff.clone());
-        loop {
-            let session_started = Instant::now();
-            let result = tokio::select! {
-                r = self.serve_docker(master_pid, shutdown) => r,
-                st = master.exited() => Err(master_exited(st)),
-            };
-            let failure = match result {
-                Ok(Stop::Shutdown) => return Ended::Shutdown,
-                Ok(Stop::Reconnect) => return Ended::Reconnect,
-                Err(f) => f,
-            };
-            if failure.kind == FailureKind::MasterDied {
-                return Ended::Failed(failure);
-            }
-            // A request that got no answer indicts the connection: the mux
-            // alive check below only proves the local ssh process lives,
-            // and a black-holed connection keeps it alive for a keepalive
-            // budget. The same holds for anything failing while no network
-            // link is usable.
-            if failure.kind == FailureKind::Timeout || !*self.d.net_usable.borrow() {
-                return Ended::Failed(failure);
-            }
-            // Is the master itself still fine? Then only the channel failed.
-            let alive = tokio::time::timeout(Duration::from_secs(2), alive_check(&host)).await;
-            if !matches!(alive, Ok(Ok(_))) {
-                // The channel failed because the connection under it did:
-                // report it as such (its stderr says why).
-                return Ended::Failed(Failure::new(
-                    FailureKind::MasterDied,
-                    format!(
-                        "ssh master lost its connection ({})",
-                        failure.message.trim()
-                    ),
-                ));
-            }
-            if failure.kind.class() == FailureClass::Permanent {
-                return Ended::Failed(failure);
-            }
-            channel_backoff.record_uptime(session_started.elapsed());
-            let delay = channel_backoff.next_delay(unit_random());
-            {
-                let mut h = host.health_mut();
-                h.stream = StreamPhase::Down;
-                h.stream_restarts += 1;
-                h.consecutive_failures = channel_backoff.failures();
-                h.last_error = Some(LastError {
-                    kind: failure.kind,
-                    message: failure.message.clone(),
-                    at: SystemTime::now(),
-                });
-                h.next_retry = Some(SystemTime::now() + delay);
-            }
-            match self
-                .channel_episodes
-                .on_failure(failure.kind.as_str(), Instant::now())
-            {
-                Verdict::Log => tracing::info!(
-                    event = "stream_restarting",
-                    host = %host.key,
-                    error = %failure.message,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "docker channel to {} ended ({}); reopening",
-                    host.key,
-                    failure.message
-                ),
-                Verdict::Summary { repeats } => tracing::info!(
-                    event = "stream_still_restarting",
-                    host = %host.key,
-                    error = %failure.message,
-                    repeats,
-                    "docker channel to {} keeps ending ({repeats} more times): {}",
-                    host.key,
-                    failure.message
-                ),
-                Verdict::Suppress => {}
-            }
-            host.expect_progress(delay);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                st = master.exited() => return Ended::Failed(master_exited(st)),
-                _ = host.reconnect.notified() => return Ended::Reconnect,
-                _ = shutdown.changed() => return Ended::Shutdown,
-            }
-        }
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
+}
 
-    /// Opens the Docker channels, resyncs, and serves events and health
-    /// ticks until something fails or a stop is requested.
-    async fn serve_docker(
-        &mut self,
-        master_pid: u32,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<Stop, Failure> {
-        let host = self.host.clone();
-        host.health_mut().stream = StreamPhase::Resyncing;
-        // Setup: two sessions, a probe, a subscription and a resync, each bounded.
-        host.expect_progress(REQUEST_TIMEOUT * 5);
-        let (mut api, api_channel) = open_docker(&host).await?;
-        // EnsureAlive, step 2: a request end to end (master, sshd, docker CLI, dockerd).
-        let t0 = Instant::now();
-        let version = match tokio::time::timeout(REQUEST_TIMEOUT, api.version()).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => return Err(api_channel.diagnose(e).await),
-            Err(_) => {
-                return Err(Failure::new(
-                    FailureKind::Timeout,
-                    "the Docker engine did not answer GET /version",
-                ))
+async fn in_flight(inflight: &mut Option<(OpId, OpFuture)>) -> (OpId, Done) {
+    let Some((id, fut)) = inflight.as_mut() else {
+        return std::future::pending().await;
+    };
+    let done = fut.as_mut().await;
+    let id = *id;
+    *inflight = None;
+    (id, done)
+}
+
+async fn next_line(lines: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
+    match lines {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_event(events: &mut Option<EventStream>) -> Result<Option<StreamItem>, ApiError> {
+    match events {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn master_exit(master: &mut Option<Master>) -> String {
+    match master {
+        Some(m) => match m.exited().await {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn diagnose(channel: &mut Option<DockerChannel>, err: impl std::fmt::Display) -> Failure {
+    match channel.take() {
+        Some(c) => c.diagnose(err).await,
+        None => Failure::new(FailureKind::StreamEnded, err.to_string()),
+    }
+}
+
+/// Keeps what a finished operation brought and tells the machine how it went.
+async fn absorb(res: &mut Resources, done: Done) -> Outcome {
+    match done {
+        Done::Master(Ok((master, stderr))) => {
+            let pid = master.pid;
+            res.stderr = Some(stderr);
+            res.master = Some(master);
+            Outcome::MasterReady { pid }
+        }
+        Done::Master(Err(f)) => Outcome::Failed(f),
+        Done::Api(Ok((api, channel, version))) => {
+            res.api = Some(api);
+            res.api_channel = Some(channel);
+            Outcome::ApiReady { version }
+        }
+        Done::Events(Ok((stream, channel))) => {
+            res.events = Some(stream);
+            res.events_channel = Some(channel);
+            Outcome::Subscribed
+        }
+        Done::Api(Err(f)) | Done::Events(Err(f)) => Outcome::Failed(f),
+        Done::Request(api, Ok(reply)) => {
+            res.api = Some(api);
+            match reply {
+                Reply::Listed(ids) => Outcome::Listed(ids),
+                Reply::Inspected(c) => Outcome::Inspected(c),
             }
+        }
+        Done::Request(api, Err(ApiError::Parse(e))) => {
+            res.api = Some(api);
+            Outcome::Unparsable(e.to_string())
+        }
+        Done::Request(_, Err(e)) => Outcome::Failed(diagnose(&mut res.api_channel, e).await),
+        Done::Probe(api, r) => {
+            res.api = Some(api);
+            match r {
+                Ok(()) => Outcome::Answered,
+                Err(f) => Outcome::Failed(f),
+            }
+        }
+        Done::Plain(o) => o,
+    }
+}
+
+/// Carries out every command the machine has queued.
+async fn carry_out(d: &Rc<Daemon>, host: &Rc<Host>, res: &mut Resources) {
+    loop {
+        let Some(cmd) = host.machine.borrow_mut().poll_command() else {
+            break;
         };
-        let rtt = t0.elapsed();
-        let (events_api, events_channel) = open_docker(&host).await?;
-        // Subscribe before listing, so nothing that happens during the
-        // resync is missed; events that replay what the resync saw are
-        // harmless (handling is idempotent).
-        let mut stream =
-            match tokio::time::timeout(REQUEST_TIMEOUT, events_api.events(self.since_ns)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(events_channel.diagnose(e).await),
-                Err(_) => {
-                    return Err(Failure::new(
-                        FailureKind::Timeout,
-                        "subscribing to docker events timed out",
-                    ))
+        match cmd {
+            Command::Start(id, op) => res.inflight = Some((id, start(d, host, res, op))),
+            Command::StopMaster => {
+                res.close_channels();
+                res.stderr = None;
+                if let Some(m) = res.master.take() {
+                    m.shutdown(Duration::from_millis(500)).await;
                 }
-            };
-        self.resync(&mut api).await?;
-
-        // The link is usable: wake connections waiting for it.
-        self.generation += 1;
-        host.link.send_replace(Some(Link {
-            control_path: host.control_path.clone(),
-            generation: self.generation,
-            ssh: Arc::new(host.cfg.ssh.clone()),
-        }));
-        {
-            let mut h = host.health_mut();
-            if h.master != MasterPhase::Connected {
-                if self.ever_connected {
-                    h.reconnects += 1;
-                }
-                h.set_master(MasterPhase::Connected);
             }
-            h.master_pid = Some(master_pid);
-            h.consecutive_failures = 0;
-            h.next_retry = None;
-            h.last_probe_rtt = Some(rtt);
-            h.stream = StreamPhase::Streaming;
-            h.docker_version = Some(version.clone());
-        }
-        self.ever_connected = true;
-        self.channel_episodes.on_up(Instant::now());
-        let failures_before = match self.episodes.on_up(Instant::now()) {
-            UpLog::Quiet => None,
-            UpLog::First => Some(0),
-            UpLog::Recovered { failures } => Some(failures),
-        };
-        if let Some(failures_before) = failures_before {
-            tracing::info!(
-                event = "link_up",
-                host = %host.key,
-                master_pid = master_pid,
-                failures_before,
-                "connected to {} (ssh master pid {})",
-                host.key,
-                master_pid
-            );
-        }
-        if self.logged_version.as_deref() != Some(version.as_str()) {
-            tracing::info!(event = "docker_version", host = %host.key, version = %version, "Docker engine on {}: {version}", host.key);
-            self.logged_version = Some(version);
-        }
-
-        // dockerd closes an API connection idle for 5 minutes: probe more
-        // often than that whatever the configured interval.
-        let health_period = host.cfg.health_interval.min(API_IDLE_LIMIT);
-        let mut health = tokio::time::interval(health_period);
-        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        health.tick().await;
-        let resync_period = self.d.config.borrow().resync_interval;
-        let mut resync = tokio::time::interval(resync_period);
-        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        resync.tick().await;
-        let mut skipped = RepeatGate::new(SUMMARY_EVERY);
-        loop {
-            // Every branch below returns to this loop within a health period
-            // plus one bounded request.
-            host.expect_progress(health_period + REQUEST_TIMEOUT * 2);
-            tokio::select! {
-                item = stream.next() => match item {
-                    Ok(Some(StreamItem::Event(ev))) => {
-                        if let Err(e) = self.handle_event(&mut api, ev).await {
-                            return Err(api_channel.diagnose(e).await);
-                        }
-                    }
-                    Ok(Some(StreamItem::Skipped(why))) => {
-                        if skipped.observe("skipped", Instant::now()) != Verdict::Suppress {
-                            tracing::warn!(event = "event_skipped", host = %host.key, reason = %why, "skipped an event line from {}: {why}", host.key);
-                        }
-                    }
-                    Ok(Some(StreamItem::Other)) => {}
-                    Ok(None) => return Err(events_channel.diagnose("the docker event stream ended").await),
-                    Err(e) => return Err(events_channel.diagnose(e).await),
-                },
-                _ = health.tick() => self.probe(&mut api, host.cfg.health_interval.min(REQUEST_TIMEOUT)).await?,
-                _ = host.wake.notified() => {
-                    // The network changed or the machine woke up: find out
-                    // now instead of waiting for keepalives to give up.
-                    tracing::debug!(host = %host.key, "woken: probing the link");
-                    self.probe(&mut api, WAKE_PROBE_TIMEOUT).await?;
-                }
-                _ = resync.tick() => {
-                    host.expect_progress(REQUEST_TIMEOUT * 3);
-                    self.resync(&mut api).await?;
-                }
-                _ = host.resync.notified() => {
-                    tracing::info!(event = "resync_requested", host = %host.key, "resyncing {} on request", host.key);
-                    self.resync(&mut api).await?;
-                }
-                _ = host.reconnect.notified() => return Ok(Stop::Reconnect),
-                _ = shutdown.changed() => return Ok(Stop::Shutdown),
+            Command::CloseChannels => res.close_channels(),
+            Command::Publish { generation } => {
+                host.link.send_replace(Some(Link {
+                    control_path: host.control_path.clone(),
+                    generation,
+                    ssh: Arc::new(host.cfg.ssh.clone()),
+                }));
             }
+            Command::Withdraw => {
+                host.link.send_replace(None);
+            }
+            Command::ContainersChanged => d.reconcile(),
+            Command::Log(r) => log_record(&host.key, r),
         }
     }
+    if host.machine.borrow_mut().take_health_changed() {
+        d.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
 
-    /// A health tick: the mux answers, and a request crosses to dockerd.
-    async fn probe(&self, api: &mut DockerApi, timeout: Duration) -> Result<(), Failure> {
-        let link = self.host.link.borrow().clone();
-        let alive = async {
-            match &link {
-                Some(link) => self.d.serve.alive_check(&self.host.key, link).await,
-                None => alive_check(&self.host).await,
-            }
-        };
-        match tokio::time::timeout(timeout, alive).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                return Err(Failure::new(
+/// The future that performs `op`.
+fn start(d: &Rc<Daemon>, host: &Rc<Host>, res: &mut Resources, op: Op) -> OpFuture {
+    let host = host.clone();
+    // Requests need the API channel; the machine issues them only while it
+    // is open, so its absence is a failed channel.
+    let no_channel = || -> OpFuture {
+        Box::pin(async {
+            Done::Plain(Outcome::Failed(Failure::new(
+                FailureKind::StreamEnded,
+                "the Docker API channel is closed",
+            )))
+        })
+    };
+    let fut: OpFuture = match op {
+        Op::SpawnMaster => Box::pin(async move { Done::Master(spawn_master(&host).await) }),
+        Op::OpenApi => Box::pin(async move {
+            let opened = async {
+                let (mut api, channel) = open_docker(&host).await?;
+                match api.version().await {
+                    Ok(v) => Ok((api, channel, v)),
+                    Err(e) => Err(channel.diagnose(e).await),
+                }
+            };
+            Done::Api(opened.await)
+        }),
+        Op::Subscribe { since_ns } => Box::pin(async move {
+            let opened = async {
+                let (api, channel) = open_docker(&host).await?;
+                match api.events(since_ns).await {
+                    Ok(stream) => Ok((stream, channel)),
+                    Err(e) => Err(channel.diagnose(e).await),
+                }
+            };
+            Done::Events(opened.await)
+        }),
+        Op::ListContainers => {
+            let Some(mut api) = res.api.take() else {
+                return no_channel();
+            };
+            Box::pin(async move {
+                let r = api.running_containers().await.map(Reply::Listed);
+                Done::Request(api, r)
+            })
+        }
+        Op::Inspect(id) => {
+            let Some(mut api) = res.api.take() else {
+                return no_channel();
+            };
+            Box::pin(async move {
+                let r = api.inspect(&id).await.map(Reply::Inspected);
+                Done::Request(api, r)
+            })
+        }
+        Op::Probe => {
+            let Some(mut api) = res.api.take() else {
+                return no_channel();
+            };
+            let d = d.clone();
+            Box::pin(async move {
+                let r = probe(&d, &host, &mut api).await;
+                Done::Probe(api, r)
+            })
+        }
+        Op::CheckMaster => Box::pin(async move {
+            Done::Plain(match alive_check(&host).await {
+                Ok(_) => Outcome::Answered,
+                Err(e) => Outcome::Failed(Failure::new(
                     FailureKind::MasterDied,
                     format!("mux alive check failed: {e}"),
-                ))
-            }
-            Err(_) => {
-                return Err(Failure::new(
-                    FailureKind::Timeout,
-                    "mux alive check timed out",
-                ))
-            }
-        }
-        let t0 = Instant::now();
-        match tokio::time::timeout(timeout, api.version()).await {
-            Ok(Ok(_)) => {
-                self.host.health_mut().last_probe_rtt = Some(t0.elapsed());
-                Ok(())
-            }
-            Ok(Err(e)) => Err(Failure::new(
-                FailureKind::StreamEnded,
-                format!("health probe failed: {e}"),
-            )),
-            Err(_) => Err(Failure::new(
-                FailureKind::Timeout,
-                format!("health probe got no answer within {}s", timeout.as_secs()),
-            )),
-        }
-    }
+                )),
+            })
+        }),
+    };
+    fut
+}
 
-    /// Replaces the host's container set with what the engine says now.
-    async fn resync(&mut self, api: &mut DockerApi) -> Result<(), Failure> {
-        let request_failed =
-            |e: ApiError| Failure::new(FailureKind::StreamEnded, format!("resync failed: {e}"));
-        let ids = match tokio::time::timeout(REQUEST_TIMEOUT, api.running_containers()).await {
-            Ok(r) => r.map_err(request_failed)?,
-            Err(_) => {
-                return Err(Failure::new(
-                    FailureKind::Timeout,
-                    "listing containers timed out",
-                ))
+/// EnsureAlive: nothing stale may sit at the ControlPath; then `ssh -M` as
+/// our child, ready when its control socket answers.
+async fn spawn_master(host: &Host) -> Result<(Master, mpsc::Receiver<String>), Failure> {
+    let ctl = &host.control_path;
+    match fwd_ssh::clear_stale_control_socket(ctl, Duration::from_secs(2)).await {
+        Ok(SocketState::Live(pid)) => {
+            // A master we did not spawn (an earlier fwdd was killed): we
+            // cannot watch its exit, so end it and start our own.
+            tracing::info!(event = "foreign_master_ended", host = %host.key, pid, "ending a leftover ssh master (pid {pid})");
+            if let Ok(c) = MuxClient::connect(ctl).await {
+                let _ = tokio::time::timeout(Duration::from_secs(2), c.terminate()).await;
             }
-        };
-        let mut fresh = HashMap::new();
-        for id in ids {
-            self.host.expect_progress(REQUEST_TIMEOUT);
-            match tokio::time::timeout(REQUEST_TIMEOUT, api.inspect(&id)).await {
-                Ok(Ok(Some(c))) => {
-                    fresh.insert(c.id.clone(), c);
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(ApiError::Parse(e))) => {
-                    tracing::warn!(event = "inspect_unparsable", host = %self.host.key, container_id = %id, error = %e, "skipping container {id}: {e}");
-                }
-                Ok(Err(e)) => return Err(request_failed(e)),
-                Err(_) => {
-                    return Err(Failure::new(
-                        FailureKind::Timeout,
-                        "inspecting a container timed out",
-                    ))
-                }
-            }
+            let _ = std::fs::remove_file(ctl);
         }
-        *self.host.containers.borrow_mut() = fresh;
-        self.d.reconcile();
-        Ok(())
+        Ok(SocketState::Absent | SocketState::RemovedStale) => {}
+        Err(e) => {
+            return Err(Failure::new(
+                FailureKind::InvalidConfig,
+                format!(
+                    "cannot clear the control socket {}: {e}; remove it by hand or fix the runtime directory's permissions",
+                    ctl.display()
+                ),
+            ))
+        }
     }
+    let cfg = &host.cfg.ssh;
+    Master::spawn(cfg, ctl, master_ready_timeout(cfg))
+        .await
+        .map_err(master_failure)
+}
 
-    async fn handle_event(
-        &mut self,
-        api: &mut DockerApi,
-        ev: ContainerEvent,
-    ) -> Result<(), ApiError> {
-        self.since_ns = Some(self.since_ns.map_or(ev.time_nano, |s| s.max(ev.time_nano)));
-        {
-            let mut h = self.host.health_mut();
-            h.events_received += 1;
-            h.last_event = Some(SystemTime::now());
-        }
-        match ev.action {
-            EventAction::Start | EventAction::Refresh => {
-                let inspected = match tokio::time::timeout(REQUEST_TIMEOUT, api.inspect(&ev.id))
-                    .await
-                {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(ApiError::Parse(e))) => {
-                        tracing::warn!(event = "inspect_unparsable", host = %self.host.key, container_id = %ev.id, error = %e, "skipping container {}: {e}", ev.id);
-                        return Ok(());
-                    }
-                    Ok(Err(e)) => return Err(e),
-                    Err(_) => {
-                        return Err(ApiError::Body("inspect timed out".into()));
-                    }
-                };
-                let mut containers = self.host.containers.borrow_mut();
-                match inspected {
-                    Some(c) => {
-                        containers.insert(c.id.clone(), c);
-                    }
-                    None => {
-                        containers.remove(&ev.id);
-                    }
-                }
-            }
-            EventAction::Die => {
-                // An event older than the container's current start is a
-                // replay from before a restart: the container runs.
-                let mut containers = self.host.containers.borrow_mut();
-                if containers
-                    .get(&ev.id)
-                    .is_some_and(|c| ev.time_nano >= c.started_at_ns)
-                {
-                    containers.remove(&ev.id);
-                }
-            }
-            EventAction::Destroy => {
-                self.host.containers.borrow_mut().remove(&ev.id);
-            }
-            EventAction::Ignore => return Ok(()),
-        }
-        self.d.reconcile();
-        Ok(())
+pub fn master_ready_timeout(cfg: &fwd_ssh::MasterConfig) -> Duration {
+    cfg.connect_timeout * 2 + Duration::from_secs(5)
+}
+
+/// A health probe: the mux answers, and a request crosses to dockerd.
+async fn probe(d: &Daemon, host: &Host, api: &mut DockerApi) -> Result<(), Failure> {
+    let link = host.link.borrow().clone();
+    let alive = match &link {
+        // On the idle spare connection: one request instead of three.
+        Some(link) => d.serve.alive_check(&host.key, link).await,
+        None => alive_check(host).await,
+    };
+    if let Err(e) = alive {
+        return Err(Failure::new(
+            FailureKind::MasterDied,
+            format!("mux alive check failed: {e}"),
+        ));
     }
+    api.version().await.map(|_| ()).map_err(|e| {
+        Failure::new(
+            FailureKind::StreamEnded,
+            format!("health probe failed: {e}"),
+        )
+    })
 }
 
 async fn alive_check(host: &Host) -> Result<u32, fwd_ssh::MuxError> {
@@ -797,9 +485,10 @@ fn master_failure(e: MasterError) -> Failure {
                 FailureKind::Unknown => FailureKind::MasterDied,
                 k => k,
             };
+            let last = tail.lines().rev().find(|l| !l.trim().is_empty());
             Failure::new(
                 kind,
-                format!("ssh master failed to start: {}", last_line(&tail)),
+                format!("ssh master failed to start: {}", last.unwrap_or("")),
             )
         }
         MasterError::InvalidDestination(_)
@@ -811,53 +500,108 @@ fn master_failure(e: MasterError) -> Failure {
     }
 }
 
-/// Folds the numbers out of a line (pids, ports, channel numbers), so
-/// repeats of the same message count as the same line.
-fn without_numbers(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut in_number = false;
-    for c in line.chars() {
-        if c.is_ascii_digit() {
-            if !in_number {
-                out.push('#');
-            }
-            in_number = true;
-        } else {
-            in_number = false;
-            out.push(c);
+/// The machine's log records, with their stable event names and fields.
+pub fn log_record(host: &str, r: Record) {
+    let event = r.event();
+    match r {
+        Record::LinkFailed {
+            kind,
+            consecutive_failures,
+            retry_in,
+            message,
+        } => tracing::warn!(
+            event,
+            host,
+            kind = kind.as_str(),
+            class = kind.class().as_str(),
+            consecutive_failures,
+            retry_in_ms = retry_in.as_millis() as u64,
+            error = %message,
+            hint = kind.hint(),
+            "link to {host} failed: {message}"
+        ),
+        Record::LinkStillFailing {
+            kind,
+            consecutive_failures,
+            repeats,
+            message,
+        } => tracing::warn!(
+            event,
+            host,
+            kind = kind.as_str(),
+            consecutive_failures,
+            repeats,
+            error = %message,
+            "link to {host} still failing ({repeats} more failures): {message}"
+        ),
+        Record::LinkUp {
+            master_pid,
+            failures_before,
+        } => tracing::info!(
+            event,
+            host,
+            master_pid,
+            failures_before,
+            "connected to {host} (ssh master pid {master_pid})"
+        ),
+        Record::DockerVersion { version } => {
+            tracing::info!(event, host, version = %version, "Docker engine on {host}: {version}")
         }
-    }
-    out
-}
-
-fn last_line(text: &str) -> &str {
-    text.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-}
-
-fn master_exited(st: std::io::Result<std::process::ExitStatus>) -> Failure {
-    let how = match st {
-        Ok(s) => s.to_string(),
-        Err(e) => e.to_string(),
-    };
-    Failure::new(
-        FailureKind::MasterDied,
-        format!("ssh master exited ({how})"),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::without_numbers;
-
-    #[test]
-    fn numbers_do_not_make_a_line_new() {
-        assert_eq!(
-            without_numbers("channel 7: open failed: connect failed: Connection refused"),
-            without_numbers("channel 12: open failed: connect failed: Connection refused")
-        );
-        assert_eq!(without_numbers("port 22 pid 4021"), "port # pid #");
+        Record::StreamRestarting { message, retry_in } => tracing::info!(
+            event,
+            host,
+            error = %message,
+            retry_in_ms = retry_in.as_millis() as u64,
+            "docker channel to {host} ended ({message}); reopening"
+        ),
+        Record::StreamStillRestarting { message, repeats } => tracing::info!(
+            event,
+            host,
+            error = %message,
+            repeats,
+            "docker channel to {host} keeps ending ({repeats} more times): {message}"
+        ),
+        Record::ReconnectRequested => {
+            tracing::info!(event, host, "replacing the master of {host} on request")
+        }
+        Record::ResyncRequested => {
+            tracing::info!(event, host, "resyncing {host} on request")
+        }
+        Record::EventSkipped { reason } => tracing::warn!(
+            event,
+            host,
+            reason = %reason,
+            "skipped an event line from {host}: {reason}"
+        ),
+        Record::InspectUnparsable { container, error } => tracing::warn!(
+            event,
+            host,
+            container_id = %container,
+            error = %error,
+            "skipping container {container}: {error}"
+        ),
+        Record::SshStderr { line } => {
+            tracing::info!(event, host, line = %line, "ssh: {line}")
+        }
+        Record::ChannelOpenFailed { line } => {
+            tracing::debug!(event, host, line = %line, "ssh: {line}")
+        }
+        Record::NetworkLost { repeats } => tracing::info!(
+            event,
+            host,
+            repeats,
+            "no usable network; keeping the connection to {host} in case the link returns"
+        ),
+        Record::NetworkBack { after } => tracing::debug!(
+            event,
+            host,
+            after_ms = after.as_millis() as u64,
+            "a network is back after {after:?}; probing {host}"
+        ),
+        Record::WaitingForNetwork => tracing::debug!(
+            event,
+            host,
+            "no usable network link; waiting for one before retrying {host}"
+        ),
     }
 }

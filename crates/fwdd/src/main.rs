@@ -256,14 +256,14 @@ fn spawn_wakers(daemon: &Rc<Daemon>, mut net_changes: watch::Receiver<u64>) {
     tokio::task::spawn_local(async move {
         while net_changes.changed().await.is_ok() {
             for h in d.hosts() {
-                h.wake.notify_one();
+                h.net_changed.notify_one();
             }
         }
     });
     let d = daemon.clone();
     sleepwatch::spawn(move || {
         for h in d.hosts() {
-            h.wake.notify_one();
+            h.resumed.notify_one();
         }
     });
 }

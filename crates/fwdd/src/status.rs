@@ -1,19 +1,25 @@
 //! The daemon's state as the control API's `Status` snapshot.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fwd_core::Claim;
+use fwd_core::{Claim, MasterPhase, StreamPhase};
 use fwd_proto::{
     DaemonInfo, ErrorInfo, ForwardState, ForwardStatus, HostStatus, MasterState, MasterStatus,
     Status, StreamState, StreamStatus,
 };
 
-use crate::daemon::{Daemon, MasterPhase, StreamPhase};
+use crate::daemon::Daemon;
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_millis() as u64
+}
+
+/// The machine keeps monotonic instants; status shows wall-clock times, as
+/// long ago as the instant is before now.
+fn instant_ms(t: Instant, now: Instant, wall_now: SystemTime) -> u64 {
+    unix_ms(wall_now - now.saturating_duration_since(t))
 }
 
 fn forward(
@@ -40,11 +46,14 @@ fn forward(
 }
 
 pub fn snapshot(d: &Daemon) -> Status {
+    let (now, wall_now) = (Instant::now(), SystemTime::now());
+    let at = |t: Instant| instant_ms(t, now, wall_now);
     let hosts = d
         .hosts()
         .iter()
         .map(|h| {
-            let health = h.health();
+            let machine = h.machine.borrow();
+            let health = machine.health();
             HostStatus {
                 name: h.key.to_string(),
                 destination: h.cfg.ssh.destination.clone(),
@@ -56,7 +65,7 @@ pub fn snapshot(d: &Daemon) -> Status {
                         MasterPhase::Stopped => MasterState::Stopped,
                     },
                     pid: health.master_pid,
-                    since_ms: unix_ms(health.since),
+                    since_ms: at(health.since),
                     last_probe_rtt_ms: health.last_probe_rtt.map(|d| d.as_secs_f64() * 1000.0),
                     reconnects: health.reconnects,
                     consecutive_failures: health.consecutive_failures,
@@ -64,9 +73,12 @@ pub fn snapshot(d: &Daemon) -> Status {
                         class: e.kind.class().as_str().to_string(),
                         kind: e.kind.as_str().to_string(),
                         message: format!("{} ({})", e.message, e.kind.hint()),
-                        at_ms: unix_ms(e.at),
+                        at_ms: at(e.at),
                     }),
-                    next_retry_ms: health.next_retry.map(unix_ms),
+                    next_retry_ms: health
+                        .next_retry
+                        .map(|t| unix_ms(wall_now + t.saturating_duration_since(now))),
+                    network_lost_since_ms: health.network_lost_since.map(at),
                 },
                 events: StreamStatus {
                     state: match health.stream {
@@ -75,7 +87,7 @@ pub fn snapshot(d: &Daemon) -> Status {
                         StreamPhase::Down => StreamState::Down,
                     },
                     events_received: health.events_received,
-                    last_event_ms: health.last_event.map(unix_ms),
+                    last_event_ms: health.last_event.map(at),
                     restarts: health.stream_restarts,
                 },
                 docker_version: health.docker_version.clone(),

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::daemon::{Daemon, MasterPhase};
+use fwd_core::MasterPhase;
+
+use crate::daemon::Daemon;
 
 fn under_systemd() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()
@@ -32,7 +34,7 @@ pub fn status_line(d: &Daemon) -> String {
     let hosts = d.hosts();
     let connected = hosts
         .iter()
-        .filter(|h| h.health().master == MasterPhase::Connected)
+        .filter(|h| h.machine.borrow().health().master == MasterPhase::Connected)
         .count();
     let table = d.table.borrow();
     let active = table.forwards.values().filter(|f| f.held.bound).count();

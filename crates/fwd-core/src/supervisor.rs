@@ -1,0 +1,1132 @@
+//! The host supervisor as a sans-I/O state machine.
+//!
+//! One [`HostMachine`] per Docker host decides everything about its link:
+//! when to spawn the ControlMaster, what to ask the engine and in which
+//! order, when a request has waited too long, when to retry and how soon,
+//! when to publish or withdraw the link, and what to log. It never performs
+//! I/O and never reads a clock: the daemon feeds it [`Input`]s with the
+//! current `Instant`, carries out the [`Command`]s it returns
+//! ([`HostMachine::poll_command`]) and calls [`HostMachine::handle_timeout`]
+//! at [`HostMachine::poll_timeout`] — the same instant the daemon promises
+//! to systemd's watchdog, so the promise cannot drift from what the machine
+//! will do.
+//!
+//! The shape follows quinn-proto's `Connection`: inputs in, commands out,
+//! one deadline. Policies (backoff, the no-network rule, the link-flap rule,
+//! "a request without an answer indicts the connection") are therefore unit
+//! tests with a fake clock, not minute-long end-to-end runs.
+//!
+//! Invariants:
+//! - at most one operation is in flight ([`Command::Start`]); its answer is
+//!   matched by [`OpId`], so an answer from before a teardown is ignored;
+//! - every operation has a deadline, and an operation that misses it while a
+//!   network is usable replaces the master;
+//! - the link is published only after subscribe → list → inspect, in that order;
+//! - while no network is usable nothing is retried, and a live master is not
+//!   torn down (OpenSSH's keepalive ends it if the outage outlasts its budget).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::backoff::{Backoff, BackoffPolicy};
+use crate::classify::{classify_ssh_failure, FailureClass, FailureKind};
+use crate::model::{Container, ContainerEvent, ContainerId, EventAction};
+use crate::repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};
+
+/// The numbers a host's supervision runs by (from the configuration).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostPolicy {
+    pub backoff: BackoffPolicy,
+    /// How often a permanent failure (refused key, …) is tried again.
+    pub permanent_retry: Duration,
+    /// Health probe period while the link is up.
+    pub health_interval: Duration,
+    /// Full list-and-inspect period, repairing any drift of the event stream.
+    pub resync_interval: Duration,
+    /// How long `ssh -M` may take to answer on its control socket.
+    pub master_ready_timeout: Duration,
+    /// How long one request to the engine may take.
+    pub request_timeout: Duration,
+    /// How long the probe after a network change or resume may take.
+    pub wake_probe_timeout: Duration,
+    /// A repeating failure is summarised at most this often.
+    pub summary_every: Duration,
+}
+
+impl Default for HostPolicy {
+    fn default() -> Self {
+        HostPolicy {
+            backoff: BackoffPolicy::default(),
+            permanent_retry: Duration::from_secs(300),
+            health_interval: Duration::from_secs(30),
+            resync_interval: Duration::from_secs(300),
+            master_ready_timeout: Duration::from_secs(25),
+            request_timeout: Duration::from_secs(10),
+            wake_probe_timeout: Duration::from_secs(2),
+            summary_every: Duration::from_secs(300),
+        }
+    }
+}
+
+/// dockerd drops an API connection idle for 5 minutes: probe more often.
+const API_IDLE_LIMIT: Duration = Duration::from_secs(240);
+/// The master's own ready timeout fires first and carries ssh's stderr;
+/// the machine's deadline on the spawn is only a backstop.
+const SPAWN_SLACK: Duration = Duration::from_secs(5);
+/// Is the master alive after a channel failed? A local mux round trip.
+const CHECK_MASTER_TIMEOUT: Duration = Duration::from_secs(2);
+/// A network change cuts a transient backoff short, but not more than once
+/// a second (a flapping interface must not become a retry loop).
+const MIN_EARLY_RETRY: Duration = Duration::from_secs(1);
+
+/// Identifies one operation, so late answers to abandoned ones are ignored.
+pub type OpId = u64;
+
+/// Work the shell carries out and answers with [`Input::Done`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Clear a stale control socket, spawn `ssh -M` as a child, wait until
+    /// it answers on its control socket. Answer: `MasterReady` or `Failed`.
+    SpawnMaster,
+    /// Open the API channel and ask the engine its version (the end-to-end
+    /// probe: master, sshd, the remote side, dockerd). Answer: `ApiReady`.
+    OpenApi,
+    /// Open the event channel and subscribe from `since_ns` (engine clock).
+    /// Answer: `Subscribed`; events then arrive as [`Input::Event`].
+    Subscribe { since_ns: Option<i64> },
+    /// Answer: `Listed`.
+    ListContainers,
+    /// Answer: `Inspected` or `Unparsable`.
+    Inspect(ContainerId),
+    /// Health: the mux answers and a request crosses to dockerd. Answer: `Answered`.
+    Probe,
+    /// After a Docker channel failed: does the master still answer on its
+    /// control socket? Answer: `Answered` or `Failed`.
+    CheckMaster,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    MasterReady {
+        pid: u32,
+    },
+    ApiReady {
+        version: String,
+    },
+    Subscribed,
+    Listed(Vec<ContainerId>),
+    Inspected(Option<Container>),
+    /// The engine's answer about a container could not be parsed: skip it.
+    Unparsable(String),
+    Answered,
+    Failed(Failure),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    Done(OpId, Outcome),
+    /// The master process exited; `stderr_tail` says why (classified here).
+    MasterExited {
+        how: String,
+        stderr_tail: String,
+    },
+    /// A line the master printed on stderr.
+    MasterStderr(String),
+    Event(ContainerEvent),
+    /// A line of the event stream that was malformed or too long.
+    EventSkipped(String),
+    /// The event stream ended or failed.
+    StreamFailed(Failure),
+    /// A network interface changed; `usable`: some link is usable now.
+    Network {
+        usable: bool,
+    },
+    /// The machine woke from suspend.
+    Resumed,
+    ReconnectRequested,
+    ResyncRequested,
+    PolicyChanged(HostPolicy),
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Start(OpId, Op),
+    /// End the master (every channel and tunnel on it goes too) and drop
+    /// the Docker channels and any operation in flight.
+    StopMaster,
+    /// Drop the Docker channels (API, events) and any operation in flight;
+    /// the master stays.
+    CloseChannels,
+    /// The link is usable: hand connections to the master of `generation`.
+    Publish {
+        generation: u64,
+    },
+    /// Connections must wait: no usable master.
+    Withdraw,
+    /// The host's set of running containers changed.
+    ContainersChanged,
+    Log(Record),
+}
+
+/// What to log. Each has a stable event name ([`Record::event`]); the shell
+/// picks the level and the wording.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    LinkFailed {
+        kind: FailureKind,
+        consecutive_failures: u32,
+        retry_in: Duration,
+        message: String,
+    },
+    LinkStillFailing {
+        kind: FailureKind,
+        consecutive_failures: u32,
+        repeats: u64,
+        message: String,
+    },
+    LinkUp {
+        master_pid: u32,
+        failures_before: u64,
+    },
+    DockerVersion {
+        version: String,
+    },
+    StreamRestarting {
+        message: String,
+        retry_in: Duration,
+    },
+    StreamStillRestarting {
+        message: String,
+        repeats: u64,
+    },
+    ReconnectRequested,
+    ResyncRequested,
+    EventSkipped {
+        reason: String,
+    },
+    InspectUnparsable {
+        container: ContainerId,
+        error: String,
+    },
+    /// A line of ssh's stderr, the first of its kind in a while.
+    SshStderr {
+        line: String,
+    },
+    /// ssh reporting one refused channel ("open failed"): about a container
+    /// not listening, not about the link; for debugging only.
+    ChannelOpenFailed {
+        line: String,
+    },
+    /// No usable network while the master is up: it is kept for now.
+    /// `repeats`: outages not logged since the last line (a flapping link).
+    NetworkLost {
+        repeats: u64,
+    },
+    /// A network is back after `after`; the master is being probed.
+    NetworkBack {
+        after: Duration,
+    },
+    /// A retry is due but no network is usable: waiting for one.
+    WaitingForNetwork,
+}
+
+impl Record {
+    pub fn event(&self) -> &'static str {
+        match self {
+            Record::LinkFailed { .. } => "link_failed",
+            Record::LinkStillFailing { .. } => "link_still_failing",
+            Record::LinkUp { .. } => "link_up",
+            Record::DockerVersion { .. } => "docker_version",
+            Record::StreamRestarting { .. } => "stream_restarting",
+            Record::StreamStillRestarting { .. } => "stream_still_restarting",
+            Record::ReconnectRequested => "reconnect_requested",
+            Record::ResyncRequested => "resync_requested",
+            Record::EventSkipped { .. } => "event_skipped",
+            Record::InspectUnparsable { .. } => "inspect_unparsable",
+            Record::SshStderr { .. } => "ssh_stderr",
+            Record::ChannelOpenFailed { .. } => "ssh_channel_open_failed",
+            Record::NetworkLost { .. } => "network_lost",
+            Record::NetworkBack { .. } => "network_back",
+            Record::WaitingForNetwork => "waiting_for_network",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MasterPhase {
+    Connecting,
+    Connected,
+    Backoff,
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamPhase {
+    Streaming,
+    Resyncing,
+    Down,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LastError {
+    pub kind: FailureKind,
+    pub message: String,
+    pub at: Instant,
+}
+
+/// What status reports about one host's link.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Health {
+    pub master: MasterPhase,
+    pub master_pid: Option<u32>,
+    /// When `master` last changed.
+    pub since: Instant,
+    pub last_probe_rtt: Option<Duration>,
+    pub reconnects: u64,
+    pub consecutive_failures: u32,
+    pub last_error: Option<LastError>,
+    pub next_retry: Option<Instant>,
+    pub stream: StreamPhase,
+    pub events_received: u64,
+    pub last_event: Option<Instant>,
+    pub stream_restarts: u64,
+    pub docker_version: Option<String>,
+    /// Since when no network is usable while the master is kept.
+    pub network_lost_since: Option<Instant>,
+}
+
+impl Health {
+    fn new(now: Instant) -> Self {
+        Health {
+            master: MasterPhase::Connecting,
+            master_pid: None,
+            since: now,
+            last_probe_rtt: None,
+            reconnects: 0,
+            consecutive_failures: 0,
+            last_error: None,
+            next_retry: None,
+            stream: StreamPhase::Down,
+            events_received: 0,
+            last_event: None,
+            stream_restarts: 0,
+            docker_version: None,
+            network_lost_since: None,
+        }
+    }
+
+    fn set_master(&mut self, phase: MasterPhase, now: Instant) {
+        if self.master != phase {
+            self.master = phase;
+            self.since = now;
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Phase {
+    /// Waiting before the next attempt; a network change may cut a
+    /// transient wait short.
+    Backoff {
+        until: Instant,
+        early_wake: bool,
+        failed_at: Instant,
+    },
+    /// A retry is due, but no network is usable.
+    NoNetwork,
+    /// `SpawnMaster` in flight.
+    Spawning,
+    /// The master is up; the Docker channels are being set up and resynced.
+    Setup,
+    /// Published and streaming.
+    Up,
+    /// A Docker channel failed; `CheckMaster` in flight.
+    CheckingMaster,
+    /// The master is fine but the Docker channels failed: reopen at `until`.
+    ChannelBackoff {
+        until: Instant,
+    },
+    Stopped,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Purpose {
+    Spawn,
+    OpenApi,
+    Subscribe,
+    List,
+    /// An inspect during a resync.
+    ResyncInspect(ContainerId),
+    /// An inspect after a `start` event.
+    EventInspect(ContainerId),
+    Probe,
+    CheckMaster(Failure),
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    id: OpId,
+    purpose: Purpose,
+    issued: Instant,
+    /// `None` while no network is usable: a request cannot be answered
+    /// then, and its silence says nothing about the connection.
+    deadline: Option<Instant>,
+    timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Resync {
+    pending: VecDeque<ContainerId>,
+    fresh: HashMap<ContainerId, Container>,
+}
+
+pub struct HostMachine {
+    policy: HostPolicy,
+    phase: Phase,
+    health: Health,
+    health_changed: bool,
+    commands: VecDeque<Command>,
+    next_op: OpId,
+    inflight: Option<InFlight>,
+    rng: u64,
+
+    containers: HashMap<ContainerId, Container>,
+    /// Engine time of the last event seen: where a new stream resumes.
+    since_ns: Option<i64>,
+
+    backoff: Backoff,
+    attempt_started: Instant,
+    master_pid: Option<u32>,
+    /// Generation of the master the link is published for.
+    published: Option<u64>,
+    generation: u64,
+    ever_connected: bool,
+    logged_version: Option<String>,
+    /// Round trip of the setup's version request, shown once up.
+    setup_rtt: Option<Duration>,
+
+    channel_backoff: Backoff,
+    channels_started: Instant,
+
+    resync: Option<Resync>,
+    resync_wanted: bool,
+    event_inspects: VecDeque<ContainerId>,
+    wake_probe_wanted: bool,
+    next_health: Instant,
+    next_resync: Instant,
+
+    net_usable: bool,
+
+    episodes: EpisodeLog,
+    channel_episodes: EpisodeLog,
+    skipped: RepeatGate,
+    network_lost_gate: RepeatGate,
+    recent_stderr: RecentLines,
+}
+
+impl HostMachine {
+    /// A machine about to connect: the first command is `SpawnMaster` (or a
+    /// wait for a network when none is usable). `seed` feeds the jitter.
+    pub fn new(policy: HostPolicy, net_usable: bool, seed: u64, now: Instant) -> Self {
+        let mut m = HostMachine {
+            backoff: Backoff::new(policy.backoff.clone()),
+            channel_backoff: Backoff::new(policy.backoff.clone()),
+            episodes: EpisodeLog::new(policy.backoff.healthy_after, policy.summary_every),
+            channel_episodes: EpisodeLog::new(policy.backoff.healthy_after, policy.summary_every),
+            skipped: RepeatGate::new(policy.summary_every),
+            network_lost_gate: RepeatGate::new(policy.summary_every),
+            recent_stderr: RecentLines::new(policy.summary_every, 32),
+            policy,
+            phase: Phase::Backoff {
+                until: now,
+                early_wake: true,
+                failed_at: now,
+            },
+            health: Health::new(now),
+            health_changed: true,
+            commands: VecDeque::new(),
+            next_op: 0,
+            inflight: None,
+            rng: seed | 1,
+            containers: HashMap::new(),
+            since_ns: None,
+            attempt_started: now,
+            master_pid: None,
+            published: None,
+            generation: 0,
+            ever_connected: false,
+            logged_version: None,
+            setup_rtt: None,
+            channels_started: now,
+            resync: None,
+            resync_wanted: false,
+            event_inspects: VecDeque::new(),
+            wake_probe_wanted: false,
+            next_health: now,
+            next_resync: now,
+            net_usable,
+        };
+        m.handle_timeout(now);
+        m
+    }
+
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next;
+    /// `None`: nothing happens until an input arrives (waiting for a
+    /// network, or stopped).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if let Some(op) = &self.inflight {
+            return op.deadline;
+        }
+        match self.phase {
+            Phase::Backoff { until, .. } | Phase::ChannelBackoff { until } => Some(until),
+            Phase::Up if self.health.network_lost_since.is_none() => {
+                Some(self.next_health.min(self.next_resync))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// True once since the last call if anything in [`health`](Self::health) changed.
+    pub fn take_health_changed(&mut self) -> bool {
+        std::mem::take(&mut self.health_changed)
+    }
+
+    /// The host's running containers as last seen.
+    pub fn containers(&self) -> &HashMap<ContainerId, Container> {
+        &self.containers
+    }
+
+    /// Whether the shell should read the event stream now: events are
+    /// handled one at a time, between operations, once the link is up.
+    pub fn wants_events(&self) -> bool {
+        self.phase == Phase::Up && self.inflight.is_none()
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.phase == Phase::Stopped
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(op) = &self.inflight {
+            if op.deadline.is_some_and(|d| now >= d) {
+                let Some(op) = self.inflight.take() else {
+                    return;
+                };
+                self.op_timed_out(op, now);
+            }
+            return;
+        }
+        match self.phase {
+            Phase::Backoff { until, .. } if now >= until => {
+                if self.net_usable {
+                    self.connect(now);
+                } else {
+                    self.phase = Phase::NoNetwork;
+                    self.log(Record::WaitingForNetwork);
+                }
+            }
+            Phase::ChannelBackoff { until } if now >= until => self.open_channels(now),
+            Phase::Up => self.next_work(now),
+            _ => {}
+        }
+    }
+
+    pub fn handle(&mut self, input: Input, now: Instant) {
+        if self.phase == Phase::Stopped {
+            return;
+        }
+        match input {
+            Input::Done(id, outcome) => {
+                if self.inflight.as_ref().is_some_and(|op| op.id == id) {
+                    if let Some(op) = self.inflight.take() {
+                        self.op_done(op, outcome, now);
+                    }
+                }
+            }
+            Input::MasterExited { how, stderr_tail } => {
+                if self.master_pid.is_some() {
+                    let kind = match classify_ssh_failure(&stderr_tail) {
+                        FailureKind::Unknown => FailureKind::MasterDied,
+                        k => k,
+                    };
+                    let message = format!("ssh master exited ({how}) {}", last_line(&stderr_tail));
+                    self.master_failed(Failure::new(kind, message.trim_end()), now);
+                }
+            }
+            Input::MasterStderr(line) => {
+                if line.contains("open failed") {
+                    self.log(Record::ChannelOpenFailed { line });
+                } else if self.recent_stderr.is_fresh(&without_numbers(&line), now) {
+                    self.log(Record::SshStderr { line });
+                }
+            }
+            Input::Event(ev) => self.on_event(ev, now),
+            Input::EventSkipped(reason) => {
+                if self.skipped.observe("skipped", now) != Verdict::Suppress {
+                    self.log(Record::EventSkipped { reason });
+                }
+            }
+            Input::StreamFailed(f) => {
+                if matches!(self.phase, Phase::Setup | Phase::Up) {
+                    self.inflight = None;
+                    self.channel_failed(f, now);
+                }
+            }
+            Input::Network { usable } => self.on_network(usable, now),
+            Input::Resumed => self.on_wake(now),
+            Input::ReconnectRequested => {
+                self.log(Record::ReconnectRequested);
+                self.backoff.reset();
+                self.teardown();
+                self.connect(now);
+            }
+            Input::ResyncRequested => {
+                if self.phase == Phase::Up {
+                    self.log(Record::ResyncRequested);
+                    self.resync_wanted = true;
+                }
+            }
+            Input::PolicyChanged(p) => {
+                self.backoff.set_policy(p.backoff.clone());
+                self.channel_backoff.set_policy(p.backoff.clone());
+                self.policy = p;
+            }
+            Input::Shutdown => {
+                self.teardown();
+                self.phase = Phase::Stopped;
+                let h = &mut self.health;
+                h.set_master(MasterPhase::Stopped, now);
+                h.stream = StreamPhase::Down;
+                h.master_pid = None;
+                h.next_retry = None;
+                h.network_lost_since = None;
+                self.health_changed = true;
+                return;
+            }
+        }
+        self.handle_timeout(now);
+    }
+
+    // ---- operations ----
+
+    fn start(&mut self, purpose: Purpose, op: Op, timeout: Duration, now: Instant) {
+        self.next_op += 1;
+        let id = self.next_op;
+        self.inflight = Some(InFlight {
+            id,
+            purpose,
+            issued: now,
+            deadline: self.net_usable.then(|| now + timeout),
+            timeout,
+        });
+        self.commands.push_back(Command::Start(id, op));
+    }
+
+    fn request(&mut self, purpose: Purpose, op: Op, now: Instant) {
+        let timeout = self.policy.request_timeout;
+        self.start(purpose, op, timeout, now);
+    }
+
+    fn op_done(&mut self, op: InFlight, outcome: Outcome, now: Instant) {
+        let rtt = now.saturating_duration_since(op.issued);
+        match (op.purpose, outcome) {
+            (Purpose::Spawn, Outcome::MasterReady { pid }) => {
+                self.master_pid = Some(pid);
+                self.generation += 1;
+                self.health.master_pid = Some(pid);
+                self.health_changed = true;
+                self.channel_backoff.reset();
+                self.open_channels(now);
+            }
+            (Purpose::Spawn, Outcome::Failed(f)) => self.master_failed(f, now),
+            (Purpose::OpenApi, Outcome::ApiReady { version }) => {
+                self.setup_rtt = Some(rtt);
+                if self.health.docker_version.as_deref() != Some(version.as_str()) {
+                    self.health.docker_version = Some(version);
+                    self.health_changed = true;
+                }
+                // Subscribe before listing, so nothing that happens during
+                // the resync is missed; events replaying what the resync
+                // saw are harmless (handling is idempotent).
+                let since_ns = self.since_ns;
+                self.request(Purpose::Subscribe, Op::Subscribe { since_ns }, now);
+            }
+            (Purpose::Subscribe, Outcome::Subscribed) => self.begin_resync(now),
+            (Purpose::List, Outcome::Listed(ids)) => {
+                self.resync = Some(Resync {
+                    pending: ids.into(),
+                    fresh: HashMap::new(),
+                });
+                self.continue_resync(now);
+            }
+            (Purpose::ResyncInspect(id), Outcome::Inspected(c)) => {
+                // A container that stopped since the listing is simply absent.
+                if let (Some(r), Some(c)) = (&mut self.resync, c) {
+                    r.fresh.insert(id, c);
+                }
+                self.continue_resync(now);
+            }
+            (Purpose::ResyncInspect(id), Outcome::Unparsable(error)) => {
+                self.log(Record::InspectUnparsable {
+                    container: id,
+                    error,
+                });
+                self.continue_resync(now);
+            }
+            (Purpose::EventInspect(id), Outcome::Inspected(c)) => {
+                match c {
+                    Some(c) => {
+                        self.containers.insert(c.id.clone(), c);
+                    }
+                    None => {
+                        self.containers.remove(&id);
+                    }
+                }
+                self.commands.push_back(Command::ContainersChanged);
+            }
+            (Purpose::EventInspect(id), Outcome::Unparsable(error)) => {
+                self.log(Record::InspectUnparsable {
+                    container: id,
+                    error,
+                });
+            }
+            (Purpose::Probe, Outcome::Answered) => {
+                self.health.last_probe_rtt = Some(rtt);
+                self.health_changed = true;
+            }
+            (Purpose::CheckMaster(f), Outcome::Answered) => self.channels_down(f, now),
+            (Purpose::CheckMaster(f), _) => {
+                // The channel failed because the connection under it did.
+                let message = format!("ssh master lost its connection ({})", f.message.trim());
+                self.master_failed(Failure::new(FailureKind::MasterDied, message), now);
+            }
+            (Purpose::Spawn, other) => self.master_failed(unexpected(other), now),
+            (_, Outcome::Failed(f)) => self.channel_failed(f, now),
+            (_, other) => self.channel_failed(unexpected(other), now),
+        }
+    }
+
+    /// An operation got no answer in time. The mux alive check only proves
+    /// that the local ssh process lives, and a black-holed connection keeps
+    /// it alive for a whole keepalive budget: silence indicts the connection.
+    fn op_timed_out(&mut self, op: InFlight, now: Instant) {
+        let what = match &op.purpose {
+            Purpose::Spawn => "the ssh master did not become ready",
+            Purpose::OpenApi => "the Docker engine did not answer GET /version",
+            Purpose::Subscribe => "subscribing to docker events got no answer",
+            Purpose::List => "listing containers got no answer",
+            Purpose::ResyncInspect(_) | Purpose::EventInspect(_) => {
+                "inspecting a container got no answer"
+            }
+            Purpose::Probe => "the health probe got no answer",
+            Purpose::CheckMaster(_) => "the ssh master did not answer on its control socket",
+        };
+        let message = format!("{what} within {}", human_secs(op.timeout));
+        self.master_failed(Failure::new(FailureKind::Timeout, message), now);
+    }
+
+    // ---- the master ----
+
+    fn connect(&mut self, now: Instant) {
+        self.attempt_started = now;
+        self.phase = Phase::Spawning;
+        self.health.set_master(MasterPhase::Connecting, now);
+        self.health.next_retry = None;
+        self.health_changed = true;
+        let timeout = self.policy.master_ready_timeout + SPAWN_SLACK;
+        self.start(Purpose::Spawn, Op::SpawnMaster, timeout, now);
+    }
+
+    /// Ends whatever runs: the master (and so every channel), the link.
+    fn teardown(&mut self) {
+        self.inflight = None;
+        self.resync = None;
+        self.event_inspects.clear();
+        self.wake_probe_wanted = false;
+        self.resync_wanted = false;
+        if self.published.take().is_some() {
+            self.commands.push_back(Command::Withdraw);
+        }
+        if self.master_pid.take().is_some() || self.phase == Phase::Spawning {
+            self.commands.push_back(Command::StopMaster);
+        }
+        self.health.network_lost_since = None;
+    }
+
+    fn master_failed(&mut self, f: Failure, now: Instant) {
+        self.teardown();
+        self.backoff
+            .record_uptime(now.saturating_duration_since(self.attempt_started));
+        let delay = match f.kind.class() {
+            FailureClass::Permanent => {
+                self.backoff.next_delay(0.5);
+                self.policy.permanent_retry
+            }
+            FailureClass::Transient => {
+                let r = self.unit_random();
+                self.backoff.next_delay(r)
+            }
+        };
+        let failures = self.backoff.failures();
+        {
+            let h = &mut self.health;
+            h.set_master(MasterPhase::Backoff, now);
+            h.stream = StreamPhase::Down;
+            h.master_pid = None;
+            h.consecutive_failures = failures;
+            h.last_error = Some(LastError {
+                kind: f.kind,
+                message: f.message.clone(),
+                at: now,
+            });
+            h.next_retry = Some(now + delay);
+        }
+        self.health_changed = true;
+        match self.episodes.on_failure(f.kind.as_str(), now) {
+            Verdict::Log => self.log(Record::LinkFailed {
+                kind: f.kind,
+                consecutive_failures: failures,
+                retry_in: delay,
+                message: f.message,
+            }),
+            Verdict::Summary { repeats } => self.log(Record::LinkStillFailing {
+                kind: f.kind,
+                consecutive_failures: failures,
+                repeats,
+                message: f.message,
+            }),
+            Verdict::Suppress => {}
+        }
+        self.phase = Phase::Backoff {
+            until: now + delay,
+            early_wake: f.kind.class() == FailureClass::Transient,
+            failed_at: now,
+        };
+    }
+
+    // ---- the Docker channels ----
+
+    fn open_channels(&mut self, now: Instant) {
+        self.phase = Phase::Setup;
+        self.channels_started = now;
+        self.health.stream = StreamPhase::Resyncing;
+        self.health_changed = true;
+        self.request(Purpose::OpenApi, Op::OpenApi, now);
+    }
+
+    /// A Docker request or the event stream failed on a live master.
+    fn channel_failed(&mut self, f: Failure, now: Instant) {
+        if matches!(f.kind, FailureKind::MasterDied | FailureKind::Timeout) {
+            return self.master_failed(f, now);
+        }
+        self.resync = None;
+        self.event_inspects.clear();
+        self.commands.push_back(Command::CloseChannels);
+        // Is the master itself still fine? Then only the channel failed.
+        self.phase = Phase::CheckingMaster;
+        self.start(
+            Purpose::CheckMaster(f),
+            Op::CheckMaster,
+            CHECK_MASTER_TIMEOUT,
+            now,
+        );
+    }
+
+    /// The master answers but its Docker channels failed: reopen them with
+    /// their own backoff, keeping the master and every tunnel on it.
+    fn channels_down(&mut self, f: Failure, now: Instant) {
+        if f.kind.class() == FailureClass::Permanent {
+            return self.master_failed(f, now);
+        }
+        self.channel_backoff
+            .record_uptime(now.saturating_duration_since(self.channels_started));
+        let r = self.unit_random();
+        let delay = self.channel_backoff.next_delay(r);
+        {
+            let h = &mut self.health;
+            h.stream = StreamPhase::Down;
+            h.stream_restarts += 1;
+            h.consecutive_failures = self.channel_backoff.failures();
+            h.last_error = Some(LastError {
+                kind: f.kind,
+                message: f.message.clone(),
+                at: now,
+            });
+            h.next_retry = Some(now + delay);
+        }
+        self.health_changed = true;
+        match self.channel_episodes.on_failure(f.kind.as_str(), now) {
+            Verdict::Log => self.log(Record::StreamRestarting {
+                message: f.message,
+                retry_in: delay,
+            }),
+            Verdict::Summary { repeats } => self.log(Record::StreamStillRestarting {
+                message: f.message,
+                repeats,
+            }),
+            Verdict::Suppress => {}
+        }
+        self.phase = Phase::ChannelBackoff { until: now + delay };
+    }
+
+    fn begin_resync(&mut self, now: Instant) {
+        self.resync = None;
+        self.request(Purpose::List, Op::ListContainers, now);
+    }
+
+    fn continue_resync(&mut self, now: Instant) {
+        let next = self.resync.as_mut().and_then(|r| r.pending.pop_front());
+        if let Some(id) = next {
+            return self.request(Purpose::ResyncInspect(id.clone()), Op::Inspect(id), now);
+        }
+        if let Some(r) = self.resync.take() {
+            self.containers = r.fresh;
+            self.commands.push_back(Command::ContainersChanged);
+        }
+        self.next_resync = now + self.policy.resync_interval;
+        if self.phase == Phase::Setup {
+            self.go_up(now);
+        }
+    }
+
+    /// Resynced: the link is usable.
+    fn go_up(&mut self, now: Instant) {
+        self.phase = Phase::Up;
+        if self.published.is_none() {
+            self.published = Some(self.generation);
+            self.commands.push_back(Command::Publish {
+                generation: self.generation,
+            });
+        }
+        let pid = self.master_pid.unwrap_or(0);
+        {
+            let h = &mut self.health;
+            if h.master != MasterPhase::Connected {
+                if self.ever_connected {
+                    h.reconnects += 1;
+                }
+                h.set_master(MasterPhase::Connected, now);
+            }
+            h.master_pid = self.master_pid;
+            h.consecutive_failures = 0;
+            h.next_retry = None;
+            h.last_probe_rtt = self.setup_rtt;
+            h.stream = StreamPhase::Streaming;
+        }
+        self.health_changed = true;
+        self.ever_connected = true;
+        self.channel_episodes.on_up(now);
+        let failures_before = match self.episodes.on_up(now) {
+            UpLog::Quiet => None,
+            UpLog::First => Some(0),
+            UpLog::Recovered { failures } => Some(failures),
+        };
+        if let Some(failures_before) = failures_before {
+            self.log(Record::LinkUp {
+                master_pid: pid,
+                failures_before,
+            });
+        }
+        if let Some(v) = &self.health.docker_version {
+            if self.logged_version.as_ref() != Some(v) {
+                self.logged_version = Some(v.clone());
+                self.log(Record::DockerVersion { version: v.clone() });
+            }
+        }
+        self.next_health = now + self.health_period();
+    }
+
+    fn health_period(&self) -> Duration {
+        self.policy.health_interval.min(API_IDLE_LIMIT)
+    }
+
+    /// Up and idle: the next thing to do, if anything is due.
+    fn next_work(&mut self, now: Instant) {
+        if self.inflight.is_some() || self.health.network_lost_since.is_some() {
+            return;
+        }
+        if std::mem::take(&mut self.wake_probe_wanted) {
+            let timeout = self.policy.wake_probe_timeout;
+            return self.start(Purpose::Probe, Op::Probe, timeout, now);
+        }
+        if let Some(id) = self.event_inspects.pop_front() {
+            return self.request(Purpose::EventInspect(id.clone()), Op::Inspect(id), now);
+        }
+        if std::mem::take(&mut self.resync_wanted) || now >= self.next_resync {
+            return self.begin_resync(now);
+        }
+        if now >= self.next_health {
+            self.next_health = now + self.health_period();
+            let timeout = self.policy.health_interval.min(self.policy.request_timeout);
+            self.start(Purpose::Probe, Op::Probe, timeout, now);
+        }
+    }
+
+    fn on_event(&mut self, ev: ContainerEvent, now: Instant) {
+        self.since_ns = Some(self.since_ns.map_or(ev.time_nano, |s| s.max(ev.time_nano)));
+        self.health.events_received += 1;
+        self.health.last_event = Some(now);
+        self.health_changed = true;
+        match ev.action {
+            EventAction::Start | EventAction::Refresh => self.event_inspects.push_back(ev.id),
+            EventAction::Die => {
+                // An event older than the container's current start is a
+                // replay from before a restart: the container runs.
+                if self
+                    .containers
+                    .get(&ev.id)
+                    .is_some_and(|c| ev.time_nano >= c.started_at_ns)
+                {
+                    self.containers.remove(&ev.id);
+                    self.commands.push_back(Command::ContainersChanged);
+                }
+            }
+            EventAction::Destroy => {
+                if self.containers.remove(&ev.id).is_some() {
+                    self.commands.push_back(Command::ContainersChanged);
+                }
+            }
+            EventAction::Ignore => {}
+        }
+    }
+
+    // ---- the network ----
+
+    fn on_network(&mut self, usable: bool, now: Instant) {
+        let was_usable = std::mem::replace(&mut self.net_usable, usable);
+        let master_up = self.master_pid.is_some();
+        if !usable {
+            // Nothing can be answered now, and the master may well survive
+            // a short outage: suspend every deadline instead of letting
+            // silence condemn the connection.
+            if let Some(op) = &mut self.inflight {
+                op.deadline = None;
+            }
+            if master_up && self.health.network_lost_since.is_none() {
+                self.health.network_lost_since = Some(now);
+                self.health_changed = true;
+                match self.network_lost_gate.observe("network_lost", now) {
+                    Verdict::Log => self.log(Record::NetworkLost { repeats: 0 }),
+                    Verdict::Summary { repeats } => self.log(Record::NetworkLost { repeats }),
+                    Verdict::Suppress => {}
+                }
+            }
+            return;
+        }
+        if !was_usable {
+            if let Some(lost) = self.health.network_lost_since.take() {
+                self.health_changed = true;
+                self.log(Record::NetworkBack {
+                    after: now.saturating_duration_since(lost),
+                });
+            }
+        }
+        self.on_wake(now);
+    }
+
+    /// The network changed (and is usable) or the machine resumed: the link
+    /// may be dead, or a retry may now succeed. Find out at once.
+    fn on_wake(&mut self, now: Instant) {
+        if !self.net_usable {
+            return;
+        }
+        let wake = self.policy.wake_probe_timeout;
+        if let Some(op) = &mut self.inflight {
+            // Whatever is in flight is the probe: it must answer soon.
+            let soon = now + wake;
+            op.deadline = Some(op.deadline.map_or(soon, |d| d.min(soon)));
+            if op.purpose == Purpose::Spawn {
+                // ssh dials afresh: give it its whole time.
+                op.deadline = Some(now + op.timeout);
+            }
+            return;
+        }
+        match self.phase {
+            Phase::Up => self.wake_probe_wanted = true,
+            Phase::Backoff {
+                early_wake: true,
+                failed_at,
+                ..
+            } if now.saturating_duration_since(failed_at) >= MIN_EARLY_RETRY => self.connect(now),
+            Phase::NoNetwork => self.connect(now),
+            _ => {}
+        }
+    }
+
+    fn log(&mut self, r: Record) {
+        self.commands.push_back(Command::Log(r));
+    }
+
+    /// A jitter sample in [0, 1) (xorshift64*: only runners must disagree).
+    fn unit_random(&mut self) -> f64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let n = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        (n >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn unexpected(outcome: Outcome) -> Failure {
+    Failure::new(
+        FailureKind::Unknown,
+        format!("unexpected answer from the shell: {outcome:?}"),
+    )
+}
+
+fn human_secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+fn last_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+}
+
+/// Folds the numbers out of a line (pids, ports, channel numbers), so
+/// repeats of the same message count as the same line.
+pub fn without_numbers(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut in_number = false;
+    for c in line.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                out.push('#');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,701 @@
+//! The supervisor's policies, driven with a fake clock: every test runs in
+//! microseconds however many minutes it covers.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+fn id(n: u8) -> ContainerId {
+    ContainerId::parse(&format!("{n:02x}{}", "0".repeat(10))).expect("valid id")
+}
+
+fn container(n: u8, started_at_ns: i64) -> Container {
+    Container {
+        id: id(n),
+        name: format!("c{n}"),
+        compose_project: None,
+        started_at_ns,
+        ports: vec![],
+        labels: BTreeMap::new(),
+    }
+}
+
+fn policy() -> HostPolicy {
+    HostPolicy {
+        backoff: BackoffPolicy {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(30),
+            jitter: 0.25,
+            healthy_after: Duration::from_secs(60),
+        },
+        permanent_retry: Duration::from_secs(300),
+        health_interval: Duration::from_secs(30),
+        resync_interval: Duration::from_secs(300),
+        master_ready_timeout: Duration::from_secs(25),
+        request_timeout: Duration::from_secs(10),
+        wake_probe_timeout: Duration::from_secs(2),
+        summary_every: Duration::from_secs(300),
+    }
+}
+
+/// The machine, a fake clock, and everything it said so far.
+struct Rig {
+    m: HostMachine,
+    now: Instant,
+    /// Commands not yet looked at by the test.
+    out: VecDeque<Command>,
+    /// Every log record ever emitted.
+    logs: Vec<Record>,
+    /// The operation in flight, as the shell would hold it.
+    op: Option<(OpId, Op)>,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        Rig::with(policy(), true)
+    }
+
+    fn with(p: HostPolicy, net: bool) -> Rig {
+        let now = Instant::now();
+        let mut r = Rig {
+            m: HostMachine::new(p, net, 7, now),
+            now,
+            out: VecDeque::new(),
+            logs: Vec::new(),
+            op: None,
+        };
+        r.drain();
+        r
+    }
+
+    fn drain(&mut self) {
+        while let Some(c) = self.m.poll_command() {
+            match &c {
+                Command::Start(id, op) => self.op = Some((*id, op.clone())),
+                Command::StopMaster | Command::CloseChannels => self.op = None,
+                Command::Log(r) => self.logs.push(r.clone()),
+                _ => {}
+            }
+            self.out.push_back(c);
+        }
+    }
+
+    fn input(&mut self, i: Input) {
+        self.m.handle(i, self.now);
+        self.drain();
+    }
+
+    /// Moves the clock to `at`, firing the machine's timer on the way
+    /// whenever it is due (as the shell's sleep would).
+    fn advance_to(&mut self, at: Instant) {
+        while let Some(t) = self.m.poll_timeout() {
+            if t > at {
+                break;
+            }
+            self.now = self.now.max(t);
+            self.m.handle_timeout(self.now);
+            self.drain();
+        }
+        self.now = self.now.max(at);
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let at = self.now + d;
+        self.advance_to(at);
+    }
+
+    /// The operation in flight; panics (failing the test) if there is none.
+    fn op(&self) -> Op {
+        match &self.op {
+            Some((_, op)) => op.clone(),
+            None => panic!("no operation in flight; commands: {:?}", self.out),
+        }
+    }
+
+    fn answer(&mut self, o: Outcome) {
+        let (id, _) = self.op.take().expect("an operation to answer");
+        self.input(Input::Done(id, o));
+    }
+
+    /// Answers `op` after `after` of fake time.
+    fn answer_after(&mut self, after: Duration, o: Outcome) {
+        self.now += after;
+        self.answer(o);
+    }
+
+    fn expect_op(&self, want: Op) {
+        assert_eq!(self.op(), want, "commands so far: {:?}", self.out);
+    }
+
+    fn saw(&self, c: &Command) -> bool {
+        self.out.iter().any(|x| x == c)
+    }
+
+    fn clear(&mut self) {
+        self.out.clear();
+    }
+
+    /// Spawn → version → subscribe → list (the given containers) → inspect
+    /// each → published.
+    fn connect(&mut self, pid: u32, running: &[Container]) {
+        self.expect_op(Op::SpawnMaster);
+        self.answer(Outcome::MasterReady { pid });
+        self.expect_op(Op::OpenApi);
+        self.answer(Outcome::ApiReady {
+            version: "20.10.24 (API 1.41)".into(),
+        });
+        assert!(matches!(self.op(), Op::Subscribe { .. }));
+        self.answer(Outcome::Subscribed);
+        self.expect_op(Op::ListContainers);
+        self.answer(Outcome::Listed(
+            running.iter().map(|c| c.id.clone()).collect(),
+        ));
+        for c in running {
+            self.expect_op(Op::Inspect(c.id.clone()));
+            self.answer(Outcome::Inspected(Some(c.clone())));
+        }
+        assert_eq!(self.m.health().master, MasterPhase::Connected);
+    }
+
+    fn fail_master(&mut self, kind: FailureKind) {
+        self.answer(Outcome::Failed(Failure::new(kind, "ssh said no")));
+    }
+
+    fn retry_delay(&self) -> Duration {
+        self.m
+            .poll_timeout()
+            .expect("a retry is scheduled")
+            .saturating_duration_since(self.now)
+    }
+
+    fn count_logs(&self, event: &str) -> usize {
+        self.logs.iter().filter(|r| r.event() == event).count()
+    }
+}
+
+#[test]
+fn resync_order_is_subscribe_list_inspect_then_publish() {
+    let mut r = Rig::new();
+    let c1 = container(1, 10);
+    r.expect_op(Op::SpawnMaster);
+    r.answer(Outcome::MasterReady { pid: 42 });
+    r.expect_op(Op::OpenApi);
+    r.answer(Outcome::ApiReady {
+        version: "v".into(),
+    });
+    r.expect_op(Op::Subscribe { since_ns: None });
+    assert!(!r.out.iter().any(|c| matches!(c, Command::Publish { .. })));
+    r.answer(Outcome::Subscribed);
+    r.expect_op(Op::ListContainers);
+    r.answer(Outcome::Listed(vec![c1.id.clone()]));
+    r.expect_op(Op::Inspect(c1.id.clone()));
+    assert!(!r.out.iter().any(|c| matches!(c, Command::Publish { .. })));
+    r.answer(Outcome::Inspected(Some(c1.clone())));
+    let publish = r
+        .out
+        .iter()
+        .position(|c| matches!(c, Command::Publish { .. }))
+        .expect("published");
+    let changed = r
+        .out
+        .iter()
+        .position(|c| *c == Command::ContainersChanged)
+        .expect("containers changed");
+    assert!(changed < publish, "reconcile before publish: {:?}", r.out);
+    assert_eq!(r.m.containers().get(&c1.id), Some(&c1));
+    assert!(r.m.wants_events());
+    assert_eq!(r.count_logs("link_up"), 1);
+}
+
+#[test]
+fn first_retry_is_immediate_then_jittered_backoff_grows_to_the_cap() {
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    r.input(Input::MasterExited {
+        how: "signal 9".into(),
+        stderr_tail: String::new(),
+    });
+    assert!(r.saw(&Command::StopMaster) && r.saw(&Command::Withdraw));
+    // The first retry spawns at once.
+    r.expect_op(Op::SpawnMaster);
+    let mut delays = Vec::new();
+    for _ in 0..10 {
+        r.fail_master(FailureKind::ConnectionRefused);
+        delays.push(r.retry_delay());
+        r.advance(r.retry_delay());
+        r.expect_op(Op::SpawnMaster);
+    }
+    // 500 ms ± 25 %, then doubling, capped at 30 s ± 25 %.
+    let ms: Vec<u128> = delays.iter().map(|d| d.as_millis()).collect();
+    assert!((375..=625).contains(&ms[0]), "{ms:?}");
+    assert!((750..=1250).contains(&ms[1]), "{ms:?}");
+    for d in &ms[7..] {
+        assert!((22_500..=37_500).contains(d), "{ms:?}");
+    }
+    assert!(ms.windows(2).take(5).all(|w| w[1] > w[0]), "{ms:?}");
+    assert_eq!(r.m.health().consecutive_failures, 11);
+}
+
+#[test]
+fn backoff_is_forgotten_after_a_healthy_stretch() {
+    let mut r = Rig::new();
+    r.fail_master(FailureKind::ConnectionRefused);
+    r.expect_op(Op::SpawnMaster);
+    r.fail_master(FailureKind::ConnectionRefused);
+    r.advance(r.retry_delay());
+    r.connect(1, &[]);
+    // Up for longer than healthy_after (answering its probes meanwhile).
+    let until = r.now + Duration::from_secs(61);
+    while r.now < until {
+        r.advance(Duration::from_secs(30));
+        if r.op.as_ref().is_some_and(|(_, o)| *o == Op::Probe) {
+            r.answer(Outcome::Answered);
+        }
+    }
+    r.input(Input::MasterExited {
+        how: "exit 255".into(),
+        stderr_tail: String::new(),
+    });
+    // Healthy long enough: a new first failure, retried at once.
+    assert_eq!(r.m.health().consecutive_failures, 1);
+    r.expect_op(Op::SpawnMaster);
+}
+
+#[test]
+fn a_permanent_failure_is_retried_only_every_permanent_retry_or_on_request() {
+    let mut r = Rig::new();
+    r.answer(Outcome::Failed(Failure::new(
+        FailureKind::AuthRefused,
+        "Permission denied (publickey)",
+    )));
+    assert_eq!(r.retry_delay(), Duration::from_secs(300));
+    // A network change does not cut a permanent wait short.
+    r.advance(Duration::from_secs(5));
+    r.input(Input::Network { usable: true });
+    r.input(Input::Resumed);
+    assert!(r.op.is_none(), "{:?}", r.out);
+    r.advance(Duration::from_secs(294));
+    assert!(r.op.is_none());
+    r.advance(Duration::from_secs(1));
+    r.expect_op(Op::SpawnMaster);
+    // Refused again: one line for the whole episode.
+    r.answer(Outcome::Failed(Failure::new(
+        FailureKind::AuthRefused,
+        "again",
+    )));
+    assert_eq!(r.count_logs("link_failed"), 1);
+    // `fwdctl reconnect` tries at once.
+    r.advance(Duration::from_secs(10));
+    r.input(Input::ReconnectRequested);
+    r.expect_op(Op::SpawnMaster);
+}
+
+#[test]
+fn no_retry_while_no_network_is_usable_and_at_once_when_one_is() {
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    r.input(Input::Network { usable: false });
+    r.input(Input::MasterExited {
+        how: "exit 255".into(),
+        stderr_tail: "Timeout, server not responding.".into(),
+    });
+    // The retry is due at once, but there is no network: nothing happens,
+    // however long, and the watchdog is promised nothing.
+    assert!(r.op.is_none(), "{:?}", r.out);
+    assert_eq!(r.m.poll_timeout(), None);
+    r.advance(Duration::from_secs(3600));
+    assert!(r.op.is_none());
+    assert_eq!(r.count_logs("waiting_for_network"), 1);
+    r.input(Input::Network { usable: true });
+    r.expect_op(Op::SpawnMaster);
+}
+
+#[test]
+fn a_network_change_cuts_a_transient_backoff_short_but_not_within_a_second() {
+    let mut r = Rig::new();
+    r.fail_master(FailureKind::Unreachable);
+    r.expect_op(Op::SpawnMaster);
+    r.fail_master(FailureKind::Unreachable);
+    let delay = r.retry_delay();
+    assert!(delay >= Duration::from_millis(375));
+    r.advance(Duration::from_millis(200));
+    r.input(Input::Network { usable: true });
+    assert!(r.op.is_none(), "woke within a second of the failure");
+    r.now += Duration::from_millis(900);
+    r.input(Input::Network { usable: true });
+    // A second later: at once, however long the backoff was.
+    r.expect_op(Op::SpawnMaster);
+}
+
+#[test]
+fn a_network_change_or_resume_probes_the_link_at_once() {
+    for wake in [Input::Network { usable: true }, Input::Resumed] {
+        let mut r = Rig::new();
+        r.connect(1, &[]);
+        assert!(r.op.is_none());
+        r.advance(Duration::from_secs(3));
+        r.input(wake);
+        r.expect_op(Op::Probe);
+        // The wake probe has the short deadline.
+        assert_eq!(r.m.poll_timeout(), Some(r.now + Duration::from_secs(2)));
+        r.answer_after(Duration::from_millis(3), Outcome::Answered);
+        assert_eq!(r.m.health().last_probe_rtt, Some(Duration::from_millis(3)));
+        assert!(!r.saw(&Command::StopMaster));
+    }
+}
+
+#[test]
+fn every_request_without_an_answer_replaces_the_master() {
+    // An inspect after an event (once diagnosed as a stream end), an inspect
+    // during a resync, the listing, the health probe: all the same rule.
+    let c1 = container(1, 10);
+    type Scenario = (&'static str, Box<dyn Fn(&mut Rig)>);
+    let scenarios: Vec<Scenario> = vec![
+        (
+            "event inspect",
+            Box::new(|r: &mut Rig| {
+                r.input(Input::Event(ContainerEvent {
+                    id: id(1),
+                    action: EventAction::Start,
+                    time_nano: 5,
+                }));
+                r.expect_op(Op::Inspect(id(1)));
+            }),
+        ),
+        (
+            "resync",
+            Box::new(|r: &mut Rig| {
+                r.input(Input::ResyncRequested);
+                r.expect_op(Op::ListContainers);
+            }),
+        ),
+        (
+            "resync inspect",
+            Box::new(move |r: &mut Rig| {
+                r.input(Input::ResyncRequested);
+                r.answer(Outcome::Listed(vec![c1.id.clone()]));
+                r.expect_op(Op::Inspect(c1.id.clone()));
+            }),
+        ),
+        (
+            "health probe",
+            Box::new(|r: &mut Rig| {
+                r.advance(Duration::from_secs(30));
+                r.expect_op(Op::Probe);
+            }),
+        ),
+    ];
+    for (name, start) in scenarios {
+        let mut r = Rig::new();
+        r.connect(1, &[]);
+        start(&mut r);
+        r.clear();
+        r.advance(Duration::from_secs(11));
+        assert!(r.saw(&Command::StopMaster), "{name}: {:?}", r.out);
+        let err = r.m.health().last_error.clone().expect("an error");
+        assert_eq!(err.kind, FailureKind::Timeout, "{name}: {err:?}");
+        assert!(err.message.contains("got no answer"), "{name}: {err:?}");
+        r.expect_op(Op::SpawnMaster);
+    }
+}
+
+#[test]
+fn a_docker_channel_failure_on_a_live_master_keeps_the_master() {
+    let mut r = Rig::new();
+    let c1 = container(1, 10);
+    r.connect(1, std::slice::from_ref(&c1));
+    r.clear();
+    r.input(Input::StreamFailed(Failure::new(
+        FailureKind::StreamEnded,
+        "the docker event stream ended",
+    )));
+    assert!(r.saw(&Command::CloseChannels));
+    r.expect_op(Op::CheckMaster);
+    r.answer(Outcome::Answered);
+    assert!(!r.saw(&Command::StopMaster) && !r.saw(&Command::Withdraw));
+    assert_eq!(r.m.health().master, MasterPhase::Connected);
+    assert_eq!(r.m.health().stream_restarts, 1);
+    // Reopened at once (first retry), resynced, and not published again.
+    r.expect_op(Op::OpenApi);
+    assert_eq!(r.m.health().stream, StreamPhase::Resyncing);
+    r.answer(Outcome::ApiReady {
+        version: "v".into(),
+    });
+    r.answer(Outcome::Subscribed);
+    r.answer(Outcome::Listed(vec![]));
+    assert_eq!(r.m.health().stream, StreamPhase::Streaming);
+    assert!(!r.out.iter().any(|c| matches!(c, Command::Publish { .. })));
+    assert!(r.m.containers().is_empty(), "the resync is the truth");
+    // A second failure soon after waits (backoff), still on the same master.
+    r.input(Input::StreamFailed(Failure::new(
+        FailureKind::StreamEnded,
+        "eof",
+    )));
+    r.answer(Outcome::Answered);
+    assert_eq!(r.m.health().stream, StreamPhase::Down);
+    assert!(r.op.is_none());
+    assert!(r.retry_delay() >= Duration::from_millis(375));
+    assert!(!r.saw(&Command::StopMaster));
+}
+
+#[test]
+fn docker_missing_is_permanent_and_a_dead_master_is_a_master_failure() {
+    let mut r = Rig::new();
+    r.expect_op(Op::SpawnMaster);
+    r.answer(Outcome::MasterReady { pid: 9 });
+    r.answer(Outcome::Failed(Failure::new(
+        FailureKind::DockerMissing,
+        "docker not found on the host",
+    )));
+    r.answer(Outcome::Answered); // the master is fine
+    assert!(r.saw(&Command::StopMaster));
+    assert_eq!(r.retry_delay(), Duration::from_secs(300));
+
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    r.input(Input::StreamFailed(Failure::new(
+        FailureKind::StreamEnded,
+        "eof",
+    )));
+    r.answer(Outcome::Failed(Failure::new(
+        FailureKind::MasterDied,
+        "no mux",
+    )));
+    let err = r.m.health().last_error.clone().expect("error");
+    assert_eq!(err.kind, FailureKind::MasterDied);
+    assert!(err.message.contains("lost its connection"), "{err:?}");
+    r.expect_op(Op::SpawnMaster);
+}
+
+#[test]
+fn since_is_carried_across_reconnects() {
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    for t in [100, 300, 200] {
+        r.input(Input::Event(ContainerEvent {
+            id: id(1),
+            action: EventAction::Ignore,
+            time_nano: t,
+        }));
+    }
+    r.input(Input::MasterExited {
+        how: "exit 255".into(),
+        stderr_tail: String::new(),
+    });
+    r.answer(Outcome::MasterReady { pid: 2 });
+    r.answer(Outcome::ApiReady {
+        version: "v".into(),
+    });
+    r.expect_op(Op::Subscribe {
+        since_ns: Some(300),
+    });
+}
+
+#[test]
+fn events_keep_the_container_set_current() {
+    let mut r = Rig::new();
+    let c1 = container(1, 1_000);
+    r.connect(1, std::slice::from_ref(&c1));
+    r.clear();
+    // A replayed die from before the container's current start is ignored.
+    r.input(Input::Event(ContainerEvent {
+        id: id(1),
+        action: EventAction::Die,
+        time_nano: 999,
+    }));
+    assert!(r.m.containers().contains_key(&id(1)));
+    assert!(!r.saw(&Command::ContainersChanged));
+    r.input(Input::Event(ContainerEvent {
+        id: id(1),
+        action: EventAction::Die,
+        time_nano: 1_001,
+    }));
+    assert!(r.m.containers().is_empty());
+    assert!(r.saw(&Command::ContainersChanged));
+    // A start is inspected; a container gone by then is simply absent.
+    r.input(Input::Event(ContainerEvent {
+        id: id(2),
+        action: EventAction::Start,
+        time_nano: 2_000,
+    }));
+    assert!(!r.m.wants_events(), "one event at a time");
+    r.expect_op(Op::Inspect(id(2)));
+    r.answer(Outcome::Inspected(Some(container(2, 2_000))));
+    assert!(r.m.containers().contains_key(&id(2)));
+    r.input(Input::Event(ContainerEvent {
+        id: id(3),
+        action: EventAction::Start,
+        time_nano: 3_000,
+    }));
+    r.answer(Outcome::Unparsable("bad json".into()));
+    assert!(!r.m.containers().contains_key(&id(3)));
+    assert_eq!(r.count_logs("inspect_unparsable"), 1);
+    assert_eq!(r.m.health().events_received, 4);
+}
+
+#[test]
+fn flapping_is_logged_once_per_episode() {
+    let mut r = Rig::new();
+    // Ten minutes of a link that comes up and drops again every few seconds.
+    let end = r.now + Duration::from_secs(600);
+    while r.now < end {
+        r.connect(1, &[]);
+        r.now += Duration::from_secs(3);
+        r.input(Input::MasterExited {
+            how: "exit 255".into(),
+            stderr_tail: "Connection reset by peer".into(),
+        });
+        if r.op.is_none() {
+            r.advance(r.retry_delay());
+        }
+    }
+    let lines = r
+        .logs
+        .iter()
+        .filter(|l| !matches!(l, Record::DockerVersion { .. }));
+    let n = lines.count();
+    assert!(n <= 6, "{n} lines: {:?}", r.logs);
+    assert_eq!(r.count_logs("link_failed"), 1);
+}
+
+#[test]
+fn a_short_link_outage_keeps_the_master() {
+    let mut r = Rig::new();
+    r.connect(7, &[]);
+    r.clear();
+    r.advance(Duration::from_secs(1));
+    r.input(Input::Network { usable: false });
+    assert_eq!(r.m.health().network_lost_since, Some(r.now));
+    // No probes, no deadlines while nothing can answer: ssh's keepalive is
+    // the judge of an outage that lasts.
+    assert_eq!(r.m.poll_timeout(), None);
+    r.advance(Duration::from_secs(5));
+    assert!(r.op.is_none());
+    r.input(Input::Network { usable: true });
+    // Probed at once, with the short deadline.
+    r.expect_op(Op::Probe);
+    assert_eq!(r.m.poll_timeout(), Some(r.now + Duration::from_secs(2)));
+    r.answer_after(Duration::from_millis(4), Outcome::Answered);
+    assert!(!r.saw(&Command::StopMaster), "{:?}", r.out);
+    assert!(!r.saw(&Command::Withdraw));
+    assert_eq!(r.m.health().master_pid, Some(7));
+    assert_eq!(r.m.health().network_lost_since, None);
+    assert_eq!(r.count_logs("network_lost"), 1);
+}
+
+#[test]
+fn a_master_that_did_not_survive_the_outage_is_replaced_quickly() {
+    let mut r = Rig::new();
+    r.connect(7, &[]);
+    r.input(Input::Network { usable: false });
+    r.advance(Duration::from_secs(20));
+    r.input(Input::Network { usable: true });
+    r.expect_op(Op::Probe);
+    r.clear();
+    r.advance(Duration::from_secs(2));
+    assert!(r.saw(&Command::StopMaster));
+    // Replaced at once: a new master within the probe's deadline.
+    r.expect_op(Op::SpawnMaster);
+}
+
+#[test]
+fn a_request_in_flight_when_the_link_drops_waits_for_it() {
+    let mut r = Rig::new();
+    r.connect(7, &[]);
+    r.input(Input::Event(ContainerEvent {
+        id: id(4),
+        action: EventAction::Start,
+        time_nano: 1,
+    }));
+    r.expect_op(Op::Inspect(id(4)));
+    r.input(Input::Network { usable: false });
+    r.clear();
+    r.advance(Duration::from_secs(30));
+    assert!(!r.saw(&Command::StopMaster));
+    r.input(Input::Network { usable: true });
+    // The request in flight is the probe now.
+    assert_eq!(r.m.poll_timeout(), Some(r.now + Duration::from_secs(2)));
+    r.answer_after(
+        Duration::from_millis(50),
+        Outcome::Inspected(Some(container(4, 1))),
+    );
+    assert!(r.m.containers().contains_key(&id(4)));
+    assert!(!r.saw(&Command::StopMaster));
+}
+
+#[test]
+fn the_deadline_is_what_the_machine_will_act_on() {
+    // The watchdog promise is poll_timeout: check that the machine does
+    // act at it, and never has a deadline in the past while idle.
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    let t = r.m.poll_timeout().expect("health tick");
+    assert_eq!(t, r.now + Duration::from_secs(30));
+    r.advance_to(t);
+    r.expect_op(Op::Probe);
+    r.answer(Outcome::Answered);
+    assert!(r.m.poll_timeout().expect("next tick") > r.now);
+    // Resync every resync_interval.
+    let mut resyncs = 0;
+    let end = r.now + Duration::from_secs(301);
+    while r.now < end {
+        if r.op.is_none() {
+            let t = r.m.poll_timeout().expect("a timer");
+            assert!(t > r.now, "an idle deadline in the past would spin");
+            r.advance_to(t);
+        }
+        match r.op() {
+            Op::Probe => r.answer(Outcome::Answered),
+            Op::ListContainers => {
+                resyncs += 1;
+                r.answer(Outcome::Listed(vec![]));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(resyncs, 1);
+}
+
+#[test]
+fn stale_answers_are_ignored_and_shutdown_stops_everything() {
+    let mut r = Rig::new();
+    r.expect_op(Op::SpawnMaster);
+    let (old, _) = r.op.clone().expect("op");
+    r.input(Input::ReconnectRequested);
+    r.expect_op(Op::SpawnMaster);
+    // The abandoned spawn answers late: ignored.
+    r.input(Input::Done(old, Outcome::MasterReady { pid: 1 }));
+    assert_eq!(r.m.health().master_pid, None);
+    r.answer(Outcome::MasterReady { pid: 2 });
+    assert_eq!(r.m.health().master_pid, Some(2));
+    r.clear();
+    r.input(Input::Shutdown);
+    assert!(r.saw(&Command::StopMaster));
+    assert!(r.m.is_stopped());
+    assert_eq!(r.m.poll_timeout(), None);
+    assert_eq!(r.m.health().master, MasterPhase::Stopped);
+}
+
+#[test]
+fn ssh_stderr_is_logged_once_per_kind_of_line() {
+    let mut r = Rig::new();
+    for n in 0..50 {
+        r.input(Input::MasterStderr(format!(
+            "channel {n}: open failed: connect failed: Connection refused"
+        )));
+        r.input(Input::MasterStderr(format!(
+            "Connection to 10.0.0.1 port 22 closed after {n} tries"
+        )));
+    }
+    assert_eq!(r.count_logs("ssh_stderr"), 1);
+    assert_eq!(r.count_logs("ssh_channel_open_failed"), 50);
+}
+
+#[test]
+fn numbers_do_not_make_a_line_new() {
+    assert_eq!(
+        without_numbers("channel 7: open failed: connect failed: Connection refused"),
+        without_numbers("channel 12: open failed: connect failed: Connection refused")
+    );
+    assert_eq!(without_numbers("port 22 pid 4021"), "port # pid #");
+}
