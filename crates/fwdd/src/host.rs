@@ -309,10 +309,11 @@ async fn carry_out(d: &Rc<Daemon>, host: &Rc<Host>, res: &mut Resources) {
             Command::Start(id, op) => res.inflight = Some((id, start(d, host, res, op))),
             Command::StopMaster => {
                 res.close_channels();
-                res.stderr = None;
                 if let Some(m) = res.master.take() {
                     m.shutdown(Duration::from_millis(500)).await;
                 }
+                // Only now: ssh's last words must not count as dropped.
+                res.stderr = None;
             }
             Command::CloseChannels => res.close_channels(),
             Command::Publish { generation } => {
