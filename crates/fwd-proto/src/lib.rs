@@ -26,6 +26,7 @@ use std::path::PathBuf;
 
 mod events;
 mod status;
+pub mod term;
 
 pub use events::{diff, Event};
 pub use status::{
