@@ -165,10 +165,18 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("FWD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: in a log file, the journal or launchd's log the
+    // escape codes would split `event="link_failed"` and defeat grep.
+    let colour = fwd_proto::term::use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
