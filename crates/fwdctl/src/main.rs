@@ -249,11 +249,34 @@ fn host_command(socket: &std::path::Path, req: Request) -> Result<i32> {
     Ok(human::EXIT_HEALTHY)
 }
 
+/// Prints clap's usage error or help: coloured only under the same rule as fwdd's
+/// logs (a terminal, and `NO_COLOR` unset or empty), whichever clap features the
+/// build unified in.
+fn print_clap(e: &clap::Error) {
+    use std::io::IsTerminal;
+    let terminal = if e.use_stderr() {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
+    if fwd_proto::term::use_colour(terminal, std::env::var_os("NO_COLOR").as_deref()) {
+        let _ = e.print();
+        return;
+    }
+    // StyledStr's Display is the text without its styles.
+    let text = e.render().to_string();
+    let _ = if e.use_stderr() {
+        std::io::stderr().lock().write_all(text.as_bytes())
+    } else {
+        std::io::stdout().lock().write_all(text.as_bytes())
+    };
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
+            print_clap(&e);
             return ExitCode::from(if e.use_stderr() {
                 human::EXIT_USAGE as u8
             } else {

@@ -220,3 +220,25 @@ fn version_and_usage() {
         "{help}"
     );
 }
+
+/// Usage errors and help written to a pipe carry no colour codes, even when the build
+/// unified clap's colour feature in (as a workspace build does through fwdd; e.g.
+/// `cargo test -p fwdctl -p fwdd`) and CLICOLOR_FORCE asks clap for colour.
+#[test]
+fn usage_and_help_to_a_pipe_have_no_colour() {
+    for args in [&["status", "--bogus"][..], &["--help"], &["bogus"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fwdctl"))
+            .args(args)
+            .env_remove("NO_COLOR")
+            .env("CLICOLOR_FORCE", "1")
+            .output()
+            .expect("run fwdctl");
+        let all = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+        assert!(!all.is_empty(), "{args:?}");
+        assert!(
+            !all.contains(&0x1b),
+            "{args:?}: {:?}",
+            String::from_utf8_lossy(&all)
+        );
+    }
+}
