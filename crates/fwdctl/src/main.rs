@@ -7,6 +7,7 @@ mod watch;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
+use fwd_proto::term::for_terminal;
 use fwd_proto::{decode_response, error_code, Request, Response};
 use std::io::Write;
 use std::path::PathBuf;
@@ -212,12 +213,13 @@ fn status(socket: &std::path::Path, json: bool) -> Result<i32> {
 
 fn wait(socket: &std::path::Path, targets: &[wait::Target], timeout: Duration) -> Result<i32> {
     match wait::run(socket, targets, timeout)? {
+        // Both lines carry container names and reasons from the daemon.
         wait::Outcome::Ready(line) => {
-            println!("{line}");
+            println!("{}", for_terminal(&line));
             Ok(human::EXIT_HEALTHY)
         }
         wait::Outcome::TimedOut(line) => {
-            eprintln!("fwdctl: {line}");
+            eprintln!("fwdctl: {}", for_terminal(&line));
             Ok(human::EXIT_DEGRADED)
         }
     }
@@ -232,7 +234,7 @@ fn host_command(socket: &std::path::Path, req: Request) -> Result<i32> {
         Response::Reconnect { hosts } => (hosts, "replacing the ssh master"),
         Response::Resync { hosts } => (hosts, "listing and inspecting the containers again"),
         Response::Error { message, code } if code.as_deref() == Some(error_code::UNKNOWN_HOST) => {
-            eprintln!("fwdctl: {message}");
+            eprintln!("fwdctl: {}", for_terminal(&message));
             return Ok(human::EXIT_DEGRADED);
         }
         Response::Error { message, .. } => {
@@ -244,7 +246,7 @@ fn host_command(socket: &std::path::Path, req: Request) -> Result<i32> {
         println!("no hosts configured, nothing to do");
     }
     for h in hosts {
-        println!("{h}: {what}");
+        println!("{}: {what}", for_terminal(&h));
     }
     Ok(human::EXIT_HEALTHY)
 }
@@ -302,7 +304,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("fwdctl: {e:#}");
+            // The chain may hold the daemon's error message or parts of its answer.
+            eprintln!("fwdctl: {}", for_terminal(&format!("{e:#}")));
             ExitCode::from(human::EXIT_UNREACHABLE as u8)
         }
     }
