@@ -174,6 +174,15 @@ pub fn render(c: &Config) -> String {
         "resync_interval = {}\n",
         q(&secs(c.resync_interval))
     ));
+    if c.rules.rules.is_empty() {
+        out.push_str(
+            "\n# no [[rule]]: every published TCP port is forwarded as published \
+             (fwd.* container labels still apply), on 127.0.0.1 and [::1]\n",
+        );
+    }
+    for r in &c.rules.rules {
+        render_rule(&mut out, r);
+    }
     for h in &c.hosts {
         let s = &h.ssh;
         out.push_str("\n[[host]]\n");
@@ -218,8 +227,53 @@ pub fn render(c: &Config) -> String {
             "ssh_program = {}\n",
             q(&s.ssh_program.display().to_string())
         ));
+        match h.max_forwards {
+            Some(n) => out.push_str(&format!("max_forwards = {n}\n")),
+            None => out.push_str("# max_forwards: not set, no cap\n"),
+        }
     }
     out
+}
+
+/// One `[[rule]]` table: the conditions it has, then its action.
+fn render_rule(out: &mut String, r: &fwd_core::Rule) {
+    use fwd_core::RuleAction;
+    let q = |s: &str| format!("{s:?}");
+    out.push_str("\n[[rule]]\n");
+    if let Some(h) = &r.host {
+        out.push_str(&format!("host = {}\n", q(h)));
+    }
+    if let Some((lo, hi)) = r.ports {
+        let ports = if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}-{hi}")
+        };
+        out.push_str(&format!("ports = {}\n", q(&ports)));
+    }
+    if let Some((k, v)) = &r.label {
+        let label = match v {
+            Some(v) => format!("{k}={v}"),
+            None => k.clone(),
+        };
+        out.push_str(&format!("label = {}\n", q(&label)));
+    }
+    if let Some(p) = &r.project {
+        out.push_str(&format!("project = {}\n", q(p)));
+    }
+    match &r.action {
+        RuleAction::Skip => out.push_str("action = \"skip\"\n"),
+        RuleAction::Forward { local_port, bind } => {
+            out.push_str("action = \"forward\"\n");
+            if let Some(p) = local_port {
+                out.push_str(&format!("local_port = {p}\n"));
+            }
+            if let Some(addrs) = bind {
+                let addrs: Vec<String> = addrs.iter().map(|a| q(&a.to_string())).collect();
+                out.push_str(&format!("bind = [{}]\n", addrs.join(", ")));
+            }
+        }
+    }
 }
 
 /// `ssh://[user@]host[:port]` → (destination, port).
@@ -752,6 +806,49 @@ mod render_tests {
         assert_eq!(again.retry, original.retry, "{text}");
         assert_eq!(again.resync_interval, original.resync_interval);
         assert_eq!(again.rules, original.rules, "{text}");
+        assert!(text.contains("\n# no [[rule]]"), "{text}");
+        assert!(
+            text.contains("\n# max_forwards: not set, no cap\n"),
+            "{text}"
+        );
+    }
+
+    /// Rules and max_forwards are shown too, and load back to the same settings.
+    #[test]
+    fn rules_and_max_forwards_are_rendered() {
+        let dir = std::env::temp_dir().join(format!("fwdd-render-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let load = |text: &str, name: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write");
+            super::Config::load(super::CliOverrides {
+                config_file: Some(path),
+                ..Default::default()
+            })
+            .expect("valid")
+        };
+        let original = load(
+            "[[rule]]\nports = \"5432\"\nlocal_port = 15432\n\
+             [[rule]]\nhost = \"h\"\nports = \"8000-8099\"\nbind = [\"127.0.0.1\", \"::1\"]\n\
+             [[rule]]\nlabel = \"team=x\"\nproject = \"shop\"\naction = \"skip\"\n\
+             [[rule]]\nlabel = \"metrics\"\naction = \"skip\"\n\
+             [[host]]\nname = \"h\"\nurl = \"ssh://h\"\nmax_forwards = 50\n",
+            "rules.toml",
+        );
+        let text = super::render(&original);
+        for line in [
+            "\n[[rule]]\nports = \"5432\"\naction = \"forward\"\nlocal_port = 15432\n",
+            "\n[[rule]]\nhost = \"h\"\nports = \"8000-8099\"\naction = \"forward\"\nbind = [\"127.0.0.1\", \"::1\"]\n",
+            "\n[[rule]]\nlabel = \"team=x\"\nproject = \"shop\"\naction = \"skip\"\n",
+            "\n[[rule]]\nlabel = \"metrics\"\naction = \"skip\"\n",
+            "\nmax_forwards = 50\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        assert!(!text.contains("# no [[rule]]"), "{text}");
+        let again = load(&text, "rendered.toml");
+        assert_eq!(again.rules, original.rules, "{text}");
+        assert_eq!(again.hosts, original.hosts, "{text}");
     }
 }
 

@@ -92,3 +92,34 @@ fn logs_to_a_pipe_have_no_colour() {
     assert!(!out.stderr.contains(&0x1b), "ESC in piped log: {log:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// check-config prints every effective setting, the rules and host caps included.
+#[test]
+fn check_config_prints_rules_and_max_forwards() {
+    let dir = scratch("check");
+    let cfg = dir.join("fwdd.toml");
+    std::fs::write(
+        &cfg,
+        "[[rule]]\nports = \"9100-9199\"\naction = \"skip\"\n\
+         [[host]]\nname = \"ci\"\nurl = \"ssh://ci@h\"\nmax_forwards = 7\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_fwdd"))
+        .arg("check-config")
+        .arg(&cfg)
+        .env_remove("FWD_HOST")
+        .output()
+        .expect("run fwdd");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("\n[[rule]]\nports = \"9100-9199\"\naction = \"skip\"\n"),
+        "{text}"
+    );
+    assert!(text.contains("\nmax_forwards = 7\n"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
