@@ -130,7 +130,8 @@ fn main() -> ExitCode {
     init_logging(config.log_format);
     if let Err(e) = prepare_runtime_dir(&config.runtime_dir) {
         eprintln!(
-            "fwdd: runtime directory {}: {e}",
+            "fwdd: cannot use runtime directory {}: {e}; fix its owner and permissions \
+             or choose another with --runtime-dir / FWD_RUNTIME_DIR",
             config.runtime_dir.display()
         );
         return ExitCode::from(2);
