@@ -198,7 +198,7 @@ fn status(socket: &std::path::Path, json: bool) -> Result<i32> {
         Response::Error { message, .. } => {
             return Err(anyhow!("fwdd refused the request: {message}"))
         }
-        other => return Err(anyhow!("unexpected answer from fwdd: {other:?}")),
+        other => return Err(client::unexpected_answer(&other)),
     };
     let mut out = std::io::stdout().lock();
     if json {
@@ -240,7 +240,7 @@ fn host_command(socket: &std::path::Path, req: Request) -> Result<i32> {
         Response::Error { message, .. } => {
             return Err(anyhow!("fwdd refused the request: {message}"))
         }
-        other => return Err(anyhow!("unexpected answer from fwdd: {other:?}")),
+        other => return Err(client::unexpected_answer(&other)),
     };
     if hosts.is_empty() {
         println!("no hosts configured, nothing to do");

@@ -180,7 +180,7 @@ pub fn run(socket: &Path, json: bool) -> Result<i32> {
         if first {
             match &decoded {
                 Ok(Response::Event(Event::Snapshot { .. })) => {}
-                Ok(other) => bail!("unexpected answer from fwdd: {other:?}"),
+                Ok(other) => return Err(crate::client::unexpected_answer(other)),
                 Err(e) => bail!("bad answer from fwdd ({}): {e}", socket.display()),
             }
             conn.no_read_timeout()?;

@@ -297,3 +297,23 @@ fn wait_timeout_line_escapes_remote_names() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(!out.stderr.contains(&0x1b), "{err:?}");
 }
+
+/// An answer of the wrong kind points at mismatched releases.
+#[test]
+fn wrong_kind_of_answer_names_the_likely_cause() {
+    let dir = TempDir::new();
+    let sock = dir.0.join("control.sock");
+    let server = fake_daemon(
+        &sock,
+        Some(b"{\"v\":1,\"ok\":true,\"probe\":{\"port\":1}}\n".to_vec()),
+    );
+    let out = fwdctl(&["--socket", sock.to_str().expect("utf8"), "status"]);
+    server.join().expect("fake daemon");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with("fwdctl: unexpected answer from fwdd: Probe")
+            && err.ends_with("use the same release of both\n"),
+        "{err}"
+    );
+}
