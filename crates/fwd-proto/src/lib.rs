@@ -26,6 +26,7 @@ use std::path::PathBuf;
 
 mod events;
 mod status;
+pub mod term;
 
 pub use events::{diff, Event};
 pub use status::{
@@ -245,7 +246,8 @@ impl TryFrom<WireResponse> for Response {
     fn try_from(w: WireResponse) -> Result<Self, String> {
         if w.v != PROTOCOL_VERSION {
             return Err(format!(
-                "unsupported protocol version {} (expected {PROTOCOL_VERSION})",
+                "unsupported protocol version {} (expected {PROTOCOL_VERSION}); \
+                 use fwdd and fwdctl from the same release",
                 w.v
             ));
         }
@@ -266,7 +268,9 @@ impl TryFrom<WireResponse> for Response {
         } else if let Some(e) = w.event {
             Ok(Response::Event(e))
         } else {
-            Err("response has ok=true but no known payload".into())
+            Err("response has ok=true but no payload this side knows; \
+                 use fwdd and fwdctl from the same release"
+                .into())
         }
     }
 }
@@ -337,40 +341,64 @@ pub enum DecodeError {
     InvalidResponse(String),
 }
 
+/// A request line to copy, for messages that tell a client what to send.
+const EXAMPLE_REQUEST: &str = r#"{"v":1,"cmd":"status"}"#;
+
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::TooLong { len, max } => {
-                write!(f, "line too long ({len} bytes, limit {max})")
+            DecodeError::TooLong { len, max } => write!(
+                f,
+                "line too long ({len} bytes, limit {max}); send one request per line, \
+                 each ending in a newline"
+            ),
+            DecodeError::Empty => write!(
+                f,
+                "empty line; send one JSON request per line, e.g. {EXAMPLE_REQUEST}"
+            ),
+            DecodeError::InvalidUtf8 { valid_up_to } => write!(
+                f,
+                "line is not valid UTF-8 (invalid byte at offset {valid_up_to}); \
+                 send JSON encoded as UTF-8"
+            ),
+            DecodeError::InvalidJson(e) => write!(
+                f,
+                "invalid JSON: {e}; send one JSON object per line, e.g. {EXAMPLE_REQUEST}"
+            ),
+            DecodeError::NotAnObject => {
+                write!(f, "expected a JSON object, e.g. {EXAMPLE_REQUEST}")
             }
-            DecodeError::Empty => f.write_str("empty line"),
-            DecodeError::InvalidUtf8 { valid_up_to } => {
-                write!(
-                    f,
-                    "line is not valid UTF-8 (invalid byte at offset {valid_up_to})"
-                )
-            }
-            DecodeError::InvalidJson(e) => write!(f, "invalid JSON: {e}"),
-            DecodeError::NotAnObject => f.write_str("expected a JSON object"),
             DecodeError::MissingVersion => write!(
                 f,
-                "missing protocol version field \"v\" (this daemon speaks v{PROTOCOL_VERSION})"
+                "missing protocol version field \"v\"; add \"v\":{PROTOCOL_VERSION} \
+                 (the version this side speaks)"
             ),
             DecodeError::UnsupportedVersion(v) => write!(
                 f,
-                "unsupported protocol version {v} (this side speaks v{PROTOCOL_VERSION})"
+                "unsupported protocol version {v} (this side speaks v{PROTOCOL_VERSION}); \
+                 use fwdd and fwdctl from the same release"
             ),
-            DecodeError::MissingCmd => f.write_str("missing string field \"cmd\""),
+            DecodeError::MissingCmd => write!(
+                f,
+                "missing string field \"cmd\"; add one of {}, e.g. {EXAMPLE_REQUEST}",
+                Request::COMMANDS.join(", ")
+            ),
             DecodeError::UnknownCmd(c) => write!(
                 f,
                 "unknown command {:?} (supported: {})",
                 c,
                 Request::COMMANDS.join(", ")
             ),
-            DecodeError::InvalidRequest { cmd, message } => {
-                write!(f, "invalid {cmd:?} request: {message}")
-            }
-            DecodeError::InvalidResponse(e) => write!(f, "invalid response: {e}"),
+            DecodeError::InvalidRequest { cmd, message } => write!(
+                f,
+                "invalid {cmd:?} request: {message}; its fields are described in \
+                 docs/control-api.md"
+            ),
+            DecodeError::InvalidResponse(e) => write!(
+                f,
+                "invalid response: {e}; are fwdd and fwdctl from different releases? \
+                 use the same release of both"
+            ),
         }
     }
 }
@@ -431,18 +459,23 @@ pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
     if !Request::COMMANDS.contains(&cmd.as_str()) {
         return Err(DecodeError::UnknownCmd(cmd));
     }
+    // serde would say "invalid value: integer `70000`, expected u16": name the range.
+    if cmd == "probe" {
+        if let Some(n) = obj.get("port").and_then(serde_json::Value::as_u64) {
+            if !(1..=u64::from(u16::MAX)).contains(&n) {
+                return Err(DecodeError::InvalidRequest {
+                    cmd,
+                    message: format!("port {n} is not a TCP port; use 1 to 65535"),
+                });
+            }
+        }
+    }
     let req: Request = serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
         DecodeError::InvalidRequest {
             cmd: cmd.clone(),
             message: e.to_string(),
         }
     })?;
-    if let Request::Probe { port: 0 } = req {
-        return Err(DecodeError::InvalidRequest {
-            cmd,
-            message: "port must be between 1 and 65535".into(),
-        });
-    }
     Ok(req)
 }
 

@@ -465,8 +465,15 @@ fn new_request_decoding() {
     );
     for (line, what) in [
         (&br#"{"v":1,"cmd":"probe"}"#[..], "missing field `port`"),
-        (br#"{"v":1,"cmd":"probe","port":0}"#, "between 1 and 65535"),
-        (br#"{"v":1,"cmd":"probe","port":70000}"#, "invalid value"),
+        (
+            br#"{"v":1,"cmd":"probe","port":0}"#,
+            "port 0 is not a TCP port; use 1 to 65535",
+        ),
+        (
+            br#"{"v":1,"cmd":"probe","port":70000}"#,
+            "port 70000 is not a TCP port; use 1 to 65535",
+        ),
+        (br#"{"v":1,"cmd":"probe","port":-1}"#, "invalid value"),
         (br#"{"v":1,"cmd":"probe","port":"80"}"#, "invalid type"),
         (br#"{"v":1,"cmd":"reconnect","host":5}"#, "invalid type"),
     ] {
@@ -474,11 +481,41 @@ fn new_request_decoding() {
             Err(e @ DecodeError::InvalidRequest { .. }) => {
                 let msg = e.to_string();
                 assert!(msg.contains(what), "{msg}");
+                assert!(msg.ends_with("described in docs/control-api.md"), "{msg}");
                 assert!(!msg.contains('\n'));
             }
             other => panic!("{}: {other:?}", String::from_utf8_lossy(line)),
         }
     }
+}
+
+/// Decoding errors tell the other side what to send instead.
+#[test]
+fn decode_errors_say_what_to_send() {
+    for (line, says) in [
+        (&b""[..], r#"e.g. {"v":1,"cmd":"status"}"#),
+        (
+            b"[1]",
+            r#"expected a JSON object, e.g. {"v":1,"cmd":"status"}"#,
+        ),
+        (br#"{"cmd":"status"}"#, r#"add "v":1"#),
+        (
+            br#"{"v":1}"#,
+            "add one of status, probe, watch, reconnect, resync",
+        ),
+        (br#"{"v":2,"cmd":"status"}"#, "from the same release"),
+        (b"nope", "send one JSON object per line"),
+    ] {
+        let msg = decode_request(line).expect_err("invalid").to_string();
+        assert!(msg.contains(says), "{msg}");
+    }
+    let msg = decode_response(br#"{"v":1,"ok":true,"future":{}}"#)
+        .expect_err("invalid")
+        .to_string();
+    assert!(
+        msg.contains("no payload this side knows; use fwdd and fwdctl from the same release"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -66,11 +66,22 @@ impl MasterConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
-    #[error("invalid ssh destination {0:?}: it must not be empty, start with '-', or contain whitespace or control characters")]
+    #[error(
+        "invalid ssh destination {0:?}: it must not be empty, start with '-', or contain \
+         whitespace or control characters, which ssh would misread; give the host as \
+         user@host or an alias from the ssh config"
+    )]
     InvalidDestination(String),
-    #[error("invalid ssh option {0:?}: expected Key=Value with an alphanumeric key and no control characters")]
+    #[error(
+        "invalid ssh option {0:?}: expected Key=Value with an alphanumeric key and no control \
+         characters; write it as e.g. \"Compression=no\""
+    )]
     InvalidOption(String),
-    #[error("invalid value for {what}: {value:?}")]
+    #[error(
+        "invalid value for {what}: {value:?} is empty or contains whitespace or control \
+         characters, which ssh would misread; {}",
+        value_hint(what)
+    )]
     InvalidValue { what: &'static str, value: String },
     #[error(
         "control socket path {path} is {len} bytes long; the limit is {limit} bytes \
@@ -82,14 +93,21 @@ pub enum MasterError {
         len: usize,
         limit: usize,
     },
-    #[error("failed to start {program}: {source}")]
+    #[error(
+        "failed to start {program}: {source}; check that OpenSSH's ssh is installed and on \
+         PATH, or name it with ssh_program"
+    )]
     Spawn { program: PathBuf, source: io::Error },
     #[error("ssh ControlMaster exited ({status}) before it became ready{}", fmt_tail(.stderr_tail))]
     Exited {
         status: ExitStatus,
         stderr_tail: Vec<String>,
     },
-    #[error("ssh ControlMaster did not become ready within {timeout:?}; killed it{}", fmt_tail(.stderr_tail))]
+    #[error(
+        "ssh ControlMaster did not become ready within {timeout:?}; killed it (the host is \
+         unreachable or slow to answer: check the network, or raise connect_timeout){}",
+        fmt_tail(.stderr_tail)
+    )]
     Timeout {
         timeout: Duration,
         stderr_tail: Vec<String>,
@@ -107,9 +125,20 @@ pub enum MasterError {
     Io(#[from] io::Error),
 }
 
+/// What to do about a [`MasterError::InvalidValue`], by the setting it came from.
+fn value_hint(what: &str) -> &'static str {
+    match what {
+        "StrictHostKeyChecking" => "set strict_host_key_checking to yes, accept-new or no",
+        "forward host" => {
+            "the container's published address is not usable; check `docker port` on the host"
+        }
+        _ => "fix the setting that supplies it",
+    }
+}
+
 fn fmt_tail(tail: &[String]) -> String {
     if tail.is_empty() {
-        String::new()
+        "; ssh printed nothing (try the same connection by hand with ssh -v)".into()
     } else {
         format!("; ssh said:\n  {}", tail.join("\n  "))
     }
@@ -714,5 +743,41 @@ mod tests {
         };
         let s = e.to_string();
         assert!(s.contains("255") && s.contains("Connection refused"), "{s}");
+        let e = MasterError::Exited {
+            status: ExitStatus::from_raw(255 << 8),
+            stderr_tail: vec![],
+        };
+        assert!(e
+            .to_string()
+            .contains("try the same connection by hand with ssh -v"));
+    }
+
+    /// Configuration errors say what is wrong and what to do about it.
+    #[test]
+    fn invalid_input_errors_say_what_to_do() {
+        let mut cfg = MasterConfig::new("h");
+        cfg.strict_host_key_checking = "ye s".into();
+        let e = master_args(&cfg, Path::new("/c")).expect_err("invalid");
+        let s = e.to_string();
+        assert!(
+            s.starts_with(
+                "invalid value for StrictHostKeyChecking: \"ye s\" is empty or contains whitespace"
+            ) && s.ends_with("set strict_host_key_checking to yes, accept-new or no"),
+            "{s}"
+        );
+        let e = fallback_stdio_forward_args(&MasterConfig::new("h"), Path::new("/c"), "", 80)
+            .expect_err("invalid");
+        assert!(e.to_string().contains("check `docker port`"), "{e}");
+        cfg = MasterConfig::new("h");
+        cfg.extra_options = vec!["NoEquals".into()];
+        let e = master_args(&cfg, Path::new("/c")).expect_err("invalid");
+        assert!(e.to_string().contains("\"Compression=no\""), "{e}");
+        let e = master_args(&MasterConfig::new("-oEvil"), Path::new("/c")).expect_err("invalid");
+        assert!(e.to_string().contains("user@host or an alias"), "{e}");
+        let e = MasterError::Spawn {
+            program: "ssh".into(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        };
+        assert!(e.to_string().contains("installed and on PATH"), "{e}");
     }
 }

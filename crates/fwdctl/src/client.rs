@@ -27,6 +27,14 @@ pub fn resolve_socket(
         .unwrap_or_else(fwd_proto::default_control_socket)
 }
 
+/// fwdd answered with a response of the wrong kind for the request.
+pub fn unexpected_answer(other: &fwd_proto::Response) -> anyhow::Error {
+    anyhow::anyhow!(
+        "unexpected answer from fwdd: {other:?}; are fwdd and fwdctl from different \
+         releases? use the same release of both"
+    )
+}
+
 fn connect(path: &Path) -> Result<UnixStream> {
     UnixStream::connect(path).map_err(|e| {
         let p = path.display();

@@ -1,5 +1,10 @@
 //! `fwdctl status` for people, and the health verdict behind the exit code.
+//!
+//! Every string of a status comes from the daemon, and most from further away
+//! (container names and labels, ssh and Docker messages): each passes through
+//! [`for_terminal`] before it is shown, so none can add a line or an escape sequence.
 
+use fwd_proto::term::for_terminal;
 use fwd_proto::{ForwardState, ForwardStatus, HostStatus, MasterState, Status, StreamState};
 use std::fmt::Write as _;
 
@@ -13,16 +18,17 @@ pub const EXIT_UNREACHABLE: i32 = 2;
 /// Exit code: bad command line.
 pub const EXIT_USAGE: i32 = 64;
 
-/// Why the status is degraded; empty when healthy.
+/// Why the status is degraded; empty when healthy. Safe to print.
 pub fn problems(st: &Status) -> Vec<String> {
     let mut out = Vec::new();
     for h in &st.hosts {
+        let name = for_terminal(&h.name);
         if h.master.state != MasterState::Connected {
-            out.push(format!("host {} is {}", h.name, h.master.state));
+            out.push(format!("host {name} is {}", h.master.state));
         } else if h.events.state == StreamState::Down {
             // The SSH link is up but Docker cannot be followed (e.g. dockerd
             // restarting): forwards no longer track containers.
-            out.push(format!("host {}: docker event stream down", h.name));
+            out.push(format!("host {name}: docker event stream down"));
         }
     }
     let conflicts = st
@@ -69,7 +75,12 @@ fn plural(n: u64, one: &str, many: &str) -> String {
 
 fn render_host(out: &mut String, h: &HostStatus, now_ms: u64) {
     let m = &h.master;
-    let _ = writeln!(out, "host {} ({})", h.name, h.destination);
+    let _ = writeln!(
+        out,
+        "host {} ({})",
+        for_terminal(&h.name),
+        for_terminal(&h.destination)
+    );
     let mut master = format!("{}", m.state);
     if let Some(pid) = m.pid {
         let _ = write!(master, ", pid {pid}");
@@ -127,8 +138,9 @@ fn render_host(out: &mut String, h: &HostStatus, now_ms: u64) {
             h.docker_version.clone().unwrap_or_else(|| "unknown".into()),
         ),
     ];
+    // The error message and docker version are remote text.
     for (label, value) in rows {
-        let _ = writeln!(out, "  {label:<11} {value}");
+        let _ = writeln!(out, "  {label:<11} {}", for_terminal(&value));
     }
 }
 
@@ -140,7 +152,12 @@ fn container_label(f: &ForwardStatus) -> String {
 }
 
 /// Renders rows as left-aligned columns separated by two spaces, without trailing blanks.
+/// Cells are made safe for a terminal first (and measured as shown).
 fn table(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| for_terminal(c).into_owned()).collect())
+        .collect();
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -152,7 +169,7 @@ fn table(rows: &[Vec<String>]) -> String {
         })
         .collect();
     let mut out = String::new();
-    for r in rows {
+    for r in &rows {
         let mut line = String::new();
         for (c, cell) in r.iter().enumerate() {
             if c > 0 {
@@ -180,7 +197,7 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
     let _ = writeln!(
         out,
         "fwdd {} (pid {}), up {}, {}",
-        st.daemon.version,
+        for_terminal(&st.daemon.version),
         st.daemon.pid,
         fmt_duration(now_ms.saturating_sub(st.daemon.started_at_ms)),
         verdict
@@ -351,6 +368,72 @@ staging  :9000                      127.0.0.1:9000  minio              9000/tcp 
             render_status(&st, NOW),
             "fwdd 0.1.0 (pid 4242), up 3m20s, healthy\n\nno hosts configured\n\nno forwards\n"
         );
+    }
+
+    /// Every string of a status as a remote host (or a compromised daemon) could set it:
+    /// line breaks, colour and cursor escapes, C1 controls, bidi overrides.
+    fn hostile(mut st: Status) -> Status {
+        let evil = |s: &str| format!("{s}\n\u{1b}[31mFAKE\r\t\u{7}\u{7f}\u{9b}2J\u{202e}\u{2066}");
+        st.daemon.version = evil(&st.daemon.version);
+        for h in &mut st.hosts {
+            h.name = evil(&h.name);
+            h.destination = evil(&h.destination);
+            if let Some(e) = &mut h.master.last_error {
+                e.class = evil(&e.class);
+                e.kind = evil(&e.kind);
+                e.message = evil(&e.message);
+            }
+            h.docker_version = Some(evil("27.3.1"));
+        }
+        for f in &mut st.forwards {
+            f.host = evil(&f.host);
+            f.local_addrs = f.local_addrs.iter().map(|a| evil(a)).collect();
+            f.remote = evil(&f.remote);
+            f.container_name = evil(&f.container_name);
+            f.compose_project = Some(evil("x"));
+            f.container_port = evil(&f.container_port);
+            f.reason = Some(evil("why"));
+        }
+        st
+    }
+
+    fn unsafe_chars(text: &str) -> Vec<char> {
+        text.chars()
+            .filter(|&c| {
+                (c.is_control() && c != '\n')
+                    || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            })
+            .collect()
+    }
+
+    #[test]
+    fn remote_strings_cannot_forge_lines_or_escapes() {
+        let mut benign = sample();
+        // Non-active forwards show their reason; give the benign one the same shape.
+        for f in &mut benign.forwards {
+            f.compose_project = Some("x".into());
+            f.reason = Some("why".into());
+        }
+        let plain = render_status(&benign, NOW);
+        let text = render_status(&hostile(sample()), NOW);
+        assert_eq!(unsafe_chars(&text), Vec::<char>::new(), "{text}");
+        assert_eq!(text.lines().count(), plain.lines().count(), "{text}");
+        // What was sent stays visible, as escapes.
+        assert!(
+            text.contains("x\\n\\x1b[31mFAKE\\r\\t\\x07\\x7f\\u{9b}2J\\u{202e}\\u{2066}/web"),
+            "{text}"
+        );
+        // The verdict line names the host, escaped.
+        assert!(text
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("host staging\\n")));
+        // One table line per forward.
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("HOST"))
+            .collect();
+        assert_eq!(rows.len(), 1 + benign.forwards.len(), "{text}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod watch;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
+use fwd_proto::term::for_terminal;
 use fwd_proto::{decode_response, error_code, Request, Response};
 use std::io::Write;
 use std::path::PathBuf;
@@ -197,7 +198,7 @@ fn status(socket: &std::path::Path, json: bool) -> Result<i32> {
         Response::Error { message, .. } => {
             return Err(anyhow!("fwdd refused the request: {message}"))
         }
-        other => return Err(anyhow!("unexpected answer from fwdd: {other:?}")),
+        other => return Err(client::unexpected_answer(&other)),
     };
     let mut out = std::io::stdout().lock();
     if json {
@@ -212,12 +213,13 @@ fn status(socket: &std::path::Path, json: bool) -> Result<i32> {
 
 fn wait(socket: &std::path::Path, targets: &[wait::Target], timeout: Duration) -> Result<i32> {
     match wait::run(socket, targets, timeout)? {
+        // Both lines carry container names and reasons from the daemon.
         wait::Outcome::Ready(line) => {
-            println!("{line}");
+            println!("{}", for_terminal(&line));
             Ok(human::EXIT_HEALTHY)
         }
         wait::Outcome::TimedOut(line) => {
-            eprintln!("fwdctl: {line}");
+            eprintln!("fwdctl: {}", for_terminal(&line));
             Ok(human::EXIT_DEGRADED)
         }
     }
@@ -232,28 +234,51 @@ fn host_command(socket: &std::path::Path, req: Request) -> Result<i32> {
         Response::Reconnect { hosts } => (hosts, "replacing the ssh master"),
         Response::Resync { hosts } => (hosts, "listing and inspecting the containers again"),
         Response::Error { message, code } if code.as_deref() == Some(error_code::UNKNOWN_HOST) => {
-            eprintln!("fwdctl: {message}");
+            eprintln!("fwdctl: {}", for_terminal(&message));
             return Ok(human::EXIT_DEGRADED);
         }
         Response::Error { message, .. } => {
             return Err(anyhow!("fwdd refused the request: {message}"))
         }
-        other => return Err(anyhow!("unexpected answer from fwdd: {other:?}")),
+        other => return Err(client::unexpected_answer(&other)),
     };
     if hosts.is_empty() {
         println!("no hosts configured, nothing to do");
     }
     for h in hosts {
-        println!("{h}: {what}");
+        println!("{}: {what}", for_terminal(&h));
     }
     Ok(human::EXIT_HEALTHY)
+}
+
+/// Prints clap's usage error or help: coloured only under the same rule as fwdd's
+/// logs (a terminal, and `NO_COLOR` unset or empty), whichever clap features the
+/// build unified in.
+fn print_clap(e: &clap::Error) {
+    use std::io::IsTerminal;
+    let terminal = if e.use_stderr() {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
+    if fwd_proto::term::use_colour(terminal, std::env::var_os("NO_COLOR").as_deref()) {
+        let _ = e.print();
+        return;
+    }
+    // StyledStr's Display is the text without its styles.
+    let text = e.render().to_string();
+    let _ = if e.use_stderr() {
+        std::io::stderr().lock().write_all(text.as_bytes())
+    } else {
+        std::io::stdout().lock().write_all(text.as_bytes())
+    };
 }
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
+            print_clap(&e);
             return ExitCode::from(if e.use_stderr() {
                 human::EXIT_USAGE as u8
             } else {
@@ -279,7 +304,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("fwdctl: {e:#}");
+            // The chain may hold the daemon's error message or parts of its answer.
+            eprintln!("fwdctl: {}", for_terminal(&format!("{e:#}")));
             ExitCode::from(human::EXIT_UNREACHABLE as u8)
         }
     }

@@ -34,12 +34,19 @@ impl Target {
     pub fn parse(s: &str) -> Result<Target, String> {
         let s = s.trim();
         if s.is_empty() {
-            return Err("empty target".into());
+            return Err(
+                "the target is empty; give a local port such as 5432 or a container name \
+                 such as shop-db-1"
+                    .into(),
+            );
         }
         if s.bytes().all(|b| b.is_ascii_digit()) {
             return match s.parse::<u16>() {
                 Ok(p) if p > 0 => Ok(Target::Port(p)),
-                _ => Err(format!("{s} is not a TCP port (1-65535)")),
+                _ => Err(format!(
+                    "{s} is not a TCP port; give a port from 1 to 65535 (a target of digits \
+                     only is always read as a port)"
+                )),
             };
         }
         Ok(Target::Container(s.trim_start_matches('/').to_string()))
@@ -215,7 +222,7 @@ fn fetch_status(socket: &Path) -> Result<Status> {
     {
         Response::Status(st) => Ok(st),
         Response::Error { message, .. } => Err(anyhow!("fwdd refused the request: {message}")),
-        other => Err(anyhow!("unexpected answer from fwdd: {other:?}")),
+        other => Err(client::unexpected_answer(&other)),
     }
 }
 
@@ -230,7 +237,7 @@ fn probe(socket: &Path, port: u16, timeout: Duration) -> Result<Result<(), Strin
             Ok(Err(message))
         }
         Response::Error { message, .. } => Err(anyhow!("fwdd refused the request: {message}")),
-        other => Err(anyhow!("unexpected answer from fwdd: {other:?}")),
+        other => Err(client::unexpected_answer(&other)),
     }
 }
 
@@ -368,8 +375,11 @@ mod tests {
             Ok(Target::Container("abc123".into()))
         );
         assert!(Target::parse("0").is_err());
-        assert!(Target::parse("65536").is_err());
-        assert!(Target::parse("").is_err());
+        assert_eq!(
+            Target::parse("65536"),
+            Err("65536 is not a TCP port; give a port from 1 to 65535 (a target of digits only is always read as a port)".into())
+        );
+        assert!(Target::parse(" ").is_err_and(|e| e.contains("give a local port such as 5432")));
     }
 
     #[test]

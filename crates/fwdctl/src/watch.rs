@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::client::LineStream;
 use crate::human;
+use fwd_proto::term::for_terminal;
 
 /// `HH:MM:SS` in local time.
 pub fn clock(at_ms: u64) -> String {
@@ -36,8 +37,18 @@ fn with_reason(s: &mut String, reason: &Option<String>) {
     }
 }
 
-/// One line for people (without the trailing newline).
+/// One line for people (without the trailing newline). Host and container names,
+/// reasons and errors are remote text: the line is made safe for a terminal as a
+/// whole, so none of them can break it or slip in an escape sequence.
 pub fn render_event(e: &Event) -> String {
+    let line = event_line(e);
+    match for_terminal(&line) {
+        std::borrow::Cow::Borrowed(_) => line,
+        std::borrow::Cow::Owned(safe) => safe,
+    }
+}
+
+fn event_line(e: &Event) -> String {
     let t = clock(e.at_ms());
     match e {
         Event::Snapshot { status, .. } => {
@@ -146,7 +157,7 @@ fn render_unknown(line: &[u8]) -> Option<String> {
     let ev = v.get("event")?;
     let kind = ev.get("kind")?.as_str()?;
     let at = ev.get("at_ms").and_then(|a| a.as_u64()).unwrap_or(0);
-    Some(format!("{} {kind}", clock(at)))
+    Some(format!("{} {}", clock(at), for_terminal(kind)))
 }
 
 /// Follows the daemon until it goes away (an error: exit 2). Ctrl-C ends the process
@@ -169,7 +180,7 @@ pub fn run(socket: &Path, json: bool) -> Result<i32> {
         if first {
             match &decoded {
                 Ok(Response::Event(Event::Snapshot { .. })) => {}
-                Ok(other) => bail!("unexpected answer from fwdd: {other:?}"),
+                Ok(other) => return Err(crate::client::unexpected_answer(other)),
                 Err(e) => bail!("bad answer from fwdd ({}): {e}", socket.display()),
             }
             conn.no_read_timeout()?;
@@ -320,6 +331,48 @@ mod tests {
             })),
             "host ci-docker events down → resyncing (restarts 2)"
         );
+    }
+
+    #[test]
+    fn remote_strings_stay_on_one_visible_line() {
+        let mut f = fw();
+        f.container_name = "db\n\u{1b}[2J".into();
+        f.compose_project = Some("x\r\u{202e}".into());
+        f.host = "h\u{9b}".into();
+        f.state = ForwardState::Conflict;
+        f.reason = Some("in use\n\u{7}".into());
+        assert_eq!(
+            strip_clock(render_event(&Event::ForwardAdded {
+                at_ms: 0,
+                forward: f
+            })),
+            "forward added localhost:5432 → x\\r\\u{202e}/db\\n\\x1b[2J (h\\u{9b}), conflict: in use\\n\\x07"
+        );
+        let line = render_event(&Event::MasterStateChanged {
+            at_ms: 0,
+            host: "ci\ndocker".into(),
+            previous_state: None,
+            master: MasterStatus {
+                state: MasterState::Backoff,
+                pid: None,
+                since_ms: 0,
+                last_probe_rtt_ms: None,
+                reconnects: 0,
+                consecutive_failures: 1,
+                last_error: Some(ErrorInfo {
+                    class: "transient".into(),
+                    kind: "lost\t".into(),
+                    message: "Connection closed\r\n\u{1b}[1A\u{1b}[2Kall good".into(),
+                    at_ms: 0,
+                }),
+                next_retry_ms: None,
+            },
+        });
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.ends_with("\\r\\n\\x1b[1A\\x1b[2Kall good"), "{line}");
+        let s = render_unknown(br#"{"v":1,"ok":true,"event":{"kind":"x\u001b[31m\n","at_ms":0}}"#)
+            .expect("a kind");
+        assert!(s.ends_with(" x\\x1b[31m\\n"), "{s}");
     }
 
     #[test]

@@ -220,3 +220,100 @@ fn version_and_usage() {
         "{help}"
     );
 }
+
+/// Usage errors and help written to a pipe carry no colour codes, even when the build
+/// unified clap's colour feature in (as a workspace build does through fwdd; e.g.
+/// `cargo test -p fwdctl -p fwdd`) and CLICOLOR_FORCE asks clap for colour.
+#[test]
+fn usage_and_help_to_a_pipe_have_no_colour() {
+    for args in [&["status", "--bogus"][..], &["--help"], &["bogus"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fwdctl"))
+            .args(args)
+            .env_remove("NO_COLOR")
+            .env("CLICOLOR_FORCE", "1")
+            .output()
+            .expect("run fwdctl");
+        let all = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+        assert!(!all.is_empty(), "{args:?}");
+        assert!(
+            !all.contains(&0x1b),
+            "{args:?}: {:?}",
+            String::from_utf8_lossy(&all)
+        );
+    }
+}
+
+/// An error message from the daemon reaches the terminal as one visible line.
+#[test]
+fn daemon_error_message_cannot_inject_escapes() {
+    let dir = TempDir::new();
+    let sock = dir.0.join("control.sock");
+    let server = fake_daemon(
+        &sock,
+        Some(b"{\"v\":1,\"ok\":false,\"error\":\"boom\\n\\u001b[32mall fine\\u009b\"}\n".to_vec()),
+    );
+    let out = fwdctl(&["--socket", sock.to_str().expect("utf8"), "status"]);
+    server.join().expect("fake daemon");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "fwdctl: fwdd refused the request: boom\\n\\x1b[32mall fine\\u{9b}\n"
+    );
+}
+
+/// `wait`'s timeout line names hosts and containers the daemon reported: escaped.
+#[test]
+fn wait_timeout_line_escapes_remote_names() {
+    let dir = TempDir::new();
+    let sock = dir.0.join("control.sock");
+    let mut st: fwd_proto::Status = serde_json::from_str(GOLDEN).expect("golden");
+    st.hosts[1].name = "staging\n\u{1b}[31mFAKE".into();
+    // `wait` may ask more than once before its timeout: answer every request.
+    let listener = UnixListener::bind(&sock).expect("bind");
+    let answer = fwd_proto::encode_line(&fwd_proto::Response::Status(st));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let mut line = String::new();
+            if BufReader::new(&conn).read_line(&mut line).is_ok() {
+                let _ = (&conn).write_all(&answer);
+            }
+        }
+    });
+    let out = fwdctl(&[
+        "--socket",
+        sock.to_str().expect("utf8"),
+        "wait",
+        "nope",
+        "--timeout",
+        "50ms",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("host staging\\n\\x1b[31mFAKE is backoff"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!out.stderr.contains(&0x1b), "{err:?}");
+}
+
+/// An answer of the wrong kind points at mismatched releases.
+#[test]
+fn wrong_kind_of_answer_names_the_likely_cause() {
+    let dir = TempDir::new();
+    let sock = dir.0.join("control.sock");
+    let server = fake_daemon(
+        &sock,
+        Some(b"{\"v\":1,\"ok\":true,\"probe\":{\"port\":1}}\n".to_vec()),
+    );
+    let out = fwdctl(&["--socket", sock.to_str().expect("utf8"), "status"]);
+    server.join().expect("fake daemon");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with("fwdctl: unexpected answer from fwdd: Probe")
+            && err.ends_with("use the same release of both\n"),
+        "{err}"
+    );
+}

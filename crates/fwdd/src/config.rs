@@ -123,9 +123,11 @@ fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duratio
         None => Ok(default),
         Some(v) => match humantime::parse_duration(v) {
             Ok(d) if d > Duration::ZERO => Ok(d),
-            Ok(_) => err(format!("{key}: must be greater than zero")),
+            Ok(_) => err(format!(
+                "{key}: {v:?} is zero; use a duration greater than zero such as \"15s\""
+            )),
             Err(e) => err(format!(
-                "{key}: {v:?} is not a duration ({e}); write e.g. \"15s\" or \"2m\""
+                "{key}: {v:?} is not a duration ({e}); use a number with a unit such as \"15s\" or \"2m\""
             )),
         },
     }
@@ -174,6 +176,15 @@ pub fn render(c: &Config) -> String {
         "resync_interval = {}\n",
         q(&secs(c.resync_interval))
     ));
+    if c.rules.rules.is_empty() {
+        out.push_str(
+            "\n# no [[rule]]: every published TCP port is forwarded as published \
+             (fwd.* container labels still apply), on 127.0.0.1 and [::1]\n",
+        );
+    }
+    for r in &c.rules.rules {
+        render_rule(&mut out, r);
+    }
     for h in &c.hosts {
         let s = &h.ssh;
         out.push_str("\n[[host]]\n");
@@ -218,8 +229,53 @@ pub fn render(c: &Config) -> String {
             "ssh_program = {}\n",
             q(&s.ssh_program.display().to_string())
         ));
+        match h.max_forwards {
+            Some(n) => out.push_str(&format!("max_forwards = {n}\n")),
+            None => out.push_str("# max_forwards: not set, no cap\n"),
+        }
     }
     out
+}
+
+/// One `[[rule]]` table: the conditions it has, then its action.
+fn render_rule(out: &mut String, r: &fwd_core::Rule) {
+    use fwd_core::RuleAction;
+    let q = |s: &str| format!("{s:?}");
+    out.push_str("\n[[rule]]\n");
+    if let Some(h) = &r.host {
+        out.push_str(&format!("host = {}\n", q(h)));
+    }
+    if let Some((lo, hi)) = r.ports {
+        let ports = if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}-{hi}")
+        };
+        out.push_str(&format!("ports = {}\n", q(&ports)));
+    }
+    if let Some((k, v)) = &r.label {
+        let label = match v {
+            Some(v) => format!("{k}={v}"),
+            None => k.clone(),
+        };
+        out.push_str(&format!("label = {}\n", q(&label)));
+    }
+    if let Some(p) = &r.project {
+        out.push_str(&format!("project = {}\n", q(p)));
+    }
+    match &r.action {
+        RuleAction::Skip => out.push_str("action = \"skip\"\n"),
+        RuleAction::Forward { local_port, bind } => {
+            out.push_str("action = \"forward\"\n");
+            if let Some(p) = local_port {
+                out.push_str(&format!("local_port = {p}\n"));
+            }
+            if let Some(addrs) = bind {
+                let addrs: Vec<String> = addrs.iter().map(|a| q(&a.to_string())).collect();
+                out.push_str(&format!("bind = [{}]\n", addrs.join(", ")));
+            }
+        }
+    }
 }
 
 /// `ssh://[user@]host[:port]` → (destination, port).
@@ -235,13 +291,17 @@ pub fn parse_host_url(url: &str) -> Result<(String, Option<u16>), String> {
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
         let (h, tail) = v6
             .split_once(']')
-            .ok_or_else(|| format!("{url:?}: unclosed '[' in the host"))?;
+            .ok_or_else(|| {
+                format!("{url:?}: unclosed '[' in the host; write an IPv6 address as ssh://user@[fd00::1]:22")
+            })?;
         let port = match tail {
             "" => None,
-            t => Some(
-                t.strip_prefix(':')
-                    .ok_or_else(|| format!("{url:?}: junk after ']'"))?,
-            ),
+            t => Some(t.strip_prefix(':').ok_or_else(|| {
+                format!(
+                    "{url:?}: {t:?} after ']' is not a port; write an IPv6 address as \
+                             ssh://user@[fd00::1]:22"
+                )
+            })?),
         };
         (h, port)
     } else {
@@ -255,7 +315,9 @@ pub fn parse_host_url(url: &str) -> Result<(String, Option<u16>), String> {
             p.parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("{url:?}: port {p:?} is not a number from 1 to 65535"))
+                .ok_or_else(|| {
+                    format!("{url:?}: port {p:?} is not a number from 1 to 65535; write e.g. ssh://user@host:2222")
+                })
         })
         .transpose()?;
     let valid = |s: &str| {
@@ -264,12 +326,17 @@ pub fn parse_host_url(url: &str) -> Result<(String, Option<u16>), String> {
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._-:%".contains(c))
     };
+    const ALLOWED: &str = "letters, digits and . _ - : % only, not starting with '-'";
     if !valid(host) {
-        return Err(format!("{url:?}: {host:?} is not a valid host name"));
+        return Err(format!(
+            "{url:?}: {host:?} is not a valid host name ({ALLOWED}); write ssh://[user@]host[:port]"
+        ));
     }
     if let Some(u) = user {
         if !valid(u) {
-            return Err(format!("{url:?}: {u:?} is not a valid user name"));
+            return Err(format!(
+                "{url:?}: {u:?} is not a valid user name ({ALLOWED}); write ssh://[user@]host[:port]"
+            ));
         }
     }
     let destination = match user {
@@ -300,11 +367,19 @@ impl Config {
             None => FileConfig::default(),
             Some(path) => read_file(path)?,
         };
+        // Name the flag when the value came from it: the file's line would mislead.
+        let log_format_key = match cli.log_format {
+            Some(_) => "--log-format (or FWD_LOG_FORMAT)",
+            None => "log_format",
+        };
         let log_format = match cli.log_format.as_deref().or(file.log_format.as_deref()) {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                return err(format!("log_format: {other:?} is not \"text\" or \"json\""))
+                return err(format!(
+                    "{log_format_key}: {other:?} is not a log format; use \"text\" (for people) \
+                     or \"json\" (one object per line, for log pipelines)"
+                ))
             }
         };
         let mut hosts = Vec::new();
@@ -371,18 +446,30 @@ fn rules_config(rules: &[FileRule], hosts: &[HostConfig]) -> Result<fwd_core::Ru
             .as_deref()
             .map(fwd_core::rules::parse_port_range)
             .transpose()
-            .map_err(|e| ConfigError(format!("{key}.ports: {e}")))?;
+            .map_err(|e| {
+                ConfigError(format!(
+                    "{key}.ports: {e}; write one port such as \"5432\" or a range such as \"8000-8099\""
+                ))
+            })?;
         if let Some(h) = &r.host {
             if !hosts.iter().any(|c| &c.name == h) {
-                return err(format!("{key}.host: no host named {h:?} is configured"));
+                let names: Vec<String> = hosts.iter().map(|c| format!("{:?}", c.name)).collect();
+                return err(format!(
+                    "{key}.host: no host named {h:?} is configured; use the name of a [[host]] ({})",
+                    names.join(", ")
+                ));
             }
         }
         let label = r.label.as_deref().map(|l| match l.split_once('=') {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
             None => (l.to_string(), None),
         });
-        if label.as_ref().is_some_and(|(k, _)| k.is_empty()) {
-            return err(format!("{key}.label: write \"key\" or \"key=value\""));
+        if let (Some((k, _)), Some(l)) = (&label, &r.label) {
+            if k.is_empty() {
+                return err(format!(
+                    "{key}.label: {l:?} has no label key; write \"key\" or \"key=value\", e.g. \"team=payments\""
+                ));
+            }
         }
         let bind = r
             .bind
@@ -392,24 +479,37 @@ fn rules_config(rules: &[FileRule], hosts: &[HostConfig]) -> Result<fwd_core::Ru
                     .iter()
                     .map(|a| {
                         a.parse::<std::net::IpAddr>().map_err(|_| {
-                            ConfigError(format!("{key}.bind: {a:?} is not an IP address"))
+                            ConfigError(format!(
+                                "{key}.bind: {a:?} is not an IP address; write addresses such as \
+                                 \"127.0.0.1\" or \"::1\" (host names are not resolved)"
+                            ))
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;
         if bind.as_ref().is_some_and(Vec::is_empty) {
-            return err(format!("{key}.bind: name at least one address"));
+            return err(format!(
+                "{key}.bind: the list is empty, so the port would listen nowhere; name at least one \
+                 address such as \"127.0.0.1\", or remove bind for the default (127.0.0.1 and ::1)"
+            ));
         }
         let action = match r.action.as_deref().unwrap_or("forward") {
             "forward" => {
                 if r.local_port.is_some() && ports.is_none_or(|(a, b)| a != b) {
+                    let matched = match ports {
+                        None => "every port",
+                        Some(_) => "a range of ports",
+                    };
                     return err(format!(
-                        "{key}.local_port: only a rule for a single port (ports = \"5432\") can remap"
+                        "{key}.local_port: the rule matches {matched}, which cannot all move to one \
+                         local port; give the rule a single port (ports = \"5432\") or remove local_port"
                     ));
                 }
                 if r.local_port == Some(0) {
-                    return err(format!("{key}.local_port: must be from 1 to 65535"));
+                    return err(format!(
+                        "{key}.local_port: 0 is not a port; use a port from 1 to 65535"
+                    ));
                 }
                 RuleAction::Forward {
                     local_port: r.local_port,
@@ -418,13 +518,16 @@ fn rules_config(rules: &[FileRule], hosts: &[HostConfig]) -> Result<fwd_core::Ru
             }
             "skip" => {
                 if r.local_port.is_some() || bind.is_some() {
-                    return err(format!("{key}: a skip rule takes no local_port or bind"));
+                    return err(format!(
+                        "{key}: a skip rule forwards nothing, so local_port and bind have no use; \
+                         remove them or set action = \"forward\""
+                    ));
                 }
                 RuleAction::Skip
             }
             other => {
                 return err(format!(
-                    "{key}.action: {other:?} is not \"forward\" or \"skip\""
+                    "{key}.action: {other:?} is not an action; use \"forward\" or \"skip\""
                 ))
             }
         };
@@ -443,7 +546,9 @@ fn retry_config(file: &FileConfig) -> Result<RetryConfig, ConfigError> {
     let defaults = fwd_core::BackoffPolicy::default();
     let jitter = file.retry_jitter.unwrap_or(defaults.jitter);
     if !(0.0..=1.0).contains(&jitter) {
-        return err(format!("retry_jitter: {jitter} is not between 0 and 1"));
+        return err(format!(
+            "retry_jitter: {jitter} is not between 0 and 1; use a fraction such as 0.25 (±25%)"
+        ));
     }
     let backoff = fwd_core::BackoffPolicy {
         base: duration(
@@ -464,7 +569,12 @@ fn retry_config(file: &FileConfig) -> Result<RetryConfig, ConfigError> {
         )?,
     };
     if backoff.base > backoff.cap {
-        return err("retry_first_delay: must not be longer than retry_max_delay");
+        return err(format!(
+            "retry_first_delay: {} is longer than retry_max_delay ({}); shorten \
+             retry_first_delay or raise retry_max_delay",
+            humantime::format_duration(backoff.base),
+            humantime::format_duration(backoff.cap)
+        ));
     }
     Ok(RetryConfig {
         backoff,
@@ -540,8 +650,13 @@ fn locate_key(text: &str, table: Option<(&str, usize)>, key: &str) -> Option<usi
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError(format!(
+            "cannot read the configuration file {}: {e}; check the path given with \
+                 --config / FWD_CONFIG (or to check-config) and that fwdd's user may read it",
+            path.display()
+        ))
+    })?;
     toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
 }
 
@@ -554,7 +669,8 @@ fn host_config(key: &str, h: &FileHost, cli: &CliOverrides) -> Result<HostConfig
         .unwrap_or_else(|| "yes".into());
     if !["yes", "accept-new", "no", "off"].contains(&strict.as_str()) {
         return err(format!(
-            "{key}.strict_host_key_checking: {strict:?} is not one of yes, accept-new, no"
+            "{key}.strict_host_key_checking: {strict:?} is not a policy; use \"yes\" (only hosts \
+             already in known_hosts), \"accept-new\" or \"no\""
         ));
     }
     for (j, o) in h.ssh_options.iter().enumerate() {
@@ -564,7 +680,8 @@ fn host_config(key: &str, h: &FileHost, cli: &CliOverrides) -> Result<HostConfig
             && !o.chars().any(|c| c.is_control());
         if !ok {
             return err(format!(
-                "{key}.ssh_options[{j}]: {o:?} is not of the form Key=Value"
+                "{key}.ssh_options[{j}]: {o:?} is not of the form Key=Value (an alphanumeric key, \
+                 '=', a value without control characters); write e.g. \"Compression=no\""
             ));
         }
     }
@@ -640,10 +757,10 @@ mod tests {
     fn load_toml(text: &str) -> Result<Config, ConfigError> {
         let dir = std::env::temp_dir().join(format!("fwdd-cfg-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join(format!(
-            "{:x}.toml",
-            text.len() * 31 + text.as_bytes()[0] as usize
-        ));
+        // One file per call: tests run in parallel and must not share one.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{n}.toml"));
         std::fs::write(&path, text).expect("write config");
         Config::load(CliOverrides {
             config_file: Some(path),
@@ -708,6 +825,118 @@ mod tests {
         }
     }
 
+    /// Each error says what is wrong and what to write instead.
+    #[test]
+    fn errors_say_what_to_do() {
+        let host = "[[host]]\nname = \"h\"\nurl = \"ssh://h\"\n";
+        for (bad, says) in [
+            (
+                format!("{host}health_interval = \"5x\"\n"),
+                ".toml:4: host[0].health_interval: \"5x\" is not a duration",
+            ),
+            (
+                format!("{host}health_interval = \"5x\"\n"),
+                "use a number with a unit such as \"15s\" or \"2m\"",
+            ),
+            (
+                format!("connect_wait = \"0s\"\n{host}"),
+                "\"0s\" is zero; use a duration greater than zero",
+            ),
+            (
+                format!("log_format = \"xml\"\n{host}"),
+                ".toml:1: log_format: \"xml\" is not a log format; use \"text\"",
+            ),
+            (
+                format!("{host}[[rule]]\nhost = \"nope\"\n"),
+                "use the name of a [[host]] (\"h\")",
+            ),
+            (
+                format!("{host}[[rule]]\nports = \"9-1\"\n"),
+                "write one port such as \"5432\" or a range",
+            ),
+            (
+                format!("{host}[[rule]]\nlabel = \"=x\"\n"),
+                "\"=x\" has no label key; write \"key\" or \"key=value\"",
+            ),
+            (
+                format!("{host}[[rule]]\nbind = []\n"),
+                "name at least one address such as \"127.0.0.1\"",
+            ),
+            (
+                format!("{host}[[rule]]\nbind = [\"localhost\"]\n"),
+                "host names are not resolved",
+            ),
+            (
+                format!("{host}[[rule]]\nlocal_port = 5\n"),
+                "the rule matches every port, which cannot all move to one local port",
+            ),
+            (
+                format!("{host}[[rule]]\naction = \"skip\"\nbind = [\"::1\"]\n"),
+                ".toml:4: rule[0]: a skip rule forwards nothing",
+            ),
+            (
+                format!("{host}[[rule]]\naction = \"maybe\"\n"),
+                "use \"forward\" or \"skip\"",
+            ),
+            (
+                format!("retry_jitter = 2.0\n{host}"),
+                "use a fraction such as 0.25",
+            ),
+            (
+                format!("retry_first_delay = \"1m\"\nretry_max_delay = \"30s\"\n{host}"),
+                "retry_first_delay: 1m is longer than retry_max_delay (30s); shorten",
+            ),
+            (
+                format!("{host}strict_host_key_checking = \"maybe\"\n"),
+                "use \"yes\"",
+            ),
+            (
+                format!("{host}ssh_options = [\"-oX\"]\n"),
+                "write e.g. \"Compression=no\"",
+            ),
+            (
+                "[[host]]\nurl = \"ssh://u@[fd00::1\"\n".to_string(),
+                "write an IPv6 address as ssh://user@[fd00::1]:22",
+            ),
+            (
+                "[[host]]\nurl = \"ssh://h;x\"\n".to_string(),
+                "is not a valid host name (letters, digits",
+            ),
+        ] {
+            let e = load_toml(&bad).expect_err(&bad);
+            assert!(e.0.contains(says), "{bad}: {e}");
+        }
+        let e = Config::load(CliOverrides {
+            config_file: Some("/nonexistent/fwdd.toml".into()),
+            ..Default::default()
+        })
+        .expect_err("missing file");
+        assert!(e.0.contains("check the path given with --config"), "{e}");
+    }
+
+    /// A bad --log-format is blamed on the flag, not on the file's log_format line.
+    #[test]
+    fn a_bad_flag_is_not_blamed_on_the_file() {
+        let dir = std::env::temp_dir().join(format!("fwdd-cfg-flag-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("fwdd.toml");
+        std::fs::write(
+            &path,
+            "log_format = \"text\"\n[[host]]\nurl = \"ssh://h\"\n",
+        )
+        .expect("write");
+        let e = Config::load(CliOverrides {
+            config_file: Some(path),
+            log_format: Some("xml".into()),
+            ..Default::default()
+        })
+        .expect_err("invalid");
+        assert!(
+            e.0.starts_with("--log-format (or FWD_LOG_FORMAT): \"xml\""),
+            "{e}"
+        );
+    }
+
     #[test]
     fn errors_name_the_key() {
         let e = load_toml("[[host]]\nurl = \"ssh://h\"\nserver_alive_interval = \"soon\"\n")
@@ -752,6 +981,49 @@ mod render_tests {
         assert_eq!(again.retry, original.retry, "{text}");
         assert_eq!(again.resync_interval, original.resync_interval);
         assert_eq!(again.rules, original.rules, "{text}");
+        assert!(text.contains("\n# no [[rule]]"), "{text}");
+        assert!(
+            text.contains("\n# max_forwards: not set, no cap\n"),
+            "{text}"
+        );
+    }
+
+    /// Rules and max_forwards are shown too, and load back to the same settings.
+    #[test]
+    fn rules_and_max_forwards_are_rendered() {
+        let dir = std::env::temp_dir().join(format!("fwdd-render-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let load = |text: &str, name: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write");
+            super::Config::load(super::CliOverrides {
+                config_file: Some(path),
+                ..Default::default()
+            })
+            .expect("valid")
+        };
+        let original = load(
+            "[[rule]]\nports = \"5432\"\nlocal_port = 15432\n\
+             [[rule]]\nhost = \"h\"\nports = \"8000-8099\"\nbind = [\"127.0.0.1\", \"::1\"]\n\
+             [[rule]]\nlabel = \"team=x\"\nproject = \"shop\"\naction = \"skip\"\n\
+             [[rule]]\nlabel = \"metrics\"\naction = \"skip\"\n\
+             [[host]]\nname = \"h\"\nurl = \"ssh://h\"\nmax_forwards = 50\n",
+            "rules.toml",
+        );
+        let text = super::render(&original);
+        for line in [
+            "\n[[rule]]\nports = \"5432\"\naction = \"forward\"\nlocal_port = 15432\n",
+            "\n[[rule]]\nhost = \"h\"\nports = \"8000-8099\"\naction = \"forward\"\nbind = [\"127.0.0.1\", \"::1\"]\n",
+            "\n[[rule]]\nlabel = \"team=x\"\nproject = \"shop\"\naction = \"skip\"\n",
+            "\n[[rule]]\nlabel = \"metrics\"\naction = \"skip\"\n",
+            "\nmax_forwards = 50\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        assert!(!text.contains("# no [[rule]]"), "{text}");
+        let again = load(&text, "rendered.toml");
+        assert_eq!(again.rules, original.rules, "{text}");
+        assert_eq!(again.hosts, original.hosts, "{text}");
     }
 }
 

@@ -130,7 +130,8 @@ fn main() -> ExitCode {
     init_logging(config.log_format);
     if let Err(e) = prepare_runtime_dir(&config.runtime_dir) {
         eprintln!(
-            "fwdd: runtime directory {}: {e}",
+            "fwdd: cannot use runtime directory {}: {e}; fix its owner and permissions \
+             or choose another with --runtime-dir / FWD_RUNTIME_DIR",
             config.runtime_dir.display()
         );
         return ExitCode::from(2);
@@ -165,10 +166,18 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("FWD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: in a log file, the journal or launchd's log the
+    // escape codes would split `event="link_failed"` and defeat grep.
+    let colour = fwd_proto::term::use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

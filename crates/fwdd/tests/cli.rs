@@ -68,3 +68,58 @@ fn version_names_the_commit() {
     assert!(out.status.success());
     assert!(text.starts_with("fwdd 0.") && text.contains('('), "{text}");
 }
+
+/// Logs that go to a pipe (a log file, the journal, launchd) carry no colour codes:
+/// `event="fatal"` stays one greppable string. The start fails on purpose (the
+/// control socket's place is taken by a plain file) after logging is set up.
+#[test]
+fn logs_to_a_pipe_have_no_colour() {
+    let dir = scratch("nocolour");
+    let runtime = dir.join("rt");
+    std::fs::create_dir_all(&runtime).expect("runtime dir");
+    std::fs::write(runtime.join("control.sock"), b"not a socket").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_fwdd"))
+        .args(["--host", "ssh://h", "--runtime-dir"])
+        .arg(&runtime)
+        .env_remove("FWD_LOG")
+        .env_remove("FWD_LOG_FORMAT")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("run fwdd");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("event=\"fatal\""), "{log}");
+    assert!(!out.stderr.contains(&0x1b), "ESC in piped log: {log:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// check-config prints every effective setting, the rules and host caps included.
+#[test]
+fn check_config_prints_rules_and_max_forwards() {
+    let dir = scratch("check");
+    let cfg = dir.join("fwdd.toml");
+    std::fs::write(
+        &cfg,
+        "[[rule]]\nports = \"9100-9199\"\naction = \"skip\"\n\
+         [[host]]\nname = \"ci\"\nurl = \"ssh://ci@h\"\nmax_forwards = 7\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_fwdd"))
+        .arg("check-config")
+        .arg(&cfg)
+        .env_remove("FWD_HOST")
+        .output()
+        .expect("run fwdd");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("\n[[rule]]\nports = \"9100-9199\"\naction = \"skip\"\n"),
+        "{text}"
+    );
+    assert!(text.contains("\nmax_forwards = 7\n"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
