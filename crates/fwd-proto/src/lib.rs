@@ -30,8 +30,8 @@ pub mod term;
 
 pub use events::{diff, Event};
 pub use status::{
-    DaemonInfo, ErrorInfo, ForwardState, ForwardStatus, HostStatus, MasterState, MasterStatus,
-    Status, StreamState, StreamStatus,
+    verdict, DaemonInfo, ErrorInfo, ForwardState, ForwardStatus, Health, HealthState, HostStatus,
+    MasterState, MasterStatus, Status, StreamState, StreamStatus,
 };
 
 /// Version carried as `"v"` by every request and response.

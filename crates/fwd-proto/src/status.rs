@@ -22,6 +22,70 @@ pub struct Status {
     /// Every published container port the daemon knows about, whatever its state.
     /// Order is unspecified (fwdctl sorts by local port).
     pub forwards: Vec<ForwardStatus>,
+    /// The daemon's verdict over all of the above ([`verdict`]). Added within
+    /// version 1: absent from older daemons (then compute it with [`verdict`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// Healthy, or degraded with the reasons.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `healthy` or `degraded`.
+    pub state: HealthState,
+    /// Why it is degraded, one phrase each (empty when healthy). Raw text:
+    /// escape it before showing it on a terminal.
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    Healthy,
+    Degraded,
+}
+
+impl Status {
+    /// The daemon's verdict, or the same computed here for an older daemon.
+    pub fn health(&self) -> Health {
+        self.health.clone().unwrap_or_else(|| verdict(self))
+    }
+}
+
+/// The one definition of "healthy": every host's master connected with a
+/// usable network and its event stream up, and no forward in conflict.
+pub fn verdict(st: &Status) -> Health {
+    let mut reasons = Vec::new();
+    for h in &st.hosts {
+        let name = &h.name;
+        if h.master.state != MasterState::Connected {
+            reasons.push(format!("host {name} is {}", h.master.state));
+        } else if h.master.network_lost_since_ms.is_some() {
+            reasons.push(format!("host {name}: no usable network"));
+        } else if h.events.state == StreamState::Down {
+            // The SSH link is up but Docker cannot be followed (e.g. dockerd
+            // restarting): forwards no longer track containers.
+            reasons.push(format!("host {name}: docker event stream down"));
+        }
+    }
+    let conflicts = st
+        .forwards
+        .iter()
+        .filter(|f| f.state == ForwardState::Conflict)
+        .count();
+    match conflicts {
+        0 => {}
+        1 => reasons.push("1 forward in conflict".into()),
+        n => reasons.push(format!("{n} forwards in conflict")),
+    }
+    Health {
+        state: if reasons.is_empty() {
+            HealthState::Healthy
+        } else {
+            HealthState::Degraded
+        },
+        reasons,
+    }
 }
 
 /// Identity of the running daemon.

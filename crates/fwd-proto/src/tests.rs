@@ -145,7 +145,29 @@ pub(crate) fn sample_status() -> Status {
                 connections_total: 0,
             },
         ],
+        health: Some(Health {
+            state: HealthState::Degraded,
+            reasons: vec![
+                "host staging is backoff".into(),
+                "1 forward in conflict".into(),
+            ],
+        }),
     }
+}
+
+#[test]
+fn the_verdict_names_every_reason_and_is_healthy_without_one() {
+    let mut st = sample_status();
+    assert_eq!(Some(verdict(&st)), st.health);
+    st.hosts.truncate(1);
+    st.forwards.retain(|f| f.state != ForwardState::Conflict);
+    assert_eq!(verdict(&st).state, HealthState::Healthy);
+    assert!(verdict(&st).reasons.is_empty());
+    st.hosts[0].master.network_lost_since_ms = Some(1);
+    assert_eq!(verdict(&st).reasons, vec!["host prod: no usable network"]);
+    // An older daemon sends no verdict: the client computes the same one.
+    st.health = None;
+    assert_eq!(st.health().state, HealthState::Degraded);
 }
 
 fn golden_path() -> std::path::PathBuf {
@@ -342,6 +364,7 @@ fn small_status() -> Status {
         daemon: sample_status().daemon,
         hosts: vec![],
         forwards: vec![],
+        health: None,
     }
 }
 

@@ -5,7 +5,7 @@
 //! [`for_terminal`] before it is shown, so none can add a line or an escape sequence.
 
 use fwd_proto::term::for_terminal;
-use fwd_proto::{ForwardState, ForwardStatus, HostStatus, MasterState, Status, StreamState};
+use fwd_proto::{ForwardState, ForwardStatus, HealthState, HostStatus, Status};
 use std::fmt::Write as _;
 
 /// Exit code: everything healthy.
@@ -18,38 +18,21 @@ pub const EXIT_UNREACHABLE: i32 = 2;
 /// Exit code: bad command line.
 pub const EXIT_USAGE: i32 = 64;
 
-/// Why the status is degraded; empty when healthy. Safe to print.
+/// Why the status is degraded (the daemon's verdict); empty when healthy.
+/// Safe to print.
 pub fn problems(st: &Status) -> Vec<String> {
-    let mut out = Vec::new();
-    for h in &st.hosts {
-        let name = for_terminal(&h.name);
-        if h.master.state != MasterState::Connected {
-            out.push(format!("host {name} is {}", h.master.state));
-        } else if h.events.state == StreamState::Down {
-            // The SSH link is up but Docker cannot be followed (e.g. dockerd
-            // restarting): forwards no longer track containers.
-            out.push(format!("host {name}: docker event stream down"));
-        }
-    }
-    let conflicts = st
-        .forwards
+    st.health()
+        .reasons
         .iter()
-        .filter(|f| f.state == ForwardState::Conflict)
-        .count();
-    match conflicts {
-        0 => {}
-        1 => out.push("1 forward in conflict".into()),
-        n => out.push(format!("{n} forwards in conflict")),
-    }
-    out
+        .map(|r| for_terminal(r).into_owned())
+        .collect()
 }
 
 /// 0 healthy, 1 degraded.
 pub fn exit_code(st: &Status) -> i32 {
-    if problems(st).is_empty() {
-        EXIT_HEALTHY
-    } else {
-        EXIT_DEGRADED
+    match st.health().state {
+        HealthState::Healthy => EXIT_HEALTHY,
+        HealthState::Degraded => EXIT_DEGRADED,
     }
 }
 
@@ -277,11 +260,16 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fwd_proto::{MasterState, StreamState};
 
     const GOLDEN: &str = include_str!("../../fwd-proto/tests/golden/status.json");
 
+    /// The golden status without the daemon's verdict: the tests change
+    /// fields and the verdict must follow them (as for an older daemon).
     fn sample() -> Status {
-        serde_json::from_str(GOLDEN).unwrap()
+        let mut st: Status = serde_json::from_str(GOLDEN).unwrap();
+        assert!(st.health.take().is_some(), "the golden status has a verdict");
+        st
     }
 
     const NOW: u64 = 1_700_000_200_000;

@@ -347,6 +347,7 @@ mod tests {
                 docker_version: None,
             }],
             forwards,
+            health: None,
         }
     }
 

@@ -366,6 +366,7 @@ mod tests {
                     at_ms: 0,
                 }),
                 next_retry_ms: None,
+                network_lost_since_ms: None,
             },
         });
         assert!(!line.chars().any(char::is_control), "{line:?}");

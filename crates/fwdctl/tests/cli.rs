@@ -130,6 +130,8 @@ fn status_human_and_healthy_exit_0() {
     st.hosts.truncate(1);
     st.forwards
         .retain(|f| f.state == fwd_proto::ForwardState::Active);
+    // What a daemon does with every snapshot: its verdict goes along.
+    st.health = Some(fwd_proto::verdict(&st));
     let server = fake_daemon(
         &sock,
         Some(fwd_proto::encode_line(&fwd_proto::Response::Status(st))),

@@ -674,6 +674,7 @@ mod tests {
             },
             hosts: vec![],
             forwards: vec![],
+            health: None,
         }
     }
 

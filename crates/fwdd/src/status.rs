@@ -153,7 +153,7 @@ pub fn snapshot(d: &Daemon) -> Status {
             connections_total: 0,
         });
     }
-    Status {
+    let mut status = Status {
         daemon: DaemonInfo {
             version: crate::VERSION.to_string(),
             pid: std::process::id(),
@@ -161,5 +161,8 @@ pub fn snapshot(d: &Daemon) -> Status {
         },
         hosts,
         forwards,
-    }
+        health: None,
+    };
+    status.health = Some(fwd_proto::verdict(&status));
+    status
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use fwd_core::MasterPhase;
+use fwd_proto::{ForwardState, HealthState, MasterState};
 
 use crate::daemon::Daemon;
 
@@ -29,19 +29,26 @@ pub fn stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
 }
 
-/// One line for `systemctl status`.
+/// One line for `systemctl status`: counts, then the daemon's verdict (the
+/// same one `fwdctl status` shows).
 pub fn status_line(d: &Daemon) -> String {
-    let hosts = d.hosts();
-    let connected = hosts
+    let st = crate::status::snapshot(d);
+    let connected = st
+        .hosts
         .iter()
-        .filter(|h| h.machine.borrow().health().master == MasterPhase::Connected)
+        .filter(|h| h.master.state == MasterState::Connected)
         .count();
-    let table = d.table.borrow();
-    let active = table.forwards.values().filter(|f| f.held.bound).count();
-    let conflicts = table.forwards.len() - active + d.rejected.borrow().len();
+    let count = |state| st.forwards.iter().filter(|f| f.state == state).count();
+    let active = count(ForwardState::Active) + count(ForwardState::Pending);
+    let conflicts = count(ForwardState::Conflict);
+    let health = st.health();
+    let verdict = match health.state {
+        HealthState::Healthy => "healthy".to_string(),
+        HealthState::Degraded => format!("degraded: {}", health.reasons.join("; ")),
+    };
     format!(
-        "{connected}/{} hosts connected, {active} ports forwarded, {conflicts} in conflict",
-        hosts.len()
+        "{connected}/{} hosts connected, {active} ports forwarded, {conflicts} in conflict; {verdict}",
+        st.hosts.len()
     )
 }
 
