@@ -19,7 +19,7 @@ pub use model::{
     Claim, Container, ContainerEvent, ContainerId, EventAction, HostKey, InvalidContainerId,
     PortBinding, Protocol, Remote, Unsupported,
 };
-pub use reconcile::{desired_forwards, reconcile, Action, Desired, Held};
+pub use reconcile::{desired_forwards, plan, reconcile, Action, Desired, Held, HostView, Plan};
 pub use repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};
 pub use rules::{Decision, Rule, RuleAction, Rules};
 pub use supervisor::{

@@ -18,7 +18,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::model::Claim;
+use crate::model::{Claim, Container, HostKey, Unsupported};
+use crate::rules::Rules;
 
 /// What the daemon holds for one local port, as far as reconciling goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +45,9 @@ pub enum Action {
     /// Keep the listeners; from now on forward to this claim. Used when a
     /// port changes owner, so the port never goes unbound in between.
     Retarget(Claim),
+    /// Close the listeners and bind anew for this claim: where the port
+    /// listens changed (a rule's `bind`), which no retarget can express.
+    Rebind(Claim),
     /// Close the listeners (if bound) and forget the port.
     Release(u16),
 }
@@ -110,6 +114,7 @@ pub fn reconcile(desired: &Desired, held: &BTreeMap<u16, Held>, now: Instant) ->
                     actions.push(Action::Retarget(claim.clone()));
                 }
             }
+            Some(h) if h.owner.bind != claim.bind => actions.push(Action::Rebind(claim.clone())),
             Some(h) if h.owner != *claim => actions.push(Action::Retarget(claim.clone())),
             Some(_) => {}
         }
@@ -120,6 +125,84 @@ pub fn reconcile(desired: &Desired, held: &BTreeMap<u16, Held>, now: Instant) ->
         }
     }
     actions
+}
+
+/// One host's part in a reconcile.
+pub struct HostView<'a> {
+    pub host: &'a HostKey,
+    /// `max_forwards`: at most this many of the host's claims are served.
+    pub max_forwards: Option<usize>,
+    pub containers: Vec<&'a Container>,
+}
+
+/// Everything one reconcile decides.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Claims not served, with the reason: the port is another host's, or
+    /// the host is at its cap (reported as conflicts, never bound).
+    pub rejected: Vec<(Claim, String)>,
+    /// Published ports fwd cannot forward (UDP, …), one per port and container.
+    pub unsupported: Vec<Unsupported>,
+}
+
+/// From every host's containers to the actions on the held ports: claims
+/// under the rules, each host's cap, ownership, and the diff with `held`.
+pub fn plan(
+    hosts: &[HostView<'_>],
+    rules: &Rules,
+    held: &BTreeMap<u16, Held>,
+    now: Instant,
+) -> Plan {
+    let mut claims = Vec::new();
+    let mut unsupported = Vec::new();
+    let mut rejected = Vec::new();
+    for h in hosts {
+        let mut host_claims = Vec::new();
+        for c in &h.containers {
+            let (cl, un) = c.claims(h.host, rules);
+            host_claims.extend(cl);
+            unsupported.extend(un);
+        }
+        if let Some(cap) = h.max_forwards {
+            // Earliest-started keep theirs: a burst of new containers
+            // cannot take ports away from running ones.
+            host_claims.sort_by(|a, b| {
+                (a.started_at_ns, &a.container, a.local_port).cmp(&(
+                    b.started_at_ns,
+                    &b.container,
+                    b.local_port,
+                ))
+            });
+            if host_claims.len() > cap {
+                for c in host_claims.split_off(cap) {
+                    let reason = format!(
+                        "host {} is at its cap of {cap} forwards (max_forwards)",
+                        h.host
+                    );
+                    rejected.push((c, reason));
+                }
+            }
+        }
+        claims.extend(host_claims);
+    }
+    unsupported.sort_by_key(|u| (u.binding.host_port, u.host.clone(), u.container.clone()));
+    unsupported.dedup_by_key(|u| {
+        (
+            u.binding.host_port,
+            u.binding.protocol,
+            u.host.clone(),
+            u.container.clone(),
+        )
+    });
+    let desired = desired_forwards(claims.iter(), held);
+    let actions = reconcile(&desired, held, now);
+    rejected.extend(desired.conflicts);
+    Plan {
+        actions,
+        rejected,
+        unsupported,
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +249,18 @@ mod tests {
                     if let Some(h) = held.get_mut(&c.local_port) {
                         h.owner = c.clone();
                     }
+                }
+                Action::Rebind(c) => {
+                    held.remove(&c.local_port);
+                    let bound = !taken.contains(&c.local_port);
+                    held.insert(
+                        c.local_port,
+                        Held {
+                            owner: c.clone(),
+                            bound,
+                            retry_at: (!bound).then(|| now + Duration::from_secs(3)),
+                        },
+                    );
                 }
                 Action::Release(p) => {
                     held.remove(p);
@@ -233,6 +328,69 @@ mod tests {
         assert!(reconcile(&d, &held, now).is_empty());
     }
 
+    fn container(id: u8, started: i64, ports: &[u16]) -> Container {
+        use crate::model::{PortBinding, Protocol};
+        Container {
+            id: ContainerId::parse(&format!("{id:012x}")).expect("valid id"),
+            name: format!("c{id}"),
+            compose_project: None,
+            started_at_ns: started,
+            ports: ports
+                .iter()
+                .map(|&p| PortBinding {
+                    container_port: 80,
+                    protocol: Protocol::Tcp,
+                    host_ip: "0.0.0.0".into(),
+                    host_port: p,
+                })
+                .collect(),
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_cap_keeps_the_earliest_started_and_rejects_the_rest() {
+        let now = Instant::now();
+        let host = HostKey::from("h");
+        let (old, new) = (container(1, 10, &[8080, 8081]), container(2, 20, &[9090]));
+        let view = HostView {
+            host: &host,
+            max_forwards: Some(2),
+            containers: vec![&new, &old],
+        };
+        let p = plan(&[view], &Rules { rules: vec![] }, &BTreeMap::new(), now);
+        let bound: Vec<u16> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Bind(c) => Some(c.local_port),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bound, vec![8080, 8081]);
+        assert_eq!(p.rejected.len(), 1);
+        assert_eq!(p.rejected[0].0.local_port, 9090);
+        assert!(
+            p.rejected[0].1.contains("max_forwards"),
+            "{}",
+            p.rejected[0].1
+        );
+    }
+
+    #[test]
+    fn new_listen_addresses_rebind_and_nothing_else_does() {
+        let now = Instant::now();
+        let mut held = BTreeMap::new();
+        let c = claim("h", 1, 10, 8080);
+        step(&mut held, &[&c], &[], now);
+        let mut wider = c.clone();
+        wider.bind = vec!["0.0.0.0".parse().expect("ip")];
+        let actions = reconcile(&desired_forwards([&wider], &held), &held, now);
+        assert_eq!(actions, vec![Action::Rebind(wider.clone())]);
+        apply(&mut held, &actions, &[], now);
+        assert!(reconcile(&desired_forwards([&wider], &held), &held, now).is_empty());
+    }
+
     #[test]
     fn conflicted_port_is_retried_only_when_due() {
         let now = Instant::now();
@@ -258,7 +416,15 @@ mod tests {
             0i64..5,
             prop::sample::select(vec![80u16, 443, 5432, 8080]),
         )
-            .prop_map(|(h, id, started, port)| claim(h, id, started, port))
+            .prop_map(|(h, id, started, port)| {
+                let mut c = claim(h, id, started, port);
+                // Some starts fall under a rule that binds IPv4 loopback
+                // only (one start of a container has one bind set).
+                if (i64::from(id) + started) % 2 == 0 {
+                    c.bind.truncate(1);
+                }
+                c
+            })
     }
 
     proptest! {

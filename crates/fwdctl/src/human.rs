@@ -268,7 +268,10 @@ mod tests {
     /// fields and the verdict must follow them (as for an older daemon).
     fn sample() -> Status {
         let mut st: Status = serde_json::from_str(GOLDEN).unwrap();
-        assert!(st.health.take().is_some(), "the golden status has a verdict");
+        assert!(
+            st.health.take().is_some(),
+            "the golden status has a verdict"
+        );
         st
     }
 

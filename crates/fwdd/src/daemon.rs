@@ -5,12 +5,15 @@
 //! borrow is ever held across an `.await`.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
-use fwd_core::{Claim, HostKey, HostMachine, HostPolicy, Input, MasterPhase, Unsupported};
+use fwd_core::{
+    Claim, HostKey, HostMachine, HostPolicy, HostView, Input, MasterPhase, Unsupported,
+};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -25,14 +28,11 @@ pub struct Host {
     /// the host's running containers.
     pub machine: RefCell<HostMachine>,
     pub link: watch::Sender<Option<Link>>,
-    /// `fwdctl reconnect` (and SIGHUP for a failing host): replace the master now.
-    pub reconnect: Notify,
-    /// `fwdctl resync`: list and inspect everything again now.
-    pub resync: Notify,
-    /// A network interface changed: check the link now.
-    pub net_changed: Notify,
-    /// The machine woke from suspend: check the link now.
-    pub resumed: Notify,
+    /// Inputs for the machine from the rest of the daemon (`fwdctl
+    /// reconnect`, a reload, a network change, a resume), delivered by the
+    /// host's driver task, which alone carries out what the machine decides.
+    mailbox: RefCell<VecDeque<Input>>,
+    mail: Notify,
     /// Stops this host's supervisor (shutdown, or the host left the config).
     pub stop: watch::Sender<bool>,
     /// The supervisor promises to come back to its loop before this instant
@@ -40,6 +40,25 @@ pub struct Host {
     /// every host keeps its promise.
     pub progress_by: Cell<Instant>,
     task: RefCell<Option<JoinHandle<()>>>,
+}
+
+impl Host {
+    pub fn send(&self, input: Input) {
+        self.mailbox.borrow_mut().push_back(input);
+        // notify_one keeps a permit if the driver is between awaits.
+        self.mail.notify_one();
+    }
+
+    /// Waits for mail and takes it all.
+    pub async fn receive(&self) -> Vec<Input> {
+        loop {
+            let mail: Vec<Input> = self.mailbox.borrow_mut().drain(..).collect();
+            if !mail.is_empty() {
+                return mail;
+            }
+            self.mail.notified().await;
+        }
+    }
 }
 
 /// The supervisor's numbers for one host, from the configuration.
@@ -130,10 +149,8 @@ impl Daemon {
             cfg,
             machine: RefCell::new(machine),
             link,
-            reconnect: Notify::new(),
-            resync: Notify::new(),
-            net_changed: Notify::new(),
-            resumed: Notify::new(),
+            mailbox: RefCell::new(VecDeque::new()),
+            mail: Notify::new(),
             stop: watch::channel(false).0,
             progress_by: Cell::new(Instant::now() + PROGRESS_SLACK),
             task: RefCell::new(None),
@@ -181,7 +198,7 @@ impl Daemon {
                     kept += 1;
                     let failing = h.machine.borrow().health().master != MasterPhase::Connected;
                     if failing {
-                        h.reconnect.notify_one();
+                        h.send(Input::ReconnectRequested);
                     }
                 }
                 Some(_) => {
@@ -196,10 +213,7 @@ impl Daemon {
         }
         self.serve.connect_wait.set(new.connect_wait);
         for h in self.hosts() {
-            let policy = host_policy(&new, &h.cfg);
-            h.machine
-                .borrow_mut()
-                .handle(Input::PolicyChanged(policy), Instant::now());
+            h.send(Input::PolicyChanged(host_policy(&new, &h.cfg)));
         }
         let wanted = new.hosts.clone();
         *self.config.borrow_mut() = new;
@@ -229,63 +243,28 @@ impl Daemon {
 
     /// Brings the listeners in line with the containers of every host.
     pub fn reconcile(&self) {
-        let mut claims = Vec::new();
-        let mut unsupported = Vec::new();
-        let mut rejected = Vec::new();
+        let hosts = self.hosts.borrow();
+        let machines: Vec<_> = hosts.iter().map(|h| h.machine.borrow()).collect();
+        let views: Vec<HostView<'_>> = hosts
+            .iter()
+            .zip(&machines)
+            .map(|(h, m)| HostView {
+                host: &h.key,
+                max_forwards: h.cfg.max_forwards,
+                containers: m.containers().values().collect(),
+            })
+            .collect();
         let config = self.config.borrow();
-        for h in self.hosts.borrow().iter() {
-            let mut host_claims = Vec::new();
-            for c in h.machine.borrow().containers().values() {
-                let (cl, un) = c.claims(&h.key, &config.rules);
-                host_claims.extend(cl);
-                unsupported.extend(un);
-            }
-            if let Some(cap) = h.cfg.max_forwards {
-                // Earliest-started keep theirs: a burst of new containers
-                // cannot take ports away from running ones.
-                host_claims.sort_by(|a, b| {
-                    (a.started_at_ns, &a.container, a.local_port).cmp(&(
-                        b.started_at_ns,
-                        &b.container,
-                        b.local_port,
-                    ))
-                });
-                if host_claims.len() > cap {
-                    for c in host_claims.split_off(cap) {
-                        let reason = format!(
-                            "host {} is at its cap of {cap} forwards (max_forwards)",
-                            h.key
-                        );
-                        rejected.push((c, reason));
-                    }
-                }
-            }
-            claims.extend(host_claims);
-        }
-        let conflict_retry = config.conflict_retry;
-        drop(config);
-        unsupported.sort_by_key(|u| (u.binding.host_port, u.host.clone(), u.container.clone()));
-        unsupported.dedup_by_key(|u| {
-            (
-                u.binding.host_port,
-                u.binding.protocol,
-                u.host.clone(),
-                u.container.clone(),
-            )
-        });
         let mut table = self.table.borrow_mut();
-        let held = table.held();
-        let desired = fwd_core::desired_forwards(claims.iter(), &held);
         let now = Instant::now();
-        let actions = fwd_core::reconcile(&desired, &held, now);
+        let plan = fwd_core::plan(&views, &config.rules, &table.held(), now);
         let before = table.next_retry();
-        table.apply(actions, &self.serve, now, conflict_retry);
+        table.apply(plan.actions, &self.serve, now, config.conflict_retry);
         if table.next_retry() != before {
             self.retry_changed.notify_one();
         }
-        rejected.extend(desired.conflicts);
-        *self.rejected.borrow_mut() = rejected;
-        *self.unsupported.borrow_mut() = unsupported;
+        *self.rejected.borrow_mut() = plan.rejected;
+        *self.unsupported.borrow_mut() = plan.unsupported;
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 

@@ -220,13 +220,7 @@ impl ForwardTable {
         for action in actions {
             match action {
                 Action::Bind(claim) => self.bind(claim, ctx, now, conflict_retry),
-                Action::Retarget(claim)
-                    if self
-                        .forwards
-                        .get(&claim.local_port)
-                        .is_some_and(|f| f.held.bound && f.held.owner.bind != claim.bind) =>
-                {
-                    // New listen addresses (a rule changed): rebind.
+                Action::Rebind(claim) => {
                     self.forwards.remove(&claim.local_port);
                     self.bind(claim, ctx, now, conflict_retry);
                 }

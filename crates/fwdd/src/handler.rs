@@ -31,15 +31,14 @@ pub trait ControlHandler {
 
 impl Daemon {
     /// Pokes one of each selected host's signals; returns the hosts' names.
-    fn notify_hosts(
+    fn tell_hosts(
         &self,
         host: Option<&str>,
-        signal: impl Fn(&crate::daemon::Host) -> &tokio::sync::Notify,
+        input: impl Fn() -> fwd_core::Input,
     ) -> Result<Vec<String>, String> {
         let hosts = self.select_hosts(host)?;
         for h in &hosts {
-            // notify_one keeps a permit if the supervisor is between awaits.
-            signal(h).notify_one();
+            h.send(input());
         }
         Ok(hosts.iter().map(|h| h.key.to_string()).collect())
     }
@@ -69,10 +68,10 @@ impl ControlHandler for Rc<Daemon> {
     }
 
     fn reconnect(&self, host: Option<&str>) -> Result<Vec<String>, String> {
-        self.notify_hosts(host, |h| &h.reconnect)
+        self.tell_hosts(host, || fwd_core::Input::ReconnectRequested)
     }
 
     fn resync(&self, host: Option<&str>) -> Result<Vec<String>, String> {
-        self.notify_hosts(host, |h| &h.resync)
+        self.tell_hosts(host, || fwd_core::Input::ResyncRequested)
     }
 }

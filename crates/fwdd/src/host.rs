@@ -157,7 +157,6 @@ const PROGRESS_SLACK: Duration = Duration::from_secs(15);
 
 pub async fn supervise(d: Rc<Daemon>, host: Rc<Host>) {
     let mut stop = host.stop.subscribe();
-    let mut net = d.net_usable.clone();
     let mut res = Resources::default();
     loop {
         carry_out(&d, &host, &mut res).await;
@@ -192,14 +191,13 @@ pub async fn supervise(d: Rc<Daemon>, host: Rc<Host>) {
                 let tail = res.master.as_ref().map(|m| m.stderr_tail().join("\n")).unwrap_or_default();
                 Input::MasterExited { how, stderr_tail: tail }
             }
-            _ = host.reconnect.notified() => Input::ReconnectRequested,
-            _ = host.resync.notified() => Input::ResyncRequested,
-            _ = host.net_changed.notified() => Input::Network { usable: *net.borrow() },
-            _ = host.resumed.notified() => Input::Resumed,
-            r = net.changed() => match r {
-                Ok(()) => Input::Network { usable: *net.borrow_and_update() },
-                Err(_) => continue,
-            },
+            mail = host.receive() => {
+                let mut machine = host.machine.borrow_mut();
+                for input in mail {
+                    machine.handle(input, Instant::now());
+                }
+                continue;
+            }
             _ = stop.changed() => Input::Shutdown,
         };
         host.machine.borrow_mut().handle(input, Instant::now());

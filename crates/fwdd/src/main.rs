@@ -264,15 +264,16 @@ fn spawn_wakers(daemon: &Rc<Daemon>, mut net_changes: watch::Receiver<u64>) {
     let d = daemon.clone();
     tokio::task::spawn_local(async move {
         while net_changes.changed().await.is_ok() {
+            let usable = *d.net_usable.borrow();
             for h in d.hosts() {
-                h.net_changed.notify_one();
+                h.send(fwd_core::Input::Network { usable });
             }
         }
     });
     let d = daemon.clone();
     sleepwatch::spawn(move || {
         for h in d.hosts() {
-            h.resumed.notify_one();
+            h.send(fwd_core::Input::Resumed);
         }
     });
 }
