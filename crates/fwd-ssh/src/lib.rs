@@ -2,8 +2,9 @@
 //!
 //! * [`mux`] — a native client of OpenSSH's control-socket ("mux") protocol, version 4
 //!   (see `PROTOCOL.mux` / `mux.c` in openssh-portable): alive check, terminate, stdio
-//!   forwards (`MUX_C_NEW_STDIO_FWD`, the socket fd handed over with `SCM_RIGHTS`) and
-//!   sessions (`MUX_C_NEW_SESSION`).
+//!   forwards (`MUX_C_NEW_STDIO_FWD`, the socket fd handed over with `SCM_RIGHTS`),
+//!   sessions (`MUX_C_NEW_SESSION`) and master-owned Unix-socket path forwards
+//!   (`MUX_C_OPEN_FWD` / `MUX_C_CLOSE_FWD`, local path to remote path).
 //! * [`master`] — the ControlMaster process: argument building, spawning as a direct
 //!   child, readiness, stale control sockets, shutdown, and the `ssh -W` fallback.
 
@@ -15,4 +16,7 @@ pub use master::{
     master_args, validate_destination, Master, MasterConfig, MasterError, SocketState,
     MAX_CONTROL_PATH_LEN,
 };
-pub use mux::{spawn_remote, MuxClient, MuxError, RemoteProcess, Session, StdioForward};
+pub use mux::{
+    spawn_remote, MuxClient, MuxError, RemoteProcess, Session, StdioForward,
+    MAX_LOCAL_SOCKET_PATH_LEN, MAX_REMOTE_SOCKET_PATH_LEN,
+};

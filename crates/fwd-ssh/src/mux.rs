@@ -14,6 +14,8 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -29,6 +31,8 @@ pub const MUX_MSG_HELLO: u32 = 0x0000_0001;
 pub const MUX_C_NEW_SESSION: u32 = 0x1000_0002;
 pub const MUX_C_ALIVE_CHECK: u32 = 0x1000_0004;
 pub const MUX_C_TERMINATE: u32 = 0x1000_0005;
+pub const MUX_C_OPEN_FWD: u32 = 0x1000_0006;
+pub const MUX_C_CLOSE_FWD: u32 = 0x1000_0007;
 pub const MUX_C_NEW_STDIO_FWD: u32 = 0x1000_0008;
 pub const MUX_S_OK: u32 = 0x8000_0001;
 pub const MUX_S_PERMISSION_DENIED: u32 = 0x8000_0002;
@@ -40,6 +44,19 @@ pub const MUX_S_TTY_ALLOC_FAIL: u32 = 0x8000_0008;
 
 /// `escape_char` value meaning "no escape character".
 const NO_ESCAPE_CHAR: u32 = 0xffff_ffff;
+
+/// Forwarding type of `MUX_C_OPEN_FWD` / `MUX_C_CLOSE_FWD`: `-L`.
+const MUX_FWD_LOCAL: u32 = 1;
+/// `PORT_STREAMLOCAL` (-2, `misc.h`) as a `u32` on the wire: "the host field is a Unix
+/// socket path".
+const PORT_STREAMLOCAL: u32 = 0xffff_fffe;
+
+/// Longest local forward socket path, in bytes: macOS limits `sun_path` to 104 bytes
+/// including the NUL (Linux: 108). The master binds exactly this path.
+pub const MAX_LOCAL_SOCKET_PATH_LEN: usize = 104 - 1;
+/// Longest remote socket path we send, in bytes (a sanity limit; the remote sshd
+/// applies its own `sun_path` limit when it connects).
+pub const MAX_REMOTE_SOCKET_PATH_LEN: usize = 1024 - 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MuxError {
@@ -238,6 +255,57 @@ pub(crate) fn encode_new_session(rid: u32, command: &str) -> Result<MsgBuf, MuxE
     Ok(m)
 }
 
+/// `MUX_C_OPEN_FWD` (`open == true`) or `MUX_C_CLOSE_FWD`: a local (`-L`) forward from
+/// the Unix socket `listen` to the remote Unix socket `connect`.
+pub(crate) fn encode_path_fwd(
+    open: bool,
+    rid: u32,
+    listen: &[u8],
+    connect: &[u8],
+) -> Result<MsgBuf, MuxError> {
+    let mut m = MsgBuf::new(if open {
+        MUX_C_OPEN_FWD
+    } else {
+        MUX_C_CLOSE_FWD
+    });
+    m.put_u32(rid);
+    m.put_u32(MUX_FWD_LOCAL);
+    m.put_bytes(listen)?;
+    m.put_u32(PORT_STREAMLOCAL);
+    m.put_bytes(connect)?;
+    m.put_u32(PORT_STREAMLOCAL);
+    Ok(m)
+}
+
+/// Checks a socket path for a path forward: absolute, not empty, no NUL or other
+/// control characters, shorter than `max + 1` bytes.
+fn validate_socket_path(which: &str, path: &[u8], max: usize) -> Result<(), MuxError> {
+    let shown = String::from_utf8_lossy(path);
+    let problem = if path.is_empty() {
+        "is empty".to_string()
+    } else if shown.chars().any(char::is_control) {
+        "contains a NUL or another control character".to_string()
+    } else if path[0] != b'/' {
+        "is not absolute".to_string()
+    } else if path.len() > max {
+        format!(
+            "is {} bytes long, over the limit of {max} bytes",
+            path.len()
+        )
+    } else {
+        return Ok(());
+    };
+    let hint = if max == MAX_LOCAL_SOCKET_PATH_LEN {
+        "give an absolute path of at most 103 bytes (the macOS limit for Unix socket \
+         paths), e.g. in a short runtime directory such as /run/user/<uid>/fwd"
+    } else {
+        "give the absolute path of the socket on the remote host, e.g. /var/run/docker.sock"
+    };
+    Err(MuxError::InvalidArgument(format!(
+        "{which} socket path {shown:?} {problem}; {hint}"
+    )))
+}
+
 fn validate_forward_host(host: &str) -> Result<(), MuxError> {
     if host.is_empty()
         || host.len() > 1024
@@ -378,6 +446,151 @@ impl MuxClient {
         })
     }
 
+    /// `MUX_C_OPEN_FWD`, local forward from a Unix socket path `listen` (created and
+    /// owned by the master, mode from its `StreamLocalBindMask`, 0600 by default) to the
+    /// remote Unix socket `connect`. `MUX_S_OK` also when the same forward already
+    /// exists (the master compares the pair first and creates nothing new).
+    ///
+    /// Unlike stdio forwards the forward is not tied to this mux connection: the master
+    /// records it in its own forward list (`mux.c:mux_master_process_open_fwd` →
+    /// `add_local_forward`) and the listener is a channel of its own; closing the mux
+    /// connection only cleans up a session or stdio channel attached to it
+    /// (`mux_master_control_cleanup_cb`). The forward lives until
+    /// [`MuxClient::close_local_path_forward`] or the master exits. The connection stays
+    /// usable for further requests.
+    ///
+    /// Each connection to `listen` becomes a `direct-streamlocal@openssh.com` channel.
+    /// When the remote side refuses it (no such socket, forwarding disabled by sshd),
+    /// the master just closes the accepted connection.
+    ///
+    /// What is at `listen` is checked first, because the master (started with
+    /// `StreamLocalBindUnlink=yes`, see [`crate::master_args`]) unlinks whatever is there
+    /// before it binds:
+    /// * nothing, or a socket nobody listens on (left by an earlier master): sent;
+    /// * a socket this master listens on (the same forward again): sent, and the master
+    ///   answers `MUX_S_OK` if the pair matches. If the pair differs, the master takes
+    ///   the path over and its old listener stays registered but unreachable; close the
+    ///   old forward first;
+    /// * a socket another process listens on: [`MuxError::Refused`], nothing sent;
+    /// * anything else (file, directory, symlink): [`MuxError::InvalidArgument`].
+    ///
+    /// The check costs one `connect()` to `listen` when a socket is there, which a live
+    /// forward answers by opening (and at once closing) a channel to `connect`. It is
+    /// advisory: a listener that appears between the check and the bind is still
+    /// replaced.
+    ///
+    /// Errors: [`MuxError::Refused`] with the master's reason for `MUX_S_FAILURE`
+    /// ("Port forwarding failed" when it cannot listen on `listen`),
+    /// [`MuxError::PermissionDenied`] (ControlMaster=ask), [`MuxError::InvalidArgument`]
+    /// for paths that are not absolute, empty, contain control characters or are too
+    /// long (`listen`: [`MAX_LOCAL_SOCKET_PATH_LEN`], `connect`:
+    /// [`MAX_REMOTE_SOCKET_PATH_LEN`]).
+    pub async fn open_local_path_forward(
+        &mut self,
+        listen: &Path,
+        connect: &str,
+    ) -> Result<(), MuxError> {
+        let listen_bytes = listen.as_os_str().as_bytes();
+        validate_socket_path("local listen", listen_bytes, MAX_LOCAL_SOCKET_PATH_LEN)?;
+        validate_socket_path(
+            "remote connect",
+            connect.as_bytes(),
+            MAX_REMOTE_SOCKET_PATH_LEN,
+        )?;
+        match probe_listen_path(listen).await {
+            ListenPath::Absent | ListenPath::Stale => {}
+            ListenPath::NotSocket => {
+                return Err(MuxError::InvalidArgument(format!(
+                    "{} exists and is not a socket; not asking the master to listen there \
+                     (it would delete the file first): remove it yourself or choose \
+                     another listen path",
+                    listen.display()
+                )))
+            }
+            ListenPath::Live { pid } => {
+                let master = self.alive_check().await?;
+                match pid {
+                    Some(pid) if u32::try_from(pid).ok() == Some(master) => {}
+                    Some(pid) => {
+                        return Err(MuxError::Refused(format!(
+                            "{} is in use by another process (pid {pid}, not the master \
+                             {master}); stop it or choose another listen path",
+                            listen.display()
+                        )))
+                    }
+                    // No peer pid on this platform: let the master decide.
+                    None => tracing::debug!(
+                        path = %listen.display(),
+                        "cannot tell who listens on the forward path; sending the request"
+                    ),
+                }
+            }
+            ListenPath::Unknown(e) => {
+                return Err(MuxError::Refused(format!(
+                    "cannot tell whether {} is in use ({e}); check the path and its \
+                     directory's permissions, or choose another listen path",
+                    listen.display()
+                )))
+            }
+        }
+        let rid = self.begin()?;
+        self.write_msg(&encode_path_fwd(
+            true,
+            rid,
+            listen_bytes,
+            connect.as_bytes(),
+        )?)
+        .await?;
+        self.read_ok_reply(rid).await
+    }
+
+    /// `MUX_C_CLOSE_FWD` for the same pair as [`MuxClient::open_local_path_forward`].
+    ///
+    /// [`MuxError::Refused`] ("port not forwarded") when the master has no such forward.
+    /// On `MUX_S_OK` the master has closed its listener but leaves the socket file
+    /// behind (OpenSSH never unlinks it); this removes the file if nobody listens on it
+    /// any more, so later connects fail with `NotFound` instead of `ConnectionRefused`.
+    pub async fn close_local_path_forward(
+        &mut self,
+        listen: &Path,
+        connect: &str,
+    ) -> Result<(), MuxError> {
+        let listen_bytes = listen.as_os_str().as_bytes();
+        validate_socket_path("local listen", listen_bytes, MAX_LOCAL_SOCKET_PATH_LEN)?;
+        validate_socket_path(
+            "remote connect",
+            connect.as_bytes(),
+            MAX_REMOTE_SOCKET_PATH_LEN,
+        )?;
+        let rid = self.begin()?;
+        self.write_msg(&encode_path_fwd(
+            false,
+            rid,
+            listen_bytes,
+            connect.as_bytes(),
+        )?)
+        .await?;
+        self.read_ok_reply(rid).await?;
+        if let ListenPath::Stale = probe_listen_path(listen).await {
+            match tokio::fs::remove_file(listen).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %listen.display(), error = %e,
+                    "could not remove the closed forward's socket file"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_ok_reply(&mut self, rid: u32) -> Result<(), MuxError> {
+        let reply = decode_reply(&self.read_msg().await?)?;
+        self.busy = false;
+        match reply {
+            Reply::Ok { rid: r } if r == rid => Ok(()),
+            other => Err(unexpected(rid, other)),
+        }
+    }
+
     fn begin(&mut self) -> Result<u32, MuxError> {
         if self.busy {
             return Err(MuxError::Desynchronized);
@@ -426,6 +639,39 @@ fn unexpected(rid: u32, reply: Reply) -> MuxError {
         Reply::Failure { reason, .. } => MuxError::Refused(reason),
         Reply::PermissionDenied { reason, .. } => MuxError::PermissionDenied(reason),
         other => MuxError::Protocol(format!("unexpected reply to request {rid}: {other:?}")),
+    }
+}
+
+/// What is at a local forward's listen path.
+#[derive(Debug)]
+enum ListenPath {
+    Absent,
+    /// A file that is not a socket (or a symlink).
+    NotSocket,
+    /// A socket nobody listens on (connect: `ECONNREFUSED`).
+    Stale,
+    /// A socket somebody listens on; the listener's pid where the platform tells it
+    /// (Linux `SO_PEERCRED`, macOS `LOCAL_PEERPID`).
+    Live {
+        pid: Option<i32>,
+    },
+    Unknown(io::Error),
+}
+
+async fn probe_listen_path(path: &Path) -> ListenPath {
+    match tokio::fs::symlink_metadata(path).await {
+        Ok(m) if m.file_type().is_socket() => {}
+        Ok(_) => return ListenPath::NotSocket,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return ListenPath::Absent,
+        Err(e) => return ListenPath::Unknown(e),
+    }
+    match UnixStream::connect(path).await {
+        Ok(s) => ListenPath::Live {
+            pid: s.peer_cred().ok().and_then(|c| c.pid()),
+        },
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => ListenPath::Stale,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => ListenPath::Absent,
+        Err(e) => ListenPath::Unknown(e),
     }
 }
 
@@ -701,6 +947,188 @@ mod tests {
         assert!(validate_forward_host("a\nb").is_err());
         assert!(validate_forward_host("127.0.0.1").is_ok());
         assert!(validate_forward_host("::1").is_ok());
+    }
+
+    #[test]
+    fn path_fwd_encoding() {
+        let m = encode_path_fwd(true, 9, b"/l.sock", b"/var/run/docker.sock")
+            .unwrap()
+            .framed();
+        let expect: Vec<u8> = [
+            &[0, 0, 0, 55][..],
+            &[0x10, 0, 0, 6],
+            &[0, 0, 0, 9],
+            &[0, 0, 0, 1],
+            &[0, 0, 0, 7],
+            b"/l.sock",
+            &[0xff, 0xff, 0xff, 0xfe],
+            &[0, 0, 0, 20],
+            b"/var/run/docker.sock",
+            &[0xff, 0xff, 0xff, 0xfe],
+        ]
+        .concat();
+        assert_eq!(m, expect);
+        let c = encode_path_fwd(false, 9, b"/l.sock", b"/var/run/docker.sock")
+            .unwrap()
+            .framed();
+        assert_eq!(&c[4..8], &[0x10, 0, 0, 7]);
+        assert_eq!(&c[..4], &m[..4]);
+        assert_eq!(&c[8..], &m[8..]);
+    }
+
+    #[test]
+    fn socket_path_validation() {
+        let local =
+            |p: &str| validate_socket_path("local", p.as_bytes(), MAX_LOCAL_SOCKET_PATH_LEN);
+        let remote =
+            |p: &str| validate_socket_path("remote", p.as_bytes(), MAX_REMOTE_SOCKET_PATH_LEN);
+        assert!(local("/run/user/1000/fwd/docker-a.sock").is_ok());
+        assert!(remote("/var/run/docker.sock").is_ok());
+        let max_local = format!("/{}", "a".repeat(MAX_LOCAL_SOCKET_PATH_LEN - 1));
+        assert!(local(&max_local).is_ok());
+        let e = local(&format!("{max_local}b")).expect_err("104 bytes");
+        assert!(
+            e.to_string().contains("104 bytes long") && e.to_string().contains("103 bytes"),
+            "{e}"
+        );
+        let max_remote = format!("/{}", "a".repeat(MAX_REMOTE_SOCKET_PATH_LEN - 1));
+        assert!(remote(&max_remote).is_ok());
+        assert!(remote(&format!("{max_remote}b")).is_err());
+        for bad in [
+            "", "rel.sock", "./x", "/a\0b", "/a\nb", "/a\tb", "/a\u{7f}", "/a\u{85}",
+        ] {
+            assert!(local(bad).is_err(), "{bad:?}");
+            assert!(remote(bad).is_err(), "{bad:?}");
+        }
+        let e = remote("docker.sock").expect_err("relative");
+        let s = e.to_string();
+        assert!(
+            s.contains("\"docker.sock\" is not absolute") && s.contains("/var/run/docker.sock"),
+            "{s}"
+        );
+        // Non-UTF-8 bytes are not control characters; the master takes any bytes.
+        assert!(validate_socket_path("local", b"/a\xffb", MAX_LOCAL_SOCKET_PATH_LEN).is_ok());
+    }
+
+    #[tokio::test]
+    async fn path_forward_rejects_bad_paths_before_sending() {
+        // A peer that would fail the test if anything but the hello reached it.
+        let dir = std::env::temp_dir().join(format!("fwdssh-mux-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut c = MuxClient {
+            stream: a,
+            next_rid: 0,
+            busy: false,
+        };
+        let bad: [(&Path, &str); 3] = [
+            (Path::new("rel.sock"), "/r.sock"),
+            (Path::new("/l.sock"), ""),
+            (Path::new("/l.sock"), "/r\n.sock"),
+        ];
+        for (l, r) in bad {
+            assert!(matches!(
+                c.open_local_path_forward(l, r).await,
+                Err(MuxError::InvalidArgument(_))
+            ));
+            assert!(matches!(
+                c.close_local_path_forward(l, r).await,
+                Err(MuxError::InvalidArgument(_))
+            ));
+        }
+        // A regular file at the listen path is never handed to the master (which,
+        // with StreamLocalBindUnlink=yes, would delete it).
+        let file = dir.join("file");
+        std::fs::write(&file, b"keep me").unwrap();
+        let e = c
+            .open_local_path_forward(&file, "/r.sock")
+            .await
+            .expect_err("not a socket");
+        assert!(
+            matches!(&e, MuxError::InvalidArgument(m) if m.contains("is not a socket")),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+        drop(c);
+        let mut rest = Vec::new();
+        b.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "sent {rest:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn path_forward_replies() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut c = MuxClient {
+            stream: a,
+            next_rid: 5,
+            busy: false,
+        };
+        let server = tokio::spawn(async move {
+            let mut replies = vec![];
+            for reply in [
+                {
+                    let mut m = MsgBuf::new(MUX_S_OK);
+                    m.put_u32(5);
+                    m
+                },
+                {
+                    let mut m = MsgBuf::new(MUX_S_FAILURE);
+                    m.put_u32(6).put_str("Port forwarding failed").unwrap();
+                    m
+                },
+                {
+                    let mut m = MsgBuf::new(MUX_S_PERMISSION_DENIED);
+                    m.put_u32(7).put_str("Permission denied").unwrap();
+                    m
+                },
+                {
+                    let mut m = MsgBuf::new(MUX_S_OK);
+                    m.put_u32(99); // wrong request id
+                    m
+                },
+            ] {
+                let req = read_msg(&mut b).await.unwrap().unwrap();
+                replies.push(req);
+                b.write_all(&reply.framed()).await.unwrap();
+            }
+            replies
+        });
+        let l = Path::new("/nonexistent-fwdssh-dir/l.sock");
+        c.open_local_path_forward(l, "/r").await.unwrap();
+        assert!(matches!(
+            c.open_local_path_forward(l, "/r").await,
+            Err(MuxError::Refused(r)) if r == "Port forwarding failed"
+        ));
+        assert!(matches!(
+            c.close_local_path_forward(l, "/r").await,
+            Err(MuxError::PermissionDenied(r)) if r == "Permission denied"
+        ));
+        assert!(matches!(
+            c.close_local_path_forward(l, "/r").await,
+            Err(MuxError::Protocol(_))
+        ));
+        let reqs = server.await.unwrap();
+        let types: Vec<u32> = reqs
+            .iter()
+            .map(|r| MsgReader::new(r).get_u32().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                MUX_C_OPEN_FWD,
+                MUX_C_OPEN_FWD,
+                MUX_C_CLOSE_FWD,
+                MUX_C_CLOSE_FWD
+            ]
+        );
+        assert_eq!(
+            reqs[0],
+            encode_path_fwd(true, 5, l.as_os_str().as_bytes(), b"/r")
+                .unwrap()
+                .0
+        );
     }
 
     #[tokio::test]
