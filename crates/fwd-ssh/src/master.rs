@@ -233,6 +233,14 @@ pub fn master_args(cfg: &MasterConfig, control_path: &Path) -> Result<Vec<OsStri
         format!("ConnectTimeout={}", secs(cfg.connect_timeout)),
     );
     opt(&mut a, "ExitOnForwardFailure=no");
+    // Path forwards (MUX_C_OPEN_FWD): OpenSSH never unlinks a forward's socket file, not
+    // on MUX_C_CLOSE_FWD and not on exit, so without this a new master could not bind
+    // the path its predecessor left behind ("Port forwarding failed"). With it the
+    // master unlinks whatever is at the path, which is why
+    // MuxClient::open_local_path_forward checks the path before asking.
+    // StreamLocalBindMask stays at OpenSSH's default 0177: the sockets are created
+    // mode 0600, usable by our uid only. (An ssh_config or extra option may change it.)
+    opt(&mut a, "StreamLocalBindUnlink=yes");
     opt(
         &mut a,
         format!("StrictHostKeyChecking={}", cfg.strict_host_key_checking),
@@ -625,6 +633,8 @@ mod tests {
                 "-o",
                 "ExitOnForwardFailure=no",
                 "-o",
+                "StreamLocalBindUnlink=yes",
+                "-o",
                 "StrictHostKeyChecking=yes",
                 "--",
                 "user@docker-host",
@@ -650,6 +660,9 @@ mod tests {
         assert!(s.contains(&"ServerAliveInterval=2"));
         assert!(s.contains(&"ConnectTimeout=1"));
         assert!(s.contains(&"StrictHostKeyChecking=accept-new"));
+        assert!(s.contains(&"StreamLocalBindUnlink=yes"));
+        // The bind mask is left at OpenSSH's default (0177: sockets mode 0600).
+        assert!(!s.iter().any(|a| a.starts_with("StreamLocalBindMask")));
         assert_eq!(
             &s[s.len() - 12..],
             [
