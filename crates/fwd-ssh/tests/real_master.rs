@@ -636,3 +636,381 @@ async fn fallback_without_master_fails_and_opens_no_connection() {
     eprintln!("fallback with master exited: {st:?}");
     master.shutdown(Duration::from_secs(3)).await;
 }
+
+// ---------------------------------------------------------------------------------
+// Path forwards (MUX_C_OPEN_FWD local Unix socket → remote Unix socket). sshd runs as
+// the same user on the same machine, so the "remote" socket is served by the test.
+
+/// A Unix-socket echo server at `path`: every connection gets back what it sends, and
+/// is closed after the client's EOF. Runs on threads for the rest of the test process.
+fn unix_echo_server(path: &Path) {
+    let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut r = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut conn);
+            });
+        }
+    });
+}
+
+/// Connects to `path`, sends `msg`, half-closes, and returns everything read until EOF.
+async fn echo_through(path: &Path, msg: &[u8]) -> Vec<u8> {
+    let mut s = tokio::time::timeout(T, tokio::net::UnixStream::connect(path))
+        .await
+        .unwrap()
+        .unwrap();
+    s.write_all(msg).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(T, s.read_to_end(&mut got))
+        .await
+        .expect("no EOF through the path forward")
+        .unwrap();
+    got
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+#[tokio::test]
+async fn path_forward_echo_mode_0600_outlives_mux_connection() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let ctl = sshd.ctl();
+    let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
+    let remote = sshd.dir.0.join("remote.sock");
+    unix_echo_server(&remote);
+    let fwd = sshd.dir.0.join("fwd.sock");
+    let remote_str = remote.to_str().unwrap();
+
+    let mut c = MuxClient::connect(&ctl).await.unwrap();
+    let t0 = Instant::now();
+    tokio::time::timeout(T, c.open_local_path_forward(&fwd, remote_str))
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("TIMING open path forward: {:?}", t0.elapsed());
+    // The same connection takes further requests.
+    assert_eq!(c.alive_check().await.unwrap(), master.pid);
+    // The forward belongs to the master, not to this mux connection.
+    drop(c);
+
+    assert!(is_socket(&fwd));
+    assert_eq!(mode(&fwd), 0o600, "StreamLocalBindMask default 0177");
+    let t0 = Instant::now();
+    assert_eq!(echo_through(&fwd, b"ping").await, b"ping");
+    eprintln!("TIMING first echo through path forward: {:?}", t0.elapsed());
+
+    // Several connections at once, each its own channel; bytes both ways while open.
+    let mut a = tokio::net::UnixStream::connect(&fwd).await.unwrap();
+    let mut b = tokio::net::UnixStream::connect(&fwd).await.unwrap();
+    let mut buf = [0u8; 3];
+    b.write_all(b"bbb").await.unwrap();
+    a.write_all(b"aaa").await.unwrap();
+    tokio::time::timeout(T, a.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"aaa");
+    tokio::time::timeout(T, b.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"bbb");
+    drop(a);
+    drop(b);
+
+    // A larger transfer (several channel windows' worth of packets).
+    let big: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut s = tokio::net::UnixStream::connect(&fwd).await.unwrap();
+    let (mut rd, mut wr) = s.split();
+    let send = async {
+        wr.write_all(&big).await.unwrap();
+        wr.shutdown().await.unwrap();
+    };
+    let mut got = Vec::new();
+    let recv = rd.read_to_end(&mut got);
+    let (_, r) = tokio::time::timeout(T, async { tokio::join!(send, recv) })
+        .await
+        .unwrap();
+    r.unwrap();
+    assert!(
+        got == big,
+        "{} of {} bytes, or corrupted",
+        got.len(),
+        big.len()
+    );
+    drop(s);
+
+    master.shutdown(Duration::from_secs(3)).await;
+    // OpenSSH leaves the forward's socket file behind on exit.
+    eprintln!(
+        "FINDING forward socket still there after master exit: {}",
+        is_socket(&fwd)
+    );
+}
+
+#[tokio::test]
+async fn path_forward_open_twice_close_and_foreign_listener() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let ctl = sshd.ctl();
+    let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
+    let remote = sshd.dir.0.join("remote.sock");
+    unix_echo_server(&remote);
+    let remote_str = remote.to_str().unwrap();
+    let fwd = sshd.dir.0.join("fwd.sock");
+
+    let mut c = MuxClient::connect(&ctl).await.unwrap();
+    c.open_local_path_forward(&fwd, remote_str).await.unwrap();
+    // The same forward again: the master finds it and answers OK.
+    tokio::time::timeout(T, c.open_local_path_forward(&fwd, remote_str))
+        .await
+        .unwrap()
+        .unwrap();
+    // Also from another mux connection.
+    let mut c2 = MuxClient::connect(&ctl).await.unwrap();
+    c2.open_local_path_forward(&fwd, remote_str).await.unwrap();
+    drop(c2);
+    assert_eq!(
+        echo_through(&fwd, b"still one forward").await,
+        b"still one forward"
+    );
+
+    // Close: new connects fail at once, the stale file is gone.
+    tokio::time::timeout(T, c.close_local_path_forward(&fwd, remote_str))
+        .await
+        .unwrap()
+        .unwrap();
+    let e = tokio::net::UnixStream::connect(&fwd)
+        .await
+        .expect_err("connect after close");
+    eprintln!("connect after close: {e}");
+    assert!(!fwd.exists());
+    // Closing again: the master has no such forward.
+    match c.close_local_path_forward(&fwd, remote_str).await {
+        Err(MuxError::Refused(r)) => eprintln!("second close: {r:?}"),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    // Closing a forward that was never opened (other connect path) is refused too.
+    assert!(matches!(
+        c.close_local_path_forward(&fwd, "/no/such/remote.sock")
+            .await,
+        Err(MuxError::Refused(_))
+    ));
+    // And it can be opened again after the close.
+    c.open_local_path_forward(&fwd, remote_str).await.unwrap();
+    assert_eq!(echo_through(&fwd, b"again").await, b"again");
+
+    // Someone else listens on the path: refused, and their socket is left alone.
+    let foreign = sshd.dir.0.join("foreign.sock");
+    let theirs = std::os::unix::net::UnixListener::bind(&foreign).unwrap();
+    theirs.set_nonblocking(true).unwrap();
+    let ino = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(&foreign).unwrap().ino()
+    };
+    let before = ino();
+    match tokio::time::timeout(T, c.open_local_path_forward(&foreign, remote_str))
+        .await
+        .unwrap()
+    {
+        Err(MuxError::Refused(r)) => {
+            eprintln!("foreign listener: {r:?}");
+            assert!(r.contains("another process"), "{r}");
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert_eq!(ino(), before, "the foreign socket was replaced");
+    // Their listener still gets connections (one is the probe's, already closed).
+    let _conn = std::os::unix::net::UnixStream::connect(&foreign).unwrap();
+    let mut accepted = 0;
+    while theirs.accept().is_ok() {
+        accepted += 1;
+    }
+    assert!(accepted >= 1);
+
+    // The master is fine and the mux connection still usable.
+    assert_eq!(c.alive_check().await.unwrap(), master.pid);
+    master.shutdown(Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn path_forward_reregistered_by_new_master_over_left_socket() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let ctl = sshd.ctl();
+    let remote = sshd.dir.0.join("remote.sock");
+    unix_echo_server(&remote);
+    let remote_str = remote.to_str().unwrap();
+    let fwd = sshd.dir.0.join("fwd.sock");
+
+    let (mut first, _l1) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
+    let mut c = MuxClient::connect(&ctl).await.unwrap();
+    c.open_local_path_forward(&fwd, remote_str).await.unwrap();
+    drop(c);
+    assert_eq!(echo_through(&fwd, b"first").await, b"first");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::timeout(T, first.exited())
+        .await
+        .unwrap()
+        .unwrap();
+    // Both sockets are left behind, nobody listens on them.
+    assert!(is_socket(&fwd), "forward socket file should be left behind");
+    assert!(matches!(
+        tokio::net::UnixStream::connect(&fwd).await,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    ));
+    assert_eq!(
+        clear_stale_control_socket(&ctl, T).await.unwrap(),
+        SocketState::RemovedStale
+    );
+
+    let (second, _l2) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
+    assert_ne!(second.pid, first.pid);
+    let mut c = MuxClient::connect(&ctl).await.unwrap();
+    tokio::time::timeout(T, c.open_local_path_forward(&fwd, remote_str))
+        .await
+        .unwrap()
+        .expect("StreamLocalBindUnlink=yes lets the new master bind over the old file");
+    assert_eq!(mode(&fwd), 0o600);
+    assert_eq!(echo_through(&fwd, b"second").await, b"second");
+    first.shutdown(Duration::from_secs(1)).await;
+    second.shutdown(Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn path_forward_to_missing_remote_socket_gets_eof_and_master_survives() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let ctl = sshd.ctl();
+    let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
+    let missing = sshd.dir.0.join("missing.sock");
+    let fwd = sshd.dir.0.join("fwd.sock");
+
+    let mut c = MuxClient::connect(&ctl).await.unwrap();
+    // The remote path is not checked when the forward is set up.
+    c.open_local_path_forward(&fwd, missing.to_str().unwrap())
+        .await
+        .unwrap();
+    // Nothing sent: a clean EOF.
+    let mut s = tokio::net::UnixStream::connect(&fwd).await.unwrap();
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let n = tokio::time::timeout(T, s.read_to_end(&mut got))
+        .await
+        .expect("hang: no EOF from a forward whose remote socket is missing")
+        .unwrap();
+    eprintln!("TIMING missing remote socket → EOF: {:?}", t0.elapsed());
+    assert_eq!(n, 0);
+    // Bytes sent before the refusal: the master closes with them unread, which the
+    // kernel reports as a reset rather than EOF.
+    for _ in 0..3 {
+        let mut s = tokio::net::UnixStream::connect(&fwd).await.unwrap();
+        let t0 = Instant::now();
+        let _ = s.write_all(b"hello?").await;
+        let mut got = Vec::new();
+        let r = tokio::time::timeout(T, s.read_to_end(&mut got))
+            .await
+            .expect("hang: no EOF from a forward whose remote socket is missing");
+        eprintln!(
+            "TIMING missing remote socket, after a write → {r:?}: {:?}",
+            t0.elapsed()
+        );
+        assert!(got.is_empty());
+        assert!(
+            r.is_ok()
+                || r.as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{r:?}"
+        );
+    }
+    // The master survives: alive check answers, and other forwards still work.
+    assert_eq!(
+        tokio::time::timeout(T, c.alive_check())
+            .await
+            .unwrap()
+            .unwrap(),
+        master.pid
+    );
+    let remote = sshd.dir.0.join("remote.sock");
+    unix_echo_server(&remote);
+    let fwd2 = sshd.dir.0.join("fwd2.sock");
+    c.open_local_path_forward(&fwd2, remote.to_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(echo_through(&fwd2, b"alive").await, b"alive");
+    let mut c2 = MuxClient::connect(&ctl).await.unwrap();
+    assert_eq!(c2.alive_check().await.unwrap(), master.pid);
+    master.shutdown(Duration::from_secs(3)).await;
+}
+
+/// Why `open_local_path_forward` probes the listen path: with StreamLocalBindUnlink=yes
+/// the master itself (asked here by `ssh -O forward`, which sends the same
+/// MUX_C_OPEN_FWD) unlinks a live socket of another process and takes its path over.
+#[tokio::test]
+async fn finding_master_with_bind_unlink_takes_over_a_live_socket() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let ctl = sshd.ctl();
+    let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
+    let remote = sshd.dir.0.join("remote.sock");
+    unix_echo_server(&remote);
+    let foreign = sshd.dir.0.join("foreign.sock");
+    let _theirs = std::os::unix::net::UnixListener::bind(&foreign).unwrap();
+    let ino = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(&foreign).unwrap().ino()
+    };
+    let before = ino();
+    let out = tokio::process::Command::new("ssh")
+        .arg("-F")
+        .arg(&sshd.ssh_config)
+        .arg("-S")
+        .arg(&ctl)
+        .args(["-O", "forward", "-L"])
+        .arg(format!("{}:{}", foreign.display(), remote.display()))
+        .arg("testhost")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    eprintln!(
+        "FINDING ssh -O forward over a live foreign socket: {:?} {:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success());
+    assert_ne!(ino(), before, "expected the master to replace the socket");
+    assert_eq!(echo_through(&foreign, b"hijacked").await, b"hijacked");
+    master.shutdown(Duration::from_secs(3)).await;
+}
