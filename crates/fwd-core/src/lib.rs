@@ -23,6 +23,7 @@ pub use reconcile::{desired_forwards, plan, reconcile, Action, Desired, Held, Ho
 pub use repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};
 pub use rules::{Decision, Rule, RuleAction, Rules};
 pub use supervisor::{
-    Command, Failure, Health, HostMachine, HostPolicy, Input, LastError, MasterPhase, Op, OpId,
-    Outcome, Record, StreamPhase,
+    parse_endpoint, Command, Endpoint, EngineHealth, EngineRoute, Failure, Health, HostMachine,
+    HostPolicy, Input, LastError, MasterPhase, Op, OpId, Outcome, Record, StreamPhase,
+    DEFAULT_ENGINE_SOCKET,
 };

@@ -51,6 +51,9 @@ pub struct HostPolicy {
     pub wake_probe_timeout: Duration,
     /// A repeating failure is summarised at most this often.
     pub summary_every: Duration,
+    /// The remote engine's socket, when configured; otherwise it is learned
+    /// from the remote docker CLI once per master.
+    pub engine_socket: Option<String>,
 }
 
 impl Default for HostPolicy {
@@ -64,8 +67,75 @@ impl Default for HostPolicy {
             request_timeout: Duration::from_secs(10),
             wake_probe_timeout: Duration::from_secs(2),
             summary_every: Duration::from_secs(300),
+            engine_socket: None,
         }
     }
+}
+
+/// Where the remote docker CLI would connect, when nothing is known.
+pub const DEFAULT_ENGINE_SOCKET: &str = "/var/run/docker.sock";
+
+/// How fwd reaches the remote engine over the master: its own API and
+/// event channels, and every connection to the local engine socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineRoute {
+    /// Through a stream-local forward registered on the master (a private
+    /// socket in the runtime directory → the engine's socket): channels,
+    /// not sessions, so sshd's MaxSessions does not apply and opening one
+    /// costs no remote process.
+    StreamLocal,
+    /// One `docker system dial-stdio` session per connection: the engine is
+    /// not on a Unix socket, or the server refuses stream-local channels.
+    DialStdio,
+}
+
+impl EngineRoute {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineRoute::StreamLocal => "stream_local",
+            EngineRoute::DialStdio => "dial_stdio",
+        }
+    }
+}
+
+/// What the remote docker CLI said its endpoint is
+/// (`docker context inspect --format {{.Endpoints.docker.Host}}`, which
+/// honours the remote `DOCKER_HOST`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `unix://PATH`, with an absolute path safe to put in a mux request.
+    Unix(String),
+    /// Anything else (`tcp://…`, `npipe://…`, garbage): not forwardable
+    /// as a socket path.
+    Other(String),
+}
+
+/// Parses the endpoint line from the remote side. Bounded and strict: the
+/// path goes into a mux request, never into a shell.
+pub fn parse_endpoint(output: &str) -> Endpoint {
+    let line = output.trim();
+    let shown: String = line.chars().take(200).collect();
+    match line.strip_prefix("unix://") {
+        Some(path)
+            if path.starts_with('/')
+                && path.len() < 1024
+                && !path.chars().any(|c| c.is_control()) =>
+        {
+            Endpoint::Unix(path.to_string())
+        }
+        _ => Endpoint::Other(shown),
+    }
+}
+
+/// How the engine is reached, as status shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineHealth {
+    /// `None` until the current master's route is settled.
+    pub route: Option<EngineRoute>,
+    /// The engine's socket on the remote host, when known.
+    pub remote_socket: Option<String>,
+    /// Why the route is `DialStdio`.
+    pub reason: Option<String>,
 }
 
 /// dockerd drops an API connection idle for 5 minutes: probe more often.
@@ -88,12 +158,25 @@ pub enum Op {
     /// Clear a stale control socket, spawn `ssh -M` as a child, wait until
     /// it answers on its control socket. Answer: `MasterReady` or `Failed`.
     SpawnMaster,
+    /// Ask the remote docker CLI where its engine listens (a constant
+    /// command, in the master's first session). Answer: `Discovered`
+    /// (`None`: the CLI could not say).
+    DiscoverEngine,
+    /// Run a constant no-op command in a session (the master's first
+    /// session, when nothing needs discovering). Answer: `Answered`.
+    FirstSession,
+    /// Register the stream-local forward to the engine's socket on the
+    /// master. Answer: `Answered` or `Failed`.
+    ForwardEngine { remote_socket: String },
     /// Open the API channel and ask the engine its version (the end-to-end
     /// probe: master, sshd, the remote side, dockerd). Answer: `ApiReady`.
-    OpenApi,
+    OpenApi { route: EngineRoute },
     /// Open the event channel and subscribe from `since_ns` (engine clock).
     /// Answer: `Subscribed`; events then arrive as [`Input::Event`].
-    Subscribe { since_ns: Option<i64> },
+    Subscribe {
+        since_ns: Option<i64>,
+        route: EngineRoute,
+    },
     /// Answer: `Listed`.
     ListContainers,
     /// Answer: `Inspected` or `Unparsable`.
@@ -110,6 +193,7 @@ pub enum Outcome {
     MasterReady {
         pid: u32,
     },
+    Discovered(Option<String>),
     ApiReady {
         version: String,
     },
@@ -173,9 +257,11 @@ pub enum Command {
     /// Drop the Docker channels (API, events) and any operation in flight;
     /// the master stays.
     CloseChannels,
-    /// The link is usable: hand connections to the master of `generation`.
+    /// The link is usable: hand connections to the master of `generation`;
+    /// engine connections take `engine`. Sent again when the route changes.
     Publish {
         generation: u64,
+        engine: EngineRoute,
     },
     /// Connections must wait: no usable master.
     Withdraw,
@@ -309,6 +395,7 @@ pub struct Health {
     pub docker_version: Option<String>,
     /// Since when no network is usable while the master is kept.
     pub network_lost_since: Option<Instant>,
+    pub engine: EngineHealth,
 }
 
 impl Health {
@@ -328,6 +415,7 @@ impl Health {
             stream_restarts: 0,
             docker_version: None,
             network_lost_since: None,
+            engine: EngineHealth::default(),
         }
     }
 
@@ -368,7 +456,10 @@ enum Phase {
 #[derive(Clone, Debug, PartialEq)]
 enum Purpose {
     Spawn,
-    OpenApi,
+    FirstSession,
+    Discover,
+    ForwardEngine,
+    OpenApi(EngineRoute),
     Subscribe,
     List,
     /// An inspect during a resync.
@@ -413,8 +504,12 @@ pub struct HostMachine {
     backoff: Backoff,
     attempt_started: Instant,
     master_pid: Option<u32>,
-    /// Generation of the master the link is published for.
-    published: Option<u64>,
+    /// Generation and engine route the link is published with.
+    published: Option<(u64, EngineRoute)>,
+    /// The route the current master's channels take.
+    route: EngineRoute,
+    /// A stream-local forward to the engine is registered on this master.
+    engine_forwarded: bool,
     generation: u64,
     ever_connected: bool,
     logged_version: Option<String>,
@@ -469,6 +564,8 @@ impl HostMachine {
             attempt_started: now,
             master_pid: None,
             published: None,
+            route: EngineRoute::DialStdio,
+            engine_forwarded: false,
             generation: 0,
             ever_connected: false,
             logged_version: None,
@@ -658,12 +755,70 @@ impl HostMachine {
                 self.master_pid = Some(pid);
                 self.generation += 1;
                 self.health.master_pid = Some(pid);
+                self.health.engine = EngineHealth::default();
                 self.health_changed = true;
                 self.channel_backoff.reset();
-                self.open_channels(now);
+                self.engine_forwarded = false;
+                self.phase = Phase::Setup;
+                // Every master opens one session first, even when nothing
+                // is to be discovered: OpenSSH turns on TCP_NODELAY for the
+                // connection at its first session and never otherwise, and
+                // without it every forwarded connection waits out Nagle
+                // against delayed ACKs (~40 ms).
+                match self.policy.engine_socket {
+                    Some(_) => self.request(Purpose::FirstSession, Op::FirstSession, now),
+                    None => self.request(Purpose::Discover, Op::DiscoverEngine, now),
+                }
             }
             (Purpose::Spawn, Outcome::Failed(f)) => self.master_failed(f, now),
-            (Purpose::OpenApi, Outcome::ApiReady { version }) => {
+            (Purpose::Discover, Outcome::Discovered(endpoint)) => {
+                match endpoint.as_deref().map(parse_endpoint) {
+                    Some(Endpoint::Unix(path)) => self.forward_engine(path, now),
+                    None => self.forward_engine(DEFAULT_ENGINE_SOCKET.into(), now),
+                    Some(Endpoint::Other(e)) => {
+                        self.health.engine.reason = Some(format!(
+                            "the remote engine listens at {e}, not on a Unix socket"
+                        ));
+                        self.open_channels(now);
+                    }
+                }
+            }
+            (Purpose::ForwardEngine, Outcome::Answered) => {
+                self.engine_forwarded = true;
+                self.open_channels(now);
+            }
+            (Purpose::ForwardEngine, Outcome::Failed(f)) if f.kind != FailureKind::MasterDied => {
+                self.health.engine.reason = Some(format!(
+                    "the master could not forward to the engine's socket: {}",
+                    f.message
+                ));
+                self.open_channels(now);
+            }
+            (Purpose::FirstSession, Outcome::Answered) => {
+                let path = self.policy.engine_socket.clone();
+                self.forward_engine(path.unwrap_or_else(|| DEFAULT_ENGINE_SOCKET.into()), now);
+            }
+            (Purpose::OpenApi(EngineRoute::StreamLocal), Outcome::Failed(f))
+                if f.kind == FailureKind::StreamEnded =>
+            {
+                // The server may forbid stream-local channels
+                // (AllowStreamLocalForwarding, DisableForwarding, a
+                // `restrict` key): the sessions of dial-stdio still work.
+                let socket = self.health.engine.remote_socket.clone().unwrap_or_default();
+                self.health.engine.reason = Some(format!(
+                    "a stream-local channel to {socket} failed ({}); is stream-local forwarding allowed by sshd (AllowStreamLocalForwarding)?",
+                    f.message.trim()
+                ));
+                self.route = EngineRoute::DialStdio;
+                self.commands.push_back(Command::CloseChannels);
+                let route = self.route;
+                self.request(Purpose::OpenApi(route), Op::OpenApi { route }, now);
+            }
+            (Purpose::OpenApi(route), Outcome::ApiReady { version }) => {
+                self.health.engine.route = Some(route);
+                if route == EngineRoute::StreamLocal {
+                    self.health.engine.reason = None;
+                }
                 self.setup_rtt = Some(rtt);
                 if self.health.docker_version.as_deref() != Some(version.as_str()) {
                     self.health.docker_version = Some(version);
@@ -673,7 +828,7 @@ impl HostMachine {
                 // the resync is missed; events replaying what the resync
                 // saw are harmless (handling is idempotent).
                 let since_ns = self.since_ns;
-                self.request(Purpose::Subscribe, Op::Subscribe { since_ns }, now);
+                self.request(Purpose::Subscribe, Op::Subscribe { since_ns, route }, now);
             }
             (Purpose::Subscribe, Outcome::Subscribed) => self.begin_resync(now),
             (Purpose::List, Outcome::Listed(ids)) => {
@@ -736,7 +891,10 @@ impl HostMachine {
     fn op_timed_out(&mut self, op: InFlight, now: Instant) {
         let what = match &op.purpose {
             Purpose::Spawn => "the ssh master did not become ready",
-            Purpose::OpenApi => "the Docker engine did not answer GET /version",
+            Purpose::FirstSession => "the first session on the master got no answer",
+            Purpose::Discover => "asking the remote docker CLI for its engine got no answer",
+            Purpose::ForwardEngine => "the master did not answer a forward request",
+            Purpose::OpenApi(_) => "the Docker engine did not answer GET /version",
             Purpose::Subscribe => "subscribing to docker events got no answer",
             Purpose::List => "listing containers got no answer",
             Purpose::ResyncInspect(_) | Purpose::EventInspect(_) => {
@@ -830,12 +988,30 @@ impl HostMachine {
 
     // ---- the Docker channels ----
 
+    /// Registers the forward to the engine's socket on the master.
+    fn forward_engine(&mut self, remote_socket: String, now: Instant) {
+        self.health.engine.remote_socket = Some(remote_socket.clone());
+        self.request(
+            Purpose::ForwardEngine,
+            Op::ForwardEngine { remote_socket },
+            now,
+        );
+    }
+
     fn open_channels(&mut self, now: Instant) {
         self.phase = Phase::Setup;
         self.channels_started = now;
         self.health.stream = StreamPhase::Resyncing;
         self.health_changed = true;
-        self.request(Purpose::OpenApi, Op::OpenApi, now);
+        // Stream-local whenever the forward exists: every attempt tries the
+        // cheap route first (it may have failed only with dockerd).
+        self.route = if self.engine_forwarded {
+            EngineRoute::StreamLocal
+        } else {
+            EngineRoute::DialStdio
+        };
+        let route = self.route;
+        self.request(Purpose::OpenApi(route), Op::OpenApi { route }, now);
     }
 
     /// A Docker request or the event stream failed on a live master.
@@ -916,10 +1092,12 @@ impl HostMachine {
     /// Resynced: the link is usable.
     fn go_up(&mut self, now: Instant) {
         self.phase = Phase::Up;
-        if self.published.is_none() {
-            self.published = Some(self.generation);
+        let link = (self.generation, self.route);
+        if self.published != Some(link) {
+            self.published = Some(link);
             self.commands.push_back(Command::Publish {
                 generation: self.generation,
+                engine: self.route,
             });
         }
         let pid = self.master_pid.unwrap_or(0);

@@ -30,8 +30,8 @@ pub mod term;
 
 pub use events::{diff, Event};
 pub use status::{
-    verdict, DaemonInfo, ErrorInfo, ForwardState, ForwardStatus, Health, HealthState, HostStatus,
-    MasterState, MasterStatus, Status, StreamState, StreamStatus,
+    verdict, DaemonInfo, EngineStatus, ErrorInfo, ForwardState, ForwardStatus, Health, HealthState,
+    HostStatus, MasterState, MasterStatus, Status, StreamState, StreamStatus,
 };
 
 /// Version carried as `"v"` by every request and response.

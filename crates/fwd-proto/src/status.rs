@@ -28,6 +28,30 @@ pub struct Status {
     pub health: Option<Health>,
 }
 
+/// How the host's remote engine is served on the runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStatus {
+    /// Local socket paths (`docker.sock` for the first host, and
+    /// `docker-<host>.sock`); empty when the engine socket is off or could
+    /// not be bound (`reason` says why).
+    pub sockets: Vec<String>,
+    /// How connections reach the engine: `stream_local` (a channel over the
+    /// master to the engine's socket), `dial_stdio` (a `docker system
+    /// dial-stdio` session per connection), or `null` while not yet known.
+    /// Readers must accept other values.
+    pub route: Option<String>,
+    /// The engine's socket on the remote host, once known.
+    pub remote_socket: Option<String>,
+    /// Why the sockets are missing or the route is `dial_stdio`.
+    pub reason: Option<String>,
+    pub connections_open: u64,
+    pub connections_total: u64,
+    /// Bytes from local clients to the engine, and from the engine back,
+    /// counted when a connection ends.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
 /// Healthy, or degraded with the reasons.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
@@ -112,6 +136,10 @@ pub struct HostStatus {
     pub events: StreamStatus,
     /// Docker engine version reported by the host (`null` until known).
     pub docker_version: Option<String>,
+    /// The remote engine on a local socket. Added within version 1: absent
+    /// from older daemons.
+    #[serde(default)]
+    pub engine: Option<EngineStatus>,
 }
 
 /// State of the SSH ControlMaster for one host.

@@ -39,6 +39,19 @@ pub(crate) fn sample_status() -> Status {
                     restarts: 1,
                 },
                 docker_version: Some("27.3.1".into()),
+                engine: Some(EngineStatus {
+                    sockets: vec![
+                        "/run/user/1000/fwd/docker.sock".into(),
+                        "/run/user/1000/fwd/docker-prod.sock".into(),
+                    ],
+                    route: Some("stream_local".into()),
+                    remote_socket: Some("/var/run/docker.sock".into()),
+                    reason: None,
+                    connections_open: 1,
+                    connections_total: 42,
+                    bytes_up: 10_240,
+                    bytes_down: 2_097_152,
+                }),
             },
             HostStatus {
                 name: "staging".into(),
@@ -66,6 +79,7 @@ pub(crate) fn sample_status() -> Status {
                     restarts: 0,
                 },
                 docker_version: None,
+                engine: None,
             },
         ],
         forwards: vec![

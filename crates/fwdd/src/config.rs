@@ -48,6 +48,11 @@ pub struct HostConfig {
     /// At most this many forwards for the host (the earliest-started
     /// containers keep theirs); `None` = no cap.
     pub max_forwards: Option<usize>,
+    /// Serve the remote engine on a local socket (`docker-<name>.sock`).
+    pub engine_socket: bool,
+    /// The engine's socket on the remote host; `None`: ask the remote
+    /// docker CLI (its `DOCKER_HOST`, its context, else the default).
+    pub engine_remote_socket: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +102,8 @@ struct FileHost {
     strict_host_key_checking: Option<String>,
     ssh_program: Option<PathBuf>,
     max_forwards: Option<usize>,
+    engine_socket: Option<bool>,
+    engine_remote_socket: Option<String>,
 }
 
 /// What the command line contributes (flags win over the file).
@@ -232,6 +239,13 @@ pub fn render(c: &Config) -> String {
         match h.max_forwards {
             Some(n) => out.push_str(&format!("max_forwards = {n}\n")),
             None => out.push_str("# max_forwards: not set, no cap\n"),
+        }
+        out.push_str(&format!("engine_socket = {}\n", h.engine_socket));
+        match &h.engine_remote_socket {
+            Some(p) => out.push_str(&format!("engine_remote_socket = {}\n", q(p))),
+            None => {
+                out.push_str("# engine_remote_socket: not set, asked of the remote docker CLI\n")
+            }
         }
     }
     out
@@ -723,6 +737,21 @@ fn host_config(key: &str, h: &FileHost, cli: &CliOverrides) -> Result<HostConfig
             Duration::from_secs(15),
         )?,
         max_forwards: h.max_forwards,
+        engine_socket: h.engine_socket.unwrap_or(true),
+        engine_remote_socket: match &h.engine_remote_socket {
+            None => None,
+            Some(p)
+                if p.starts_with('/') && p.len() < 1024 && !p.chars().any(|c| c.is_control()) =>
+            {
+                Some(p.clone())
+            }
+            Some(p) => {
+                return err(format!(
+                    "{key}.engine_remote_socket: {p:?} is not an absolute path; write the path \
+                     of the engine's socket on the remote host, e.g. \"/var/run/docker.sock\""
+                ))
+            }
+        },
     })
 }
 

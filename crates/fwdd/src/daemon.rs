@@ -18,12 +18,18 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, HostConfig};
+use crate::engine::EngineSocket;
 use crate::forwards::{ForwardTable, Link, ServeContext};
 
 pub struct Host {
     pub key: HostKey,
     pub cfg: HostConfig,
     pub control_path: PathBuf,
+    /// The master's stream-local forward of the remote engine socket
+    /// (`h<N>.eng`, as long as the control path, so one length check holds).
+    pub engine_forward: PathBuf,
+    /// The remote engine on local sockets, when enabled and bound; else why not.
+    pub engine_socket: RefCell<Result<EngineSocket, String>>,
     /// Everything the supervisor decides, and what it knows: link health,
     /// the host's running containers.
     pub machine: RefCell<HostMachine>,
@@ -69,6 +75,7 @@ pub fn host_policy(config: &Config, host: &HostConfig) -> HostPolicy {
         health_interval: host.health_interval,
         resync_interval: config.resync_interval,
         master_ready_timeout: crate::host::master_ready_timeout(&host.ssh),
+        engine_socket: host.engine_remote_socket.clone(),
         ..HostPolicy::default()
     }
 }
@@ -141,11 +148,14 @@ impl Daemon {
         let (link, link_rx) = watch::channel(None);
         self.serve.links.borrow_mut().insert(key.clone(), link_rx);
         let policy = host_policy(&self.config.borrow(), &cfg);
+        let engine_socket = self.bind_engine_socket(&key, &cfg);
         let seed = std::collections::hash_map::RandomState::new().hash_one(id);
         let machine = HostMachine::new(policy, *self.net_usable.borrow(), seed, Instant::now());
         let host = Rc::new(Host {
             key,
             control_path: self.config.borrow().runtime_dir.join(format!("h{id}.ctl")),
+            engine_forward: self.config.borrow().runtime_dir.join(format!("h{id}.eng")),
+            engine_socket: RefCell::new(engine_socket),
             cfg,
             machine: RefCell::new(machine),
             link,
@@ -162,6 +172,36 @@ impl Daemon {
         host
     }
 
+    /// The host's engine sockets: `docker-<name>.sock`, and `docker.sock`
+    /// for the first configured host.
+    fn bind_engine_socket(&self, key: &HostKey, cfg: &HostConfig) -> Result<EngineSocket, String> {
+        if !cfg.engine_socket {
+            return Err("turned off (engine_socket = false)".into());
+        }
+        let config = self.config.borrow();
+        let first = config.hosts.first().is_some_and(|h| h.name == cfg.name);
+        let paths = crate::engine::socket_paths(&config.runtime_dir, &cfg.name, first);
+        for p in &paths {
+            fwd_ssh::check_control_path_len(p).map_err(|e| e.to_string())?;
+        }
+        let bound = EngineSocket::bind(key.clone(), paths, self.serve.clone());
+        if let Ok(s) = &bound {
+            if let Some(own) = s.paths.last() {
+                tracing::info!(
+                    event = "engine_socket",
+                    host = %key,
+                    socket = %own.display(),
+                    "remote engine of {key} on this machine: DOCKER_HOST=unix://{} (fwdctl env prints what clients need)",
+                    own.display()
+                );
+            }
+        }
+        bound.map_err(|e| {
+            tracing::error!(event = "engine_socket_failed", host = %key, error = %e, "no local engine socket for {key}: {e}");
+            e.to_string()
+        })
+    }
+
     /// Stops a host's supervisor (which ends its master) and forgets its
     /// containers, releasing the ports only it claimed.
     pub async fn remove_host(&self, name: &str) {
@@ -173,6 +213,7 @@ impl Daemon {
             hosts.remove(i)
         };
         stop_hosts(std::slice::from_ref(&host)).await;
+        *host.engine_socket.borrow_mut() = Err("the host was removed".into());
         self.serve.forget_host(&host.key);
         self.reconcile();
     }
@@ -337,9 +378,14 @@ impl Daemon {
             }
         }
         let hosts = self.hosts();
+        for h in &hosts {
+            *h.engine_socket.borrow_mut() = Err("fwdd is stopping".into());
+        }
         stop_hosts(&hosts).await;
         for h in &hosts {
             let _ = std::fs::remove_file(&h.control_path);
+            // The master leaves its forward's socket file behind.
+            let _ = std::fs::remove_file(&h.engine_forward);
         }
     }
 }

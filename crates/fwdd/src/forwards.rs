@@ -17,7 +17,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use fwd_core::{Action, Claim, Held, HostKey};
+use fwd_core::{Action, Claim, EngineRoute, Held, HostKey};
 use fwd_ssh::{MasterConfig, MuxClient, MuxError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -30,6 +30,10 @@ pub struct Link {
     /// Increments with every new master, so waiters can tell old from new.
     pub generation: u64,
     pub ssh: Arc<MasterConfig>,
+    /// How connections to the local engine socket reach the engine.
+    pub engine: EngineRoute,
+    /// The master's forward of the engine socket (used with `StreamLocal`).
+    pub engine_forward: PathBuf,
 }
 
 pub type LinkWatch = watch::Receiver<Option<Link>>;

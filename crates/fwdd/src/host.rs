@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fwd_core::{
-    classify_ssh_failure, Command, ContainerId, Failure, FailureKind, Input, Op, OpId, Outcome,
-    Record,
+    classify_ssh_failure, Command, ContainerId, EngineRoute, Failure, FailureKind, Input, Op, OpId,
+    Outcome, Record,
 };
 use fwd_docker::{ApiError, DockerApi, EventStream, StreamItem};
 use fwd_ssh::{Master, MasterError, MuxClient, SocketState};
@@ -42,9 +42,10 @@ impl Drop for TaskGuard {
     }
 }
 
-/// One `docker system dial-stdio` session on the master.
+/// One channel to the engine's API: a stream-local channel (nothing to
+/// diagnose but the error), or a `docker system dial-stdio` session.
 struct DockerChannel {
-    session: fwd_ssh::Session,
+    session: Option<fwd_ssh::Session>,
     stderr_tail: Rc<RefCell<VecDeque<String>>>,
     _tasks: Vec<TaskGuard>,
 }
@@ -53,7 +54,10 @@ impl DockerChannel {
     /// Why the channel failed, from the remote side's point of view: a
     /// missing docker CLI exits 127 with "not found" on stderr.
     async fn diagnose(self, err: impl std::fmt::Display) -> Failure {
-        let status = tokio::time::timeout(Duration::from_secs(2), self.session.wait()).await;
+        let Some(session) = self.session else {
+            return Failure::new(FailureKind::StreamEnded, err.to_string());
+        };
+        let status = tokio::time::timeout(Duration::from_secs(2), session.wait()).await;
         let stderr: Vec<String> = self.stderr_tail.borrow().iter().cloned().collect();
         let stderr = stderr.join("; ");
         match status {
@@ -70,7 +74,44 @@ impl DockerChannel {
     }
 }
 
-async fn open_docker(host: &Host) -> Result<(DockerApi, DockerChannel), Failure> {
+async fn open_docker(
+    host: &Host,
+    route: EngineRoute,
+) -> Result<(DockerApi, DockerChannel), Failure> {
+    match route {
+        EngineRoute::StreamLocal => open_stream_local(host).await,
+        EngineRoute::DialStdio => open_dial_stdio(host).await,
+    }
+}
+
+/// A connection to the master's forward of the engine socket: a channel,
+/// not a session (nothing runs on the remote host for it).
+async fn open_stream_local(host: &Host) -> Result<(DockerApi, DockerChannel), Failure> {
+    let stream = tokio::net::UnixStream::connect(&host.engine_forward)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                FailureKind::MasterDied,
+                format!(
+                    "the master's forward {} does not answer: {e}",
+                    host.engine_forward.display()
+                ),
+            )
+        })?;
+    let (api, driver) = fwd_docker::connect(stream)
+        .await
+        .map_err(|e| Failure::new(FailureKind::StreamEnded, e.to_string()))?;
+    Ok((
+        api,
+        DockerChannel {
+            session: None,
+            stderr_tail: Rc::default(),
+            _tasks: vec![TaskGuard(tokio::task::spawn_local(driver))],
+        },
+    ))
+}
+
+async fn open_dial_stdio(host: &Host) -> Result<(DockerApi, DockerChannel), Failure> {
     let remote = fwd_ssh::spawn_remote(&host.control_path, fwd_docker::DIAL_STDIO_COMMAND)
         .await
         .map_err(|e| {
@@ -100,7 +141,7 @@ async fn open_docker(host: &Host) -> Result<(DockerApi, DockerChannel), Failure>
     Ok((
         api,
         DockerChannel {
-            session: remote.session,
+            session: Some(remote.session),
             stderr_tail,
             _tasks: vec![TaskGuard(stderr_task), TaskGuard(driver)],
         },
@@ -314,11 +355,13 @@ async fn carry_out(d: &Rc<Daemon>, host: &Rc<Host>, res: &mut Resources) {
                 res.stderr = None;
             }
             Command::CloseChannels => res.close_channels(),
-            Command::Publish { generation } => {
+            Command::Publish { generation, engine } => {
                 host.link.send_replace(Some(Link {
                     control_path: host.control_path.clone(),
                     generation,
                     ssh: Arc::new(host.cfg.ssh.clone()),
+                    engine,
+                    engine_forward: host.engine_forward.clone(),
                 }));
             }
             Command::Withdraw => {
@@ -348,9 +391,35 @@ fn start(d: &Rc<Daemon>, host: &Rc<Host>, res: &mut Resources, op: Op) -> OpFutu
     };
     let fut: OpFuture = match op {
         Op::SpawnMaster => Box::pin(async move { Done::Master(spawn_master(&host).await) }),
-        Op::OpenApi => Box::pin(async move {
+        Op::DiscoverEngine => Box::pin(async move {
+            Done::Plain(match discover_engine(&host).await {
+                Ok(endpoint) => Outcome::Discovered(endpoint),
+                Err(f) => Outcome::Failed(f),
+            })
+        }),
+        Op::FirstSession => Box::pin(async move {
+            Done::Plain(match run_remote(&host, FIRST_SESSION_COMMAND).await {
+                Ok(_) => Outcome::Answered,
+                Err(f) => Outcome::Failed(f),
+            })
+        }),
+        Op::ForwardEngine { remote_socket } => Box::pin(async move {
+            let forward = async {
+                let mut mux = MuxClient::connect(&host.control_path).await?;
+                mux.open_local_path_forward(&host.engine_forward, &remote_socket)
+                    .await
+            };
+            Done::Plain(match forward.await {
+                Ok(()) => Outcome::Answered,
+                Err(e @ (fwd_ssh::MuxError::Connect { .. } | fwd_ssh::MuxError::Closed)) => {
+                    Outcome::Failed(Failure::new(FailureKind::MasterDied, e.to_string()))
+                }
+                Err(e) => Outcome::Failed(Failure::new(FailureKind::StreamEnded, e.to_string())),
+            })
+        }),
+        Op::OpenApi { route } => Box::pin(async move {
             let opened = async {
-                let (mut api, channel) = open_docker(&host).await?;
+                let (mut api, channel) = open_docker(&host, route).await?;
                 match api.version().await {
                     Ok(v) => Ok((api, channel, v)),
                     Err(e) => Err(channel.diagnose(e).await),
@@ -358,9 +427,9 @@ fn start(d: &Rc<Daemon>, host: &Rc<Host>, res: &mut Resources, op: Op) -> OpFutu
             };
             Done::Api(opened.await)
         }),
-        Op::Subscribe { since_ns } => Box::pin(async move {
+        Op::Subscribe { since_ns, route } => Box::pin(async move {
             let opened = async {
-                let (api, channel) = open_docker(&host).await?;
+                let (api, channel) = open_docker(&host, route).await?;
                 match api.events(since_ns).await {
                     Ok(stream) => Ok((stream, channel)),
                     Err(e) => Err(channel.diagnose(e).await),
@@ -407,6 +476,59 @@ fn start(d: &Rc<Daemon>, host: &Rc<Host>, res: &mut Resources, op: Op) -> OpFutu
         }),
     };
     fut
+}
+
+/// Asks the remote docker CLI where its engine is. The command is a
+/// constant; its output is parsed by the machine (`fwd_core::parse_endpoint`).
+const DISCOVER_ENGINE_COMMAND: &str =
+    "docker context inspect --format '{{.Endpoints.docker.Host}}'";
+
+/// The master's first session when there is nothing to discover.
+const FIRST_SESSION_COMMAND: &str = "exit 0";
+
+async fn discover_engine(host: &Host) -> Result<Option<String>, Failure> {
+    let (status, out, stderr) = run_remote(host, DISCOVER_ENGINE_COMMAND).await?;
+    match status {
+        Some(0) => Ok(Some(out)),
+        Some(127) => Err(Failure::new(
+            FailureKind::DockerMissing,
+            format!("docker not found on the host: {}", stderr.trim()),
+        )),
+        // An old CLI without contexts: the machine assumes the default socket.
+        other => {
+            tracing::debug!(host = %host.key, status = ?other, stderr = %stderr.trim(), "the remote docker CLI could not name its engine");
+            Ok(None)
+        }
+    }
+}
+
+/// Runs a constant command in a session: its exit status and (bounded)
+/// stdout and stderr.
+async fn run_remote(host: &Host, command: &str) -> Result<(Option<u32>, String, String), Failure> {
+    use tokio::io::AsyncReadExt;
+    let mut remote = fwd_ssh::spawn_remote(&host.control_path, command)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                FailureKind::MasterDied,
+                format!("opening a session on the master failed: {e}"),
+            )
+        })?;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut stdout = (&mut remote.stdio).take(4096);
+    let mut stderr = (&mut remote.stderr).take(4096);
+    let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+    let status = remote.session.wait().await.map_err(|e| {
+        Failure::new(
+            FailureKind::StreamEnded,
+            format!("a remote command did not finish: {e}"),
+        )
+    })?;
+    Ok((
+        status,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    ))
 }
 
 /// EnsureAlive: nothing stale may sit at the ControlPath; then `ssh -M` as

@@ -5,10 +5,12 @@
 mod config;
 mod control;
 mod daemon;
+mod engine;
 mod forwards;
 mod handler;
 mod host;
 mod netwatch;
+mod private_socket;
 mod sleepwatch;
 mod status;
 mod systemd;

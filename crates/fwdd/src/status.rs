@@ -4,8 +4,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fwd_core::{Claim, MasterPhase, StreamPhase};
 use fwd_proto::{
-    DaemonInfo, ErrorInfo, ForwardState, ForwardStatus, HostStatus, MasterState, MasterStatus,
-    Status, StreamState, StreamStatus,
+    DaemonInfo, EngineStatus, ErrorInfo, ForwardState, ForwardStatus, HostStatus, MasterState,
+    MasterStatus, Status, StreamState, StreamStatus,
 };
 
 use crate::daemon::Daemon;
@@ -14,6 +14,34 @@ fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_millis() as u64
+}
+
+fn engine_status(h: &crate::daemon::Host, health: &fwd_core::Health) -> EngineStatus {
+    let e = &health.engine;
+    let socket = h.engine_socket.borrow();
+    let (sockets, stats, socket_error) = match &*socket {
+        Ok(s) => (
+            s.paths.iter().map(|p| p.display().to_string()).collect(),
+            Some(s.stats.clone()),
+            None,
+        ),
+        Err(why) => (
+            Vec::new(),
+            None,
+            Some(format!("no local engine socket: {why}")),
+        ),
+    };
+    let stat = |f: fn(&crate::engine::EngineStats) -> u64| stats.as_deref().map_or(0, f);
+    EngineStatus {
+        sockets,
+        route: e.route.map(|r| r.as_str().to_string()),
+        remote_socket: e.remote_socket.clone(),
+        reason: socket_error.or_else(|| e.reason.clone()),
+        connections_open: stat(|s| s.open.get()),
+        connections_total: stat(|s| s.total.get()),
+        bytes_up: stat(|s| s.bytes_up.get()),
+        bytes_down: stat(|s| s.bytes_down.get()),
+    }
 }
 
 /// The machine keeps monotonic instants; status shows wall-clock times, as
@@ -91,6 +119,7 @@ pub fn snapshot(d: &Daemon) -> Status {
                     restarts: health.stream_restarts,
                 },
                 docker_version: health.docker_version.clone(),
+                engine: Some(engine_status(h, health)),
             }
         })
         .collect();

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use super::*;
 
+const STREAM_LOCAL: EngineRoute = EngineRoute::StreamLocal;
+
 fn id(n: u8) -> ContainerId {
     ContainerId::parse(&format!("{n:02x}{}", "0".repeat(10))).expect("valid id")
 }
@@ -35,6 +37,7 @@ fn policy() -> HostPolicy {
         request_timeout: Duration::from_secs(10),
         wake_probe_timeout: Duration::from_secs(2),
         summary_every: Duration::from_secs(300),
+        engine_socket: None,
     }
 }
 
@@ -135,12 +138,28 @@ impl Rig {
         self.out.clear();
     }
 
+    /// The master answers; the engine is found and forwarded.
+    fn master_ready(&mut self, pid: u32) {
+        self.answer(Outcome::MasterReady { pid });
+        if self.op() == Op::DiscoverEngine {
+            self.answer(Outcome::Discovered(Some(
+                "unix:///run/docker.sock\n".into(),
+            )));
+        }
+        self.expect_op(Op::ForwardEngine {
+            remote_socket: "/run/docker.sock".into(),
+        });
+        self.answer(Outcome::Answered);
+    }
+
     /// Spawn → version → subscribe → list (the given containers) → inspect
     /// each → published.
     fn connect(&mut self, pid: u32, running: &[Container]) {
         self.expect_op(Op::SpawnMaster);
-        self.answer(Outcome::MasterReady { pid });
-        self.expect_op(Op::OpenApi);
+        self.master_ready(pid);
+        self.expect_op(Op::OpenApi {
+            route: STREAM_LOCAL,
+        });
         self.answer(Outcome::ApiReady {
             version: "20.10.24 (API 1.41)".into(),
         });
@@ -178,12 +197,17 @@ fn resync_order_is_subscribe_list_inspect_then_publish() {
     let mut r = Rig::new();
     let c1 = container(1, 10);
     r.expect_op(Op::SpawnMaster);
-    r.answer(Outcome::MasterReady { pid: 42 });
-    r.expect_op(Op::OpenApi);
+    r.master_ready(42);
+    r.expect_op(Op::OpenApi {
+        route: STREAM_LOCAL,
+    });
     r.answer(Outcome::ApiReady {
         version: "v".into(),
     });
-    r.expect_op(Op::Subscribe { since_ns: None });
+    r.expect_op(Op::Subscribe {
+        since_ns: None,
+        route: STREAM_LOCAL,
+    });
     assert!(!r.out.iter().any(|c| matches!(c, Command::Publish { .. })));
     r.answer(Outcome::Subscribed);
     r.expect_op(Op::ListContainers);
@@ -416,7 +440,9 @@ fn a_docker_channel_failure_on_a_live_master_keeps_the_master() {
     assert_eq!(r.m.health().master, MasterPhase::Connected);
     assert_eq!(r.m.health().stream_restarts, 1);
     // Reopened at once (first retry), resynced, and not published again.
-    r.expect_op(Op::OpenApi);
+    r.expect_op(Op::OpenApi {
+        route: STREAM_LOCAL,
+    });
     assert_eq!(r.m.health().stream, StreamPhase::Resyncing);
     r.answer(Outcome::ApiReady {
         version: "v".into(),
@@ -443,6 +469,8 @@ fn docker_missing_is_permanent_and_a_dead_master_is_a_master_failure() {
     let mut r = Rig::new();
     r.expect_op(Op::SpawnMaster);
     r.answer(Outcome::MasterReady { pid: 9 });
+    // The first remote docker command finds no docker.
+    r.expect_op(Op::DiscoverEngine);
     r.answer(Outcome::Failed(Failure::new(
         FailureKind::DockerMissing,
         "docker not found on the host",
@@ -482,12 +510,13 @@ fn since_is_carried_across_reconnects() {
         how: "exit 255".into(),
         stderr_tail: String::new(),
     });
-    r.answer(Outcome::MasterReady { pid: 2 });
+    r.master_ready(2);
     r.answer(Outcome::ApiReady {
         version: "v".into(),
     });
     r.expect_op(Op::Subscribe {
         since_ns: Some(300),
+        route: STREAM_LOCAL,
     });
 }
 
@@ -698,4 +727,138 @@ fn numbers_do_not_make_a_line_new() {
         without_numbers("channel 12: open failed: connect failed: Connection refused")
     );
     assert_eq!(without_numbers("port 22 pid 4021"), "port # pid #");
+}
+
+#[test]
+fn the_engine_is_found_forwarded_and_used_for_fwds_own_channels() {
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    let link = r
+        .out
+        .iter()
+        .find(|c| matches!(c, Command::Publish { .. }))
+        .cloned();
+    assert_eq!(
+        link,
+        Some(Command::Publish {
+            generation: 1,
+            engine: STREAM_LOCAL
+        })
+    );
+    let e = &r.m.health().engine;
+    assert_eq!(e.route, Some(STREAM_LOCAL));
+    assert_eq!(e.remote_socket.as_deref(), Some("/run/docker.sock"));
+    assert_eq!(e.reason, None);
+}
+
+#[test]
+fn a_configured_engine_socket_needs_no_discovery_but_a_first_session() {
+    let p = HostPolicy {
+        engine_socket: Some("/srv/docker.sock".into()),
+        ..policy()
+    };
+    let mut r = Rig::with(p, true);
+    r.answer(Outcome::MasterReady { pid: 3 });
+    // Still one session first: it is what turns on TCP_NODELAY.
+    r.expect_op(Op::FirstSession);
+    r.answer(Outcome::Answered);
+    r.expect_op(Op::ForwardEngine {
+        remote_socket: "/srv/docker.sock".into(),
+    });
+}
+
+#[test]
+fn an_engine_not_on_a_unix_socket_is_reached_by_dial_stdio() {
+    let mut r = Rig::new();
+    r.answer(Outcome::MasterReady { pid: 3 });
+    r.answer(Outcome::Discovered(Some("tcp://10.0.0.5:2375".into())));
+    r.expect_op(Op::OpenApi {
+        route: EngineRoute::DialStdio,
+    });
+    r.answer(Outcome::ApiReady {
+        version: "v".into(),
+    });
+    r.expect_op(Op::Subscribe {
+        since_ns: None,
+        route: EngineRoute::DialStdio,
+    });
+    let reason = r.m.health().engine.reason.clone().expect("a reason");
+    assert!(reason.contains("tcp://10.0.0.5:2375"), "{reason}");
+    // An old CLI that cannot say: the default socket.
+    let mut r = Rig::new();
+    r.answer(Outcome::MasterReady { pid: 3 });
+    r.answer(Outcome::Discovered(None));
+    r.expect_op(Op::ForwardEngine {
+        remote_socket: DEFAULT_ENGINE_SOCKET.into(),
+    });
+}
+
+#[test]
+fn a_server_that_refuses_stream_local_channels_gets_dial_stdio() {
+    let mut r = Rig::new();
+    r.master_ready(3);
+    r.expect_op(Op::OpenApi {
+        route: STREAM_LOCAL,
+    });
+    r.clear();
+    r.answer(Outcome::Failed(Failure::new(
+        FailureKind::StreamEnded,
+        "connection closed before message completed",
+    )));
+    // Retried at once the other way, on the same master.
+    assert!(r.saw(&Command::CloseChannels));
+    assert!(!r.saw(&Command::StopMaster));
+    r.expect_op(Op::OpenApi {
+        route: EngineRoute::DialStdio,
+    });
+    r.answer(Outcome::ApiReady {
+        version: "v".into(),
+    });
+    r.answer(Outcome::Subscribed);
+    r.answer(Outcome::Listed(vec![]));
+    assert!(r.saw(&Command::Publish {
+        generation: 1,
+        engine: EngineRoute::DialStdio
+    }));
+    let reason = r.m.health().engine.reason.clone().expect("a reason");
+    assert!(reason.contains("AllowStreamLocalForwarding"), "{reason}");
+    // A master whose forward cannot even be registered: dial-stdio too.
+    let mut r = Rig::new();
+    r.answer(Outcome::MasterReady { pid: 4 });
+    r.answer(Outcome::Discovered(Some(
+        "unix:///var/run/docker.sock".into(),
+    )));
+    r.answer(Outcome::Failed(Failure::new(
+        FailureKind::StreamEnded,
+        "Port forwarding failed",
+    )));
+    r.expect_op(Op::OpenApi {
+        route: EngineRoute::DialStdio,
+    });
+}
+
+#[test]
+fn endpoints_from_the_remote_side_are_parsed_strictly() {
+    assert_eq!(
+        parse_endpoint("unix:///var/run/docker.sock\n"),
+        Endpoint::Unix("/var/run/docker.sock".into())
+    );
+    assert!(matches!(
+        parse_endpoint("unix://relative/x"),
+        Endpoint::Other(_)
+    ));
+    assert!(matches!(
+        parse_endpoint("unix:///a\u{1b}[31m"),
+        Endpoint::Other(_)
+    ));
+    assert!(matches!(
+        parse_endpoint("ssh://me@host"),
+        Endpoint::Other(_)
+    ));
+    assert!(matches!(parse_endpoint(""), Endpoint::Other(_)));
+    let long = format!("unix:///{}", "a".repeat(5000));
+    match parse_endpoint(&long) {
+        Endpoint::Other(shown) => assert!(shown.len() <= 200),
+        other => panic!("{other:?}"),
+    }
 }
