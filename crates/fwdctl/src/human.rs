@@ -125,6 +125,32 @@ fn render_host(out: &mut String, h: &HostStatus, now_ms: u64) {
     for (label, value) in rows {
         let _ = writeln!(out, "  {label:<11} {}", for_terminal(&value));
     }
+    if let Some(e) = &h.engine {
+        let local = e
+            .sockets
+            .iter()
+            .find(|p| p.ends_with(&format!("/docker-{}.sock", h.name)))
+            .or_else(|| e.sockets.first());
+        let mut line = match local {
+            Some(p) => format!("unix://{p}"),
+            None => "no local socket".into(),
+        };
+        if let Some(r) = &e.remote_socket {
+            let _ = write!(line, " -> {r}");
+        }
+        if let Some(route) = &e.route {
+            let _ = write!(line, " ({route})");
+        }
+        let _ = write!(
+            line,
+            ", {} open, {} total",
+            e.connections_open, e.connections_total
+        );
+        if let Some(why) = &e.reason {
+            let _ = write!(line, "; {why}");
+        }
+        let _ = writeln!(out, "  {:<11} {}", "engine", for_terminal(&line));
+    }
 }
 
 fn container_label(f: &ForwardStatus) -> String {
@@ -300,6 +326,7 @@ host prod (deploy@docker1.example.com)
   last error  transient/connection_refused, 1m50s ago: ssh: connect to host docker1.example.com port 22: Connection refused
   events      streaming, 1234 received, last 10s ago, 1 restart
   docker      27.3.1
+  engine      unix:///run/user/1000/fwd/docker-prod.sock -> /var/run/docker.sock (stream_local), 1 open, 42 total
 
 host staging (ci@docker2.example.com)
   master      backoff, since 50s ago, next retry in 10s

@@ -1,6 +1,7 @@
 //! `fwdctl`: command-line client of the fwdd control socket.
 
 mod client;
+mod env;
 mod human;
 mod wait;
 mod watch;
@@ -165,7 +166,35 @@ enum Command {
         /// Host name from fwdd's configuration
         host: Option<String>,
     },
+    /// Print the variables that point docker, compose and Testcontainers at
+    /// HOST's engine through fwdd (default: the first host)
+    #[command(after_help = ENV_HELP)]
+    Env {
+        /// Host name from fwdd's configuration
+        host: Option<String>,
+        /// Output syntax
+        #[arg(long, value_enum, default_value = "sh")]
+        format: env::Format,
+    },
 }
+
+const ENV_HELP: &str = "\
+Examples:
+  eval \"$(fwdctl env)\"                          sh, bash, zsh
+  fwdctl env --format fish | source
+  fwdctl env --format github >> \"$GITHUB_ENV\"   GitHub Actions: later steps see it
+  fwdctl env staging --format json
+
+Prints DOCKER_HOST=unix://<runtime dir>/docker-<host>.sock (fwdd's local socket for the
+host's remote engine: every docker command goes over fwdd's one SSH connection),
+TESTCONTAINERS_HOST_OVERRIDE=localhost (published ports are forwarded to this machine's
+loopback) and TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE=<the engine's socket on the remote
+host> (what Testcontainers' Ryuk mounts there).
+
+Exit codes:
+  0   printed
+  1   unknown host, or the host has no engine socket (the message says why)
+  2   fwdd unreachable (not running, permission denied, timeout, protocol error)";
 
 fn parse_target(s: &str) -> Result<wait::Target, String> {
     wait::Target::parse(s)
@@ -220,6 +249,31 @@ fn wait(socket: &std::path::Path, targets: &[wait::Target], timeout: Duration) -
         }
         wait::Outcome::TimedOut(line) => {
             eprintln!("fwdctl: {}", for_terminal(&line));
+            Ok(human::EXIT_DEGRADED)
+        }
+    }
+}
+
+fn env_command(socket: &std::path::Path, host: Option<&str>, format: env::Format) -> Result<i32> {
+    let line = client::request(socket, &Request::Status, client::REQUEST_TIMEOUT)?;
+    let status = match decode_response(&line)
+        .map_err(|e| anyhow!("bad answer from fwdd ({}): {e}", socket.display()))?
+    {
+        Response::Status(st) => st,
+        Response::Error { message, .. } => {
+            return Err(anyhow!("fwdd refused the request: {message}"))
+        }
+        other => return Err(client::unexpected_answer(&other)),
+    };
+    match env::variables(&status, host).and_then(|vars| env::render(&vars, format)) {
+        Ok(text) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+            Ok(human::EXIT_HEALTHY)
+        }
+        Err(e) => {
+            eprintln!("fwdctl: {}", for_terminal(&e.message));
             Ok(human::EXIT_DEGRADED)
         }
     }
@@ -300,6 +354,7 @@ fn main() -> ExitCode {
         }
         Command::Reconnect { host } => host_command(&socket, Request::Reconnect { host }),
         Command::Resync { host } => host_command(&socket, Request::Resync { host }),
+        Command::Env { host, format } => env_command(&socket, host.as_deref(), format),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

@@ -345,6 +345,7 @@ mod tests {
                     restarts: 0,
                 },
                 docker_version: None,
+                engine: None,
             }],
             forwards,
             health: None,
