@@ -94,6 +94,15 @@ if ! "${DOCKER[@]}" image inspect "$IMAGE" >/dev/null 2>&1; then
     rm -rf "$IMG"
 fi
 
+# A client library that cannot speak ssh:// (docker-py, from PyPI) for the
+# engine socket's e2e test. The registry is reachable from this namespace only.
+PY="$DIR/venv/bin/python"
+if ! "$PY" -c 'import docker' 2>/dev/null; then
+    python3 -m venv "$DIR/venv" || die "python3 -m venv failed (apt-get install -y python3-venv)"
+    "$DIR/venv/bin/pip" install -q --disable-pip-version-check 'docker==7.2.0' \
+        || die "cannot install docker-py into $DIR/venv"
+fi
+
 cat > "$DIR/env.tmp" <<EOF
 FWD_SANDBOX_DIR=$DIR
 FWD_SANDBOX_RUN_ID=$RUN_ID
@@ -101,6 +110,7 @@ FWD_SANDBOX_REMOTE_NS=$NS
 FWD_SANDBOX_DOCKER_SOCK=$SOCK
 FWD_SANDBOX_IMAGE=$IMAGE
 FWD_SANDBOX_SUBNET_PREFIX=$SUBNET_PREFIX
+FWD_SANDBOX_PYTHON=$PY
 EOF
 mv "$DIR/env.tmp" "$DIR/env"
 echo "up.sh: sandbox ready: FWD_SANDBOX=$DIR/env (netns $NS, dockerd pid $(cat "$DIR/docker.pid"))"

@@ -135,6 +135,8 @@ pub struct Sandbox {
     pub image: String,
     /// First two octets of the /16 the per-test /30s come from, e.g. `10.76`.
     pub subnet_prefix: String,
+    /// A Python with docker-py installed (the engine socket's client-library test).
+    pub python: PathBuf,
 }
 
 impl Sandbox {
@@ -185,6 +187,7 @@ impl Sandbox {
             docker_sock: get("FWD_SANDBOX_DOCKER_SOCK")?.into(),
             image: get("FWD_SANDBOX_IMAGE")?,
             subnet_prefix: get("FWD_SANDBOX_SUBNET_PREFIX")?,
+            python: get("FWD_SANDBOX_PYTHON")?.into(),
         };
         if !nix::unistd::geteuid().is_root() {
             return Err("the e2e tests must run as root".into());
@@ -792,6 +795,23 @@ impl TestHost {
             format!("{options} {key}")
         };
         fs::write(self.dir.join("authorized_keys"), line).expect("write authorized_keys");
+    }
+
+    /// Adds lines to sshd_config (e.g. `MaxSessions 2`) and restarts sshd.
+    pub fn add_sshd_config(&self, lines: &str) {
+        let mut cfg = fs::read_to_string(&self.sshd_config).expect("read sshd_config");
+        cfg.push_str(lines);
+        cfg.push('\n');
+        fs::write(&self.sshd_config, cfg).expect("write sshd_config");
+        self.stop_sshd();
+        self.start_sshd();
+    }
+
+    /// Lines of this sshd's log that contain `needle` (e.g. "Starting session").
+    pub fn sshd_log_count(&self, needle: &str) -> usize {
+        fs::read_to_string(&self.sshd_log)
+            .map(|t| t.lines().filter(|l| l.contains(needle)).count())
+            .unwrap_or(0)
     }
 
     /// Replaces the client key with a new one the server does not know.

@@ -1,0 +1,372 @@
+//! The remote engine on a local socket, through fwdd's one master: the real
+//! docker CLI and docker-py against the sandbox's dockerd, and sshd's log as
+//! the witness that no connection and no session was opened for any of it.
+//! Host ports 20300-20399 are this file's.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{fwdctl, pid_alive, Fwdd};
+use fwd_e2e::{wait_until, Sandbox, TestHost};
+use fwd_proto::MasterState;
+
+macro_rules! sandbox_host {
+    ($name:expr) => {
+        match Sandbox::get() {
+            Some(sb) => TestHost::new(sb, $name),
+            None => return,
+        }
+    };
+}
+
+fn engine_socket(fwdd: &Fwdd) -> PathBuf {
+    fwdd.runtime_dir.join("docker.sock")
+}
+
+/// The real docker CLI on the runner, `DOCKER_HOST` at fwdd's socket, with
+/// a private config dir (no contexts, no credential helpers).
+fn docker_cmd(fwdd: &Fwdd, args: &[&str]) -> Command {
+    let mut cmd = Command::new("docker");
+    cmd.env(
+        "DOCKER_HOST",
+        format!("unix://{}", engine_socket(fwdd).display()),
+    )
+    .env("DOCKER_CONFIG", fwdd.runtime_dir.join("docker-config"))
+    .env("DOCKER_BUILDKIT", "0")
+    .env_remove("DOCKER_CONTEXT")
+    .args(args);
+    cmd
+}
+
+fn docker(fwdd: &Fwdd, args: &[&str]) -> Output {
+    docker_cmd(fwdd, args).output().expect("run docker")
+}
+
+fn docker_ok(fwdd: &Fwdd, args: &[&str]) -> String {
+    let out = docker(fwdd, args);
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Deterministic, incompressible-looking bytes.
+fn payload(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+struct Witness {
+    connections: usize,
+    sessions: usize,
+}
+
+/// What sshd has seen so far: logins and sessions.
+fn witness(host: &TestHost) -> Witness {
+    Witness {
+        connections: host.sshd_connection_count(),
+        sessions: host.sshd_log_count("Starting session"),
+    }
+}
+
+fn assert_nothing_new(host: &TestHost, before: &Witness, what: &str) {
+    let now = witness(host);
+    assert_eq!(
+        now.connections, before.connections,
+        "{what} opened a new SSH connection"
+    );
+    assert_eq!(now.sessions, before.sessions, "{what} opened a new session");
+}
+
+#[test]
+fn the_docker_cli_works_through_the_engine_socket_on_the_one_connection() {
+    let host = sandbox_host!("engine_cli");
+    let mut fwdd = Fwdd::start(&host);
+    let sock = engine_socket(&fwdd);
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let md = std::fs::metadata(&sock).expect("engine socket");
+    assert!(md.file_type().is_socket());
+    assert_eq!(md.permissions().mode() & 0o777, 0o600);
+    // fwdd's own setup is one connection and one session (the engine's
+    // whereabouts); everything after must add neither.
+    let before = witness(&host);
+    assert_eq!(before.connections, 1);
+    // The needle matches sshd's log: the discovery session is in it.
+    assert_eq!(before.sessions, 1);
+
+    let version = docker_ok(&fwdd, &["version", "--format", "{{.Server.Version}}"]);
+    assert!(!version.is_empty());
+
+    let label = format!("fwd-test={}", host.label);
+    let id = docker_ok(
+        &fwdd,
+        &[
+            "run",
+            "-d",
+            "--label",
+            &label,
+            "-p",
+            "20300:8080",
+            &host.image,
+            "/bin/httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/www",
+        ],
+    );
+    assert_eq!(fwdd.wait_http(20300), "hello\n");
+    assert_eq!(
+        docker_ok(&fwdd, &["exec", &id, "cat", "/www/index.html"]),
+        "hello"
+    );
+    docker_ok(&fwdd, &["logs", &id]);
+
+    // docker cp both ways, 20 MiB, byte for byte.
+    let big = payload(20 << 20);
+    let local = host.dir.join("big.bin");
+    std::fs::write(&local, &big).expect("write payload");
+    let local_s = local.to_string_lossy().into_owned();
+    docker_ok(&fwdd, &["cp", &local_s, &format!("{id}:/tmp/big.bin")]);
+    let back = host.dir.join("back.bin");
+    docker_ok(
+        &fwdd,
+        &["cp", &format!("{id}:/tmp/big.bin"), &back.to_string_lossy()],
+    );
+    assert!(
+        std::fs::read(&back).expect("read back") == big,
+        "cp round trip differs"
+    );
+
+    // A build: the context goes up the socket (classic builder).
+    let ctx = host.dir.join("ctx");
+    std::fs::create_dir_all(&ctx).expect("ctx");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}\nRUN echo built > /built\n", host.image),
+    )
+    .expect("Dockerfile");
+    let tag = format!("fwd-test/built-{}", host.label);
+    docker_ok(&fwdd, &["build", "-q", "-t", &tag, &ctx.to_string_lossy()]);
+    assert_eq!(
+        docker_ok(
+            &fwdd,
+            &["run", "--rm", "--label", &label, &tag, "cat", "/built"]
+        ),
+        "built"
+    );
+    docker_ok(&fwdd, &["rmi", "-f", &tag]);
+
+    assert_nothing_new(&host, &before, "the docker CLI through the engine socket");
+
+    let st = fwdd.status().expect("status");
+    let engine = st.hosts[0].engine.clone().expect("engine status");
+    assert_eq!(engine.route.as_deref(), Some("stream_local"), "{engine:?}");
+    assert!(engine.connections_total >= 8, "{engine:?}");
+    assert!(engine.bytes_up >= 20 << 20, "{engine:?}");
+    assert!(engine.bytes_down >= 20 << 20, "{engine:?}");
+    assert_eq!(
+        engine.remote_socket.as_deref(),
+        Some(host.docker_sock.to_string_lossy().as_ref())
+    );
+
+    // Nothing of fwd stays on the host, and the socket goes with fwdd.
+    let (status, _) = fwdd.terminate();
+    assert!(status.success());
+    assert!(!sock.exists(), "engine socket left behind");
+    wait_until(Duration::from_secs(10), "no remote processes left", || {
+        host.remote_session_processes().is_empty()
+    });
+}
+
+#[test]
+fn parallel_commands_need_no_sessions_so_max_sessions_does_not_bite() {
+    let host = sandbox_host!("engine_parallel");
+    host.add_sshd_config("MaxSessions 2");
+    let fwdd = Fwdd::start(&host);
+    let before = witness(&host);
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..24)
+            .map(|_| s.spawn(|| docker(&fwdd, &["ps", "-q"])))
+            .collect();
+        for r in runs {
+            let out = r.join().expect("thread");
+            assert!(
+                out.status.success(),
+                "docker ps failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+    assert_nothing_new(&host, &before, "24 parallel docker ps");
+}
+
+#[test]
+fn a_command_issued_as_the_master_dies_waits_and_runs() {
+    let host = sandbox_host!("engine_kill");
+    let fwdd = Fwdd::start(&host);
+    docker_ok(&fwdd, &["ps"]);
+    let old = fwdd.master_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill master");
+    let t0 = Instant::now();
+    docker_ok(&fwdd, &["ps"]);
+    eprintln!(
+        "RECOVERY master SIGKILL: docker ps through the engine socket answered after {:?}",
+        t0.elapsed()
+    );
+    assert!(!pid_alive(old));
+    fwdd.wait_for(Duration::from_secs(15), "new master", |st| {
+        st.hosts[0].master.state == MasterState::Connected
+            && st.hosts[0].master.pid.is_some_and(|p| p != old)
+    });
+}
+
+#[test]
+fn another_user_is_refused_and_sighup_keeps_the_socket() {
+    let host = sandbox_host!("engine_peer");
+    let fwdd = Fwdd::start(&host);
+    let sock = engine_socket(&fwdd);
+    // Let another uid reach the socket file at all, so fwdd's own peer
+    // check is what stands in its way.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fwdd.runtime_dir, std::fs::Permissions::from_mode(0o711))
+        .expect("chmod dir");
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let out = Command::new("docker")
+        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+        .env("DOCKER_CONFIG", "/tmp/fwd-e2e-nobody-docker-config")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run docker as nobody");
+    assert!(
+        !out.status.success() || String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "another uid reached the engine: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_until(Duration::from_secs(5), "refusal logged", || {
+        fwdd.log_text().contains("engine_peer_refused")
+    });
+    std::fs::set_permissions(&fwdd.runtime_dir, std::fs::Permissions::from_mode(0o700))
+        .expect("chmod dir back");
+
+    let inode = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).expect("socket").ino()
+    };
+    let before = inode(&sock);
+    fwdd.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_until(Duration::from_secs(10), "reload done", || {
+        fwdd.log_text().contains("\"reloaded\"")
+    });
+    assert_eq!(
+        inode(&sock),
+        before,
+        "the engine socket was rebound on SIGHUP"
+    );
+    docker_ok(&fwdd, &["ps"]);
+}
+
+#[test]
+fn docker_py_runs_a_container_and_its_ephemeral_port_answers_on_localhost() {
+    let host = sandbox_host!("engine_dockerpy");
+    let fwdd = Fwdd::start(&host);
+    let script = format!(
+        r#"
+import docker, sys
+client = docker.DockerClient(base_url=sys.argv[1])
+c = client.containers.run({image:?}, ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"],
+    detach=True, ports={{"8080/tcp": None}}, labels={{"fwd-test": {label:?}}})
+c.reload()
+print(c.ports["8080/tcp"][0]["HostPort"])
+"#,
+        image = host.image,
+        label = host.label,
+    );
+    let path = host.dir.join("run.py");
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(script.as_bytes()))
+        .expect("write script");
+    let python = &host.sandbox().python;
+    let out = Command::new(python)
+        .arg(&path)
+        .arg(format!("unix://{}", engine_socket(&fwdd).display()))
+        .output()
+        .expect("run docker-py");
+    assert!(
+        out.status.success(),
+        "docker-py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port: u16 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a port number");
+    assert_eq!(fwdd.wait_http(port), "hello\n");
+}
+
+#[test]
+fn fwdctl_env_points_a_shell_at_the_engine_socket() {
+    let host = sandbox_host!("engine_env");
+    let fwdd = Fwdd::start(&host);
+    let out = fwdctl(&fwdd, &["env"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("export TESTCONTAINERS_HOST_OVERRIDE='localhost'"),
+        "{text}"
+    );
+    // What a user does: eval it, then docker just works.
+    let run = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{text}docker ps -q && printf '%s' \"$TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE\""
+        ))
+        .env("DOCKER_CONFIG", fwdd.runtime_dir.join("docker-config"))
+        .env_remove("DOCKER_HOST")
+        .output()
+        .expect("sh");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&run.stdout).ends_with(&*host.docker_sock.to_string_lossy()),
+        "{run:?}"
+    );
+    let github = fwdctl(&fwdd, &["env", "--format", "github"]);
+    let expected = format!(
+        "DOCKER_HOST=unix://{}\n",
+        fwdd.runtime_dir
+            .join(format!("docker-{}.sock", host.alias))
+            .display()
+    );
+    assert!(
+        String::from_utf8_lossy(&github.stdout).starts_with(&expected),
+        "{github:?}"
+    );
+    assert_eq!(fwdctl(&fwdd, &["env", "nope"]).status.code(), Some(1));
+}
+
+use std::os::unix::process::CommandExt;
