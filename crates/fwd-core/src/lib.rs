@@ -11,6 +11,7 @@ pub mod model;
 pub mod reconcile;
 pub mod repeat;
 pub mod rules;
+pub mod startup;
 pub mod supervisor;
 
 pub use backoff::{Backoff, BackoffPolicy};
@@ -22,6 +23,7 @@ pub use model::{
 pub use reconcile::{desired_forwards, plan, reconcile, Action, Desired, Held, HostView, Plan};
 pub use repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};
 pub use rules::{Decision, Rule, RuleAction, Rules};
+pub use startup::{listen_probe_wait, retry_refused};
 pub use supervisor::{
     parse_endpoint, Command, Endpoint, EngineHealth, EngineRoute, Failure, Health, HostMachine,
     HostPolicy, Input, LastError, MasterPhase, Op, OpId, Outcome, Record, StreamPhase,

@@ -105,6 +105,11 @@ pub struct Container {
     /// clock. Orders containers competing for one port and lets stale events
     /// (older than the container's current start) be ignored.
     pub started_at_ns: i64,
+    /// Created but not started: `ports` are the requested fixed host ports
+    /// (`HostConfig.PortBindings`), bound ahead of the start so a client
+    /// connecting the instant `docker run` returns waits instead of being
+    /// refused. `started_at_ns` is then the creation time.
+    pub pending: bool,
     pub ports: Vec<PortBinding>,
     /// The container's labels, as far as rules need them (bounded by the parser).
     pub labels: BTreeMap<String, String>,
@@ -136,6 +141,8 @@ pub struct Claim {
     pub compose_project: Option<String>,
     pub container_port: u16,
     pub started_at_ns: i64,
+    /// The container is created, not yet running (see [`Container::pending`]).
+    pub pending: bool,
     pub local_port: u16,
     /// Local addresses to listen on (loopback unless a rule says otherwise).
     pub bind: Vec<IpAddr>,
@@ -228,6 +235,7 @@ impl Container {
                 compose_project: self.compose_project.clone(),
                 container_port: b.container_port,
                 started_at_ns: self.started_at_ns,
+                pending: self.pending,
                 local_port,
                 bind,
                 remote: Remote {
@@ -258,6 +266,8 @@ pub struct ContainerEvent {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventAction {
+    /// The container was created: its fixed host ports can be bound now.
+    Create,
     /// The container (re)started: its ports are published now.
     Start,
     /// The container's process exited (or was sent SIGKILL, which always
@@ -290,6 +300,7 @@ mod tests {
             name: "web".into(),
             compose_project: None,
             started_at_ns: 1,
+            pending: false,
             ports,
             labels: BTreeMap::new(),
         }

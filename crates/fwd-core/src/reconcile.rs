@@ -13,7 +13,10 @@
 //!   claims it, so ports never flap between hosts; the other hosts' claims are
 //!   reported as conflicts;
 //! - a port is released only when no running container claims it any more, so
-//!   a removal can only come from the owner's disappearance.
+//!   a removal can only come from the owner's disappearance;
+//! - a pending claim (a container created, not yet started) holds a port only
+//!   while no running container claims it; when its container starts, the
+//!   running claim retargets the same listener.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -62,7 +65,12 @@ pub fn desired_forwards<'a>(
         by_port.entry(c.local_port).or_default().push(c);
     }
     let mut desired = Desired::default();
-    for (port, candidates) in by_port {
+    for (port, mut candidates) in by_port {
+        // A created, not yet started container never takes a port from a
+        // running one: its claim counts only while nothing runs there.
+        if candidates.iter().any(|c| !c.pending) {
+            candidates.retain(|c| !c.pending);
+        }
         let incumbent_host = held
             .get(&port)
             .map(|h| &h.owner.host)
@@ -220,6 +228,7 @@ mod tests {
             compose_project: None,
             container_port: 80,
             started_at_ns: started,
+            pending: false,
             local_port: port,
             bind: crate::rules::default_bind(),
             remote: Remote {
@@ -335,6 +344,7 @@ mod tests {
             name: format!("c{id}"),
             compose_project: None,
             started_at_ns: started,
+            pending: false,
             ports: ports
                 .iter()
                 .map(|&p| PortBinding {
@@ -375,6 +385,32 @@ mod tests {
             "{}",
             p.rejected[0].1
         );
+    }
+
+    #[test]
+    fn a_pending_claim_binds_early_yields_to_a_running_one_and_becomes_it() {
+        let now = Instant::now();
+        let mut held = BTreeMap::new();
+        let mut created = claim("h", 1, 30, 8080);
+        created.pending = true;
+        // Bound at create, before anything runs.
+        assert_eq!(
+            step(&mut held, &[&created], &[], now),
+            vec![Action::Bind(created.clone())]
+        );
+        // Started: the same listener now forwards for the running claim.
+        let started = claim("h", 1, 31, 8080);
+        assert_eq!(
+            step(&mut held, &[&started], &[], now),
+            vec![Action::Retarget(started.clone())]
+        );
+        // A newer pending container never takes the port from a running one,
+        // even one that started earlier.
+        let mut newer = claim("h", 2, 99, 8080);
+        newer.pending = true;
+        let d = desired_forwards([&started, &newer], &held);
+        assert_eq!(d.forwards[&8080], started);
+        assert!(reconcile(&d, &held, now).is_empty());
     }
 
     #[test]

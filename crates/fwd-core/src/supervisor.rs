@@ -54,6 +54,8 @@ pub struct HostPolicy {
     /// The remote engine's socket, when configured; otherwise it is learned
     /// from the remote docker CLI once per master.
     pub engine_socket: Option<String>,
+    /// How long a created, never started container keeps its ports bound.
+    pub pending_timeout: Duration,
 }
 
 impl Default for HostPolicy {
@@ -68,6 +70,7 @@ impl Default for HostPolicy {
             wake_probe_timeout: Duration::from_secs(2),
             summary_every: Duration::from_secs(300),
             engine_socket: None,
+            pending_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -521,6 +524,8 @@ pub struct HostMachine {
 
     resync: Option<Resync>,
     resync_wanted: bool,
+    /// When each pending (created, not started) container was first seen.
+    pending_since: HashMap<ContainerId, Instant>,
     event_inspects: VecDeque<ContainerId>,
     wake_probe_wanted: bool,
     next_health: Instant,
@@ -573,6 +578,7 @@ impl HostMachine {
             channels_started: now,
             resync: None,
             resync_wanted: false,
+            pending_since: HashMap::new(),
             event_inspects: VecDeque::new(),
             wake_probe_wanted: false,
             next_health: now,
@@ -597,7 +603,16 @@ impl HostMachine {
         match self.phase {
             Phase::Backoff { until, .. } | Phase::ChannelBackoff { until } => Some(until),
             Phase::Up if self.health.network_lost_since.is_none() => {
-                Some(self.next_health.min(self.next_resync))
+                let expiry = self
+                    .pending_since
+                    .values()
+                    .min()
+                    .map(|t| *t + self.policy.pending_timeout);
+                Some(
+                    self.next_health
+                        .min(self.next_resync)
+                        .min(expiry.unwrap_or(self.next_resync)),
+                )
             }
             _ => None,
         }
@@ -855,9 +870,15 @@ impl HostMachine {
             (Purpose::EventInspect(id), Outcome::Inspected(c)) => {
                 match c {
                     Some(c) => {
+                        if c.pending {
+                            self.pending_since.entry(id).or_insert(now);
+                        } else {
+                            self.pending_since.remove(&id);
+                        }
                         self.containers.insert(c.id.clone(), c);
                     }
                     None => {
+                        self.pending_since.remove(&id);
                         self.containers.remove(&id);
                     }
                 }
@@ -1079,7 +1100,16 @@ impl HostMachine {
         if let Some(id) = next {
             return self.request(Purpose::ResyncInspect(id.clone()), Op::Inspect(id), now);
         }
-        if let Some(r) = self.resync.take() {
+        if let Some(mut r) = self.resync.take() {
+            // The listing has only running containers: pending ones are
+            // kept from the events until they start, go, or expire.
+            for (id, c) in self.containers.drain() {
+                if c.pending && self.pending_since.contains_key(&id) {
+                    r.fresh.entry(id).or_insert(c);
+                }
+            }
+            self.pending_since
+                .retain(|id, _| r.fresh.get(id).is_some_and(|c| c.pending));
             self.containers = r.fresh;
             self.commands.push_back(Command::ContainersChanged);
         }
@@ -1147,6 +1177,7 @@ impl HostMachine {
         if self.inflight.is_some() || self.health.network_lost_since.is_some() {
             return;
         }
+        self.expire_pending(now);
         if std::mem::take(&mut self.wake_probe_wanted) {
             let timeout = self.policy.wake_probe_timeout;
             return self.start(Purpose::Probe, Op::Probe, timeout, now);
@@ -1164,13 +1195,35 @@ impl HostMachine {
         }
     }
 
+    /// A container created long ago and never started gives its ports back.
+    fn expire_pending(&mut self, now: Instant) {
+        let timeout = self.policy.pending_timeout;
+        let expired: Vec<ContainerId> = self
+            .pending_since
+            .iter()
+            .filter(|(_, since)| now >= **since + timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            self.pending_since.remove(id);
+            self.containers.remove(id);
+        }
+        if !expired.is_empty() {
+            self.commands.push_back(Command::ContainersChanged);
+        }
+    }
+
     fn on_event(&mut self, ev: ContainerEvent, now: Instant) {
         self.since_ns = Some(self.since_ns.map_or(ev.time_nano, |s| s.max(ev.time_nano)));
         self.health.events_received += 1;
         self.health.last_event = Some(now);
         self.health_changed = true;
         match ev.action {
-            EventAction::Start | EventAction::Refresh => self.event_inspects.push_back(ev.id),
+            // A create is inspected like a start: its fixed host ports are
+            // bound before it runs.
+            EventAction::Create | EventAction::Start | EventAction::Refresh => {
+                self.event_inspects.push_back(ev.id)
+            }
             EventAction::Die => {
                 // An event older than the container's current start is a
                 // replay from before a restart: the container runs.
@@ -1184,6 +1237,7 @@ impl HostMachine {
                 }
             }
             EventAction::Destroy => {
+                self.pending_since.remove(&ev.id);
                 if self.containers.remove(&ev.id).is_some() {
                     self.commands.push_back(Command::ContainersChanged);
                 }

@@ -48,6 +48,7 @@ pub fn parse_event(line: &[u8]) -> Result<Option<ContainerEvent>, ParseError> {
         .and_then(|a| a.get("signal"))
         .map(String::as_str);
     let action = match msg.action.as_deref().unwrap_or("") {
+        "create" => EventAction::Create,
         "start" => EventAction::Start,
         "die" => EventAction::Die,
         "kill" if matches!(signal, Some("9" | "KILL" | "SIGKILL")) => EventAction::Die,
@@ -66,8 +67,10 @@ pub fn parse_event(line: &[u8]) -> Result<Option<ContainerEvent>, ParseError> {
     }))
 }
 
-/// Parses `GET /containers/{id}/json`. A container that is not running has
-/// no forwards and comes back as `Ok(None)`.
+/// Parses `GET /containers/{id}/json`. A running container comes back with
+/// its published ports; a created, never started one as `pending` with the
+/// fixed host ports it asked for (`HostConfig.PortBindings`; ephemeral ones
+/// are known only at start); anything else (exited, dead, …) as `Ok(None)`.
 pub fn parse_inspect(body: &[u8]) -> Result<Option<Container>, ParseError> {
     let resp: ContainerInspectResponse =
         serde_json::from_slice(body).map_err(|source| ParseError::Json {
@@ -80,13 +83,21 @@ pub fn parse_inspect(body: &[u8]) -> Result<Option<Container>, ParseError> {
         .ok_or_else(|| ParseError::Invalid("inspect output without an Id".into()))?;
     let id = ContainerId::parse(id).map_err(|e| ParseError::Invalid(e.to_string()))?;
     let state = resp.state.as_ref();
-    if !state.and_then(|s| s.running).unwrap_or(false) {
+    let running = state.and_then(|s| s.running).unwrap_or(false);
+    let created = state.and_then(|s| s.status)
+        == Some(bollard_stubs::models::ContainerStateStatusEnum::CREATED);
+    if !running && !created {
         return Ok(None);
     }
-    let started_at_ns = state
-        .and_then(|s| s.started_at.as_deref())
-        .and_then(parse_rfc3339_nanos)
-        .unwrap_or(0);
+    let pending = !running;
+    let started_at_ns = if pending {
+        resp.created.as_deref().and_then(parse_rfc3339_nanos)
+    } else {
+        state
+            .and_then(|s| s.started_at.as_deref())
+            .and_then(parse_rfc3339_nanos)
+    }
+    .unwrap_or(0);
     let name = resp
         .name
         .as_deref()
@@ -109,17 +120,29 @@ pub fn parse_inspect(body: &[u8]) -> Result<Option<Container>, ParseError> {
                 .collect()
         })
         .unwrap_or_default();
-    let ports = resp
-        .network_settings
-        .as_ref()
-        .and_then(|n| n.ports.as_ref())
-        .map(port_bindings)
-        .unwrap_or_default();
+    let ports = if pending {
+        resp.host_config
+            .as_ref()
+            .and_then(|h| h.port_bindings.as_ref())
+            .map(port_bindings)
+            .unwrap_or_default()
+            .into_iter()
+            // Port 0 or none: Docker picks one at start.
+            .filter(|b| b.host_port != 0)
+            .collect()
+    } else {
+        resp.network_settings
+            .as_ref()
+            .and_then(|n| n.ports.as_ref())
+            .map(port_bindings)
+            .unwrap_or_default()
+    };
     Ok(Some(Container {
         id,
         name,
         compose_project,
         started_at_ns,
+        pending,
         ports,
         labels,
     }))

@@ -125,3 +125,16 @@ fn list_and_version_samples_parse() {
     let v = parse_version(&sample("version.json")).expect("parses");
     assert!(v.starts_with("20.10") && v.ends_with("(API 1.41)"), "{v}");
 }
+
+#[test]
+fn a_created_container_is_pending_with_its_fixed_host_ports_only() {
+    // `docker create -p 20399:8080 -p 8081 …`: 8081 gets its host port at start.
+    let c = parse_inspect(&sample("inspect-created.json"))
+        .expect("sample parses")
+        .expect("a created container is kept");
+    assert!(c.pending);
+    assert!(c.started_at_ns > 1_700_000_000_000_000_000, "creation time");
+    let (claims, _) = c.claims(&HostKey::from("h"), &Rules { rules: vec![] });
+    let ports: Vec<(u16, bool)> = claims.iter().map(|c| (c.local_port, c.pending)).collect();
+    assert_eq!(ports, vec![(20399, true)]);
+}

@@ -14,6 +14,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long a connection accepted while the master is down waits for it.
     pub connect_wait: Duration,
+    /// How long after a container starts a refused channel is retried
+    /// instead of closing the client (its service is not listening yet).
+    /// Zero turns it off.
+    pub startup_window: Duration,
     /// How often a port taken by another program is tried again.
     pub conflict_retry: Duration,
     pub retry: RetryConfig,
@@ -61,6 +65,7 @@ struct FileConfig {
     runtime_dir: Option<PathBuf>,
     log_format: Option<String>,
     connect_wait: Option<String>,
+    startup_window: Option<String>,
     conflict_retry: Option<String>,
     retry_first_delay: Option<String>,
     retry_max_delay: Option<String>,
@@ -158,6 +163,10 @@ pub fn render(c: &Config) -> String {
         })
     ));
     out.push_str(&format!("connect_wait = {}\n", q(&secs(c.connect_wait))));
+    out.push_str(&format!(
+        "startup_window = {}\n",
+        q(&secs(c.startup_window))
+    ));
     out.push_str(&format!(
         "conflict_retry = {}\n",
         q(&secs(c.conflict_retry))
@@ -434,6 +443,18 @@ impl Config {
                 file.connect_wait.as_deref(),
                 Duration::from_secs(10),
             )?,
+            startup_window: match file.startup_window.as_deref() {
+                Some("0" | "0s" | "off") => Duration::ZERO,
+                other => duration(
+                    "startup_window",
+                    other,
+                    duration(
+                        "connect_wait",
+                        file.connect_wait.as_deref(),
+                        Duration::from_secs(10),
+                    )?,
+                )?,
+            },
             conflict_retry: duration(
                 "conflict_retry",
                 file.conflict_retry.as_deref(),
@@ -781,6 +802,18 @@ mod tests {
         ] {
             assert!(parse_host_url(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn the_startup_window_follows_connect_wait_and_can_be_turned_off() {
+        let c = load_toml("connect_wait = \"7s\"\n[[host]]\nurl = \"ssh://h\"\n").expect("loads");
+        assert_eq!(c.startup_window, Duration::from_secs(7));
+        let c = load_toml("startup_window = \"0s\"\n[[host]]\nurl = \"ssh://h\"\n").expect("loads");
+        assert_eq!(c.startup_window, Duration::ZERO);
+        assert!(render(&c).contains("\nstartup_window = \"0s\"\n"));
+        let e = load_toml("startup_window = \"soon\"\n[[host]]\nurl = \"ssh://h\"\n")
+            .expect_err("not a duration");
+        assert!(e.0.contains("startup_window"), "{e}");
     }
 
     fn load_toml(text: &str) -> Result<Config, ConfigError> {

@@ -106,7 +106,10 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(config: Config, net_usable: watch::Receiver<bool>) -> Rc<Daemon> {
-        let serve = Rc::new(ServeContext::new(config.connect_wait));
+        let serve = Rc::new(ServeContext::new(
+            config.connect_wait,
+            config.startup_window,
+        ));
         Rc::new(Daemon {
             config: RefCell::new(config),
             started_at: SystemTime::now(),
@@ -253,6 +256,7 @@ impl Daemon {
             }
         }
         self.serve.connect_wait.set(new.connect_wait);
+        self.serve.startup_window.set(new.startup_window);
         for h in self.hosts() {
             h.send(Input::PolicyChanged(host_policy(&new, &h.cfg)));
         }

@@ -44,12 +44,56 @@ pub struct ConnStats {
     pub total: Cell<u64>,
 }
 
+/// Where a forward's connections go, and since when that container runs
+/// (`None` while it is only created): a refusal from a container that
+/// started a moment ago is retried, not passed on.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub claim: Claim,
+    pub running_since: Option<Instant>,
+    /// The container was seen listening (a probe channel stayed open):
+    /// later connections are handed over without probing.
+    pub listening: Rc<Cell<bool>>,
+}
+
+impl Target {
+    fn new(claim: Claim, now: Instant) -> Target {
+        let running_since = (!claim.pending).then_some(now);
+        Target {
+            claim,
+            running_since,
+            listening: Rc::default(),
+        }
+    }
+
+    /// The next owner: the start time carries over while the same
+    /// container keeps running.
+    fn next(&self, claim: Claim, now: Instant) -> Target {
+        let same_run = self.claim.same_owner(&claim) && !self.claim.pending && !claim.pending;
+        let running_since = match self.running_since {
+            _ if claim.pending => None,
+            Some(t) if same_run => Some(t),
+            _ => Some(now),
+        };
+        Target {
+            claim,
+            running_since,
+            listening: if same_run {
+                self.listening.clone()
+            } else {
+                Rc::default()
+            },
+        }
+    }
+}
+
 /// One local port fwdd holds (or tries to hold) for a container.
 pub struct Forward {
     pub held: Held,
     /// Read by the accept loops at each connection, so a retarget takes
-    /// effect for the next connection without rebinding.
-    target: Rc<RefCell<Claim>>,
+    /// effect for the next connection without rebinding; waited on by
+    /// connections accepted while the claim is pending.
+    target: watch::Sender<Target>,
     pub reason: Option<String>,
     pub since: SystemTime,
     pub local_addrs: Vec<SocketAddr>,
@@ -68,6 +112,8 @@ impl Drop for Forward {
 pub struct ServeContext {
     pub links: RefCell<BTreeMap<HostKey, LinkWatch>>,
     pub connect_wait: Cell<Duration>,
+    /// How long after a container starts a refused channel is retried.
+    pub startup_window: Cell<Duration>,
     /// Per host, one mux connection already past its hello, so an accepted
     /// client costs the master a single request: `ssh -L` opens its channel
     /// straight from accept, and connect + hello would add ~0.2 ms (~20 %)
@@ -83,10 +129,11 @@ struct Spare {
 }
 
 impl ServeContext {
-    pub fn new(connect_wait: Duration) -> Self {
+    pub fn new(connect_wait: Duration, startup_window: Duration) -> Self {
         ServeContext {
             links: RefCell::new(BTreeMap::new()),
             connect_wait: Cell::new(connect_wait),
+            startup_window: Cell::new(startup_window),
             spares: RefCell::new(BTreeMap::new()),
         }
     }
@@ -139,6 +186,36 @@ impl ServeContext {
             Ok(Err(e)) => Err(format!("probing {} failed: {e}", claim.remote)),
             Err(_) => Err(format!("probing {} timed out", claim.remote)),
         }
+    }
+
+    /// Whether something really listens at the claim's remote end: a probe
+    /// channel that is refused, or that opens and ends within a few round
+    /// trips (Docker's userland proxy accepting for a container that does
+    /// not listen yet), says no.
+    async fn remote_listens(self: &Rc<Self>, link: &Link, claim: &Claim) -> Result<bool, MuxError> {
+        use tokio::io::AsyncReadExt;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        let mut ours = tokio::net::UnixStream::from_std(ours)?;
+        let t0 = Instant::now();
+        let mux = self.mux_client(&claim.host, link).await?;
+        let tunnel = match mux
+            .open_stdio_forward(&claim.remote.ip, claim.remote.port, theirs.as_fd())
+            .await
+        {
+            Ok(t) => t,
+            Err(MuxError::Refused(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        drop(theirs);
+        let wait = fwd_core::listen_probe_wait(t0.elapsed());
+        let mut byte = [0u8; 1];
+        let listens = match tokio::time::timeout(wait, ours.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(_)) | Err(_) => true,
+        };
+        drop(tunnel);
+        Ok(listens)
     }
 
     /// The master's mux alive check, on the idle spare connection when there
@@ -230,7 +307,9 @@ impl ForwardTable {
                 }
                 Action::Retarget(claim) => {
                     if let Some(f) = self.forwards.get_mut(&claim.local_port) {
-                        if f.held.bound {
+                        // A created container that starts keeps its port:
+                        // nothing a person needs to read.
+                        if f.held.bound && !f.held.owner.same_owner(&claim) {
                             tracing::info!(
                                 event = "forward_retargeted",
                                 host = %claim.host,
@@ -243,7 +322,7 @@ impl ForwardTable {
                                 claim.container_name
                             );
                         }
-                        *f.target.borrow_mut() = claim.clone();
+                        f.target.send_modify(|t| *t = t.next(claim.clone(), now));
                         f.held.owner = claim;
                         f.since = SystemTime::now();
                     }
@@ -273,7 +352,7 @@ impl ForwardTable {
         self.forwards.remove(&port);
         match bind_all(port, &claim.bind) {
             Ok(listeners) => {
-                let target = Rc::new(RefCell::new(claim.clone()));
+                let target = watch::channel(Target::new(claim.clone(), now)).0;
                 let stats = Rc::new(ConnStats::default());
                 let local_addrs = listeners
                     .iter()
@@ -284,7 +363,7 @@ impl ForwardTable {
                     .map(|l| {
                         tokio::task::spawn_local(accept_loop(
                             l,
-                            target.clone(),
+                            target.subscribe(),
                             stats.clone(),
                             ctx.clone(),
                         ))
@@ -345,7 +424,7 @@ impl ForwardTable {
                             bound: false,
                             retry_at: Some(now + retry),
                         },
-                        target: Rc::new(RefCell::new(claim)),
+                        target: watch::channel(Target::new(claim, now)).0,
                         reason: Some(reason),
                         since: SystemTime::now(),
                         local_addrs: Vec::new(),
@@ -401,7 +480,7 @@ fn describe_bind_error(addr: SocketAddr, e: &io::Error) -> String {
 
 async fn accept_loop(
     listener: TcpListener,
-    target: Rc<RefCell<Claim>>,
+    target: watch::Receiver<Target>,
     stats: Rc<ConnStats>,
     ctx: Rc<ServeContext>,
 ) {
@@ -410,13 +489,13 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((sock, _peer)) => {
                 failures.clear();
-                let claim = target.borrow().clone();
                 stats.open.set(stats.open.get() + 1);
                 stats.total.set(stats.total.get() + 1);
                 let stats = stats.clone();
                 let ctx = ctx.clone();
+                let target = target.clone();
                 tokio::task::spawn_local(async move {
-                    serve_connection(sock, &claim, &ctx).await;
+                    serve_connection(sock, target, &ctx).await;
                     stats.open.set(stats.open.get().saturating_sub(1));
                 });
             }
@@ -434,14 +513,31 @@ async fn accept_loop(
 }
 
 /// Hands one accepted connection to the host's master. While no master is
-/// up the client waits (up to `connect_wait`) instead of being refused.
-async fn serve_connection(sock: TcpStream, claim: &Claim, ctx: &Rc<ServeContext>) {
+/// up, or the container is only created, the client waits (up to
+/// `connect_wait`) instead of being refused; a refusal from a container that
+/// started a moment ago is retried within the startup window (the schedule
+/// is `fwd_core::retry_refused`), so the client sees a slow connect.
+async fn serve_connection(
+    sock: TcpStream,
+    mut target: watch::Receiver<Target>,
+    ctx: &Rc<ServeContext>,
+) {
+    let mut deadline = tokio::time::Instant::now() + ctx.connect_wait.get();
+    let claim = match tokio::time::timeout_at(deadline, target.wait_for(|t| !t.claim.pending)).await
+    {
+        Ok(Ok(t)) => t.claim.clone(),
+        _ => {
+            tracing::debug!("the container did not start in time; closing the connection");
+            return;
+        }
+    };
     let Some(mut link_rx) = ctx.links.borrow().get(&claim.host).cloned() else {
         return;
     };
-    let deadline = tokio::time::Instant::now() + ctx.connect_wait.get();
     let Ok(sock) = sock.into_std() else { return };
     let mut fallback_tried = false;
+    let mut refusals = 0;
+    let mut probes = 0;
     loop {
         let link = match tokio::time::timeout_at(deadline, link_rx.wait_for(Option::is_some)).await
         {
@@ -457,6 +553,26 @@ async fn serve_connection(sock: TcpStream, claim: &Claim, ctx: &Rc<ServeContext>
                 return;
             }
         };
+        let (running_since, listening) = {
+            let t = target.borrow();
+            (t.running_since, t.listening.clone())
+        };
+        let window = ctx.startup_window.get();
+        if let Some(since) = running_since.filter(|_| !listening.get()) {
+            if let Some(delay) = fwd_core::retry_refused(since.elapsed(), probes, window) {
+                match ctx.remote_listens(&link, &claim).await {
+                    Ok(true) => listening.set(true),
+                    Ok(false) => {
+                        probes += 1;
+                        deadline = deadline.max((since + window).into());
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    // The master is in trouble: the hand-off below says how.
+                    Err(_) => {}
+                }
+            }
+        }
         let attempt = async {
             let mux = ctx.mux_client(&claim.host, &link).await?;
             mux.open_stdio_forward(&claim.remote.ip, claim.remote.port, sock.as_fd())
@@ -470,8 +586,23 @@ async fn serve_connection(sock: TcpStream, claim: &Claim, ctx: &Rc<ServeContext>
                 return;
             }
             Ok(Err(MuxError::Refused(reason))) => {
-                tracing::debug!(port = claim.local_port, %reason, "remote end refused the connection");
-                return;
+                let running_since = target.borrow().running_since;
+                let window = ctx.startup_window.get();
+                let retry = running_since.and_then(|since| {
+                    fwd_core::retry_refused(since.elapsed(), refusals, window)
+                        .map(|d| (d, since + window))
+                });
+                let Some((delay, window_end)) = retry else {
+                    tracing::debug!(port = claim.local_port, %reason, "remote end refused the connection");
+                    return;
+                };
+                // A young container's service is not listening yet: the
+                // master closed only its own copies of the socket, so the
+                // same client can be handed over again.
+                refusals += 1;
+                deadline = deadline.max(window_end.into());
+                tokio::time::sleep(delay).await;
+                continue;
             }
             Ok(Err(e)) => {
                 // Either the master is going away (a new one will come) or
@@ -485,7 +616,7 @@ async fn serve_connection(sock: TcpStream, claim: &Claim, ctx: &Rc<ServeContext>
                 if changed.is_err() && !fallback_tried {
                     fallback_tried = true;
                     tracing::debug!(error = %e, "mux stdio forward failed; trying ssh -W");
-                    if run_fallback(&link, claim, &sock).await {
+                    if run_fallback(&link, &claim, &sock).await {
                         return;
                     }
                 }

@@ -215,7 +215,10 @@ pub async fn supervise(d: Rc<Daemon>, host: Rc<Host>) {
             }
             (id, done) = in_flight(&mut res.inflight) => Input::Done(id, absorb(&mut res, done).await),
             item = next_event(&mut res.events), if wants_events => match item {
-                Ok(Some(StreamItem::Event(ev))) => Input::Event(ev),
+                Ok(Some(StreamItem::Event(ev))) => {
+                    tracing::trace!(host = %host.key, action = ?ev.action, container_id = %ev.id, "event");
+                    Input::Event(ev)
+                }
                 Ok(Some(StreamItem::Skipped(why))) => Input::EventSkipped(why),
                 Ok(Some(StreamItem::Other)) => continue,
                 Ok(None) => Input::StreamFailed(diagnose(&mut res.events_channel, "the docker event stream ended").await),
@@ -345,7 +348,10 @@ async fn carry_out(d: &Rc<Daemon>, host: &Rc<Host>, res: &mut Resources) {
             break;
         };
         match cmd {
-            Command::Start(id, op) => res.inflight = Some((id, start(d, host, res, op))),
+            Command::Start(id, op) => {
+                tracing::trace!(host = %host.key, op = ?op, "operation");
+                res.inflight = Some((id, start(d, host, res, op)));
+            }
             Command::StopMaster => {
                 res.close_channels();
                 if let Some(m) = res.master.take() {

@@ -135,6 +135,15 @@ pub fn snapshot(d: &Daemon) -> Status {
             .is_some_and(|l| l.borrow().is_some());
         let (state, reason) = if !f.held.bound {
             (ForwardState::Conflict, f.reason.clone())
+        } else if owner.pending {
+            (
+                ForwardState::Pending,
+                Some(format!(
+                    "container {} is created but not started; connections wait up to {}s for it",
+                    owner.container_name,
+                    d.serve.connect_wait.get().as_secs()
+                )),
+            )
         } else if !link_up {
             (
                 ForwardState::Pending,

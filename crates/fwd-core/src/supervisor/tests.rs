@@ -17,6 +17,7 @@ fn container(n: u8, started_at_ns: i64) -> Container {
         name: format!("c{n}"),
         compose_project: None,
         started_at_ns,
+        pending: false,
         ports: vec![],
         labels: BTreeMap::new(),
     }
@@ -38,6 +39,7 @@ fn policy() -> HostPolicy {
         wake_probe_timeout: Duration::from_secs(2),
         summary_every: Duration::from_secs(300),
         engine_socket: None,
+        pending_timeout: Duration::from_secs(60),
     }
 }
 
@@ -861,4 +863,83 @@ fn endpoints_from_the_remote_side_are_parsed_strictly() {
         Endpoint::Other(shown) => assert!(shown.len() <= 200),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_created_container_is_bound_until_it_starts_goes_or_expires() {
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    let mut created = container(5, 100);
+    created.pending = true;
+    r.input(Input::Event(ContainerEvent {
+        id: id(5),
+        action: EventAction::Create,
+        time_nano: 100,
+    }));
+    r.expect_op(Op::Inspect(id(5)));
+    r.clear();
+    r.answer(Outcome::Inspected(Some(created.clone())));
+    assert!(r.saw(&Command::ContainersChanged));
+    assert!(r.m.containers()[&id(5)].pending);
+    // A resync (which lists running containers only) keeps it.
+    r.input(Input::ResyncRequested);
+    r.answer(Outcome::Listed(vec![]));
+    assert!(r.m.containers().contains_key(&id(5)));
+    // Started: the running container replaces the pending one.
+    r.input(Input::Event(ContainerEvent {
+        id: id(5),
+        action: EventAction::Start,
+        time_nano: 101,
+    }));
+    r.answer(Outcome::Inspected(Some(container(5, 101))));
+    assert!(!r.m.containers()[&id(5)].pending);
+    // Another, created and never started, is given back after the timeout
+    // (the machine's deadline says when).
+    let mut idle = container(6, 200);
+    idle.pending = true;
+    r.input(Input::Event(ContainerEvent {
+        id: id(6),
+        action: EventAction::Create,
+        time_nano: 200,
+    }));
+    r.answer(Outcome::Inspected(Some(idle)));
+    let created_at = r.now;
+    r.clear();
+    let healthy_until = |r: &mut Rig, t: Instant| {
+        while r.now < t {
+            match &r.op {
+                Some((_, Op::Probe)) => r.answer(Outcome::Answered),
+                _ => r.advance(Duration::from_secs(1)),
+            }
+        }
+    };
+    healthy_until(&mut r, created_at + Duration::from_secs(59));
+    assert!(r.m.containers().contains_key(&id(6)));
+    healthy_until(&mut r, created_at + Duration::from_secs(61));
+    assert!(!r.m.containers().contains_key(&id(6)));
+    assert!(r.saw(&Command::ContainersChanged));
+    assert!(
+        r.m.containers().contains_key(&id(5)),
+        "the running one stays"
+    );
+}
+
+#[test]
+fn destroying_a_created_container_releases_it_at_once() {
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    let mut created = container(7, 100);
+    created.pending = true;
+    r.input(Input::Event(ContainerEvent {
+        id: id(7),
+        action: EventAction::Create,
+        time_nano: 100,
+    }));
+    r.answer(Outcome::Inspected(Some(created)));
+    r.input(Input::Event(ContainerEvent {
+        id: id(7),
+        action: EventAction::Destroy,
+        time_nano: 150,
+    }));
+    assert!(r.m.containers().is_empty());
 }

@@ -92,7 +92,7 @@ impl<'a> Fwdd<'a> {
             .arg("--runtime-dir")
             .arg(&runtime_dir)
             .args(["--log-format", "json"])
-            .env("FWD_LOG", "debug,fwdd::control=info")
+            .env("FWD_LOG", "debug,fwdd::control=info,fwdd::host=trace")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
