@@ -119,7 +119,14 @@ pub struct ServeContext {
     /// straight from accept, and connect + hello would add ~0.2 ms (~20 %)
     /// to every connection's setup.
     spares: RefCell<BTreeMap<HostKey, Spare>>,
+    /// Per host, hand-offs in flight at once: ssh's control socket listens
+    /// with a backlog of 64, and a burst of clients (hundreds waiting for
+    /// a master that just came back) must queue here, not overflow it.
+    handoffs: RefCell<BTreeMap<HostKey, Rc<tokio::sync::Semaphore>>>,
 }
+
+/// Concurrent hand-offs per host (well below ssh's control-socket backlog).
+const HANDOFFS_IN_FLIGHT: usize = 32;
 
 #[derive(Default)]
 struct Spare {
@@ -135,13 +142,23 @@ impl ServeContext {
             connect_wait: Cell::new(connect_wait),
             startup_window: Cell::new(startup_window),
             spares: RefCell::new(BTreeMap::new()),
+            handoffs: RefCell::new(BTreeMap::new()),
         }
+    }
+
+    fn handoff_slots(&self, host: &HostKey) -> Rc<tokio::sync::Semaphore> {
+        self.handoffs
+            .borrow_mut()
+            .entry(host.clone())
+            .or_insert_with(|| Rc::new(tokio::sync::Semaphore::new(HANDOFFS_IN_FLIGHT)))
+            .clone()
     }
 
     /// The host left the configuration: its spare connection goes too.
     pub fn forget_host(&self, host: &HostKey) {
         self.links.borrow_mut().remove(host);
         self.spares.borrow_mut().remove(host);
+        self.handoffs.borrow_mut().remove(host);
     }
 
     /// A mux client for `link`: the spare if it belongs to this very master,
@@ -464,10 +481,20 @@ fn bind_all(port: u16, addrs: &[IpAddr]) -> Result<Vec<TcpListener>, String> {
     Ok(out)
 }
 
+/// Asked of `listen(2)`; the kernel silently caps it at its own limit
+/// (`net.core.somaxconn`, `kern.ipc.somaxconn`). std's 128 drops a CI burst
+/// at SYN, and the clients' kernels retry only after 1, 3, 7 s.
+const LISTEN_BACKLOG: u32 = 65_535;
+
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let l = std::net::TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
-    TcpListener::from_std(l)
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // What std does for a listener: a restarted fwdd rebinds at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn describe_bind_error(addr: SocketAddr, e: &io::Error) -> String {
@@ -553,6 +580,10 @@ async fn serve_connection(
                 return;
             }
         };
+        let slots = ctx.handoff_slots(&claim.host);
+        let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, slots.acquire()).await else {
+            return;
+        };
         let (running_since, listening) = {
             let t = target.borrow();
             (t.running_since, t.listening.clone())
@@ -565,6 +596,7 @@ async fn serve_connection(
                     Ok(false) => {
                         probes += 1;
                         deadline = deadline.max((since + window).into());
+                        drop(slot);
                         tokio::time::sleep(delay).await;
                         continue;
                     }
@@ -578,7 +610,9 @@ async fn serve_connection(
             mux.open_stdio_forward(&claim.remote.ip, claim.remote.port, sock.as_fd())
                 .await
         };
-        match tokio::time::timeout_at(deadline, attempt).await {
+        let handed_off = tokio::time::timeout_at(deadline, attempt).await;
+        drop(slot);
+        match handed_off {
             Ok(Ok(tunnel)) => {
                 // The master holds its own copy of the socket now.
                 drop(sock);

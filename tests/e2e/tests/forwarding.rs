@@ -321,3 +321,70 @@ fn two_hosts_claiming_one_port_is_a_reported_conflict_and_each_host_has_its_own_
     assert!(pids[0].is_some() && pids[0] != pids[1], "{pids:?}");
     assert_eq!(host.sshd_connection_count(), 2, "one connection per host");
 }
+
+#[test]
+fn a_burst_of_500_connections_as_the_master_dies_is_served_whole() {
+    let host = sandbox_host!("burst_kill");
+    let fwdd = Fwdd::start(&host);
+    host.httpd(&["20180:8080"]);
+    assert_eq!(fwdd.wait_http(20180), "hello\n");
+    let old = fwdd.master_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill master");
+    // 500 clients at once, while no master is up: beyond std's listen
+    // backlog of 128, and beyond ssh's control-socket backlog of 64 once
+    // the new master is there. Every one must be served.
+    let t0 = std::time::Instant::now();
+    let results: Vec<Result<String, String>> = host.in_runner_ns(|| {
+        std::thread::scope(|s| {
+            let clients: Vec<_> = (0..500)
+                .map(|_| {
+                    s.spawn(|| {
+                        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 20180));
+                        let mut c =
+                            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(15))
+                                .map_err(|e| format!("connect: {e}"))?;
+                        c.set_read_timeout(Some(Duration::from_secs(20)))
+                            .map_err(|e| e.to_string())?;
+                        use std::io::{Read, Write};
+                        c.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                            .map_err(|e| format!("write: {e}"))?;
+                        let mut out = String::new();
+                        c.read_to_string(&mut out)
+                            .map_err(|e| format!("read: {e}"))?;
+                        Ok(out)
+                    })
+                })
+                .collect();
+            clients
+                .into_iter()
+                .map(|c| c.join().unwrap_or_else(|_| Err("client panicked".into())))
+                .collect()
+        })
+    });
+    let failed: Vec<&String> = results
+        .iter()
+        .filter_map(|r| match r {
+            Ok(body) if body.ends_with("\r\n\r\nhello\n") => None,
+            Ok(body) => Some(body),
+            Err(e) => Some(e),
+        })
+        .collect();
+    eprintln!(
+        "RECOVERY master SIGKILL + 500 clients: all answered after {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of 500 not served: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // They queued for the master instead of overflowing its control socket
+    // into one `ssh -W` process each.
+    let fallbacks = fwdd.log_text().matches("trying ssh -W").count();
+    assert_eq!(fallbacks, 0, "hand-offs fell back to ssh -W");
+}
