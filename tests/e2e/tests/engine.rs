@@ -370,3 +370,129 @@ fn fwdctl_env_points_a_shell_at_the_engine_socket() {
 }
 
 use std::os::unix::process::CommandExt;
+
+#[test]
+fn hijacked_and_streaming_commands_work_and_end_when_the_master_dies() {
+    let host = sandbox_host!("engine_streams");
+    let fwdd = Fwdd::start(&host);
+    let label = format!("fwd-test={}", host.label);
+    // attach with stdin (a hijacked connection) and its half-close: cat
+    // sees EOF and exits, and its output comes back.
+    let mut child = docker_cmd(
+        &fwdd,
+        &[
+            "run",
+            "-i",
+            "--rm",
+            "--label",
+            &label,
+            &host.image,
+            "/bin/cat",
+        ],
+    )
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .expect("docker run -i");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"through the socket\n")
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("docker run -i");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through the socket\n");
+    // exec -i, the same way.
+    let id = docker_ok(
+        &fwdd,
+        &[
+            "run",
+            "-d",
+            "--label",
+            &label,
+            &host.image,
+            "/bin/sleep",
+            "600",
+        ],
+    );
+    let mut exec = docker_cmd(&fwdd, &["exec", "-i", &id, "/bin/cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker exec -i");
+    exec.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"exec\n")
+        .expect("write");
+    let out = exec.wait_with_output().expect("exec");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "exec\n");
+
+    // Streams open when the master dies end, as they would over ssh://:
+    // nothing hangs. Each is known to flow (a first line read) before the
+    // kill, so it is not a stream that connects to the next master.
+    let spawn_stream = |args: &[&str]| {
+        let mut child = docker_cmd(&fwdd, args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker stream");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap_or_default()).is_err() {
+                    return;
+                }
+            }
+        });
+        (child, rx)
+    };
+    let talker = docker_ok(
+        &fwdd,
+        &[
+            "run",
+            "-d",
+            "--label",
+            &label,
+            &host.image,
+            "/bin/sh",
+            "-c",
+            "while true; do echo tick; sleep 0.2; done",
+        ],
+    );
+    let (mut logs, logs_rx) = spawn_stream(&["logs", "-f", &talker]);
+    let (mut events, events_rx) = spawn_stream(&["events", "--format", "{{.Action}}"]);
+    logs_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("docker logs -f flows");
+    // An event, so the events stream is seen flowing too.
+    docker_ok(
+        &fwdd,
+        &["run", "--rm", "--label", &label, &host.image, "/bin/echo"],
+    );
+    events_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("docker events flows");
+    let master = fwdd.master_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill master");
+    for (what, child) in [
+        ("docker events", &mut events),
+        ("docker logs -f", &mut logs),
+    ] {
+        let mut ended = false;
+        wait_until(Duration::from_secs(10), what, || {
+            ended = matches!(child.try_wait(), Ok(Some(_)));
+            ended
+        });
+        assert!(ended, "{what} still running after the master died");
+    }
+    // And the socket serves again on the new master.
+    docker_ok(&fwdd, &["ps"]);
+}
