@@ -411,7 +411,19 @@ impl Ctx<'_> {
                 }
             }
         }
+        // The CLI's own start (no engine contact), the floor under either way.
+        let mut floor = Vec::new();
+        for _ in 0..ps_n {
+            let (ms, ok, _, _) = cli.run(self, Via::Socket, &["--version"]);
+            if ok {
+                floor.push(ms);
+            }
+        }
         let (a, b) = (sorted(a), sorted(b));
+        self.rep.note(format!(
+            "engine: docker --version (the CLI starting, no engine): {}",
+            dist(&sorted(floor))
+        ));
         self.rep
             .note(format!("engine: docker ps via the socket: {}", dist(&a)));
         self.rep
