@@ -3,6 +3,7 @@
 # (issue 6; results and method in docs/benchmarks.md). Needs root, like scripts/test.sh.
 #
 #   bash scripts/bench.sh [fwd-bench args…]      e.g. --only start,kill --seq 100
+#                                                 or --only setup,engine
 #
 # Builds release binaries (fwdd, fwdctl, fwd-bench), brings up a sandbox
 # (tests/sandbox/up.sh), runs fwd-bench, tears the sandbox down. The table is also
@@ -42,9 +43,9 @@ bash tests/sandbox/up.sh "$sandbox"
 
 out=${FWD_BENCH_OUT:-bench-results.md}
 {
-  echo "# fwd-bench $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "# fwd-bench $(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
-  echo "$(ssh -V 2>&1); docker $(docker -H "unix://$sandbox/docker.sock" version --format '{{.Server.Version}}')"
+  echo "$(ssh -V 2>&1); dockerd $(docker -H "unix://$sandbox/docker.sock" version --format '{{.Server.Version}} (API {{.Server.APIVersion}}), docker CLI {{.Client.Version}}')"
   echo
 } | tee "$out"
 FWD_SANDBOX="$sandbox/env" FWD_BENCH_BIN_DIR="$target/release" FWD_BENCH_LOGDIR="${FWD_BENCH_LOGDIR:-}" \

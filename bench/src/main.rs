@@ -6,9 +6,12 @@
 //! namespace's loopback (through fwdd or an `ssh -L` listener of the same master).
 //!
 //! Usage: `fwd-bench [--only NAME,NAME…] [--seq N] [--kill N] [--burst N] [--conns N]
-//! [--many N] [--many-ports K] [--idle-secs S] [--bytes-mib M]`
+//! [--many N] [--many-ports K] [--idle-secs S] [--bytes-mib M] [--engine-ps N]
+//! [--cp-mib M] [--cp-runs N]`
 //! with `FWD_SANDBOX=DIR/env` set. Names: start, kill, burst, setup, throughput,
-//! master, link, many (many also measures memory and the idle minute).
+//! engine, master, link, many (many also measures memory and the idle minute).
+
+mod engine;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -45,6 +48,9 @@ struct Opts {
     bytes_mib: u64,
     master_trials: usize,
     quickack: bool,
+    engine_ps: usize,
+    cp_mib: u64,
+    cp_runs: usize,
 }
 
 impl Opts {
@@ -61,6 +67,9 @@ impl Opts {
             bytes_mib: 1024,
             master_trials: 3,
             quickack: false,
+            engine_ps: 20,
+            cp_mib: 1024,
+            cp_runs: 2,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -81,6 +90,9 @@ impl Opts {
                 "--idle-secs" => o.idle_secs = num() as u64,
                 "--bytes-mib" => o.bytes_mib = num() as u64,
                 "--master-trials" => o.master_trials = num(),
+                "--engine-ps" => o.engine_ps = num(),
+                "--cp-mib" => o.cp_mib = num() as u64,
+                "--cp-runs" => o.cp_runs = num(),
                 "--quickack" => {
                     o.quickack = true;
                     i += 1;
@@ -99,6 +111,9 @@ impl Opts {
         o.idle_secs = o.idle_secs.min(600);
         o.bytes_mib = o.bytes_mib.clamp(1, 8192);
         o.master_trials = o.master_trials.clamp(1, 10);
+        o.engine_ps = o.engine_ps.clamp(1, 200);
+        o.cp_mib = o.cp_mib.clamp(1, 4096);
+        o.cp_runs = o.cp_runs.clamp(1, 5);
         o
     }
 
@@ -1377,6 +1392,9 @@ fn main() {
             opts.wants("throughput"),
             opts.bytes_mib,
         );
+    }
+    if opts.wants("engine") {
+        ctx.engine(&fwdd, opts.engine_ps, opts.cp_mib, opts.cp_runs);
     }
     if opts.wants("master") {
         ctx.master_kill(&fwdd, opts.master_trials);
