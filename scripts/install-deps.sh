@@ -15,6 +15,8 @@ command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || missing+=(iptable
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing+=(iproute2)
 command -v nsenter >/dev/null || missing+=(util-linux)
 command -v curl >/dev/null || missing+=(curl)
+# The burst test's server is the host's own python3, bind-mounted into a container.
+[ -x /usr/bin/python3 ] || missing+=(python3)
 # The engine socket's client-library test runs docker-py in a venv.
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 # Packaging tests: unit verification, .deb building, script linting.

@@ -46,6 +46,13 @@ pub struct MasterConfig {
 }
 
 impl MasterConfig {
+    /// How long a new master may take to answer on its control socket:
+    /// two connect timeouts (a resolver retry, a ProxyJump hop) and the
+    /// handshake.
+    pub fn ready_timeout(&self) -> Duration {
+        self.connect_timeout * 2 + Duration::from_secs(5)
+    }
+
     /// Defaults: keepalive every 15 s, 2 missed → dead, connect timeout 10 s,
     /// `StrictHostKeyChecking=yes`, `ssh` from `PATH`.
     pub fn new(destination: impl Into<String>) -> Self {

@@ -5,7 +5,6 @@
 //! borrow is ever held across an `.await`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -15,57 +14,12 @@ use fwd_core::{
     Claim, HostKey, HostMachine, HostPolicy, HostView, Input, MasterPhase, Unsupported,
 };
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
 
 use crate::config::{Config, HostConfig};
 use crate::engine::EngineSocket;
-use crate::forwards::{ForwardTable, Link, ServeContext};
-
-pub struct Host {
-    pub key: HostKey,
-    pub cfg: HostConfig,
-    pub control_path: PathBuf,
-    /// The master's stream-local forward of the remote engine socket
-    /// (`h<N>.eng`, as long as the control path, so one length check holds).
-    pub engine_forward: PathBuf,
-    /// The remote engine on local sockets, when enabled and bound; else why not.
-    pub engine_socket: RefCell<Result<EngineSocket, String>>,
-    /// Everything the supervisor decides, and what it knows: link health,
-    /// the host's running containers.
-    pub machine: RefCell<HostMachine>,
-    pub link: watch::Sender<Option<Link>>,
-    /// Inputs for the machine from the rest of the daemon (`fwdctl
-    /// reconnect`, a reload, a network change, a resume), delivered by the
-    /// host's driver task, which alone carries out what the machine decides.
-    mailbox: RefCell<VecDeque<Input>>,
-    mail: Notify,
-    /// Stops this host's supervisor (shutdown, or the host left the config).
-    pub stop: watch::Sender<bool>,
-    /// The supervisor promises to come back to its loop before this instant
-    /// (its machine's deadline); the systemd watchdog is fed only while
-    /// every host keeps its promise.
-    pub progress_by: Cell<Instant>,
-    task: RefCell<Option<JoinHandle<()>>>,
-}
-
-impl Host {
-    pub fn send(&self, input: Input) {
-        self.mailbox.borrow_mut().push_back(input);
-        // notify_one keeps a permit if the driver is between awaits.
-        self.mail.notify_one();
-    }
-
-    /// Waits for mail and takes it all.
-    pub async fn receive(&self) -> Vec<Input> {
-        loop {
-            let mail: Vec<Input> = self.mailbox.borrow_mut().drain(..).collect();
-            if !mail.is_empty() {
-                return mail;
-            }
-            self.mail.notified().await;
-        }
-    }
-}
+use crate::forwards::{ForwardTable, ServeContext};
+pub use crate::host::Host;
+use crate::host::{self, Shell};
 
 /// The supervisor's numbers for one host, from the configuration.
 pub fn host_policy(config: &Config, host: &HostConfig) -> HostPolicy {
@@ -74,14 +28,11 @@ pub fn host_policy(config: &Config, host: &HostConfig) -> HostPolicy {
         permanent_retry: config.retry.permanent_retry,
         health_interval: host.health_interval,
         resync_interval: config.resync_interval,
-        master_ready_timeout: crate::host::master_ready_timeout(&host.ssh),
+        master_ready_timeout: host.ssh.ready_timeout(),
         engine_socket: host.engine_remote_socket.clone(),
         ..HostPolicy::default()
     }
 }
-
-/// Allowance before the first promise of a new host.
-const PROGRESS_SLACK: Duration = Duration::from_secs(15);
 
 pub struct Daemon {
     /// Global settings; replaced on reload (the host list is applied
@@ -154,22 +105,29 @@ impl Daemon {
         let engine_socket = self.bind_engine_socket(&key, &cfg);
         let seed = std::collections::hash_map::RandomState::new().hash_one(id);
         let machine = HostMachine::new(policy, *self.net_usable.borrow(), seed, Instant::now());
-        let host = Rc::new(Host {
+        let runtime_dir = self.config.borrow().runtime_dir.clone();
+        let host = Rc::new(Host::new(
             key,
-            control_path: self.config.borrow().runtime_dir.join(format!("h{id}.ctl")),
-            engine_forward: self.config.borrow().runtime_dir.join(format!("h{id}.eng")),
-            engine_socket: RefCell::new(engine_socket),
             cfg,
-            machine: RefCell::new(machine),
+            runtime_dir.join(format!("h{id}.ctl")),
+            runtime_dir.join(format!("h{id}.eng")),
+            engine_socket,
+            machine,
             link,
-            mailbox: RefCell::new(VecDeque::new()),
-            mail: Notify::new(),
-            stop: watch::channel(false).0,
-            progress_by: Cell::new(Instant::now() + PROGRESS_SLACK),
-            task: RefCell::new(None),
-        });
-        let task = tokio::task::spawn_local(crate::host::supervise(self.clone(), host.clone()));
-        *host.task.borrow_mut() = Some(task);
+        ));
+        let daemon = Rc::downgrade(self);
+        host::start(
+            &host,
+            Shell {
+                reconcile: Box::new(move || {
+                    if let Some(d) = daemon.upgrade() {
+                        d.reconcile();
+                    }
+                }),
+                changed: self.changed.clone(),
+                serve: self.serve.clone(),
+            },
+        );
         self.hosts.borrow_mut().push(host.clone());
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
         host
@@ -402,8 +360,7 @@ async fn stop_hosts(hosts: &[Rc<Host>]) {
     }
     let wait_all = async {
         for h in hosts {
-            let task = h.task.borrow_mut().take();
-            if let Some(t) = task {
+            if let Some(t) = h.take_task() {
                 let _ = t.await;
             }
         }

@@ -322,11 +322,41 @@ fn two_hosts_claiming_one_port_is_a_reported_conflict_and_each_host_has_its_own_
     assert_eq!(host.sshd_connection_count(), 2, "one connection per host");
 }
 
+/// A threaded HTTP/1.0 "hello" server with a listen backlog of 1024.
+const BURST_SERVER: &str = "import socketserver
+class H(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.recv(4096)
+        self.request.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 6\\r\\n\\r\\nhello\\n')
+class S(socketserver.ThreadingTCPServer):
+    request_queue_size = 1024
+    allow_reuse_address = True
+    daemon_threads = True
+S(('0.0.0.0', 8080), H).serve_forever()
+";
+
 #[test]
 fn a_burst_of_500_connections_as_the_master_dies_is_served_whole() {
     let host = sandbox_host!("burst_kill");
     let fwdd = Fwdd::start(&host);
-    host.httpd(&["20180:8080"]);
+    // busybox httpd listens with a backlog of 9: a burst of 500 would be
+    // dropped at SYN inside the container and retried by docker-proxy for
+    // seconds, whatever fwd does. The host's own Python, with a backlog
+    // that fits, stands in for a real server.
+    host.run(&[
+        "-v",
+        "/usr:/usr:ro",
+        "-v",
+        "/lib:/lib:ro",
+        "-v",
+        "/lib64:/lib64:ro",
+        "-p",
+        "20180:8080",
+        &host.image,
+        "/usr/bin/python3",
+        "-c",
+        BURST_SERVER,
+    ]);
     assert_eq!(fwdd.wait_http(20180), "hello\n");
     let old = fwdd.master_pid();
     nix::sys::signal::kill(

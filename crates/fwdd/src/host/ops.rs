@@ -1,40 +1,28 @@
-//! One driver task per Docker host: carries the host's inputs to its
-//! [`HostMachine`] (fwd-core) and carries out what the machine decides.
-//!
-//! Nothing here decides anything: when to spawn, probe, retry, publish or
-//! give up, and what to log, is the machine's. This file only moves
-//! processes, channels and timers: it spawns the ControlMaster, opens the
-//! Docker channels over it (`docker system dial-stdio` sessions), runs one
-//! request at a time, reads the event stream when the machine asks for
-//! events, and sleeps until the machine's deadline — which is also the
-//! promise given to systemd's watchdog.
-//!
-//! Every remote command goes through the master's socket: nothing here can
-//! open a second SSH connection.
+//! The operations a host's machine asks for, as futures the driver polls
+//! one at a time, and the resources they leave behind (the master, the
+//! Docker channels).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fwd_core::{
-    classify_ssh_failure, Command, ContainerId, EngineRoute, Failure, FailureKind, Input, Op, OpId,
-    Outcome, Record,
+    classify_ssh_failure, ContainerId, EngineRoute, Failure, FailureKind, Op, OpId, Outcome,
 };
-use fwd_docker::{ApiError, DockerApi, EventStream, StreamItem};
+use fwd_docker::{ApiError, DockerApi, EventStream};
 use fwd_ssh::{Master, MasterError, MuxClient, SocketState};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::daemon::{Daemon, Host};
-use crate::forwards::Link;
+use super::Host;
+use crate::forwards::ServeContext;
 
 /// Aborts a spawned task when dropped.
-struct TaskGuard(JoinHandle<()>);
+pub(super) struct TaskGuard(JoinHandle<()>);
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
@@ -44,7 +32,7 @@ impl Drop for TaskGuard {
 
 /// One channel to the engine's API: a stream-local channel (nothing to
 /// diagnose but the error), or a `docker system dial-stdio` session.
-struct DockerChannel {
+pub(super) struct DockerChannel {
     session: Option<fwd_ssh::Session>,
     stderr_tail: Rc<RefCell<VecDeque<String>>>,
     _tasks: Vec<TaskGuard>,
@@ -149,7 +137,7 @@ async fn open_dial_stdio(host: &Host) -> Result<(DockerApi, DockerChannel), Fail
 }
 
 /// What a finished operation hands back: its resources and its result.
-enum Done {
+pub(super) enum Done {
     Master(Result<(Master, mpsc::Receiver<String>), Failure>),
     Api(Result<(DockerApi, DockerChannel, String), Failure>),
     Events(Result<(EventStream, DockerChannel), Failure>),
@@ -159,29 +147,29 @@ enum Done {
     Plain(Outcome),
 }
 
-enum Reply {
+pub(super) enum Reply {
     Listed(Vec<ContainerId>),
     Inspected(Option<fwd_core::Container>),
 }
 
-type OpFuture = Pin<Box<dyn Future<Output = Done>>>;
+pub(super) type OpFuture = Pin<Box<dyn Future<Output = Done>>>;
 
 /// What the driver holds for the machine: processes, channels, the one
 /// operation in flight.
 #[derive(Default)]
-struct Resources {
-    master: Option<Master>,
+pub(super) struct Resources {
+    pub(super) master: Option<Master>,
     /// The master's stderr lines (the machine decides which to log).
-    stderr: Option<mpsc::Receiver<String>>,
-    api: Option<DockerApi>,
-    api_channel: Option<DockerChannel>,
-    events: Option<EventStream>,
-    events_channel: Option<DockerChannel>,
-    inflight: Option<(OpId, OpFuture)>,
+    pub(super) stderr: Option<mpsc::Receiver<String>>,
+    pub(super) api: Option<DockerApi>,
+    pub(super) api_channel: Option<DockerChannel>,
+    pub(super) events: Option<EventStream>,
+    pub(super) events_channel: Option<DockerChannel>,
+    pub(super) inflight: Option<(OpId, OpFuture)>,
 }
 
 impl Resources {
-    fn close_channels(&mut self) {
+    pub(super) fn close_channels(&mut self) {
         self.inflight = None;
         self.api = None;
         self.api_channel = None;
@@ -190,107 +178,10 @@ impl Resources {
     }
 }
 
-/// Far enough never to trip the watchdog: the machine waits for an input
-/// that has no bound (a network coming back).
-const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Allowance on top of every deadline (scheduling, slow disks).
-const PROGRESS_SLACK: Duration = Duration::from_secs(15);
-
-pub async fn supervise(d: Rc<Daemon>, host: Rc<Host>) {
-    let mut stop = host.stop.subscribe();
-    let mut res = Resources::default();
-    loop {
-        carry_out(&d, &host, &mut res).await;
-        if host.machine.borrow().is_stopped() {
-            break;
-        }
-        let deadline = host.machine.borrow().poll_timeout();
-        host.progress_by
-            .set(deadline.unwrap_or_else(|| Instant::now() + UNBOUNDED) + PROGRESS_SLACK);
-        let wants_events = host.machine.borrow().wants_events();
-        let input = tokio::select! {
-            _ = sleep_until(deadline) => {
-                host.machine.borrow_mut().handle_timeout(Instant::now());
-                continue;
-            }
-            (id, done) = in_flight(&mut res.inflight) => Input::Done(id, absorb(&mut res, done).await),
-            item = next_event(&mut res.events), if wants_events => match item {
-                Ok(Some(StreamItem::Event(ev))) => {
-                    tracing::trace!(host = %host.key, action = ?ev.action, container_id = %ev.id, "event");
-                    Input::Event(ev)
-                }
-                Ok(Some(StreamItem::Skipped(why))) => Input::EventSkipped(why),
-                Ok(Some(StreamItem::Other)) => continue,
-                Ok(None) => Input::StreamFailed(diagnose(&mut res.events_channel, "the docker event stream ended").await),
-                Err(e) => Input::StreamFailed(diagnose(&mut res.events_channel, e).await),
-            },
-            line = next_line(&mut res.stderr) => match line {
-                Some(line) => Input::MasterStderr(line),
-                None => {
-                    res.stderr = None;
-                    continue;
-                }
-            },
-            how = master_exit(&mut res.master) => {
-                let tail = res.master.as_ref().map(|m| m.stderr_tail().join("\n")).unwrap_or_default();
-                Input::MasterExited { how, stderr_tail: tail }
-            }
-            mail = host.receive() => {
-                let mut machine = host.machine.borrow_mut();
-                for input in mail {
-                    machine.handle(input, Instant::now());
-                }
-                continue;
-            }
-            _ = stop.changed() => Input::Shutdown,
-        };
-        host.machine.borrow_mut().handle(input, Instant::now());
-    }
-    carry_out(&d, &host, &mut res).await;
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn in_flight(inflight: &mut Option<(OpId, OpFuture)>) -> (OpId, Done) {
-    let Some((id, fut)) = inflight.as_mut() else {
-        return std::future::pending().await;
-    };
-    let done = fut.as_mut().await;
-    let id = *id;
-    *inflight = None;
-    (id, done)
-}
-
-async fn next_line(lines: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
-    match lines {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_event(events: &mut Option<EventStream>) -> Result<Option<StreamItem>, ApiError> {
-    match events {
-        Some(s) => s.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn master_exit(master: &mut Option<Master>) -> String {
-    match master {
-        Some(m) => match m.exited().await {
-            Ok(s) => s.to_string(),
-            Err(e) => e.to_string(),
-        },
-        None => std::future::pending().await,
-    }
-}
-
-async fn diagnose(channel: &mut Option<DockerChannel>, err: impl std::fmt::Display) -> Failure {
+pub(super) async fn diagnose(
+    channel: &mut Option<DockerChannel>,
+    err: impl std::fmt::Display,
+) -> Failure {
     match channel.take() {
         Some(c) => c.diagnose(err).await,
         None => Failure::new(FailureKind::StreamEnded, err.to_string()),
@@ -298,7 +189,7 @@ async fn diagnose(channel: &mut Option<DockerChannel>, err: impl std::fmt::Displ
 }
 
 /// Keeps what a finished operation brought and tells the machine how it went.
-async fn absorb(res: &mut Resources, done: Done) -> Outcome {
+pub(super) async fn absorb(res: &mut Resources, done: Done) -> Outcome {
     match done {
         Done::Master(Ok((master, stderr))) => {
             let pid = master.pid;
@@ -341,49 +232,13 @@ async fn absorb(res: &mut Resources, done: Done) -> Outcome {
     }
 }
 
-/// Carries out every command the machine has queued.
-async fn carry_out(d: &Rc<Daemon>, host: &Rc<Host>, res: &mut Resources) {
-    loop {
-        let Some(cmd) = host.machine.borrow_mut().poll_command() else {
-            break;
-        };
-        match cmd {
-            Command::Start(id, op) => {
-                tracing::trace!(host = %host.key, op = ?op, "operation");
-                res.inflight = Some((id, start(d, host, res, op)));
-            }
-            Command::StopMaster => {
-                res.close_channels();
-                if let Some(m) = res.master.take() {
-                    m.shutdown(Duration::from_millis(500)).await;
-                }
-                // Only now: ssh's last words must not count as dropped.
-                res.stderr = None;
-            }
-            Command::CloseChannels => res.close_channels(),
-            Command::Publish { generation, engine } => {
-                host.link.send_replace(Some(Link {
-                    control_path: host.control_path.clone(),
-                    generation,
-                    ssh: Arc::new(host.cfg.ssh.clone()),
-                    engine,
-                    engine_forward: host.engine_forward.clone(),
-                }));
-            }
-            Command::Withdraw => {
-                host.link.send_replace(None);
-            }
-            Command::ContainersChanged => d.reconcile(),
-            Command::Log(r) => log_record(&host.key, r),
-        }
-    }
-    if host.machine.borrow_mut().take_health_changed() {
-        d.changed.send_modify(|v| *v = v.wrapping_add(1));
-    }
-}
-
 /// The future that performs `op`.
-fn start(d: &Rc<Daemon>, host: &Rc<Host>, res: &mut Resources, op: Op) -> OpFuture {
+pub(super) fn start_op(
+    serve: &Rc<ServeContext>,
+    host: &Rc<Host>,
+    res: &mut Resources,
+    op: Op,
+) -> OpFuture {
     let host = host.clone();
     // Requests need the API channel; the machine issues them only while it
     // is open, so its absence is a failed channel.
@@ -465,9 +320,9 @@ fn start(d: &Rc<Daemon>, host: &Rc<Host>, res: &mut Resources, op: Op) -> OpFutu
             let Some(mut api) = res.api.take() else {
                 return no_channel();
             };
-            let d = d.clone();
+            let serve = serve.clone();
             Box::pin(async move {
-                let r = probe(&d, &host, &mut api).await;
+                let r = probe(&serve, &host, &mut api).await;
                 Done::Probe(api, r)
             })
         }
@@ -563,21 +418,17 @@ async fn spawn_master(host: &Host) -> Result<(Master, mpsc::Receiver<String>), F
         }
     }
     let cfg = &host.cfg.ssh;
-    Master::spawn(cfg, ctl, master_ready_timeout(cfg))
+    Master::spawn(cfg, ctl, cfg.ready_timeout())
         .await
         .map_err(master_failure)
 }
 
-pub fn master_ready_timeout(cfg: &fwd_ssh::MasterConfig) -> Duration {
-    cfg.connect_timeout * 2 + Duration::from_secs(5)
-}
-
 /// A health probe: the mux answers, and a request crosses to dockerd.
-async fn probe(d: &Daemon, host: &Host, api: &mut DockerApi) -> Result<(), Failure> {
+async fn probe(serve: &ServeContext, host: &Host, api: &mut DockerApi) -> Result<(), Failure> {
     let link = host.link.borrow().clone();
     let alive = match &link {
         // On the idle spare connection: one request instead of three.
-        Some(link) => d.serve.alive_check(&host.key, link).await,
+        Some(link) => serve.alive_check(&host.key, link).await,
         None => alive_check(host).await,
     };
     if let Err(e) = alive {
@@ -624,111 +475,5 @@ fn master_failure(e: MasterError) -> Failure {
         | MasterError::ControlPathTooLong { .. }
         | MasterError::Spawn { .. } => Failure::new(FailureKind::InvalidConfig, e.to_string()),
         _ => Failure::new(FailureKind::MasterDied, e.to_string()),
-    }
-}
-
-/// The machine's log records, with their stable event names and fields.
-pub fn log_record(host: &str, r: Record) {
-    let event = r.event();
-    match r {
-        Record::LinkFailed {
-            kind,
-            consecutive_failures,
-            retry_in,
-            message,
-        } => tracing::warn!(
-            event,
-            host,
-            kind = kind.as_str(),
-            class = kind.class().as_str(),
-            consecutive_failures,
-            retry_in_ms = retry_in.as_millis() as u64,
-            error = %message,
-            hint = kind.hint(),
-            "link to {host} failed: {message}"
-        ),
-        Record::LinkStillFailing {
-            kind,
-            consecutive_failures,
-            repeats,
-            message,
-        } => tracing::warn!(
-            event,
-            host,
-            kind = kind.as_str(),
-            consecutive_failures,
-            repeats,
-            error = %message,
-            "link to {host} still failing ({repeats} more failures): {message}"
-        ),
-        Record::LinkUp {
-            master_pid,
-            failures_before,
-        } => tracing::info!(
-            event,
-            host,
-            master_pid,
-            failures_before,
-            "connected to {host} (ssh master pid {master_pid})"
-        ),
-        Record::DockerVersion { version } => {
-            tracing::info!(event, host, version = %version, "Docker engine on {host}: {version}")
-        }
-        Record::StreamRestarting { message, retry_in } => tracing::info!(
-            event,
-            host,
-            error = %message,
-            retry_in_ms = retry_in.as_millis() as u64,
-            "docker channel to {host} ended ({message}); reopening"
-        ),
-        Record::StreamStillRestarting { message, repeats } => tracing::info!(
-            event,
-            host,
-            error = %message,
-            repeats,
-            "docker channel to {host} keeps ending ({repeats} more times): {message}"
-        ),
-        Record::ReconnectRequested => {
-            tracing::info!(event, host, "replacing the master of {host} on request")
-        }
-        Record::ResyncRequested => {
-            tracing::info!(event, host, "resyncing {host} on request")
-        }
-        Record::EventSkipped { reason } => tracing::warn!(
-            event,
-            host,
-            reason = %reason,
-            "skipped an event line from {host}: {reason}"
-        ),
-        Record::InspectUnparsable { container, error } => tracing::warn!(
-            event,
-            host,
-            container_id = %container,
-            error = %error,
-            "skipping container {container}: {error}"
-        ),
-        Record::SshStderr { line } => {
-            tracing::info!(event, host, line = %line, "ssh: {line}")
-        }
-        Record::ChannelOpenFailed { line } => {
-            tracing::debug!(event, host, line = %line, "ssh: {line}")
-        }
-        Record::NetworkLost { repeats } => tracing::info!(
-            event,
-            host,
-            repeats,
-            "no usable network; keeping the connection to {host} in case the link returns"
-        ),
-        Record::NetworkBack { after } => tracing::debug!(
-            event,
-            host,
-            after_ms = after.as_millis() as u64,
-            "a network is back after {after:?}; probing {host}"
-        ),
-        Record::WaitingForNetwork => tracing::debug!(
-            event,
-            host,
-            "no usable network link; waiting for one before retrying {host}"
-        ),
     }
 }

@@ -1,0 +1,110 @@
+//! The machine's log records as `tracing` events: stable event names
+//! (`Record::event`) and fields, so log-based alerts can match them.
+
+use fwd_core::Record;
+
+/// The machine's log records, with their stable event names and fields.
+pub fn log_record(host: &str, r: Record) {
+    let event = r.event();
+    match r {
+        Record::LinkFailed {
+            kind,
+            consecutive_failures,
+            retry_in,
+            message,
+        } => tracing::warn!(
+            event,
+            host,
+            kind = kind.as_str(),
+            class = kind.class().as_str(),
+            consecutive_failures,
+            retry_in_ms = retry_in.as_millis() as u64,
+            error = %message,
+            hint = kind.hint(),
+            "link to {host} failed: {message}"
+        ),
+        Record::LinkStillFailing {
+            kind,
+            consecutive_failures,
+            repeats,
+            message,
+        } => tracing::warn!(
+            event,
+            host,
+            kind = kind.as_str(),
+            consecutive_failures,
+            repeats,
+            error = %message,
+            "link to {host} still failing ({repeats} more failures): {message}"
+        ),
+        Record::LinkUp {
+            master_pid,
+            failures_before,
+        } => tracing::info!(
+            event,
+            host,
+            master_pid,
+            failures_before,
+            "connected to {host} (ssh master pid {master_pid})"
+        ),
+        Record::DockerVersion { version } => {
+            tracing::info!(event, host, version = %version, "Docker engine on {host}: {version}")
+        }
+        Record::StreamRestarting { message, retry_in } => tracing::info!(
+            event,
+            host,
+            error = %message,
+            retry_in_ms = retry_in.as_millis() as u64,
+            "docker channel to {host} ended ({message}); reopening"
+        ),
+        Record::StreamStillRestarting { message, repeats } => tracing::info!(
+            event,
+            host,
+            error = %message,
+            repeats,
+            "docker channel to {host} keeps ending ({repeats} more times): {message}"
+        ),
+        Record::ReconnectRequested => {
+            tracing::info!(event, host, "replacing the master of {host} on request")
+        }
+        Record::ResyncRequested => {
+            tracing::info!(event, host, "resyncing {host} on request")
+        }
+        Record::EventSkipped { reason } => tracing::warn!(
+            event,
+            host,
+            reason = %reason,
+            "skipped an event line from {host}: {reason}"
+        ),
+        Record::InspectUnparsable { container, error } => tracing::warn!(
+            event,
+            host,
+            container_id = %container,
+            error = %error,
+            "skipping container {container}: {error}"
+        ),
+        Record::SshStderr { line } => {
+            tracing::info!(event, host, line = %line, "ssh: {line}")
+        }
+        Record::ChannelOpenFailed { line } => {
+            tracing::debug!(event, host, line = %line, "ssh: {line}")
+        }
+        Record::NetworkLost { repeats } => tracing::info!(
+            event,
+            host,
+            repeats,
+            "no usable network; keeping the connection to {host} in case the link returns"
+        ),
+        Record::NetworkBack { after } => tracing::debug!(
+            event,
+            host,
+            after_ms = after.as_millis() as u64,
+            "a network is back after {after:?}; probing {host}"
+        ),
+        Record::WaitingForNetwork => tracing::debug!(
+            event,
+            host,
+            "no usable network link; waiting for one before retrying {host}"
+        ),
+    }
+}
