@@ -180,3 +180,28 @@ impl RefusalLog {
 pub fn uid_allowed(peer: u32, euid: u32) -> bool {
     peer == euid || peer == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_policy() {
+        assert!(uid_allowed(1000, 1000));
+        assert!(uid_allowed(0, 1000));
+        assert!(uid_allowed(0, 0));
+        assert!(!uid_allowed(1001, 1000));
+        assert!(!uid_allowed(1000, 0));
+    }
+
+    #[test]
+    fn refusal_log_is_rate_limited() {
+        let mut log = RefusalLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.note(Some(5), t0), Some(0));
+        assert_eq!(log.note(Some(5), t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.note(Some(5), t0 + Duration::from_secs(2)), None);
+        assert_eq!(log.note(Some(6), t0 + Duration::from_secs(2)), Some(0));
+        assert_eq!(log.note(Some(5), t0 + Duration::from_secs(61)), Some(2));
+    }
+}
