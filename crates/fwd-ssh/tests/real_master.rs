@@ -5,7 +5,6 @@
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use fwd_ssh::{
@@ -30,28 +29,6 @@ fn sshd_available() -> bool {
     false
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "fwdssh-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -70,7 +47,7 @@ fn run(cmd: &mut std::process::Command) {
 }
 
 struct Sshd {
-    dir: TempDir,
+    dir: tempfile::TempDir,
     child: std::process::Child,
     log: PathBuf,
     ssh_config: PathBuf,
@@ -78,8 +55,8 @@ struct Sshd {
 
 impl Sshd {
     fn start() -> Sshd {
-        let dir = TempDir::new();
-        let d = dir.0.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
         let port = free_port();
         run(std::process::Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])
@@ -163,7 +140,7 @@ impl Sshd {
     }
 
     fn ctl(&self) -> PathBuf {
-        self.dir.0.join("ctl")
+        self.dir.path().join("ctl")
     }
 
     fn connections_logged(&self) -> usize {
@@ -524,8 +501,8 @@ async fn kill_9_master_resolves_exited_and_ends_forwards() {
 
 #[tokio::test]
 async fn stale_socket_is_removed() {
-    let dir = TempDir::new();
-    let p = dir.0.join("ctl");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ctl");
     assert_eq!(
         clear_stale_control_socket(&p, T).await.unwrap(),
         SocketState::Absent
@@ -590,7 +567,7 @@ async fn fallback_without_master_fails_and_opens_no_connection() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = sshd.connections_logged();
     let cfg = sshd.config();
-    let missing = sshd.dir.0.join("no-such-ctl");
+    let missing = sshd.dir.path().join("no-such-ctl");
     let mut cmd = fallback_stdio_forward_command(&cfg, &missing, "127.0.0.1", 22).unwrap();
     cmd.stdin(Stdio::null());
     let out = tokio::process::Command::from(cmd).output().await.unwrap();
@@ -694,9 +671,9 @@ async fn path_forward_echo_mode_0600_outlives_mux_connection() {
     let sshd = Sshd::start();
     let ctl = sshd.ctl();
     let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
-    let remote = sshd.dir.0.join("remote.sock");
+    let remote = sshd.dir.path().join("remote.sock");
     unix_echo_server(&remote);
-    let fwd = sshd.dir.0.join("fwd.sock");
+    let fwd = sshd.dir.path().join("fwd.sock");
     let remote_str = remote.to_str().unwrap();
 
     let mut c = MuxClient::connect(&ctl).await.unwrap();
@@ -774,10 +751,10 @@ async fn path_forward_open_twice_close_and_foreign_listener() {
     let sshd = Sshd::start();
     let ctl = sshd.ctl();
     let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
-    let remote = sshd.dir.0.join("remote.sock");
+    let remote = sshd.dir.path().join("remote.sock");
     unix_echo_server(&remote);
     let remote_str = remote.to_str().unwrap();
-    let fwd = sshd.dir.0.join("fwd.sock");
+    let fwd = sshd.dir.path().join("fwd.sock");
 
     let mut c = MuxClient::connect(&ctl).await.unwrap();
     c.open_local_path_forward(&fwd, remote_str).await.unwrap();
@@ -821,7 +798,7 @@ async fn path_forward_open_twice_close_and_foreign_listener() {
     assert_eq!(echo_through(&fwd, b"again").await, b"again");
 
     // Someone else listens on the path: refused, and their socket is left alone.
-    let foreign = sshd.dir.0.join("foreign.sock");
+    let foreign = sshd.dir.path().join("foreign.sock");
     let theirs = std::os::unix::net::UnixListener::bind(&foreign).unwrap();
     theirs.set_nonblocking(true).unwrap();
     let ino = || {
@@ -860,10 +837,10 @@ async fn path_forward_reregistered_by_new_master_over_left_socket() {
     }
     let sshd = Sshd::start();
     let ctl = sshd.ctl();
-    let remote = sshd.dir.0.join("remote.sock");
+    let remote = sshd.dir.path().join("remote.sock");
     unix_echo_server(&remote);
     let remote_str = remote.to_str().unwrap();
-    let fwd = sshd.dir.0.join("fwd.sock");
+    let fwd = sshd.dir.path().join("fwd.sock");
 
     let (mut first, _l1) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
     let mut c = MuxClient::connect(&ctl).await.unwrap();
@@ -912,8 +889,8 @@ async fn path_forward_to_missing_remote_socket_gets_eof_and_master_survives() {
     let sshd = Sshd::start();
     let ctl = sshd.ctl();
     let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
-    let missing = sshd.dir.0.join("missing.sock");
-    let fwd = sshd.dir.0.join("fwd.sock");
+    let missing = sshd.dir.path().join("missing.sock");
+    let fwd = sshd.dir.path().join("fwd.sock");
 
     let mut c = MuxClient::connect(&ctl).await.unwrap();
     // The remote path is not checked when the forward is set up.
@@ -960,9 +937,9 @@ async fn path_forward_to_missing_remote_socket_gets_eof_and_master_survives() {
             .unwrap(),
         master.pid
     );
-    let remote = sshd.dir.0.join("remote.sock");
+    let remote = sshd.dir.path().join("remote.sock");
     unix_echo_server(&remote);
-    let fwd2 = sshd.dir.0.join("fwd2.sock");
+    let fwd2 = sshd.dir.path().join("fwd2.sock");
     c.open_local_path_forward(&fwd2, remote.to_str().unwrap())
         .await
         .unwrap();
@@ -983,9 +960,9 @@ async fn finding_master_with_bind_unlink_takes_over_a_live_socket() {
     let sshd = Sshd::start();
     let ctl = sshd.ctl();
     let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
-    let remote = sshd.dir.0.join("remote.sock");
+    let remote = sshd.dir.path().join("remote.sock");
     unix_echo_server(&remote);
-    let foreign = sshd.dir.0.join("foreign.sock");
+    let foreign = sshd.dir.path().join("foreign.sock");
     let _theirs = std::os::unix::net::UnixListener::bind(&foreign).unwrap();
     let ino = || {
         use std::os::unix::fs::MetadataExt;

@@ -84,8 +84,8 @@ mod tests {
 
     #[tokio::test]
     async fn connection_cap() {
-        let dir = TempDir::new();
-        let sock = dir.sock();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("control.sock");
         let config = ControlConfig {
             max_connections: 2,
             ..ControlConfig::default()
@@ -143,16 +143,16 @@ mod tests {
             eprintln!("skipping other_uid_is_refused: needs root to run a child as another uid");
             return;
         }
-        let dir = TempDir::new();
-        let sock = dir.sock();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("control.sock");
         LocalSet::new()
             .run_until(with_server(&sock, ControlConfig::default(), || async {
                 // Open the file permissions so only the peer-credential check stands.
-                fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o755)).unwrap();
+                fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
                 fs::set_permissions(&sock, fs::Permissions::from_mode(0o666)).unwrap();
                 // Run a copy outside the build tree: the tree may sit under a
                 // directory that nobody cannot enter.
-                let exe = dir.0.join("peer-child");
+                let exe = dir.path().join("peer-child");
                 fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
                 fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
                 let out = tokio::process::Command::new(&exe)

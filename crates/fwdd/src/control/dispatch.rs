@@ -95,8 +95,8 @@ mod tests {
 
     #[tokio::test]
     async fn status_request_is_answered() {
-        let dir = TempDir::new();
-        let sock = dir.sock();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("control.sock");
         LocalSet::new()
             .run_until(with_server(&sock, ControlConfig::default(), || async {
                 let r = request(&sock, &encode_request(&Request::Status)).await;
@@ -107,8 +107,8 @@ mod tests {
 
     #[tokio::test]
     async fn probe_reconnect_resync() {
-        let dir = TempDir::new();
-        let sock = dir.sock();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("control.sock");
         let fake = Fake::new();
         LocalSet::new()
             .run_until(with_handler(
@@ -163,8 +163,8 @@ mod tests {
     /// takes over the socket, for the record.
     #[tokio::test]
     async fn status_with_500_forwards_timing() {
-        let dir = TempDir::new();
-        let sock = dir.sock();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("control.sock");
         let fake = Fake::new();
         fake.set(|st| st.forwards = (1..=500).map(forward).collect());
         LocalSet::new()
@@ -194,8 +194,8 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_gets_error_and_daemon_keeps_serving() {
-        let dir = TempDir::new();
-        let sock = dir.sock();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("control.sock");
         LocalSet::new()
             .run_until(with_server(&sock, ControlConfig::default(), || async {
                 let mut s = BufReader::new(UnixStream::connect(&sock).await.unwrap());

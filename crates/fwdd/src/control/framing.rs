@@ -159,8 +159,8 @@ mod tests {
 
     #[tokio::test]
     async fn oversize_line_gets_error_and_close() {
-        let dir = TempDir::new();
-        let sock = dir.sock();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("control.sock");
         LocalSet::new()
             .run_until(with_server(&sock, ControlConfig::default(), || async {
                 let mut s = BufReader::new(UnixStream::connect(&sock).await.unwrap());
@@ -186,8 +186,8 @@ mod tests {
 
     #[tokio::test]
     async fn idle_client_is_disconnected() {
-        let dir = TempDir::new();
-        let sock = dir.sock();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("control.sock");
         let config = ControlConfig {
             idle_timeout: Duration::from_millis(200),
             ..ControlConfig::default()

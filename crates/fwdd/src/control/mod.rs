@@ -173,12 +173,12 @@ mod tests {
 
     #[tokio::test]
     async fn socket_is_owner_only() {
-        let dir = TempDir::new();
-        let sock = dir.0.join("sub/control.sock");
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("sub/control.sock");
         let server = ControlServer::bind(&sock, ControlConfig::default()).unwrap();
         let mode = fs::metadata(&sock).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let dir_mode = fs::metadata(dir.0.join("sub"))
+        let dir_mode = fs::metadata(dir.path().join("sub"))
             .unwrap()
             .permissions()
             .mode();
@@ -189,8 +189,8 @@ mod tests {
 
     #[tokio::test]
     async fn live_socket_refused_stale_socket_replaced() {
-        let dir = TempDir::new();
-        let sock = dir.sock();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("control.sock");
         LocalSet::new()
             .run_until(with_server(&sock, ControlConfig::default(), || async {
                 let err = ControlServer::bind(&sock, ControlConfig::default()).unwrap_err();
@@ -223,20 +223,24 @@ mod tests {
 
     #[test]
     fn unsafe_runtime_dir_refused() {
-        let dir = TempDir::new();
-        fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o777)).unwrap();
-        let err = ControlServer::bind(&dir.sock(), ControlConfig::default()).unwrap_err();
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ControlServer::bind(&dir.path().join("control.sock"), ControlConfig::default())
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         assert!(err.to_string().contains("writable by other users"), "{err}");
         // Sticky, like /tmp: accepted.
-        fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o1777)).unwrap();
-        drop(ControlServer::bind(&dir.sock(), ControlConfig::default()).unwrap());
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        drop(
+            ControlServer::bind(&dir.path().join("control.sock"), ControlConfig::default())
+                .unwrap(),
+        );
     }
 
     #[test]
     fn shutdown_before_start_returns_at_once() {
-        let dir = TempDir::new();
-        let sock = dir.sock();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("control.sock");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -4,11 +4,8 @@ use super::{ControlConfig, ControlServer};
 use crate::handler::{ControlHandler, LocalFuture};
 use fwd_proto::{decode_response, DaemonInfo, ForwardState, Response, Status};
 use std::cell::{Cell, RefCell};
-use std::fs;
-use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -51,6 +48,7 @@ impl ControlHandler for Fake {
     }
     fn probe_port(&self, port: u16) -> LocalFuture<'_, Result<(), String>> {
         Box::pin(async move {
+            // Stands in for a probe's round trip (an await point), not synchronisation.
             tokio::time::sleep(Duration::from_millis(5)).await;
             if port == 80 {
                 Ok(())
@@ -99,30 +97,6 @@ pub(super) fn fixture() -> Status {
         hosts: vec![],
         forwards: vec![],
         health: None,
-    }
-}
-
-/// A fresh private directory under the system temp dir, removed on drop.
-pub(super) struct TempDir(pub(super) PathBuf);
-impl TempDir {
-    pub(super) fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "fwdd-ctl-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&p);
-        fs::DirBuilder::new().mode(0o700).create(&p).unwrap();
-        TempDir(p)
-    }
-    pub(super) fn sock(&self) -> PathBuf {
-        self.0.join("control.sock")
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

@@ -94,8 +94,8 @@ mod tests {
 
     #[tokio::test]
     async fn watch_streams_snapshot_then_changes() {
-        let dir = TempDir::new();
-        let sock = dir.sock();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("control.sock");
         let fake = Fake::new();
         LocalSet::new()
             .run_until(with_handler(
@@ -149,8 +149,8 @@ mod tests {
     /// daemon buffer without bound, and is eventually disconnected.
     #[tokio::test]
     async fn watch_client_that_never_reads_blocks_nobody() {
-        let dir = TempDir::new();
-        let sock = dir.sock();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("control.sock");
         let fake = Fake::new();
         // Big snapshots fill the socket buffer quickly.
         fake.set(|st| st.forwards = (1..=500).map(forward).collect());
