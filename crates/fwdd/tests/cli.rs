@@ -62,6 +62,34 @@ fn a_runtime_dir_too_long_for_a_control_socket_is_refused() {
     assert!(err.contains("shorter --runtime-dir"), "{err}");
 }
 
+/// The runtime directory policy is checked before anything starts, and the
+/// message says what to change.
+#[test]
+fn an_unfit_runtime_dir_is_refused_at_start() {
+    let dir = scratch();
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).expect("mkdir");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").expect("write");
+    for (path, says) in [(&link, "symbolic link"), (&file, "not a directory")] {
+        let (code, err) = fwdd(&[
+            "--host",
+            "ssh://h",
+            "--runtime-dir",
+            path.to_str().expect("utf8 path"),
+        ]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.starts_with("fwdd: refusing runtime directory "),
+            "{err}"
+        );
+        assert!(err.contains(says), "{err}");
+        assert!(err.contains("--runtime-dir or FWD_RUNTIME_DIR"), "{err}");
+    }
+}
+
 #[test]
 fn version_names_the_commit() {
     let out = Command::new(env!("CARGO_BIN_EXE_fwdd"))

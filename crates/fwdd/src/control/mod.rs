@@ -3,8 +3,8 @@
 //! schema in `docs/control-api.md`).
 //!
 //! Safety properties:
-//! * the socket is mode 0600 in a directory that is not writable by other users
-//!   (created 0700 if missing), and every peer's uid is checked with `SO_PEERCRED`
+//! * the socket is mode 0600 in a directory that nobody else can write
+//!   ([`private_socket::ensure_private_dir`]), and every peer's uid is checked with `SO_PEERCRED`
 //!   (`peer_cred`): only the daemon's own effective uid and root are served;
 //! * a request line is bounded ([`ControlConfig::max_line`]); an over-long line gets an
 //!   error response and the connection is closed;
@@ -83,9 +83,9 @@ pub struct ControlServer {
 impl ControlServer {
     /// Binds the socket at `path`; needs no runtime.
     ///
-    /// * Creates the parent directory (mode 0700) if missing, and refuses a parent that is
-    ///   not a directory, is owned by another user than us or root, or is writable by
-    ///   group/others without the sticky bit.
+    /// * Applies [`private_socket::ensure_private_dir`] to the parent directory: created
+    ///   0700 if missing, tightened to 0700 if ours, refused if it is a symlink, another
+    ///   user's, or root's and writable by others.
     /// * If `path` exists: a live socket (something accepts a connection) is an error
     ///   `"another fwdd is running (control socket PATH answers)"` (kind `AddrInUse`); a
     ///   stale socket is removed; anything that is not a socket is left alone and is an
@@ -221,20 +221,39 @@ mod tests {
         assert_eq!(fs::read(&sock).unwrap(), b"precious");
     }
 
+    /// The runtime directory policy as the binder applies it (the policy itself is
+    /// tested in `private_socket`).
     #[test]
-    fn unsafe_runtime_dir_refused() {
+    fn runtime_dir_is_tightened_or_refused() {
         let dir = tempfile::tempdir().unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        let err = ControlServer::bind(&dir.path().join("control.sock"), ControlConfig::default())
-            .unwrap_err();
+        let sock = dir.path().join("control.sock");
+        // Ours and open to everyone (sticky or not): made owner-only, then used.
+        for open in [0o777, 0o1777, 0o755] {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(open)).unwrap();
+            drop(ControlServer::bind(&sock, ControlConfig::default()).unwrap());
+            let mode = fs::metadata(dir.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o7777, 0o700, "from {open:o}");
+        }
+        // A symlink to a good directory: refused, the target left alone.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        let err =
+            ControlServer::bind(&link.join("control.sock"), ControlConfig::default()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
-        assert!(err.to_string().contains("writable by other users"), "{err}");
-        // Sticky, like /tmp: accepted.
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
-        drop(
-            ControlServer::bind(&dir.path().join("control.sock"), ControlConfig::default())
-                .unwrap(),
-        );
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        // Another user's directory (needs root to make one): refused, not tightened.
+        if fwd_proto::effective_uid() == 0 {
+            let theirs = dir.path().join("theirs");
+            fs::create_dir(&theirs).unwrap();
+            fs::set_permissions(&theirs, fs::Permissions::from_mode(0o755)).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let err = ControlServer::bind(&theirs.join("control.sock"), ControlConfig::default())
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+            assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+            let mode = fs::metadata(&theirs).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o755);
+        }
     }
 
     #[test]
