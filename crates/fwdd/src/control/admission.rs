@@ -77,10 +77,19 @@ mod tests {
     use fwd_proto::{decode_response, encode_request, Request, Response};
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
-    use std::time::Duration;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
     use tokio::io::{AsyncWriteExt, BufReader};
     use tokio::net::UnixStream;
     use tokio::task::LocalSet;
+
+    /// Connects, sends `line` if the server has not closed on us yet, and reads the
+    /// answer: a refused peer may be closed before its request is written.
+    async fn request_maybe_refused(sock: &Path, line: &[u8]) -> Option<Response> {
+        let mut s = BufReader::new(UnixStream::connect(sock).await.unwrap());
+        let _ = s.get_mut().write_all(line).await;
+        read_response(&mut s).await
+    }
 
     #[tokio::test]
     async fn connection_cap() {
@@ -90,26 +99,42 @@ mod tests {
             max_connections: 2,
             ..ControlConfig::default()
         };
+        let status = encode_request(&Request::Status);
         LocalSet::new()
             .run_until(with_server(&sock, config, || async {
+                // Both are admitted: each gets an answer before the third arrives.
                 let mut a = BufReader::new(UnixStream::connect(&sock).await.unwrap());
-                let _b = UnixStream::connect(&sock).await.unwrap();
-                // Make sure both were admitted before the third arrives.
-                a.get_mut()
-                    .write_all(&encode_request(&Request::Status))
-                    .await
-                    .unwrap();
+                let mut b = BufReader::new(UnixStream::connect(&sock).await.unwrap());
+                for s in [&mut a, &mut b] {
+                    s.get_mut().write_all(&status).await.unwrap();
+                    assert!(matches!(read_response(s).await, Some(Response::Status(_))));
+                }
+                let msg = error_message(request_maybe_refused(&sock, &status).await);
+                assert!(msg.contains("too many control connections"), "{msg}");
+                // The slot comes free once the server has seen a's EOF: until then
+                // newcomers are refused, then served.
+                drop(a);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    match request_maybe_refused(&sock, &status).await {
+                        Some(Response::Status(st)) => {
+                            assert_eq!(st, fixture());
+                            break;
+                        }
+                        r => {
+                            let msg = error_message(r);
+                            assert!(msg.contains("too many control connections"), "{msg}");
+                            assert!(Instant::now() < deadline, "slot not freed in 5 s");
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }
+                // b was never disturbed.
+                b.get_mut().write_all(&status).await.unwrap();
                 assert!(matches!(
-                    read_response(&mut a).await,
+                    read_response(&mut b).await,
                     Some(Response::Status(_))
                 ));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let msg = error_message(request(&sock, &encode_request(&Request::Status)).await);
-                assert!(msg.contains("too many control connections"), "{msg}");
-                drop(a);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let r = request(&sock, &encode_request(&Request::Status)).await;
-                assert_eq!(r, Some(Response::Status(fixture())));
             }))
             .await;
     }

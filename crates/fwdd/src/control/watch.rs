@@ -168,6 +168,8 @@ mod tests {
                 let started = Instant::now();
                 let mut worst = Duration::ZERO;
                 let mut n = 0u32;
+                // The fault lasts 900 ms, well past the 500 ms idle timeout: long
+                // enough for the stuck watcher to be disconnected meanwhile.
                 while started.elapsed() < Duration::from_millis(900) {
                     // Flip every forward's state: each diff is as big as it gets.
                     fake.set(|st| {
