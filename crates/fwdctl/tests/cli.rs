@@ -28,6 +28,7 @@ fn fake_daemon(sock: &Path, response: Option<Vec<u8>>) -> JoinHandle<String> {
         reader.read_line(&mut line).unwrap();
         match response {
             Some(r) => (&conn).write_all(&r).unwrap(),
+            // The fault: a daemon that holds the connection and never answers.
             None => std::thread::sleep(Duration::from_secs(8)),
         }
         line
