@@ -1013,9 +1013,7 @@ mod tests {
     #[tokio::test]
     async fn path_forward_rejects_bad_paths_before_sending() {
         // A peer that would fail the test if anything but the hello reached it.
-        let dir = std::env::temp_dir().join(format!("fwdssh-mux-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let (a, mut b) = UnixStream::pair().unwrap();
         let mut c = MuxClient {
             stream: a,
@@ -1039,7 +1037,7 @@ mod tests {
         }
         // A regular file at the listen path is never handed to the master (which,
         // with StreamLocalBindUnlink=yes, would delete it).
-        let file = dir.join("file");
+        let file = dir.path().join("file");
         std::fs::write(&file, b"keep me").unwrap();
         let e = c
             .open_local_path_forward(&file, "/r.sock")
@@ -1054,7 +1052,6 @@ mod tests {
         let mut rest = Vec::new();
         b.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "sent {rest:?}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

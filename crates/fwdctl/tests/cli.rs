@@ -2,9 +2,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,26 +17,6 @@ fn fwdctl(args: &[&str]) -> Output {
         .unwrap()
 }
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "fwdctl-cli-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Serves one connection: reads one line, answers with `response` (if any), returns the
 /// request line. With `None`, holds the connection open without answering.
 fn fake_daemon(sock: &Path, response: Option<Vec<u8>>) -> JoinHandle<String> {
@@ -49,6 +28,7 @@ fn fake_daemon(sock: &Path, response: Option<Vec<u8>>) -> JoinHandle<String> {
         reader.read_line(&mut line).unwrap();
         match response {
             Some(r) => (&conn).write_all(&r).unwrap(),
+            // The fault: a daemon that holds the connection and never answers.
             None => std::thread::sleep(Duration::from_secs(8)),
         }
         line
@@ -91,8 +71,8 @@ fn no_daemon_exits_2() {
 
 #[test]
 fn stale_socket_exits_2() {
-    let dir = TempDir::new();
-    let sock = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
     drop(UnixListener::bind(&sock).unwrap());
     let out = fwdctl(&["--socket", sock.to_str().unwrap(), "status"]);
     assert_eq!(out.status.code(), Some(2));
@@ -104,8 +84,8 @@ fn stale_socket_exits_2() {
 
 #[test]
 fn status_json_passes_status_through_and_exits_1_when_degraded() {
-    let dir = TempDir::new();
-    let sock = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
     let status = status_json();
     let server = fake_daemon(
         &sock,
@@ -124,8 +104,8 @@ fn status_json_passes_status_through_and_exits_1_when_degraded() {
 
 #[test]
 fn status_human_and_healthy_exit_0() {
-    let dir = TempDir::new();
-    let sock = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
     let mut st: fwd_proto::Status = serde_json::from_str(GOLDEN).unwrap();
     st.hosts.truncate(1);
     st.forwards
@@ -151,8 +131,8 @@ fn status_human_and_healthy_exit_0() {
 
 #[test]
 fn daemon_error_response_exits_2() {
-    let dir = TempDir::new();
-    let sock = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
     let server = fake_daemon(
         &sock,
         Some(b"{\"v\":1,\"ok\":false,\"error\":\"boom\"}\n".to_vec()),
@@ -168,8 +148,8 @@ fn daemon_error_response_exits_2() {
 
 #[test]
 fn wrong_protocol_version_exits_2() {
-    let dir = TempDir::new();
-    let sock = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
     let server = fake_daemon(&sock, Some(b"{\"v\":2,\"ok\":true}\n".to_vec()));
     let out = fwdctl(&["--socket", sock.to_str().unwrap(), "status"]);
     server.join().unwrap();
@@ -182,8 +162,8 @@ fn wrong_protocol_version_exits_2() {
 
 #[test]
 fn silent_daemon_times_out_with_2() {
-    let dir = TempDir::new();
-    let sock = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
     let _server = fake_daemon(&sock, None);
     let started = Instant::now();
     let out = fwdctl(&["--socket", sock.to_str().unwrap(), "status"]);
@@ -248,8 +228,8 @@ fn usage_and_help_to_a_pipe_have_no_colour() {
 /// An error message from the daemon reaches the terminal as one visible line.
 #[test]
 fn daemon_error_message_cannot_inject_escapes() {
-    let dir = TempDir::new();
-    let sock = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
     let server = fake_daemon(
         &sock,
         Some(b"{\"v\":1,\"ok\":false,\"error\":\"boom\\n\\u001b[32mall fine\\u009b\"}\n".to_vec()),
@@ -266,8 +246,8 @@ fn daemon_error_message_cannot_inject_escapes() {
 /// `wait`'s timeout line names hosts and containers the daemon reported: escaped.
 #[test]
 fn wait_timeout_line_escapes_remote_names() {
-    let dir = TempDir::new();
-    let sock = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
     let mut st: fwd_proto::Status = serde_json::from_str(GOLDEN).expect("golden");
     st.hosts[1].name = "staging\n\u{1b}[31mFAKE".into();
     // `wait` may ask more than once before its timeout: answer every request.
@@ -303,8 +283,8 @@ fn wait_timeout_line_escapes_remote_names() {
 /// An answer of the wrong kind points at mismatched releases.
 #[test]
 fn wrong_kind_of_answer_names_the_likely_cause() {
-    let dir = TempDir::new();
-    let sock = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
     let server = fake_daemon(
         &sock,
         Some(b"{\"v\":1,\"ok\":true,\"probe\":{\"port\":1}}\n".to_vec()),

@@ -817,12 +817,9 @@ mod tests {
     }
 
     fn load_toml(text: &str) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("fwdd-cfg-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        // One file per call: tests run in parallel and must not share one.
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = dir.join(format!("{n}.toml"));
+        // One directory per call: tests run in parallel and must not share a file.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("fwdd.toml");
         std::fs::write(&path, text).expect("write config");
         Config::load(CliOverrides {
             config_file: Some(path),
@@ -979,9 +976,8 @@ mod tests {
     /// A bad --log-format is blamed on the flag, not on the file's log_format line.
     #[test]
     fn a_bad_flag_is_not_blamed_on_the_file() {
-        let dir = std::env::temp_dir().join(format!("fwdd-cfg-flag-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("fwdd.toml");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("fwdd.toml");
         std::fs::write(
             &path,
             "log_format = \"text\"\n[[host]]\nurl = \"ssh://h\"\n",
@@ -1034,9 +1030,8 @@ mod render_tests {
         };
         let original = load(path);
         let text = super::render(&original);
-        let dir = std::env::temp_dir().join(format!("fwdd-render-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let copy = dir.join("rendered.toml");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let copy = dir.path().join("rendered.toml");
         std::fs::write(&copy, &text).expect("write");
         let again = load(copy);
         assert_eq!(again.hosts, original.hosts, "{text}");
@@ -1053,10 +1048,9 @@ mod render_tests {
     /// Rules and max_forwards are shown too, and load back to the same settings.
     #[test]
     fn rules_and_max_forwards_are_rendered() {
-        let dir = std::env::temp_dir().join(format!("fwdd-render-rules-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = tempfile::tempdir().expect("temp dir");
         let load = |text: &str, name: &str| {
-            let path = dir.join(name);
+            let path = dir.path().join(name);
             std::fs::write(&path, text).expect("write");
             super::Config::load(super::CliOverrides {
                 config_file: Some(path),

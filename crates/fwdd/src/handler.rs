@@ -1,5 +1,5 @@
 //! What the control server may ask of the daemon. The control socket code
-//! (control.rs) knows only this trait; the daemon implements it here.
+//! (`control/`) knows only this trait; the daemon implements it here.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -15,7 +15,7 @@ mod sleepwatch;
 mod status;
 mod systemd;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
@@ -130,12 +130,12 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format);
-    if let Err(e) = prepare_runtime_dir(&config.runtime_dir) {
-        eprintln!(
-            "fwdd: cannot use runtime directory {}: {e}; fix its owner and permissions \
-             or choose another with --runtime-dir / FWD_RUNTIME_DIR",
-            config.runtime_dir.display()
-        );
+    // The runtime directory holds sockets that grant use of the SSH
+    // connection: one policy for it, the one every socket binder applies too.
+    if let Err(e) =
+        private_socket::ensure_private_dir(&config.runtime_dir, fwd_proto::effective_uid())
+    {
+        eprintln!("fwdd: {e} (the runtime directory is set with --runtime-dir or FWD_RUNTIME_DIR)");
         return ExitCode::from(2);
     }
     for i in 0..config.hosts.len() {
@@ -185,24 +185,6 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
-}
-
-/// The runtime directory holds sockets that grant use of the SSH
-/// connection: it must be ours alone.
-fn prepare_runtime_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let md = std::fs::metadata(dir)?;
-    if md.uid() != nix::unistd::geteuid().as_raw() {
-        return Err(std::io::Error::other("it is owned by another user"));
-    }
-    if md.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
 }
 
 async fn run(

@@ -2,7 +2,9 @@
 //! the engine sockets): one policy for their directory, their files and
 //! their peers, shared by every server that binds one.
 //!
-//! * the directory is not writable by other users (created 0700 if missing);
+//! * the directory ([`ensure_private_dir`]) is a real directory owned by us
+//!   (or root) that nobody else can write: created 0700 if missing, tightened
+//!   to 0700 if it is ours;
 //! * a socket file is created 0600; an existing one is replaced only when it
 //!   is a stale socket (nothing answers), never when it is live or not a
 //!   socket at all;
@@ -68,6 +70,18 @@ impl Drop for SocketFileGuard {
     }
 }
 
+/// Makes sure `dir`, the runtime directory that holds the sockets, is fit to
+/// hold them, creating it (mode 0700, parents too) if missing. The one policy,
+/// used by `main` at startup and by [`bind`] for every socket:
+///
+/// * it is a real directory, not a symbolic link;
+/// * it is owned by `euid` (the daemon's effective uid) or by root;
+/// * nobody else can write in it: a directory of ours is tightened to 0700
+///   (owner-only, whatever it was); a root-owned directory that group or others
+///   may write is refused (we cannot fix it, and another user could replace
+///   our sockets; a sticky bit does not stop them from squatting a name).
+///
+/// Errors say what is wrong and what to do about it.
 pub fn ensure_private_dir(dir: &Path, euid: u32) -> io::Result<()> {
     match fs::DirBuilder::new()
         .recursive(true)
@@ -75,34 +89,109 @@ pub fn ensure_private_dir(dir: &Path, euid: u32) -> io::Result<()> {
         .create(dir)
     {
         Ok(()) => {}
+        // Something that is not a directory is in the way: judged below.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => {
             return Err(io::Error::new(
                 e.kind(),
-                format!("cannot create runtime directory {}: {e}", dir.display()),
+                format!(
+                    "cannot create runtime directory {}: {e}; create it (mode 0700) or \
+                 fix the permissions of its parent",
+                    dir.display()
+                ),
             ))
         }
     }
-    let md = fs::symlink_metadata(dir)?;
-    let bad = |why: String| {
-        Err(io::Error::new(
+    let md = fs::symlink_metadata(dir).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot inspect runtime directory {}: {e}", dir.display()),
+        )
+    })?;
+    let kind = if md.file_type().is_symlink() {
+        DirKind::Symlink
+    } else if md.is_dir() {
+        DirKind::Directory
+    } else {
+        DirKind::Other
+    };
+    match judge_dir(kind, md.uid(), md.mode(), euid) {
+        DirVerdict::Fine => Ok(()),
+        DirVerdict::Tighten => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot make runtime directory {} owner-only (mode 0700): {e}",
+                        dir.display()
+                    ),
+                )
+            })?;
+            info!(
+                dir = %dir.display(),
+                was = format!("{:o}", md.mode() & 0o7777),
+                "runtime directory made owner-only (0700)"
+            );
+            Ok(())
+        }
+        DirVerdict::Refuse(why) => Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!("refusing runtime directory {}: {why}", dir.display()),
-        ))
-    };
-    if !md.is_dir() {
-        return bad("not a directory (symlinks are not accepted)".into());
+        )),
     }
-    if md.uid() != euid && md.uid() != 0 {
-        return bad(format!("owned by uid {}, not by uid {euid}", md.uid()));
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DirKind {
+    Directory,
+    Symlink,
+    Other,
+}
+
+#[derive(Debug, PartialEq)]
+enum DirVerdict {
+    Fine,
+    /// Ours, but group or others have some access: chmod 0700.
+    Tighten,
+    Refuse(String),
+}
+
+/// The runtime directory policy, on what `lstat` said (see [`ensure_private_dir`]).
+fn judge_dir(kind: DirKind, owner: u32, mode: u32, euid: u32) -> DirVerdict {
+    match kind {
+        DirKind::Directory => {}
+        DirKind::Symlink => {
+            return DirVerdict::Refuse(
+                "it is a symbolic link; give the directory itself, not a link to it".into(),
+            )
+        }
+        DirKind::Other => {
+            return DirVerdict::Refuse(
+                "it exists and is not a directory; remove it or choose another path".into(),
+            )
+        }
     }
-    let mode = md.mode();
-    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-        return bad(format!(
-            "writable by other users (mode {:o}) without the sticky bit",
+    if owner == euid {
+        return if mode & 0o077 != 0 {
+            DirVerdict::Tighten
+        } else {
+            DirVerdict::Fine
+        };
+    }
+    if owner != 0 {
+        return DirVerdict::Refuse(format!(
+            "owned by uid {owner}, but fwdd runs as uid {euid}; \
+             chown it to uid {euid} or choose a directory of your own"
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return DirVerdict::Refuse(format!(
+            "owned by root and writable by other users (mode {:o}), who could \
+             take the sockets' names; choose a directory of your own",
             mode & 0o7777
         ));
     }
-    Ok(())
+    DirVerdict::Fine
 }
 
 fn remove_stale_socket(path: &Path, what: &str) -> io::Result<()> {
@@ -179,4 +268,69 @@ impl RefusalLog {
 /// Whether a peer uid may use the socket: our own effective uid, or root.
 pub fn uid_allowed(peer: u32, euid: u32) -> bool {
     peer == euid || peer == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_dir_policy() {
+        use DirKind::*;
+        use DirVerdict::*;
+        let me = 1000;
+        // Ours: fine when owner-only, tightened otherwise (read bits too).
+        assert_eq!(judge_dir(Directory, me, 0o40700, me), Fine);
+        for mode in [0o40755, 0o40770, 0o40777, 0o41777, 0o40701] {
+            assert_eq!(judge_dir(Directory, me, mode, me), Tighten, "{mode:o}");
+        }
+        // Root's: fine unless others may write, sticky or not.
+        assert_eq!(judge_dir(Directory, 0, 0o40755, me), Fine);
+        assert_eq!(judge_dir(Directory, 0, 0o40711, me), Fine);
+        for mode in [0o40775, 0o40757, 0o41777] {
+            let Refuse(why) = judge_dir(Directory, 0, mode, me) else {
+                panic!("{mode:o} accepted");
+            };
+            assert!(why.contains("writable by other users"), "{why}");
+            assert!(why.contains("choose a directory of your own"), "{why}");
+        }
+        // Root running fwdd owns a root directory: tightened like any owner's.
+        assert_eq!(judge_dir(Directory, 0, 0o40755, 0), Tighten);
+        // Anyone else's: refused, whatever the mode.
+        let Refuse(why) = judge_dir(Directory, 1001, 0o40700, me) else {
+            panic!("another user's directory accepted");
+        };
+        assert_eq!(
+            why,
+            "owned by uid 1001, but fwdd runs as uid 1000; \
+             chown it to uid 1000 or choose a directory of your own"
+        );
+        // Not a directory.
+        assert!(
+            matches!(judge_dir(Symlink, me, 0o120777, me), Refuse(w) if w.contains("symbolic link"))
+        );
+        assert!(
+            matches!(judge_dir(Other, me, 0o100600, me), Refuse(w) if w.contains("not a directory"))
+        );
+    }
+
+    #[test]
+    fn peer_policy() {
+        assert!(uid_allowed(1000, 1000));
+        assert!(uid_allowed(0, 1000));
+        assert!(uid_allowed(0, 0));
+        assert!(!uid_allowed(1001, 1000));
+        assert!(!uid_allowed(1000, 0));
+    }
+
+    #[test]
+    fn refusal_log_is_rate_limited() {
+        let mut log = RefusalLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.note(Some(5), t0), Some(0));
+        assert_eq!(log.note(Some(5), t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.note(Some(5), t0 + Duration::from_secs(2)), None);
+        assert_eq!(log.note(Some(6), t0 + Duration::from_secs(2)), Some(0));
+        assert_eq!(log.note(Some(5), t0 + Duration::from_secs(61)), Some(2));
+    }
 }

@@ -15,10 +15,9 @@ fn fwdd(args: &[&str]) -> (i32, String) {
     )
 }
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("fwdd-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+/// A scratch directory, removed when dropped (also when the test fails).
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().expect("scratch dir")
 }
 
 #[test]
@@ -37,8 +36,8 @@ fn a_bad_url_is_named() {
 
 #[test]
 fn a_bad_duration_in_the_file_names_the_key() {
-    let dir = scratch("dur");
-    let cfg = dir.join("fwdd.toml");
+    let dir = scratch();
+    let cfg = dir.path().join("fwdd.toml");
     std::fs::write(
         &cfg,
         "[[host]]\nurl = \"ssh://h\"\nhealth_interval = \"often\"\n",
@@ -51,11 +50,44 @@ fn a_bad_duration_in_the_file_names_the_key() {
 
 #[test]
 fn a_runtime_dir_too_long_for_a_control_socket_is_refused() {
-    let long = format!("/tmp/{}", "d".repeat(100));
-    let (code, err) = fwdd(&["--host", "ssh://h", "--runtime-dir", &long]);
+    let dir = scratch();
+    let long = dir.path().join("d".repeat(100));
+    let (code, err) = fwdd(&[
+        "--host",
+        "ssh://h",
+        "--runtime-dir",
+        long.to_str().expect("utf8 path"),
+    ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("shorter --runtime-dir"), "{err}");
-    let _ = std::fs::remove_dir_all(&long);
+}
+
+/// The runtime directory policy is checked before anything starts, and the
+/// message says what to change.
+#[test]
+fn an_unfit_runtime_dir_is_refused_at_start() {
+    let dir = scratch();
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).expect("mkdir");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").expect("write");
+    for (path, says) in [(&link, "symbolic link"), (&file, "not a directory")] {
+        let (code, err) = fwdd(&[
+            "--host",
+            "ssh://h",
+            "--runtime-dir",
+            path.to_str().expect("utf8 path"),
+        ]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.starts_with("fwdd: refusing runtime directory "),
+            "{err}"
+        );
+        assert!(err.contains(says), "{err}");
+        assert!(err.contains("--runtime-dir or FWD_RUNTIME_DIR"), "{err}");
+    }
 }
 
 #[test]
@@ -74,8 +106,8 @@ fn version_names_the_commit() {
 /// control socket's place is taken by a plain file) after logging is set up.
 #[test]
 fn logs_to_a_pipe_have_no_colour() {
-    let dir = scratch("nocolour");
-    let runtime = dir.join("rt");
+    let dir = scratch();
+    let runtime = dir.path().join("rt");
     std::fs::create_dir_all(&runtime).expect("runtime dir");
     std::fs::write(runtime.join("control.sock"), b"not a socket").expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_fwdd"))
@@ -90,14 +122,13 @@ fn logs_to_a_pipe_have_no_colour() {
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(log.contains("event=\"fatal\""), "{log}");
     assert!(!out.stderr.contains(&0x1b), "ESC in piped log: {log:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// check-config prints every effective setting, the rules and host caps included.
 #[test]
 fn check_config_prints_rules_and_max_forwards() {
-    let dir = scratch("check");
-    let cfg = dir.join("fwdd.toml");
+    let dir = scratch();
+    let cfg = dir.path().join("fwdd.toml");
     std::fs::write(
         &cfg,
         "[[rule]]\nports = \"9100-9199\"\naction = \"skip\"\n\
@@ -121,5 +152,4 @@ fn check_config_prints_rules_and_max_forwards() {
         "{text}"
     );
     assert!(text.contains("\nmax_forwards = 7\n"), "{text}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -148,6 +148,7 @@ fn wait_returns_as_soon_as_the_port_serves() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn fwdctl wait");
+    // Not synchronisation: the window in which wait must NOT return (nothing runs).
     std::thread::sleep(Duration::from_millis(1000));
     assert!(
         wait.try_wait().unwrap().is_none(),
@@ -225,6 +226,8 @@ fn wait_on_a_container_name_covers_all_its_ports() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn fwdctl wait");
+    // Not synchronisation: a head start so that the container usually appears while
+    // wait is already waiting (the case of interest); the test holds either way.
     std::thread::sleep(Duration::from_millis(500));
     let id = host.run(&[
         "--name",
@@ -405,12 +408,26 @@ fn reconnect_replaces_the_master_and_resync_answers() {
     );
     let out = fwdctl(&fwdd, &["resync", "nope"]);
     assert_eq!(out.status.code(), Some(1));
-    // Resync keeps existing forwards.
+    // Resync keeps existing forwards: the same binding, never released and bound
+    // again (that would give it a new `since_ms`).
     host.httpd(&["20340:8080"]);
     assert_eq!(fwdd.wait_http(20340), "hello\n");
+    let before = fwdd.wait_forward_state(20340, ForwardState::Active);
     assert_eq!(fwdctl(&fwdd, &["resync"]).status.code(), Some(0));
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(fwdd.wait_http(20340), "hello\n");
+    // When the resync is over: the host reads events only while no operation is in
+    // flight, and a resync's listing and inspects follow one another without a gap,
+    // so a container started after `fwdctl resync` returned is seen only after the
+    // resync ended. Its forward going active is the resync's end, observed.
+    host.httpd(&["20341:8080"]);
+    fwdd.wait_forward_state(20341, ForwardState::Active);
+    let after = fwdd.forward(20340).expect("forward 20340 still listed");
+    assert_eq!(after.state, ForwardState::Active, "{after:?}");
+    assert_eq!(after.container_id, before.container_id, "{after:?}");
+    assert_eq!(
+        after.since_ms, before.since_ms,
+        "forward 20340 was bound again: {before:?} → {after:?}"
+    );
+    assert_eq!(host.http_get(20340).expect("GET after resync"), "hello\n");
 }
 
 #[test]

@@ -83,6 +83,7 @@ fn a_minute_without_link_rebuilds_the_connection_without_spinning_and_catches_up
     // Started while the runner cannot see the host.
     host.httpd(&["20202:8080"]);
     let remaining = Duration::from_secs(60).saturating_sub(down_at.elapsed());
+    // The fault's duration (a minute without a link), not synchronisation.
     std::thread::sleep(remaining);
     // No link, no retries: only the failure that ended the master.
     let st = fwdd.status().expect("status");
@@ -126,6 +127,7 @@ fn a_black_hole_is_detected_by_the_health_probe_and_recovered_from() {
         st.hosts[0].master.state != MasterState::Connected
     });
     eprintln!("RECOVERY black hole: detected after {:?}", t0.elapsed());
+    // The fault's duration, not synchronisation.
     std::thread::sleep(Duration::from_secs(10));
     host.drop_packets(false);
     let t1 = Instant::now();
@@ -176,6 +178,7 @@ fn a_refused_key_is_permanent_shown_once_and_not_hammered() {
             .is_some_and(|e| e.kind == "auth_refused" && e.class == "permanent")
     });
     let attempts_then = host.sshd_connection_attempts();
+    // The window in which no retry may happen, not synchronisation.
     std::thread::sleep(Duration::from_secs(30));
     let attempts = host.sshd_connection_attempts() - attempts_then;
     assert_eq!(attempts, 0, "kept knocking with a refused key");
