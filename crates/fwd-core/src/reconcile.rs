@@ -243,7 +243,9 @@ mod tests {
     fn apply(held: &mut BTreeMap<u16, Held>, actions: &[Action], taken: &[u16], now: Instant) {
         for a in actions {
             match a {
-                Action::Bind(c) => {
+                // A rebind closes the old listeners first: the same as a
+                // fresh bind for what is held afterwards.
+                Action::Bind(c) | Action::Rebind(c) => {
                     let bound = !taken.contains(&c.local_port);
                     held.insert(
                         c.local_port,
@@ -258,18 +260,6 @@ mod tests {
                     if let Some(h) = held.get_mut(&c.local_port) {
                         h.owner = c.clone();
                     }
-                }
-                Action::Rebind(c) => {
-                    held.remove(&c.local_port);
-                    let bound = !taken.contains(&c.local_port);
-                    held.insert(
-                        c.local_port,
-                        Held {
-                            owner: c.clone(),
-                            bound,
-                            retry_at: (!bound).then(|| now + Duration::from_secs(3)),
-                        },
-                    );
                 }
                 Action::Release(p) => {
                     held.remove(p);

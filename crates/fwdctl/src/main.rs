@@ -218,17 +218,20 @@ struct RawStatus<'a> {
     status: &'a serde_json::value::RawValue,
 }
 
-fn status(socket: &std::path::Path, json: bool) -> Result<i32> {
+/// Asks fwdd for its status: the decoded snapshot and the line as sent.
+fn fetch_status(socket: &std::path::Path) -> Result<(fwd_proto::Status, Vec<u8>)> {
     let line = client::request(socket, &Request::Status, client::REQUEST_TIMEOUT)?;
-    let status = match decode_response(&line)
+    match decode_response(&line)
         .map_err(|e| anyhow!("bad answer from fwdd ({}): {e}", socket.display()))?
     {
-        Response::Status(st) => st,
-        Response::Error { message, .. } => {
-            return Err(anyhow!("fwdd refused the request: {message}"))
-        }
-        other => return Err(client::unexpected_answer(&other)),
-    };
+        Response::Status(st) => Ok((st, line)),
+        Response::Error { message, .. } => Err(anyhow!("fwdd refused the request: {message}")),
+        other => Err(client::unexpected_answer(&other)),
+    }
+}
+
+fn status(socket: &std::path::Path, json: bool) -> Result<i32> {
+    let (status, line) = fetch_status(socket)?;
     let mut out = std::io::stdout().lock();
     if json {
         let raw: RawStatus = serde_json::from_slice(&line).context("bad answer from fwdd")?;
@@ -255,16 +258,7 @@ fn wait(socket: &std::path::Path, targets: &[wait::Target], timeout: Duration) -
 }
 
 fn env_command(socket: &std::path::Path, host: Option<&str>, format: env::Format) -> Result<i32> {
-    let line = client::request(socket, &Request::Status, client::REQUEST_TIMEOUT)?;
-    let status = match decode_response(&line)
-        .map_err(|e| anyhow!("bad answer from fwdd ({}): {e}", socket.display()))?
-    {
-        Response::Status(st) => st,
-        Response::Error { message, .. } => {
-            return Err(anyhow!("fwdd refused the request: {message}"))
-        }
-        other => return Err(client::unexpected_answer(&other)),
-    };
+    let (status, _) = fetch_status(socket)?;
     match env::variables(&status, host).and_then(|vars| env::render(&vars, format)) {
         Ok(text) => {
             let mut out = std::io::stdout().lock();

@@ -99,15 +99,21 @@ async fn open_stream_local(host: &Host) -> Result<(DockerApi, DockerChannel), Fa
     ))
 }
 
-async fn open_dial_stdio(host: &Host) -> Result<(DockerApi, DockerChannel), Failure> {
-    let remote = fwd_ssh::spawn_remote(&host.control_path, fwd_docker::DIAL_STDIO_COMMAND)
+/// A session running the constant `command`; failing to open one says the
+/// master is in trouble, not Docker.
+async fn open_session(host: &Host, command: &str) -> Result<fwd_ssh::RemoteProcess, Failure> {
+    fwd_ssh::spawn_remote(&host.control_path, command)
         .await
         .map_err(|e| {
             Failure::new(
                 FailureKind::MasterDied,
                 format!("opening a session on the master failed: {e}"),
             )
-        })?;
+        })
+}
+
+async fn open_dial_stdio(host: &Host) -> Result<(DockerApi, DockerChannel), Failure> {
+    let remote = open_session(host, fwd_docker::DIAL_STDIO_COMMAND).await?;
     let stderr_tail = Rc::new(RefCell::new(VecDeque::new()));
     let tail = stderr_tail.clone();
     let host_key = host.key.clone();
@@ -367,14 +373,7 @@ async fn discover_engine(host: &Host) -> Result<Option<String>, Failure> {
 /// stdout and stderr.
 async fn run_remote(host: &Host, command: &str) -> Result<(Option<u32>, String, String), Failure> {
     use tokio::io::AsyncReadExt;
-    let mut remote = fwd_ssh::spawn_remote(&host.control_path, command)
-        .await
-        .map_err(|e| {
-            Failure::new(
-                FailureKind::MasterDied,
-                format!("opening a session on the master failed: {e}"),
-            )
-        })?;
+    let mut remote = open_session(host, command).await?;
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut stdout = (&mut remote.stdio).take(4096);
     let mut stderr = (&mut remote.stderr).take(4096);
