@@ -3,7 +3,8 @@
 //! issue 6. It is a report, not a test: run it through `scripts/bench.sh`.
 //!
 //! Every loop is bounded in count and in time; all traffic goes to the runner
-//! namespace's loopback (through fwdd or an `ssh -L` listener of the same master).
+//! namespace's loopback (through fwdd or an `ssh -L` listener), except the no-SSH floor
+//! of the connection burst, which connects to the published port in the remote netns.
 //!
 //! Usage: `fwd-bench [--only NAME,NAME…] [--seq N] [--kill N] [--burst N] [--conns N]
 //! [--many N] [--many-ports K] [--idle-secs S] [--bytes-mib M] [--engine-ps N]
