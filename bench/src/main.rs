@@ -3,15 +3,21 @@
 //! issue 6. It is a report, not a test: run it through `scripts/bench.sh`.
 //!
 //! Every loop is bounded in count and in time; all traffic goes to the runner
-//! namespace's loopback (through fwdd or an `ssh -L` listener of the same master).
+//! namespace's loopback (through fwdd or an `ssh -L` listener), except the no-SSH floor
+//! of the connection burst, which connects to the published port in the remote netns.
 //!
 //! Usage: `fwd-bench [--only NAME,NAME…] [--seq N] [--kill N] [--burst N] [--conns N]
 //! [--many N] [--many-ports K] [--idle-secs S] [--bytes-mib M] [--engine-ps N]
-//! [--cp-mib M] [--cp-runs N]`
+//! [--cp-mib M] [--cp-runs N] [--startup N] [--late N] [--conn-burst N]
+//! [--conn-burst-trials N]`
 //! with `FWD_SANDBOX=DIR/env` set. Names: start, kill, burst, setup, throughput,
-//! engine, master, link, many (many also measures memory and the idle minute).
+//! engine, master, link, many (many also measures memory and the idle minute),
+//! startup. `burst` is both bursts: containers started back to back (issue 6) and
+//! connections at a master kill (issue 11, after `master` and `link`, on its own fwdd).
 
+mod connburst;
 mod engine;
+mod startup;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -51,6 +57,10 @@ struct Opts {
     engine_ps: usize,
     cp_mib: u64,
     cp_runs: usize,
+    startup: usize,
+    late: usize,
+    conn_burst: usize,
+    conn_burst_trials: usize,
 }
 
 impl Opts {
@@ -70,6 +80,10 @@ impl Opts {
             engine_ps: 20,
             cp_mib: 1024,
             cp_runs: 2,
+            startup: 30,
+            late: 3,
+            conn_burst: 500,
+            conn_burst_trials: 3,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -93,6 +107,10 @@ impl Opts {
                 "--engine-ps" => o.engine_ps = num(),
                 "--cp-mib" => o.cp_mib = num() as u64,
                 "--cp-runs" => o.cp_runs = num(),
+                "--startup" => o.startup = num(),
+                "--late" => o.late = num(),
+                "--conn-burst" => o.conn_burst = num(),
+                "--conn-burst-trials" => o.conn_burst_trials = num(),
                 "--quickack" => {
                     o.quickack = true;
                     i += 1;
@@ -114,6 +132,10 @@ impl Opts {
         o.engine_ps = o.engine_ps.clamp(1, 200);
         o.cp_mib = o.cp_mib.clamp(1, 4096);
         o.cp_runs = o.cp_runs.clamp(1, 5);
+        o.startup = o.startup.clamp(1, 100);
+        o.late = o.late.min(10);
+        o.conn_burst = o.conn_burst.clamp(1, 2000);
+        o.conn_burst_trials = o.conn_burst_trials.clamp(1, 10);
         o
     }
 
@@ -533,6 +555,11 @@ struct Fwdd {
 
 impl Fwdd {
     fn spawn(host: &TestHost, bin_dir: &Path) -> Fwdd {
+        Fwdd::spawn_env(host, bin_dir, &[])
+    }
+
+    /// [`Fwdd::spawn`] with extra environment variables (e.g. `FWD_LOG`).
+    fn spawn_env(host: &TestHost, bin_dir: &Path, env: &[(&str, &str)]) -> Fwdd {
         let runtime_dir = host.dir.join("rt");
         let log = host.dir.join("fwdd.log");
         let log_file = File::create(&log).expect("create fwdd log");
@@ -548,6 +575,9 @@ impl Fwdd {
             .stdout(Stdio::null())
             .stderr(log_file);
         // FWD_LOG passes through from the environment (default: info).
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let child = cmd.spawn().expect("spawn fwdd");
         Fwdd {
             child,
@@ -608,6 +638,10 @@ impl Fwdd {
             .into_iter()
             .find(|f| f.local_port == port && f.state == ForwardState::Active)
             .map(|f| f.remote)
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn log_lines(&self) -> usize {
@@ -1301,8 +1335,18 @@ impl Ctx<'_> {
 
 /// TcpExt DelayedACKs of a network namespace (from /proc/net/netstat seen in it).
 fn delayed_acks(ns: &str) -> u64 {
+    tcp_ext(ns, "DelayedACKs")
+}
+
+/// A TcpExt counter of a network namespace (from /proc/net/netstat seen in it).
+fn tcp_ext(ns: &str, name: &str) -> u64 {
     let text = fwd_e2e::in_netns(ns, || fs::read_to_string("/proc/thread-self/net/netstat"))
         .unwrap_or_default();
+    tcp_ext_in(&text, name)
+}
+
+/// A TcpExt counter from the text of a `net/netstat` file.
+fn tcp_ext_in(text: &str, name: &str) -> u64 {
     let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
     if lines.len() < 2 {
         return 0;
@@ -1311,7 +1355,7 @@ fn delayed_acks(ns: &str) -> u64 {
     let vals = lines[1].split_whitespace();
     names
         .zip(vals)
-        .find(|(n, _)| *n == "DelayedACKs")
+        .find(|(n, _)| *n == name)
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0)
 }
@@ -1384,6 +1428,9 @@ fn main() {
     if opts.wants("burst") {
         ctx.burst(opts.burst);
     }
+    if opts.wants("startup") {
+        ctx.startup(&fwdd, opts.startup, opts.late);
+    }
     if opts.wants("setup") || opts.wants("throughput") {
         ctx.versus_ssh_l(
             &fwdd,
@@ -1408,6 +1455,10 @@ fn main() {
         delayed_acks(&host.runner_ns).saturating_sub(delacks0)
     ));
     ctx.rm_all();
+    if opts.wants("burst") {
+        // Its own fwdd per trial: the kill must be the host's first failure.
+        ctx.conn_burst(opts.conn_burst, opts.conn_burst_trials);
+    }
     if opts.wants("many") {
         ctx.many(opts.many, opts.many_ports, opts.idle_secs);
     }
