@@ -245,15 +245,21 @@ fn another_user_is_refused_and_sighup_keeps_the_socket() {
     let host = sandbox_host!("engine_peer");
     let fwdd = Fwdd::start(&host);
     let sock = engine_socket(&fwdd);
-    // Let another uid reach the socket file at all, so fwdd's own peer
-    // check is what stands in its way.
+    // Let another uid reach the socket at all, so that fwdd's own peer
+    // check is what stands in its way: a hard link in a directory anyone
+    // may enter (the sandbox's own directories may be private), and the
+    // socket's mode opened.
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&fwdd.runtime_dir, std::fs::Permissions::from_mode(0o711))
-        .expect("chmod dir");
+    let public = PathBuf::from(format!("/tmp/fwd-e2e-peer-{}", host.label));
+    let _ = std::fs::remove_dir_all(&public);
+    std::fs::create_dir_all(&public).expect("public dir");
+    std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let link = public.join("docker.sock");
+    std::fs::hard_link(&sock, &link).expect("hard link to the socket");
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let out = Command::new("docker")
-        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
-        .env("DOCKER_CONFIG", "/tmp/fwd-e2e-nobody-docker-config")
+        .env("DOCKER_HOST", format!("unix://{}", link.display()))
+        .env("DOCKER_CONFIG", public.join("docker-config"))
         .args(["version", "--format", "{{.Server.Version}}"])
         .uid(65534)
         .gid(65534)
@@ -267,8 +273,8 @@ fn another_user_is_refused_and_sighup_keeps_the_socket() {
     wait_until(Duration::from_secs(5), "refusal logged", || {
         fwdd.log_text().contains("engine_peer_refused")
     });
-    std::fs::set_permissions(&fwdd.runtime_dir, std::fs::Permissions::from_mode(0o700))
-        .expect("chmod dir back");
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).expect("chmod back");
+    let _ = std::fs::remove_dir_all(&public);
 
     let inode = |p: &Path| {
         use std::os::unix::fs::MetadataExt;
