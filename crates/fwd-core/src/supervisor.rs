@@ -422,6 +422,18 @@ impl Health {
         }
     }
 
+    /// A failure, retried at `next_retry`: the stream is down until then.
+    fn failed(&mut self, f: &Failure, failures: u32, next_retry: Instant, now: Instant) {
+        self.stream = StreamPhase::Down;
+        self.consecutive_failures = failures;
+        self.last_error = Some(LastError {
+            kind: f.kind,
+            message: f.message.clone(),
+            at: now,
+        });
+        self.next_retry = Some(next_retry);
+    }
+
     fn set_master(&mut self, phase: MasterPhase, now: Instant) {
         if self.master != phase {
             self.master = phase;
@@ -971,19 +983,9 @@ impl HostMachine {
             }
         };
         let failures = self.backoff.failures();
-        {
-            let h = &mut self.health;
-            h.set_master(MasterPhase::Backoff, now);
-            h.stream = StreamPhase::Down;
-            h.master_pid = None;
-            h.consecutive_failures = failures;
-            h.last_error = Some(LastError {
-                kind: f.kind,
-                message: f.message.clone(),
-                at: now,
-            });
-            h.next_retry = Some(now + delay);
-        }
+        self.health.set_master(MasterPhase::Backoff, now);
+        self.health.master_pid = None;
+        self.health.failed(&f, failures, now + delay, now);
         self.health_changed = true;
         match self.episodes.on_failure(f.kind.as_str(), now) {
             Verdict::Log => self.log(Record::LinkFailed {
@@ -1063,18 +1065,9 @@ impl HostMachine {
             .record_uptime(now.saturating_duration_since(self.channels_started));
         let r = self.unit_random();
         let delay = self.channel_backoff.next_delay(r);
-        {
-            let h = &mut self.health;
-            h.stream = StreamPhase::Down;
-            h.stream_restarts += 1;
-            h.consecutive_failures = self.channel_backoff.failures();
-            h.last_error = Some(LastError {
-                kind: f.kind,
-                message: f.message.clone(),
-                at: now,
-            });
-            h.next_retry = Some(now + delay);
-        }
+        self.health.stream_restarts += 1;
+        let failures = self.channel_backoff.failures();
+        self.health.failed(&f, failures, now + delay, now);
         self.health_changed = true;
         match self.channel_episodes.on_failure(f.kind.as_str(), now) {
             Verdict::Log => self.log(Record::StreamRestarting {
