@@ -21,9 +21,8 @@ mod startup;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,7 +31,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fwd_e2e::{netns_path, run_ok, Sandbox, TestHost};
-use fwd_proto::{ForwardState, MasterState, Request, Response, Status};
+use fwd_proto::{ForwardState, MasterState, Status};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -595,18 +594,8 @@ impl Fwdd {
     }
 
     fn status(&self) -> Option<Status> {
-        let mut s =
-            UnixStream::connect(self.runtime_dir.join(fwd_proto::CONTROL_SOCKET_NAME)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(&fwd_proto::encode_request(&Request::Status))
-            .ok()?;
-        let mut line = Vec::new();
-        BufReader::new(s).read_until(b'\n', &mut line).ok()?;
-        match fwd_proto::decode_response(&line).ok()? {
-            Response::Status(st) => Some(st),
-            #[allow(unreachable_patterns)]
-            _ => None,
-        }
+        let socket = self.runtime_dir.join(fwd_proto::CONTROL_SOCKET_NAME);
+        fwd_client::status(&socket, Duration::from_secs(5)).ok()
     }
 
     fn master_pid(&self) -> Option<u32> {

@@ -1,6 +1,6 @@
 //! `fwdctl`: command-line client of the fwdd control socket.
 
-mod client;
+use fwd_client as client;
 mod env;
 mod human;
 mod wait;
@@ -226,7 +226,7 @@ fn fetch_status(socket: &std::path::Path) -> Result<(fwd_proto::Status, Vec<u8>)
     {
         Response::Status(st) => Ok((st, line)),
         Response::Error { message, .. } => Err(anyhow!("fwdd refused the request: {message}")),
-        other => Err(client::unexpected_answer(&other)),
+        other => Err(client::unexpected_answer(&other).into()),
     }
 }
 
@@ -288,7 +288,7 @@ fn host_command(socket: &std::path::Path, req: Request) -> Result<i32> {
         Response::Error { message, .. } => {
             return Err(anyhow!("fwdd refused the request: {message}"))
         }
-        other => return Err(client::unexpected_answer(&other)),
+        other => return Err(client::unexpected_answer(&other).into()),
     };
     if hosts.is_empty() {
         println!("no hosts configured, nothing to do");

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::client;
+use fwd_client as client;
 
 /// How often the daemon is asked while waiting.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -216,14 +216,7 @@ pub enum Outcome {
 }
 
 fn fetch_status(socket: &Path) -> Result<Status> {
-    let line = client::request(socket, &Request::Status, client::REQUEST_TIMEOUT)?;
-    match decode_response(&line)
-        .map_err(|e| anyhow!("bad answer from fwdd ({}): {e}", socket.display()))?
-    {
-        Response::Status(st) => Ok(st),
-        Response::Error { message, .. } => Err(anyhow!("fwdd refused the request: {message}")),
-        other => Err(client::unexpected_answer(&other)),
-    }
+    Ok(client::status(socket, client::REQUEST_TIMEOUT)?)
 }
 
 /// `Ok(Ok(()))` answered, `Ok(Err(why))` not (yet), `Err` trouble with the daemon.
@@ -237,7 +230,7 @@ fn probe(socket: &Path, port: u16, timeout: Duration) -> Result<Result<(), Strin
             Ok(Err(message))
         }
         Response::Error { message, .. } => Err(anyhow!("fwdd refused the request: {message}")),
-        other => Err(client::unexpected_answer(&other)),
+        other => Err(client::unexpected_answer(&other).into()),
     }
 }
 

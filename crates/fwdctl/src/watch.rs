@@ -5,8 +5,8 @@ use fwd_proto::{decode_response, Event, ForwardStatus, MasterState, Request, Res
 use std::io::Write;
 use std::path::Path;
 
-use crate::client::LineStream;
 use crate::human;
+use fwd_client::LineStream;
 use fwd_proto::term::for_terminal;
 
 /// `HH:MM:SS` in local time.
@@ -180,7 +180,7 @@ pub fn run(socket: &Path, json: bool) -> Result<i32> {
         if first {
             match &decoded {
                 Ok(Response::Event(Event::Snapshot { .. })) => {}
-                Ok(other) => return Err(crate::client::unexpected_answer(other)),
+                Ok(other) => return Err(fwd_client::unexpected_answer(other).into()),
                 Err(e) => bail!("bad answer from fwdd ({}): {e}", socket.display()),
             }
             conn.no_read_timeout()?;

@@ -11,7 +11,7 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use fwd_e2e::{wait_until, TestHost};
-use fwd_proto::{ForwardState, ForwardStatus, MasterState, Request, Response, Status};
+use fwd_proto::{ForwardState, ForwardStatus, MasterState, Status};
 
 /// Path of a workspace binary (a package's binary of the same name), built
 /// once per test process. The e2e crate cannot depend on binaries of other
@@ -113,16 +113,7 @@ impl<'a> Fwdd<'a> {
 
     /// One `status` request over the control socket.
     pub fn status(&self) -> Option<Status> {
-        let mut s = UnixStream::connect(self.control_socket()).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(&fwd_proto::encode_request(&Request::Status))
-            .ok()?;
-        let mut line = Vec::new();
-        BufReader::new(s).read_until(b'\n', &mut line).ok()?;
-        match fwd_proto::decode_response(&line).ok()? {
-            Response::Status(st) => Some(st),
-            _ => None,
-        }
+        fwd_client::status(&self.control_socket(), Duration::from_secs(5)).ok()
     }
 
     pub fn master_state(&self) -> Option<MasterState> {

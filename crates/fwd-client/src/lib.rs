@@ -1,12 +1,30 @@
-//! Blocking client of the control socket: one request, one response line; or a stream
-//! of lines for `watch`.
+//! Blocking client of fwdd's control socket: one request, one response line;
+//! or a stream of lines for `watch`. The one client of the control API:
+//! fwdctl, the end-to-end tests and the bench all talk to fwdd through it.
+//! Every error says what failed and, where there is one, what to do.
 
-use anyhow::{bail, Context, Result};
-use fwd_proto::{encode_request, Request};
+use fwd_proto::{decode_response, encode_request, Request, Response, Status};
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Why a request failed, in words for a person (the next step included).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientError(String);
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+macro_rules! fail {
+    ($($t:tt)*) => { ClientError(format!($($t)*)) };
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        fail!("I/O error on the fwdd control socket: {e}")
+    }
+}
 
 /// Time allowed for a whole request: connect, send, and the complete response.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,8 +46,8 @@ pub fn resolve_socket(
 }
 
 /// fwdd answered with a response of the wrong kind for the request.
-pub fn unexpected_answer(other: &fwd_proto::Response) -> anyhow::Error {
-    anyhow::anyhow!(
+pub fn unexpected_answer(other: &fwd_proto::Response) -> ClientError {
+    fail!(
         "unexpected answer from fwdd: {other:?}; are fwdd and fwdctl from different \
          releases? use the same release of both"
     )
@@ -40,15 +58,15 @@ fn connect(path: &Path) -> Result<UnixStream> {
         let p = path.display();
         match e.kind() {
             io::ErrorKind::NotFound => {
-                anyhow::anyhow!("fwdd is not running (no control socket at {p})")
+                fail!("fwdd is not running (no control socket at {p})")
             }
-            io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
-                "fwdd is not running (control socket {p} exists but nothing accepts on it)"
-            ),
-            io::ErrorKind::PermissionDenied => anyhow::anyhow!(
-                "permission denied on control socket {p} (is fwdd running as another user?)"
-            ),
-            _ => anyhow::anyhow!("cannot connect to fwdd control socket {p}: {e}"),
+            io::ErrorKind::ConnectionRefused => {
+                fail!("fwdd is not running (control socket {p} exists but nothing accepts on it)")
+            }
+            io::ErrorKind::PermissionDenied => {
+                fail!("permission denied on control socket {p} (is fwdd running as another user?)")
+            }
+            _ => fail!("cannot connect to fwdd control socket {p}: {e}"),
         }
     })
 }
@@ -62,7 +80,7 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Vec<u8>>
             .filter(|d| !d.is_zero())
     };
     let timed_out = || {
-        anyhow::anyhow!(
+        fail!(
             "fwdd did not answer within {}s (control socket {})",
             timeout.as_secs_f64(),
             path.display()
@@ -74,7 +92,7 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Vec<u8>>
         .write_all(&encode_request(req))
         .map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(),
-            _ => anyhow::anyhow!("cannot send request to fwdd ({}): {e}", path.display()),
+            _ => fail!("cannot send request to fwdd ({}): {e}", path.display()),
         })?;
     let mut line = Vec::with_capacity(8192);
     let mut chunk = [0u8; 16 * 1024];
@@ -94,16 +112,13 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Vec<u8>>
             {
                 return Err(timed_out())
             }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("reading from fwdd ({}) failed", path.display()))
-            }
+            Err(e) => return Err(fail!("reading from fwdd ({}) failed: {e}", path.display())),
         };
         if n == 0 {
-            bail!(
+            return Err(fail!(
                 "fwdd closed the connection without answering (control socket {})",
                 path.display()
-            );
+            ));
         }
         if let Some(i) = chunk[..n].iter().position(|&b| b == b'\n') {
             line.extend_from_slice(&chunk[..i]);
@@ -111,8 +126,20 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Vec<u8>>
         }
         line.extend_from_slice(&chunk[..n]);
         if line.len() > MAX_RESPONSE {
-            bail!("response from fwdd exceeds {MAX_RESPONSE} bytes");
+            return Err(fail!("response from fwdd exceeds {MAX_RESPONSE} bytes"));
         }
+    }
+}
+
+/// `status`, decoded: what fwdctl, the tests and the bench ask most.
+pub fn status(path: &Path, timeout: Duration) -> Result<Status> {
+    let line = request(path, &Request::Status, timeout)?;
+    match decode_response(&line)
+        .map_err(|e| fail!("bad answer from fwdd ({}): {e}", path.display()))?
+    {
+        Response::Status(st) => Ok(st),
+        Response::Error { message, .. } => Err(fail!("fwdd refused the request: {message}")),
+        other => Err(unexpected_answer(&other)),
     }
 }
 
@@ -129,7 +156,7 @@ impl LineStream {
         stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
         stream
             .write_all(&encode_request(req))
-            .with_context(|| format!("cannot send request to fwdd ({})", path.display()))?;
+            .map_err(|e| fail!("cannot send request to fwdd ({}): {e}", path.display()))?;
         stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
         Ok(LineStream {
             reader: io::BufReader::new(stream),
@@ -158,16 +185,17 @@ impl LineStream {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    bail!(
+                    return Err(fail!(
                         "fwdd did not answer within {}s (control socket {})",
                         REQUEST_TIMEOUT.as_secs(),
                         self.path.display()
-                    )
+                    ))
                 }
                 Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("reading from fwdd ({}) failed", self.path.display())
-                    })
+                    return Err(fail!(
+                        "reading from fwdd ({}) failed: {e}",
+                        self.path.display()
+                    ))
                 }
             }
         };
@@ -176,7 +204,7 @@ impl LineStream {
         }
         if line.last() != Some(&b'\n') {
             if line.len() > MAX_RESPONSE {
-                bail!("response from fwdd exceeds {MAX_RESPONSE} bytes");
+                return Err(fail!("response from fwdd exceeds {MAX_RESPONSE} bytes"));
             }
             return Ok(None); // cut off mid-line: the daemon went away
         }
