@@ -217,34 +217,10 @@ fn now_ns() -> i128 {
         .as_nanos() as i128
 }
 
-/// Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-/// Parses Docker's `2026-11-23T15:55:01.123456789Z` into ns since the epoch.
+/// Docker's `2026-11-23T15:55:01.123456789Z` in ns since the epoch: the
+/// daemon's own parser, so the bench reads times exactly as fwdd does.
 fn parse_docker_time(s: &str) -> Option<i128> {
-    let s = s.trim();
-    let (date, rest) = s.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, mo, da) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let rest = rest.strip_suffix('Z')?;
-    let (hms, frac) = rest.split_once('.').unwrap_or((rest, ""));
-    let mut t = hms.split(':').map(|x| x.parse::<i64>());
-    let (h, mi, se) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let mut frac: String = frac.chars().take(9).collect();
-    while frac.len() < 9 {
-        frac.push('0');
-    }
-    let nanos: i128 = frac.parse().ok()?;
-    let secs = days_from_civil(y, mo, da) * 86400 + h * 3600 + mi * 60 + se;
-    Some(secs as i128 * 1_000_000_000 + nanos)
+    fwd_docker::parse::parse_rfc3339_nanos(s.trim()).map(i128::from)
 }
 
 /// `State.<field>` (StartedAt / FinishedAt) of each container, in ns since the epoch.
