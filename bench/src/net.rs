@@ -1,0 +1,167 @@
+//! Network helpers: connections in the runner namespace, the HTTP probe and
+//! the prober that runs one every few milliseconds, TCP counters.
+
+#[allow(unused_imports)]
+use super::*;
+
+pub(crate) fn local(port: u16) -> SocketAddr {
+    (Ipv4Addr::LOCALHOST, port).into()
+}
+
+/// Spawns a thread that enters the network namespace `ns` and runs `f`. Threads it
+/// spawns in turn inherit the namespace.
+pub(crate) fn spawn_in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let path = netns_path(ns);
+    let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    thread::spawn(move || {
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// Connect, send an HTTP request, read the first byte of the answer.
+pub(crate) fn first_byte(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(HTTP_REQ)?;
+    let mut b = [0u8; 1];
+    match s.read(&mut b)? {
+        0 => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outcome {
+    Ok,
+    Refused,
+    Failed(String),
+}
+
+/// A full HTTP GET; `Ok` only for a 2xx answer.
+pub(crate) fn http_probe(addr: SocketAddr) -> Outcome {
+    let run = || -> io::Result<bool> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.set_write_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(HTTP_REQ)?;
+        let mut buf = Vec::new();
+        s.take(64 * 1024).read_to_end(&mut buf)?;
+        Ok(buf.starts_with(b"HTTP/1.") && buf.get(9) == Some(&b'2'))
+    };
+    match run() {
+        Ok(true) => Outcome::Ok,
+        Ok(false) => Outcome::Failed("no 2xx answer".into()),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Outcome::Refused,
+        Err(e) => Outcome::Failed(e.kind().to_string()),
+    }
+}
+
+pub(crate) struct Probe {
+    pub(crate) start: Instant,
+    pub(crate) end: Instant,
+    pub(crate) outcome: Outcome,
+}
+
+/// Starts one HTTP probe every `interval` (each on its own thread, so a probe that waits
+/// does not delay the next), at most `max` of them, until stopped.
+pub(crate) struct Prober {
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) results: Arc<Mutex<Vec<Probe>>>,
+    pub(crate) handle: Option<JoinHandle<()>>,
+}
+
+impl Prober {
+    pub(crate) fn start(ns: &str, port: u16, interval: Duration, max: usize) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let (st, res) = (stop.clone(), results.clone());
+        let handle = spawn_in_ns(ns, move || {
+            let mut kids = Vec::new();
+            while !st.load(Ordering::SeqCst) && kids.len() < max {
+                let res = res.clone();
+                kids.push(thread::spawn(move || {
+                    let start = Instant::now();
+                    let outcome = http_probe(local(port));
+                    res.lock().expect("lock").push(Probe {
+                        start,
+                        end: Instant::now(),
+                        outcome,
+                    });
+                }));
+                thread::sleep(interval);
+            }
+            for k in kids {
+                let _ = k.join();
+            }
+        });
+        Prober {
+            stop,
+            results,
+            handle: Some(handle),
+        }
+    }
+
+    /// Whether a probe started at or after `t` has succeeded.
+    pub(crate) fn ok_since(&self, t: Instant) -> bool {
+        self.results
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|p| p.start >= t && p.outcome == Outcome::Ok)
+    }
+
+    pub(crate) fn finish(mut self) -> Vec<Probe> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        std::mem::take(&mut *self.results.lock().expect("lock"))
+    }
+}
+
+/// Polls `f` every 5 ms until true or `timeout`; returns whether it became true.
+pub(crate) fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// TcpExt DelayedACKs of a network namespace (from /proc/net/netstat seen in it).
+pub(crate) fn delayed_acks(ns: &str) -> u64 {
+    tcp_ext(ns, "DelayedACKs")
+}
+
+/// A TcpExt counter of a network namespace (from /proc/net/netstat seen in it).
+pub(crate) fn tcp_ext(ns: &str, name: &str) -> u64 {
+    let text = fwd_e2e::in_netns(ns, || fs::read_to_string("/proc/thread-self/net/netstat"))
+        .unwrap_or_default();
+    tcp_ext_in(&text, name)
+}
+
+/// A TcpExt counter from the text of a `net/netstat` file.
+pub(crate) fn tcp_ext_in(text: &str, name: &str) -> u64 {
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    if lines.len() < 2 {
+        return 0;
+    }
+    let names = lines[0].split_whitespace();
+    let vals = lines[1].split_whitespace();
+    names
+        .zip(vals)
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
