@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod classify;
 pub mod model;
 pub mod reconcile;
+pub mod reload;
 pub mod repeat;
 pub mod rules;
 pub mod startup;
@@ -21,6 +22,7 @@ pub use model::{
     PortBinding, Protocol, Remote, Unsupported,
 };
 pub use reconcile::{desired_forwards, plan, reconcile, Action, Desired, Held, HostView, Plan};
+pub use reload::{reload_plan, ReloadPlan};
 pub use repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};
 pub use rules::{Decision, Rule, RuleAction, Rules};
 pub use startup::{listen_probe_wait, retry_refused};

@@ -193,24 +193,19 @@ impl Daemon {
             );
             new.runtime_dir = old_dir;
         }
-        let (mut removed, mut restarted, mut kept) = (0, 0, 0);
-        for h in self.hosts() {
-            match new.hosts.iter().find(|c| c.name == *h.key) {
-                Some(c) if *c == h.cfg => {
-                    kept += 1;
-                    let failing = h.machine.borrow().health().master != MasterPhase::Connected;
-                    if failing {
-                        h.send(Input::ReconnectRequested);
-                    }
+        let hosts = self.hosts();
+        let running: Vec<(&str, &HostConfig)> = hosts.iter().map(|h| (&*h.key, &h.cfg)).collect();
+        let wanted: Vec<(&str, &HostConfig)> =
+            new.hosts.iter().map(|c| (c.name.as_str(), c)).collect();
+        let plan = fwd_core::reload_plan(&running, &wanted);
+        for h in &hosts {
+            if plan.keep.contains(&&*h.key) {
+                let failing = h.machine.borrow().health().master != MasterPhase::Connected;
+                if failing {
+                    h.send(Input::ReconnectRequested);
                 }
-                Some(_) => {
-                    restarted += 1;
-                    self.remove_host(&h.key).await;
-                }
-                None => {
-                    removed += 1;
-                    self.remove_host(&h.key).await;
-                }
+            } else {
+                self.remove_host(&h.key).await;
             }
         }
         self.serve.connect_wait.set(new.connect_wait);
@@ -218,28 +213,36 @@ impl Daemon {
         for h in self.hosts() {
             h.send(Input::PolicyChanged(host_policy(&new, &h.cfg)));
         }
-        let wanted = new.hosts.clone();
+        let to_start: Vec<HostConfig> = new
+            .hosts
+            .iter()
+            .filter(|c| plan.starts(&c.name))
+            .cloned()
+            .collect();
+        let (added, removed, restarted, kept) = (
+            plan.add.len(),
+            plan.remove.len(),
+            plan.restart.len(),
+            plan.keep.len(),
+        );
         *self.config.borrow_mut() = new;
-        let mut started = 0;
-        for cfg in wanted {
-            if self.host(&cfg.name).is_some() {
-                continue;
-            }
+        let mut skipped = 0;
+        for cfg in to_start {
             if let Err(e) = fwd_ssh::check_control_path_len(&self.next_control_path()) {
                 tracing::error!(event = "reload_host_skipped", host = %cfg.name, error = %e, "not adding host {}: {e}", cfg.name);
+                skipped += 1;
                 continue;
             }
-            started += 1;
             self.add_host(cfg);
         }
-        let added = started - restarted;
         tracing::info!(
             event = "reloaded",
             hosts_added = added,
             hosts_removed = removed,
             hosts_restarted = restarted,
             hosts_unchanged = kept,
-            "configuration reloaded: {added} hosts added, {removed} removed, {restarted} restarted, {kept} unchanged"
+            hosts_skipped = skipped,
+            "configuration reloaded: {added} hosts added, {removed} removed, {restarted} restarted, {kept} unchanged, {skipped} skipped"
         );
         self.reconcile();
     }
