@@ -21,7 +21,7 @@ pub enum ParseError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("{0}")]
+    #[error("the Docker engine sent something fwd cannot use: {0}")]
     Invalid(String),
 }
 

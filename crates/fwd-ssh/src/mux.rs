@@ -80,7 +80,7 @@ pub enum MuxError {
     /// `MUX_S_PERMISSION_DENIED` (ControlMaster=ask and the user said no).
     #[error("the ssh ControlMaster denied permission: {0}")]
     PermissionDenied(String),
-    #[error("invalid argument: {0}")]
+    #[error("cannot put this request to the ssh master: {0}")]
     InvalidArgument(String),
 }
 
@@ -105,7 +105,11 @@ impl MsgBuf {
         let len = u32::try_from(s.len())
             .ok()
             .filter(|&l| (l as usize) < MAX_MESSAGE_LEN)
-            .ok_or_else(|| MuxError::InvalidArgument("string too long".into()))?;
+            .ok_or_else(|| {
+                MuxError::InvalidArgument(format!(
+                    "a string of over {MAX_MESSAGE_LEN} bytes does not fit in a mux message"
+                ))
+            })?;
         self.put_u32(len);
         self.0.extend_from_slice(s);
         Ok(self)
