@@ -19,7 +19,6 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -321,22 +320,8 @@ impl Ctx<'_> {
         );
         let sock = fwdd.runtime_dir.join("docker.sock");
         let config = self.host.dir.join("docker-config");
-        let wrap = self.host.dir.join("sshbin");
         fs::create_dir_all(&config).expect("docker config dir");
-        fs::create_dir_all(&wrap).expect("ssh wrapper dir");
-        let ssh = wrap.join("ssh");
-        fs::write(
-            &ssh,
-            format!(
-                "#!/bin/sh\nexec /usr/bin/ssh -F '{}' \"$@\"\n",
-                self.host.ssh_config.display()
-            ),
-        )
-        .expect("write ssh wrapper");
-        fs::set_permissions(&ssh, fs::Permissions::from_mode(0o755)).expect("chmod wrapper");
-        let mut path = OsString::from(wrap.as_os_str());
-        path.push(":");
-        path.push(std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()));
+        let path = self.host.ssh_url_path();
         let cli = Cli {
             socket_host: format!("unix://{}", sock.display()),
             ssh_host: format!("ssh://{}", self.host.alias),

@@ -15,11 +15,9 @@
 //! The CLI runs in the runner netns with `ssh` first on `PATH` as a wrapper adding
 //! `-F <host.ssh_config>`, like the `engine` group.
 
-use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -85,24 +83,8 @@ impl Ctx<'_> {
     /// `docker` in the runner netns with `DOCKER_HOST=ssh://<alias>` and the wrapper.
     fn ssh_url_docker(&self) -> Command {
         let config = self.host.dir.join("docker-config");
-        let wrap = self.host.dir.join("sshbin");
         fs::create_dir_all(&config).expect("docker config dir");
-        fs::create_dir_all(&wrap).expect("ssh wrapper dir");
-        let ssh = wrap.join("ssh");
-        if !ssh.exists() {
-            fs::write(
-                &ssh,
-                format!(
-                    "#!/bin/sh\nexec /usr/bin/ssh -F '{}' \"$@\"\n",
-                    self.host.ssh_config.display()
-                ),
-            )
-            .expect("write ssh wrapper");
-            fs::set_permissions(&ssh, fs::Permissions::from_mode(0o755)).expect("chmod wrapper");
-        }
-        let mut path = OsString::from(wrap.as_os_str());
-        path.push(":");
-        path.push(std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()));
+        let path = self.host.ssh_url_path();
         let mut cmd = self.host.runner_command("docker");
         cmd.env("DOCKER_HOST", format!("ssh://{}", self.host.alias))
             .env("DOCKER_CONFIG", &config)

@@ -797,6 +797,33 @@ impl TestHost {
         fs::write(self.dir.join("authorized_keys"), line).expect("write authorized_keys");
     }
 
+    /// A `PATH` whose first entry holds an `ssh` that reads this host's client
+    /// config (`ssh -F`), for the docker CLI's own `DOCKER_HOST=ssh://<alias>`
+    /// support: it runs plain `ssh`, which would read the passwd home's
+    /// config instead.
+    pub fn ssh_url_path(&self) -> std::ffi::OsString {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = self.dir.join("sshbin");
+        let wrapper = bin.join("ssh");
+        if !wrapper.exists() {
+            fs::create_dir_all(&bin).expect("ssh wrapper dir");
+            fs::write(
+                &wrapper,
+                format!(
+                    "#!/bin/sh\nexec /usr/bin/ssh -F '{}' \"$@\"\n",
+                    self.ssh_config.display()
+                ),
+            )
+            .expect("write ssh wrapper");
+            fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
+                .expect("chmod ssh wrapper");
+        }
+        let mut path = std::ffi::OsString::from(bin.as_os_str());
+        path.push(":");
+        path.push(std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()));
+        path
+    }
+
     /// Adds lines to sshd_config (e.g. `MaxSessions 2`) and restarts sshd.
     pub fn add_sshd_config(&self, lines: &str) {
         let mut cfg = fs::read_to_string(&self.sshd_config).expect("read sshd_config");

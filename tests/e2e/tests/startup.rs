@@ -61,27 +61,6 @@ fn httpd_args<'a>(publish: &'a str, image: &'a str) -> Vec<&'a str> {
 /// `docker run -d` with `DOCKER_HOST=ssh://<host>`, the docker CLI's own SSH
 /// support (a new SSH connection per command), from the runner namespace.
 fn run_via_ssh_url(host: &TestHost, args: &[&str]) -> String {
-    // The CLI runs `ssh`; give it the test's client config.
-    let bin = host.dir.join("sshbin");
-    std::fs::create_dir_all(&bin).expect("sshbin");
-    let wrapper = bin.join("ssh");
-    if !wrapper.exists() {
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nexec /usr/bin/ssh -F {} \"$@\"\n",
-                host.ssh_config.display()
-            ),
-        )
-        .expect("ssh wrapper");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let label = format!("fwd-test={}", host.label);
     let mut full = vec!["run", "-d", "--label", &label];
     full.extend_from_slice(args);
@@ -89,7 +68,7 @@ fn run_via_ssh_url(host: &TestHost, args: &[&str]) -> String {
         .runner_command("docker")
         .env("DOCKER_HOST", format!("ssh://{}", host.alias))
         .env("DOCKER_CONFIG", host.dir.join("docker-config"))
-        .env("PATH", path)
+        .env("PATH", host.ssh_url_path())
         .args(&full)
         .output()
         .expect("docker run");
