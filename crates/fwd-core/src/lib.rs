@@ -27,7 +27,7 @@ pub use repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};
 pub use rules::{Decision, Rule, RuleAction, Rules};
 pub use startup::{listen_probe_wait, retry_refused};
 pub use supervisor::{
-    parse_endpoint, Command, Endpoint, EngineHealth, EngineRoute, Failure, Health, HostMachine,
-    HostPolicy, Input, LastError, MasterPhase, Op, OpId, Outcome, Record, StreamPhase,
+    parse_endpoint, Command, Endpoint, EngineHealth, EngineRoute, Failure, Handover, Health,
+    HostMachine, HostPolicy, Input, LastError, MasterPhase, Op, OpId, Outcome, Record, StreamPhase,
     DEFAULT_ENGINE_SOCKET,
 };

@@ -209,6 +209,25 @@ pub enum Outcome {
     Failed(Failure),
 }
 
+/// A host's state as one fwdd image hands it to the next (binary upgrade):
+/// see [`HostMachine::handover`] and [`HostMachine::adopt`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Handover {
+    /// The live master, a child of the process (which stays the same
+    /// process across the upgrade); `None` when none was up.
+    pub master_pid: Option<u32>,
+    pub route: EngineRoute,
+    /// The master holds the stream-local forward to the engine's socket.
+    pub engine_forwarded: bool,
+    pub remote_socket: Option<String>,
+    /// Engine time of the last event seen: the new event stream resumes there.
+    pub since_ns: Option<i64>,
+    pub containers: Vec<Container>,
+    pub docker_version: Option<String>,
+    /// How long the master had been connected (status keeps its "since").
+    pub connected_for: Duration,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
     pub kind: FailureKind,
@@ -483,6 +502,9 @@ enum Purpose {
     EventInspect(ContainerId),
     Probe,
     CheckMaster(Failure),
+    /// A master handed over by the fwdd image this one replaced: does it
+    /// still answer?
+    Adopt,
 }
 
 #[derive(Clone, Debug)]
@@ -556,7 +578,84 @@ impl HostMachine {
     /// A machine about to connect: the first command is `SpawnMaster` (or a
     /// wait for a network when none is usable). `seed` feeds the jitter.
     pub fn new(policy: HostPolicy, net_usable: bool, seed: u64, now: Instant) -> Self {
-        let mut m = HostMachine {
+        let mut m = Self::idle(policy, net_usable, seed, now);
+        m.handle_timeout(now);
+        m
+    }
+
+    /// A machine that takes over from the fwdd image it replaced (a binary
+    /// upgrade): it knows the containers and the event position, so nothing
+    /// is withdrawn while it resumes. With a master, the first command is a
+    /// mux alive check of it; once it answers, the link is published at
+    /// once (the forwards keep serving through the same master) and the
+    /// Docker channels are reopened and resynced behind it. Without one (the
+    /// old image was between masters), it connects as [`new`](Self::new)
+    /// does.
+    pub fn adopt(
+        policy: HostPolicy,
+        net_usable: bool,
+        seed: u64,
+        now: Instant,
+        from: Handover,
+    ) -> Self {
+        let mut m = Self::idle(policy, net_usable, seed, now);
+        m.since_ns = from.since_ns;
+        for c in from.containers {
+            if c.pending {
+                m.pending_since.insert(c.id.clone(), now);
+            }
+            m.containers.insert(c.id.clone(), c);
+        }
+        m.health.docker_version = from.docker_version.clone();
+        m.logged_version = from.docker_version;
+        m.health.engine.remote_socket = from.remote_socket;
+        m.commands.push_back(Command::ContainersChanged);
+        match from.master_pid {
+            Some(pid) => {
+                m.master_pid = Some(pid);
+                m.health.master_pid = Some(pid);
+                m.generation = 1;
+                m.engine_forwarded = from.engine_forwarded;
+                m.route = from.route;
+                m.ever_connected = true;
+                // Connected as far as anyone can tell: the old image's
+                // tunnels flow through it. The alive check below says
+                // otherwise within a second if it must.
+                m.phase = Phase::Setup;
+                m.health.set_master(MasterPhase::Connected, now);
+                m.health.since = now.checked_sub(from.connected_for).unwrap_or(now);
+                m.start(Purpose::Adopt, Op::CheckMaster, CHECK_MASTER_TIMEOUT, now);
+            }
+            None => m.handle_timeout(now),
+        }
+        m
+    }
+
+    /// What the next fwdd image needs to resume this host without a new
+    /// master: the master (when one is up), the route its channels take,
+    /// the containers and the event position.
+    pub fn handover(&self, now: Instant) -> Handover {
+        let master_up = matches!(
+            self.phase,
+            Phase::Setup | Phase::Up | Phase::CheckingMaster | Phase::ChannelBackoff { .. }
+        );
+        Handover {
+            master_pid: self.master_pid.filter(|_| master_up),
+            route: self.route,
+            engine_forwarded: self.engine_forwarded,
+            remote_socket: self.health.engine.remote_socket.clone(),
+            since_ns: self.since_ns,
+            containers: self.containers.values().cloned().collect(),
+            docker_version: self.health.docker_version.clone(),
+            connected_for: match self.health.master {
+                MasterPhase::Connected => now.saturating_duration_since(self.health.since),
+                _ => Duration::ZERO,
+            },
+        }
+    }
+
+    fn idle(policy: HostPolicy, net_usable: bool, seed: u64, now: Instant) -> Self {
+        HostMachine {
             backoff: Backoff::new(policy.backoff.clone()),
             channel_backoff: Backoff::new(policy.backoff.clone()),
             episodes: EpisodeLog::new(policy.backoff.healthy_after, policy.summary_every),
@@ -596,9 +695,7 @@ impl HostMachine {
             next_health: now,
             next_resync: now,
             net_usable,
-        };
-        m.handle_timeout(now);
-        m
+        }
     }
 
     pub fn poll_command(&mut self) -> Option<Command> {
@@ -798,6 +895,19 @@ impl HostMachine {
                 }
             }
             (Purpose::Spawn, Outcome::Failed(f)) => self.master_failed(f, now),
+            (Purpose::Adopt, Outcome::Answered) => {
+                // The old image's forwards were serving through this very
+                // master a moment ago: serve at once, resync behind it.
+                self.published = Some((self.generation, self.route));
+                self.commands.push_back(Command::Publish {
+                    generation: self.generation,
+                    engine: self.route,
+                });
+                self.health_changed = true;
+                self.open_channels(now);
+            }
+            (Purpose::Adopt, Outcome::Failed(f)) => self.master_failed(f, now),
+            (Purpose::Adopt, other) => self.master_failed(unexpected(other), now),
             (Purpose::Discover, Outcome::Discovered(endpoint)) => {
                 match endpoint.as_deref().map(parse_endpoint) {
                     Some(Endpoint::Unix(path)) => self.forward_engine(path, now),
@@ -935,6 +1045,7 @@ impl HostMachine {
             }
             Purpose::Probe => "the health probe got no answer",
             Purpose::CheckMaster(_) => "the ssh master did not answer on its control socket",
+            Purpose::Adopt => "the ssh master handed over by the previous fwdd did not answer",
         };
         let message = format!("{what} within {}", human_secs(op.timeout));
         self.master_failed(Failure::new(FailureKind::Timeout, message), now);

@@ -943,3 +943,150 @@ fn destroying_a_created_container_releases_it_at_once() {
     }));
     assert!(r.m.containers().is_empty());
 }
+
+fn handed_over(pid: Option<u32>, containers: Vec<Container>) -> Handover {
+    Handover {
+        master_pid: pid,
+        route: STREAM_LOCAL,
+        engine_forwarded: true,
+        remote_socket: Some("/run/docker.sock".into()),
+        since_ns: Some(1_000),
+        containers,
+        docker_version: Some("20.10.24 (API 1.41)".into()),
+        connected_for: Duration::from_secs(90),
+    }
+}
+
+fn adopting(from: Handover) -> Rig {
+    let now = Instant::now() + Duration::from_secs(3600);
+    let mut r = Rig {
+        m: HostMachine::adopt(policy(), true, 7, now, from),
+        now,
+        out: VecDeque::new(),
+        logs: Vec::new(),
+        op: None,
+    };
+    r.drain();
+    r
+}
+
+#[test]
+fn an_adopted_master_serves_at_once_and_resyncs_behind() {
+    let c1 = container(1, 10);
+    let mut r = adopting(handed_over(Some(42), vec![c1.clone()]));
+    // The handed-over containers are the forwards' truth until the resync.
+    assert!(r.saw(&Command::ContainersChanged));
+    assert_eq!(r.m.containers().len(), 1);
+    assert!(!r.saw(&Command::StopMaster), "the master is kept");
+    r.expect_op(Op::CheckMaster);
+    assert!(
+        !r.out.iter().any(|c| matches!(c, Command::Publish { .. })),
+        "nothing is published before the master answers"
+    );
+    // Its tunnels flow meanwhile: status says connected, since it first was.
+    assert_eq!(r.m.health().master, MasterPhase::Connected);
+    r.answer_after(Duration::from_millis(1), Outcome::Answered);
+    assert!(r.saw(&Command::Publish {
+        generation: 1,
+        engine: STREAM_LOCAL
+    }));
+    assert_eq!(r.m.health().master, MasterPhase::Connected);
+    assert_eq!(r.m.health().master_pid, Some(42));
+    assert_eq!(
+        r.now.saturating_duration_since(r.m.health().since),
+        Duration::from_secs(90) + Duration::from_millis(1),
+        "status keeps the master's age"
+    );
+    // Channels reopen on the same route; events resume where the old image was.
+    r.expect_op(Op::OpenApi {
+        route: STREAM_LOCAL,
+    });
+    r.answer(Outcome::ApiReady {
+        version: "20.10.24 (API 1.41)".into(),
+    });
+    r.expect_op(Op::Subscribe {
+        since_ns: Some(1_000),
+        route: STREAM_LOCAL,
+    });
+    r.answer(Outcome::Subscribed);
+    r.expect_op(Op::ListContainers);
+    r.clear();
+    r.answer(Outcome::Listed(vec![c1.id.clone()]));
+    r.answer(Outcome::Inspected(Some(c1.clone())));
+    assert!(
+        !r.out.iter().any(|c| matches!(c, Command::Publish { .. })),
+        "published once: {:?}",
+        r.out
+    );
+    assert_eq!(
+        r.count_logs("docker_version"),
+        0,
+        "the version was logged by the old image"
+    );
+    assert!(r.m.wants_events());
+}
+
+#[test]
+fn an_adopted_master_that_does_not_answer_is_replaced() {
+    let mut r = adopting(handed_over(Some(42), vec![container(1, 10)]));
+    r.expect_op(Op::CheckMaster);
+    r.fail_master(FailureKind::MasterDied);
+    assert!(r.saw(&Command::StopMaster), "the dead master is reaped");
+    assert!(r.m.health().master_pid.is_none());
+    // The first retry is immediate, like any first failure.
+    r.advance(Duration::ZERO);
+    r.expect_op(Op::SpawnMaster);
+    // Its containers stay known (forwards keep waiting, not refusing).
+    assert_eq!(r.m.containers().len(), 1);
+}
+
+#[test]
+fn a_silent_adopted_master_times_out_like_any_request() {
+    let mut r = adopting(handed_over(Some(42), vec![]));
+    r.expect_op(Op::CheckMaster);
+    r.advance(CHECK_MASTER_TIMEOUT);
+    assert!(r.saw(&Command::StopMaster));
+    assert!(r.logs.iter().any(
+        |l| matches!(l, Record::LinkFailed { message, .. } if message.contains("handed over"))
+    ));
+}
+
+#[test]
+fn without_a_master_the_new_image_connects_and_keeps_the_containers() {
+    let mut r = adopting(handed_over(None, vec![container(1, 10)]));
+    assert!(r.saw(&Command::ContainersChanged));
+    r.expect_op(Op::SpawnMaster);
+    r.connect(7, &[container(1, 10)]);
+}
+
+#[test]
+fn handover_round_trips_through_adopt() {
+    let mut r = Rig::new();
+    r.connect(42, &[container(1, 10), container(2, 20)]);
+    r.input(Input::Event(ContainerEvent {
+        id: id(3),
+        action: EventAction::Die,
+        time_nano: 5_000,
+    }));
+    r.advance(Duration::from_secs(30));
+    let h = r.m.handover(r.now);
+    assert_eq!(h.master_pid, Some(42));
+    assert_eq!(h.since_ns, Some(5_000));
+    assert!(h.engine_forwarded);
+    assert_eq!(h.containers.len(), 2);
+    assert_eq!(h.connected_for, Duration::from_secs(30));
+    let next = HostMachine::adopt(policy(), true, 7, r.now, h.clone());
+    assert_eq!(next.handover(r.now).containers.len(), 2);
+    assert_eq!(next.handover(r.now).since_ns, Some(5_000));
+}
+
+#[test]
+fn a_host_between_masters_hands_over_no_master() {
+    let mut r = Rig::new();
+    r.connect(42, &[]);
+    r.input(Input::MasterExited {
+        how: "signal 9".into(),
+        stderr_tail: String::new(),
+    });
+    assert_eq!(r.m.handover(r.now).master_pid, None);
+}
