@@ -4,7 +4,9 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -371,10 +373,116 @@ fn tail_snapshot(tail: &Tail) -> Vec<String> {
 #[derive(Debug)]
 pub struct Master {
     pub pid: u32,
-    child: Child,
+    child: Proc,
     control_path: PathBuf,
     tail: Tail,
     status: Option<ExitStatus>,
+    /// The read end of ssh's stderr pipe, for a handover to the next image.
+    stderr_fd: Option<RawFd>,
+}
+
+/// The master process: spawned by this image, or adopted from the image
+/// this one replaced (the same process, so still our child).
+#[derive(Debug)]
+enum Proc {
+    Spawned(Child),
+    Adopted(AdoptedChild),
+}
+
+impl Proc {
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        match self {
+            Proc::Spawned(c) => c.try_wait(),
+            Proc::Adopted(c) => c.try_wait(),
+        }
+    }
+
+    async fn wait(&mut self) -> io::Result<ExitStatus> {
+        match self {
+            Proc::Spawned(c) => c.wait().await,
+            Proc::Adopted(c) => c.wait().await,
+        }
+    }
+
+    fn start_kill(&mut self) -> io::Result<()> {
+        match self {
+            Proc::Spawned(c) => c.start_kill(),
+            Proc::Adopted(c) => c.signal(nix::sys::signal::Signal::SIGKILL),
+        }
+    }
+}
+
+/// A child this image did not spawn: tokio cannot wait for it, so it is
+/// reaped with `waitpid` whenever SIGCHLD arrives (and once a second, as
+/// signals coalesce).
+#[derive(Debug)]
+struct AdoptedChild {
+    pid: nix::unistd::Pid,
+    status: Option<ExitStatus>,
+    sigchld: Option<tokio::signal::unix::Signal>,
+}
+
+impl AdoptedChild {
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        if self.status.is_some() {
+            return Ok(self.status);
+        }
+        let status = match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => ExitStatus::from_raw((code & 0xff) << 8),
+            Ok(WaitStatus::Signaled(_, sig, _)) => ExitStatus::from_raw(sig as i32),
+            Ok(_) => return Ok(None),
+            // Not our child (any more): nothing to wait for.
+            Err(nix::errno::Errno::ECHILD) => ExitStatus::from_raw(0),
+            Err(e) => return Err(e.into()),
+        };
+        self.status = Some(status);
+        Ok(self.status)
+    }
+
+    async fn wait(&mut self) -> io::Result<ExitStatus> {
+        if self.sigchld.is_none() {
+            self.sigchld =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+        }
+        loop {
+            if let Some(s) = self.try_wait()? {
+                return Ok(s);
+            }
+            let tick = tokio::time::sleep(Duration::from_secs(1));
+            match &mut self.sigchld {
+                Some(sig) => {
+                    tokio::select! {
+                        _ = sig.recv() => {}
+                        _ = tick => {}
+                    }
+                }
+                None => tick.await,
+            }
+        }
+    }
+
+    fn signal(&mut self, sig: nix::sys::signal::Signal) -> io::Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        nix::sys::signal::kill(self.pid, sig).map_err(io::Error::from)
+    }
+}
+
+impl Drop for AdoptedChild {
+    /// Like `kill_on_drop` for a spawned master: the master never outlives
+    /// the object that supervises it.
+    fn drop(&mut self) {
+        if matches!(self.try_wait(), Ok(None)) {
+            let _ = self.signal(nix::sys::signal::Signal::SIGKILL);
+            let pid = self.pid;
+            // Reap it off the runtime's thread: SIGKILL is quick but not instant.
+            std::thread::spawn(move || {
+                let _ = nix::sys::wait::waitpid(pid, None);
+            });
+        }
+    }
 }
 
 impl Master {
@@ -431,6 +539,7 @@ impl Master {
             source,
         })?;
         let pid = child.id().unwrap_or(0);
+        let stderr_fd = child.stderr.as_ref().map(|e| e.as_raw_fd());
         let tail: Tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
         let (tx, rx) = mpsc::channel(STDERR_CHANNEL_CAP);
         let reader_done = child
@@ -475,10 +584,11 @@ impl Master {
                         return Ok((
                             Master {
                                 pid,
-                                child,
+                                child: Proc::Spawned(child),
                                 control_path: control_path.to_path_buf(),
                                 tail,
                                 status: None,
+                                stderr_fd,
                             },
                             rx,
                         ));
@@ -499,6 +609,47 @@ impl Master {
                 _ = tokio::time::sleep(Duration::from_millis(10)) => {}
             }
         }
+    }
+
+    /// Takes over a master spawned by the fwdd image this process ran
+    /// before a binary upgrade (`execve` keeps the pid, so ssh is still our
+    /// child): `stderr` is the read end of its stderr pipe, inherited.
+    /// Whether it still answers is the caller's to check.
+    pub fn adopt(
+        pid: u32,
+        control_path: &Path,
+        stderr: Option<OwnedFd>,
+    ) -> io::Result<(Master, mpsc::Receiver<String>)> {
+        let raw = i32::try_from(pid)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+        let tail: Tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
+        let (tx, rx) = mpsc::channel(STDERR_CHANNEL_CAP);
+        let stderr_fd = stderr.as_ref().map(|f| f.as_raw_fd());
+        if let Some(fd) = stderr {
+            let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+            tokio::spawn(read_stderr(pipe, tx, tail.clone(), pid));
+        }
+        let child = AdoptedChild {
+            pid: nix::unistd::Pid::from_raw(raw),
+            status: None,
+            sigchld: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok(),
+        };
+        Ok((
+            Master {
+                pid,
+                child: Proc::Adopted(child),
+                control_path: control_path.to_path_buf(),
+                tail,
+                status: None,
+                stderr_fd,
+            },
+            rx,
+        ))
+    }
+
+    /// The read end of ssh's stderr pipe, to hand to the next fwdd image.
+    pub fn stderr_fd(&self) -> Option<RawFd> {
+        self.stderr_fd
     }
 
     /// The control socket path this master listens on.
@@ -561,7 +712,7 @@ impl Master {
 }
 
 async fn read_stderr(
-    stderr: tokio::process::ChildStderr,
+    stderr: impl tokio::io::AsyncRead + Unpin,
     tx: mpsc::Sender<String>,
     tail: Tail,
     pid: u32,

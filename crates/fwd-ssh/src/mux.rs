@@ -739,7 +739,20 @@ pub struct StdioForward {
 }
 
 impl StdioForward {
-    /// The master's channel id for this forward.
+    /// The mux connection a new fwdd image inherited (binary upgrade). The
+    /// master closes the tunnel when this connection closes
+    /// (`mux_master_control_cleanup_cb`), so it must be kept open for as
+    /// long as the tunnel should live.
+    pub fn adopt(fd: OwnedFd) -> io::Result<StdioForward> {
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        stream.set_nonblocking(true)?;
+        Ok(StdioForward {
+            stream: UnixStream::from_std(stream)?,
+            channel_id: 0,
+        })
+    }
+
+    /// The master's channel id for this forward (0 when adopted).
     pub fn channel_id(&self) -> u32 {
         self.channel_id
     }
@@ -759,6 +772,18 @@ impl StdioForward {
                 Ok(_) => {} // nothing is expected here; ignore
             }
         }
+    }
+}
+
+impl std::os::fd::AsRawFd for StdioForward {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+impl std::os::fd::AsRawFd for Session {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
     }
 }
 
