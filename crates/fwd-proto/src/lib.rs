@@ -79,12 +79,18 @@ pub enum Request {
         #[serde(default)]
         host: Option<String>,
     },
+    /// `{"v":1,"cmd":"upgrade"}`: replace the running image with the binary now
+    /// at the path fwdd was started from, in place, handing over every
+    /// listener, master and tunnel. Answered by the new image
+    /// ([`Response::Upgrade`]), or with an error by the old one, which keeps
+    /// running.
+    Upgrade,
 }
 
 impl Request {
     /// Every `cmd` value this version of the protocol knows.
     pub const COMMANDS: &'static [&'static str] =
-        &["status", "probe", "watch", "reconnect", "resync"];
+        &["status", "probe", "watch", "reconnect", "resync", "upgrade"];
 
     /// The `cmd` value of this request.
     pub fn cmd(&self) -> &'static str {
@@ -94,6 +100,7 @@ impl Request {
             Request::Watch => "watch",
             Request::Reconnect { .. } => "reconnect",
             Request::Resync { .. } => "resync",
+            Request::Upgrade => "upgrade",
         }
     }
 }
@@ -104,6 +111,9 @@ pub mod error_code {
     pub const UNKNOWN_HOST: &str = "unknown_host";
     /// `probe`: the port is not forwarded, or the probe did not reach a listener.
     pub const PROBE_FAILED: &str = "probe_failed";
+    /// `upgrade`: the new binary was refused or could not take over; the running
+    /// image keeps serving.
+    pub const UPGRADE_REFUSED: &str = "upgrade_refused";
 }
 
 /// A response from the daemon: exactly one per request line, except for `watch`, which
@@ -132,6 +142,8 @@ pub enum Response {
         /// Host names, in configuration order.
         hosts: Vec<String>,
     },
+    /// Answer to [`Request::Upgrade`], written by the new image once it serves.
+    Upgrade(UpgradeReport),
     /// One line of a `watch` stream.
     Event(Event),
     /// The request failed; `message` is meant for people.
@@ -161,6 +173,25 @@ impl Response {
     }
 }
 
+/// What a binary upgrade kept: `{"upgrade":{"from":"0.1.0","to":"0.2.0",...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeReport {
+    /// Version of the image that was replaced.
+    pub from: String,
+    /// Version of the image now running (the one answering).
+    pub to: String,
+    /// The daemon's pid, the same before and after.
+    pub pid: u32,
+    /// Listening sockets handed over: forwards, engine sockets, the control socket.
+    pub listeners: usize,
+    /// ssh masters kept.
+    pub masters: usize,
+    /// Tunnels (forwarded connections) kept open.
+    pub tunnels: usize,
+    /// Engine socket connections carried on.
+    pub engine_connections: usize,
+}
+
 #[derive(Serialize, Deserialize)]
 struct ProbePayload {
     port: u16,
@@ -184,6 +215,8 @@ struct WireResponseRef<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     resync: Option<HostsPayload<&'a [String]>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    upgrade: Option<&'a UpgradeReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     event: Option<&'a Event>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
@@ -204,6 +237,8 @@ struct WireResponse {
     #[serde(default)]
     resync: Option<HostsPayload<Vec<String>>>,
     #[serde(default)]
+    upgrade: Option<UpgradeReport>,
+    #[serde(default)]
     event: Option<Event>,
     #[serde(default)]
     error: Option<String>,
@@ -220,6 +255,7 @@ impl Serialize for Response {
             probe: None,
             reconnect: None,
             resync: None,
+            upgrade: None,
             event: None,
             error: None,
             code: None,
@@ -229,6 +265,7 @@ impl Serialize for Response {
             Response::Probe { port } => w.probe = Some(ProbePayload { port: *port }),
             Response::Reconnect { hosts } => w.reconnect = Some(HostsPayload { hosts }),
             Response::Resync { hosts } => w.resync = Some(HostsPayload { hosts }),
+            Response::Upgrade(u) => w.upgrade = Some(u),
             Response::Event(e) => w.event = Some(e),
             Response::Error { message, code } => {
                 w.ok = false;
@@ -265,6 +302,8 @@ impl TryFrom<WireResponse> for Response {
             Ok(Response::Reconnect { hosts: r.hosts })
         } else if let Some(r) = w.resync {
             Ok(Response::Resync { hosts: r.hosts })
+        } else if let Some(u) = w.upgrade {
+            Ok(Response::Upgrade(u))
         } else if let Some(e) = w.event {
             Ok(Response::Event(e))
         } else {

@@ -119,8 +119,16 @@ pub struct DaemonInfo {
     pub version: String,
     /// Process id of fwdd.
     pub pid: u32,
-    /// When the daemon started, Unix time in milliseconds.
+    /// When the daemon started, Unix time in milliseconds (kept across
+    /// `fwdctl upgrade`: the process is the same).
     pub started_at_ms: u64,
+    /// When the running image (binary) started: differs from `started_at_ms`
+    /// after an upgrade. Added within version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_started_at_ms: Option<u64>,
+    /// Binary upgrades this process went through. Added within version 1.
+    #[serde(default)]
+    pub upgrades: u32,
 }
 
 /// State of one Docker host: its SSH ControlMaster and its Docker event stream.

@@ -9,6 +9,8 @@ pub(crate) fn sample_status() -> Status {
             version: "0.1.0".into(),
             pid: 4242,
             started_at_ms: 1_700_000_000_000,
+            image_started_at_ms: None,
+            upgrades: 0,
         },
         hosts: vec![
             HostStatus {
@@ -307,7 +309,7 @@ fn request_rejections() {
     ));
     assert_eq!(
         DecodeError::UnknownCmd("launch".into()).to_string(),
-        "unknown command \"launch\" (supported: status, probe, watch, reconnect, resync)"
+        "unknown command \"launch\" (supported: status, probe, watch, reconnect, resync, upgrade)"
     );
 }
 
@@ -370,6 +372,7 @@ fn all_requests() -> Vec<Request> {
         Request::Resync {
             host: Some("staging".into()),
         },
+        Request::Upgrade,
     ]
 }
 
@@ -434,6 +437,19 @@ fn protocol_lines() -> String {
     push(encode_line(&Response::Resync {
         hosts: vec!["prod".into()],
     }));
+    push(encode_line(&Response::Upgrade(crate::UpgradeReport {
+        from: "0.1.0 (f0bab13)".into(),
+        to: "0.2.0 (1a2b3c4)".into(),
+        pid: 812,
+        listeners: 9,
+        masters: 1,
+        tunnels: 37,
+        engine_connections: 2,
+    })));
+    push(encode_line(&Response::error_with_code(
+        "the new binary /usr/bin/fwdd failed its check (exit status: 1): broken",
+        error_code::UPGRADE_REFUSED,
+    )));
     push(encode_line(&Response::error_with_code(
         "no host named \"nope\" (configured: prod, staging)",
         error_code::UNKNOWN_HOST,
