@@ -203,9 +203,19 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
     } else {
         format!("degraded: {}", problems.join("; "))
     };
+    // After an upgrade the process is older than the binary it runs.
+    let image = match st.daemon.image_started_at_ms {
+        Some(at) if st.daemon.upgrades > 0 => format!(
+            " (this binary for {}, {} upgrade{})",
+            fmt_duration(now_ms.saturating_sub(at)),
+            st.daemon.upgrades,
+            if st.daemon.upgrades == 1 { "" } else { "s" }
+        ),
+        _ => String::new(),
+    };
     let _ = writeln!(
         out,
-        "fwdd {} (pid {}), up {}, {}",
+        "fwdd {} (pid {}), up {}{image}, {}",
         for_terminal(&st.daemon.version),
         st.daemon.pid,
         fmt_duration(now_ms.saturating_sub(st.daemon.started_at_ms)),

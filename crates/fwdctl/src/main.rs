@@ -166,6 +166,10 @@ enum Command {
         /// Host name from fwdd's configuration
         host: Option<String>,
     },
+    /// Replace the running fwdd with the binary now at the path it was started
+    /// from, keeping every listener, ssh master and open tunnel
+    #[command(after_help = UPGRADE_HELP)]
+    Upgrade,
     /// Print the variables that point docker, compose and Testcontainers at
     /// HOST's engine through fwdd (default: the first host)
     #[command(after_help = ENV_HELP)]
@@ -177,6 +181,21 @@ enum Command {
         format: env::Format,
     },
 }
+
+const UPGRADE_HELP: &str = "\
+fwdd runs `<binary> upgrade-check` first: a binary that does not run, or cannot take
+over from this fwdd, is refused and the running fwdd keeps serving. Otherwise fwdd
+executes the new binary in place (same pid, so the ssh masters and systemd's or
+launchd's view of the service stay the same); the new image answers this command.
+Connections arriving meanwhile wait in the listeners' queues: none is refused.
+
+Exit codes:
+  0   upgraded (prints what was kept)
+  1   refused: the running fwdd keeps serving (the message says why)
+  2   fwdd unreachable (not running, permission denied, timeout, protocol error)";
+
+/// How long the old image checks the new binary and the new one takes over.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 
 const ENV_HELP: &str = "\
 Examples:
@@ -299,6 +318,39 @@ fn host_command(socket: &std::path::Path, req: Request) -> Result<i32> {
     Ok(human::EXIT_HEALTHY)
 }
 
+fn upgrade(socket: &std::path::Path) -> Result<i32> {
+    let (before, _) = fetch_status(socket)?;
+    let line = client::request(socket, &Request::Upgrade, UPGRADE_TIMEOUT)?;
+    match decode_response(&line)
+        .map_err(|e| anyhow!("bad answer from fwdd ({}): {e}", socket.display()))?
+    {
+        Response::Upgrade(r) => {
+            let old_pid = before.daemon.pid;
+            println!(
+                "{}",
+                for_terminal(&format!(
+                    "fwdd {} (pid {old_pid}) → {}: {} listeners, {} masters and {} open tunnels kept{}",
+                    r.from,
+                    r.to,
+                    r.listeners,
+                    r.masters,
+                    r.tunnels,
+                    match r.engine_connections {
+                        0 => String::new(),
+                        n => format!(", {n} engine connections carried on"),
+                    }
+                ))
+            );
+            Ok(human::EXIT_HEALTHY)
+        }
+        Response::Error { message, .. } => {
+            eprintln!("fwdctl: not upgraded: {}", for_terminal(&message));
+            Ok(human::EXIT_DEGRADED)
+        }
+        other => Err(client::unexpected_answer(&other).into()),
+    }
+}
+
 /// Prints clap's usage error or help: coloured only under the same rule as fwdd's
 /// logs (a terminal, and `NO_COLOR` unset or empty), whichever clap features the
 /// build unified in.
@@ -349,6 +401,7 @@ fn main() -> ExitCode {
         Command::Reconnect { host } => host_command(&socket, Request::Reconnect { host }),
         Command::Resync { host } => host_command(&socket, Request::Resync { host }),
         Command::Env { host, format } => env_command(&socket, host.as_deref(), format),
+        Command::Upgrade => upgrade(&socket),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

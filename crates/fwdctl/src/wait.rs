@@ -316,6 +316,8 @@ mod tests {
                 version: "t".into(),
                 pid: 1,
                 started_at_ms: 0,
+                image_started_at_ms: None,
+                upgrades: 0,
             },
             hosts: vec![HostStatus {
                 name: "h".into(),

@@ -38,7 +38,14 @@ pub struct Daemon {
     /// Global settings; replaced on reload (the host list is applied
     /// separately, host by host).
     pub config: RefCell<Config>,
+    /// When the process started (kept across binary upgrades).
     pub started_at: SystemTime,
+    /// This process, the image it runs and where that came from.
+    pub image: crate::upgrade::Image,
+    /// A binary upgrade is under way.
+    pub upgrading: Cell<bool>,
+    /// The control socket's path and listener descriptor.
+    pub control_socket: (PathBuf, std::os::fd::RawFd),
     hosts: RefCell<Vec<Rc<Host>>>,
     next_host_id: Cell<u32>,
     pub table: RefCell<ForwardTable>,
@@ -56,14 +63,22 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn new(config: Config, net_usable: watch::Receiver<bool>) -> Rc<Daemon> {
+    pub fn new(
+        config: Config,
+        net_usable: watch::Receiver<bool>,
+        image: crate::upgrade::Image,
+        control_socket: (PathBuf, std::os::fd::RawFd),
+    ) -> Rc<Daemon> {
         let serve = Rc::new(ServeContext::new(
             config.connect_wait,
             config.startup_window,
         ));
         Rc::new(Daemon {
             config: RefCell::new(config),
-            started_at: SystemTime::now(),
+            started_at: image.daemon_started_at,
+            image,
+            upgrading: Cell::new(false),
+            control_socket,
             hosts: RefCell::new(Vec::new()),
             next_host_id: Cell::new(0),
             table: RefCell::new(ForwardTable::default()),
@@ -94,20 +109,89 @@ impl Daemon {
         self.config.borrow().runtime_dir.join(format!("h{id}.ctl"))
     }
 
+    /// The number the next host gets (`h<N>.ctl`).
+    pub fn next_host_id(&self) -> u32 {
+        self.next_host_id.get()
+    }
+
+    /// After a binary upgrade: numbers the previous image gave out are
+    /// not given again (a removed host's files may still be in use).
+    pub fn skip_host_ids_below(&self, id: u32) {
+        self.next_host_id.set(self.next_host_id.get().max(id));
+    }
+
     /// Adds a host and starts its supervisor.
     pub fn add_host(self: &Rc<Self>, cfg: HostConfig) -> Rc<Host> {
         let id = self.next_host_id.get();
         self.next_host_id.set(id + 1);
         let key = HostKey::from(cfg.name.as_str());
-        let (link, link_rx) = watch::channel(None);
-        self.serve.links.borrow_mut().insert(key.clone(), link_rx);
-        let policy = host_policy(&self.config.borrow(), &cfg);
         let engine_socket = self.bind_engine_socket(&key, &cfg);
+        let policy = host_policy(&self.config.borrow(), &cfg);
         let seed = std::collections::hash_map::RandomState::new().hash_one(id);
         let machine = HostMachine::new(policy, *self.net_usable.borrow(), seed, Instant::now());
+        self.start_host(id, cfg, engine_socket, machine, None)
+    }
+
+    /// Takes over a host from the previous fwdd image (binary upgrade): its
+    /// master, engine sockets and state; see `HostMachine::adopt`.
+    pub fn adopt_host(
+        self: &Rc<Self>,
+        cfg: HostConfig,
+        from: crate::upgrade::HostTakeover,
+    ) -> Rc<Host> {
+        let id = from.id;
+        self.next_host_id.set(self.next_host_id.get().max(id + 1));
+        let key = HostKey::from(cfg.name.as_str());
+        let engine_socket = if cfg.engine_socket && !from.engine_sockets.is_empty() {
+            EngineSocket::adopt(key.clone(), from.engine_sockets, self.serve.clone())
+                .map_err(|e| e.to_string())
+                .inspect(|s| {
+                    let (total, up, down) = from.engine_totals;
+                    s.stats.total.set(total);
+                    s.stats.bytes_up.set(up);
+                    s.stats.bytes_down.set(down);
+                })
+        } else {
+            drop(from.engine_sockets);
+            self.bind_engine_socket(&key, &cfg)
+        };
+        let control_path = self.config.borrow().runtime_dir.join(format!("h{id}.ctl"));
+        let master = from.master.and_then(|(pid, stderr)| {
+            fwd_ssh::Master::adopt(pid, &control_path, stderr)
+                .inspect_err(|e| tracing::warn!(event = "upgrade_master_lost", host = %key, pid, error = %e, "cannot take over the master: {e}"))
+                .ok()
+        });
+        let mut state = from.state;
+        if master.is_none() {
+            state.master_pid = None;
+        }
+        let policy = host_policy(&self.config.borrow(), &cfg);
+        let seed = std::collections::hash_map::RandomState::new().hash_one(id);
+        let machine = HostMachine::adopt(
+            policy,
+            *self.net_usable.borrow(),
+            seed,
+            Instant::now(),
+            state,
+        );
+        self.start_host(id, cfg, engine_socket, machine, master)
+    }
+
+    fn start_host(
+        self: &Rc<Self>,
+        id: u32,
+        cfg: HostConfig,
+        engine_socket: Result<EngineSocket, String>,
+        machine: HostMachine,
+        master: Option<(fwd_ssh::Master, tokio::sync::mpsc::Receiver<String>)>,
+    ) -> Rc<Host> {
+        let key = HostKey::from(cfg.name.as_str());
+        let (link, link_rx) = watch::channel(None);
+        self.serve.links.borrow_mut().insert(key.clone(), link_rx);
         let runtime_dir = self.config.borrow().runtime_dir.clone();
         let host = Rc::new(Host::new(
             key,
+            id,
             cfg,
             runtime_dir.join(format!("h{id}.ctl")),
             runtime_dir.join(format!("h{id}.eng")),
@@ -115,6 +199,9 @@ impl Daemon {
             machine,
             link,
         ));
+        if let Some((m, stderr)) = master {
+            host.set_adopted_master(m, stderr);
+        }
         let daemon = Rc::downgrade(self);
         host::start(
             &host,

@@ -18,13 +18,15 @@
 //! the master is replaced; a command issued meanwhile waits (up to
 //! `connect_wait`) and then runs.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use fwd_core::{EngineRoute, HostKey, RepeatGate, Verdict};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -60,8 +62,43 @@ pub struct EngineStats {
 pub struct EngineSocket {
     pub paths: Vec<PathBuf>,
     pub stats: Rc<EngineStats>,
+    /// Each socket's listener descriptor (owned by its accept task).
+    pub listener_fds: Vec<(PathBuf, RawFd)>,
+    relays: Rc<RefCell<BTreeMap<u64, RelayState>>>,
+    shared: Rc<Shared>,
     tasks: Vec<JoinHandle<()>>,
     _guards: Vec<SocketFileGuard>,
+}
+
+/// Where a relay is, for a binary upgrade.
+#[derive(Clone, Debug)]
+enum RelayState {
+    Running,
+    /// Stopped between two writes (nothing of it held in fwdd): its
+    /// descriptors can be handed over.
+    Paused(PausedRelay),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PausedRelay {
+    pub client: RawFd,
+    pub upstream: RawFd,
+    pub up_open: bool,
+    pub down_open: bool,
+    /// Held for the relay's life (a dial-stdio session's mux connection).
+    pub keep: Vec<RawFd>,
+    /// Drained for the relay's life (a dial-stdio session's stderr).
+    pub drain: Option<RawFd>,
+}
+
+/// A relay handed over by the previous fwdd image.
+pub struct AdoptedRelay {
+    pub client: OwnedFd,
+    pub upstream: OwnedFd,
+    pub up_open: bool,
+    pub down_open: bool,
+    pub keep: Vec<OwnedFd>,
+    pub drain: Option<OwnedFd>,
 }
 
 impl Drop for EngineSocket {
@@ -80,6 +117,8 @@ struct Shared {
     refusals: std::cell::RefCell<RefusalLog>,
     failures: std::cell::RefCell<RepeatGate>,
     euid: u32,
+    relays: Rc<RefCell<BTreeMap<u64, RelayState>>>,
+    next_relay: Cell<u64>,
 }
 
 impl EngineSocket {
@@ -90,7 +129,35 @@ impl EngineSocket {
         paths: Vec<PathBuf>,
         ctx: Rc<ServeContext>,
     ) -> std::io::Result<EngineSocket> {
+        let mut bound = Vec::new();
+        for path in &paths {
+            let (listener, guard) = private_socket::bind(path, "engine socket")?;
+            bound.push((path.clone(), listener, guard));
+        }
+        Self::serve(host, bound, ctx)
+    }
+
+    /// Takes over the sockets the previous fwdd image served.
+    pub fn adopt(
+        host: HostKey,
+        inherited: Vec<(PathBuf, OwnedFd)>,
+        ctx: Rc<ServeContext>,
+    ) -> std::io::Result<EngineSocket> {
+        let mut bound = Vec::new();
+        for (path, fd) in inherited {
+            let (listener, guard) = private_socket::adopt(&path, fd)?;
+            bound.push((path, listener, guard));
+        }
+        Self::serve(host, bound, ctx)
+    }
+
+    fn serve(
+        host: HostKey,
+        bound: Vec<(PathBuf, std::os::unix::net::UnixListener, SocketFileGuard)>,
+        ctx: Rc<ServeContext>,
+    ) -> std::io::Result<EngineSocket> {
         let stats = Rc::new(EngineStats::default());
+        let relays = Rc::new(RefCell::new(BTreeMap::new()));
         let shared = Rc::new(Shared {
             host,
             ctx,
@@ -99,12 +166,17 @@ impl EngineSocket {
             refusals: Default::default(),
             failures: std::cell::RefCell::new(RepeatGate::new(Duration::from_secs(300))),
             euid: fwd_proto::effective_uid(),
+            relays: relays.clone(),
+            next_relay: Cell::new(0),
         });
         let mut guards = Vec::new();
         let mut tasks = Vec::new();
-        for path in &paths {
-            let (listener, guard) = private_socket::bind(path, "engine socket")?;
+        let mut paths = Vec::new();
+        let mut listener_fds = Vec::new();
+        for (path, listener, guard) in bound {
             let listener = UnixListener::from_std(listener)?;
+            listener_fds.push((path.clone(), listener.as_raw_fd()));
+            paths.push(path);
             guards.push(guard);
             tasks.push(tokio::task::spawn_local(accept_loop(
                 listener,
@@ -114,15 +186,98 @@ impl EngineSocket {
         Ok(EngineSocket {
             paths,
             stats,
+            listener_fds,
+            relays,
+            shared,
             tasks,
             _guards: guards,
         })
     }
+
+    /// Relays still moving bytes (not paused for an upgrade).
+    pub fn running_relays(&self) -> usize {
+        self.relays
+            .borrow()
+            .values()
+            .filter(|r| matches!(r, RelayState::Running))
+            .count()
+    }
+
+    pub fn paused_relays(&self) -> Vec<PausedRelay> {
+        self.relays
+            .borrow()
+            .values()
+            .filter_map(|r| match r {
+                RelayState::Paused(p) => Some(p.clone()),
+                RelayState::Running => None,
+            })
+            .collect()
+    }
+
+    /// Resumes a relay the previous image paused and handed over.
+    pub fn resume(&self, r: AdoptedRelay) {
+        let shared = self.shared.clone();
+        tokio::task::spawn_local(async move {
+            let (Ok(mut client), Ok(mut upstream)) =
+                (unix_stream(r.client), unix_stream(r.upstream))
+            else {
+                return;
+            };
+            let dial_stdio = !r.keep.is_empty();
+            let permit = if dial_stdio {
+                shared.sessions.try_acquire().ok()
+            } else {
+                None
+            };
+            let drain_fd = r.drain.as_ref().map(|f| f.as_raw_fd());
+            let drain = r.drain.and_then(|fd| {
+                let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
+                Some(tokio::task::spawn_local(drain_stderr(pipe)))
+            });
+            let stats = &shared.stats;
+            stats.open.set(stats.open.get() + 1);
+            relay(
+                &mut client,
+                &mut upstream,
+                &shared,
+                Directions {
+                    up_open: r.up_open,
+                    down_open: r.down_open,
+                    keep: r.keep.iter().map(|f| f.as_raw_fd()).collect(),
+                    drain: drain_fd,
+                },
+            )
+            .await;
+            stats.open.set(stats.open.get().saturating_sub(1));
+            if let Some(d) = drain {
+                d.abort();
+            }
+            drop(r.keep);
+            drop(permit);
+        });
+    }
+}
+
+fn unix_stream(fd: OwnedFd) -> std::io::Result<UnixStream> {
+    let s = std::os::unix::net::UnixStream::from(fd);
+    s.set_nonblocking(true)?;
+    UnixStream::from_std(s)
+}
+
+async fn drain_stderr(mut stderr: tokio::net::unix::pipe::Receiver) {
+    let mut sink = [0u8; 1024];
+    while matches!(stderr.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
 async fn accept_loop(listener: UnixListener, shared: Rc<Shared>) {
+    let mut frozen = shared.ctx.frozen.subscribe();
     loop {
-        match listener.accept().await {
+        let _ = frozen.wait_for(|f| !*f).await;
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = frozen.wait_for(|f| *f) => continue,
+        };
+        match accepted {
             Ok((stream, _)) => {
                 let uid = stream.peer_cred().ok().map(|c| c.uid());
                 if !uid.is_some_and(|u| uid_allowed(u, shared.euid)) {
@@ -208,8 +363,9 @@ async fn relay_stream_local(
     link: &Link,
     shared: &Shared,
 ) -> std::io::Result<()> {
+    shared.ctx.thawed().await;
     let mut upstream = UnixStream::connect(&link.engine_forward).await?;
-    relay(client, &mut upstream, shared).await;
+    relay(client, &mut upstream, shared, Directions::both()).await;
     Ok(())
 }
 
@@ -221,32 +377,142 @@ async fn relay_dial_stdio(
     let Ok(_permit) = shared.sessions.acquire().await else {
         return Ok(());
     };
+    shared.ctx.thawed().await;
     let mut remote = fwd_ssh::spawn_remote(&link.control_path, fwd_docker::DIAL_STDIO_COMMAND)
         .await
         .map_err(std::io::Error::other)?;
     // dial-stdio's stderr is not ours to show; drain it so it never blocks.
-    let mut stderr = remote.stderr;
-    let drain = tokio::task::spawn_local(async move {
-        let mut sink = [0u8; 1024];
-        while matches!(stderr.read(&mut sink).await, Ok(n) if n > 0) {}
-    });
-    relay(client, &mut remote.stdio, shared).await;
+    let stderr_fd = remote.stderr.as_raw_fd();
+    let drain = tokio::task::spawn_local(drain_stderr(remote.stderr));
+    let directions = Directions {
+        keep: vec![remote.session.as_raw_fd()],
+        drain: Some(stderr_fd),
+        ..Directions::both()
+    };
+    relay(client, &mut remote.stdio, shared, directions).await;
     drain.abort();
     Ok(())
 }
 
+/// Which directions of a relay still carry bytes, and what it holds.
+struct Directions {
+    up_open: bool,
+    down_open: bool,
+    keep: Vec<RawFd>,
+    drain: Option<RawFd>,
+}
+
+impl Directions {
+    fn both() -> Directions {
+        Directions {
+            up_open: true,
+            down_open: true,
+            keep: Vec::new(),
+            drain: None,
+        }
+    }
+}
+
+/// Removes a relay from the registry when it ends.
+struct RelayEntry<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl RelayEntry<'_> {
+    fn set(&self, state: RelayState) {
+        self.shared.relays.borrow_mut().insert(self.id, state);
+    }
+}
+
+impl Drop for RelayEntry<'_> {
+    fn drop(&mut self) {
+        self.shared.relays.borrow_mut().remove(&self.id);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pump {
+    Ended,
+    Paused,
+    Failed,
+}
+
 /// Bytes both ways until both directions have ended; each EOF is passed
-/// on as a half-close (`docker exec -i` and `attach` rely on it).
-async fn relay(client: &mut UnixStream, upstream: &mut UnixStream, shared: &Shared) {
-    match tokio::io::copy_bidirectional(client, upstream).await {
-        Ok((up, down)) => {
-            let s = &shared.stats;
-            s.bytes_up.set(s.bytes_up.get() + up);
-            s.bytes_down.set(s.bytes_down.get() + down);
+/// on as a half-close (`docker exec -i` and `attach` rely on it). While
+/// fwdd is frozen for a binary upgrade, each direction stops after the
+/// write it is in, so the relay's descriptors can be handed over with no
+/// byte held here; if the upgrade fails it carries on.
+async fn relay(
+    client: &mut UnixStream,
+    upstream: &mut UnixStream,
+    shared: &Shared,
+    mut d: Directions,
+) {
+    let id = shared.next_relay.get();
+    shared.next_relay.set(id + 1);
+    let entry = RelayEntry { shared, id };
+    entry.set(RelayState::Running);
+    let (client_fd, upstream_fd) = (client.as_raw_fd(), upstream.as_raw_fd());
+    let (mut cr, mut cw) = client.split();
+    let (mut ur, mut uw) = upstream.split();
+    let s = &shared.stats;
+    loop {
+        let (up, down) = tokio::join!(
+            pump(d.up_open, &mut cr, &mut uw, shared, &s.bytes_up),
+            pump(d.down_open, &mut ur, &mut cw, shared, &s.bytes_down),
+        );
+        if up == Pump::Failed || down == Pump::Failed {
+            tracing::debug!(host = %shared.host, "engine connection ended with an error");
+            return;
         }
-        Err(e) => {
-            tracing::debug!(host = %shared.host, error = %e, "engine connection ended with an error")
+        d.up_open = up == Pump::Paused;
+        d.down_open = down == Pump::Paused;
+        if !d.up_open && !d.down_open {
+            return;
         }
+        entry.set(RelayState::Paused(PausedRelay {
+            client: client_fd,
+            upstream: upstream_fd,
+            up_open: d.up_open,
+            down_open: d.down_open,
+            keep: d.keep.clone(),
+            drain: d.drain,
+        }));
+        shared.ctx.thawed().await;
+        entry.set(RelayState::Running);
+    }
+}
+
+async fn pump(
+    open: bool,
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    shared: &Shared,
+    bytes: &Cell<u64>,
+) -> Pump {
+    if !open {
+        return Pump::Ended;
+    }
+    let mut frozen = shared.ctx.frozen.subscribe();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = frozen.wait_for(|f| *f) => return Pump::Paused,
+            read = from.read(&mut buf) => match read {
+                Ok(0) => {
+                    let _ = to.shutdown().await;
+                    return Pump::Ended;
+                }
+                Ok(n) => n,
+                Err(_) => return Pump::Failed,
+            },
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return Pump::Failed;
+        }
+        bytes.set(bytes.get() + n as u64);
     }
 }
 

@@ -11,7 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -98,7 +98,35 @@ pub struct Forward {
     pub since: SystemTime,
     pub local_addrs: Vec<SocketAddr>,
     pub stats: Rc<ConnStats>,
+    /// The listeners' descriptors (owned by the accept tasks), for a
+    /// binary upgrade.
+    listener_fds: Vec<(SocketAddr, RawFd)>,
     accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Forward {
+    pub fn listener_fds(&self) -> &[(SocketAddr, RawFd)] {
+        &self.listener_fds
+    }
+
+    /// How long the target container has run (`None`: only created), and
+    /// whether it was seen listening.
+    pub fn target_state(&self) -> (Option<Duration>, bool) {
+        let t = self.target.borrow();
+        (t.running_since.map(|s| s.elapsed()), t.listening.get())
+    }
+}
+
+/// A forward the previous fwdd image held, with what it handed over.
+pub struct AdoptedForward {
+    pub claim: Claim,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub running_for: Option<Duration>,
+    pub listening: bool,
+    pub since: SystemTime,
+    pub connections_total: u64,
+    pub tunnels: Vec<OwnedFd>,
+    pub queued: Vec<OwnedFd>,
 }
 
 impl Drop for Forward {
@@ -123,6 +151,59 @@ pub struct ServeContext {
     /// with a backlog of 64, and a burst of clients (hundreds waiting for
     /// a master that just came back) must queue here, not overflow it.
     handoffs: RefCell<BTreeMap<HostKey, Rc<tokio::sync::Semaphore>>>,
+    /// Set while a binary upgrade collects what to hand over: nothing is
+    /// accepted and no hand-off starts (the kernel's backlog holds new
+    /// clients meanwhile); cleared again if the upgrade fails.
+    pub frozen: watch::Sender<bool>,
+    /// Every client connection of a forward that fwdd still holds, and
+    /// where it is: what a binary upgrade hands to the next image.
+    conns: RefCell<BTreeMap<u64, Conn>>,
+    next_conn: Cell<u64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Conn {
+    port: u16,
+    state: ConnState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConnState {
+    /// Accepted, waiting (for a master, a start, a listener): the socket.
+    Queued(RawFd),
+    /// A mux request carrying the socket is in flight.
+    HandingOff,
+    /// Handed to the master: the mux connection that keeps the tunnel.
+    Tunnel(RawFd),
+    /// Served by an `ssh -W` child (which outlives an upgrade on its own).
+    Fallback,
+}
+
+/// What a frozen forward hands over: tunnels to keep, clients to serve again.
+#[derive(Default, Debug)]
+pub struct HeldConns {
+    pub tunnels: Vec<RawFd>,
+    pub queued: Vec<RawFd>,
+}
+
+/// Removes a connection from the registry when its task ends.
+struct Registered<'a> {
+    ctx: &'a ServeContext,
+    id: u64,
+}
+
+impl Registered<'_> {
+    fn set(&self, state: ConnState) {
+        if let Some(c) = self.ctx.conns.borrow_mut().get_mut(&self.id) {
+            c.state = state;
+        }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.ctx.conns.borrow_mut().remove(&self.id);
+    }
 }
 
 /// Concurrent hand-offs per host (well below ssh's control-socket backlog).
@@ -143,7 +224,49 @@ impl ServeContext {
             startup_window: Cell::new(startup_window),
             spares: RefCell::new(BTreeMap::new()),
             handoffs: RefCell::new(BTreeMap::new()),
+            frozen: watch::channel(false).0,
+            conns: RefCell::new(BTreeMap::new()),
+            next_conn: Cell::new(0),
         }
+    }
+
+    fn register(&self, port: u16, state: ConnState) -> Registered<'_> {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        self.conns.borrow_mut().insert(id, Conn { port, state });
+        Registered { ctx: self, id }
+    }
+
+    /// Returns at once unless frozen; while frozen, never (the process is
+    /// about to become the next image, or thaws if the upgrade fails).
+    pub async fn thawed(&self) {
+        let mut rx = self.frozen.subscribe();
+        let _ = rx.wait_for(|frozen| !*frozen).await;
+    }
+
+    /// Hand-offs whose mux request is in flight: a binary upgrade waits for
+    /// them, since the request's mux connection cannot be handed over
+    /// mid-request.
+    pub fn handing_off(&self) -> usize {
+        self.conns
+            .borrow()
+            .values()
+            .filter(|c| c.state == ConnState::HandingOff)
+            .count()
+    }
+
+    /// Per local port, the tunnels and the waiting clients fwdd holds.
+    pub fn held_conns(&self) -> BTreeMap<u16, HeldConns> {
+        let mut out: BTreeMap<u16, HeldConns> = BTreeMap::new();
+        for c in self.conns.borrow().values() {
+            let held = out.entry(c.port).or_default();
+            match c.state {
+                ConnState::Queued(fd) => held.queued.push(fd),
+                ConnState::Tunnel(fd) => held.tunnels.push(fd),
+                ConnState::HandingOff | ConnState::Fallback => {}
+            }
+        }
+        out
     }
 
     fn handoff_slots(&self, host: &HostKey) -> Rc<tokio::sync::Semaphore> {
@@ -371,21 +494,8 @@ impl ForwardTable {
             Ok(listeners) => {
                 let target = watch::channel(Target::new(claim.clone(), now)).0;
                 let stats = Rc::new(ConnStats::default());
-                let local_addrs = listeners
-                    .iter()
-                    .filter_map(|l| l.local_addr().ok())
-                    .collect();
-                let accept_tasks = listeners
-                    .into_iter()
-                    .map(|l| {
-                        tokio::task::spawn_local(accept_loop(
-                            l,
-                            target.subscribe(),
-                            stats.clone(),
-                            ctx.clone(),
-                        ))
-                    })
-                    .collect();
+                let (local_addrs, listener_fds, accept_tasks) =
+                    serve_listeners(listeners, &target, &stats, ctx);
                 tracing::info!(
                     event = "forward_added",
                     host = %claim.host,
@@ -417,6 +527,7 @@ impl ForwardTable {
                         since: SystemTime::now(),
                         local_addrs,
                         stats,
+                        listener_fds,
                         accept_tasks,
                     },
                 );
@@ -446,12 +557,100 @@ impl ForwardTable {
                         since: SystemTime::now(),
                         local_addrs: Vec::new(),
                         stats: Rc::new(ConnStats::default()),
+                        listener_fds: Vec::new(),
                         accept_tasks: Vec::new(),
                     },
                 );
             }
         }
     }
+}
+
+impl ForwardTable {
+    /// Takes over a forward from the previous fwdd image: its listeners keep
+    /// their queues, its tunnels are kept open and counted, and clients it
+    /// had accepted but not handed over yet are served from the start.
+    pub fn adopt(&mut self, a: AdoptedForward, ctx: &Rc<ServeContext>, now: Instant) {
+        let port = a.claim.local_port;
+        let mut target = Target::new(a.claim.clone(), now);
+        target.running_since = a.running_for.map(|d| now.checked_sub(d).unwrap_or(now));
+        target.listening.set(a.listening);
+        let target = watch::channel(target).0;
+        let stats = Rc::new(ConnStats::default());
+        stats.total.set(a.connections_total);
+        let listeners = a
+            .listeners
+            .into_iter()
+            .filter_map(|l| {
+                l.set_nonblocking(true).ok()?;
+                TcpListener::from_std(l).ok()
+            })
+            .collect();
+        let (local_addrs, listener_fds, accept_tasks) =
+            serve_listeners(listeners, &target, &stats, ctx);
+        for fd in a.tunnels {
+            spawn_adopted_tunnel(fd, port, stats.clone(), ctx.clone());
+        }
+        for fd in a.queued {
+            let sock = std::net::TcpStream::from(fd);
+            if sock.set_nonblocking(true).is_err() {
+                continue;
+            }
+            if let Ok(sock) = TcpStream::from_std(sock) {
+                // Counted once already, by the image that accepted it.
+                stats.total.set(stats.total.get().saturating_sub(1));
+                spawn_served(sock, target.subscribe(), stats.clone(), ctx.clone());
+            }
+        }
+        self.forwards.insert(
+            port,
+            Forward {
+                held: Held {
+                    owner: a.claim,
+                    bound: true,
+                    retry_at: None,
+                },
+                target,
+                reason: None,
+                since: a.since,
+                local_addrs,
+                stats,
+                listener_fds,
+                accept_tasks,
+            },
+        );
+    }
+}
+
+type Served = (
+    Vec<SocketAddr>,
+    Vec<(SocketAddr, RawFd)>,
+    Vec<JoinHandle<()>>,
+);
+
+/// One accept task per listener.
+fn serve_listeners(
+    listeners: Vec<TcpListener>,
+    target: &watch::Sender<Target>,
+    stats: &Rc<ConnStats>,
+    ctx: &Rc<ServeContext>,
+) -> Served {
+    let mut addrs = Vec::new();
+    let mut fds = Vec::new();
+    let mut tasks = Vec::new();
+    for l in listeners {
+        if let Ok(addr) = l.local_addr() {
+            addrs.push(addr);
+            fds.push((addr, l.as_raw_fd()));
+        }
+        tasks.push(tokio::task::spawn_local(accept_loop(
+            l,
+            target.subscribe(),
+            stats.clone(),
+            ctx.clone(),
+        )));
+    }
+    (addrs, fds, tasks)
 }
 
 /// Binds `port` on every address (by default 127.0.0.1 and [::1]). Any
@@ -512,19 +711,17 @@ async fn accept_loop(
     ctx: Rc<ServeContext>,
 ) {
     let mut failures = fwd_core::RepeatGate::new(Duration::from_secs(60));
+    let mut frozen = ctx.frozen.subscribe();
     loop {
-        match listener.accept().await {
+        let _ = frozen.wait_for(|f| !*f).await;
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = frozen.wait_for(|f| *f) => continue,
+        };
+        match accepted {
             Ok((sock, _peer)) => {
                 failures.clear();
-                stats.open.set(stats.open.get() + 1);
-                stats.total.set(stats.total.get() + 1);
-                let stats = stats.clone();
-                let ctx = ctx.clone();
-                let target = target.clone();
-                tokio::task::spawn_local(async move {
-                    serve_connection(sock, target, &ctx).await;
-                    stats.open.set(stats.open.get().saturating_sub(1));
-                });
+                spawn_served(sock, target.clone(), stats.clone(), ctx.clone());
             }
             Err(e) => {
                 // EMFILE and friends: back off a little instead of spinning.
@@ -537,6 +734,40 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Serves one client connection of a forward in its own task, counted.
+fn spawn_served(
+    sock: TcpStream,
+    target: watch::Receiver<Target>,
+    stats: Rc<ConnStats>,
+    ctx: Rc<ServeContext>,
+) {
+    stats.open.set(stats.open.get() + 1);
+    stats.total.set(stats.total.get() + 1);
+    tokio::task::spawn_local(async move {
+        serve_connection(sock, target, &ctx).await;
+        stats.open.set(stats.open.get().saturating_sub(1));
+    });
+}
+
+/// Keeps a tunnel the previous fwdd image handed over: its mux connection
+/// stays open (the tunnel lives as long as it does) and is counted.
+fn spawn_adopted_tunnel(fd: OwnedFd, port: u16, stats: Rc<ConnStats>, ctx: Rc<ServeContext>) {
+    let tunnel = match fwd_ssh::StdioForward::adopt(fd) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(event = "upgrade_tunnel_lost", port, error = %e, "a handed-over tunnel could not be kept");
+            return;
+        }
+    };
+    stats.open.set(stats.open.get() + 1);
+    tokio::task::spawn_local(async move {
+        let registered = ctx.register(port, ConnState::Tunnel(tunnel.as_raw_fd()));
+        tunnel.closed().await;
+        drop(registered);
+        stats.open.set(stats.open.get().saturating_sub(1));
+    });
 }
 
 /// Hands one accepted connection to the host's master. While no master is
@@ -562,6 +793,7 @@ async fn serve_connection(
         return;
     };
     let Ok(sock) = sock.into_std() else { return };
+    let registered = ctx.register(claim.local_port, ConnState::Queued(sock.as_raw_fd()));
     let mut fallback_tried = false;
     let mut refusals = 0;
     let mut probes = 0;
@@ -605,6 +837,8 @@ async fn serve_connection(
                 }
             }
         }
+        ctx.thawed().await;
+        registered.set(ConnState::HandingOff);
         let attempt = async {
             let mux = ctx.mux_client(&claim.host, &link).await?;
             mux.open_stdio_forward(&claim.remote.ip, claim.remote.port, sock.as_fd())
@@ -612,6 +846,10 @@ async fn serve_connection(
         };
         let handed_off = tokio::time::timeout_at(deadline, attempt).await;
         drop(slot);
+        registered.set(match &handed_off {
+            Ok(Ok(tunnel)) => ConnState::Tunnel(tunnel.as_raw_fd()),
+            _ => ConnState::Queued(sock.as_raw_fd()),
+        });
         match handed_off {
             Ok(Ok(tunnel)) => {
                 // The master holds its own copy of the socket now.
@@ -650,6 +888,7 @@ async fn serve_connection(
                 if changed.is_err() && !fallback_tried {
                     fallback_tried = true;
                     tracing::debug!(error = %e, "mux stdio forward failed; trying ssh -W");
+                    registered.set(ConnState::Fallback);
                     if run_fallback(&link, &claim, &sock).await {
                         return;
                     }

@@ -27,6 +27,10 @@ pub trait ControlHandler {
     fn reconnect(&self, host: Option<&str>) -> Result<Vec<String>, String>;
     /// List and inspect every container again on `host` (all when `None`).
     fn resync(&self, host: Option<&str>) -> Result<Vec<String>, String>;
+    /// Replace the running image with the binary on disk, handing over
+    /// everything; the new image answers on `reply_fd`. Returns only when
+    /// the upgrade did not happen, with why (the old image keeps serving).
+    fn upgrade(&self, reply_fd: std::os::fd::RawFd) -> LocalFuture<'_, String>;
 }
 
 impl Daemon {
@@ -73,5 +77,14 @@ impl ControlHandler for Rc<Daemon> {
 
     fn resync(&self, host: Option<&str>) -> Result<Vec<String>, String> {
         self.tell_hosts(host, || fwd_core::Input::ResyncRequested)
+    }
+
+    fn upgrade(&self, reply_fd: std::os::fd::RawFd) -> LocalFuture<'_, String> {
+        Box::pin(async move {
+            match crate::upgrade::upgrade(self, Some(reply_fd)).await {
+                Ok(never) => match never {},
+                Err(e) => e,
+            }
+        })
     }
 }

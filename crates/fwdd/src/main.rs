@@ -14,6 +14,7 @@ mod private_socket;
 mod sleepwatch;
 mod status;
 mod systemd;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,7 +39,9 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FWD_GIT
 ///
 /// Settings come from flags, then FWD_* environment variables, then the
 /// configuration file. Signals: SIGTERM/SIGINT stop (ports released, master
-/// ended, exit 0); SIGHUP reloads the configuration and retries failing hosts.
+/// ended, exit 0); SIGHUP reloads the configuration and retries failing hosts;
+/// SIGUSR2 upgrades in place to the binary now at the path fwdd was started
+/// from, keeping every listener, master and tunnel (as `fwdctl upgrade`).
 ///
 /// Exit status: 0 after a clean shutdown, 2 for invalid configuration, 1
 /// when the daemon cannot start (e.g. another fwdd runs).
@@ -89,6 +92,11 @@ enum Command {
         /// The file to check (default: --config / FWD_CONFIG).
         file: Option<PathBuf>,
     },
+    /// Print, as JSON, this binary's version and the handover versions it
+    /// can take over from; a running fwdd asks this of a new binary before
+    /// upgrading to it.
+    #[command(hide = true)]
+    UpgradeCheck,
 }
 
 impl Settings {
@@ -105,7 +113,17 @@ impl Settings {
 }
 
 fn main() -> ExitCode {
+    // First: descriptors handed over by the image this process ran before.
+    let takeover = upgrade::inherited();
     let args = Args::parse();
+    if let Some(Command::UpgradeCheck) = args.command {
+        let answer = upgrade::CheckAnswer {
+            fwdd: VERSION.to_string(),
+            handover_versions: upgrade::ACCEPTED_VERSIONS.to_vec(),
+        };
+        println!("{}", serde_json::to_string(&answer).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
     let mut settings = args.settings;
     if let Some(Command::CheckConfig { file }) = args.command {
         if file.is_some() {
@@ -130,6 +148,14 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    let takeover = match takeover {
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            tracing::error!(event = "upgrade_takeover_failed", error = %e, "the handover from the previous image cannot be used: {e}; starting afresh");
+            None
+        }
+        None => None,
+    };
     // The runtime directory holds sockets that grant use of the SSH
     // connection: one policy for it, the one every socket binder applies too.
     if let Err(e) =
@@ -157,7 +183,7 @@ fn main() -> ExitCode {
     };
     let reload = move || Config::load(settings.overrides());
     let local = tokio::task::LocalSet::new();
-    match local.block_on(&runtime, run(config, reload)) {
+    match local.block_on(&runtime, run(config, reload, takeover)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(event = "fatal", error = %format!("{e:#}"), "fwdd: {e:#}");
@@ -190,18 +216,42 @@ fn init_logging(format: LogFormat) {
 async fn run(
     config: Config,
     reload: impl Fn() -> Result<Config, config::ConfigError>,
+    mut takeover: Option<upgrade::Takeover>,
 ) -> anyhow::Result<()> {
     let net = netwatch::spawn();
     let hosts = config.hosts.clone();
     let control_path = config.runtime_dir.join(fwd_proto::CONTROL_SOCKET_NAME);
-    let daemon = Daemon::new(config, net.usable.clone());
+    let mut image = upgrade::Image::current();
+    let inherited_control = takeover.as_mut().and_then(|t| {
+        image.daemon_started_at = t.daemon_started_at;
+        image.upgrades = t.upgrades;
+        image.upgraded_from = Some(t.doc_from.clone());
+        t.control.take()
+    });
+    let control = match inherited_control {
+        Some((path, fd)) => {
+            control::ControlServer::adopt(&path, fd, control::ControlConfig::default())?
+        }
+        None => control::ControlServer::bind(&control_path, control::ControlConfig::default())?,
+    };
+    let daemon = Daemon::new(
+        config,
+        net.usable.clone(),
+        image,
+        (control_path.clone(), control.raw_fd()),
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let control = control::ControlServer::bind(&control_path, control::ControlConfig::default())?;
+    let control = control.pause_on(daemon.serve.frozen.subscribe());
     let d = daemon.clone();
     let control_task = tokio::task::spawn_local(control.run(d, shutdown_rx.clone()));
 
-    for cfg in hosts {
-        daemon.add_host(cfg);
+    match takeover {
+        Some(t) => take_over(&daemon, hosts, t),
+        None => {
+            for cfg in hosts {
+                daemon.add_host(cfg);
+            }
+        }
     }
     let retry_task = tokio::task::spawn_local(daemon.clone().retry_conflicts());
     spawn_wakers(&daemon, net.changes);
@@ -219,6 +269,7 @@ async fn run(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     let which = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
@@ -231,6 +282,11 @@ async fn run(
                 }
                 systemd::ready();
             }
+            _ = usr2.recv() => {
+                let d = daemon.clone();
+                // Logged by `upgrade` when it does not happen.
+                tokio::task::spawn_local(async move { let _ = upgrade::upgrade(&d, None).await; });
+            }
         }
     };
     tracing::info!(event = "stopping", signal = which, "stopping on {which}");
@@ -241,6 +297,80 @@ async fn run(
     let _ = tokio::time::timeout(Duration::from_millis(300), control_task).await;
     tracing::info!(event = "stopped", "fwdd stopped");
     Ok(())
+}
+
+/// New image: forwards first (so the first reconcile finds them held),
+/// then each configured host from its handover, then the relays; then the
+/// `fwdctl upgrade` that asked is told what was kept.
+fn take_over(daemon: &Rc<Daemon>, hosts: Vec<config::HostConfig>, t: upgrade::Takeover) {
+    let now = std::time::Instant::now();
+    let listeners = t.forwards.iter().map(|f| f.listeners.len()).sum::<usize>()
+        + t.hosts
+            .iter()
+            .map(|h| h.engine_sockets.len())
+            .sum::<usize>()
+        + 1;
+    let tunnels = t.forwards.iter().map(|f| f.tunnels.len()).sum::<usize>();
+    let engine_connections = t.relays.len();
+    {
+        let mut table = daemon.table.borrow_mut();
+        for f in t.forwards {
+            table.adopt(f, &daemon.serve, now);
+        }
+    }
+    daemon.skip_host_ids_below(t.next_host_id);
+    let mut handed: Vec<upgrade::HostTakeover> = t.hosts;
+    let mut masters = 0;
+    for cfg in hosts {
+        match handed.iter().position(|h| h.name == cfg.name) {
+            Some(i) => {
+                let h = handed.remove(i);
+                masters += usize::from(h.master.is_some());
+                daemon.adopt_host(cfg, h);
+            }
+            None => {
+                daemon.add_host(cfg);
+            }
+        }
+    }
+    // Hosts the configuration no longer has: end their masters.
+    for h in handed {
+        if let Some((pid, stderr)) = h.master {
+            let path = daemon
+                .config
+                .borrow()
+                .runtime_dir
+                .join(format!("h{}.ctl", h.id));
+            if let Ok((m, _)) = fwd_ssh::Master::adopt(pid, &path, stderr) {
+                tokio::task::spawn_local(m.shutdown(Duration::from_millis(500)));
+            }
+        }
+    }
+    for (host, relay) in t.relays {
+        if let Some(h) = daemon.host(&host) {
+            if let Ok(s) = h.engine_socket.borrow().as_ref() {
+                s.resume(relay);
+            }
+        }
+    }
+    daemon.reconcile();
+    let from = t.doc_from;
+    tracing::info!(event = "upgraded", from = %from, to = VERSION, listeners, masters, tunnels, engine_connections,
+        "upgraded from fwdd {from}: {listeners} listeners, {masters} masters, {tunnels} tunnels and {engine_connections} engine connections kept");
+    if let Some(reply) = t.reply {
+        upgrade::answer(
+            reply,
+            fwd_proto::UpgradeReport {
+                from,
+                to: VERSION.to_string(),
+                pid: std::process::id(),
+                listeners,
+                masters,
+                tunnels,
+                engine_connections,
+            },
+        );
+    }
 }
 
 /// Network changes and wake-ups make every host check its link at once.

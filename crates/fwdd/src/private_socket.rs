@@ -52,6 +52,26 @@ pub fn bind(
     ))
 }
 
+/// Takes over a listening socket the previous fwdd image bound at `path`
+/// (a binary upgrade): the same checks as a fresh bind would have passed
+/// hold already, so only the guard is made anew.
+pub fn adopt(
+    path: &Path,
+    fd: std::os::fd::OwnedFd,
+) -> io::Result<(std::os::unix::net::UnixListener, SocketFileGuard)> {
+    let listener = std::os::unix::net::UnixListener::from(fd);
+    listener.set_nonblocking(true)?;
+    let md = fs::symlink_metadata(path)?;
+    Ok((
+        listener,
+        SocketFileGuard {
+            path: path.to_path_buf(),
+            dev: md.dev(),
+            ino: md.ino(),
+        },
+    ))
+}
+
 /// Removes the socket file on drop if it is still the one we bound.
 #[derive(Debug)]
 pub struct SocketFileGuard {

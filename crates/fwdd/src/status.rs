@@ -196,6 +196,8 @@ pub fn snapshot(d: &Daemon) -> Status {
             version: crate::VERSION.to_string(),
             pid: std::process::id(),
             started_at_ms: unix_ms(d.started_at),
+            image_started_at_ms: Some(unix_ms(d.image.started_at)),
+            upgrades: d.image.upgrades,
         },
         hosts,
         forwards,

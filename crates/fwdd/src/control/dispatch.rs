@@ -39,6 +39,13 @@ pub(super) async fn handle_connection(
                 watch::serve_watch(shared, &mut reader, &mut wr, &mut shutdown).await;
                 return;
             }
+            Ok(Request::Upgrade) => {
+                use std::os::fd::AsRawFd;
+                info!(event = "control_upgrade", "binary upgrade requested");
+                // Returns only if the upgrade did not happen.
+                let why = shared.handler.upgrade(wr.as_ref().as_raw_fd()).await;
+                Response::error_with_code(why, error_code::UPGRADE_REFUSED)
+            }
             Ok(request) => {
                 let cmd = request.cmd();
                 let r = answer(shared, request).await;
@@ -79,7 +86,9 @@ async fn answer(shared: &Shared, request: Request) -> Response {
             }
             Err(e) => Response::error_with_code(e, error_code::UNKNOWN_HOST),
         },
-        Request::Watch => Response::error("watch cannot be answered with one response"),
+        Request::Watch | Request::Upgrade => {
+            Response::error("this request cannot be answered with one response")
+        }
     }
 }
 

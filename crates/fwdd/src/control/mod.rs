@@ -78,6 +78,7 @@ pub struct ControlServer {
     listener: std::os::unix::net::UnixListener,
     config: ControlConfig,
     guard: SocketFileGuard,
+    pause: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl ControlServer {
@@ -98,7 +99,37 @@ impl ControlServer {
             listener,
             config,
             guard,
+            pause: None,
         })
+    }
+
+    /// Takes over the control socket the previous fwdd image served (a
+    /// binary upgrade).
+    pub fn adopt(
+        path: &Path,
+        fd: std::os::fd::OwnedFd,
+        config: ControlConfig,
+    ) -> io::Result<ControlServer> {
+        let (listener, guard) = private_socket::adopt(path, fd)?;
+        Ok(ControlServer {
+            listener,
+            config,
+            guard,
+            pause: None,
+        })
+    }
+
+    /// No connection is accepted while `pause` is `true` (the kernel's
+    /// backlog keeps them): a binary upgrade is collecting what to hand over.
+    pub fn pause_on(mut self, pause: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.pause = Some(pause);
+        self
+    }
+
+    /// The listener's descriptor, for a binary upgrade.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.listener.as_raw_fd()
     }
 
     /// Serves connections until `shutdown` becomes `true` or its sender is dropped, then
@@ -113,7 +144,12 @@ impl ControlServer {
             listener,
             config,
             guard,
+            pause,
         } = self;
+        // A sender that lives as long as the loop: a dropped one would make
+        // `changed()` ready forever.
+        let (_never_paused, unpaused) = tokio::sync::watch::channel(false);
+        let mut pause = pause.unwrap_or(unpaused);
         let listener = UnixListener::from_std(listener)?;
         let shared = Rc::new(Shared {
             handler: Box::new(handler),
@@ -126,6 +162,7 @@ impl ControlServer {
             if *shutdown.borrow_and_update() {
                 break;
             }
+            let paused = *pause.borrow_and_update();
             tokio::select! {
                 biased;
                 changed = shutdown.changed() => {
@@ -133,7 +170,8 @@ impl ControlServer {
                         break; // sender gone: the daemon is going away
                     }
                 }
-                accepted = listener.accept() => match accepted {
+                _ = pause.changed() => {}
+                accepted = listener.accept(), if !paused => match accepted {
                     Ok((stream, _)) => admission::admit(&shared, stream, &shutdown),
                     Err(e) => {
                         // E.g. EMFILE: don't spin, the condition may clear.

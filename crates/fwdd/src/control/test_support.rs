@@ -67,6 +67,9 @@ impl ControlHandler for Fake {
     fn resync(&self, host: Option<&str>) -> Result<Vec<String>, String> {
         Fake::hosts(host)
     }
+    fn upgrade(&self, _reply_fd: std::os::fd::RawFd) -> LocalFuture<'_, String> {
+        Box::pin(async { "the fake daemon cannot upgrade".to_string() })
+    }
 }
 
 pub(super) fn forward(port: u16) -> fwd_proto::ForwardStatus {
@@ -93,6 +96,8 @@ pub(super) fn fixture() -> Status {
             version: "test".into(),
             pid: std::process::id(),
             started_at_ms: 1,
+            image_started_at_ms: None,
+            upgrades: 0,
         },
         hosts: vec![],
         forwards: vec![],

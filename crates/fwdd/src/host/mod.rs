@@ -14,12 +14,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fwd_core::{Command, HostKey, HostMachine, Input, OpId};
+use fwd_core::{Command, HostKey, HostMachine, Input, OpId, Outcome};
 use fwd_docker::{ApiError, EventStream, StreamItem};
 use fwd_ssh::Master;
 use tokio::sync::{mpsc, watch};
@@ -37,6 +38,8 @@ use crate::forwards::{Link, ServeContext};
 
 pub struct Host {
     pub key: HostKey,
+    /// The host's number: `h<id>.ctl`, `h<id>.eng`.
+    pub id: u32,
     pub cfg: HostConfig,
     pub control_path: PathBuf,
     /// The master's stream-local forward of the remote engine socket
@@ -60,11 +63,18 @@ pub struct Host {
     /// every host keeps its promise.
     pub progress_by: Cell<Instant>,
     task: RefCell<Option<JoinHandle<()>>>,
+    /// The master's pid and stderr descriptor while one is up: what a
+    /// binary upgrade hands over (the driver owns the master itself).
+    pub master_fds: Cell<Option<(u32, Option<RawFd>)>>,
+    /// A master handed over by the previous image, for the driver to take.
+    adopted_master: RefCell<Option<(Master, mpsc::Receiver<String>)>>,
 }
 
 impl Host {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         key: HostKey,
+        id: u32,
         cfg: HostConfig,
         control_path: PathBuf,
         engine_forward: PathBuf,
@@ -74,6 +84,7 @@ impl Host {
     ) -> Host {
         Host {
             key,
+            id,
             cfg,
             control_path,
             engine_forward,
@@ -85,7 +96,16 @@ impl Host {
             stop: watch::channel(false).0,
             progress_by: Cell::new(Instant::now() + PROGRESS_SLACK),
             task: RefCell::new(None),
+            master_fds: Cell::new(None),
+            adopted_master: RefCell::new(None),
         }
+    }
+
+    /// Gives the driver the master the previous image handed over (call
+    /// before [`start`]); the machine was made with `HostMachine::adopt`.
+    pub fn set_adopted_master(&self, master: Master, stderr: mpsc::Receiver<String>) {
+        self.master_fds.set(Some((master.pid, master.stderr_fd())));
+        *self.adopted_master.borrow_mut() = Some((master, stderr));
     }
 
     /// The driver task, for whoever stops the host and waits for it.
@@ -136,6 +156,10 @@ const PROGRESS_SLACK: Duration = Duration::from_secs(15);
 async fn supervise(d: Shell, host: Rc<Host>) {
     let mut stop = host.stop.subscribe();
     let mut res = Resources::default();
+    if let Some((master, stderr)) = host.adopted_master.borrow_mut().take() {
+        res.master = Some(master);
+        res.stderr = Some(stderr);
+    }
     loop {
         carry_out(&d, &host, &mut res).await;
         if host.machine.borrow().is_stopped() {
@@ -150,7 +174,13 @@ async fn supervise(d: Shell, host: Rc<Host>) {
                 host.machine.borrow_mut().handle_timeout(Instant::now());
                 continue;
             }
-            (id, done) = in_flight(&mut res.inflight) => Input::Done(id, absorb(&mut res, done).await),
+            (id, done) = in_flight(&mut res.inflight) => {
+                let outcome = absorb(&mut res, done).await;
+                if let Outcome::MasterReady { .. } = outcome {
+                    host.master_fds.set(res.master.as_ref().map(|m| (m.pid, m.stderr_fd())));
+                }
+                Input::Done(id, outcome)
+            }
             item = next_event(&mut res.events), if wants_events => match item {
                 Ok(Some(StreamItem::Event(ev))) => {
                     tracing::trace!(host = %host.key, action = ?ev.action, container_id = %ev.id, "event");
@@ -239,6 +269,7 @@ async fn carry_out(d: &Shell, host: &Rc<Host>, res: &mut Resources) {
                 res.inflight = Some((id, start_op(&d.serve, host, res, op)));
             }
             Command::StopMaster => {
+                host.master_fds.set(None);
                 res.close_channels();
                 if let Some(m) = res.master.take() {
                     m.shutdown(Duration::from_millis(500)).await;

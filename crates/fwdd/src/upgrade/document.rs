@@ -1,0 +1,399 @@
+//! The handover document: what one fwdd image tells the next across a
+//! binary upgrade (`execve` in place), next to the file descriptors it
+//! leaves open for it.
+//!
+//! The format is versioned by [`HANDOVER_VERSION`]. A new image accepts
+//! every version in [`ACCEPTED_VERSIONS`]; the old image asks it first
+//! (`fwdd upgrade-check`) and does not hand anything over to an image that
+//! would not understand. Fields may be added within a version only with
+//! `#[serde(default)]`, so a document written by an older image of the same
+//! version still parses (`tests/handover-v1.json` is such a document).
+//!
+//! File descriptors are plain numbers here: they are valid in the new image
+//! because the old one cleared `FD_CLOEXEC` on exactly these before `execve`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fwd_core::{
+    Claim, Container, ContainerId, EngineRoute, HostKey, PortBinding, Protocol, Remote,
+};
+use serde::{Deserialize, Serialize};
+
+/// The version this image writes.
+pub const HANDOVER_VERSION: u32 = 1;
+/// The versions this image can take over from.
+pub const ACCEPTED_VERSIONS: &[u32] = &[1];
+
+/// What `fwdd upgrade-check` prints: who the binary is and what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckAnswer {
+    pub fwdd: String,
+    pub handover_versions: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    pub handover_version: u32,
+    /// The version of the image that wrote this.
+    pub from_version: String,
+    /// When the daemon process started (kept across upgrades), Unix ms.
+    pub daemon_started_at_ms: u64,
+    /// Upgrades this process went through before this one.
+    pub upgrades: u32,
+    /// The control socket's listener.
+    pub control: SocketDoc,
+    /// The `fwdctl upgrade` connection, answered by the new image.
+    pub reply_fd: Option<RawFd>,
+    /// The next host's number (`h<N>.ctl`).
+    pub next_host_id: u32,
+    pub hosts: Vec<HostDoc>,
+    pub forwards: Vec<ForwardDoc>,
+    /// Engine socket connections in flight, paused between two writes.
+    #[serde(default)]
+    pub engine_relays: Vec<RelayDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketDoc {
+    pub path: PathBuf,
+    pub fd: RawFd,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostDoc {
+    pub name: String,
+    /// `h<id>.ctl` and `h<id>.eng` in the runtime directory.
+    pub id: u32,
+    pub master: Option<MasterDoc>,
+    /// `stream_local` or `dial_stdio`.
+    pub route: String,
+    pub engine_forwarded: bool,
+    pub remote_socket: Option<String>,
+    pub since_ns: Option<i64>,
+    pub docker_version: Option<String>,
+    pub connected_for_ms: u64,
+    pub containers: Vec<ContainerDoc>,
+    pub engine_sockets: Vec<SocketDoc>,
+    /// Engine connections served so far (status counters carry on).
+    #[serde(default)]
+    pub engine_total: u64,
+    #[serde(default)]
+    pub engine_bytes_up: u64,
+    #[serde(default)]
+    pub engine_bytes_down: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterDoc {
+    pub pid: u32,
+    /// Read end of ssh's stderr pipe.
+    pub stderr_fd: Option<RawFd>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerDoc {
+    pub id: String,
+    pub name: String,
+    pub compose_project: Option<String>,
+    pub started_at_ns: i64,
+    pub pending: bool,
+    pub ports: Vec<PortDoc>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortDoc {
+    pub container_port: u16,
+    pub protocol: String,
+    pub host_ip: String,
+    pub host_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardDoc {
+    pub host: String,
+    pub container: String,
+    pub container_name: String,
+    pub compose_project: Option<String>,
+    pub container_port: u16,
+    pub started_at_ns: i64,
+    pub pending: bool,
+    pub local_port: u16,
+    pub bind: Vec<IpAddr>,
+    pub remote_ip: String,
+    pub remote_port: u16,
+    pub listeners: Vec<ListenerDoc>,
+    /// How long the container had been running, for the startup window.
+    pub running_for_ms: Option<u64>,
+    /// The container was seen listening: no more probes.
+    pub listening: bool,
+    /// When the forward was added, Unix ms (status "since").
+    pub since_ms: u64,
+    pub connections_total: u64,
+    /// The mux connection of each open tunnel: the master closes the tunnel
+    /// when it closes, so the new image must keep it.
+    pub tunnels: Vec<RawFd>,
+    /// Accepted connections not yet handed to the master: served again.
+    pub queued: Vec<RawFd>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerDoc {
+    pub addr: SocketAddr,
+    pub fd: RawFd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayDoc {
+    pub host: String,
+    pub client_fd: RawFd,
+    pub upstream_fd: RawFd,
+    /// Whether each direction still carries bytes (the other was half-closed).
+    pub up_open: bool,
+    pub down_open: bool,
+    /// Held for the relay's life: a dial-stdio session's mux connection
+    /// (the session ends when it closes).
+    pub keep_fds: Vec<RawFd>,
+    /// A dial-stdio session's stderr, drained.
+    pub drain_fd: Option<RawFd>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DocumentError {
+    #[error("handover document is not valid JSON for this fwdd: {0}")]
+    Malformed(String),
+    #[error("handover version {got} is not one this fwdd accepts ({accepted:?})")]
+    Version { got: u32, accepted: Vec<u32> },
+    #[error("handover document: {0}")]
+    Invalid(String),
+}
+
+impl Document {
+    pub fn parse(bytes: &[u8]) -> Result<Document, DocumentError> {
+        #[derive(Deserialize)]
+        struct Versioned {
+            handover_version: u32,
+        }
+        let v: Versioned =
+            serde_json::from_slice(bytes).map_err(|e| DocumentError::Malformed(e.to_string()))?;
+        if !ACCEPTED_VERSIONS.contains(&v.handover_version) {
+            return Err(DocumentError::Version {
+                got: v.handover_version,
+                accepted: ACCEPTED_VERSIONS.to_vec(),
+            });
+        }
+        let doc: Document =
+            serde_json::from_slice(bytes).map_err(|e| DocumentError::Malformed(e.to_string()))?;
+        doc.check()?;
+        Ok(doc)
+    }
+
+    /// Every descriptor named once, none of them stdio: a document that
+    /// would make two owners of one fd is refused before anything is used.
+    fn check(&self) -> Result<(), DocumentError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for fd in self.fds() {
+            if fd <= 2 {
+                return Err(DocumentError::Invalid(format!("fd {fd} is stdio")));
+            }
+            if !seen.insert(fd) {
+                return Err(DocumentError::Invalid(format!("fd {fd} is named twice")));
+            }
+        }
+        for h in &self.hosts {
+            route(&h.route)?;
+            for c in &h.containers {
+                container(c)?;
+            }
+        }
+        for f in &self.forwards {
+            claim(f)?;
+        }
+        Ok(())
+    }
+
+    /// Every descriptor the document hands over.
+    pub fn fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.control.fd];
+        fds.extend(self.reply_fd);
+        for h in &self.hosts {
+            fds.extend(h.master.iter().filter_map(|m| m.stderr_fd));
+            fds.extend(h.engine_sockets.iter().map(|s| s.fd));
+        }
+        for f in &self.forwards {
+            fds.extend(f.listeners.iter().map(|l| l.fd));
+            fds.extend(&f.tunnels);
+            fds.extend(&f.queued);
+        }
+        for r in &self.engine_relays {
+            fds.extend([r.client_fd, r.upstream_fd]);
+            fds.extend(&r.keep_fds);
+            fds.extend(r.drain_fd);
+        }
+        fds
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain data cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+pub fn route_name(r: EngineRoute) -> String {
+    r.as_str().to_string()
+}
+
+pub fn route(s: &str) -> Result<EngineRoute, DocumentError> {
+    match s {
+        "stream_local" => Ok(EngineRoute::StreamLocal),
+        "dial_stdio" => Ok(EngineRoute::DialStdio),
+        other => Err(DocumentError::Invalid(format!(
+            "unknown engine route {other:?}"
+        ))),
+    }
+}
+
+pub fn container_doc(c: &Container) -> ContainerDoc {
+    ContainerDoc {
+        id: c.id.as_str().to_string(),
+        name: c.name.clone(),
+        compose_project: c.compose_project.clone(),
+        started_at_ns: c.started_at_ns,
+        pending: c.pending,
+        ports: c
+            .ports
+            .iter()
+            .map(|p| PortDoc {
+                container_port: p.container_port,
+                protocol: p.protocol.as_str().to_string(),
+                host_ip: p.host_ip.clone(),
+                host_port: p.host_port,
+            })
+            .collect(),
+        labels: c.labels.clone(),
+    }
+}
+
+pub fn container(d: &ContainerDoc) -> Result<Container, DocumentError> {
+    let id = ContainerId::parse(&d.id).map_err(|e| DocumentError::Invalid(e.to_string()))?;
+    let ports = d
+        .ports
+        .iter()
+        .map(|p| {
+            Ok(PortBinding {
+                container_port: p.container_port,
+                protocol: Protocol::parse(&p.protocol).ok_or_else(|| {
+                    DocumentError::Invalid(format!("unknown protocol {:?}", p.protocol))
+                })?,
+                host_ip: p.host_ip.clone(),
+                host_port: p.host_port,
+            })
+        })
+        .collect::<Result<_, DocumentError>>()?;
+    Ok(Container {
+        id,
+        name: d.name.clone(),
+        compose_project: d.compose_project.clone(),
+        started_at_ns: d.started_at_ns,
+        pending: d.pending,
+        ports,
+        labels: d.labels.clone(),
+    })
+}
+
+pub fn claim(f: &ForwardDoc) -> Result<Claim, DocumentError> {
+    Ok(Claim {
+        host: HostKey::from(f.host.as_str()),
+        container: ContainerId::parse(&f.container)
+            .map_err(|e| DocumentError::Invalid(e.to_string()))?,
+        container_name: f.container_name.clone(),
+        compose_project: f.compose_project.clone(),
+        container_port: f.container_port,
+        started_at_ns: f.started_at_ns,
+        pending: f.pending,
+        local_port: f.local_port,
+        bind: f.bind.clone(),
+        remote: Remote {
+            ip: f.remote_ip.clone(),
+            port: f.remote_port,
+        },
+    })
+}
+
+pub fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str = include_str!("tests/handover-v1.json");
+
+    #[test]
+    fn a_version_1_document_written_by_the_first_image_still_parses() {
+        let doc = Document::parse(V1.as_bytes()).expect("v1 parses");
+        assert_eq!(doc.handover_version, 1);
+        assert_eq!(doc.hosts.len(), 1);
+        assert_eq!(doc.hosts[0].master.as_ref().map(|m| m.pid), Some(4242));
+        let c = container(&doc.hosts[0].containers[0]).expect("container");
+        assert_eq!(c.ports[0].protocol, Protocol::Tcp);
+        let f = &doc.forwards[0];
+        assert_eq!(claim(f).expect("claim").local_port, 18080);
+        assert_eq!(f.tunnels, vec![12]);
+        assert_eq!(doc.fds().len(), 9);
+    }
+
+    #[test]
+    fn round_trip() {
+        let doc = Document::parse(V1.as_bytes()).expect("v1 parses");
+        assert_eq!(Document::parse(&doc.to_json()), Ok(doc));
+    }
+
+    #[test]
+    fn unknown_versions_and_bad_documents_are_refused() {
+        let v2 = V1.replacen("\"handover_version\": 1", "\"handover_version\": 2", 1);
+        assert_eq!(
+            Document::parse(v2.as_bytes()),
+            Err(DocumentError::Version {
+                got: 2,
+                accepted: vec![1]
+            })
+        );
+        assert!(matches!(
+            Document::parse(b"{\"handover_version\": 1}"),
+            Err(DocumentError::Malformed(_))
+        ));
+        assert!(matches!(
+            Document::parse(b"garbage"),
+            Err(DocumentError::Malformed(_))
+        ));
+        // One fd with two owners would be closed twice.
+        let twice = V1.replacen("\"queued\": [13]", "\"queued\": [12]", 1);
+        assert_eq!(
+            Document::parse(twice.as_bytes()),
+            Err(DocumentError::Invalid("fd 12 is named twice".into()))
+        );
+        let stdio = V1.replacen("\"fd\": 3", "\"fd\": 1", 1);
+        assert_eq!(
+            Document::parse(stdio.as_bytes()),
+            Err(DocumentError::Invalid("fd 1 is stdio".into()))
+        );
+        let bad_route = V1.replacen("\"stream_local\"", "\"carrier_pigeon\"", 1);
+        assert!(matches!(
+            Document::parse(bad_route.as_bytes()),
+            Err(DocumentError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn containers_convert_both_ways() {
+        let doc = Document::parse(V1.as_bytes()).expect("v1 parses");
+        let d = &doc.hosts[0].containers[0];
+        assert_eq!(&container_doc(&container(d).expect("container")), d);
+    }
+}
