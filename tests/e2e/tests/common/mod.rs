@@ -83,11 +83,27 @@ impl<'a> Fwdd<'a> {
 
     /// Starts fwdd with `args` and extra environment variables.
     pub fn spawn_env(host: &'a TestHost, args: &[&str], env: &[(&str, &str)]) -> Fwdd<'a> {
+        Self::spawn_program(host, &bin("fwdd"), args, env)
+    }
+
+    /// Starts `program` (an fwdd binary installed somewhere) for `host`.
+    pub fn spawn_binary(host: &'a TestHost, program: &Path) -> Fwdd<'a> {
+        let url = format!("ssh://{}", host.alias);
+        let cfg = host.ssh_config.to_string_lossy().into_owned();
+        Self::spawn_program(host, program, &["--host", &url, "--ssh-config", &cfg], &[])
+    }
+
+    fn spawn_program(
+        host: &'a TestHost,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Fwdd<'a> {
         let runtime_dir = host.dir.join("rt");
         let log = host.dir.join("fwdd.log");
         let log_file = File::create(&log).expect("create fwdd log");
         let child = host
-            .runner_command(bin("fwdd"))
+            .runner_command(program)
             .args(args)
             .arg("--runtime-dir")
             .arg(&runtime_dir)
