@@ -13,6 +13,7 @@
 #   /usr/lib/systemd/user/fwdd.service     (--config ~/.config/fwd/fwdd.toml)
 #   /etc/fwd/fwdd.toml                     (conffile: never clobbered by upgrades)
 #   /usr/share/doc/fwd/                    (README, operations guide, control API)
+#   /usr/share/fwd/upgrade-running.sh      (postinst: fwdctl upgrade, else restart)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -39,7 +40,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 stage=$work/fwd
 install -d -m 0755 "$stage/DEBIAN" "$stage/usr/bin" "$stage/usr/lib/systemd/system" \
-  "$stage/usr/lib/systemd/user" "$stage/etc/fwd" "$stage/usr/share/doc/fwd"
+  "$stage/usr/lib/systemd/user" "$stage/etc/fwd" "$stage/usr/share/doc/fwd" \
+  "$stage/usr/share/fwd"
 
 for b in fwdd fwdctl; do
   install -m 0755 "$bin_dir/$b" "$stage/usr/bin/$b"
@@ -49,6 +51,7 @@ done
 install -m 0644 systemd/fwdd.service "$stage/usr/lib/systemd/system/fwdd.service"
 install -m 0644 systemd/fwdd-user.service "$stage/usr/lib/systemd/user/fwdd.service"
 install -m 0644 config/fwdd.toml "$stage/etc/fwd/fwdd.toml"
+install -m 0755 packaging/upgrade-running.sh "$stage/usr/share/fwd/upgrade-running.sh"
 install -m 0644 README.md docs/operations.md docs/control-api.md packaging/debian/copyright \
   "$stage/usr/share/doc/fwd/"
 

@@ -30,7 +30,8 @@ name=fwd-$version-$target
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 stage=$work/$name
-install -d -m 0755 "$stage/bin" "$stage/systemd" "$stage/launchd" "$stage/config" "$stage/docs"
+install -d -m 0755 "$stage/bin" "$stage/systemd" "$stage/launchd" "$stage/config" "$stage/docs" \
+  "$stage/packaging"
 for b in fwdd fwdctl; do
   install -m 0755 "$bin_dir/$b" "$stage/bin/$b"
   # Line tables are kept in target/ for backtraces; the shipped binary is lean.
@@ -42,6 +43,8 @@ install -m 0644 config/fwdd.toml "$stage/config/"
 install -m 0644 docs/operations.md docs/control-api.md "$stage/docs/"
 install -m 0644 README.md "$stage/"
 install -m 0755 packaging/install.sh "$stage/install.sh"
+# install.sh runs it after an install onto a running service.
+install -m 0755 packaging/upgrade-running.sh "$stage/packaging/upgrade-running.sh"
 
 mkdir -p "$dist"
 tarball=$dist/$name.tar.gz

@@ -102,6 +102,8 @@ if [ "$platform" = linux ]; then
       install -d -m 0700 -o fwd -g fwd /var/lib/fwd /var/lib/fwd/.ssh
       if [ -d /run/systemd/system ]; then
         systemctl daemon-reload || true
+        # An upgrade: a running fwdd takes the new binary over in place.
+        sh "$src/packaging/upgrade-running.sh" "$bindir" || true
       fi
       cat <<NEXT
 

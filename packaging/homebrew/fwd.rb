@@ -27,6 +27,15 @@ class Fwd < Formula
 
   def post_install
     (var/"log/fwd").mkpath
+    # An upgrade: a running fwdd (started from opt_bin, which now names the
+    # new version) takes the new binary over in place, keeping every port,
+    # the ssh master and open tunnels. Not running, or refused: nothing is
+    # changed here (`brew services restart fwd` then runs the new binary).
+    return unless File.exist?(opt_bin/"fwdctl")
+
+    if Kernel.system(opt_bin/"fwdctl", "upgrade", err: File::NULL)
+      ohai "fwdd took the new binary over in place"
+    end
   end
 
   service do

@@ -72,6 +72,7 @@ fn listing_has_binaries_units_and_config() {
         "/etc/fwd/fwdd.toml",
         "/usr/share/doc/fwd/operations.md",
         "/usr/share/doc/fwd/copyright",
+        "/usr/share/fwd/upgrade-running.sh",
     ] {
         assert!(
             files.iter().any(|f| f == want),
@@ -127,6 +128,11 @@ fn control_fields_and_conffiles() {
     assert!(
         postinst.contains("useradd --system"),
         "postinst creates the fwd user"
+    );
+    // An upgrade goes through the helper that upgrade_running.rs runs for real.
+    assert!(
+        postinst.contains("/usr/share/fwd/upgrade-running.sh /usr/bin"),
+        "postinst upgrades a running fwdd in place"
     );
     let prerm = std::fs::read_to_string(dir.path().join("prerm")).unwrap();
     assert!(

@@ -178,6 +178,7 @@ fn release_tarball_installs_from_its_own_tree() {
         "config/fwdd.toml",
         "docs/operations.md",
         "install.sh",
+        "packaging/upgrade-running.sh",
     ] {
         assert!(tree.join(f).is_file(), "{f} missing from the tarball");
     }

@@ -214,7 +214,8 @@ async fn attempt(daemon: &Rc<Daemon>, reply_fd: Option<RawFd>) -> Result<Infalli
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let doc = collect(daemon, reply_fd);
-    exec(&binary, &daemon.image.args, &doc)
+    let dir = daemon.config.borrow().runtime_dir.clone();
+    exec(&binary, &daemon.image.args, &doc, &dir)
 }
 
 fn running_relays(daemon: &Daemon) -> usize {
@@ -371,9 +372,14 @@ fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
 /// Writes the document to an unlinked private file, opens exactly its
 /// descriptors to the next image and executes it. Returns only on failure,
 /// with every flag restored.
-fn exec(binary: &Path, args: &[OsString], doc: &Document) -> Result<Infallible, String> {
+fn exec(
+    binary: &Path,
+    args: &[OsString],
+    doc: &Document,
+    dir: &Path,
+) -> Result<Infallible, String> {
     let file =
-        write_document(doc).map_err(|e| format!("cannot write the handover document: {e}"))?;
+        write_document(doc, dir).map_err(|e| format!("cannot write the handover document: {e}"))?;
     let mut fds = doc.fds();
     fds.push(file.as_raw_fd());
     let c = |s: &std::ffi::OsStr| {
@@ -421,9 +427,10 @@ fn exec(binary: &Path, args: &[OsString], doc: &Document) -> Result<Infallible, 
     ))
 }
 
-fn write_document(doc: &Document) -> std::io::Result<std::fs::File> {
+/// In the runtime directory: private, and writable under the systemd
+/// unit's `ProtectSystem=strict`, where /tmp may not be.
+fn write_document(doc: &Document, dir: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = std::env::temp_dir();
     let path = dir.join(format!(
         "fwdd-handover-{}-{}",
         std::process::id(),
