@@ -114,63 +114,105 @@ impl Settings {
 
 fn main() -> ExitCode {
     // First: descriptors handed over by the image this process ran before.
-    let takeover = upgrade::inherited();
-    let args = Args::parse();
-    if let Some(Command::UpgradeCheck) = args.command {
-        let answer = upgrade::CheckAnswer {
-            fwdd: VERSION.to_string(),
-            handover_versions: upgrade::ACCEPTED_VERSIONS.to_vec(),
-        };
-        println!("{}", serde_json::to_string(&answer).unwrap_or_default());
-        return ExitCode::SUCCESS;
-    }
-    let mut settings = args.settings;
-    if let Some(Command::CheckConfig { file }) = args.command {
-        if file.is_some() {
-            settings.config = file;
+    let mut takeover = upgrade::inherited();
+    // Until this image owns the handover, any reason not to start hands it
+    // back to the previous image, which carries on.
+    fn refuse(
+        takeover: &mut Option<Result<upgrade::Inherited, String>>,
+        code: u8,
+        why: String,
+    ) -> ExitCode {
+        match takeover.take() {
+            Some(Ok(pending)) => eprintln!("fwdd: {}", pending.roll_back(&why)),
+            _ => eprintln!("fwdd: {why}"),
         }
-        return match Config::load(settings.overrides()) {
-            Ok(c) => {
-                print!("{}", config::render(&c));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
+        ExitCode::from(code)
+    }
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if takeover.is_some() => {
+            let first = e.render().to_string();
+            let first = first
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            return refuse(
+                &mut takeover,
+                2,
+                format!("the new fwdd does not accept its arguments: {first}"),
+            );
+        }
+        Err(e) => e.exit(),
+    };
+    let mut settings = args.settings;
+    match args.command {
+        // The running image asks this of a new binary, with its own
+        // arguments: the binary must run, accept them, and understand the
+        // handover.
+        Some(Command::UpgradeCheck) => {
+            if let Err(e) = Config::load(settings.overrides()) {
                 eprintln!("fwdd: {e}");
-                ExitCode::from(2)
+                return ExitCode::from(2);
             }
-        };
+            let answer = upgrade::CheckAnswer {
+                fwdd: VERSION.to_string(),
+                handover_versions: upgrade::ACCEPTED_VERSIONS.to_vec(),
+            };
+            println!("{}", serde_json::to_string(&answer).unwrap_or_default());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::CheckConfig { file }) => {
+            if file.is_some() {
+                settings.config = file;
+            }
+            return match Config::load(settings.overrides()) {
+                Ok(c) => {
+                    print!("{}", config::render(&c));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fwdd: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        None => {}
     }
     let config = match Config::load(settings.overrides()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("fwdd: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    init_logging(config.log_format);
-    let takeover = match takeover {
-        Some(Ok(t)) => Some(t),
-        Some(Err(e)) => {
-            tracing::error!(event = "upgrade_takeover_failed", error = %e, "the handover from the previous image cannot be used: {e}; starting afresh");
-            None
-        }
-        None => None,
+        Err(e) => return refuse(&mut takeover, 2, e.to_string()),
     };
     // The runtime directory holds sockets that grant use of the SSH
     // connection: one policy for it, the one every socket binder applies too.
     if let Err(e) =
         private_socket::ensure_private_dir(&config.runtime_dir, fwd_proto::effective_uid())
     {
-        eprintln!("fwdd: {e} (the runtime directory is set with --runtime-dir or FWD_RUNTIME_DIR)");
-        return ExitCode::from(2);
+        return refuse(
+            &mut takeover,
+            2,
+            format!("{e} (the runtime directory is set with --runtime-dir or FWD_RUNTIME_DIR)"),
+        );
     }
     for i in 0..config.hosts.len() {
         let path = config.runtime_dir.join(format!("h{i}.ctl"));
         if let Err(e) = fwd_ssh::check_control_path_len(&path) {
-            eprintln!("fwdd: {e} (choose a shorter --runtime-dir)");
-            return ExitCode::from(2);
+            return refuse(
+                &mut takeover,
+                2,
+                format!("{e} (choose a shorter --runtime-dir)"),
+            );
         }
     }
+    init_logging(config.log_format);
+    let takeover = match takeover {
+        Some(Ok(pending)) => Some(pending.take()),
+        Some(Err(e)) => {
+            tracing::error!(event = "upgrade_takeover_failed", error = %e, "the handover from the previous image cannot be used: {e}; starting afresh");
+            None
+        }
+        None => None,
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -355,6 +397,17 @@ fn take_over(daemon: &Rc<Daemon>, hosts: Vec<config::HostConfig>, t: upgrade::Ta
     }
     daemon.reconcile();
     let from = t.doc_from;
+    if let Some(why) = t.rolled_back {
+        tracing::error!(event = "upgrade_rolled_back", error = %why, listeners, masters, tunnels,
+            "the new binary could not take over ({why}); this image ({VERSION}) serves on with everything it had");
+        if let Some(reply) = t.reply {
+            upgrade::answer_error(
+                reply,
+                format!("the new binary could not take over ({why}); rolled back: fwdd {VERSION} serves on, nothing was dropped"),
+            );
+        }
+        return;
+    }
     tracing::info!(event = "upgraded", from = %from, to = VERSION, listeners, masters, tunnels, engine_connections,
         "upgraded from fwdd {from}: {listeners} listeners, {masters} masters, {tunnels} tunnels and {engine_connections} engine connections kept");
     if let Some(reply) = t.reply {

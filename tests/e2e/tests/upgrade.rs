@@ -354,3 +354,86 @@ fn a_binary_that_cannot_take_over_is_refused_and_the_old_one_keeps_serving() {
         "new connections are accepted after a refusal"
     );
 }
+
+#[test]
+fn a_binary_that_fails_after_taking_over_rolls_back_and_nothing_is_dropped() {
+    let host = sandbox_host!("upgrade_rollback");
+    let binary = installed_binary(&host);
+    let fwdd = Fwdd::spawn_binary(&host, &binary);
+    fwdd.wait_connected();
+    echo_server(&host, "20520:8080");
+    fwdd.wait_forward_state(20520, ForwardState::Active);
+    let pid = fwdd.child.id();
+    let master = fwdd.master_pid();
+    let mut held = host.in_runner_ns(|| {
+        wait_until(Duration::from_secs(20), "echo through the forward", || {
+            host.connect(20520)
+                .and_then(|mut c| {
+                    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    echo(&mut c, "hello")
+                })
+                .is_ok()
+        });
+        host.connect(20520).expect("connect")
+    });
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    assert_eq!(echo(&mut held, "before").expect("echo"), "before");
+
+    // A new fwdd that passes its check, is executed in place with every
+    // descriptor, and then refuses to start (an argument it rejects; a
+    // configuration key it no longer knows would do the same).
+    let wrapper = host.dir.join("fails-after-takeover");
+    let real = bin("fwdd");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = upgrade-check ] && exec '{real}' \"$@\"; done\nexec '{real}' \"$@\" --no-such-flag\n",
+            real = real.display()
+        ),
+    )
+    .expect("write wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    install(&wrapper, &binary);
+    let prober = Prober::start(&host, 20520);
+    std::thread::sleep(Duration::from_millis(200)); // let the prober get going
+    let out = fwdctl(&fwdd, &["upgrade"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stderr}\nlog:\n{}",
+        fwdd.log_tail(30)
+    );
+    assert!(
+        stderr.contains("rolled back") && stderr.contains("--no-such-flag"),
+        "{stderr}"
+    );
+    // The old image runs again (its file is gone from disk), with everything.
+    assert!(exe_of(pid).ends_with("(deleted)"), "{}", exe_of(pid));
+    assert_eq!(
+        echo(&mut held, "after").expect("the held tunnel survives"),
+        "after"
+    );
+    let st = fwdd.status().expect("status");
+    assert_eq!(st.daemon.pid, pid);
+    assert_eq!(st.daemon.upgrades, 0, "a rollback is not an upgrade");
+    assert_eq!(st.hosts[0].master.pid, Some(master));
+    assert!(fwdd.log_text().contains("\"upgrade_rolled_back\""));
+
+    // The rolled-back image can still be upgraded.
+    install(&bin("fwdd"), &binary);
+    let out = fwdctl(&fwdd, &["upgrade"]);
+    assert!(
+        out.status.success(),
+        "{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fwdd.log_tail(30)
+    );
+    assert_eq!(exe_of(pid), binary.to_string_lossy());
+    assert_eq!(echo(&mut held, "upgraded").expect("still held"), "upgraded");
+    let (served, failures) = prober.finish();
+    assert!(failures.is_empty(), "connections failed: {failures:?}");
+    assert!(served >= 5, "only {served} probes ran");
+}

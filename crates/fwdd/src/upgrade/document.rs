@@ -55,6 +55,16 @@ pub struct Document {
     /// Engine socket connections in flight, paused between two writes.
     #[serde(default)]
     pub engine_relays: Vec<RelayDoc>,
+    /// The old image itself (Linux: `/proc/self/exe` opened at its start):
+    /// a new image that cannot take over executes it again with this very
+    /// document, so nothing is lost.
+    #[serde(default)]
+    pub rollback_exe_fd: Option<RawFd>,
+    /// The old image's path and arguments, for that rollback.
+    #[serde(default)]
+    pub binary: String,
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +230,7 @@ impl Document {
     pub fn fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.control.fd];
         fds.extend(self.reply_fd);
+        fds.extend(self.rollback_exe_fd);
         for h in &self.hosts {
             fds.extend(h.master.iter().filter_map(|m| m.stderr_fd));
             fds.extend(h.engine_sockets.iter().map(|s| s.fd));

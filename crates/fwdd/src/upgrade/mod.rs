@@ -65,6 +65,10 @@ pub struct Image {
     pub upgrades: u32,
     /// The version of the image this one replaced, if any.
     pub upgraded_from: Option<String>,
+    /// This image's executable, held open for the life of the image (Linux:
+    /// `/proc/self/exe`): what the next image rolls back to if it cannot
+    /// take over. The file on disk may be gone by then; this stays valid.
+    pub exe_fd: Option<RawFd>,
 }
 
 impl Image {
@@ -84,8 +88,25 @@ impl Image {
             daemon_started_at: now,
             upgrades: 0,
             upgraded_from: None,
+            exe_fd: own_executable(),
         }
     }
+}
+
+#[cfg(target_os = "linux")]
+fn own_executable() -> Option<RawFd> {
+    use std::os::fd::IntoRawFd;
+    // Kept for the life of the image: O_CLOEXEC until an upgrade passes it on.
+    std::fs::File::open("/proc/self/exe")
+        .ok()
+        .map(IntoRawFd::into_raw_fd)
+}
+
+/// No `/proc/self/exe` and no `fexecve`: an image that cannot take over
+/// cannot go back (launchd's KeepAlive restarts fwdd instead).
+#[cfg(not(target_os = "linux"))]
+fn own_executable() -> Option<RawFd> {
+    None
 }
 
 /// The file `argv0` names, as it was found at start: not resolved through
@@ -125,9 +146,10 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Runs `binary upgrade-check`: does it run, and does it accept our document?
-pub async fn check_binary(binary: &Path) -> Result<CheckAnswer, String> {
+pub async fn check_binary(binary: &Path, args: &[OsString]) -> Result<CheckAnswer, String> {
     let mut cmd = tokio::process::Command::new(binary);
-    cmd.arg("upgrade-check")
+    cmd.args(args)
+        .arg("upgrade-check")
         .env_remove("NOTIFY_SOCKET")
         .env_remove(HANDOVER_ENV)
         .stdin(std::process::Stdio::null())
@@ -198,7 +220,7 @@ pub async fn upgrade(daemon: &Rc<Daemon>, reply_fd: Option<RawFd>) -> Result<Inf
 
 async fn attempt(daemon: &Rc<Daemon>, reply_fd: Option<RawFd>) -> Result<Infallible, String> {
     let binary = daemon.image.binary.clone();
-    let answer = check_binary(&binary).await?;
+    let answer = check_binary(&binary, &daemon.image.args).await?;
     tracing::info!(event = "upgrade_started", binary = %binary.display(), to = %answer.fwdd, "upgrading to {} from {}", answer.fwdd, binary.display());
     daemon.serve.frozen.send_replace(true);
     let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -354,6 +376,15 @@ fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
         hosts,
         forwards,
         engine_relays: relays,
+        rollback_exe_fd: daemon.image.exe_fd,
+        binary: daemon.image.binary.to_string_lossy().into_owned(),
+        args: daemon
+            .image
+            .args
+            .iter()
+            .map(|a| a.to_str().map(str::to_string))
+            .collect::<Option<Vec<String>>>()
+            .unwrap_or_default(),
     }
 }
 
@@ -390,18 +421,7 @@ fn exec(
     for a in args {
         argv.push(c(a)?);
     }
-    let mut env: Vec<CString> = Vec::new();
-    for (k, v) in std::env::vars_os() {
-        if k == HANDOVER_ENV {
-            continue;
-        }
-        let mut kv = k.as_bytes().to_vec();
-        kv.push(b'=');
-        kv.extend_from_slice(v.as_bytes());
-        if let Ok(s) = CString::new(kv) {
-            env.push(s);
-        }
-    }
+    let mut env = environment();
     env.push(c(std::ffi::OsStr::new(&format!(
         "{HANDOVER_ENV}={}",
         file.as_raw_fd()
@@ -430,6 +450,10 @@ fn exec(
 /// In the runtime directory: private, and writable under the systemd
 /// unit's `ProtectSystem=strict`, where /tmp may not be.
 fn write_document(doc: &Document, dir: &Path) -> std::io::Result<std::fs::File> {
+    write_bytes(&doc.to_json(), dir)
+}
+
+fn write_bytes(bytes: &[u8], dir: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(format!(
         "fwdd-handover-{}-{}",
@@ -444,7 +468,7 @@ fn write_document(doc: &Document, dir: &Path) -> std::io::Result<std::fs::File> 
         .open(&path)?;
     // Unlinked at once: the document lives only as long as the descriptor.
     std::fs::remove_file(&path)?;
-    file.write_all(&doc.to_json())?;
+    file.write_all(bytes)?;
     file.rewind()?;
     Ok(file)
 }
@@ -461,6 +485,8 @@ pub struct Takeover {
     pub hosts: Vec<HostTakeover>,
     pub forwards: Vec<AdoptedForward>,
     pub relays: Vec<(HostKey, AdoptedRelay)>,
+    /// This image is the old one again: the new one could not take over.
+    pub rolled_back: Option<String>,
 }
 
 pub struct HostTakeover {
@@ -472,18 +498,128 @@ pub struct HostTakeover {
     pub engine_totals: (u64, u64, u64),
 }
 
+/// Names, in the environment of an image the next one rolled back to, why
+/// that one could not take over.
+pub const ROLLBACK_ENV: &str = "FWD_UPGRADE_FAILED";
+
+/// A handover read and checked, its descriptors not yet owned: the new image
+/// parses its arguments and configuration first, and if those fail it can
+/// still hand everything back ([`Inherited::roll_back`]).
+pub struct Inherited {
+    doc: Document,
+    bytes: Vec<u8>,
+    /// Why the image this process ran before rolled back to us, if it did.
+    rolled_back: Option<String>,
+}
+
 /// New image, before anything else: the handover, if this process was
 /// started by an upgrade. `Err`: there was one but it cannot be used (the
 /// inherited descriptors are then closed, and fwdd starts afresh).
-pub fn inherited() -> Option<Result<Takeover, String>> {
+pub fn inherited() -> Option<Result<Inherited, String>> {
     let raw = std::env::var(HANDOVER_ENV).ok()?;
-    // SAFETY (single-threaded here: called first thing in main): no other
-    // thread reads the environment concurrently.
+    let rolled_back = std::env::var(ROLLBACK_ENV).ok();
+    // Single-threaded here (called first thing in main): nothing reads the
+    // environment concurrently.
     std::env::remove_var(HANDOVER_ENV);
-    Some(read_takeover(&raw).inspect_err(|_| close_inherited()))
+    std::env::remove_var(ROLLBACK_ENV);
+    Some(
+        read_document(&raw)
+            .map(|(doc, bytes)| Inherited {
+                doc,
+                bytes,
+                rolled_back,
+            })
+            .inspect_err(|_| close_inherited()),
+    )
 }
 
-fn read_takeover(raw: &str) -> Result<Takeover, String> {
+impl Inherited {
+    /// Takes ownership of everything handed over.
+    pub fn take(self) -> Takeover {
+        let mut t = own(self.doc);
+        if let Some(why) = self.rolled_back {
+            t.upgrades -= 1;
+            t.rolled_back = Some(why);
+        }
+        t
+    }
+
+    /// This image cannot take over (`why`): execute the previous image again
+    /// with the same document, so it carries on with every descriptor. Returns
+    /// only when that is impossible (no previous image to go back to).
+    pub fn roll_back(self, why: &str) -> String {
+        let Some(exe) = self
+            .doc
+            .rollback_exe_fd
+            .filter(|_| self.rolled_back.is_none())
+        else {
+            close_inherited();
+            return format!("{why}; and the previous image cannot be run again");
+        };
+        let dir = self
+            .doc
+            .control
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir);
+        let err = roll_back_to(exe, &self.doc, &self.bytes, &dir, why);
+        close_inherited();
+        format!("{why}; rolling back failed too: {err}")
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn roll_back_to(exe: RawFd, doc: &Document, bytes: &[u8], dir: &Path, why: &str) -> String {
+    let file = match write_bytes(bytes, dir) {
+        Ok(f) => f,
+        Err(e) => return format!("cannot write the handover document: {e}"),
+    };
+    if let Err(e) = set_cloexec(file.as_raw_fd(), false) {
+        return e.to_string();
+    }
+    let cstr = |s: &str| CString::new(s).unwrap_or_default();
+    // argv[0] is where the old image was started from: its next upgrade
+    // looks there for the binary.
+    let program = if doc.binary.is_empty() {
+        "fwdd"
+    } else {
+        &doc.binary
+    };
+    let mut argv = vec![cstr(program)];
+    argv.extend(doc.args.iter().map(|a| cstr(a)));
+    let mut env = environment();
+    env.push(cstr(&format!("{HANDOVER_ENV}={}", file.as_raw_fd())));
+    env.push(cstr(&format!("{ROLLBACK_ENV}={}", why.replace('\0', " "))));
+    eprintln!("fwdd: {why}; rolling back to the previous image");
+    let err = nix::unistd::fexecve(exe, &argv, &env).err();
+    err.map_or_else(|| "unknown error".to_string(), |e| e.desc().to_string())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn roll_back_to(_: RawFd, _: &Document, _: &[u8], _: &Path, _: &str) -> String {
+    "not supported on this platform".to_string()
+}
+
+/// The current environment as `execve` wants it, without the handover's own
+/// variables.
+fn environment() -> Vec<CString> {
+    let mut env = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if k == HANDOVER_ENV || k == ROLLBACK_ENV {
+            continue;
+        }
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        if let Ok(s) = CString::new(kv) {
+            env.push(s);
+        }
+    }
+    env
+}
+
+fn read_document(raw: &str) -> Result<(Document, Vec<u8>), String> {
     let fd: RawFd = raw
         .parse()
         .map_err(|_| format!("{HANDOVER_ENV}={raw:?} is not a descriptor"))?;
@@ -505,7 +641,7 @@ fn read_takeover(raw: &str) -> Result<Takeover, String> {
             ));
         }
     }
-    Ok(own(doc))
+    Ok((doc, bytes))
 }
 
 fn is_open(fd: RawFd) -> bool {
@@ -515,6 +651,10 @@ fn is_open(fd: RawFd) -> bool {
 /// Takes ownership of every descriptor the (checked: each named once)
 /// document names, close-on-exec again so no later child inherits one.
 fn own(doc: Document) -> Takeover {
+    // The previous image's executable is needed no longer.
+    if let Some(fd) = doc.rollback_exe_fd {
+        let _ = nix::unistd::close(fd);
+    }
     let take = |fd: RawFd| {
         let _ = set_cloexec(fd, true);
         // SAFETY: `Document::parse` checked that each fd is named once, and
@@ -600,6 +740,7 @@ fn own(doc: Document) -> Takeover {
             .checked_add(Duration::from_millis(doc.daemon_started_at_ms))
             .unwrap_or(now),
         upgrades: doc.upgrades + 1,
+        rolled_back: None,
         control: Some((doc.control.path, take(doc.control.fd))),
         reply: doc.reply_fd.map(take),
         next_host_id: doc.next_host_id,
@@ -619,12 +760,22 @@ fn close_inherited() {
 
 /// New image: tells `fwdctl upgrade` what was kept, on its connection.
 pub fn answer(reply: OwnedFd, report: fwd_proto::UpgradeReport) {
+    send(reply, &fwd_proto::Response::Upgrade(report));
+}
+
+/// The old image again, after a rollback: tells `fwdctl upgrade` why.
+pub fn answer_error(reply: OwnedFd, message: String) {
+    send(
+        reply,
+        &fwd_proto::Response::error_with_code(message, fwd_proto::error_code::UPGRADE_REFUSED),
+    );
+}
+
+fn send(reply: OwnedFd, response: &fwd_proto::Response) {
     let mut stream = std::os::unix::net::UnixStream::from(reply);
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-    let _ = stream.write_all(&fwd_proto::encode_line(&fwd_proto::Response::Upgrade(
-        report,
-    )));
+    let _ = stream.write_all(&fwd_proto::encode_line(response));
 }
 
 #[cfg(test)]
@@ -672,21 +823,21 @@ mod tests {
             p
         };
         let fails = write("fails", "#!/bin/sh\necho 'broken build' >&2\nexit 1\n");
-        let e = check_binary(&fails).await.expect_err("refused");
+        let e = check_binary(&fails, &[]).await.expect_err("refused");
         assert!(
             e.contains("failed its check") && e.contains("broken build"),
             "{e}"
         );
         let chatty = write("chatty", "#!/bin/sh\necho hello\n");
-        let e = check_binary(&chatty).await.expect_err("refused");
+        let e = check_binary(&chatty, &[]).await.expect_err("refused");
         assert!(e.contains("not an fwdd") && e.contains("hello"), "{e}");
         let future = write(
             "future",
             "#!/bin/sh\necho '{\"fwdd\":\"9.0.0\",\"handover_versions\":[7]}'\n",
         );
-        let e = check_binary(&future).await.expect_err("refused");
+        let e = check_binary(&future, &[]).await.expect_err("refused");
         assert!(e.contains("does not understand handover version 1"), "{e}");
-        let e = check_binary(&dir.path().join("missing"))
+        let e = check_binary(&dir.path().join("missing"), &[])
             .await
             .expect_err("refused");
         assert!(e.contains("does not run"), "{e}");
@@ -695,7 +846,7 @@ mod tests {
             "#!/bin/sh\n[ \"$1\" = upgrade-check ] && echo '{\"fwdd\":\"0.2.0\",\"handover_versions\":[1,2]}'\n",
         );
         assert_eq!(
-            check_binary(&fine).await,
+            check_binary(&fine, &[]).await,
             Ok(CheckAnswer {
                 fwdd: "0.2.0".into(),
                 handover_versions: vec![1, 2]
