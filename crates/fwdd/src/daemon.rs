@@ -68,10 +68,12 @@ impl Daemon {
         net_usable: watch::Receiver<bool>,
         image: crate::upgrade::Image,
         control_socket: (PathBuf, std::os::fd::RawFd),
+        stored: crate::systemd::StoredFds,
     ) -> Rc<Daemon> {
         let serve = Rc::new(ServeContext::new(
             config.connect_wait,
             config.startup_window,
+            stored,
         ));
         Rc::new(Daemon {
             config: RefCell::new(config),

@@ -106,6 +106,9 @@ impl Drop for EngineSocket {
         for t in &self.tasks {
             t.abort();
         }
+        for path in &self.paths {
+            crate::systemd::remove_fd(&crate::systemd::unix_fd_name(path));
+        }
     }
 }
 
@@ -131,7 +134,16 @@ impl EngineSocket {
     ) -> std::io::Result<EngineSocket> {
         let mut bound = Vec::new();
         for path in &paths {
-            let (listener, guard) = private_socket::bind(path, "engine socket")?;
+            let name = crate::systemd::unix_fd_name(path);
+            let (listener, guard) = match ctx.stored.take(&name) {
+                // After a crash: the socket the previous process served.
+                Some(fd) if path.exists() => private_socket::adopt(path, fd)?,
+                _ => {
+                    let bound = private_socket::bind(path, "engine socket")?;
+                    crate::systemd::store_fd(&name, std::os::fd::AsFd::as_fd(&bound.0));
+                    bound
+                }
+            };
             bound.push((path.clone(), listener, guard));
         }
         Self::serve(host, bound, ctx)

@@ -134,6 +134,10 @@ impl Drop for Forward {
         for t in &self.accept_tasks {
             t.abort();
         }
+        // systemd's store would keep the port bound otherwise.
+        for (addr, _) in &self.listener_fds {
+            crate::systemd::remove_fd(&crate::systemd::tcp_fd_name(*addr));
+        }
     }
 }
 
@@ -159,6 +163,9 @@ pub struct ServeContext {
     /// where it is: what a binary upgrade hands to the next image.
     conns: RefCell<BTreeMap<u64, Conn>>,
     next_conn: Cell<u64>,
+    /// Listeners systemd's fd store gave back after a crash, until a bind
+    /// takes them (see `systemd.rs`).
+    pub stored: crate::systemd::StoredFds,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -217,7 +224,11 @@ struct Spare {
 }
 
 impl ServeContext {
-    pub fn new(connect_wait: Duration, startup_window: Duration) -> Self {
+    pub fn new(
+        connect_wait: Duration,
+        startup_window: Duration,
+        stored: crate::systemd::StoredFds,
+    ) -> Self {
         ServeContext {
             links: RefCell::new(BTreeMap::new()),
             connect_wait: Cell::new(connect_wait),
@@ -227,6 +238,7 @@ impl ServeContext {
             frozen: watch::channel(false).0,
             conns: RefCell::new(BTreeMap::new()),
             next_conn: Cell::new(0),
+            stored,
         }
     }
 
@@ -490,7 +502,7 @@ impl ForwardTable {
         let was_conflict = self.forwards.get(&port).is_some_and(|f| !f.held.bound);
         // Drop a previous (unbound) record before binding: it holds nothing.
         self.forwards.remove(&port);
-        match bind_all(port, &claim.bind) {
+        match bind_all(port, &claim.bind, &ctx.stored) {
             Ok(listeners) => {
                 let target = watch::channel(Target::new(claim.clone(), now)).0;
                 let stats = Rc::new(ConnStats::default());
@@ -656,11 +668,26 @@ fn serve_listeners(
 /// Binds `port` on every address (by default 127.0.0.1 and [::1]). Any
 /// address being taken is a conflict: a client resolving `localhost` may
 /// try either. IPv6 loopback missing on the machine is not an error.
-fn bind_all(port: u16, addrs: &[IpAddr]) -> Result<Vec<TcpListener>, String> {
+fn bind_all(
+    port: u16,
+    addrs: &[IpAddr],
+    stored: &crate::systemd::StoredFds,
+) -> Result<Vec<TcpListener>, String> {
     let mut out = Vec::new();
     for ip in addrs {
         let addr = SocketAddr::new(*ip, port);
-        match listen(addr) {
+        let name = crate::systemd::tcp_fd_name(addr);
+        // After a crash: the listener the previous process had, with the
+        // clients that queued on it meanwhile.
+        if let Some(l) = stored.take(&name).and_then(|fd| {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true).ok()?;
+            TcpListener::from_std(l).ok()
+        }) {
+            out.push(l);
+            continue;
+        }
+        match listen(addr).inspect(|l| crate::systemd::store_fd(&name, l.as_fd())) {
             Ok(l) => {
                 if !ip.is_loopback() {
                     tracing::warn!(event = "wide_bind", address = %addr, "listening on {addr}: reachable beyond this machine (configured by a rule)");

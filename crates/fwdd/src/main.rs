@@ -113,7 +113,9 @@ impl Settings {
 }
 
 fn main() -> ExitCode {
-    // First: descriptors handed over by the image this process ran before.
+    // First: descriptors handed over by the image this process ran before,
+    // or kept for it by systemd's fd store across a crash.
+    let stored = systemd::take_stored_fds();
     let mut takeover = upgrade::inherited();
     // Until this image owns the handover, any reason not to start hands it
     // back to the previous image, which carries on.
@@ -225,7 +227,7 @@ fn main() -> ExitCode {
     };
     let reload = move || Config::load(settings.overrides());
     let local = tokio::task::LocalSet::new();
-    match local.block_on(&runtime, run(config, reload, takeover)) {
+    match local.block_on(&runtime, run(config, reload, takeover, stored)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(event = "fatal", error = %format!("{e:#}"), "fwdd: {e:#}");
@@ -259,6 +261,7 @@ async fn run(
     config: Config,
     reload: impl Fn() -> Result<Config, config::ConfigError>,
     mut takeover: Option<upgrade::Takeover>,
+    stored: systemd::StoredFds,
 ) -> anyhow::Result<()> {
     let net = netwatch::spawn();
     let hosts = config.hosts.clone();
@@ -270,17 +273,25 @@ async fn run(
         image.upgraded_from = Some(t.doc_from.clone());
         t.control.take()
     });
-    let control = match inherited_control {
-        Some((path, fd)) => {
-            control::ControlServer::adopt(&path, fd, control::ControlConfig::default())?
+    let stored_control = stored
+        .take(&systemd::unix_fd_name(&control_path))
+        .filter(|_| control_path.exists());
+    let config_control = control::ControlConfig::default();
+    let control = match (inherited_control, stored_control) {
+        (Some((path, fd)), _) => control::ControlServer::adopt(&path, fd, config_control)?,
+        (None, Some(fd)) => control::ControlServer::adopt(&control_path, fd, config_control)?,
+        (None, None) => {
+            let c = control::ControlServer::bind(&control_path, config_control)?;
+            c.store_with_systemd(&systemd::unix_fd_name(&control_path));
+            c
         }
-        None => control::ControlServer::bind(&control_path, control::ControlConfig::default())?,
     };
     let daemon = Daemon::new(
         config,
         net.usable.clone(),
         image,
         (control_path.clone(), control.raw_fd()),
+        stored,
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let control = control.pause_on(daemon.serve.frozen.subscribe());
@@ -295,6 +306,7 @@ async fn run(
             }
         }
     }
+    release_unclaimed_stored_fds(&daemon);
     let retry_task = tokio::task::spawn_local(daemon.clone().retry_conflicts());
     spawn_wakers(&daemon, net.changes);
     tracing::info!(
@@ -339,6 +351,43 @@ async fn run(
     let _ = tokio::time::timeout(Duration::from_millis(300), control_task).await;
     tracing::info!(event = "stopped", "fwdd stopped");
     Ok(())
+}
+
+/// After a crash restart: listeners systemd kept that no container claims
+/// once every host has resynced (or `connect_wait` has passed) are closed
+/// and removed from the store; their ports are free again.
+fn release_unclaimed_stored_fds(daemon: &Rc<Daemon>) {
+    let count = daemon.serve.stored.len();
+    if count == 0 {
+        return;
+    }
+    tracing::info!(event = "fdstore_restored", count, "{count} listening sockets kept by systemd across the restart: clients queued on them are served once the links are up");
+    let d = daemon.clone();
+    tokio::task::spawn_local(async move {
+        let deadline = tokio::time::Instant::now() + d.serve.connect_wait.get();
+        let mut changed = d.changed.subscribe();
+        loop {
+            let resynced = d
+                .hosts()
+                .iter()
+                .all(|h| h.machine.borrow().health().stream == fwd_core::StreamPhase::Streaming);
+            if resynced {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+        let released = d.serve.stored.release_rest();
+        if released > 0 {
+            tracing::info!(
+                event = "fdstore_released",
+                count = released,
+                "released {released} kept listeners that no container claims any more"
+            );
+        }
+    });
 }
 
 /// New image: forwards first (so the first reconcile finds them held),

@@ -41,7 +41,7 @@ class S(socketserver.ThreadingTCPServer):
 S(('0.0.0.0', 8080), H).serve_forever()
 ";
 
-fn echo_server(host: &TestHost, publish: &str) {
+fn echo_server(host: &TestHost, publish: &str) -> String {
     host.run(&[
         "-v",
         "/usr:/usr:ro",
@@ -56,7 +56,7 @@ fn echo_server(host: &TestHost, publish: &str) {
         "-u",
         "-c",
         ECHO_SERVER,
-    ]);
+    ])
 }
 
 /// Installs the fwdd binary at `path` the way a package manager does: a
@@ -162,7 +162,7 @@ fn an_upgrade_keeps_every_listener_master_tunnel_and_engine_stream() {
     let binary = installed_binary(&host);
     let fwdd = Fwdd::spawn_binary(&host, &binary);
     fwdd.wait_connected();
-    echo_server(&host, "20500:8080");
+    let _ = echo_server(&host, "20500:8080");
     fwdd.wait_forward_state(20500, ForwardState::Active);
     let pid = fwdd.child.id();
     let master = fwdd.master_pid();
@@ -361,7 +361,7 @@ fn a_binary_that_fails_after_taking_over_rolls_back_and_nothing_is_dropped() {
     let binary = installed_binary(&host);
     let fwdd = Fwdd::spawn_binary(&host, &binary);
     fwdd.wait_connected();
-    echo_server(&host, "20520:8080");
+    let _ = echo_server(&host, "20520:8080");
     fwdd.wait_forward_state(20520, ForwardState::Active);
     let pid = fwdd.child.id();
     let master = fwdd.master_pid();
@@ -436,4 +436,191 @@ fn a_binary_that_fails_after_taking_over_rolls_back_and_nothing_is_dropped() {
     let (served, failures) = prober.finish();
     assert!(failures.is_empty(), "connections failed: {failures:?}");
     assert!(served >= 5, "only {served} probes ran");
+}
+
+/// systemd's side of the fd store protocol (`sd_pid_notify_with_fds`):
+/// `FDSTORE=1` + `FDNAME=` with a descriptor stores it, `FDSTOREREMOVE=1`
+/// drops it. No service manager runs in the sandbox, so the test keeps the
+/// store — and hands it back as systemd does, in `LISTEN_FDS`.
+struct FakeFdStore {
+    path: PathBuf,
+    fds: Arc<Mutex<std::collections::BTreeMap<String, std::os::fd::OwnedFd>>>,
+}
+
+impl FakeFdStore {
+    fn start(dir: &Path) -> FakeFdStore {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("notify socket");
+        let fds: Arc<Mutex<std::collections::BTreeMap<String, std::os::fd::OwnedFd>>> =
+            Arc::default();
+        let store = fds.clone();
+        std::thread::spawn(move || loop {
+            let mut buf = vec![0u8; 4096];
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 16]);
+            let Ok(msg) = recvmsg::<()>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::empty(),
+            ) else {
+                return;
+            };
+            let mut passed = Vec::new();
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        // SAFETY: received just now; this test owns them.
+                        passed.extend(
+                            fds.into_iter()
+                                .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
+                        );
+                    }
+                }
+            }
+            let n = msg.bytes;
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let has = |line: &str| text.lines().any(|l| l == line);
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("FDNAME="))
+                .map(str::to_string);
+            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+            match (has("FDSTORE=1"), has("FDSTOREREMOVE=1"), name) {
+                (true, _, Some(name)) => {
+                    if let Some(fd) = passed.pop() {
+                        store.insert(name, fd);
+                    }
+                }
+                (_, true, Some(name)) => {
+                    store.remove(&name);
+                }
+                _ => {}
+            }
+        });
+        FakeFdStore { path, fds }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.fds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
+
+#[test]
+fn after_a_crash_the_restarted_fwdd_has_its_ports_still_bound_and_serves_who_waited() {
+    let host = sandbox_host!("fdstore_crash");
+    let store = FakeFdStore::start(&host.dir);
+    let url = format!("ssh://{}", host.alias);
+    let cfg = host.ssh_config.to_string_lossy().into_owned();
+    let args = ["--host", url.as_str(), "--ssh-config", cfg.as_str()];
+    let notify = store.path.to_string_lossy().into_owned();
+    let env = [("NOTIFY_SOCKET", notify.as_str()), ("FWD_FDSTORE", "1")];
+    let mut fwdd = Fwdd::spawn_env(&host, &args, &env);
+    fwdd.wait_connected();
+    let echo_id = echo_server(&host, "20540:8080");
+    fwdd.wait_forward_state(20540, ForwardState::Active);
+    wait_until(
+        Duration::from_secs(10),
+        "the listeners are in the store",
+        || {
+            let names = store.names();
+            names.contains(&"tcp-20540-127.0.0.1".to_string())
+                && names.contains(&"unix-control.sock".to_string())
+                && names.contains(&"unix-docker.sock".to_string())
+        },
+    );
+
+    // A crash: fwdd and (by PDEATHSIG) its master are gone.
+    fwdd.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = fwdd.child.wait();
+    // The port is still bound: this client is queued, not refused.
+    let mut waited = host
+        .in_runner_ns(|| host.connect(20540))
+        .expect("not refused while down");
+    waited
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    waited.write_all(b"queued\n").expect("write while down");
+
+    // Restart=on-failure, as systemd does it: the stored descriptors at 3…,
+    // LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID of the new process.
+    let (names, fds): (Vec<String>, Vec<std::os::fd::RawFd>) = {
+        use std::os::fd::AsRawFd;
+        let s = store.fds.lock().unwrap_or_else(|e| e.into_inner());
+        s.iter().map(|(n, fd)| (n.clone(), fd.as_raw_fd())).unzip()
+    };
+    let log = host.dir.join("fwdd-restarted.log");
+    let mut cmd = host.runner_command("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(bin("fwdd"))
+        .args(args)
+        .arg("--runtime-dir")
+        .arg(&fwdd.runtime_dir)
+        .args(["--log-format", "json"])
+        .env("FWD_LOG", "debug")
+        .env("NOTIFY_SOCKET", &notify)
+        .env("FWD_FDSTORE", "1")
+        .env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"));
+    // SAFETY: dup2/fcntl only (async-signal-safe), no allocation.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            // Out of the way first, then into place: sources may sit in 3….
+            let mut high = [0; 64];
+            for (i, fd) in fds.iter().enumerate() {
+                high[i] = nix::libc::fcntl(*fd, nix::libc::F_DUPFD_CLOEXEC, 200);
+            }
+            for (i, fd) in high.iter().take(fds.len()).enumerate() {
+                if nix::libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("restart fwdd");
+    let restarted = Fwdd {
+        host: &host,
+        child,
+        runtime_dir: fwdd.runtime_dir.clone(),
+        log,
+    };
+    // The client that connected while fwdd was down is served.
+    let mut line = String::new();
+    BufReader::new(&mut waited)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| {
+            panic!(
+                "the queued client was not served: {e}\nlog:\n{}",
+                restarted.log_tail(40)
+            )
+        });
+    assert_eq!(line, "queued\n");
+    restarted.wait_forward_state(20540, ForwardState::Active);
+    assert!(restarted.log_text().contains("\"fdstore_restored\""));
+    let st = restarted
+        .status()
+        .expect("status from the control socket systemd kept");
+    assert_eq!(st.daemon.pid, restarted.child.id());
+
+    // A port fwdd gives up leaves the store too (systemd would hold it bound).
+    host.sandbox().docker_ok(&["rm", "-f", &echo_id]);
+    wait_until(
+        Duration::from_secs(15),
+        "the released port leaves the store",
+        || !store.names().iter().any(|n| n.starts_with("tcp-20540-")),
+    );
+    restarted.wait_refused(20540);
 }

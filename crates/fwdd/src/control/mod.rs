@@ -126,6 +126,12 @@ impl ControlServer {
         self
     }
 
+    /// Keeps a copy in systemd's fd store (a no-op elsewhere), so a crash
+    /// restart finds the socket still bound.
+    pub fn store_with_systemd(&self, name: &str) {
+        crate::systemd::store_fd(name, std::os::fd::AsFd::as_fd(&self.listener));
+    }
+
     /// The listener's descriptor, for a binary upgrade.
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
