@@ -73,6 +73,9 @@ pub struct EngineSocket {
 /// Where a relay is, for a binary upgrade.
 #[derive(Clone, Debug)]
 enum RelayState {
+    /// Accepted, not relaying yet (waiting for a master, connecting): the
+    /// client is served again from the start by the next image.
+    Queued(RawFd),
     Running,
     /// Stopped between two writes (nothing of it held in fwdd): its
     /// descriptors can be handed over.
@@ -221,14 +224,33 @@ impl EngineSocket {
             .values()
             .filter_map(|r| match r {
                 RelayState::Paused(p) => Some(p.clone()),
-                RelayState::Running => None,
+                _ => None,
             })
             .collect()
+    }
+
+    /// Clients accepted but not relaying yet.
+    pub fn queued_clients(&self) -> Vec<RawFd> {
+        self.relays
+            .borrow()
+            .values()
+            .filter_map(|r| match r {
+                RelayState::Queued(fd) => Some(*fd),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Serves a client the previous image had accepted but not relayed yet.
+    pub fn serve_queued(&self, fd: OwnedFd) {
+        let Ok(stream) = unix_stream(fd) else { return };
+        spawn_serve(stream, &self.shared);
     }
 
     /// Resumes a relay the previous image paused and handed over.
     pub fn resume(&self, r: AdoptedRelay) {
         let shared = self.shared.clone();
+        let entry = RelayEntry::new(&shared, RelayState::Running);
         tokio::task::spawn_local(async move {
             let (Ok(mut client), Ok(mut upstream)) =
                 (unix_stream(r.client), unix_stream(r.upstream))
@@ -258,8 +280,10 @@ impl EngineSocket {
                     keep: r.keep.iter().map(|f| f.as_raw_fd()).collect(),
                     drain: drain_fd,
                 },
+                &entry,
             )
             .await;
+            drop(entry);
             stats.open.set(stats.open.get().saturating_sub(1));
             if let Some(d) = drain {
                 d.abort();
@@ -305,14 +329,8 @@ async fn accept_loop(listener: UnixListener, shared: Rc<Shared>) {
                     }
                     continue;
                 }
-                let shared = shared.clone();
-                tokio::task::spawn_local(async move {
-                    let stats = &shared.stats;
-                    stats.open.set(stats.open.get() + 1);
-                    stats.total.set(stats.total.get() + 1);
-                    serve(stream, &shared).await;
-                    stats.open.set(stats.open.get().saturating_sub(1));
-                });
+                shared.stats.total.set(shared.stats.total.get() + 1);
+                spawn_serve(stream, &shared);
             }
             Err(e) => {
                 if shared
@@ -329,16 +347,31 @@ async fn accept_loop(listener: UnixListener, shared: Rc<Shared>) {
     }
 }
 
+/// Serves one client in its own task, registered at once (an upgrade that
+/// freezes next must find it).
+fn spawn_serve(stream: UnixStream, shared: &Rc<Shared>) {
+    let entry = RelayEntry::new(shared, RelayState::Queued(stream.as_raw_fd()));
+    let shared = shared.clone();
+    tokio::task::spawn_local(async move {
+        let stats = &shared.stats;
+        stats.open.set(stats.open.get() + 1);
+        serve(stream, &shared, &entry).await;
+        drop(entry);
+        stats.open.set(stats.open.get().saturating_sub(1));
+    });
+}
+
 /// Carries one client connection to the engine. While no master is up the
 /// client waits (up to `connect_wait`); a master that dies between the
 /// link being published and the connect is waited out the same way.
-async fn serve(mut client: UnixStream, shared: &Shared) {
+async fn serve(mut client: UnixStream, shared: &Shared, entry: &RelayEntry) {
     let Some(mut link_rx) = shared.ctx.links.borrow().get(&shared.host).cloned() else {
         return;
     };
     let deadline = tokio::time::Instant::now() + shared.ctx.connect_wait.get();
     let mut newer_than = 0;
     loop {
+        entry.set(RelayState::Queued(client.as_raw_fd()));
         let link = match tokio::time::timeout_at(
             deadline,
             link_rx.wait_for(|l| l.as_ref().is_some_and(|l| l.generation > newer_than)),
@@ -355,8 +388,8 @@ async fn serve(mut client: UnixStream, shared: &Shared) {
             }
         };
         let served = match link.engine {
-            EngineRoute::StreamLocal => relay_stream_local(&mut client, &link, shared).await,
-            EngineRoute::DialStdio => relay_dial_stdio(&mut client, &link, shared).await,
+            EngineRoute::StreamLocal => relay_stream_local(&mut client, &link, shared, entry).await,
+            EngineRoute::DialStdio => relay_dial_stdio(&mut client, &link, shared, entry).await,
         };
         match served {
             Ok(()) => return,
@@ -374,10 +407,11 @@ async fn relay_stream_local(
     client: &mut UnixStream,
     link: &Link,
     shared: &Shared,
+    entry: &RelayEntry,
 ) -> std::io::Result<()> {
     shared.ctx.thawed().await;
     let mut upstream = UnixStream::connect(&link.engine_forward).await?;
-    relay(client, &mut upstream, shared, Directions::both()).await;
+    relay(client, &mut upstream, shared, Directions::both(), entry).await;
     Ok(())
 }
 
@@ -385,6 +419,7 @@ async fn relay_dial_stdio(
     client: &mut UnixStream,
     link: &Link,
     shared: &Shared,
+    entry: &RelayEntry,
 ) -> std::io::Result<()> {
     let Ok(_permit) = shared.sessions.acquire().await else {
         return Ok(());
@@ -401,7 +436,7 @@ async fn relay_dial_stdio(
         drain: Some(stderr_fd),
         ..Directions::both()
     };
-    relay(client, &mut remote.stdio, shared, directions).await;
+    relay(client, &mut remote.stdio, shared, directions, entry).await;
     drain.abort();
     Ok(())
 }
@@ -425,21 +460,31 @@ impl Directions {
     }
 }
 
-/// Removes a relay from the registry when it ends.
-struct RelayEntry<'a> {
-    shared: &'a Shared,
+/// An engine connection in the registry, removed when it ends.
+struct RelayEntry {
+    relays: Rc<RefCell<BTreeMap<u64, RelayState>>>,
     id: u64,
 }
 
-impl RelayEntry<'_> {
+impl RelayEntry {
+    fn new(shared: &Shared, state: RelayState) -> RelayEntry {
+        let id = shared.next_relay.get();
+        shared.next_relay.set(id + 1);
+        shared.relays.borrow_mut().insert(id, state);
+        RelayEntry {
+            relays: shared.relays.clone(),
+            id,
+        }
+    }
+
     fn set(&self, state: RelayState) {
-        self.shared.relays.borrow_mut().insert(self.id, state);
+        self.relays.borrow_mut().insert(self.id, state);
     }
 }
 
-impl Drop for RelayEntry<'_> {
+impl Drop for RelayEntry {
     fn drop(&mut self) {
-        self.shared.relays.borrow_mut().remove(&self.id);
+        self.relays.borrow_mut().remove(&self.id);
     }
 }
 
@@ -460,10 +505,8 @@ async fn relay(
     upstream: &mut UnixStream,
     shared: &Shared,
     mut d: Directions,
+    entry: &RelayEntry,
 ) {
-    let id = shared.next_relay.get();
-    shared.next_relay.set(id + 1);
-    let entry = RelayEntry { shared, id };
     entry.set(RelayState::Running);
     let (client_fd, upstream_fd) = (client.as_raw_fd(), upstream.as_raw_fd());
     let (mut cr, mut cw) = client.split();

@@ -194,12 +194,12 @@ pub struct HeldConns {
 }
 
 /// Removes a connection from the registry when its task ends.
-struct Registered<'a> {
-    ctx: &'a ServeContext,
+struct Registered {
+    ctx: Rc<ServeContext>,
     id: u64,
 }
 
-impl Registered<'_> {
+impl Registered {
     fn set(&self, state: ConnState) {
         if let Some(c) = self.ctx.conns.borrow_mut().get_mut(&self.id) {
             c.state = state;
@@ -207,7 +207,7 @@ impl Registered<'_> {
     }
 }
 
-impl Drop for Registered<'_> {
+impl Drop for Registered {
     fn drop(&mut self) {
         self.ctx.conns.borrow_mut().remove(&self.id);
     }
@@ -242,11 +242,17 @@ impl ServeContext {
         }
     }
 
-    fn register(&self, port: u16, state: ConnState) -> Registered<'_> {
+    /// Called in the same step as the accept (or the adoption): an upgrade
+    /// that freezes right after must find the connection, not a task that has
+    /// not run yet.
+    fn register(self: &Rc<Self>, port: u16, state: ConnState) -> Registered {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
         self.conns.borrow_mut().insert(id, Conn { port, state });
-        Registered { ctx: self, id }
+        Registered {
+            ctx: self.clone(),
+            id,
+        }
     }
 
     /// Returns at once unless frozen; while frozen, never (the process is
@@ -772,8 +778,10 @@ fn spawn_served(
 ) {
     stats.open.set(stats.open.get() + 1);
     stats.total.set(stats.total.get() + 1);
+    let port = target.borrow().claim.local_port;
+    let registered = ctx.register(port, ConnState::Queued(sock.as_raw_fd()));
     tokio::task::spawn_local(async move {
-        serve_connection(sock, target, &ctx).await;
+        serve_connection(sock, target, &ctx, registered).await;
         stats.open.set(stats.open.get().saturating_sub(1));
     });
 }
@@ -789,8 +797,8 @@ fn spawn_adopted_tunnel(fd: OwnedFd, port: u16, stats: Rc<ConnStats>, ctx: Rc<Se
         }
     };
     stats.open.set(stats.open.get() + 1);
+    let registered = ctx.register(port, ConnState::Tunnel(tunnel.as_raw_fd()));
     tokio::task::spawn_local(async move {
-        let registered = ctx.register(port, ConnState::Tunnel(tunnel.as_raw_fd()));
         tunnel.closed().await;
         drop(registered);
         stats.open.set(stats.open.get().saturating_sub(1));
@@ -806,6 +814,7 @@ async fn serve_connection(
     sock: TcpStream,
     mut target: watch::Receiver<Target>,
     ctx: &Rc<ServeContext>,
+    registered: Registered,
 ) {
     let mut deadline = tokio::time::Instant::now() + ctx.connect_wait.get();
     let claim = match tokio::time::timeout_at(deadline, target.wait_for(|t| !t.claim.pending)).await
@@ -819,8 +828,8 @@ async fn serve_connection(
     let Some(mut link_rx) = ctx.links.borrow().get(&claim.host).cloned() else {
         return;
     };
+    // The same descriptor, registered at accept.
     let Ok(sock) = sock.into_std() else { return };
-    let registered = ctx.register(claim.local_port, ConnState::Queued(sock.as_raw_fd()));
     let mut fallback_tried = false;
     let mut refusals = 0;
     let mut probes = 0;
@@ -951,5 +960,63 @@ async fn run_fallback(link: &Link, claim: &Claim, sock: &std::net::TcpStream) ->
     match cmd.spawn() {
         Ok(mut child) => child.wait().await.is_ok_and(|s| s.success()),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(port: u16) -> Claim {
+        Claim {
+            host: HostKey::from("h"),
+            container: fwd_core::ContainerId::parse("0123456789ab").expect("id"),
+            container_name: "c".into(),
+            compose_project: None,
+            container_port: 80,
+            started_at_ns: 1,
+            pending: false,
+            local_port: port,
+            bind: vec![IpAddr::from(std::net::Ipv4Addr::LOCALHOST)],
+            remote: fwd_core::Remote {
+                ip: "127.0.0.1".into(),
+                port: 80,
+            },
+        }
+    }
+
+    /// An upgrade that freezes right after an accept must find the client:
+    /// it is registered in the same step, before its task has run.
+    #[tokio::test]
+    async fn an_accepted_client_is_registered_before_its_task_runs() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let ctx = Rc::new(ServeContext::new(
+                    Duration::from_secs(1),
+                    Duration::ZERO,
+                    crate::systemd::StoredFds::default(),
+                ));
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                let client = std::net::TcpStream::connect(addr).expect("connect");
+                let (sock, _) = listener.accept().await.expect("accept");
+                let fd = sock.as_raw_fd();
+                let target = watch::channel(Target::new(claim(addr.port()), Instant::now())).0;
+                spawn_served(
+                    sock,
+                    target.subscribe(),
+                    Rc::new(ConnStats::default()),
+                    ctx.clone(),
+                );
+                // No await since: the task has not run.
+                let held = ctx.held_conns();
+                assert_eq!(
+                    held.get(&addr.port()).map(|h| h.queued.clone()),
+                    Some(vec![fd])
+                );
+                drop(client);
+            })
+            .await;
     }
 }

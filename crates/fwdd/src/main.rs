@@ -444,6 +444,13 @@ fn take_over(daemon: &Rc<Daemon>, hosts: Vec<config::HostConfig>, t: upgrade::Ta
             }
         }
     }
+    for (host, client) in t.engine_queued {
+        if let Some(h) = daemon.host(&host) {
+            if let Ok(s) = h.engine_socket.borrow().as_ref() {
+                s.serve_queued(client);
+            }
+        }
+    }
     daemon.reconcile();
     let from = t.doc_from;
     if let Some(why) = t.rolled_back {

@@ -55,6 +55,9 @@ pub struct Document {
     /// Engine socket connections in flight, paused between two writes.
     #[serde(default)]
     pub engine_relays: Vec<RelayDoc>,
+    /// Engine socket clients accepted but not relaying yet: served again.
+    #[serde(default)]
+    pub engine_queued: Vec<QueuedDoc>,
     /// The old image itself (Linux: `/proc/self/exe` opened at its start):
     /// a new image that cannot take over executes it again with this very
     /// document, so nothing is lost.
@@ -158,6 +161,12 @@ pub struct ListenerDoc {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedDoc {
+    pub host: String,
+    pub fd: RawFd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayDoc {
     pub host: String,
     pub client_fd: RawFd,
@@ -240,6 +249,7 @@ impl Document {
             fds.extend(&f.tunnels);
             fds.extend(&f.queued);
         }
+        fds.extend(self.engine_queued.iter().map(|q| q.fd));
         for r in &self.engine_relays {
             fds.extend([r.client_fd, r.upstream_fd]);
             fds.extend(&r.keep_fds);

@@ -37,7 +37,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use document::{CheckAnswer, Document, ACCEPTED_VERSIONS, HANDOVER_VERSION};
-use document::{ForwardDoc, HostDoc, ListenerDoc, MasterDoc, RelayDoc, SocketDoc};
+use document::{ForwardDoc, HostDoc, ListenerDoc, MasterDoc, QueuedDoc, RelayDoc, SocketDoc};
 use fwd_core::HostKey;
 
 use crate::daemon::Daemon;
@@ -264,6 +264,7 @@ fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
     let now = Instant::now();
     let mut hosts = Vec::new();
     let mut relays = Vec::new();
+    let mut queued = Vec::new();
     for h in daemon.hosts() {
         let state = h.machine.borrow().handover(now);
         let master = match (state.master_pid, h.master_fds.get()) {
@@ -274,6 +275,12 @@ fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
         };
         let (engine_sockets, totals) = match h.engine_socket.borrow().as_ref() {
             Ok(s) => {
+                for fd in s.queued_clients() {
+                    queued.push(QueuedDoc {
+                        host: h.key.to_string(),
+                        fd,
+                    });
+                }
                 for r in s.paused_relays() {
                     relays.push(RelayDoc {
                         host: h.key.to_string(),
@@ -376,6 +383,7 @@ fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
         hosts,
         forwards,
         engine_relays: relays,
+        engine_queued: queued,
         rollback_exe_fd: daemon.image.exe_fd,
         binary: daemon.image.binary.to_string_lossy().into_owned(),
         args: daemon
@@ -485,6 +493,7 @@ pub struct Takeover {
     pub hosts: Vec<HostTakeover>,
     pub forwards: Vec<AdoptedForward>,
     pub relays: Vec<(HostKey, AdoptedRelay)>,
+    pub engine_queued: Vec<(HostKey, OwnedFd)>,
     /// This image is the old one again: the new one could not take over.
     pub rolled_back: Option<String>,
 }
@@ -734,7 +743,13 @@ fn own(doc: Document) -> Takeover {
             )
         })
         .collect();
+    let engine_queued = doc
+        .engine_queued
+        .into_iter()
+        .map(|q| (HostKey::from(q.host.as_str()), take(q.fd)))
+        .collect();
     Takeover {
+        engine_queued,
         doc_from: doc.from_version,
         daemon_started_at: UNIX_EPOCH
             .checked_add(Duration::from_millis(doc.daemon_started_at_ms))
