@@ -17,10 +17,15 @@ impl Fwdd {
 
     /// [`Fwdd::spawn`] with extra environment variables (e.g. `FWD_LOG`).
     pub(crate) fn spawn_env(host: &TestHost, bin_dir: &Path, env: &[(&str, &str)]) -> Fwdd {
+        Fwdd::spawn_binary(host, &bin_dir.join("fwdd"), env)
+    }
+
+    /// fwdd started from `binary` (an installed copy, for the upgrade figures).
+    pub(crate) fn spawn_binary(host: &TestHost, binary: &Path, env: &[(&str, &str)]) -> Fwdd {
         let runtime_dir = host.dir.join("rt");
         let log = host.dir.join("fwdd.log");
         let log_file = File::create(&log).expect("create fwdd log");
-        let mut cmd = host.runner_command(bin_dir.join("fwdd"));
+        let mut cmd = host.runner_command(binary);
         cmd.arg("--host")
             .arg(format!("ssh://{}", host.alias))
             .arg("--ssh-config")

@@ -9,10 +9,10 @@
 //! Usage: `fwd-bench [--only NAME,NAME…] [--seq N] [--kill N] [--burst N] [--conns N]
 //! [--many N] [--many-ports K] [--idle-secs S] [--bytes-mib M] [--engine-ps N]
 //! [--cp-mib M] [--cp-runs N] [--startup N] [--late N] [--conn-burst N]
-//! [--conn-burst-trials N]`
+//! [--conn-burst-trials N] [--upgrade-trials N]`
 //! with `FWD_SANDBOX=DIR/env` set. Names: start, kill, burst, setup, throughput,
 //! engine, master, link, many (many also measures memory and the idle minute),
-//! startup. `burst` is both bursts: containers started back to back (issue 6) and
+//! startup, upgrade (issue 12: `fwdctl upgrade` against a restart, on its own fwdd). `burst` is both bursts: containers started back to back (issue 6) and
 //! connections at a master kill (issue 11, after `master` and `link`, on its own fwdd).
 
 mod connburst;
@@ -23,6 +23,7 @@ mod procstat;
 mod report;
 mod startup;
 mod times;
+mod upgrade;
 
 use fwdd::*;
 use net::*;
@@ -71,6 +72,7 @@ struct Opts {
     late: usize,
     conn_burst: usize,
     conn_burst_trials: usize,
+    upgrade_trials: usize,
 }
 
 impl Opts {
@@ -94,6 +96,7 @@ impl Opts {
             late: 3,
             conn_burst: 500,
             conn_burst_trials: 3,
+            upgrade_trials: 5,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -121,6 +124,7 @@ impl Opts {
                 "--late" => o.late = num(),
                 "--conn-burst" => o.conn_burst = num(),
                 "--conn-burst-trials" => o.conn_burst_trials = num(),
+                "--upgrade-trials" => o.upgrade_trials = num(),
                 "--quickack" => {
                     o.quickack = true;
                     i += 1;
@@ -143,6 +147,7 @@ impl Opts {
         o.cp_mib = o.cp_mib.clamp(1, 4096);
         o.cp_runs = o.cp_runs.clamp(1, 5);
         o.startup = o.startup.clamp(1, 100);
+        o.upgrade_trials = o.upgrade_trials.clamp(1, 50);
         o.late = o.late.min(10);
         o.conn_burst = o.conn_burst.clamp(1, 2000);
         o.conn_burst_trials = o.conn_burst_trials.clamp(1, 10);
@@ -895,6 +900,10 @@ fn main() {
     }
     if opts.wants("many") {
         ctx.many(opts.many, opts.many_ports, opts.idle_secs);
+    }
+    if opts.wants("upgrade") {
+        // Its own fwdd, started from an installed copy that each trial replaces.
+        ctx.upgrade(opts.upgrade_trials);
     }
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     ctx.rep
