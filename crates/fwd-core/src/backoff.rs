@@ -80,6 +80,11 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.failures = 0;
     }
+
+    /// Carries on from `failures` (a binary upgrade hands them over).
+    pub fn resume(&mut self, failures: u32) {
+        self.failures = failures;
+    }
 }
 
 #[cfg(test)]

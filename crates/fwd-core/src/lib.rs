@@ -23,7 +23,7 @@ pub use model::{
 };
 pub use reconcile::{desired_forwards, plan, reconcile, Action, Desired, Held, HostView, Plan};
 pub use reload::{reload_plan, ReloadPlan};
-pub use repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};
+pub use repeat::{EpisodeLog, EpisodeSnapshot, RecentLines, RepeatGate, UpLog, Verdict};
 pub use rules::{Decision, Rule, RuleAction, Rules};
 pub use startup::{listen_probe_wait, retry_refused};
 pub use supervisor::{

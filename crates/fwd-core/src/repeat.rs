@@ -186,6 +186,16 @@ struct Episode {
     recovery_logged: bool,
 }
 
+/// An [`EpisodeLog`]'s state as a binary upgrade carries it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EpisodeSnapshot {
+    /// Failure kinds already logged in the current episode.
+    pub kinds: Vec<String>,
+    pub failures: u64,
+    pub recovery_logged: bool,
+    pub announced_first_up: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UpLog {
     /// The first connection since start: worth a line.
@@ -238,6 +248,33 @@ impl EpisodeLog {
         } else {
             Verdict::Suppress
         }
+    }
+
+    /// What the next fwdd image needs so it neither repeats lines already
+    /// logged nor announces a link that has been up all along.
+    pub fn snapshot(&self) -> EpisodeSnapshot {
+        EpisodeSnapshot {
+            kinds: self
+                .episode
+                .as_ref()
+                .map(|e| e.kinds.clone())
+                .unwrap_or_default(),
+            failures: self.episode.as_ref().map_or(0, |e| e.failures),
+            recovery_logged: self.episode.as_ref().is_some_and(|e| e.recovery_logged),
+            announced_first_up: self.announced_first_up,
+        }
+    }
+
+    /// Carries on from a [`snapshot`](Self::snapshot) taken by the previous image.
+    pub fn resume(&mut self, s: EpisodeSnapshot, now: Instant) {
+        self.announced_first_up = s.announced_first_up;
+        self.episode = (s.failures > 0 || !s.kinds.is_empty()).then_some(Episode {
+            kinds: s.kinds,
+            failures: s.failures,
+            unreported: 0,
+            last_line: now,
+            recovery_logged: s.recovery_logged,
+        });
     }
 
     /// The link is up.

@@ -226,6 +226,12 @@ pub struct Handover {
     pub docker_version: Option<String>,
     /// How long the master had been connected (status keeps its "since").
     pub connected_for: Duration,
+    /// Consecutive failures, and when the next attempt is due (without a
+    /// master): the new image keeps the backoff instead of retrying at once.
+    pub failures: u32,
+    pub retry_in: Option<Duration>,
+    /// What was logged of the current failure episode (not logged again).
+    pub episode: crate::EpisodeSnapshot,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -609,6 +615,8 @@ impl HostMachine {
         m.health.docker_version = from.docker_version.clone();
         m.logged_version = from.docker_version;
         m.health.engine.remote_socket = from.remote_socket;
+        m.backoff.resume(from.failures);
+        m.episodes.resume(from.episode, now);
         m.commands.push_back(Command::ContainersChanged);
         match from.master_pid {
             Some(pid) => {
@@ -626,7 +634,20 @@ impl HostMachine {
                 m.health.since = now.checked_sub(from.connected_for).unwrap_or(now);
                 m.start(Purpose::Adopt, Op::CheckMaster, CHECK_MASTER_TIMEOUT, now);
             }
-            None => m.handle_timeout(now),
+            None => {
+                if let Some(wait) = from.retry_in.filter(|d| !d.is_zero()) {
+                    // Backing off: the wait goes on where the old image left it.
+                    m.phase = Phase::Backoff {
+                        until: now + wait,
+                        early_wake: true,
+                        failed_at: now,
+                    };
+                    m.health.set_master(MasterPhase::Backoff, now);
+                    m.health.consecutive_failures = from.failures;
+                    m.health.next_retry = Some(now + wait);
+                }
+                m.handle_timeout(now);
+            }
         }
         m
     }
@@ -651,6 +672,12 @@ impl HostMachine {
                 MasterPhase::Connected => now.saturating_duration_since(self.health.since),
                 _ => Duration::ZERO,
             },
+            failures: self.backoff.failures(),
+            retry_in: match self.phase {
+                Phase::Backoff { until, .. } => Some(until.saturating_duration_since(now)),
+                _ => None,
+            },
+            episode: self.episodes.snapshot(),
         }
     }
 

@@ -954,6 +954,12 @@ fn handed_over(pid: Option<u32>, containers: Vec<Container>) -> Handover {
         containers,
         docker_version: Some("20.10.24 (API 1.41)".into()),
         connected_for: Duration::from_secs(90),
+        failures: 0,
+        retry_in: None,
+        episode: crate::EpisodeSnapshot {
+            announced_first_up: true,
+            ..Default::default()
+        },
     }
 }
 
@@ -1089,4 +1095,53 @@ fn a_host_between_masters_hands_over_no_master() {
         stderr_tail: String::new(),
     });
     assert_eq!(r.m.handover(r.now).master_pid, None);
+}
+
+#[test]
+fn an_adopted_link_is_not_announced_again() {
+    let c1 = container(1, 10);
+    let mut r = adopting(handed_over(Some(42), vec![c1.clone()]));
+    r.answer(Outcome::Answered);
+    r.answer(Outcome::ApiReady {
+        version: "20.10.24 (API 1.41)".into(),
+    });
+    r.answer(Outcome::Subscribed);
+    r.answer(Outcome::Listed(vec![c1.id.clone()]));
+    r.answer(Outcome::Inspected(Some(c1)));
+    assert_eq!(r.count_logs("link_up"), 0, "{:?}", r.logs);
+}
+
+#[test]
+fn a_host_backing_off_keeps_its_backoff_and_its_episode_across_an_upgrade() {
+    let mut r = Rig::new();
+    // The first retry is immediate, the next ones wait.
+    r.fail_master(FailureKind::ConnectionRefused);
+    r.expect_op(Op::SpawnMaster);
+    for _ in 0..2 {
+        r.fail_master(FailureKind::ConnectionRefused);
+        let wait = r.retry_delay();
+        r.advance(wait);
+        r.expect_op(Op::SpawnMaster);
+    }
+    r.fail_master(FailureKind::ConnectionRefused);
+    let h = r.m.handover(r.now);
+    assert_eq!(h.master_pid, None);
+    assert_eq!(h.failures, 4);
+    let wait = h.retry_in.expect("backing off");
+    assert!(wait > Duration::ZERO);
+    assert_eq!(h.episode.kinds, vec!["connection_refused".to_string()]);
+
+    let mut next = adopting(h);
+    assert!(next.op.is_none(), "no attempt before the wait is over");
+    assert_eq!(next.m.health().master, MasterPhase::Backoff);
+    assert_eq!(next.m.health().consecutive_failures, 4);
+    next.advance(wait);
+    next.expect_op(Op::SpawnMaster);
+    next.fail_master(FailureKind::ConnectionRefused);
+    assert_eq!(
+        next.count_logs("link_failed"),
+        0,
+        "already logged by the old image"
+    );
+    assert_eq!(next.m.health().consecutive_failures, 5);
 }

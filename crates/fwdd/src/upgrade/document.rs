@@ -98,6 +98,22 @@ pub struct HostDoc {
     pub engine_bytes_up: u64,
     #[serde(default)]
     pub engine_bytes_down: u64,
+    /// Consecutive failures and the wait left before the next attempt.
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default)]
+    pub retry_in_ms: Option<u64>,
+    /// What the old image already logged of the current failure episode.
+    #[serde(default)]
+    pub episode: EpisodeDoc,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpisodeDoc {
+    pub kinds: Vec<String>,
+    pub failures: u64,
+    pub recovery_logged: bool,
+    pub announced_first_up: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

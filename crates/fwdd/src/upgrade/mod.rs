@@ -330,6 +330,14 @@ fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
             engine_total: totals.0,
             engine_bytes_up: totals.1,
             engine_bytes_down: totals.2,
+            failures: state.failures,
+            retry_in_ms: state.retry_in.map(document::ms),
+            episode: document::EpisodeDoc {
+                kinds: state.episode.kinds,
+                failures: state.episode.failures,
+                recovery_logged: state.episode.recovery_logged,
+                announced_first_up: state.episode.announced_first_up,
+            },
         });
     }
     let held = daemon.serve.held_conns();
@@ -687,6 +695,14 @@ fn own(doc: Document) -> Takeover {
                     .collect(),
                 docker_version: h.docker_version,
                 connected_for: Duration::from_millis(h.connected_for_ms),
+                failures: h.failures,
+                retry_in: h.retry_in_ms.map(Duration::from_millis),
+                episode: fwd_core::EpisodeSnapshot {
+                    kinds: h.episode.kinds,
+                    failures: h.episode.failures,
+                    recovery_logged: h.episode.recovery_logged,
+                    announced_first_up: h.episode.announced_first_up,
+                },
             };
             Some(HostTakeover {
                 name: h.name,
