@@ -26,14 +26,14 @@ impl Drop for Daemon {
 /// the host backs off).
 fn start(binary: &Path, dir: &Path) -> Daemon {
     let runtime = dir.join("rt");
-    let child = Command::new(binary)
-        .args(["--host", "ssh://nobody@127.0.0.1:9", "--runtime-dir"])
-        .arg(&runtime)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("fwdd.log")).expect("log"))
-        .spawn()
-        .expect("start fwdd");
+    let child = spawn_fresh(
+        Command::new(binary)
+            .args(["--host", "ssh://nobody@127.0.0.1:9", "--runtime-dir"])
+            .arg(&runtime)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("fwdd.log")).expect("log")),
+    );
     let d = Daemon { child, runtime };
     let deadline = Instant::now() + Duration::from_secs(20);
     while !status(&d).status.success() && status(&d).status.code() != Some(1) {
@@ -41,6 +41,26 @@ fn start(binary: &Path, dir: &Path) -> Daemon {
         std::thread::sleep(Duration::from_millis(20));
     }
     d
+}
+
+/// Spawns a binary this test just wrote. Another test thread that forks
+/// while the file is open for writing holds a copy of that descriptor until
+/// its child execs, and exec then fails with ETXTBSY (rust-lang/rust#114554):
+/// wait that moment out.
+fn spawn_fresh(cmd: &mut Command) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match cmd.spawn() {
+            Ok(c) => return c,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("start fwdd: {e}"),
+        }
+    }
 }
 
 fn status(d: &Daemon) -> std::process::Output {

@@ -48,6 +48,9 @@ use crate::forwards::AdoptedForward;
 pub const HANDOVER_ENV: &str = "FWD_HANDOVER_FD";
 /// How long `fwdd upgrade-check` may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// ETXTBSY: tries, and the pause between them (0.5 s in all).
+const BUSY_RETRIES: usize = 25;
+const BUSY_PAUSE: Duration = Duration::from_millis(20);
 /// How long in-flight hand-offs and relay writes may take to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -154,7 +157,20 @@ pub async fn check_binary(binary: &Path, args: &[OsString]) -> Result<CheckAnswe
         .env_remove(HANDOVER_ENV)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    let out = match tokio::time::timeout(CHECK_TIMEOUT, cmd.output()).await {
+    let run = async {
+        // A file still open for writing somewhere (a package manager that has
+        // not closed it, another process's fork) cannot be executed yet.
+        for _ in 0..BUSY_RETRIES {
+            match cmd.output().await {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    tokio::time::sleep(BUSY_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+        cmd.output().await
+    };
+    let out = match tokio::time::timeout(CHECK_TIMEOUT, run).await {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => {
             return Err(format!(
@@ -451,7 +467,14 @@ fn exec(
         }
     }
     tracing::info!(event = "upgrade_exec", binary = %binary.display(), listeners = doc.forwards.iter().map(|f| f.listeners.len()).sum::<usize>(), tunnels = doc.forwards.iter().map(|f| f.tunnels.len()).sum::<usize>(), "handing over to {}", binary.display());
-    let err = nix::unistd::execve(&program, &argv, &env).err();
+    let mut err = nix::unistd::execve(&program, &argv, &env).err();
+    for _ in 0..BUSY_RETRIES {
+        if err != Some(nix::errno::Errno::ETXTBSY) {
+            break;
+        }
+        std::thread::sleep(BUSY_PAUSE);
+        err = nix::unistd::execve(&program, &argv, &env).err();
+    }
     for fd in &fds {
         let _ = set_cloexec(*fd, true);
     }

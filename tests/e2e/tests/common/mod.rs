@@ -102,9 +102,8 @@ impl<'a> Fwdd<'a> {
         let runtime_dir = host.dir.join("rt");
         let log = host.dir.join("fwdd.log");
         let log_file = File::create(&log).expect("create fwdd log");
-        let child = host
-            .runner_command(program)
-            .args(args)
+        let mut cmd = host.runner_command(program);
+        cmd.args(args)
             .arg("--runtime-dir")
             .arg(&runtime_dir)
             .args(["--log-format", "json"])
@@ -112,9 +111,23 @@ impl<'a> Fwdd<'a> {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn fwdd");
+            .stderr(log_file);
+        // A binary a test has just written (an installed copy) may be held
+        // open for writing by another test thread's fork for a moment, and
+        // exec fails with ETXTBSY until its child execs (rust-lang/rust#114554).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let child = loop {
+            match cmd.spawn() {
+                Ok(c) => break c,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("spawn fwdd: {e}"),
+            }
+        };
         Fwdd {
             host,
             child,
