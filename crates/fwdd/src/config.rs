@@ -26,7 +26,16 @@ pub struct Config {
     pub resync_interval: Duration,
     /// Which ports are forwarded where (first match wins; see fwd-core rules).
     pub rules: fwd_core::Rules,
+    /// A group whose members may use the engine sockets too (shared runners).
+    pub engine_socket_group: Option<SocketGroup>,
     pub hosts: Vec<HostConfig>,
+}
+
+/// `engine_socket_group`, resolved when the configuration is loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketGroup {
+    pub name: String,
+    pub gid: u32,
 }
 
 /// Pacing of reconnects after a failure.
@@ -66,6 +75,7 @@ struct FileConfig {
     log_format: Option<String>,
     connect_wait: Option<String>,
     startup_window: Option<String>,
+    engine_socket_group: Option<String>,
     conflict_retry: Option<String>,
     retry_first_delay: Option<String>,
     retry_max_delay: Option<String>,
@@ -130,6 +140,21 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
 
+/// The group must exist here: a typo would otherwise leave the sockets
+/// owner-only and every job of the shared runner refused.
+fn socket_group(name: &str) -> Result<SocketGroup, ConfigError> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(SocketGroup {
+            name: name.to_string(),
+            gid: g.gid.as_raw(),
+        }),
+        Ok(None) => err(format!(
+            "engine_socket_group: no group named {name:?} on this machine (create it, or remove the key to keep the engine sockets owner-only)"
+        )),
+        Err(e) => err(format!("engine_socket_group: cannot look up group {name:?}: {e}")),
+    }
+}
+
 fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
@@ -167,6 +192,9 @@ pub fn render(c: &Config) -> String {
         "startup_window = {}\n",
         q(&secs(c.startup_window))
     ));
+    if let Some(g) = &c.engine_socket_group {
+        out.push_str(&format!("engine_socket_group = {}\n", q(&g.name)));
+    }
     out.push_str(&format!(
         "conflict_retry = {}\n",
         q(&secs(c.conflict_retry))
@@ -430,8 +458,13 @@ impl Config {
             }
         }
         let rules = rules_config(&file.rules, &hosts)?;
+        let engine_socket_group = match file.engine_socket_group.as_deref() {
+            None => None,
+            Some(name) => Some(socket_group(name)?),
+        };
         Ok(Config {
             rules,
+            engine_socket_group,
             runtime_dir: cli
                 .runtime_dir
                 .clone()
@@ -802,6 +835,26 @@ mod tests {
         ] {
             assert!(parse_host_url(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn the_engine_socket_group_must_exist() {
+        let c = load_toml("engine_socket_group = \"root\"\n[[host]]\nurl = \"ssh://h\"\n")
+            .expect("loads");
+        assert_eq!(
+            c.engine_socket_group,
+            Some(SocketGroup {
+                name: "root".into(),
+                gid: 0
+            })
+        );
+        assert!(render(&c).contains("\nengine_socket_group = \"root\"\n"));
+        let e =
+            load_toml("engine_socket_group = \"no-such-group-fwd\"\n[[host]]\nurl = \"ssh://h\"\n")
+                .expect_err("refused");
+        assert!(e.0.contains("no group named \"no-such-group-fwd\""), "{e}");
+        let c = load_toml("[[host]]\nurl = \"ssh://h\"\n").expect("loads");
+        assert_eq!(c.engine_socket_group, None);
     }
 
     #[test]

@@ -282,6 +282,15 @@ impl Daemon {
             );
             new.runtime_dir = old_dir;
         }
+        let old_group = self.config.borrow().engine_socket_group.clone();
+        if new.engine_socket_group != old_group {
+            tracing::warn!(
+                event = "reload_ignored_key",
+                key = "engine_socket_group",
+                "engine_socket_group cannot change while running (the sockets and the runtime directory keep their group); restart fwdd to change it"
+            );
+            new.engine_socket_group = old_group;
+        }
         let hosts = self.hosts();
         let running: Vec<(&str, &HostConfig)> = hosts.iter().map(|h| (&*h.key, &h.cfg)).collect();
         let wanted: Vec<(&str, &HostConfig)> =

@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::forwards::{Link, ServeContext};
-use crate::private_socket::{self, uid_allowed, RefusalLog, SocketFileGuard};
+use crate::private_socket::{self, RefusalLog, SocketFileGuard};
 
 /// Concurrent dial-stdio sessions per host, below sshd's MaxSessions
 /// default of 10 (fwd's own API and event channels may need two more).
@@ -143,6 +143,7 @@ impl EngineSocket {
                 Some(fd) if path.exists() => private_socket::adopt(path, fd)?,
                 _ => {
                     let bound = private_socket::bind(path, "engine socket")?;
+                    private_socket::open_to_group(path)?;
                     crate::systemd::store_fd(&name, std::os::fd::AsFd::as_fd(&bound.0));
                     bound
                 }
@@ -315,8 +316,12 @@ async fn accept_loop(listener: UnixListener, shared: Rc<Shared>) {
         };
         match accepted {
             Ok((stream, _)) => {
-                let uid = stream.peer_cred().ok().map(|c| c.uid());
-                if !uid.is_some_and(|u| uid_allowed(u, shared.euid)) {
+                let cred = stream.peer_cred().ok();
+                let uid = cred.map(|c| c.uid());
+                let allowed = cred.is_some_and(|c| {
+                    private_socket::engine_peer_allowed(c.uid(), c.gid(), shared.euid)
+                });
+                if !allowed {
                     if let Some(suppressed) = shared.refusals.borrow_mut().note(uid, Instant::now())
                     {
                         tracing::warn!(
@@ -324,7 +329,7 @@ async fn accept_loop(listener: UnixListener, shared: Rc<Shared>) {
                             host = %shared.host,
                             peer_uid = ?uid,
                             suppressed,
-                            "refused an engine socket connection from another user"
+                            "refused an engine socket connection from another user (not fwdd's, not root, not in engine_socket_group)"
                         );
                     }
                     continue;

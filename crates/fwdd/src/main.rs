@@ -185,6 +185,9 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return refuse(&mut takeover, 2, e.to_string()),
     };
+    if let Some(g) = &config.engine_socket_group {
+        private_socket::share_engine_with(g.gid);
+    }
     // The runtime directory holds sockets that grant use of the SSH
     // connection: one policy for it, the one every socket binder applies too.
     if let Err(e) =

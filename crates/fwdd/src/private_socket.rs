@@ -72,6 +72,70 @@ pub fn adopt(
     ))
 }
 
+/// The group that may use the engine sockets on a shared runner
+/// (`engine_socket_group`), set once at start. The runtime directory then
+/// lets that group traverse it (0710, group-owned) but neither list nor
+/// write it, and the engine sockets are 0660 in that group; every other
+/// socket in it (control, ssh's) stays 0600 and owner-only.
+static SHARED_GROUP: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Shares the engine sockets with group `gid` (call once, before any bind).
+pub fn share_engine_with(gid: u32) {
+    let _ = SHARED_GROUP.set(gid);
+}
+
+pub fn shared_group() -> Option<u32> {
+    SHARED_GROUP.get().copied()
+}
+
+/// An engine socket, opened to the shared group (if one is configured).
+pub fn open_to_group(path: &Path) -> io::Result<()> {
+    let Some(gid) = shared_group() else {
+        return Ok(());
+    };
+    nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "cannot give {} to group {gid}: {e} (fwdd's user must be a member of engine_socket_group)",
+                path.display()
+            ),
+        )
+    })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+}
+
+/// Whether a peer may use an engine socket: as [`uid_allowed`], or a member
+/// (primary or supplementary group) of the shared group.
+pub fn engine_peer_allowed(uid: u32, gid: u32, euid: u32) -> bool {
+    uid_allowed(uid, euid)
+        || shared_group().is_some_and(|shared| in_group(gid, &supplementary_groups(uid), shared))
+}
+
+fn in_group(primary: u32, supplementary: &[u32], shared: u32) -> bool {
+    primary == shared || supplementary.contains(&shared)
+}
+
+#[cfg(target_os = "linux")]
+fn supplementary_groups(uid: u32) -> Vec<u32> {
+    use nix::unistd::{getgrouplist, User};
+    let Ok(Some(user)) = User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
+        return Vec::new();
+    };
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return Vec::new();
+    };
+    getgrouplist(&name, user.gid)
+        .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_default()
+}
+
+/// macOS: the peer's primary group only (its group list is not read).
+#[cfg(not(target_os = "linux"))]
+fn supplementary_groups(_uid: u32) -> Vec<u32> {
+    Vec::new()
+}
+
 /// Removes the socket file on drop if it is still the one we bound.
 #[derive(Debug)]
 pub struct SocketFileGuard {
@@ -135,14 +199,31 @@ pub fn ensure_private_dir(dir: &Path, euid: u32) -> io::Result<()> {
     } else {
         DirKind::Other
     };
-    match judge_dir(kind, md.uid(), md.mode(), euid) {
+    let shared = shared_group();
+    match judge_dir_shared(kind, md.uid(), md.gid(), md.mode(), euid, shared) {
         DirVerdict::Fine => Ok(()),
         DirVerdict::Tighten => {
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+            let mode = if let Some(gid) = shared {
+                nix::unistd::chown(dir, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(
+                    |e| {
+                        io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            format!(
+                                "cannot give runtime directory {} to group {gid}: {e} (fwdd's user must be a member of engine_socket_group)",
+                                dir.display()
+                            ),
+                        )
+                    },
+                )?;
+                0o710
+            } else {
+                0o700
+            };
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!(
-                        "cannot make runtime directory {} owner-only (mode 0700): {e}",
+                        "cannot make runtime directory {} owner-only (mode {mode:o}): {e}",
                         dir.display()
                     ),
                 )
@@ -150,7 +231,7 @@ pub fn ensure_private_dir(dir: &Path, euid: u32) -> io::Result<()> {
             info!(
                 dir = %dir.display(),
                 was = format!("{:o}", md.mode() & 0o7777),
-                "runtime directory made owner-only (0700)"
+                "runtime directory made owner-only ({mode:o})"
             );
             Ok(())
         }
@@ -174,6 +255,29 @@ enum DirVerdict {
     /// Ours, but group or others have some access: chmod 0700.
     Tighten,
     Refuse(String),
+}
+
+/// [`judge_dir`], with the engine sockets shared with group `shared`: a
+/// directory of ours must then be exactly traversable by that group (0710,
+/// group-owned), nothing more.
+fn judge_dir_shared(
+    kind: DirKind,
+    owner: u32,
+    dir_gid: u32,
+    mode: u32,
+    euid: u32,
+    shared: Option<u32>,
+) -> DirVerdict {
+    match shared {
+        Some(gid) if kind == DirKind::Directory && owner == euid => {
+            if mode & 0o077 == 0o010 && dir_gid == gid {
+                DirVerdict::Fine
+            } else {
+                DirVerdict::Tighten
+            }
+        }
+        _ => judge_dir(kind, owner, mode, euid),
+    }
 }
 
 /// The runtime directory policy, on what `lstat` said (see [`ensure_private_dir`]).
@@ -293,6 +397,48 @@ pub fn uid_allowed(peer: u32, euid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runtime_dir_shared_with_a_group_is_traversable_by_it_and_nothing_more() {
+        use DirKind::*;
+        use DirVerdict::*;
+        let (me, ci) = (1000, 50);
+        assert_eq!(
+            judge_dir_shared(Directory, me, ci, 0o40710, me, Some(ci)),
+            Fine
+        );
+        // Owner-only, another group, or more than traversal: made 0710 in the group.
+        for (gid, mode) in [
+            (ci, 0o40700),
+            (51, 0o40710),
+            (ci, 0o40750),
+            (ci, 0o40711),
+            (ci, 0o40770),
+        ] {
+            assert_eq!(
+                judge_dir_shared(Directory, me, gid, mode, me, Some(ci)),
+                Tighten,
+                "{gid} {mode:o}"
+            );
+        }
+        // Without a group, 0710 is too open.
+        assert_eq!(
+            judge_dir_shared(Directory, me, ci, 0o40710, me, None),
+            Tighten
+        );
+        // Someone else's directory is refused either way.
+        assert!(matches!(
+            judge_dir_shared(Directory, 1001, ci, 0o40710, me, Some(ci)),
+            Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn a_group_member_is_one_by_primary_or_supplementary_group() {
+        assert!(in_group(50, &[], 50));
+        assert!(in_group(100, &[100, 50], 50));
+        assert!(!in_group(100, &[100, 27], 50));
+    }
 
     #[test]
     fn runtime_dir_policy() {

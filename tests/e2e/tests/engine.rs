@@ -502,3 +502,92 @@ fn hijacked_and_streaming_commands_work_and_end_when_the_master_dies() {
     // And the socket serves again on the new master.
     docker_ok(&fwdd, &["ps"]);
 }
+
+#[test]
+fn a_shared_runner_gives_the_engine_socket_to_a_group_and_nothing_else() {
+    let host = sandbox_host!("engine_group");
+    // Other users must reach the runtime directory at all: not inside the
+    // sandbox's private directory.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let public = PathBuf::from(format!("/tmp/fwd-e2e-group-{}", host.label));
+    let _ = std::fs::remove_dir_all(&public);
+    std::fs::create_dir_all(&public).expect("public dir");
+    std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let runtime = public.join("rt");
+    let toml = host.dir.join("fwdd.toml");
+    // nogroup (65534) is nobody's group on Debian and Ubuntu.
+    std::fs::write(
+        &toml,
+        format!(
+            "engine_socket_group = \"nogroup\"\n[[host]]\nurl = \"ssh://{}\"\nssh_config = \"{}\"\n",
+            host.alias,
+            host.ssh_config.display()
+        ),
+    )
+    .expect("write config");
+    let config = toml.to_string_lossy().into_owned();
+    let fwdd = Fwdd::spawn_in(
+        &host,
+        &runtime,
+        &common::bin("fwdd"),
+        &["--config", &config],
+        &[],
+    );
+    fwdd.wait_connected();
+    let md = |p: &Path| std::fs::metadata(p).expect("stat");
+    let sock = runtime.join("docker.sock");
+    assert_eq!(
+        md(&runtime).mode() & 0o7777,
+        0o710,
+        "group may traverse, not list"
+    );
+    assert_eq!(md(&runtime).gid(), 65534);
+    assert_eq!(md(&sock).mode() & 0o777, 0o660);
+    assert_eq!(md(&sock).gid(), 65534);
+    assert_eq!(
+        md(&runtime.join("control.sock")).mode() & 0o777,
+        0o600,
+        "the control socket stays owner-only"
+    );
+
+    let docker_as = |gid: u32| {
+        Command::new("docker")
+            .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+            .env("DOCKER_CONFIG", public.join(format!("docker-config-{gid}")))
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .uid(65534)
+            .gid(gid)
+            .output()
+            .expect("run docker as nobody")
+    };
+    // A member of the group reaches the remote engine.
+    let member = docker_as(65534);
+    assert!(
+        member.status.success() && !String::from_utf8_lossy(&member.stdout).trim().is_empty(),
+        "a group member was refused: {}\nlog:\n{}",
+        String::from_utf8_lossy(&member.stderr),
+        fwdd.log_tail(20)
+    );
+    // The same uid outside the group does not.
+    let outsider = docker_as(1);
+    assert!(
+        !outsider.status.success() || String::from_utf8_lossy(&outsider.stdout).trim().is_empty(),
+        "someone outside the group reached the engine"
+    );
+    // And a member cannot use the control socket (status, reconnect, upgrade).
+    let fwdctl = Command::new(common::bin("fwdctl"))
+        .args(["status"])
+        .env("FWD_SOCKET", runtime.join("control.sock"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("fwdctl as nobody");
+    assert_eq!(
+        fwdctl.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&fwdctl.stderr)
+    );
+    drop(fwdd);
+    let _ = std::fs::remove_dir_all(&public);
+}

@@ -99,7 +99,19 @@ impl<'a> Fwdd<'a> {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Fwdd<'a> {
-        let runtime_dir = host.dir.join("rt");
+        Self::spawn_in(host, &host.dir.join("rt"), program, args, env)
+    }
+
+    /// Starts `program` with its runtime directory at `runtime_dir` (e.g.
+    /// one other users can reach: the sandbox's own directories are private).
+    pub fn spawn_in(
+        host: &'a TestHost,
+        runtime_dir: &Path,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Fwdd<'a> {
+        let runtime_dir = runtime_dir.to_path_buf();
         let log = host.dir.join("fwdd.log");
         let log_file = File::create(&log).expect("create fwdd log");
         let mut cmd = host.runner_command(program);
