@@ -19,6 +19,8 @@ command -v curl >/dev/null || missing+=(curl)
 [ -x /usr/bin/python3 ] || missing+=(python3)
 # The engine socket's client-library test runs docker-py in a venv.
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# The engine socket's compose test runs the distribution's Compose (v1).
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 # Packaging tests: unit verification, .deb building, script linting.
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v dpkg-deb >/dev/null || missing+=(dpkg)

@@ -591,3 +591,74 @@ fn a_shared_runner_gives_the_engine_socket_to_a_group_and_nothing_else() {
     drop(fwdd);
     let _ = std::fs::remove_dir_all(&public);
 }
+
+/// `docker-compose` (Compose v1 from the distribution, on docker-py) through
+/// fwdd's engine socket, as a runner's CI script runs it.
+fn compose(fwdd: &Fwdd, dir: &Path, args: &[&str]) -> Output {
+    Command::new("docker-compose")
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", engine_socket(fwdd).display()),
+        )
+        .env("DOCKER_CONFIG", fwdd.runtime_dir.join("docker-config"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run docker-compose (scripts/install-deps.sh installs it)")
+}
+
+#[test]
+fn compose_up_and_down_run_through_the_engine_socket_on_the_one_connection() {
+    let host = sandbox_host!("engine_compose");
+    let fwdd = Fwdd::start(&host);
+    let dir = host.dir.join("compose");
+    std::fs::create_dir_all(&dir).expect("compose dir");
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        format!(
+            r#"version: "3"
+services:
+  web:
+    image: {image}
+    command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]
+    ports: ["20390:8080"]
+    labels:
+      fwd-test: "{label}"
+  worker:
+    image: {image}
+    command: ["sleep", "600"]
+    depends_on: [web]
+    labels:
+      fwd-test: "{label}"
+"#,
+            image = host.image,
+            label = host.label
+        ),
+    )
+    .expect("write compose file");
+    let before = witness(&host);
+    let project = format!("fwd{}", host.label.replace(['-', '_'], ""));
+    let up = compose(&fwdd, &dir, &["-p", &project, "up", "-d"]);
+    assert!(
+        up.status.success(),
+        "compose up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert_eq!(fwdd.wait_http(20390), "hello\n");
+    let ps = compose(&fwdd, &dir, &["-p", &project, "ps", "-q"]);
+    assert_eq!(
+        String::from_utf8_lossy(&ps.stdout).lines().count(),
+        2,
+        "two services run"
+    );
+    let forward = fwdd.forward(20390).expect("forwarded");
+    assert_eq!(forward.compose_project.as_deref(), Some(project.as_str()));
+    let down = compose(&fwdd, &dir, &["-p", &project, "down", "-t", "1"]);
+    assert!(
+        down.status.success(),
+        "compose down: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    fwdd.wait_refused(20390);
+    assert_nothing_new(&host, &before, "compose up, ps and down");
+}
