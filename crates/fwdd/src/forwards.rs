@@ -754,6 +754,11 @@ async fn accept_loop(
         match accepted {
             Ok((sock, _peer)) => {
                 failures.clear();
+                // What ssh -L does for its own accepted sockets (set_nodelay in
+                // channels.c): the master writes each channel packet to this
+                // socket as it comes, and Nagle would hold a reply's second
+                // small write until the first is acknowledged.
+                let _ = sock.set_nodelay(true);
                 spawn_served(sock, target.clone(), stats.clone(), ctx.clone());
             }
             Err(e) => {
