@@ -20,6 +20,12 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 bash scripts/install-deps.sh
+# The pgbench group's real client and server (the server's binaries are
+# bind-mounted into a container on the sandbox's Docker host).
+if ! command -v pgbench >/dev/null || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  echo "bench.sh: installing postgresql for the pgbench figures" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
 
 src=$root
 if [ -n "${FWD_BENCH_REV:-}" ]; then

@@ -675,7 +675,7 @@ impl Ctx<'_> {
 
     /// `ssh -L 127.0.0.1:<lport>:<remote> <alias> sleep 3600` in the runner netns: its own
     /// connection (no ControlMaster) with a session open.
-    fn spawn_ssh_l(&self, lport: u16, remote: &str) -> Child {
+    pub(crate) fn spawn_ssh_l(&self, lport: u16, remote: &str) -> Child {
         let spec = format!("127.0.0.1:{lport}:{remote}");
         let mut cmd = self.host.ssh_command();
         cmd.args([

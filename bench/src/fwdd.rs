@@ -52,10 +52,6 @@ impl Fwdd {
         self.child.id()
     }
 
-    pub(crate) fn control_path(&self) -> PathBuf {
-        self.runtime_dir.join("h0.ctl")
-    }
-
     pub(crate) fn status(&self) -> Option<Status> {
         let socket = self.runtime_dir.join(fwd_proto::CONTROL_SOCKET_NAME);
         fwd_client::status(&socket, Duration::from_secs(5)).ok()
@@ -136,20 +132,4 @@ impl Drop for Fwdd {
             let _ = self.child.wait();
         }
     }
-}
-
-/// `ssh -S <ctl> -O forward|cancel -L 127.0.0.1:local:remote` on fwdd's master.
-pub(crate) fn ssh_mux_forward(
-    host: &TestHost,
-    ctl: &Path,
-    op: &str,
-    local_port: u16,
-    remote: &str,
-) {
-    let spec = format!("127.0.0.1:{local_port}:{remote}");
-    let mut cmd = host.ssh_command();
-    cmd.arg("-S")
-        .arg(ctl)
-        .args(["-O", op, "-L", &spec, &host.alias]);
-    run_ok(&mut cmd);
 }
