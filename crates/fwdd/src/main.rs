@@ -273,7 +273,6 @@ async fn run(
     let inherited_control = takeover.as_mut().and_then(|t| {
         image.daemon_started_at = t.daemon_started_at;
         image.upgrades = t.upgrades;
-        image.upgraded_from = Some(t.doc_from.clone());
         t.control.take()
     });
     let stored_control = stored

@@ -66,8 +66,6 @@ pub struct Image {
     /// When the process started (the first image).
     pub daemon_started_at: SystemTime,
     pub upgrades: u32,
-    /// The version of the image this one replaced, if any.
-    pub upgraded_from: Option<String>,
     /// This image's executable, held open for the life of the image (Linux:
     /// `/proc/self/exe`): what the next image rolls back to if it cannot
     /// take over. The file on disk may be gone by then; this stays valid.
@@ -90,7 +88,6 @@ impl Image {
             started_at: now,
             daemon_started_at: now,
             upgrades: 0,
-            upgraded_from: None,
             exe_fd: own_executable(),
         }
     }
@@ -576,12 +573,7 @@ pub fn inherited() -> Option<Result<Inherited, String>> {
 impl Inherited {
     /// Takes ownership of everything handed over.
     pub fn take(self) -> Takeover {
-        let mut t = own(self.doc);
-        if let Some(why) = self.rolled_back {
-            t.upgrades -= 1;
-            t.rolled_back = Some(why);
-        }
-        t
+        own(self.doc, self.rolled_back)
     }
 
     /// This image cannot take over (`why`): execute the previous image again
@@ -690,7 +682,7 @@ fn is_open(fd: RawFd) -> bool {
 
 /// Takes ownership of every descriptor the (checked: each named once)
 /// document names, close-on-exec again so no later child inherits one.
-fn own(doc: Document) -> Takeover {
+fn own(doc: Document, rolled_back: Option<String>) -> Takeover {
     // The previous image's executable is needed no longer.
     if let Some(fd) = doc.rollback_exe_fd {
         let _ = nix::unistd::close(fd);
@@ -793,8 +785,9 @@ fn own(doc: Document) -> Takeover {
         daemon_started_at: UNIX_EPOCH
             .checked_add(Duration::from_millis(doc.daemon_started_at_ms))
             .unwrap_or(now),
-        upgrades: doc.upgrades + 1,
-        rolled_back: None,
+        // A rollback is the old image again, not one more upgrade.
+        upgrades: doc.upgrades + u32::from(rolled_back.is_none()),
+        rolled_back,
         control: Some((doc.control.path, take(doc.control.fd))),
         reply: doc.reply_fd.map(take),
         next_host_id: doc.next_host_id,
