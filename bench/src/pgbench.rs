@@ -76,13 +76,7 @@ impl Ctx<'_> {
              echo 'host all all all trust' >> /pg/data/pg_hba.conf && \
              exec {pg}/postgres -D /pg/data -c listen_addresses=* -c max_connections=100 -k /pg"
         );
-        self.host.run(&[
-            "-v",
-            "/usr:/usr:ro",
-            "-v",
-            "/lib:/lib:ro",
-            "-v",
-            "/lib64:/lib64:ro",
+        self.host.run_with_host_binaries(&[
             "-v",
             "/etc/passwd:/etc/passwd:ro",
             "-v",

@@ -594,6 +594,22 @@ impl TestHost {
         self.sandbox.docker_ok(&full)
     }
 
+    /// [`run`](Self::run) with the runner's own `/usr`, `/lib` and `/lib64` mounted
+    /// read-only, for a real server the busybox image lacks (Python, PostgreSQL):
+    /// the sandbox's dockerd runs on this machine's filesystem.
+    pub fn run_with_host_binaries(&self, args: &[&str]) -> String {
+        let mut full = vec![
+            "-v",
+            "/usr:/usr:ro",
+            "-v",
+            "/lib:/lib:ro",
+            "-v",
+            "/lib64:/lib64:ro",
+        ];
+        full.extend_from_slice(args);
+        self.run(&full)
+    }
+
     /// Busybox httpd serving `/www` (body `hello\n`) on container port 8080, published with
     /// the given `-p` specs (e.g. `["18080:8080"]`); returns the container id.
     pub fn httpd(&self, publish: &[&str]) -> String {

@@ -343,13 +343,7 @@ fn a_burst_of_500_connections_as_the_master_dies_is_served_whole() {
     // dropped at SYN inside the container and retried by docker-proxy for
     // seconds, whatever fwd does. The host's own Python, with a backlog
     // that fits, stands in for a real server.
-    host.run(&[
-        "-v",
-        "/usr:/usr:ro",
-        "-v",
-        "/lib:/lib:ro",
-        "-v",
-        "/lib64:/lib64:ro",
+    host.run_with_host_binaries(&[
         "-p",
         "20180:8080",
         &host.image,

@@ -42,13 +42,7 @@ S(('0.0.0.0', 8080), H).serve_forever()
 ";
 
 fn echo_server(host: &TestHost, publish: &str) -> String {
-    host.run(&[
-        "-v",
-        "/usr:/usr:ro",
-        "-v",
-        "/lib:/lib:ro",
-        "-v",
-        "/lib64:/lib64:ro",
+    host.run_with_host_binaries(&[
         "-p",
         publish,
         &host.image,
