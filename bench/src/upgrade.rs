@@ -114,7 +114,7 @@ impl Ctx<'_> {
         fs::create_dir_all(&dir).expect("dir");
         let installed = dir.join("fwdd");
         replace(&self.bin_dir.join("fwdd"), &installed);
-        let mut fwdd = Fwdd::spawn_binary(self.host, &installed, &[]);
+        let fwdd = Fwdd::spawn_binary(self.host, &installed, &[]);
         assert!(
             fwdd.wait_connected(Duration::from_secs(30)),
             "fwdd did not connect"
@@ -125,65 +125,77 @@ impl Ctx<'_> {
             "the forward never served"
         );
         let socket = fwdd.runtime_dir.join(fwd_proto::CONTROL_SOCKET_NAME);
+        // The restarts replace it.
+        let mut fwdd = Some(fwdd);
         let mut upgrades = Vec::new();
         for _ in 0..trials {
             replace(&self.bin_dir.join("fwdd"), &installed);
-            let held = hold(&self.ns());
-            let prober = Prober::start(&self.ns(), PORT, Duration::from_millis(10), 2000);
-            std::thread::sleep(Duration::from_millis(200));
-            let t0 = Instant::now();
-            let out = Command::new(self.bin_dir.join("fwdctl"))
-                .arg("upgrade")
-                .env("FWD_SOCKET", &socket)
-                .output()
-                .expect("fwdctl upgrade");
-            let took_ms = t0.elapsed().as_secs_f64() * 1e3;
-            assert!(
-                out.status.success(),
-                "fwdctl upgrade: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(300));
-            let all = prober.finish();
-            let (probes, refused, failed, longest_ms) = summarise(&all);
-            upgrades.push(Trial {
-                took_ms,
-                probes,
-                refused,
-                failed,
-                longest_ms,
-                held_alive: still_alive(held),
-                misses: misses(&all, t0),
-            });
+            upgrades.push(self.trial(2000, true, |_| {
+                let t0 = Instant::now();
+                let out = Command::new(self.bin_dir.join("fwdctl"))
+                    .arg("upgrade")
+                    .env("FWD_SOCKET", &socket)
+                    .output()
+                    .expect("fwdctl upgrade");
+                assert!(
+                    out.status.success(),
+                    "fwdctl upgrade: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                t0.elapsed().as_secs_f64() * 1e3
+            }));
         }
         let mut restarts = Vec::new();
         for _ in 0..trials {
-            let held = hold(&self.ns());
-            let prober = Prober::start(&self.ns(), PORT, Duration::from_millis(10), 3000);
-            std::thread::sleep(Duration::from_millis(200));
-            let t0 = Instant::now();
-            fwdd.stop();
-            let started = Instant::now();
-            fwdd = Fwdd::spawn_binary(self.host, &installed, &[]);
-            poll(Duration::from_secs(30), || prober.ok_since(started));
-            let took_ms = t0.elapsed().as_secs_f64() * 1e3;
-            std::thread::sleep(Duration::from_millis(300));
-            let all = prober.finish();
-            let (probes, refused, failed, longest_ms) = summarise(&all);
-            restarts.push(Trial {
-                took_ms,
-                probes,
-                refused,
-                failed,
-                longest_ms,
-                held_alive: still_alive(held),
-                misses: Vec::new(),
-            });
+            // The refusals are the point here: not noted one by one.
+            restarts.push(self.trial(3000, false, |prober| {
+                let t0 = Instant::now();
+                if let Some(old) = fwdd.take() {
+                    old.stop();
+                }
+                let started = Instant::now();
+                fwdd = Some(Fwdd::spawn_binary(self.host, &installed, &[]));
+                poll(Duration::from_secs(30), || prober.ok_since(started));
+                t0.elapsed().as_secs_f64() * 1e3
+            }));
         }
-        fwdd.stop();
+        if let Some(last) = fwdd {
+            last.stop();
+        }
         self.rm_all();
         self.report_upgrade("fwdctl upgrade", &upgrades, true);
         self.report_upgrade("restart (SIGTERM + start)", &restarts, false);
+    }
+
+    /// One trial: `HELD` idle connections and a probe every 10 ms around `act`
+    /// (the upgrade or the restart), which returns its wall time in ms.
+    fn trial(
+        &self,
+        max_probes: usize,
+        keep_misses: bool,
+        act: impl FnOnce(&Prober) -> f64,
+    ) -> Trial {
+        let held = hold(&self.ns());
+        let prober = Prober::start(&self.ns(), PORT, Duration::from_millis(10), max_probes);
+        std::thread::sleep(Duration::from_millis(200));
+        let t0 = Instant::now();
+        let took_ms = act(&prober);
+        std::thread::sleep(Duration::from_millis(300));
+        let all = prober.finish();
+        let (probes, refused, failed, longest_ms) = summarise(&all);
+        Trial {
+            took_ms,
+            probes,
+            refused,
+            failed,
+            longest_ms,
+            held_alive: still_alive(held),
+            misses: if keep_misses {
+                misses(&all, t0)
+            } else {
+                Vec::new()
+            },
+        }
     }
 
     fn report_upgrade(&mut self, what: &str, trials: &[Trial], targeted: bool) {
