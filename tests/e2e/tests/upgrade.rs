@@ -82,6 +82,25 @@ fn echo(conn: &mut TcpStream, line: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&got).trim_end().to_string())
 }
 
+/// A connection through the forward of `port`, once the echo server answers,
+/// to hold open across what the test does.
+fn held_echo(host: &TestHost, port: u16) -> TcpStream {
+    let held = host.in_runner_ns(|| {
+        wait_until(Duration::from_secs(20), "echo through the forward", || {
+            host.connect(port)
+                .and_then(|mut c| {
+                    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    echo(&mut c, "hello")
+                })
+                .is_ok()
+        });
+        host.connect(port).expect("connect")
+    });
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    held
+}
+
 /// New connections every 20 ms, each echoing one line, until stopped;
 /// returns how many were served and every failure.
 struct Prober {
@@ -164,19 +183,7 @@ fn an_upgrade_keeps_every_listener_master_tunnel_and_engine_stream() {
     let forward_before = fwdd.forward(20500).expect("forward");
 
     // A long-lived tunnel, and a long-lived engine stream (logs -f).
-    let mut held = host.in_runner_ns(|| {
-        wait_until(Duration::from_secs(20), "echo through the forward", || {
-            host.connect(20500)
-                .and_then(|mut c| {
-                    c.set_read_timeout(Some(Duration::from_secs(5)))?;
-                    echo(&mut c, "hello")
-                })
-                .is_ok()
-        });
-        host.connect(20500).expect("connect")
-    });
-    held.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut held = held_echo(&host, 20500);
     assert_eq!(echo(&mut held, "before").expect("echo before"), "before");
     let ticker = host.run(&[
         &host.image,
@@ -359,19 +366,7 @@ fn a_binary_that_fails_after_taking_over_rolls_back_and_nothing_is_dropped() {
     fwdd.wait_forward_state(20520, ForwardState::Active);
     let pid = fwdd.child.id();
     let master = fwdd.master_pid();
-    let mut held = host.in_runner_ns(|| {
-        wait_until(Duration::from_secs(20), "echo through the forward", || {
-            host.connect(20520)
-                .and_then(|mut c| {
-                    c.set_read_timeout(Some(Duration::from_secs(5)))?;
-                    echo(&mut c, "hello")
-                })
-                .is_ok()
-        });
-        host.connect(20520).expect("connect")
-    });
-    held.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut held = held_echo(&host, 20520);
     assert_eq!(echo(&mut held, "before").expect("echo"), "before");
 
     // A new fwdd that passes its check, is executed in place with every
