@@ -17,6 +17,6 @@ pub use master::{
     MAX_CONTROL_PATH_LEN,
 };
 pub use mux::{
-    spawn_remote, MuxClient, MuxError, RemoteProcess, Session, StdioForward,
+    spawn_remote, MuxClient, MuxError, PendingMux, RemoteProcess, Session, StdioForward,
     MAX_LOCAL_SOCKET_PATH_LEN, MAX_REMOTE_SOCKET_PATH_LEN,
 };

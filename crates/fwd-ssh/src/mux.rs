@@ -325,6 +325,79 @@ fn validate_forward_host(host: &str) -> Result<(), MuxError> {
 // ---------------------------------------------------------------------------------
 // Async client
 
+/// A connection to a control socket whose hello is sent and whose reply is
+/// left unread, made without waiting for anything: a spare kept for the next
+/// request. The master answers the hello meanwhile, and until
+/// [`PendingMux::into_client`] the socket is not watched by the reactor, so
+/// that answer wakes nobody: a spare made this way costs fwdd two syscalls
+/// and no wakeup.
+#[derive(Debug)]
+pub struct PendingMux {
+    sock: std::os::unix::net::UnixStream,
+}
+
+impl PendingMux {
+    /// `connect` and the hello, both non-blocking. A master whose listen
+    /// queue is full answers `WouldBlock`: make the connection later, or
+    /// with [`MuxClient::connect`].
+    pub fn connect_now(control_path: &Path) -> Result<PendingMux, MuxError> {
+        use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+        let failed = |source: io::Error| MuxError::Connect {
+            path: control_path.to_path_buf(),
+            source,
+        };
+        let addr = UnixAddr::new(control_path).map_err(|e| failed(e.into()))?;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let flags = SockFlag::empty();
+        let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)
+            .map_err(|e| failed(e.into()))?;
+        let sock = std::os::unix::net::UnixStream::from(fd);
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            sock.set_nonblocking(true).map_err(failed)?;
+            nix::fcntl::fcntl(
+                sock.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(|e| failed(e.into()))?;
+        }
+        connect(sock.as_raw_fd(), &addr).map_err(|e| failed(e.into()))?;
+        let hello = encode_hello().framed();
+        let sent = nix::sys::socket::send(sock.as_raw_fd(), &hello, send_flags())
+            .map_err(|e| failed(e.into()))?;
+        if sent != hello.len() {
+            return Err(MuxError::Io(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "hello not sent",
+            )));
+        }
+        Ok(PendingMux { sock })
+    }
+
+    /// The client, ready for a request at once: the master's hello is read
+    /// (and checked) before the first reply, so a request is not held up
+    /// by reading it.
+    pub fn into_client(self) -> Result<MuxClient, MuxError> {
+        Ok(MuxClient {
+            stream: UnixStream::from_std(self.sock)?,
+            next_rid: 0,
+            busy: false,
+            hello_unread: true,
+        })
+    }
+}
+
+/// No SIGPIPE where the platform can say so per call (elsewhere the Rust
+/// runtime ignores SIGPIPE).
+fn send_flags() -> nix::sys::socket::MsgFlags {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    return nix::sys::socket::MsgFlags::empty();
+}
+
 /// One connection to a ControlMaster's control socket, after the hello exchange.
 #[derive(Debug)]
 pub struct MuxClient {
@@ -332,6 +405,8 @@ pub struct MuxClient {
     next_rid: u32,
     /// Set while a request is in flight; still set on entry ⇒ a request was cancelled.
     busy: bool,
+    /// The master's hello is still to be read, before the first reply.
+    hello_unread: bool,
 }
 
 impl MuxClient {
@@ -348,9 +423,18 @@ impl MuxClient {
             stream,
             next_rid: 0,
             busy: true,
+            hello_unread: false,
         };
         c.write_msg(&encode_hello()).await?;
-        match decode_reply(&c.read_msg().await?)? {
+        c.read_hello().await?;
+        c.busy = false;
+        Ok(c)
+    }
+
+    /// The master's hello, which it sends first.
+    async fn read_hello(&mut self) -> Result<(), MuxError> {
+        let msg = read_msg(&mut self.stream).await?.ok_or(MuxError::Closed)?;
+        match decode_reply(&msg)? {
             Reply::Hello {
                 version: MUX_VERSION,
             } => {}
@@ -361,8 +445,7 @@ impl MuxClient {
             }
             other => return Err(MuxError::Protocol(format!("expected hello, got {other:?}"))),
         }
-        c.busy = false;
-        Ok(c)
+        Ok(())
     }
 
     /// `MUX_C_ALIVE_CHECK`: returns the master's pid.
@@ -412,9 +495,9 @@ impl MuxClient {
     ) -> Result<StdioForward, MuxError> {
         validate_forward_host(host)?;
         let rid = self.begin()?;
-        self.write_msg(&encode_stdio_fwd(rid, host, port)?).await?;
-        self.send_fd(fd.as_raw_fd()).await?;
-        self.send_fd(fd.as_raw_fd()).await?;
+        let request = encode_stdio_fwd(rid, host, port)?.framed();
+        self.send_with_fds(&request, &[fd.as_raw_fd(), fd.as_raw_fd()])
+            .await?;
         let session_id = self.read_open_reply(rid).await?;
         Ok(StdioForward {
             stream: self.stream,
@@ -439,10 +522,9 @@ impl MuxClient {
             ));
         }
         let rid = self.begin()?;
-        self.write_msg(&encode_new_session(rid, command)?).await?;
-        self.send_fd(stdin.as_raw_fd()).await?;
-        self.send_fd(stdout.as_raw_fd()).await?;
-        self.send_fd(stderr.as_raw_fd()).await?;
+        let request = encode_new_session(rid, command)?.framed();
+        let fds = [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()];
+        self.send_with_fds(&request, &fds).await?;
         let session_id = self.read_open_reply(rid).await?;
         Ok(Session {
             stream: self.stream,
@@ -622,12 +704,18 @@ impl MuxClient {
     }
 
     async fn read_msg(&mut self) -> Result<Vec<u8>, MuxError> {
+        if self.hello_unread {
+            self.read_hello().await?;
+            self.hello_unread = false;
+        }
         read_msg(&mut self.stream).await?.ok_or(MuxError::Closed)
     }
 
-    /// Sends one byte carrying `fd` in an `SCM_RIGHTS` control message.
-    async fn send_fd(&mut self, fd: RawFd) -> Result<(), MuxError> {
-        send_fd(&self.stream, fd).await.map_err(map_write_err)
+    /// A framed request and the fds that follow it, each fd a one-byte message.
+    async fn send_with_fds(&mut self, request: &[u8], fds: &[RawFd]) -> Result<(), MuxError> {
+        send_with_fds(&self.stream, request, fds)
+            .await
+            .map_err(map_write_err)
     }
 }
 
@@ -709,25 +797,170 @@ async fn read_msg<R: AsyncRead + Unpin>(stream: &mut R) -> Result<Option<Vec<u8>
     Ok(Some(buf))
 }
 
-async fn send_fd(stream: &UnixStream, fd: RawFd) -> io::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+/// Sends `request`, then each of `fds` as a one-byte message carrying it in an
+/// `SCM_RIGHTS` control message (what the master's `mm_receive_fd` reads).
+///
+/// On Linux all of it goes in one `sendmmsg`, so the master finds the request
+/// and its fds queued together when it wakes. Sent one by one, every message
+/// woke the master, which read on, found the next fd missing, slept again and
+/// was woken once more: on two busy cores that ping-pong cost ~60 µs of every
+/// connection's setup (the `perf sched` trace in `docs/benchmarks.md`).
+/// Elsewhere, and for whatever one call leaves unsent, the pieces go one by one.
+async fn send_with_fds(stream: &UnixStream, request: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let sock = stream.as_raw_fd();
-    let n = stream
-        .async_io(Interest::WRITABLE, || {
-            let byte = [0u8];
-            let iov = [io::IoSlice::new(&byte)];
-            let fds = [fd];
-            let cmsg = [ControlMessage::ScmRights(&fds)];
-            sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::empty(), None).map_err(io::Error::from)
-        })
-        .await?;
-    if n != 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "fd message not sent",
-        ));
+    // First without asking the reactor: a socket it has only just begun to
+    // watch (a spare, see `PendingMux`) counts as unwritable until its first
+    // event, and waiting for that event costs a whole turn of the event loop.
+    let mut sent = match send_some(sock, request, fds) {
+        Ok(sent) => sent,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Sent::default(),
+        Err(e) => return Err(e),
+    };
+    while sent.request < request.len() || sent.fds < fds.len() {
+        let step = stream
+            .async_io(Interest::WRITABLE, || {
+                send_some(sock, &request[sent.request..], &fds[sent.fds..])
+            })
+            .await?;
+        if step.request == 0 && step.fds == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "mux request not sent",
+            ));
+        }
+        sent.request += step.request;
+        sent.fds += step.fds;
     }
     Ok(())
+}
+
+/// How much of a request and its fds one call sent.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+struct Sent {
+    request: usize,
+    fds: usize,
+}
+
+/// Sends the rest of the request, or (once it is out) the next fd.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn send_some(sock: RawFd, request: &[u8], fds: &[RawFd]) -> io::Result<Sent> {
+    if !request.is_empty() {
+        let n = nix::sys::socket::send(sock, request, send_flags())?;
+        return Ok(Sent { request: n, fds: 0 });
+    }
+    send_one_fd(sock, fds[0])?;
+    Ok(Sent { request: 0, fds: 1 })
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn send_one_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let byte = [0u8];
+    let iov = [io::IoSlice::new(&byte)];
+    let fds = [fd];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    match sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::empty(), None)? {
+        1 => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "fd message not sent",
+        )),
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+/// The most fds one request carries (`MUX_C_NEW_SESSION`: stdin, stdout, stderr).
+const MAX_REQUEST_FDS: usize = 3;
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+/// Larger than any stdio-forward or session request fwd sends, and small enough
+/// that the kernel queues it as one buffer: all of it or nothing. A request
+/// that went out short while its fds went too would corrupt the stream.
+const ONE_CALL_REQUEST_LEN: usize = 2048;
+
+/// One `sendmmsg`: the rest of the request, then one message per fd.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn send_some(sock: RawFd, request: &[u8], fds: &[RawFd]) -> io::Result<Sent> {
+    use nix::libc;
+    if request.len() > ONE_CALL_REQUEST_LEN {
+        // Not a request fwd sends: on its own, the fds in later calls.
+        let n = nix::sys::socket::send(sock, request, send_flags())?;
+        return Ok(Sent { request: n, fds: 0 });
+    }
+    // More fds than that: the rest in the next call.
+    let fds = &fds[..fds.len().min(MAX_REQUEST_FDS)];
+    const CMSG_BUF_LEN: usize = 32;
+    let byte = [0u8; 1];
+    // SAFETY: plain C structs, valid when zeroed.
+    let mut iovs: [libc::iovec; 1 + MAX_REQUEST_FDS] = unsafe { std::mem::zeroed() };
+    let mut msgs: [libc::mmsghdr; 1 + MAX_REQUEST_FDS] = unsafe { std::mem::zeroed() };
+    // u64 elements: cmsghdr alignment.
+    let mut cmsgs = [[0u64; CMSG_BUF_LEN / 8]; MAX_REQUEST_FDS];
+    // SAFETY: CMSG_SPACE and CMSG_LEN only compute sizes.
+    let (space, len) = unsafe {
+        let int = std::mem::size_of::<libc::c_int>() as libc::c_uint;
+        (libc::CMSG_SPACE(int) as usize, libc::CMSG_LEN(int) as usize)
+    };
+    assert!(space <= CMSG_BUF_LEN);
+    let mut count = 0;
+    if !request.is_empty() {
+        iovs[0] = libc::iovec {
+            iov_base: request.as_ptr() as *mut libc::c_void,
+            iov_len: request.len(),
+        };
+        count = 1;
+    }
+    for (i, &fd) in fds.iter().enumerate() {
+        iovs[count] = libc::iovec {
+            iov_base: byte.as_ptr() as *mut libc::c_void,
+            iov_len: 1,
+        };
+        let hdr = &mut msgs[count].msg_hdr;
+        hdr.msg_control = cmsgs[i].as_mut_ptr().cast();
+        hdr.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` zeroed, aligned bytes, room
+        // for one cmsghdr and one int.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(hdr);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = len as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+        }
+        count += 1;
+    }
+    for (msg, iov) in msgs.iter_mut().zip(iovs.iter_mut()).take(count) {
+        msg.msg_hdr.msg_iov = iov;
+        msg.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: `count` initialised headers whose iovecs and control buffers
+    // outlive the call.
+    let n = unsafe {
+        libc::sendmmsg(
+            sock,
+            msgs.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    let mut sent = Sent::default();
+    let mut messages = msgs[..n].iter();
+    if !request.is_empty() {
+        if let Some(first) = messages.next() {
+            sent.request = first.msg_len as usize;
+            if sent.request < request.len() && n > 1 {
+                return Err(io::Error::other(
+                    "mux request went out short, its fds after it",
+                ));
+            }
+        }
+    }
+    sent.fds = messages.count();
+    Ok(sent)
 }
 
 /// A running stdio forward. Holds the mux connection; the master closes it when the
@@ -862,6 +1095,82 @@ pub async fn spawn_remote(control_path: &Path, command: &str) -> Result<RemotePr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads what `send_with_fds` sent the way the master does: the request
+    /// with exact reads, then one `recvmsg` of one byte per fd.
+    fn read_like_master(
+        sock: &std::os::unix::net::UnixStream,
+        fds: usize,
+    ) -> (Vec<u8>, Vec<OwnedFd>) {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        let mut r = sock;
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).expect("length");
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        r.read_exact(&mut body).expect("body");
+        let mut got = Vec::new();
+        for _ in 0..fds {
+            let mut byte = [0u8; 1];
+            let mut iov = [io::IoSliceMut::new(&mut byte)];
+            let mut space = nix::cmsg_space!(RawFd);
+            let msg = recvmsg::<()>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::empty(),
+            )
+            .expect("recvmsg");
+            assert_eq!(msg.bytes, 1);
+            let mut n = 0;
+            for c in msg.cmsgs().expect("cmsgs") {
+                if let ControlMessageOwned::ScmRights(rights) = c {
+                    for fd in rights {
+                        n += 1;
+                        // SAFETY: just received, owned by nobody else.
+                        got.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                    }
+                }
+            }
+            assert_eq!(n, 1, "one fd per message, as mm_receive_fd expects");
+        }
+        (body, got)
+    }
+
+    fn inode(fd: BorrowedFd<'_>) -> u64 {
+        nix::sys::stat::fstat(fd.as_raw_fd()).expect("fstat").st_ino as u64
+    }
+
+    #[test]
+    fn a_request_and_its_fds_arrive_as_the_master_reads_them() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // 2 fds (stdio forward), 3 (session), 5 (more than one call takes),
+        // and a request too long to go with its fds.
+        for (body_len, nfds) in [(40usize, 2usize), (60, 3), (8, 5), (3000, 2)] {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
+            let passed: Vec<_> = (0..nfds)
+                .map(|_| std::os::unix::net::UnixStream::pair().expect("pair").0)
+                .collect();
+            let body: Vec<u8> = (0..body_len).map(|i| i as u8).collect();
+            let mut request = (body_len as u32).to_be_bytes().to_vec();
+            request.extend_from_slice(&body);
+            let raw: Vec<RawFd> = passed.iter().map(|p| p.as_raw_fd()).collect();
+            rt.block_on(async {
+                ours.set_nonblocking(true).expect("nonblocking");
+                let ours = UnixStream::from_std(ours).expect("tokio");
+                send_with_fds(&ours, &request, &raw).await.expect("sent");
+            });
+            let (got_body, got) = read_like_master(&theirs, nfds);
+            assert_eq!(got_body, body, "{body_len} bytes, {nfds} fds");
+            let want: Vec<u64> = passed.iter().map(|p| inode(p.as_fd())).collect();
+            let have: Vec<u64> = got.iter().map(|g| inode(g.as_fd())).collect();
+            assert_eq!(have, want, "the fds arrive in order");
+        }
+    }
 
     #[test]
     fn hello_encoding() {
@@ -1048,6 +1357,7 @@ mod tests {
             stream: a,
             next_rid: 0,
             busy: false,
+            hello_unread: false,
         };
         let bad: [(&Path, &str); 3] = [
             (Path::new("rel.sock"), "/r.sock"),
@@ -1090,6 +1400,7 @@ mod tests {
             stream: a,
             next_rid: 5,
             busy: false,
+            hello_unread: false,
         };
         let server = tokio::spawn(async move {
             let mut replies = vec![];

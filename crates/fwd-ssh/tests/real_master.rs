@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fwd_ssh::{
     clear_stale_control_socket, fallback_stdio_forward_command, spawn_remote, Master, MasterConfig,
-    MasterError, MuxClient, MuxError, SocketState,
+    MasterError, MuxClient, MuxError, PendingMux, SocketState,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -391,6 +391,69 @@ async fn remote_close_first_propagates_to_local_client() {
         .await
         .expect("closed() after client close");
     master.shutdown(Duration::from_secs(3)).await;
+}
+
+/// A spare made without waiting (hello sent, the master's answer unread,
+/// not watched by the reactor) carries a stdio forward, and another one an
+/// alive check: the master answers the pipelined hello before the reply, and
+/// a version check still happens. Against a socket nobody listens on, the
+/// spare is an error at once, not a hang.
+#[tokio::test]
+async fn a_spare_made_without_waiting_serves_a_forward_and_an_alive_check() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let ctl = sshd.ctl();
+    let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tport = target.local_addr().unwrap().port();
+
+    let spare = PendingMux::connect_now(&ctl).expect("spare");
+    let mut check = PendingMux::connect_now(&ctl)
+        .expect("second spare")
+        .into_client()
+        .unwrap();
+    let (mut client, server) = local_pair().await;
+    let fwd = tokio::time::timeout(
+        T,
+        spare
+            .into_client()
+            .unwrap()
+            .open_stdio_forward("127.0.0.1", tport, server.as_fd()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    drop(server);
+    let (mut remote, _) = tokio::time::timeout(T, target.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    client.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(T, remote.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+    let pid = tokio::time::timeout(T, check.alive_check())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pid, master.pid);
+    drop(client);
+    drop(remote);
+    tokio::time::timeout(T, fwd.closed())
+        .await
+        .expect("closed() after both ends closed");
+    master.shutdown(Duration::from_secs(3)).await;
+
+    let gone = PendingMux::connect_now(&ctl);
+    assert!(
+        matches!(gone, Err(MuxError::Connect { .. })),
+        "a spare for a master that is gone: {gone:?}"
+    );
 }
 
 /// The local client half-closes (request, then EOF) and the remote answers after
