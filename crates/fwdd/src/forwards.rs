@@ -19,7 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fwd_core::{Action, Claim, EngineRoute, Held, HostKey};
 use fwd_ssh::{MasterConfig, MuxClient, MuxError};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -216,11 +217,44 @@ impl Drop for Registered {
 /// Concurrent hand-offs per host (well below ssh's control-socket backlog).
 const HANDOFFS_IN_FLIGHT: usize = 32;
 
+/// Spare mux connections kept per host: enough for the hand-offs a few
+/// concurrent connect-per-request clients start at once (pgbench -C with 4
+/// clients found the one spare taken and paid connect + hello on three of
+/// four connections). Idle, each is one socket pair with the master.
+const SPARES_PER_HOST: usize = 4;
+
 #[derive(Default)]
 struct Spare {
-    /// A connected client and the master generation it talks to.
-    ready: Option<(u64, MuxClient)>,
-    refilling: bool,
+    /// The master generation the connections talk to.
+    generation: u64,
+    ready: Vec<SpareMux>,
+}
+
+impl Spare {
+    /// One of this master's spares; those of an earlier master are dropped.
+    fn take(&mut self, generation: u64) -> Option<SpareMux> {
+        if self.generation != generation {
+            self.ready.clear();
+            return None;
+        }
+        self.ready.pop()
+    }
+}
+
+enum SpareMux {
+    /// Made by `refill`: hello sent, the master's reply not read yet.
+    Pending(fwd_ssh::PendingMux),
+    /// Used by an alive check and put back.
+    Client(MuxClient),
+}
+
+impl SpareMux {
+    fn into_client(self) -> Result<MuxClient, MuxError> {
+        match self {
+            SpareMux::Pending(p) => p.into_client(),
+            SpareMux::Client(c) => Ok(c),
+        }
+    }
 }
 
 impl ServeContext {
@@ -303,22 +337,21 @@ impl ServeContext {
     }
 
     /// A mux client for `link`: the spare if it belongs to this very master,
-    /// else a fresh connection. Either way a new spare is prepared.
+    /// else a fresh connection. The caller calls [`Self::refill`] once its
+    /// request is answered.
     async fn mux_client(
         self: &Rc<Self>,
         host: &HostKey,
         link: &Link,
     ) -> Result<MuxClient, MuxError> {
-        let spare = {
-            let mut spares = self.spares.borrow_mut();
-            match spares.entry(host.clone()).or_default().ready.take() {
-                Some((generation, client)) if generation == link.generation => Some(client),
-                _ => None,
-            }
-        };
-        self.refill(host, link);
+        let spare = self
+            .spares
+            .borrow_mut()
+            .entry(host.clone())
+            .or_default()
+            .take(link.generation);
         match spare {
-            Some(client) => Ok(client),
+            Some(spare) => spare.into_client(),
             None => MuxClient::connect(&link.control_path).await,
         }
     }
@@ -334,6 +367,7 @@ impl ServeContext {
                 .await
         };
         let result = tokio::time::timeout(Duration::from_secs(5), attempt).await;
+        self.refill(&claim.host, link);
         drop(ours);
         match result {
             Ok(Ok(_tunnel)) => Ok(()),
@@ -357,10 +391,11 @@ impl ServeContext {
         let mut ours = tokio::net::UnixStream::from_std(ours)?;
         let t0 = Instant::now();
         let mux = self.mux_client(&claim.host, link).await?;
-        let tunnel = match mux
+        let opened = mux
             .open_stdio_forward(&claim.remote.ip, claim.remote.port, theirs.as_fd())
-            .await
-        {
+            .await;
+        self.refill(&claim.host, link);
+        let tunnel = match opened {
             Ok(t) => t,
             Err(MuxError::Refused(_)) => return Ok(false),
             Err(e) => return Err(e),
@@ -380,53 +415,46 @@ impl ServeContext {
     /// is one (one request instead of connect + hello + request: health
     /// ticks are most of fwdd's idle wakeups).
     pub async fn alive_check(&self, host: &HostKey, link: &Link) -> Result<u32, MuxError> {
-        let spare = {
-            let mut spares = self.spares.borrow_mut();
-            match spares.get_mut(host).and_then(|s| s.ready.take()) {
-                Some((generation, client)) if generation == link.generation => Some(client),
-                _ => None,
-            }
-        };
+        let spare = self
+            .spares
+            .borrow_mut()
+            .get_mut(host)
+            .and_then(|s| s.take(link.generation));
         let mut client = match spare {
-            Some(c) => c,
+            Some(spare) => spare.into_client()?,
             None => MuxClient::connect(&link.control_path).await?,
         };
         let pid = client.alive_check().await?;
         let mut spares = self.spares.borrow_mut();
         let slot = spares.entry(host.clone()).or_default();
-        if slot.ready.is_none() {
-            slot.ready = Some((link.generation, client));
+        if slot.generation == link.generation && slot.ready.len() < SPARES_PER_HOST {
+            slot.ready.push(SpareMux::Client(client));
         }
         Ok(pid)
     }
 
-    fn refill(self: &Rc<Self>, host: &HostKey, link: &Link) {
-        {
-            let mut spares = self.spares.borrow_mut();
-            let spare = spares.entry(host.clone()).or_default();
-            if spare.refilling || spare.ready.is_some() {
-                return;
-            }
-            spare.refilling = true;
+    /// Prepares the next spare. Called after a request is answered, not
+    /// before it is sent: a refill's connect and hello keep fwdd on the CPU
+    /// the master was just woken on, and the master then waited for it.
+    fn refill(&self, host: &HostKey, link: &Link) {
+        let mut spares = self.spares.borrow_mut();
+        // Only for a host still configured.
+        let Some(spare) = spares.get_mut(host) else {
+            return;
+        };
+        if spare.generation != link.generation {
+            spare.ready.clear();
+            spare.generation = link.generation;
         }
-        let ctx = self.clone();
-        let host = host.clone();
-        let link = link.clone();
-        tokio::task::spawn_local(async move {
-            let client = tokio::time::timeout(
-                Duration::from_secs(2),
-                MuxClient::connect(&link.control_path),
-            )
-            .await;
-            let mut spares = ctx.spares.borrow_mut();
-            // The host may have been removed meanwhile: then keep nothing.
-            if let Some(spare) = spares.get_mut(&host) {
-                spare.refilling = false;
-                if let Ok(Ok(client)) = client {
-                    spare.ready = Some((link.generation, client));
-                }
+        // No wait and no task: each connect and hello is queued at once, or
+        // (a master whose listen queue is full) the next request makes its
+        // own connection.
+        while spare.ready.len() < SPARES_PER_HOST {
+            match fwd_ssh::PendingMux::connect_now(&link.control_path) {
+                Ok(pending) => spare.ready.push(SpareMux::Pending(pending)),
+                Err(_) => break,
             }
-        });
+        }
     }
 }
 
@@ -614,11 +642,9 @@ impl ForwardTable {
             if sock.set_nonblocking(true).is_err() {
                 continue;
             }
-            if let Ok(sock) = TcpStream::from_std(sock) {
-                // Counted once already, by the image that accepted it.
-                stats.total.set(stats.total.get().saturating_sub(1));
-                spawn_served(sock, target.subscribe(), stats.clone(), ctx.clone());
-            }
+            // Counted once already, by the image that accepted it.
+            stats.total.set(stats.total.get().saturating_sub(1));
+            spawn_served(sock, target.subscribe(), stats.clone(), ctx.clone());
         }
         self.forwards.insert(
             port,
@@ -743,16 +769,30 @@ async fn accept_loop(
     stats: Rc<ConnStats>,
     ctx: Rc<ServeContext>,
 ) {
+    // Accepted sockets are never read or written here, only handed to the
+    // master, so they skip tokio's reactor: registering and deregistering
+    // each one cost two epoll_ctl calls on every connection's setup.
+    let listener = match listener.into_std().and_then(|l| {
+        // SAFETY: a std TcpListener owns its descriptor for its whole life.
+        unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }
+            .map_err(io::Error::from)
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(event = "accept_failed", error = %e, "a listener cannot be watched: {e}");
+            return;
+        }
+    };
     let mut failures = fwd_core::RepeatGate::new(Duration::from_secs(60));
     let mut frozen = ctx.frozen.subscribe();
     loop {
         let _ = frozen.wait_for(|f| !*f).await;
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = listener.async_io(tokio::io::Interest::READABLE, accept_nonblocking) => accepted,
             _ = frozen.wait_for(|f| *f) => continue,
         };
         match accepted {
-            Ok((sock, _peer)) => {
+            Ok(sock) => {
                 failures.clear();
                 // What ssh -L does for its own accepted sockets (set_nodelay in
                 // channels.c): the master writes each channel packet to this
@@ -774,9 +814,32 @@ async fn accept_loop(
     }
 }
 
+/// A client socket, non-blocking as the master and the fd handover expect.
+fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<std::net::TcpStream> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use nix::sys::socket::{accept4, SockFlag};
+        use std::os::fd::FromRawFd;
+        let fd = accept4(
+            listener.as_raw_fd(),
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        )?;
+        // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+        Ok(std::net::TcpStream::from(unsafe {
+            OwnedFd::from_raw_fd(fd)
+        }))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let (sock, _) = listener.accept()?;
+        sock.set_nonblocking(true)?;
+        Ok(sock)
+    }
+}
+
 /// Serves one client connection of a forward in its own task, counted.
 fn spawn_served(
-    sock: TcpStream,
+    sock: std::net::TcpStream,
     target: watch::Receiver<Target>,
     stats: Rc<ConnStats>,
     ctx: Rc<ServeContext>,
@@ -816,7 +879,7 @@ fn spawn_adopted_tunnel(fd: OwnedFd, port: u16, stats: Rc<ConnStats>, ctx: Rc<Se
 /// started a moment ago is retried within the startup window (the schedule
 /// is `fwd_core::retry_refused`), so the client sees a slow connect.
 async fn serve_connection(
-    sock: TcpStream,
+    sock: std::net::TcpStream,
     mut target: watch::Receiver<Target>,
     ctx: &Rc<ServeContext>,
     registered: Registered,
@@ -833,8 +896,6 @@ async fn serve_connection(
     let Some(mut link_rx) = ctx.links.borrow().get(&claim.host).cloned() else {
         return;
     };
-    // The same descriptor, registered at accept.
-    let Ok(sock) = sock.into_std() else { return };
     let mut fallback_tried = false;
     let mut refusals = 0;
     let mut probes = 0;
@@ -886,6 +947,7 @@ async fn serve_connection(
                 .await
         };
         let handed_off = tokio::time::timeout_at(deadline, attempt).await;
+        ctx.refill(&claim.host, &link);
         drop(slot);
         registered.set(match &handed_off {
             Ok(Ok(tunnel)) => ConnState::Tunnel(tunnel.as_raw_fd()),
@@ -1006,6 +1068,7 @@ mod tests {
                 let addr = listener.local_addr().expect("addr");
                 let client = std::net::TcpStream::connect(addr).expect("connect");
                 let (sock, _) = listener.accept().await.expect("accept");
+                let sock = sock.into_std().expect("std socket");
                 let fd = sock.as_raw_fd();
                 let target = watch::channel(Target::new(claim(addr.port()), Instant::now())).0;
                 spawn_served(
