@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Per-connection steps of connection setup, from `perf script` output.
+
+A connection starts at the bench client's connect() (comm fwd-bench); the
+bench alternates fwd and ssh -L, and the fwd half is the one in which fwdd
+accepts. For each process/syscall, the first time it happened after the
+connect is taken, and the median over connections printed, in order.
+Steps that belong to the previous connection's teardown show up too; read
+the path's steps (accept, sendmmsg, recvmsg, sshd's connect, the client's
+first recvfrom) from the table."""
+import collections
+import re
+import statistics
+import sys
+
+LINE = re.compile(r'^\s*(\S.*?)\s+(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s*(.*)$')
+
+
+def segments(path):
+    segs, cur = [], None
+    for line in open(path, errors='replace'):
+        m = LINE.match(line)
+        if not m:
+            continue
+        comm, _pid, _cpu, ts, ev, _args = m.groups()
+        ts = float(ts) * 1e6
+        ev = ev.replace('syscalls:', '').replace('sched:', '')
+        if ev.startswith('sched_'):
+            continue
+        if ev == 'sys_enter_connect' and comm == 'fwd-bench':
+            cur = {'t0': ts, 'ev': collections.OrderedDict()}
+            segs.append(cur)
+            continue
+        if cur is not None:
+            cur['ev'].setdefault(f'{comm}/{ev}', ts - cur['t0'])
+    return segs
+
+
+def fwd_parity(segs):
+    hits = [0, 0]
+    for i, s in enumerate(segs):
+        if 'fwdd/sys_exit_accept4' in s['ev']:
+            hits[i % 2] += 1
+    return 0 if hits[0] >= hits[1] else 1
+
+
+def main():
+    segs = segments(sys.argv[1])
+    if len(segs) < 4:
+        sys.exit('too few connections in the trace')
+    fwd = fwd_parity(segs)
+    for parity, name in ((fwd, 'fwd'), (1 - fwd, 'ssh -L')):
+        mine = [s for i, s in enumerate(segs) if i % 2 == parity]
+        times = collections.defaultdict(list)
+        for s in mine:
+            for key, t in s['ev'].items():
+                times[key].append(t)
+        print(f'== {name}: {len(mine)} connections, µs from connect(), median (p90)')
+        rows = []
+        for key, v in times.items():
+            if len(v) > len(mine) * 0.5:
+                v.sort()
+                rows.append((statistics.median(v), v[int(len(v) * 0.9)], key, len(v)))
+        for med, p90, key, n in sorted(rows):
+            print(f'  {med:7.1f} ({p90:7.1f})  {key}  n={n}')
+
+
+if __name__ == '__main__':
+    main()
