@@ -325,12 +325,11 @@ fn validate_forward_host(host: &str) -> Result<(), MuxError> {
 // ---------------------------------------------------------------------------------
 // Async client
 
-/// A connection to a control socket whose hello is sent and whose reply is
-/// left unread, made without waiting for anything: a spare kept for the next
-/// request. The master answers the hello meanwhile, and until
+/// A connection to a control socket, hello sent, made without waiting for
+/// anything: a spare kept for the next request. Until
 /// [`PendingMux::into_client`] the socket is not watched by the reactor, so
-/// that answer wakes nobody: a spare made this way costs fwdd two syscalls
-/// and no wakeup.
+/// the master's hello wakes nobody: a spare made this way costs fwdd a few
+/// syscalls and no wakeup.
 #[derive(Debug)]
 pub struct PendingMux {
     sock: std::os::unix::net::UnixStream,
@@ -376,16 +375,10 @@ impl PendingMux {
         Ok(PendingMux { sock })
     }
 
-    /// The client, ready for a request at once: the master's hello is read
-    /// (and checked) before the first reply, so a request is not held up
-    /// by reading it.
+    /// The client, ready for a request at once (the master's hello is read
+    /// before the first reply, as for every [`MuxClient`]).
     pub fn into_client(self) -> Result<MuxClient, MuxError> {
-        Ok(MuxClient {
-            stream: UnixStream::from_std(self.sock)?,
-            next_rid: 0,
-            busy: false,
-            hello_unread: true,
-        })
+        Ok(MuxClient::hello_sent(UnixStream::from_std(self.sock)?))
     }
 }
 
@@ -398,7 +391,11 @@ fn send_flags() -> nix::sys::socket::MsgFlags {
     return nix::sys::socket::MsgFlags::empty();
 }
 
-/// One connection to a ControlMaster's control socket, after the hello exchange.
+/// One connection to a ControlMaster's control socket, our hello sent.
+///
+/// The master sends its own hello when it accepts; it is read, and its version
+/// checked, just before the first reply, so no request waits a round trip for
+/// it. The master reads our hello and requests in order, pipelined or not.
 #[derive(Debug)]
 pub struct MuxClient {
     stream: UnixStream,
@@ -410,7 +407,7 @@ pub struct MuxClient {
 }
 
 impl MuxClient {
-    /// Connects to the control socket and exchanges hellos.
+    /// Connects to the control socket and sends the hello.
     pub async fn connect(control_path: &Path) -> Result<MuxClient, MuxError> {
         let stream =
             UnixStream::connect(control_path)
@@ -419,16 +416,19 @@ impl MuxClient {
                     path: control_path.to_path_buf(),
                     source,
                 })?;
-        let mut c = MuxClient {
+        let mut c = MuxClient::hello_sent(stream);
+        c.write_msg(&encode_hello()).await?;
+        Ok(c)
+    }
+
+    /// A client on a connection whose hello is (about to be) sent.
+    fn hello_sent(stream: UnixStream) -> MuxClient {
+        MuxClient {
             stream,
             next_rid: 0,
-            busy: true,
-            hello_unread: false,
-        };
-        c.write_msg(&encode_hello()).await?;
-        c.read_hello().await?;
-        c.busy = false;
-        Ok(c)
+            busy: false,
+            hello_unread: true,
+        }
     }
 
     /// The master's hello, which it sends first.
@@ -1391,6 +1391,37 @@ mod tests {
         let mut rest = Vec::new();
         b.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "sent {rest:?}");
+    }
+
+    /// The first request goes out before the master's hello has arrived,
+    /// and that hello is still read and checked before the reply.
+    #[tokio::test]
+    async fn a_request_does_not_wait_for_the_masters_hello() {
+        for (version, want_pid) in [(MUX_VERSION, Some(4242)), (3, None)] {
+            let (a, mut b) = UnixStream::pair().unwrap();
+            let mut c = MuxClient::hello_sent(a);
+            let master = tokio::spawn(async move {
+                // The request, already sent: nothing has been answered yet.
+                let req = read_msg(&mut b).await.unwrap().unwrap();
+                let rid = MsgReader::new(&req[4..]).get_u32().unwrap();
+                let mut hello = MsgBuf::new(MUX_MSG_HELLO);
+                hello.put_u32(version);
+                let mut alive = MsgBuf::new(MUX_S_ALIVE);
+                alive.put_u32(rid).put_u32(4242);
+                b.write_all(&hello.framed()).await.unwrap();
+                b.write_all(&alive.framed()).await.unwrap();
+                MsgReader::new(&req).get_u32().unwrap()
+            });
+            let got = c.alive_check().await;
+            assert_eq!(master.await.unwrap(), MUX_C_ALIVE_CHECK);
+            match want_pid {
+                Some(pid) => assert_eq!(got.unwrap(), pid),
+                None => assert!(
+                    matches!(&got, Err(MuxError::Protocol(m)) if m.contains("version 3")),
+                    "{got:?}"
+                ),
+            }
+        }
     }
 
     #[tokio::test]
