@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fwd_core::{Action, Claim, EngineRoute, Held, HostKey};
 use fwd_ssh::{MasterConfig, MuxClient, MuxError};
+use std::net::TcpListener;
 use tokio::io::unix::AsyncFd;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -151,7 +151,7 @@ pub struct ServeContext {
     /// client costs the master a single request: `ssh -L` opens its channel
     /// straight from accept, and connect + hello would add ~0.2 ms (~20 %)
     /// to every connection's setup.
-    spares: RefCell<BTreeMap<HostKey, Spare>>,
+    spares: RefCell<BTreeMap<HostKey, SparePool>>,
     /// Per host, hand-offs in flight at once: ssh's control socket listens
     /// with a backlog of 64, and a burst of clients (hundreds waiting for
     /// a master that just came back) must queue here, not overflow it.
@@ -224,20 +224,20 @@ const HANDOFFS_IN_FLIGHT: usize = 32;
 const SPARES_PER_HOST: usize = 4;
 
 #[derive(Default)]
-struct Spare {
+struct SparePool {
     /// The master generation the connections talk to.
     generation: u64,
     ready: Vec<SpareMux>,
 }
 
-impl Spare {
-    /// One of this master's spares; those of an earlier master are dropped.
-    fn take(&mut self, generation: u64) -> Option<SpareMux> {
+impl SparePool {
+    /// The spares of master `generation`; those of an earlier one are dropped.
+    fn of(&mut self, generation: u64) -> &mut Vec<SpareMux> {
         if self.generation != generation {
             self.ready.clear();
-            return None;
+            self.generation = generation;
         }
-        self.ready.pop()
+        &mut self.ready
     }
 }
 
@@ -349,7 +349,8 @@ impl ServeContext {
             .borrow_mut()
             .entry(host.clone())
             .or_default()
-            .take(link.generation);
+            .of(link.generation)
+            .pop();
         match spare {
             Some(spare) => spare.into_client(),
             None => MuxClient::connect(&link.control_path).await,
@@ -419,16 +420,16 @@ impl ServeContext {
             .spares
             .borrow_mut()
             .get_mut(host)
-            .and_then(|s| s.take(link.generation));
+            .and_then(|pool| pool.of(link.generation).pop());
         let mut client = match spare {
             Some(spare) => spare.into_client()?,
             None => MuxClient::connect(&link.control_path).await?,
         };
         let pid = client.alive_check().await?;
         let mut spares = self.spares.borrow_mut();
-        let slot = spares.entry(host.clone()).or_default();
-        if slot.generation == link.generation && slot.ready.len() < SPARES_PER_HOST {
-            slot.ready.push(SpareMux::Client(client));
+        let ready = spares.entry(host.clone()).or_default().of(link.generation);
+        if ready.len() < SPARES_PER_HOST {
+            ready.push(SpareMux::Client(client));
         }
         Ok(pid)
     }
@@ -439,19 +440,16 @@ impl ServeContext {
     fn refill(&self, host: &HostKey, link: &Link) {
         let mut spares = self.spares.borrow_mut();
         // Only for a host still configured.
-        let Some(spare) = spares.get_mut(host) else {
+        let Some(pool) = spares.get_mut(host) else {
             return;
         };
-        if spare.generation != link.generation {
-            spare.ready.clear();
-            spare.generation = link.generation;
-        }
+        let ready = pool.of(link.generation);
         // No wait and no task: each connect and hello is queued at once, or
         // (a master whose listen queue is full) the next request makes its
         // own connection.
-        while spare.ready.len() < SPARES_PER_HOST {
+        while ready.len() < SPARES_PER_HOST {
             match fwd_ssh::PendingMux::connect_now(&link.control_path) {
-                Ok(pending) => spare.ready.push(SpareMux::Pending(pending)),
+                Ok(pending) => ready.push(SpareMux::Pending(pending)),
                 Err(_) => break,
             }
         }
@@ -624,16 +622,8 @@ impl ForwardTable {
         let target = watch::channel(target).0;
         let stats = Rc::new(ConnStats::default());
         stats.total.set(a.connections_total);
-        let listeners = a
-            .listeners
-            .into_iter()
-            .filter_map(|l| {
-                l.set_nonblocking(true).ok()?;
-                TcpListener::from_std(l).ok()
-            })
-            .collect();
         let (local_addrs, listener_fds, accept_tasks) =
-            serve_listeners(listeners, &target, &stats, ctx);
+            serve_listeners(a.listeners, &target, &stats, ctx);
         for fd in a.tunnels {
             spawn_adopted_tunnel(fd, port, stats.clone(), ctx.clone());
         }
@@ -711,12 +701,8 @@ fn bind_all(
         let name = crate::systemd::tcp_fd_name(addr);
         // After a crash: the listener the previous process had, with the
         // clients that queued on it meanwhile.
-        if let Some(l) = stored.take(&name).and_then(|fd| {
-            let l = std::net::TcpListener::from(fd);
-            l.set_nonblocking(true).ok()?;
-            TcpListener::from_std(l).ok()
-        }) {
-            out.push(l);
+        if let Some(fd) = stored.take(&name) {
+            out.push(TcpListener::from(fd));
             continue;
         }
         match listen(addr).inspect(|l| crate::systemd::store_fd(&name, l.as_fd())) {
@@ -752,7 +738,7 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     // What std does for a listener: a restarted fwdd rebinds at once.
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    socket.listen(LISTEN_BACKLOG)?.into_std()
 }
 
 fn describe_bind_error(addr: SocketAddr, e: &io::Error) -> String {
@@ -772,9 +758,9 @@ async fn accept_loop(
     // Accepted sockets are never read or written here, only handed to the
     // master, so they skip tokio's reactor: registering and deregistering
     // each one cost two epoll_ctl calls on every connection's setup.
-    let listener = match listener.into_std().and_then(|l| {
+    let listener = match listener.set_nonblocking(true).and_then(|()| {
         // SAFETY: a std TcpListener owns its descriptor for its whole life.
-        unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }
+        unsafe { AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) }
             .map_err(io::Error::from)
     }) {
         Ok(l) => l,
@@ -1064,11 +1050,10 @@ mod tests {
                     Duration::ZERO,
                     crate::systemd::StoredFds::default(),
                 ));
-                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
                 let addr = listener.local_addr().expect("addr");
                 let client = std::net::TcpStream::connect(addr).expect("connect");
-                let (sock, _) = listener.accept().await.expect("accept");
-                let sock = sock.into_std().expect("std socket");
+                let (sock, _) = listener.accept().expect("accept");
                 let fd = sock.as_raw_fd();
                 let target = watch::channel(Target::new(claim(addr.port()), Instant::now())).0;
                 spawn_served(
