@@ -109,11 +109,13 @@ pub fn open_to_group(path: &Path) -> io::Result<()> {
 /// (primary or supplementary group) of the shared group.
 pub fn engine_peer_allowed(uid: u32, gid: u32, euid: u32) -> bool {
     uid_allowed(uid, euid)
-        || shared_group().is_some_and(|shared| in_group(gid, &supplementary_groups(uid), shared))
+        || shared_group().is_some_and(|shared| in_group(gid, || supplementary_groups(uid), shared))
 }
 
-fn in_group(primary: u32, supplementary: &[u32], shared: u32) -> bool {
-    primary == shared || supplementary.contains(&shared)
+/// The group list (a user-database lookup on every connection) is read only
+/// when the primary group does not already decide.
+fn in_group(primary: u32, supplementary: impl FnOnce() -> Vec<u32>, shared: u32) -> bool {
+    primary == shared || supplementary().contains(&shared)
 }
 
 #[cfg(target_os = "linux")]
@@ -223,7 +225,7 @@ pub fn ensure_private_dir(dir: &Path, euid: u32) -> io::Result<()> {
                 io::Error::new(
                     e.kind(),
                     format!(
-                        "cannot make runtime directory {} owner-only (mode {mode:o}): {e}",
+                        "cannot set runtime directory {} to mode {mode:o}: {e}",
                         dir.display()
                     ),
                 )
@@ -231,7 +233,7 @@ pub fn ensure_private_dir(dir: &Path, euid: u32) -> io::Result<()> {
             info!(
                 dir = %dir.display(),
                 was = format!("{:o}", md.mode() & 0o7777),
-                "runtime directory made owner-only ({mode:o})"
+                "runtime directory mode set to {mode:o}"
             );
             Ok(())
         }
@@ -435,9 +437,13 @@ mod tests {
 
     #[test]
     fn a_group_member_is_one_by_primary_or_supplementary_group() {
-        assert!(in_group(50, &[], 50));
-        assert!(in_group(100, &[100, 50], 50));
-        assert!(!in_group(100, &[100, 27], 50));
+        assert!(in_group(
+            50,
+            || unreachable!("the primary group decides"),
+            50
+        ));
+        assert!(in_group(100, || vec![100, 50], 50));
+        assert!(!in_group(100, || vec![100, 27], 50));
     }
 
     #[test]
