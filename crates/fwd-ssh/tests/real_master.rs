@@ -177,6 +177,23 @@ impl Drop for Sshd {
     }
 }
 
+/// The forward's far end accepts, and "ping" written by the local client
+/// arrives there. Returns the far end's socket.
+async fn ping_reaches_the_far_end(target: &TcpListener, client: &mut TcpStream) -> TcpStream {
+    let (mut remote, _) = tokio::time::timeout(T, target.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    client.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(T, remote.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+    remote
+}
+
 /// A connected local TCP pair: (client side, server side whose fd is handed to ssh).
 async fn local_pair() -> (TcpStream, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -280,17 +297,8 @@ async fn master_alive_session_forward_shutdown() {
         t0.elapsed()
     );
     drop(server); // the master holds its own copies
-    let (mut remote, _) = tokio::time::timeout(T, target.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    client.write_all(b"ping").await.unwrap();
+    let mut remote = ping_reaches_the_far_end(&target, &mut client).await;
     let mut buf = [0u8; 4];
-    tokio::time::timeout(T, remote.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf, b"ping");
     remote.write_all(b"pong").await.unwrap();
     tokio::time::timeout(T, client.read_exact(&mut buf))
         .await
@@ -426,17 +434,7 @@ async fn a_spare_made_without_waiting_serves_a_forward_and_an_alive_check() {
     .unwrap()
     .unwrap();
     drop(server);
-    let (mut remote, _) = tokio::time::timeout(T, target.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    client.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 4];
-    tokio::time::timeout(T, remote.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf, b"ping");
+    let remote = ping_reaches_the_far_end(&target, &mut client).await;
     let pid = tokio::time::timeout(T, check.alive_check())
         .await
         .unwrap()
