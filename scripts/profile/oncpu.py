@@ -6,20 +6,16 @@ import collections
 import re
 import sys
 
-LINE = re.compile(r'^\s*(\S.*?)\s+(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s*(.*)$')
+from perftrace import events, fwd_parity, is_connect
+
 SWITCH = re.compile(r'next_comm=(.+?) next_pid=')
 
 
 def main():
     running = {}
     segs, cur = [], None
-    for line in open(sys.argv[1], errors='replace'):
-        m = LINE.match(line)
-        if not m:
-            continue
-        comm, _pid, cpu, ts, ev, args = m.groups()
-        ts = float(ts) * 1e6
-        if ev == 'syscalls:sys_enter_connect' and comm == 'fwd-bench':
+    for comm, cpu, ts, ev, args in events(sys.argv[1]):
+        if is_connect(comm, ev):
             cur = {'fwd': False, 'cpu': collections.Counter()}
             segs.append(cur)
         if cur is not None and ev == 'syscalls:sys_exit_accept4' and comm == 'fwdd':
@@ -30,8 +26,7 @@ def main():
                 who, since = running[cpu]
                 cur['cpu'][who] += ts - since
             running[cpu] = (nxt.group(1) if nxt else '?', ts)
-    hits = [sum(1 for i, s in enumerate(segs) if s['fwd'] and i % 2 == k) for k in (0, 1)]
-    fwd = 0 if hits[0] >= hits[1] else 1
+    fwd = fwd_parity([s['fwd'] for s in segs])
     for parity, name in ((fwd, 'fwd'), (1 - fwd, 'ssh -L')):
         # The first and last may be cut by the recording's edges.
         mine = [s for i, s in enumerate(segs) if i % 2 == parity][1:-1]

@@ -9,46 +9,32 @@ Steps that belong to the previous connection's teardown show up too; read
 the path's steps (accept, sendmmsg, recvmsg, sshd's connect, the client's
 first recvfrom) from the table."""
 import collections
-import re
 import statistics
 import sys
 
-LINE = re.compile(r'^\s*(\S.*?)\s+(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s*(.*)$')
+from perftrace import events, fwd_parity, is_connect
 
 
 def segments(path):
     segs, cur = [], None
-    for line in open(path, errors='replace'):
-        m = LINE.match(line)
-        if not m:
+    for comm, _cpu, ts, ev, _args in events(path):
+        if ev.startswith('sched:'):
             continue
-        comm, _pid, _cpu, ts, ev, _args = m.groups()
-        ts = float(ts) * 1e6
-        ev = ev.replace('syscalls:', '').replace('sched:', '')
-        if ev.startswith('sched_'):
-            continue
-        if ev == 'sys_enter_connect' and comm == 'fwd-bench':
+        if is_connect(comm, ev):
             cur = {'t0': ts, 'ev': collections.OrderedDict()}
             segs.append(cur)
             continue
         if cur is not None:
+            ev = ev.replace('syscalls:', '')
             cur['ev'].setdefault(f'{comm}/{ev}', ts - cur['t0'])
     return segs
-
-
-def fwd_parity(segs):
-    hits = [0, 0]
-    for i, s in enumerate(segs):
-        if 'fwdd/sys_exit_accept4' in s['ev']:
-            hits[i % 2] += 1
-    return 0 if hits[0] >= hits[1] else 1
 
 
 def main():
     segs = segments(sys.argv[1])
     if len(segs) < 4:
         sys.exit('too few connections in the trace')
-    fwd = fwd_parity(segs)
+    fwd = fwd_parity(['fwdd/sys_exit_accept4' in s['ev'] for s in segs])
     for parity, name in ((fwd, 'fwd'), (1 - fwd, 'ssh -L')):
         mine = [s for i, s in enumerate(segs) if i % 2 == parity]
         times = collections.defaultdict(list)
