@@ -201,10 +201,19 @@ fn sshd_restart_recovers_and_a_container_started_meanwhile_is_forwarded() {
         1,
         "the refusal was logged per attempt:\n{log}"
     );
-    assert!(
-        count("\"link_failed\"") <= 2,
-        "failure logged per attempt:\n{log}"
-    );
+    // Each kind of failure once per episode: stopping sshd may show as a
+    // dead master, a reset (a connect that sat in the frozen sshd's backlog
+    // when it was killed) and a refusal, but never one kind twice.
+    let mut kinds: Vec<String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "link_failed")
+        .map(|v| v["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    let logged = kinds.len();
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(logged, kinds.len(), "a failure kind logged twice:\n{log}");
     let err = fwdd.status().expect("status").hosts[0]
         .master
         .last_error

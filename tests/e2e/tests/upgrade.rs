@@ -108,11 +108,17 @@ struct Prober {
     thread: Option<std::thread::JoinHandle<(usize, Vec<String>)>>,
 }
 
+/// Probes served so far, shared with the prober's thread.
+type Served = Arc<std::sync::atomic::AtomicUsize>;
+
 impl Prober {
+    /// Starts probing and returns once the first probe was served.
     fn start(host: &TestHost, port: u16) -> Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let ns = fwd_e2e::netns_path(&host.runner_ns);
         let flag = stop.clone();
+        let served_so_far = Served::default();
+        let counter = served_so_far.clone();
         let thread = std::thread::spawn(move || {
             let f = std::fs::File::open(ns).expect("open runner netns");
             nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
@@ -127,7 +133,10 @@ impl Prober {
                         echo(&mut c, &format!("probe {n}"))
                     });
                 match result {
-                    Ok(line) if line == format!("probe {n}") => served += 1,
+                    Ok(line) if line == format!("probe {n}") => {
+                        served += 1;
+                        counter.store(served, Ordering::SeqCst);
+                    }
                     Ok(line) => failures.push(format!("probe {n}: echoed {line:?}")),
                     Err(e) => failures.push(format!("probe {n}: {e}")),
                 }
@@ -135,10 +144,15 @@ impl Prober {
             }
             (served, failures)
         });
-        Prober {
+        let prober = Prober {
             stop,
             thread: Some(thread),
-        }
+        };
+        wait_until(Duration::from_secs(20), "the prober's first answer", || {
+            served_so_far.load(Ordering::SeqCst) > 0
+                || prober.thread.as_ref().is_some_and(|t| t.is_finished())
+        });
+        prober
     }
 
     fn finish(mut self) -> (usize, Vec<String>) {
@@ -222,7 +236,6 @@ fn an_upgrade_keeps_every_listener_master_tunnel_and_engine_stream() {
         exe_of(pid)
     );
     let prober = Prober::start(&host, 20500);
-    std::thread::sleep(Duration::from_millis(200)); // let the prober get going
     let out = fwdctl(&fwdd, &["upgrade"]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -386,7 +399,6 @@ fn a_binary_that_fails_after_taking_over_rolls_back_and_nothing_is_dropped() {
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     install(&wrapper, &binary);
     let prober = Prober::start(&host, 20520);
-    std::thread::sleep(Duration::from_millis(200)); // let the prober get going
     let out = fwdctl(&fwdd, &["upgrade"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(
@@ -449,11 +461,14 @@ impl FakeFdStore {
             let mut buf = vec![0u8; 4096];
             let mut iov = [std::io::IoSliceMut::new(&mut buf)];
             let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 16]);
+            // Close-on-exec, as systemd holds them: this process spawns
+            // commands and fwdd images for other tests in parallel, and any
+            // of them inheriting a listener would keep its port bound.
             let Ok(msg) = recvmsg::<()>(
                 sock.as_raw_fd(),
                 &mut iov,
                 Some(&mut cmsg),
-                MsgFlags::empty(),
+                MsgFlags::MSG_CMSG_CLOEXEC,
             ) else {
                 return;
             };
@@ -525,6 +540,14 @@ fn after_a_crash_the_restarted_fwdd_has_its_ports_still_bound_and_serves_who_wai
                 && names.contains(&"unix-docker.sock".to_string())
         },
     );
+
+    // Another test's process, started while the store holds the listeners
+    // (tests of this file run in parallel threads of one process), must not
+    // inherit them: it would keep a released port bound.
+    let mut bystander = Command::new("sleep")
+        .arg("120")
+        .spawn()
+        .expect("spawn a bystander");
 
     // A crash: fwdd and (by PDEATHSIG) its master are gone.
     fwdd.signal(nix::sys::signal::Signal::SIGKILL);
@@ -612,4 +635,6 @@ fn after_a_crash_the_restarted_fwdd_has_its_ports_still_bound_and_serves_who_wai
         || !store.names().iter().any(|n| n.starts_with("tcp-20540-")),
     );
     restarted.wait_refused(20540);
+    let _ = bystander.kill();
+    let _ = bystander.wait();
 }

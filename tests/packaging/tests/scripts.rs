@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use fwd_packaging_tests::{find_tool, run_ok, workspace};
+use fwd_packaging_tests::{require_tool, run_ok, workspace};
 
 fn bash_scripts() -> Vec<PathBuf> {
     [
@@ -52,8 +52,7 @@ fn scripts_are_executable() {
 
 #[test]
 fn shellcheck_is_clean() {
-    let Some(shellcheck) = find_tool("shellcheck") else {
-        eprintln!("SKIPPED: shellcheck not installed");
+    let Some(shellcheck) = require_tool("shellcheck", "shellcheck") else {
         return;
     };
     let mut cmd = Command::new(shellcheck);

@@ -205,13 +205,8 @@ fn user_unit_contract() {
 
 #[test]
 fn reload_uses_check_config() {
-    // `fwdd check-config FILE` (issue 5 part 1) validates a file and exits
-    // 0 or 2. Until the daemon has it, this reports SKIPPED.
-    let help = fwdd_help();
-    if !help.commands.iter().any(|c| c == "check-config") {
-        eprintln!("SKIPPED: fwdd has no check-config subcommand yet");
-        return;
-    }
+    // The unit's ExecReload runs `fwdd check-config FILE` first: it must
+    // accept the shipped example (exit 0) and refuse a bad file (exit 2).
     let example = workspace().join("config/fwdd.toml");
     let out = run(Command::new(bin("fwdd")).arg("check-config").arg(&example));
     assert!(
