@@ -17,9 +17,10 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, HostConfig};
 use crate::engine::EngineSocket;
-use crate::forwards::{ForwardTable, ServeContext};
+use crate::forwards::ForwardTable;
 pub use crate::host::Host;
 use crate::host::{self, Shell};
+use crate::serve::ServeContext;
 
 /// The supervisor's numbers for one host, from the configuration.
 pub fn host_policy(config: &Config, host: &HostConfig) -> HostPolicy {
@@ -41,7 +42,7 @@ pub struct Daemon {
     /// When the process started (kept across binary upgrades).
     pub started_at: SystemTime,
     /// This process, the image it runs and where that came from.
-    pub image: crate::upgrade::Image,
+    pub image: crate::handover::Image,
     /// A binary upgrade is under way.
     pub upgrading: Cell<bool>,
     /// The control socket's path and listener descriptor.
@@ -66,9 +67,9 @@ impl Daemon {
     pub fn new(
         config: Config,
         net_usable: watch::Receiver<bool>,
-        image: crate::upgrade::Image,
+        image: crate::handover::Image,
         control_socket: (PathBuf, std::os::fd::RawFd),
-        stored: crate::systemd::StoredFds,
+        stored: crate::fdstore::StoredFds,
     ) -> Rc<Daemon> {
         let serve = Rc::new(ServeContext::new(
             config.connect_wait,
@@ -139,7 +140,7 @@ impl Daemon {
     pub fn adopt_host(
         self: &Rc<Self>,
         cfg: HostConfig,
-        from: crate::upgrade::HostTakeover,
+        from: crate::handover::HostTakeover,
     ) -> Rc<Host> {
         let id = from.id;
         self.next_host_id.set(self.next_host_id.get().max(id + 1));
@@ -189,7 +190,7 @@ impl Daemon {
     ) -> Rc<Host> {
         let key = HostKey::from(cfg.name.as_str());
         let (link, link_rx) = watch::channel(None);
-        self.serve.links.borrow_mut().insert(key.clone(), link_rx);
+        self.serve.add_host(&key, link_rx);
         let runtime_dir = self.config.borrow().runtime_dir.clone();
         let host = Rc::new(Host::new(
             key,
@@ -393,10 +394,7 @@ impl Daemon {
         };
         let link = self
             .serve
-            .links
-            .borrow()
-            .get(&claim.host)
-            .and_then(|l| l.borrow().clone())
+            .link(&claim.host)
             .ok_or_else(|| format!("the link to {} is down", claim.host))?;
         self.serve.probe_remote(&link, &claim).await
     }

@@ -31,8 +31,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::forwards::{Link, ServeContext};
 use crate::private_socket::{self, RefusalLog, SocketFileGuard};
+use crate::serve::{Link, ServeContext};
 
 /// Concurrent dial-stdio sessions per host, below sshd's MaxSessions
 /// default of 10 (fwd's own API and event channels may need two more).
@@ -110,7 +110,7 @@ impl Drop for EngineSocket {
             t.abort();
         }
         for path in &self.paths {
-            crate::systemd::remove_fd(&crate::systemd::unix_fd_name(path));
+            crate::fdstore::remove_fd(&crate::fdstore::unix_fd_name(path));
         }
     }
 }
@@ -137,14 +137,14 @@ impl EngineSocket {
     ) -> std::io::Result<EngineSocket> {
         let mut bound = Vec::new();
         for path in &paths {
-            let name = crate::systemd::unix_fd_name(path);
+            let name = crate::fdstore::unix_fd_name(path);
             let (listener, guard) = match ctx.stored.take(&name) {
                 // After a crash: the socket the previous process served.
                 Some(fd) if path.exists() => private_socket::adopt(path, fd)?,
                 _ => {
                     let bound = private_socket::bind(path, "engine socket")?;
                     private_socket::open_to_group(path)?;
-                    crate::systemd::store_fd(&name, std::os::fd::AsFd::as_fd(&bound.0));
+                    crate::fdstore::store_fd(&name, std::os::fd::AsFd::as_fd(&bound.0));
                     bound
                 }
             };
@@ -370,7 +370,7 @@ fn spawn_serve(stream: UnixStream, shared: &Rc<Shared>) {
 /// client waits (up to `connect_wait`); a master that dies between the
 /// link being published and the connect is waited out the same way.
 async fn serve(mut client: UnixStream, shared: &Shared, entry: &RelayEntry) {
-    let Some(mut link_rx) = shared.ctx.links.borrow().get(&shared.host).cloned() else {
+    let Some(mut link_rx) = shared.ctx.link_watch(&shared.host) else {
         return;
     };
     let deadline = tokio::time::Instant::now() + shared.ctx.connect_wait.get();

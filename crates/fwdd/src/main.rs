@@ -6,15 +6,19 @@ mod config;
 mod control;
 mod daemon;
 mod engine;
+mod fdstore;
 mod forwards;
 mod handler;
+mod handover;
 mod host;
 mod netwatch;
+mod notify;
 mod private_socket;
+mod serve;
 mod sleepwatch;
 mod status;
-mod systemd;
 mod upgrade;
+mod version;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,8 +31,7 @@ use tokio::sync::watch;
 
 use crate::config::{CliOverrides, Config, LogFormat};
 use crate::daemon::Daemon;
-
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FWD_GIT_COMMIT"), ")");
+use crate::version::VERSION;
 
 /// Keep the published ports of remote Docker containers reachable on localhost.
 ///
@@ -115,12 +118,12 @@ impl Settings {
 fn main() -> ExitCode {
     // First: descriptors handed over by the image this process ran before,
     // or kept for it by systemd's fd store across a crash.
-    let stored = systemd::take_stored_fds();
-    let mut takeover = upgrade::inherited();
+    let stored = fdstore::take_stored_fds();
+    let mut takeover = handover::inherited();
     // Until this image owns the handover, any reason not to start hands it
     // back to the previous image, which carries on.
     fn refuse(
-        takeover: &mut Option<Result<upgrade::Inherited, String>>,
+        takeover: &mut Option<Result<handover::Inherited, String>>,
         code: u8,
         why: String,
     ) -> ExitCode {
@@ -157,9 +160,9 @@ fn main() -> ExitCode {
                 eprintln!("fwdd: {e}");
                 return ExitCode::from(2);
             }
-            let answer = upgrade::CheckAnswer {
+            let answer = handover::CheckAnswer {
                 fwdd: VERSION.to_string(),
-                handover_versions: upgrade::ACCEPTED_VERSIONS.to_vec(),
+                handover_versions: handover::ACCEPTED_VERSIONS.to_vec(),
             };
             println!("{}", serde_json::to_string(&answer).unwrap_or_default());
             return ExitCode::SUCCESS;
@@ -263,20 +266,20 @@ fn init_logging(format: LogFormat) {
 async fn run(
     config: Config,
     reload: impl Fn() -> Result<Config, config::ConfigError>,
-    mut takeover: Option<upgrade::Takeover>,
-    stored: systemd::StoredFds,
+    mut takeover: Option<handover::Takeover>,
+    stored: fdstore::StoredFds,
 ) -> anyhow::Result<()> {
     let net = netwatch::spawn();
     let hosts = config.hosts.clone();
     let control_path = config.runtime_dir.join(fwd_proto::CONTROL_SOCKET_NAME);
-    let mut image = upgrade::Image::current();
+    let mut image = handover::Image::current();
     let inherited_control = takeover.as_mut().and_then(|t| {
         image.daemon_started_at = t.daemon_started_at;
         image.upgrades = t.upgrades;
         t.control.take()
     });
     let stored_control = stored
-        .take(&systemd::unix_fd_name(&control_path))
+        .take(&fdstore::unix_fd_name(&control_path))
         .filter(|_| control_path.exists());
     let config_control = control::ControlConfig::default();
     let control = match (inherited_control, stored_control) {
@@ -284,7 +287,7 @@ async fn run(
         (None, Some(fd)) => control::ControlServer::adopt(&control_path, fd, config_control)?,
         (None, None) => {
             let c = control::ControlServer::bind(&control_path, config_control)?;
-            c.store_with_systemd(&systemd::unix_fd_name(&control_path));
+            c.store_with_systemd(&fdstore::unix_fd_name(&control_path));
             c
         }
     };
@@ -301,7 +304,7 @@ async fn run(
     let control_task = tokio::task::spawn_local(control.run(d, shutdown_rx.clone()));
 
     match takeover {
-        Some(t) => take_over(&daemon, hosts, t),
+        Some(t) => upgrade::take_over(&daemon, hosts, t),
         None => {
             for cfg in hosts {
                 daemon.add_host(cfg);
@@ -319,8 +322,8 @@ async fn run(
         "fwdd started"
     );
     // Ready once local things are up; the links come when they come.
-    systemd::ready();
-    systemd::spawn(daemon.clone());
+    notify::ready();
+    notify::spawn(daemon.clone());
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -331,12 +334,12 @@ async fn run(
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
             _ = hup.recv() => {
-                systemd::reloading();
+                notify::reloading();
                 match reload() {
                     Ok(new) => daemon.reload(new).await,
                     Err(e) => tracing::error!(event = "reload_failed", error = %e, "not reloading: {e}; the running configuration stays"),
                 }
-                systemd::ready();
+                notify::ready();
             }
             _ = usr2.recv() => {
                 let d = daemon.clone();
@@ -346,7 +349,7 @@ async fn run(
         }
     };
     tracing::info!(event = "stopping", signal = which, "stopping on {which}");
-    systemd::stopping();
+    notify::stopping();
     retry_task.abort();
     daemon.shutdown().await;
     let _ = shutdown_tx.send(true);
@@ -390,98 +393,6 @@ fn release_unclaimed_stored_fds(daemon: &Rc<Daemon>) {
             );
         }
     });
-}
-
-/// New image: forwards first (so the first reconcile finds them held),
-/// then each configured host from its handover, then the relays; then the
-/// `fwdctl upgrade` that asked is told what was kept.
-fn take_over(daemon: &Rc<Daemon>, hosts: Vec<config::HostConfig>, t: upgrade::Takeover) {
-    let now = std::time::Instant::now();
-    let listeners = t.forwards.iter().map(|f| f.listeners.len()).sum::<usize>()
-        + t.hosts
-            .iter()
-            .map(|h| h.engine_sockets.len())
-            .sum::<usize>()
-        + 1;
-    let tunnels = t.forwards.iter().map(|f| f.tunnels.len()).sum::<usize>();
-    let engine_connections = t.relays.len();
-    {
-        let mut table = daemon.table.borrow_mut();
-        for f in t.forwards {
-            table.adopt(f, &daemon.serve, now);
-        }
-    }
-    daemon.skip_host_ids_below(t.next_host_id);
-    let mut handed: Vec<upgrade::HostTakeover> = t.hosts;
-    let mut masters = 0;
-    for cfg in hosts {
-        match handed.iter().position(|h| h.name == cfg.name) {
-            Some(i) => {
-                let h = handed.remove(i);
-                masters += usize::from(h.master.is_some());
-                daemon.adopt_host(cfg, h);
-            }
-            None => {
-                daemon.add_host(cfg);
-            }
-        }
-    }
-    // Hosts the configuration no longer has: end their masters.
-    for h in handed {
-        if let Some((pid, stderr)) = h.master {
-            let path = daemon
-                .config
-                .borrow()
-                .runtime_dir
-                .join(format!("h{}.ctl", h.id));
-            if let Ok((m, _)) = fwd_ssh::Master::adopt(pid, &path, stderr) {
-                tokio::task::spawn_local(m.shutdown(Duration::from_millis(500)));
-            }
-        }
-    }
-    for (host, relay) in t.relays {
-        if let Some(h) = daemon.host(&host) {
-            if let Ok(s) = h.engine_socket.borrow().as_ref() {
-                s.resume(relay);
-            }
-        }
-    }
-    for (host, client) in t.engine_queued {
-        if let Some(h) = daemon.host(&host) {
-            if let Ok(s) = h.engine_socket.borrow().as_ref() {
-                s.serve_queued(client);
-            }
-        }
-    }
-    daemon.reconcile();
-    let from = t.doc_from;
-    if let Some(why) = t.rolled_back {
-        tracing::error!(event = "upgrade_rolled_back", error = %why, listeners, masters, tunnels,
-            "the new binary could not take over ({why}); this image ({VERSION}) serves on with everything it had");
-        if let Some(reply) = t.reply {
-            upgrade::answer_error(
-                reply,
-                format!("the new binary could not take over ({why}); rolled back: fwdd {VERSION} serves on, nothing was dropped"),
-            );
-        }
-        return;
-    }
-    tracing::info!(event = "upgraded", from = %from, to = VERSION, listeners, masters, tunnels, engine_connections,
-        "upgraded from fwdd {from}: {listeners} listeners, {masters} masters, {tunnels} tunnels and {engine_connections} engine connections kept");
-    if let Some(reply) = t.reply {
-        upgrade::answer(
-            reply,
-            fwd_proto::UpgradeReport {
-                from,
-                to: VERSION.to_string(),
-                pid: std::process::id(),
-                listeners,
-                masters,
-                tunnels,
-                engine_connections,
-            },
-        );
-    }
 }
 
 /// Network changes and wake-ups make every host check its link at once.

@@ -127,12 +127,7 @@ pub fn snapshot(d: &Daemon) -> Status {
     let mut forwards = Vec::new();
     for f in d.table.borrow().forwards.values() {
         let owner = &f.held.owner;
-        let link_up = d
-            .serve
-            .links
-            .borrow()
-            .get(&owner.host)
-            .is_some_and(|l| l.borrow().is_some());
+        let link_up = d.serve.link(&owner.host).is_some();
         let (state, reason) = if !f.held.bound {
             (ForwardState::Conflict, f.reason.clone())
         } else if owner.pending {
@@ -193,7 +188,7 @@ pub fn snapshot(d: &Daemon) -> Status {
     }
     let mut status = Status {
         daemon: DaemonInfo {
-            version: crate::VERSION.to_string(),
+            version: crate::version::VERSION.to_string(),
             pid: std::process::id(),
             started_at_ms: unix_ms(d.started_at),
             image_started_at_ms: Some(unix_ms(d.image.started_at)),

@@ -129,7 +129,7 @@ impl ControlServer {
     /// Keeps a copy in systemd's fd store (a no-op elsewhere), so a crash
     /// restart finds the socket still bound.
     pub fn store_with_systemd(&self, name: &str) {
-        crate::systemd::store_fd(name, std::os::fd::AsFd::as_fd(&self.listener));
+        crate::fdstore::store_fd(name, std::os::fd::AsFd::as_fd(&self.listener));
     }
 
     /// The listener's descriptor, for a binary upgrade.

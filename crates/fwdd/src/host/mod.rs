@@ -34,7 +34,7 @@ use ops::{absorb, diagnose, start_op, Done, OpFuture, Resources};
 
 use crate::config::HostConfig;
 use crate::engine::EngineSocket;
-use crate::forwards::{Link, ServeContext};
+use crate::serve::{Link, ServeContext};
 
 pub struct Host {
     pub key: HostKey,

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Host;
-use crate::forwards::ServeContext;
+use crate::serve::ServeContext;
 
 /// Aborts a spawned task when dropped.
 pub(super) struct TaskGuard(JoinHandle<()>);

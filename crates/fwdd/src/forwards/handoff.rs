@@ -1,0 +1,274 @@
+//! One client of a forward, from accept to tunnel: it waits for the link
+//! and for its container to start and listen, then is handed to the master
+//! (or, where the native mux path fails, to an `ssh -W` child).
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use fwd_core::Claim;
+use fwd_ssh::MuxError;
+use tokio::sync::watch;
+
+use super::target::{ConnStats, Target};
+use crate::serve::{ConnState, Link, Registered, ServeContext};
+
+/// Serves one client connection of a forward in its own task, counted.
+pub(super) fn spawn_served(
+    sock: std::net::TcpStream,
+    target: watch::Receiver<Target>,
+    stats: Rc<ConnStats>,
+    ctx: Rc<ServeContext>,
+) {
+    stats.open.set(stats.open.get() + 1);
+    stats.total.set(stats.total.get() + 1);
+    let port = target.borrow().claim.local_port;
+    let registered = ctx
+        .registry
+        .register(port, ConnState::Queued(sock.as_raw_fd()));
+    tokio::task::spawn_local(async move {
+        serve_connection(sock, target, &ctx, registered).await;
+        stats.open.set(stats.open.get().saturating_sub(1));
+    });
+}
+
+/// Keeps a tunnel the previous fwdd image handed over: its mux connection
+/// stays open (the tunnel lives as long as it does) and is counted.
+pub(super) fn spawn_adopted_tunnel(
+    fd: OwnedFd,
+    port: u16,
+    stats: Rc<ConnStats>,
+    ctx: Rc<ServeContext>,
+) {
+    let tunnel = match fwd_ssh::StdioForward::adopt(fd) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(event = "upgrade_tunnel_lost", port, error = %e, "a handed-over tunnel could not be kept");
+            return;
+        }
+    };
+    stats.open.set(stats.open.get() + 1);
+    let registered = ctx
+        .registry
+        .register(port, ConnState::Tunnel(tunnel.as_raw_fd()));
+    tokio::task::spawn_local(async move {
+        tunnel.closed().await;
+        drop(registered);
+        stats.open.set(stats.open.get().saturating_sub(1));
+    });
+}
+
+/// Hands one accepted connection to the host's master. While no master is
+/// up, or the container is only created, the client waits (up to
+/// `connect_wait`) instead of being refused; a refusal from a container that
+/// started a moment ago is retried within the startup window (the schedule
+/// is `fwd_core::retry_refused`), so the client sees a slow connect.
+async fn serve_connection(
+    sock: std::net::TcpStream,
+    mut target: watch::Receiver<Target>,
+    ctx: &Rc<ServeContext>,
+    registered: Registered,
+) {
+    let mut deadline = tokio::time::Instant::now() + ctx.connect_wait.get();
+    let claim = match tokio::time::timeout_at(deadline, target.wait_for(|t| !t.claim.pending)).await
+    {
+        Ok(Ok(t)) => t.claim.clone(),
+        _ => {
+            tracing::debug!("the container did not start in time; closing the connection");
+            return;
+        }
+    };
+    let Some(mut link_rx) = ctx.link_watch(&claim.host) else {
+        return;
+    };
+    let mut fallback_tried = false;
+    let mut refusals = 0;
+    let mut probes = 0;
+    loop {
+        let link = match tokio::time::timeout_at(deadline, link_rx.wait_for(Option::is_some)).await
+        {
+            Ok(Ok(link)) => match link.clone() {
+                Some(l) => l,
+                None => return,
+            },
+            _ => {
+                tracing::debug!(
+                    port = claim.local_port,
+                    "no master in time; closing the connection"
+                );
+                return;
+            }
+        };
+        let slots = ctx.handoff_slots(&claim.host);
+        let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, slots.acquire()).await else {
+            return;
+        };
+        let (running_since, listening) = {
+            let t = target.borrow();
+            (t.running_since, t.listening.clone())
+        };
+        let window = ctx.startup_window.get();
+        if let Some(since) = running_since.filter(|_| !listening.get()) {
+            if let Some(delay) = fwd_core::retry_refused(since.elapsed(), probes, window) {
+                match ctx.remote_listens(&link, &claim).await {
+                    Ok(true) => listening.set(true),
+                    Ok(false) => {
+                        probes += 1;
+                        deadline = deadline.max((since + window).into());
+                        drop(slot);
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    // The master is in trouble: the hand-off below says how.
+                    Err(_) => {}
+                }
+            }
+        }
+        ctx.thawed().await;
+        registered.set(ConnState::HandingOff);
+        let handed_off =
+            tokio::time::timeout_at(deadline, ctx.hand_off(&link, &claim, sock.as_fd())).await;
+        drop(slot);
+        registered.set(match &handed_off {
+            Ok(Ok(tunnel)) => ConnState::Tunnel(tunnel.as_raw_fd()),
+            _ => ConnState::Queued(sock.as_raw_fd()),
+        });
+        match handed_off {
+            Ok(Ok(tunnel)) => {
+                // The master holds its own copy of the socket now.
+                drop(sock);
+                tunnel.closed().await;
+                return;
+            }
+            Ok(Err(MuxError::Refused(reason))) => {
+                let running_since = target.borrow().running_since;
+                let window = ctx.startup_window.get();
+                let retry = running_since.and_then(|since| {
+                    fwd_core::retry_refused(since.elapsed(), refusals, window)
+                        .map(|d| (d, since + window))
+                });
+                let Some((delay, window_end)) = retry else {
+                    tracing::debug!(port = claim.local_port, %reason, "remote end refused the connection");
+                    return;
+                };
+                // A young container's service is not listening yet: the
+                // master closed only its own copies of the socket, so the
+                // same client can be handed over again.
+                refusals += 1;
+                deadline = deadline.max(window_end.into());
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            Ok(Err(e)) => {
+                // Either the master is going away (a new one will come) or
+                // the native mux path does not work with this master.
+                let generation = link.generation;
+                let changed = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    link_rx.wait_for(|l| l.as_ref().map(|l| l.generation) != Some(generation)),
+                )
+                .await;
+                if changed.is_err() && !fallback_tried {
+                    fallback_tried = true;
+                    tracing::debug!(error = %e, "mux stdio forward failed; trying ssh -W");
+                    registered.set(ConnState::Fallback);
+                    if run_fallback(&link, &claim, &sock).await {
+                        return;
+                    }
+                }
+            }
+            Err(_) => return,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+    }
+}
+
+/// `ssh -S ctl -W host:port` with the socket as its stdin and stdout.
+/// Returns whether it ran (and so served the connection until it ended).
+async fn run_fallback(link: &Link, claim: &Claim, sock: &std::net::TcpStream) -> bool {
+    let Ok(mut cmd) = fwd_ssh::fallback_stdio_forward_command(
+        &link.ssh,
+        &link.control_path,
+        &claim.remote.ip,
+        claim.remote.port,
+    ) else {
+        return false;
+    };
+    let (Ok(a), Ok(b)) = (sock.try_clone(), sock.try_clone()) else {
+        return false;
+    };
+    cmd.stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(a)))
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(b)))
+        .stderr(std::process::Stdio::null());
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    match cmd.spawn() {
+        Ok(mut child) => child.wait().await.is_ok_and(|s| s.success()),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, TcpListener};
+    use std::time::Instant;
+
+    use fwd_core::HostKey;
+
+    use super::*;
+
+    fn claim(port: u16) -> Claim {
+        Claim {
+            host: HostKey::from("h"),
+            container: fwd_core::ContainerId::parse("0123456789ab").expect("id"),
+            container_name: "c".into(),
+            compose_project: None,
+            container_port: 80,
+            started_at_ns: 1,
+            pending: false,
+            local_port: port,
+            bind: vec![IpAddr::from(std::net::Ipv4Addr::LOCALHOST)],
+            remote: fwd_core::Remote {
+                ip: "127.0.0.1".into(),
+                port: 80,
+            },
+        }
+    }
+
+    /// An upgrade that freezes right after an accept must find the client:
+    /// it is registered in the same step, before its task has run.
+    #[tokio::test]
+    async fn an_accepted_client_is_registered_before_its_task_runs() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let ctx = Rc::new(ServeContext::new(
+                    Duration::from_secs(1),
+                    Duration::ZERO,
+                    crate::fdstore::StoredFds::default(),
+                ));
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                let client = std::net::TcpStream::connect(addr).expect("connect");
+                let (sock, _) = listener.accept().expect("accept");
+                let fd = sock.as_raw_fd();
+                let target = watch::channel(Target::new(claim(addr.port()), Instant::now())).0;
+                spawn_served(
+                    sock,
+                    target.subscribe(),
+                    Rc::new(ConnStats::default()),
+                    ctx.clone(),
+                );
+                // No await since: the task has not run.
+                let held = ctx.registry.held();
+                assert_eq!(
+                    held.get(&addr.port()).map(|h| h.queued.clone()),
+                    Some(vec![fd])
+                );
+                drop(client);
+            })
+            .await;
+    }
+}

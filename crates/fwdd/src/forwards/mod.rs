@@ -1,0 +1,282 @@
+//! Daemon-owned listeners for the containers' published ports: the table
+//! of forwards the reconciler's actions are carried out on.
+//!
+//! fwdd binds the local ports itself (not the master), so a port stays bound
+//! while the master is being replaced, a conflict shows up exactly at
+//! `bind()`, and what is forwarded is exactly what this table holds. Each
+//! accepted socket is passed to the master as a stdio forward
+//! ([`handoff`]); from then on bytes flow socket ⇄ ssh without touching fwdd.
+
+mod accept;
+mod handoff;
+mod target;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::fd::{OwnedFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use fwd_core::{Action, Claim, Held};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::serve::ServeContext;
+use accept::{bind_all, serve_listeners};
+use handoff::{spawn_adopted_tunnel, spawn_served};
+pub use target::ConnStats;
+use target::Target;
+
+/// One local port fwdd holds (or tries to hold) for a container.
+pub struct Forward {
+    pub held: Held,
+    /// Read by the accept loops at each connection, so a retarget takes
+    /// effect for the next connection without rebinding; waited on by
+    /// connections accepted while the claim is pending.
+    target: watch::Sender<Target>,
+    pub reason: Option<String>,
+    pub since: SystemTime,
+    pub local_addrs: Vec<SocketAddr>,
+    pub stats: Rc<ConnStats>,
+    /// The listeners' descriptors (owned by the accept tasks), for a
+    /// binary upgrade.
+    listener_fds: Vec<(SocketAddr, RawFd)>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Forward {
+    pub fn listener_fds(&self) -> &[(SocketAddr, RawFd)] {
+        &self.listener_fds
+    }
+
+    /// How long the target container has run (`None`: only created), and
+    /// whether it was seen listening.
+    pub fn target_state(&self) -> (Option<Duration>, bool) {
+        let t = self.target.borrow();
+        (t.running_since.map(|s| s.elapsed()), t.listening.get())
+    }
+}
+
+/// A forward the previous fwdd image held, with what it handed over.
+pub struct AdoptedForward {
+    pub claim: Claim,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub running_for: Option<Duration>,
+    pub listening: bool,
+    pub since: SystemTime,
+    pub connections_total: u64,
+    pub tunnels: Vec<OwnedFd>,
+    pub queued: Vec<OwnedFd>,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        for t in &self.accept_tasks {
+            t.abort();
+        }
+        // systemd's store would keep the port bound otherwise.
+        for (addr, _) in &self.listener_fds {
+            crate::fdstore::remove_fd(&crate::fdstore::tcp_fd_name(*addr));
+        }
+    }
+}
+
+/// The ports fwdd holds, keyed by local port.
+#[derive(Default)]
+pub struct ForwardTable {
+    pub forwards: BTreeMap<u16, Forward>,
+}
+
+impl ForwardTable {
+    pub fn held(&self) -> BTreeMap<u16, Held> {
+        self.forwards
+            .iter()
+            .map(|(p, f)| (*p, f.held.clone()))
+            .collect()
+    }
+
+    /// The earliest time a conflicted port should be tried again.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.forwards.values().filter_map(|f| f.held.retry_at).min()
+    }
+
+    pub fn apply(
+        &mut self,
+        actions: Vec<Action>,
+        ctx: &Rc<ServeContext>,
+        now: Instant,
+        conflict_retry: Duration,
+    ) {
+        for action in actions {
+            match action {
+                Action::Bind(claim) => self.bind(claim, ctx, now, conflict_retry),
+                Action::Rebind(claim) => {
+                    self.forwards.remove(&claim.local_port);
+                    self.bind(claim, ctx, now, conflict_retry);
+                }
+                Action::Retarget(claim) => {
+                    if let Some(f) = self.forwards.get_mut(&claim.local_port) {
+                        // A created container that starts keeps its port:
+                        // nothing a person needs to read.
+                        if f.held.bound && !f.held.owner.same_owner(&claim) {
+                            tracing::info!(
+                                event = "forward_retargeted",
+                                host = %claim.host,
+                                port = claim.local_port,
+                                container = %claim.container_name,
+                                container_id = %claim.container,
+                                remote = %claim.remote,
+                                "local port {} now forwards to container {}",
+                                claim.local_port,
+                                claim.container_name
+                            );
+                        }
+                        f.target.send_modify(|t| *t = t.next(claim.clone(), now));
+                        f.held.owner = claim;
+                        f.since = SystemTime::now();
+                    }
+                }
+                Action::Release(port) => {
+                    if let Some(f) = self.forwards.remove(&port) {
+                        if f.held.bound {
+                            tracing::info!(
+                                event = "forward_removed",
+                                host = %f.held.owner.host,
+                                port,
+                                container = %f.held.owner.container_name,
+                                container_id = %f.held.owner.container,
+                                "released local port {port}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn bind(&mut self, claim: Claim, ctx: &Rc<ServeContext>, now: Instant, retry: Duration) {
+        let port = claim.local_port;
+        let was_conflict = self.forwards.get(&port).is_some_and(|f| !f.held.bound);
+        // Drop a previous (unbound) record before binding: it holds nothing.
+        self.forwards.remove(&port);
+        match bind_all(port, &claim.bind, &ctx.stored) {
+            Ok(listeners) => {
+                let target = watch::channel(Target::new(claim.clone(), now)).0;
+                let stats = Rc::new(ConnStats::default());
+                let (local_addrs, listener_fds, accept_tasks) =
+                    serve_listeners(listeners, &target, &stats, ctx);
+                tracing::info!(
+                    event = "forward_added",
+                    host = %claim.host,
+                    port,
+                    container = %claim.container_name,
+                    container_id = %claim.container,
+                    remote = %claim.remote,
+                    "forwarding localhost:{port} to {} of container {}",
+                    claim.remote,
+                    claim.container_name
+                );
+                if was_conflict {
+                    tracing::info!(
+                        event = "forward_conflict_cleared",
+                        port,
+                        "local port {port} is free again"
+                    );
+                }
+                self.forwards.insert(
+                    port,
+                    Forward {
+                        held: Held {
+                            owner: claim.clone(),
+                            bound: true,
+                            retry_at: None,
+                        },
+                        target,
+                        reason: None,
+                        since: SystemTime::now(),
+                        local_addrs,
+                        stats,
+                        listener_fds,
+                        accept_tasks,
+                    },
+                );
+            }
+            Err(reason) => {
+                if !was_conflict {
+                    tracing::warn!(
+                        event = "forward_conflict",
+                        host = %claim.host,
+                        port,
+                        container = %claim.container_name,
+                        reason = %reason,
+                        "cannot forward local port {port}: {reason}; retrying every {}s",
+                        retry.as_secs()
+                    );
+                }
+                self.forwards.insert(
+                    port,
+                    Forward {
+                        held: Held {
+                            owner: claim.clone(),
+                            bound: false,
+                            retry_at: Some(now + retry),
+                        },
+                        target: watch::channel(Target::new(claim, now)).0,
+                        reason: Some(reason),
+                        since: SystemTime::now(),
+                        local_addrs: Vec::new(),
+                        stats: Rc::new(ConnStats::default()),
+                        listener_fds: Vec::new(),
+                        accept_tasks: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+impl ForwardTable {
+    /// Takes over a forward from the previous fwdd image: its listeners keep
+    /// their queues, its tunnels are kept open and counted, and clients it
+    /// had accepted but not handed over yet are served from the start.
+    pub fn adopt(&mut self, a: AdoptedForward, ctx: &Rc<ServeContext>, now: Instant) {
+        let port = a.claim.local_port;
+        let mut target = Target::new(a.claim.clone(), now);
+        target.running_since = a.running_for.map(|d| now.checked_sub(d).unwrap_or(now));
+        target.listening.set(a.listening);
+        let target = watch::channel(target).0;
+        let stats = Rc::new(ConnStats::default());
+        stats.total.set(a.connections_total);
+        let (local_addrs, listener_fds, accept_tasks) =
+            serve_listeners(a.listeners, &target, &stats, ctx);
+        for fd in a.tunnels {
+            spawn_adopted_tunnel(fd, port, stats.clone(), ctx.clone());
+        }
+        for fd in a.queued {
+            let sock = std::net::TcpStream::from(fd);
+            if sock.set_nonblocking(true).is_err() {
+                continue;
+            }
+            // Counted once already, by the image that accepted it.
+            stats.total.set(stats.total.get().saturating_sub(1));
+            spawn_served(sock, target.subscribe(), stats.clone(), ctx.clone());
+        }
+        self.forwards.insert(
+            port,
+            Forward {
+                held: Held {
+                    owner: a.claim,
+                    bound: true,
+                    retry_at: None,
+                },
+                target,
+                reason: None,
+                since: a.since,
+                local_addrs,
+                stats,
+                listener_fds,
+                accept_tasks,
+            },
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! The serving layer: what every connection fwdd serves shares, whichever
+//! listener accepted it (a forwarded port, an engine socket).
+//!
+//! - each host's [`Link`], published by its driver, waited for by clients;
+//! - the hand-off: a channel through the master on a [spare](spares) mux
+//!   connection, at most [`HANDOFFS_IN_FLIGHT`] per host at once;
+//! - the upgrade's freeze, and the [registry](registry) of connections it
+//!   hands over;
+//! - `connect_wait` and `startup_window`, the daemon-wide waits;
+//! - the listeners systemd's fd store gave back, until a bind takes them.
+//!
+//! It knows no forward, engine socket or host driver: those are built on it.
+
+mod link;
+mod registry;
+mod spares;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use fwd_core::{Claim, HostKey};
+use fwd_ssh::{MuxError, StdioForward};
+use tokio::sync::{watch, Semaphore};
+
+pub use link::{Link, LinkWatch};
+pub use registry::{ConnState, Registered, Registry};
+use spares::Spares;
+
+/// Concurrent hand-offs per host: ssh's control socket listens with a
+/// backlog of 64, and a burst of clients (hundreds waiting for a master that
+/// just came back) must queue here, not overflow it.
+const HANDOFFS_IN_FLIGHT: usize = 32;
+
+pub struct ServeContext {
+    links: RefCell<BTreeMap<HostKey, LinkWatch>>,
+    pub connect_wait: Cell<Duration>,
+    /// How long after a container starts a refused channel is retried.
+    pub startup_window: Cell<Duration>,
+    spares: Spares,
+    handoffs: RefCell<BTreeMap<HostKey, Rc<Semaphore>>>,
+    /// Set while a binary upgrade collects what to hand over: nothing is
+    /// accepted and no hand-off starts (the kernel's backlog holds new
+    /// clients meanwhile); cleared again if the upgrade fails.
+    pub frozen: watch::Sender<bool>,
+    /// Every client connection of a forward that fwdd still holds.
+    pub registry: Registry,
+    /// Listeners systemd's fd store gave back after a crash, until a bind
+    /// takes them (see `fdstore`).
+    pub stored: crate::fdstore::StoredFds,
+}
+
+impl ServeContext {
+    pub fn new(
+        connect_wait: Duration,
+        startup_window: Duration,
+        stored: crate::fdstore::StoredFds,
+    ) -> Self {
+        ServeContext {
+            links: RefCell::default(),
+            connect_wait: Cell::new(connect_wait),
+            startup_window: Cell::new(startup_window),
+            spares: Spares::default(),
+            handoffs: RefCell::default(),
+            frozen: watch::channel(false).0,
+            registry: Registry::default(),
+            stored,
+        }
+    }
+
+    /// A host joins: its connections wait on `link`.
+    pub fn add_host(&self, host: &HostKey, link: LinkWatch) {
+        self.links.borrow_mut().insert(host.clone(), link);
+        self.spares.add_host(host);
+    }
+
+    /// The host left the configuration: its link, spares and slots go.
+    pub fn forget_host(&self, host: &HostKey) {
+        self.links.borrow_mut().remove(host);
+        self.spares.forget_host(host);
+        self.handoffs.borrow_mut().remove(host);
+    }
+
+    /// The host's link, to wait on (`None`: no such host).
+    pub fn link_watch(&self, host: &HostKey) -> Option<LinkWatch> {
+        self.links.borrow().get(host).cloned()
+    }
+
+    /// The host's link if it is up now.
+    pub fn link(&self, host: &HostKey) -> Option<Link> {
+        self.links
+            .borrow()
+            .get(host)
+            .and_then(|l| l.borrow().clone())
+    }
+
+    /// Returns at once unless frozen; while frozen, never (the process is
+    /// about to become the next image, or thaws if the upgrade fails).
+    pub async fn thawed(&self) {
+        let mut rx = self.frozen.subscribe();
+        let _ = rx.wait_for(|frozen| !*frozen).await;
+    }
+
+    /// A place among the host's hand-offs in flight (see [`HANDOFFS_IN_FLIGHT`]).
+    pub fn handoff_slots(&self, host: &HostKey) -> Rc<Semaphore> {
+        self.handoffs
+            .borrow_mut()
+            .entry(host.clone())
+            .or_insert_with(|| Rc::new(Semaphore::new(HANDOFFS_IN_FLIGHT)))
+            .clone()
+    }
+
+    /// Hands `fd` to the host's master as a stdio forward to `ip:port` on
+    /// the host: one request on a spare mux connection, refilled after the
+    /// reply. The returned forward's mux connection keeps the channel open.
+    pub async fn hand_off(
+        &self,
+        link: &Link,
+        claim: &Claim,
+        fd: BorrowedFd<'_>,
+    ) -> Result<StdioForward, MuxError> {
+        let host = &claim.host;
+        let opened = async {
+            let mux = self.spares.client(host, link).await?;
+            mux.open_stdio_forward(&claim.remote.ip, claim.remote.port, fd)
+                .await
+        }
+        .await;
+        self.spares.refill(host, link);
+        opened
+    }
+
+    /// Opens a channel to the claim's remote end through the master and
+    /// closes it again: `Ok` when something accepts connections there. Goes
+    /// the way real connections go (spare mux connection included).
+    pub async fn probe_remote(&self, link: &Link, claim: &Claim) -> Result<(), String> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.hand_off(link, claim, theirs.as_fd()),
+        )
+        .await;
+        drop(ours);
+        match result {
+            Ok(Ok(_tunnel)) => Ok(()),
+            Ok(Err(MuxError::Refused(reason))) => Err(format!(
+                "nothing accepts connections at {} on {}: {reason}",
+                claim.remote, claim.host
+            )),
+            Ok(Err(e)) => Err(format!("probing {} failed: {e}", claim.remote)),
+            Err(_) => Err(format!("probing {} timed out", claim.remote)),
+        }
+    }
+
+    /// Whether something really listens at the claim's remote end: a probe
+    /// channel that is refused, or that opens and ends within a few round
+    /// trips (Docker's userland proxy accepting for a container that does
+    /// not listen yet), says no.
+    pub async fn remote_listens(&self, link: &Link, claim: &Claim) -> Result<bool, MuxError> {
+        use tokio::io::AsyncReadExt;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        let mut ours = tokio::net::UnixStream::from_std(ours)?;
+        let t0 = Instant::now();
+        let tunnel = match self.hand_off(link, claim, theirs.as_fd()).await {
+            Ok(t) => t,
+            Err(MuxError::Refused(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        drop(theirs);
+        let wait = fwd_core::listen_probe_wait(t0.elapsed());
+        let mut byte = [0u8; 1];
+        let listens = match tokio::time::timeout(wait, ours.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(_)) | Err(_) => true,
+        };
+        drop(tunnel);
+        Ok(listens)
+    }
+
+    /// The master's mux alive check, on an idle spare connection when there
+    /// is one (one request instead of connect + hello + request: health
+    /// ticks are most of fwdd's idle wakeups).
+    pub async fn alive_check(&self, host: &HostKey, link: &Link) -> Result<u32, MuxError> {
+        let mut client = self.spares.client(host, link).await?;
+        let pid = client.alive_check().await?;
+        self.spares.put_back(host, link, client);
+        Ok(pid)
+    }
+}
