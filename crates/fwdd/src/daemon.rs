@@ -1,5 +1,9 @@
-//! The daemon's shared state: per-host containers and link health, the
-//! forward table, and the one place that reconciles them.
+//! The daemon's shared state: the hosts, the forward table, and the one
+//! place that plans them ([`Daemon::plan_when_asked`]).
+//!
+//! Hosts never call up into the daemon: a host whose containers changed
+//! notifies, and the planner task makes one plan for every notification
+//! since its last, across every host, in its own turn.
 //!
 //! fwdd runs on a single-threaded runtime: state lives in `RefCell`s and no
 //! borrow is ever held across an `.await`.
@@ -19,7 +23,7 @@ use crate::config::{Config, HostConfig};
 use crate::engine::EngineSocket;
 use crate::forwards::ForwardTable;
 pub use crate::host::Host;
-use crate::host::{self, Shell};
+use crate::host::{self, Outputs};
 use crate::serve::ServeContext;
 
 /// The supervisor's numbers for one host, from the configuration.
@@ -55,8 +59,9 @@ pub struct Daemon {
     pub rejected: RefCell<Vec<(Claim, String)>>,
     pub unsupported: RefCell<Vec<Unsupported>>,
     pub serve: Rc<ServeContext>,
-    /// Woken whenever the earliest conflict retry may have changed.
-    pub retry_changed: Notify,
+    /// Asks the planner for a plan: a host's containers changed, a host
+    /// came or went. Notifications before the planner's turn make one plan.
+    plan_wanted: Rc<Notify>,
     /// Bumped on every change of state a status reader can see.
     pub changed: Rc<watch::Sender<u64>>,
     /// Whether any network link is usable (see netwatch.rs).
@@ -88,7 +93,7 @@ impl Daemon {
             rejected: RefCell::new(Vec::new()),
             unsupported: RefCell::new(Vec::new()),
             serve,
-            retry_changed: Notify::new(),
+            plan_wanted: Rc::new(Notify::new()),
             changed: Rc::new(watch::channel(0u64).0),
             net_usable,
         })
@@ -205,17 +210,12 @@ impl Daemon {
         if let Some((m, stderr)) = master {
             host.set_adopted_master(m, stderr);
         }
-        let daemon = Rc::downgrade(self);
         host::start(
             &host,
-            Shell {
-                reconcile: Box::new(move || {
-                    if let Some(d) = daemon.upgrade() {
-                        d.reconcile();
-                    }
-                }),
-                changed: self.changed.clone(),
-                serve: self.serve.clone(),
+            self.serve.clone(),
+            Outputs {
+                containers_changed: self.plan_wanted.clone(),
+                status_changed: self.changed.clone(),
             },
         );
         self.hosts.borrow_mut().push(host.clone());
@@ -266,7 +266,7 @@ impl Daemon {
         stop_hosts(std::slice::from_ref(&host)).await;
         *host.engine_socket.borrow_mut() = Err("the host was removed".into());
         self.serve.forget_host(&host.key);
-        self.reconcile();
+        self.request_plan();
     }
 
     /// Applies a new configuration (SIGHUP): hosts added, removed or changed
@@ -343,11 +343,30 @@ impl Daemon {
             hosts_skipped = skipped,
             "configuration reloaded: {added} hosts added, {removed} removed, {restarted} restarted, {kept} unchanged, {skipped} skipped"
         );
-        self.reconcile();
+        self.request_plan();
+    }
+
+    /// Asks the planner for a plan at its next turn.
+    pub fn request_plan(&self) {
+        self.plan_wanted.notify_one();
+    }
+
+    /// The planner: the one task that plans, when asked (every request since
+    /// its last plan makes one plan) and when a port in conflict is due for
+    /// another try. Runs until fwdd stops.
+    pub async fn plan_when_asked(self: Rc<Self>) {
+        loop {
+            let retry_at = self.table.borrow().next_retry();
+            tokio::select! {
+                _ = self.plan_wanted.notified() => {}
+                _ = sleep_until(retry_at) => {}
+            }
+            self.reconcile();
+        }
     }
 
     /// Brings the listeners in line with the containers of every host.
-    pub fn reconcile(&self) {
+    fn reconcile(&self) {
         let hosts = self.hosts.borrow();
         let machines: Vec<_> = hosts.iter().map(|h| h.machine.borrow()).collect();
         let views: Vec<HostView<'_>> = hosts
@@ -363,13 +382,18 @@ impl Daemon {
         let mut table = self.table.borrow_mut();
         let now = Instant::now();
         let plan = fwd_core::plan(&views, &config.rules, &table.held(), now);
-        let before = table.next_retry();
         table.apply(plan.actions, &self.serve, now, config.conflict_retry);
-        if table.next_retry() != before {
-            self.retry_changed.notify_one();
-        }
         *self.rejected.borrow_mut() = plan.rejected;
         *self.unsupported.borrow_mut() = plan.unsupported;
+        // After a crash restart, the listeners systemd kept that no claim
+        // took once every host has resynced are closed: their ports are
+        // free again (see `release_stored_after` for hosts that never do).
+        let resynced = machines
+            .iter()
+            .all(|m| m.health().stream == fwd_core::StreamPhase::Streaming);
+        if resynced {
+            release_stored(&self.serve.stored);
+        }
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
@@ -397,22 +421,6 @@ impl Daemon {
             .link(&claim.host)
             .ok_or_else(|| format!("the link to {} is down", claim.host))?;
         self.serve.probe_remote(&link, &claim).await
-    }
-
-    /// Retries ports taken by other programs when they are due.
-    pub async fn retry_conflicts(self: Rc<Self>) {
-        loop {
-            let next = self.table.borrow().next_retry();
-            match next {
-                Some(at) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(at.into()) => self.reconcile(),
-                        _ = self.retry_changed.notified() => {}
-                    }
-                }
-                None => self.retry_changed.notified().await,
-            }
-        }
     }
 
     /// True while every supervisor keeps its promise to make progress.
@@ -469,5 +477,25 @@ async fn stop_hosts(hosts: &[Rc<Host>]) {
         .is_err()
     {
         tracing::warn!(event = "stop_timeout", "a host did not stop in time");
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Closes the listeners systemd's fd store gave back that no forward took,
+/// and removes them from the store.
+pub fn release_stored(stored: &crate::fdstore::StoredFds) {
+    let released = stored.release_rest();
+    if released > 0 {
+        tracing::info!(
+            event = "fdstore_released",
+            count = released,
+            "released {released} kept listeners that no container claims any more"
+        );
     }
 }

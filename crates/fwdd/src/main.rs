@@ -311,8 +311,8 @@ async fn run(
             }
         }
     }
-    release_unclaimed_stored_fds(&daemon);
-    let retry_task = tokio::task::spawn_local(daemon.clone().retry_conflicts());
+    release_stored_after(&daemon, daemon.serve.connect_wait.get());
+    let planner = tokio::task::spawn_local(daemon.clone().plan_when_asked());
     spawn_wakers(&daemon, net.changes);
     tracing::info!(
         event = "started",
@@ -350,7 +350,7 @@ async fn run(
     };
     tracing::info!(event = "stopping", signal = which, "stopping on {which}");
     notify::stopping();
-    retry_task.abort();
+    planner.abort();
     daemon.shutdown().await;
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_millis(300), control_task).await;
@@ -359,9 +359,10 @@ async fn run(
 }
 
 /// After a crash restart: listeners systemd kept that no container claims
-/// once every host has resynced (or `connect_wait` has passed) are closed
-/// and removed from the store; their ports are free again.
-fn release_unclaimed_stored_fds(daemon: &Rc<Daemon>) {
+/// are closed once every host has resynced (the planner does that), or
+/// when `connect_wait` has passed, whichever comes first; their ports are
+/// free again.
+fn release_stored_after(daemon: &Rc<Daemon>, wait: Duration) {
     let count = daemon.serve.stored.len();
     if count == 0 {
         return;
@@ -369,29 +370,8 @@ fn release_unclaimed_stored_fds(daemon: &Rc<Daemon>) {
     tracing::info!(event = "fdstore_restored", count, "{count} listening sockets kept by systemd across the restart: clients queued on them are served once the links are up");
     let d = daemon.clone();
     tokio::task::spawn_local(async move {
-        let deadline = tokio::time::Instant::now() + d.serve.connect_wait.get();
-        let mut changed = d.changed.subscribe();
-        loop {
-            let resynced = d
-                .hosts()
-                .iter()
-                .all(|h| h.machine.borrow().health().stream == fwd_core::StreamPhase::Streaming);
-            if resynced {
-                break;
-            }
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(Ok(())) => {}
-                _ => break,
-            }
-        }
-        let released = d.serve.stored.release_rest();
-        if released > 0 {
-            tracing::info!(
-                event = "fdstore_released",
-                count = released,
-                "released {released} kept listeners that no container claims any more"
-            );
-        }
+        tokio::time::sleep(wait).await;
+        daemon::release_stored(&d.serve.stored);
     });
 }
 

@@ -403,7 +403,7 @@ fn send(reply: OwnedFd, response: &fwd_proto::Response) {
     let _ = stream.write_all(&fwd_proto::encode_line(response));
 }
 
-/// New image: forwards first (so the first reconcile finds them held),
+/// New image: forwards first (so the first plan finds them held),
 /// then each configured host from its handover, then the relays; then the
 /// `fwdctl upgrade` that asked is told what was kept.
 pub fn take_over(daemon: &Rc<Daemon>, hosts: Vec<HostConfig>, t: Takeover) {
@@ -464,7 +464,7 @@ pub fn take_over(daemon: &Rc<Daemon>, hosts: Vec<HostConfig>, t: Takeover) {
             }
         }
     }
-    daemon.reconcile();
+    daemon.request_plan();
     let from = t.doc_from;
     if let Some(why) = t.rolled_back {
         tracing::error!(event = "upgrade_rolled_back", error = %why, listeners, masters, tunnels,

@@ -18,7 +18,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::Host;
+use super::state::Host;
 use crate::serve::ServeContext;
 
 /// Aborts a spawned task when dropped.
