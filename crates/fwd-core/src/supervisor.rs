@@ -152,6 +152,16 @@ const CHECK_MASTER_TIMEOUT: Duration = Duration::from_secs(2);
 /// a second (a flapping interface must not become a retry loop).
 const MIN_EARLY_RETRY: Duration = Duration::from_secs(1);
 
+/// Events received and not handled yet, at most: the stream is read no
+/// further until the machine catches up (the socket then holds the rest).
+const EVENTS_QUEUED_MAX: usize = 1024;
+
+/// How long a change of the containers may wait for the rest of its burst
+/// (events already received, their inspects) before it is told anyway:
+/// well under the time a container takes from `create` to `start`, so a
+/// created container's ports are bound before it can answer.
+pub const CHANGES_HELD_AT_MOST: Duration = Duration::from_millis(20);
+
 /// Identifies one operation, so late answers to abandoned ones are ignored.
 pub type OpId = u64;
 
@@ -175,7 +185,7 @@ pub enum Op {
     /// probe: master, sshd, the remote side, dockerd). Answer: `ApiReady`.
     OpenApi { route: EngineRoute },
     /// Open the event channel and subscribe from `since_ns` (engine clock).
-    /// Answer: `Subscribed`; events then arrive as [`Input::Event`].
+    /// Answer: `Subscribed`; events then arrive as [`Input::Events`].
     Subscribe {
         since_ns: Option<i64>,
         route: EngineRoute,
@@ -259,7 +269,9 @@ pub enum Input {
     },
     /// A line the master printed on stderr.
     MasterStderr(String),
-    Event(ContainerEvent),
+    /// Events read from the stream together (what it held at once): a burst
+    /// is told as one change of the containers.
+    Events(Vec<ContainerEvent>),
     /// A line of the event stream that was malformed or too long.
     EventSkipped(String),
     /// The event stream ended or failed.
@@ -293,7 +305,9 @@ pub enum Command {
     },
     /// Connections must wait: no usable master.
     Withdraw,
-    /// The host's set of running containers changed.
+    /// The host's set of running containers changed: once for every burst
+    /// of changes (the events received together and their inspects), or
+    /// after [`CHANGES_HELD_AT_MOST`] if the burst goes on.
     ContainersChanged,
     Log(Record),
 }
@@ -567,6 +581,10 @@ pub struct HostMachine {
     /// When each pending (created, not started) container was first seen.
     pending_since: HashMap<ContainerId, Instant>,
     event_inspects: VecDeque<ContainerId>,
+    /// Events received, handled in order between operations.
+    events: VecDeque<ContainerEvent>,
+    /// Since when the containers changed without [`Command::ContainersChanged`].
+    changed_since: Option<Instant>,
     wake_probe_wanted: bool,
     next_health: Instant,
     next_resync: Instant,
@@ -617,7 +635,8 @@ impl HostMachine {
         m.health.engine.remote_socket = from.remote_socket;
         m.backoff.resume(from.failures);
         m.episodes.resume(from.episode, now);
-        m.commands.push_back(Command::ContainersChanged);
+        m.containers_changed(now);
+        m.tell_changes(now);
         match from.master_pid {
             Some(pid) => {
                 m.master_pid = Some(pid);
@@ -718,6 +737,8 @@ impl HostMachine {
             resync_wanted: false,
             pending_since: HashMap::new(),
             event_inspects: VecDeque::new(),
+            events: VecDeque::new(),
+            changed_since: None,
             wake_probe_wanted: false,
             next_health: now,
             next_resync: now,
@@ -733,6 +754,14 @@ impl HostMachine {
     /// `None`: nothing happens until an input arrives (waiting for a
     /// network, or stopped).
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let tell = self.changed_since.map(|t| t + CHANGES_HELD_AT_MOST);
+        match (self.next_deadline(), tell) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
         if let Some(op) = &self.inflight {
             return op.deadline;
         }
@@ -768,10 +797,12 @@ impl HostMachine {
         &self.containers
     }
 
-    /// Whether the shell should read the event stream now: events are
-    /// handled one at a time, between operations, once the link is up.
+    /// Whether the shell should read the event stream now: once the link is
+    /// up, while the machine's queue has room. Events are read during an
+    /// operation too, so a burst is seen whole; they are handled in order,
+    /// between operations.
     pub fn wants_events(&self) -> bool {
-        self.phase == Phase::Up && self.inflight.is_none()
+        self.phase == Phase::Up && self.events.len() < EVENTS_QUEUED_MAX
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -779,6 +810,13 @@ impl HostMachine {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.step(now);
+        self.tell_changes(now);
+    }
+
+    /// Whatever is due now: an operation's deadline, the end of a wait, the
+    /// next piece of work.
+    fn step(&mut self, now: Instant) {
         if let Some(op) = &self.inflight {
             if op.deadline.is_some_and(|d| now >= d) {
                 let Some(op) = self.inflight.take() else {
@@ -832,7 +870,11 @@ impl HostMachine {
                     self.log(Record::SshStderr { line });
                 }
             }
-            Input::Event(ev) => self.on_event(ev, now),
+            Input::Events(events) => {
+                for ev in events {
+                    self.receive_event(ev, now);
+                }
+            }
             Input::EventSkipped(reason) => {
                 if self.skipped.observe("skipped", now) != Verdict::Suppress {
                     self.log(Record::EventSkipped { reason });
@@ -1031,7 +1073,7 @@ impl HostMachine {
                         self.containers.remove(&id);
                     }
                 }
-                self.commands.push_back(Command::ContainersChanged);
+                self.containers_changed(now);
             }
             (Purpose::EventInspect(id), Outcome::Unparsable(error)) => {
                 self.log(Record::InspectUnparsable {
@@ -1095,6 +1137,7 @@ impl HostMachine {
         self.inflight = None;
         self.resync = None;
         self.event_inspects.clear();
+        self.events.clear();
         self.wake_probe_wanted = false;
         self.resync_wanted = false;
         if self.published.take().is_some() {
@@ -1182,6 +1225,7 @@ impl HostMachine {
         }
         self.resync = None;
         self.event_inspects.clear();
+        self.events.clear();
         self.commands.push_back(Command::CloseChannels);
         // Is the master itself still fine? Then only the channel failed.
         self.phase = Phase::CheckingMaster;
@@ -1242,7 +1286,10 @@ impl HostMachine {
             self.pending_since
                 .retain(|id, _| r.fresh.get(id).is_some_and(|c| c.pending));
             self.containers = r.fresh;
-            self.commands.push_back(Command::ContainersChanged);
+            // Told now, whatever else is queued: the plan for what the
+            // resync found is asked for before the link is published.
+            self.containers_changed(now);
+            self.tell_changes_now();
         }
         self.next_resync = now + self.policy.resync_interval;
         if self.phase == Phase::Setup {
@@ -1305,7 +1352,13 @@ impl HostMachine {
 
     /// Up and idle: the next thing to do, if anything is due.
     fn next_work(&mut self, now: Instant) {
-        if self.inflight.is_some() || self.health.network_lost_since.is_some() {
+        if self.inflight.is_some() {
+            return;
+        }
+        while let Some(ev) = self.events.pop_front() {
+            self.on_event(ev, now);
+        }
+        if self.health.network_lost_since.is_some() {
             return;
         }
         self.expire_pending(now);
@@ -1340,15 +1393,50 @@ impl HostMachine {
             self.containers.remove(id);
         }
         if !expired.is_empty() {
+            self.containers_changed(now);
+        }
+    }
+
+    /// An event arrived: it is handled once no operation is in flight, in
+    /// order (an inspect asked before an event must not be answered after
+    /// it is applied).
+    fn receive_event(&mut self, ev: ContainerEvent, now: Instant) {
+        self.health.events_received += 1;
+        self.health.last_event = Some(now);
+        self.health_changed = true;
+        self.events.push_back(ev);
+    }
+
+    fn containers_changed(&mut self, now: Instant) {
+        self.changed_since.get_or_insert(now);
+    }
+
+    /// Tells a change of the containers once its burst is over: no event is
+    /// waiting and no event's inspect is queued or in flight; or once it
+    /// has waited [`CHANGES_HELD_AT_MOST`].
+    fn tell_changes(&mut self, now: Instant) {
+        let Some(since) = self.changed_since else {
+            return;
+        };
+        let inspecting = self
+            .inflight
+            .as_ref()
+            .is_some_and(|op| matches!(op.purpose, Purpose::EventInspect(_)));
+        let burst_goes_on =
+            !self.events.is_empty() || !self.event_inspects.is_empty() || inspecting;
+        if !burst_goes_on || now >= since + CHANGES_HELD_AT_MOST {
+            self.tell_changes_now();
+        }
+    }
+
+    fn tell_changes_now(&mut self) {
+        if self.changed_since.take().is_some() {
             self.commands.push_back(Command::ContainersChanged);
         }
     }
 
     fn on_event(&mut self, ev: ContainerEvent, now: Instant) {
         self.since_ns = Some(self.since_ns.map_or(ev.time_nano, |s| s.max(ev.time_nano)));
-        self.health.events_received += 1;
-        self.health.last_event = Some(now);
-        self.health_changed = true;
         match ev.action {
             // A create is inspected like a start: its fixed host ports are
             // bound before it runs.
@@ -1364,13 +1452,13 @@ impl HostMachine {
                     .is_some_and(|c| ev.time_nano >= c.started_at_ns)
                 {
                     self.containers.remove(&ev.id);
-                    self.commands.push_back(Command::ContainersChanged);
+                    self.containers_changed(now);
                 }
             }
             EventAction::Destroy => {
                 self.pending_since.remove(&ev.id);
                 if self.containers.remove(&ev.id).is_some() {
-                    self.commands.push_back(Command::ContainersChanged);
+                    self.containers_changed(now);
                 }
             }
             EventAction::Ignore => {}

@@ -195,20 +195,8 @@ impl EventStream {
     /// The next item; `Ok(None)` when the engine ended the stream.
     pub async fn next(&mut self) -> Result<Option<StreamItem>, ApiError> {
         loop {
-            match self.lines.pop() {
-                Some(Line::Complete(line)) => {
-                    return Ok(Some(match parse::parse_event(&line) {
-                        Ok(Some(ev)) => StreamItem::Event(ev),
-                        Ok(None) => StreamItem::Other,
-                        Err(e) => StreamItem::Skipped(e.to_string()),
-                    }))
-                }
-                Some(Line::Oversize(n)) => {
-                    return Ok(Some(StreamItem::Skipped(format!(
-                        "event line over {n} bytes"
-                    ))))
-                }
-                None => {}
+            if let Some(item) = self.next_received() {
+                return Ok(Some(item));
             }
             match self.body.frame().await {
                 None => return Ok(None),
@@ -219,6 +207,21 @@ impl EventStream {
                     }
                 }
             }
+        }
+    }
+}
+
+impl EventStream {
+    /// The next item already received, without waiting for more: what the
+    /// stream holds now. Events that arrived together are taken together.
+    pub fn next_received(&mut self) -> Option<StreamItem> {
+        match self.lines.pop()? {
+            Line::Complete(line) => Some(match parse::parse_event(&line) {
+                Ok(Some(ev)) => StreamItem::Event(ev),
+                Ok(None) => StreamItem::Other,
+                Err(e) => StreamItem::Skipped(e.to_string()),
+            }),
+            Line::Oversize(n) => Some(StreamItem::Skipped(format!("event line over {n} bytes"))),
         }
     }
 }

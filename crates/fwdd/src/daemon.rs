@@ -382,6 +382,13 @@ impl Daemon {
         let mut table = self.table.borrow_mut();
         let now = Instant::now();
         let plan = fwd_core::plan(&views, &config.rules, &table.held(), now);
+        tracing::debug!(
+            event = "planned",
+            hosts = views.len(),
+            containers = views.iter().map(|v| v.containers.len()).sum::<usize>(),
+            actions = plan.actions.len(),
+            "planned"
+        );
         table.apply(plan.actions, &self.serve, now, config.conflict_retry);
         *self.rejected.borrow_mut() = plan.rejected;
         *self.unsupported.borrow_mut() = plan.unsupported;

@@ -380,11 +380,11 @@ fn every_request_without_an_answer_replaces_the_master() {
         (
             "event inspect",
             Box::new(|r: &mut Rig| {
-                r.input(Input::Event(ContainerEvent {
+                r.input(Input::Events(vec![ContainerEvent {
                     id: id(1),
                     action: EventAction::Start,
                     time_nano: 5,
-                }));
+                }]));
                 r.expect_op(Op::Inspect(id(1)));
             }),
         ),
@@ -502,11 +502,11 @@ fn since_is_carried_across_reconnects() {
     let mut r = Rig::new();
     r.connect(1, &[]);
     for t in [100, 300, 200] {
-        r.input(Input::Event(ContainerEvent {
+        r.input(Input::Events(vec![ContainerEvent {
             id: id(1),
             action: EventAction::Ignore,
             time_nano: t,
-        }));
+        }]));
     }
     r.input(Input::MasterExited {
         how: "exit 255".into(),
@@ -529,39 +529,168 @@ fn events_keep_the_container_set_current() {
     r.connect(1, std::slice::from_ref(&c1));
     r.clear();
     // A replayed die from before the container's current start is ignored.
-    r.input(Input::Event(ContainerEvent {
+    r.input(Input::Events(vec![ContainerEvent {
         id: id(1),
         action: EventAction::Die,
         time_nano: 999,
-    }));
+    }]));
     assert!(r.m.containers().contains_key(&id(1)));
     assert!(!r.saw(&Command::ContainersChanged));
-    r.input(Input::Event(ContainerEvent {
+    r.input(Input::Events(vec![ContainerEvent {
         id: id(1),
         action: EventAction::Die,
         time_nano: 1_001,
-    }));
+    }]));
     assert!(r.m.containers().is_empty());
     assert!(r.saw(&Command::ContainersChanged));
     // A start is inspected; a container gone by then is simply absent.
-    r.input(Input::Event(ContainerEvent {
+    r.input(Input::Events(vec![ContainerEvent {
         id: id(2),
         action: EventAction::Start,
         time_nano: 2_000,
-    }));
-    assert!(!r.m.wants_events(), "one event at a time");
+    }]));
     r.expect_op(Op::Inspect(id(2)));
     r.answer(Outcome::Inspected(Some(container(2, 2_000))));
     assert!(r.m.containers().contains_key(&id(2)));
-    r.input(Input::Event(ContainerEvent {
+    r.input(Input::Events(vec![ContainerEvent {
         id: id(3),
         action: EventAction::Start,
         time_nano: 3_000,
-    }));
+    }]));
     r.answer(Outcome::Unparsable("bad json".into()));
     assert!(!r.m.containers().contains_key(&id(3)));
     assert_eq!(r.count_logs("inspect_unparsable"), 1);
     assert_eq!(r.m.health().events_received, 4);
+}
+
+fn event(n: u8, action: EventAction, time_nano: i64) -> Input {
+    Input::Events(vec![ContainerEvent {
+        id: id(n),
+        action,
+        time_nano,
+    }])
+}
+
+#[test]
+fn an_event_received_during_an_inspect_is_applied_after_its_answer() {
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    r.clear();
+    r.input(event(2, EventAction::Start, 2_000));
+    r.expect_op(Op::Inspect(id(2)));
+    // The stream is read on while the inspect is in flight...
+    assert!(r.m.wants_events());
+    r.input(event(2, EventAction::Die, 2_500));
+    // ...but the die waits: the inspect was asked before it happened, and
+    // its answer (running) must not undo it.
+    r.answer(Outcome::Inspected(Some(container(2, 2_000))));
+    assert!(!r.m.containers().contains_key(&id(2)), "{:?}", r.out);
+    assert_eq!(r.m.health().events_received, 2);
+    assert!(r.op.is_none(), "nothing left to do: {:?}", r.op);
+}
+
+#[test]
+fn a_burst_of_events_is_told_as_one_change() {
+    let mut r = Rig::new();
+    r.connect(1, &[container(9, 900)]);
+    r.clear();
+    // Thirty containers started together: their events arrive at once
+    // (the shell reads what the stream holds in one go), with a die first.
+    let mut burst = vec![ContainerEvent {
+        id: id(9),
+        action: EventAction::Die,
+        time_nano: 1_000,
+    }];
+    for n in 10..40 {
+        burst.push(ContainerEvent {
+            id: id(n),
+            action: EventAction::Start,
+            time_nano: 1_000 + i64::from(n),
+        });
+    }
+    r.input(Input::Events(burst));
+    for n in 10..40 {
+        r.expect_op(Op::Inspect(id(n)));
+        assert!(
+            !r.saw(&Command::ContainersChanged),
+            "told before the burst ended"
+        );
+        r.answer_after(
+            Duration::from_micros(500),
+            Outcome::Inspected(Some(container(n, 1_000 + i64::from(n)))),
+        );
+    }
+    let told = r
+        .out
+        .iter()
+        .filter(|c| **c == Command::ContainersChanged)
+        .count();
+    assert_eq!(told, 1, "{:?}", r.out);
+    assert_eq!(r.m.containers().len(), 30);
+    // A lone change later is told at once.
+    r.clear();
+    r.input(event(10, EventAction::Die, 5_000));
+    assert!(r.saw(&Command::ContainersChanged));
+}
+
+#[test]
+fn a_burst_that_goes_on_is_told_after_the_limit() {
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    r.clear();
+    let first = r.now;
+    let mut n = 10;
+    // Each event's inspect is answered 5 ms later, and the next event has
+    // already arrived by then: the burst never ends by itself.
+    r.input(event(n, EventAction::Start, 1));
+    while r.now < first + CHANGES_HELD_AT_MOST * 3 {
+        n += 1;
+        r.input(event(n, EventAction::Start, i64::from(n)));
+        r.answer_after(
+            Duration::from_millis(5),
+            Outcome::Inspected(Some(container(n - 1, 1))),
+        );
+    }
+    let told = r
+        .out
+        .iter()
+        .filter(|c| **c == Command::ContainersChanged)
+        .count();
+    assert!(
+        (2..=4).contains(&told),
+        "told {told} times in 60 ms: {:?}",
+        r.out
+    );
+    // While a change waits, the machine wants to be woken by its limit.
+    assert!(r
+        .m
+        .poll_timeout()
+        .is_some_and(|t| t <= r.now + CHANGES_HELD_AT_MOST));
+}
+
+#[test]
+fn a_change_waiting_on_a_stalled_inspect_is_told_by_the_timer() {
+    let mut r = Rig::new();
+    r.connect(1, &[container(9, 900)]);
+    r.clear();
+    r.input(Input::Events(vec![
+        ContainerEvent {
+            id: id(9),
+            action: EventAction::Die,
+            time_nano: 1_000,
+        },
+        ContainerEvent {
+            id: id(10),
+            action: EventAction::Start,
+            time_nano: 1_001,
+        },
+    ]));
+    // Handled together: the die changed the set, the start's inspect is out.
+    r.expect_op(Op::Inspect(id(10)));
+    assert!(!r.saw(&Command::ContainersChanged));
+    r.advance(CHANGES_HELD_AT_MOST);
+    assert!(r.saw(&Command::ContainersChanged), "{:?}", r.out);
+    r.expect_op(Op::Inspect(id(10)));
 }
 
 #[test]
@@ -633,11 +762,11 @@ fn a_master_that_did_not_survive_the_outage_is_replaced_quickly() {
 fn a_request_in_flight_when_the_link_drops_waits_for_it() {
     let mut r = Rig::new();
     r.connect(7, &[]);
-    r.input(Input::Event(ContainerEvent {
+    r.input(Input::Events(vec![ContainerEvent {
         id: id(4),
         action: EventAction::Start,
         time_nano: 1,
-    }));
+    }]));
     r.expect_op(Op::Inspect(id(4)));
     r.input(Input::Network { usable: false });
     r.clear();
@@ -871,11 +1000,11 @@ fn a_created_container_is_bound_until_it_starts_goes_or_expires() {
     r.connect(1, &[]);
     let mut created = container(5, 100);
     created.pending = true;
-    r.input(Input::Event(ContainerEvent {
+    r.input(Input::Events(vec![ContainerEvent {
         id: id(5),
         action: EventAction::Create,
         time_nano: 100,
-    }));
+    }]));
     r.expect_op(Op::Inspect(id(5)));
     r.clear();
     r.answer(Outcome::Inspected(Some(created.clone())));
@@ -886,22 +1015,22 @@ fn a_created_container_is_bound_until_it_starts_goes_or_expires() {
     r.answer(Outcome::Listed(vec![]));
     assert!(r.m.containers().contains_key(&id(5)));
     // Started: the running container replaces the pending one.
-    r.input(Input::Event(ContainerEvent {
+    r.input(Input::Events(vec![ContainerEvent {
         id: id(5),
         action: EventAction::Start,
         time_nano: 101,
-    }));
+    }]));
     r.answer(Outcome::Inspected(Some(container(5, 101))));
     assert!(!r.m.containers()[&id(5)].pending);
     // Another, created and never started, is given back after the timeout
     // (the machine's deadline says when).
     let mut idle = container(6, 200);
     idle.pending = true;
-    r.input(Input::Event(ContainerEvent {
+    r.input(Input::Events(vec![ContainerEvent {
         id: id(6),
         action: EventAction::Create,
         time_nano: 200,
-    }));
+    }]));
     r.answer(Outcome::Inspected(Some(idle)));
     let created_at = r.now;
     r.clear();
@@ -930,17 +1059,17 @@ fn destroying_a_created_container_releases_it_at_once() {
     r.connect(1, &[]);
     let mut created = container(7, 100);
     created.pending = true;
-    r.input(Input::Event(ContainerEvent {
+    r.input(Input::Events(vec![ContainerEvent {
         id: id(7),
         action: EventAction::Create,
         time_nano: 100,
-    }));
+    }]));
     r.answer(Outcome::Inspected(Some(created)));
-    r.input(Input::Event(ContainerEvent {
+    r.input(Input::Events(vec![ContainerEvent {
         id: id(7),
         action: EventAction::Destroy,
         time_nano: 150,
-    }));
+    }]));
     assert!(r.m.containers().is_empty());
 }
 
@@ -1069,11 +1198,11 @@ fn without_a_master_the_new_image_connects_and_keeps_the_containers() {
 fn handover_round_trips_through_adopt() {
     let mut r = Rig::new();
     r.connect(42, &[container(1, 10), container(2, 20)]);
-    r.input(Input::Event(ContainerEvent {
+    r.input(Input::Events(vec![ContainerEvent {
         id: id(3),
         action: EventAction::Die,
         time_nano: 5_000,
-    }));
+    }]));
     r.advance(Duration::from_secs(30));
     let h = r.m.handover(r.now);
     assert_eq!(h.master_pid, Some(42));

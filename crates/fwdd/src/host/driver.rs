@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fwd_core::{Command, Input, OpId, Outcome};
+use fwd_core::{Command, HostKey, Input, OpId, Outcome};
 use fwd_docker::{ApiError, EventStream, StreamItem};
 use fwd_ssh::Master;
 use tokio::sync::{mpsc, watch, Notify};
@@ -75,12 +75,14 @@ async fn supervise(serve: Rc<ServeContext>, out: Outputs, host: Rc<Host>) {
                 Input::Done(id, outcome)
             }
             item = next_event(&mut res.events), if wants_events => match item {
-                Ok(Some(StreamItem::Event(ev))) => {
-                    tracing::trace!(host = %host.key, action = ?ev.action, container_id = %ev.id, "event");
-                    Input::Event(ev)
+                Ok(Some(first)) => {
+                    let inputs = received(&host.key, first, res.events.as_mut());
+                    let mut machine = host.machine.borrow_mut();
+                    for input in inputs {
+                        machine.handle(input, Instant::now());
+                    }
+                    continue;
                 }
-                Ok(Some(StreamItem::Skipped(why))) => Input::EventSkipped(why),
-                Ok(Some(StreamItem::Other)) => continue,
                 Ok(None) => Input::StreamFailed(diagnose(&mut res.events_channel, "the docker event stream ended").await),
                 Err(e) => Input::StreamFailed(diagnose(&mut res.events_channel, e).await),
             },
@@ -138,6 +140,29 @@ async fn next_event(events: &mut Option<EventStream>) -> Result<Option<StreamIte
         Some(s) => s.next().await,
         None => std::future::pending().await,
     }
+}
+
+/// The item just read and every one the stream already holds, as inputs:
+/// the events in one batch, so the machine sees a burst whole.
+fn received(host: &HostKey, first: StreamItem, mut stream: Option<&mut EventStream>) -> Vec<Input> {
+    let mut events = Vec::new();
+    let mut inputs = Vec::new();
+    let mut item = Some(first);
+    while let Some(it) = item {
+        match it {
+            StreamItem::Event(ev) => {
+                tracing::trace!(host = %host, action = ?ev.action, container_id = %ev.id, "event");
+                events.push(ev);
+            }
+            StreamItem::Skipped(why) => inputs.push(Input::EventSkipped(why)),
+            StreamItem::Other => {}
+        }
+        item = stream.as_deref_mut().and_then(EventStream::next_received);
+    }
+    if !events.is_empty() {
+        inputs.insert(0, Input::Events(events));
+    }
+    inputs
 }
 
 async fn master_exit(master: &mut Option<Master>) -> String {
