@@ -4,7 +4,8 @@
 //! connections are served at once. A refused peer gets one best-effort error
 //! line and is closed at once; nothing is spent on it.
 
-use super::{dispatch, Shared};
+use super::dispatch;
+use super::shared::Shared;
 use crate::private_socket::uid_allowed;
 use fwd_proto::{encode_line, Response};
 use std::rc::Rc;

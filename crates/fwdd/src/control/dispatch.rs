@@ -4,7 +4,8 @@
 //! connection into a stream ([`super::watch`]) for the rest of its life.
 
 use super::framing::{self, Next};
-use super::{watch, Shared};
+use super::shared::Shared;
+use super::watch;
 use fwd_proto::{decode_request, error_code, Request, Response};
 use std::time::Instant;
 use tokio::io::BufReader;

@@ -24,6 +24,7 @@
 //!
 //! The server is split by job:
 //! * this file: binding ([`ControlServer::bind`]) and the accept loop;
+//! * [`shared`]: the limits, and what every connection of a server shares;
 //! * [`admission`]: who is served (peer uid, connection limit);
 //! * [`framing`]: bounded request lines and the per-read/per-write timeouts;
 //! * [`dispatch`]: one connection's request loop, answering through the
@@ -33,9 +34,13 @@
 mod admission;
 mod dispatch;
 mod framing;
+mod shared;
 #[cfg(test)]
 mod test_support;
 mod watch;
+
+pub use shared::ControlConfig;
+use shared::Shared;
 
 use crate::handler::ControlHandler;
 use crate::private_socket::{self, RefusalLog, SocketFileGuard};
@@ -46,27 +51,6 @@ use std::rc::Rc;
 use std::time::Duration;
 use tokio::net::UnixListener;
 use tracing::{debug, info, warn};
-
-/// Limits of the control server.
-#[derive(Debug, Clone)]
-pub struct ControlConfig {
-    /// Time allowed to receive one complete request line, and to write one response.
-    pub idle_timeout: Duration,
-    /// Connections served concurrently; more are refused with an error response.
-    pub max_connections: usize,
-    /// Longest accepted request line in bytes, excluding the newline.
-    pub max_line: usize,
-}
-
-impl Default for ControlConfig {
-    fn default() -> Self {
-        ControlConfig {
-            idle_timeout: Duration::from_secs(10),
-            max_connections: 64,
-            max_line: fwd_proto::MAX_LINE,
-        }
-    }
-}
 
 /// A bound control socket, ready to [`run`](ControlServer::run).
 ///
@@ -192,15 +176,6 @@ impl ControlServer {
         debug!("control socket closed");
         Ok(())
     }
-}
-
-/// What every connection task of one server shares.
-struct Shared {
-    handler: Box<dyn ControlHandler>,
-    config: ControlConfig,
-    euid: u32,
-    active: Cell<usize>,
-    refusals: RefCell<RefusalLog>,
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! [`ControlConfig::idle_timeout`](super::ControlConfig::idle_timeout) is
 //! disconnected.
 
-use super::Shared;
+use super::shared::Shared;
 use fwd_proto::{diff, encode_line, Event, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
