@@ -63,7 +63,7 @@ pub(super) async fn serve_watch<R, W>(
             },
             c = changes.changed() => if c.is_err() { return },
         }
-        // Changes usually come in bursts (a reconcile touches several forwards):
+        // Changes usually come in bursts (a plan touches several forwards):
         // let the burst finish so it is reported once.
         tokio::task::yield_now().await;
         changes.borrow_and_update();

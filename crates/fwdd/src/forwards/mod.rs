@@ -1,5 +1,5 @@
 //! Daemon-owned listeners for the containers' published ports: the table
-//! of forwards the reconciler's actions are carried out on.
+//! of forwards the plan's actions are carried out on.
 //!
 //! fwdd binds the local ports itself (not the master), so a port stays bound
 //! while the master is being replaced, a conflict shows up exactly at
