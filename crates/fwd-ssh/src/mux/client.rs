@@ -267,13 +267,7 @@ impl MuxClient {
         listen: &Path,
         connect: &str,
     ) -> Result<(), MuxError> {
-        let listen_bytes = listen.as_os_str().as_bytes();
-        validate_socket_path("local listen", listen_bytes, MAX_LOCAL_SOCKET_PATH_LEN)?;
-        validate_socket_path(
-            "remote connect",
-            connect.as_bytes(),
-            MAX_REMOTE_SOCKET_PATH_LEN,
-        )?;
+        let listen_bytes = valid_path_pair(listen, connect)?;
         match probe_listen_path(listen).await {
             ListenPath::Absent | ListenPath::Stale => {}
             ListenPath::NotSocket => {
@@ -332,13 +326,7 @@ impl MuxClient {
         listen: &Path,
         connect: &str,
     ) -> Result<(), MuxError> {
-        let listen_bytes = listen.as_os_str().as_bytes();
-        validate_socket_path("local listen", listen_bytes, MAX_LOCAL_SOCKET_PATH_LEN)?;
-        validate_socket_path(
-            "remote connect",
-            connect.as_bytes(),
-            MAX_REMOTE_SOCKET_PATH_LEN,
-        )?;
+        let listen_bytes = valid_path_pair(listen, connect)?;
         let rid = self.begin()?;
         self.write_msg(&encode_path_fwd(
             false,
@@ -415,6 +403,19 @@ fn map_write_err(e: io::Error) -> MuxError {
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => MuxError::Closed,
         _ => MuxError::Io(e),
     }
+}
+
+/// A path forward's two ends, checked before anything is sent: the listen
+/// path's bytes.
+fn valid_path_pair<'a>(listen: &'a Path, connect: &str) -> Result<&'a [u8], MuxError> {
+    let listen_bytes = listen.as_os_str().as_bytes();
+    validate_socket_path("local listen", listen_bytes, MAX_LOCAL_SOCKET_PATH_LEN)?;
+    validate_socket_path(
+        "remote connect",
+        connect.as_bytes(),
+        MAX_REMOTE_SOCKET_PATH_LEN,
+    )?;
+    Ok(listen_bytes)
 }
 
 /// What is at a local forward's listen path.
