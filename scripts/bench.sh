@@ -31,6 +31,9 @@ src=$root
 if [ -n "${FWD_BENCH_REV:-}" ]; then
   src=$(mktemp -d /tmp/fwdbench-src.XXXXXX)
   git -C "$root" archive "$FWD_BENCH_REV" | tar -x -C "$src"
+  # git archive stamps files with the commit's time: a build of another
+  # revision made later in the same target dir would look fresh to cargo.
+  find "$src" -type f -exec touch {} +
   cp -r "$root/bench" "$src/"
   grep -q '"bench"' "$src/Cargo.toml" ||
     sed -i 's|^members = \[\(.*\)\]|members = [\1, "bench"]|' "$src/Cargo.toml"
