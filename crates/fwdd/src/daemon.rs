@@ -359,7 +359,7 @@ impl Daemon {
             let retry_at = self.table.borrow().next_retry();
             tokio::select! {
                 _ = self.plan_wanted.notified() => {}
-                _ = sleep_until(retry_at) => {}
+                _ = host::sleep_until(retry_at) => {}
             }
             self.reconcile();
         }
@@ -484,13 +484,6 @@ async fn stop_hosts(hosts: &[Rc<Host>]) {
         .is_err()
     {
         tracing::warn!(event = "stop_timeout", "a host did not stop in time");
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -111,7 +111,9 @@ async fn supervise(serve: Rc<ServeContext>, out: Outputs, host: Rc<Host>) {
     carry_out(&serve, &out, &host, &mut res).await;
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+/// Sleeps until `deadline`; without one, forever (a `select!` arm that
+/// never fires).
+pub async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,

@@ -9,5 +9,5 @@ mod log;
 mod ops;
 mod state;
 
-pub use driver::{start, Outputs};
+pub use driver::{sleep_until, start, Outputs};
 pub use state::Host;
