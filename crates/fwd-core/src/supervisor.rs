@@ -635,8 +635,7 @@ impl HostMachine {
         m.health.engine.remote_socket = from.remote_socket;
         m.backoff.resume(from.failures);
         m.episodes.resume(from.episode, now);
-        m.containers_changed(now);
-        m.tell_changes(now);
+        m.commands.push_back(Command::ContainersChanged);
         match from.master_pid {
             Some(pid) => {
                 m.master_pid = Some(pid);
@@ -755,10 +754,7 @@ impl HostMachine {
     /// network, or stopped).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let tell = self.changed_since.map(|t| t + CHANGES_HELD_AT_MOST);
-        match (self.next_deadline(), tell) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.next_deadline().into_iter().chain(tell).min()
     }
 
     fn next_deadline(&self) -> Option<Instant> {
