@@ -1089,3 +1089,82 @@ async fn finding_master_with_bind_unlink_takes_over_a_live_socket() {
     assert_eq!(echo_through(&foreign, b"hijacked").await, b"hijacked");
     master.shutdown(Duration::from_secs(3)).await;
 }
+
+// Remote forwards (MUX_C_OPEN_FWD remote TCP port → local Unix socket): sshd listens on
+// its side (here the same machine) and the master connects each connection to the socket.
+
+/// Connects to `127.0.0.1:port`, sends `msg`, half-closes, returns what came back.
+async fn echo_through_tcp(port: u16, msg: &[u8]) -> Vec<u8> {
+    let mut s = tokio::time::timeout(T, TcpStream::connect(("127.0.0.1", port)))
+        .await
+        .unwrap()
+        .unwrap();
+    s.write_all(msg).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(T, s.read_to_end(&mut got))
+        .await
+        .expect("no EOF through the remote forward")
+        .unwrap();
+    got
+}
+
+#[tokio::test]
+async fn remote_forward_serves_outlives_its_mux_connection_and_closes() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let ctl = sshd.ctl();
+    let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
+    let target = sshd.dir.path().join("runner.sock");
+    unix_echo_server(&target);
+    let port = free_port();
+
+    let mut c = MuxClient::connect(&ctl).await.unwrap();
+    tokio::time::timeout(T, c.open_remote_forward("127.0.0.1", port, &target))
+        .await
+        .unwrap()
+        .unwrap();
+    // The same forward again: the master finds it and answers OK without asking sshd.
+    tokio::time::timeout(T, c.open_remote_forward("127.0.0.1", port, &target))
+        .await
+        .unwrap()
+        .unwrap();
+    drop(c);
+    assert_eq!(echo_through_tcp(port, b"to the runner").await, b"to the runner");
+
+    // A port sshd cannot bind: refused with the master's reason.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let mut c = MuxClient::connect(&ctl).await.unwrap();
+    let e = tokio::time::timeout(T, c.open_remote_forward("127.0.0.1", taken_port, &target))
+        .await
+        .unwrap()
+        .expect_err("sshd cannot listen on a taken port");
+    assert!(
+        matches!(&e, MuxError::Refused(r) if r.contains(&format!("listen port {taken_port}"))),
+        "{e:?}"
+    );
+    // Port 0 is refused before anything is sent.
+    assert!(matches!(
+        c.open_remote_forward("127.0.0.1", 0, &target).await,
+        Err(MuxError::InvalidArgument(_))
+    ));
+
+    // Close: sshd stops listening (the master's OK comes before sshd's own answer).
+    tokio::time::timeout(T, c.close_remote_forward("127.0.0.1", port, &target))
+        .await
+        .unwrap()
+        .unwrap();
+    let deadline = Instant::now() + T;
+    while TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        assert!(Instant::now() < deadline, "sshd still listens after the close");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(matches!(
+        c.close_remote_forward("127.0.0.1", port, &target).await,
+        Err(MuxError::Refused(r)) if r == "port not forwarded"
+    ));
+    master.shutdown(Duration::from_secs(3)).await;
+}

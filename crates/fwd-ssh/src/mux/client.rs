@@ -347,6 +347,52 @@ impl MuxClient {
         Ok(())
     }
 
+    /// `MUX_C_OPEN_FWD`, remote forward (`ssh -R listen_host:port:connect`): sshd
+    /// listens on `listen_host:port` on the remote host and each connection there
+    /// becomes a `forwarded-tcpip` channel that the master connects to the local
+    /// Unix socket `connect`.
+    ///
+    /// The master answers only once sshd has (`mux.c:mux_confirm_remote_forward`):
+    /// `Ok` means sshd accepted the `tcpip-forward` request, not that it bound the
+    /// address asked for: with `GatewayPorts no` (OpenSSH's default) sshd binds
+    /// loopback instead and says nothing. Check reachability yourself.
+    ///
+    /// Like a local path forward, it lives in the master (its forward list) until
+    /// [`MuxClient::close_remote_forward`] or the master exits, not with this
+    /// connection; asking again for the same triple answers `Ok` without a new
+    /// request to sshd. Errors: [`MuxError::Refused`] ("remote port forwarding
+    /// failed for listen port P": sshd refused, e.g. the port is taken or
+    /// `AllowTcpForwarding` forbids it), [`MuxError::InvalidArgument`] for port 0
+    /// (a port sshd would choose is not supported) or a bad host or path.
+    pub async fn open_remote_forward(
+        &mut self,
+        listen_host: &str,
+        port: u16,
+        connect: &Path,
+    ) -> Result<(), MuxError> {
+        let connect = valid_remote_forward(listen_host, port, connect)?;
+        let rid = self.begin()?;
+        self.write_msg(&encode_remote_fwd(true, rid, listen_host, port, connect)?)
+            .await?;
+        self.read_ok_reply(rid).await
+    }
+
+    /// `MUX_C_CLOSE_FWD` for the same triple as [`MuxClient::open_remote_forward`]:
+    /// the master asks sshd to cancel it. [`MuxError::Refused`] ("port not
+    /// forwarded") when the master has no such forward.
+    pub async fn close_remote_forward(
+        &mut self,
+        listen_host: &str,
+        port: u16,
+        connect: &Path,
+    ) -> Result<(), MuxError> {
+        let connect = valid_remote_forward(listen_host, port, connect)?;
+        let rid = self.begin()?;
+        self.write_msg(&encode_remote_fwd(false, rid, listen_host, port, connect)?)
+            .await?;
+        self.read_ok_reply(rid).await
+    }
+
     async fn read_ok_reply(&mut self, rid: u32) -> Result<(), MuxError> {
         let reply = decode_reply(&self.read_msg().await?)?;
         self.busy = false;
@@ -416,6 +462,25 @@ fn valid_path_pair<'a>(listen: &'a Path, connect: &str) -> Result<&'a [u8], MuxE
         MAX_REMOTE_SOCKET_PATH_LEN,
     )?;
     Ok(listen_bytes)
+}
+
+/// A remote forward's ends, checked before anything is sent: the connect
+/// path's bytes.
+fn valid_remote_forward<'a>(
+    listen_host: &str,
+    port: u16,
+    connect: &'a Path,
+) -> Result<&'a [u8], MuxError> {
+    validate_forward_host(listen_host)?;
+    if port == 0 {
+        return Err(MuxError::InvalidArgument(
+            "remote forward to port 0 (a port sshd chooses) is not supported; give a port"
+                .into(),
+        ));
+    }
+    let connect_bytes = connect.as_os_str().as_bytes();
+    validate_socket_path("local connect", connect_bytes, MAX_LOCAL_SOCKET_PATH_LEN)?;
+    Ok(connect_bytes)
 }
 
 /// What is at a local forward's listen path.

@@ -32,6 +32,8 @@ const NO_ESCAPE_CHAR: u32 = 0xffff_ffff;
 
 /// Forwarding type of `MUX_C_OPEN_FWD` / `MUX_C_CLOSE_FWD`: `-L`.
 const MUX_FWD_LOCAL: u32 = 1;
+/// Forwarding type of `MUX_C_OPEN_FWD` / `MUX_C_CLOSE_FWD`: `-R`.
+const MUX_FWD_REMOTE: u32 = 2;
 /// `PORT_STREAMLOCAL` (-2, `misc.h`) as a `u32` on the wire: "the host field is a Unix
 /// socket path".
 const PORT_STREAMLOCAL: u32 = 0xffff_fffe;
@@ -258,6 +260,29 @@ pub(crate) fn encode_path_fwd(
     m.put_u32(MUX_FWD_LOCAL);
     m.put_bytes(listen)?;
     m.put_u32(PORT_STREAMLOCAL);
+    m.put_bytes(connect)?;
+    m.put_u32(PORT_STREAMLOCAL);
+    Ok(m)
+}
+
+/// `MUX_C_OPEN_FWD` (`open == true`) or `MUX_C_CLOSE_FWD`: a remote (`-R`) forward
+/// from `listen_host:port` on the remote host to the local Unix socket `connect`.
+pub(crate) fn encode_remote_fwd(
+    open: bool,
+    rid: u32,
+    listen_host: &str,
+    port: u16,
+    connect: &[u8],
+) -> Result<MsgBuf, MuxError> {
+    let mut m = MsgBuf::new(if open {
+        MUX_C_OPEN_FWD
+    } else {
+        MUX_C_CLOSE_FWD
+    });
+    m.put_u32(rid);
+    m.put_u32(MUX_FWD_REMOTE);
+    m.put_str(listen_host)?;
+    m.put_u32(u32::from(port));
     m.put_bytes(connect)?;
     m.put_u32(PORT_STREAMLOCAL);
     Ok(m)

@@ -229,6 +229,32 @@ fn path_fwd_encoding() {
 }
 
 #[test]
+fn remote_fwd_encoding() {
+    let m = encode_remote_fwd(true, 3, "172.17.0.1", 18080, b"/r/x.sock")
+        .unwrap()
+        .framed();
+    let expect: Vec<u8> = [
+        &[0, 0, 0, 47][..],
+        &[0x10, 0, 0, 6],
+        &[0, 0, 0, 3],
+        &[0, 0, 0, 2],
+        &[0, 0, 0, 10],
+        b"172.17.0.1",
+        &[0, 0, 0x46, 0xa0],
+        &[0, 0, 0, 9],
+        b"/r/x.sock",
+        &[0xff, 0xff, 0xff, 0xfe],
+    ]
+    .concat();
+    assert_eq!(m, expect);
+    let c = encode_remote_fwd(false, 3, "172.17.0.1", 18080, b"/r/x.sock")
+        .unwrap()
+        .framed();
+    assert_eq!(&c[4..8], &[0x10, 0, 0, 7]);
+    assert_eq!(&c[8..], &m[8..]);
+}
+
+#[test]
 fn socket_path_validation() {
     let local = |p: &str| validate_socket_path("local", p.as_bytes(), MAX_LOCAL_SOCKET_PATH_LEN);
     let remote = |p: &str| validate_socket_path("remote", p.as_bytes(), MAX_REMOTE_SOCKET_PATH_LEN);
