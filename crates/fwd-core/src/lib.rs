@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod classify;
+pub mod expose;
 pub mod model;
 pub mod reconcile;
 pub mod reload;
@@ -17,6 +18,11 @@ pub mod supervisor;
 
 pub use backoff::{Backoff, BackoffPolicy};
 pub use classify::{classify_ssh_failure, FailureClass, FailureKind};
+pub use expose::{
+    parse_bind_scope, parse_expose, remote_binds, BindScope, ExposeCommand, ExposeFailure,
+    ExposeMachine, ExposeNotice, ExposeSource, ExposeSpec, ExposeState, Exposure, RemoteBind,
+    VerifyResult,
+};
 pub use model::{
     Claim, Container, ContainerEvent, ContainerId, EventAction, HostKey, InvalidContainerId,
     PortBinding, Protocol, Remote, Unsupported,
