@@ -111,6 +111,21 @@ impl DockerApi {
         Ok(parse::parse_version(&self.get_found("/version").await?)?)
     }
 
+    /// The gateways of network `name` (IPv4 first); `None` if there is no
+    /// such network.
+    pub async fn network_gateways(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<Vec<std::net::IpAddr>>, ApiError> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+            return Err(ApiError::Body(format!("invalid network name {name:?}")));
+        }
+        match self.get(&format!("/networks/{name}")).await? {
+            None => Ok(None),
+            Some(body) => Ok(Some(parse::parse_network_gateways(&body)?)),
+        }
+    }
+
     /// IDs of the running containers.
     pub async fn running_containers(&mut self) -> Result<Vec<ContainerId>, ApiError> {
         Ok(parse::parse_container_list(

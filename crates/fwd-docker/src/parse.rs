@@ -202,6 +202,57 @@ pub fn parse_container_list(body: &[u8]) -> Result<Vec<ContainerId>, ParseError>
         .collect()
 }
 
+/// `GET /networks/{name}` → the network's gateway addresses from its IPAM
+/// configuration, IPv4 first. The default bridge's is what Docker's
+/// `host-gateway` resolves to (unless dockerd sets `host-gateway-ip`).
+pub fn parse_network_gateways(body: &[u8]) -> Result<Vec<std::net::IpAddr>, ParseError> {
+    #[derive(serde::Deserialize)]
+    struct Network {
+        #[serde(rename = "IPAM")]
+        ipam: Option<Ipam>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Ipam {
+        #[serde(rename = "Config")]
+        config: Option<Vec<IpamConfig>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct IpamConfig {
+        #[serde(rename = "Gateway")]
+        gateway: Option<String>,
+        #[serde(rename = "Subnet")]
+        subnet: Option<String>,
+    }
+    let n: Network = serde_json::from_slice(body).map_err(|source| ParseError::Json {
+        what: "the network",
+        source,
+    })?;
+    let mut gateways: Vec<std::net::IpAddr> = n
+        .ipam
+        .and_then(|i| i.config)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| match c.gateway.filter(|g| !g.is_empty()) {
+            Some(g) => g.parse().ok(),
+            // dockerd 20.10 leaves the default bridge's gateway out: its
+            // IPAM gives the bridge the subnet's first address (with `bip`
+            // set, the gateway is written out).
+            None => first_host(c.subnet.as_deref()?),
+        })
+        .collect();
+    gateways.sort_by_key(|ip: &std::net::IpAddr| ip.is_ipv6());
+    Ok(gateways)
+}
+
+/// The first address of an IPv4 subnet (`172.17.0.0/16` → `172.17.0.1`).
+fn first_host(subnet: &str) -> Option<std::net::IpAddr> {
+    let (net, len) = subnet.split_once('/')?;
+    let net: std::net::Ipv4Addr = net.parse().ok()?;
+    let len: u32 = len.parse().ok().filter(|l| *l <= 30)?;
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    Some(std::net::IpAddr::V4((u32::from(net) & mask).saturating_add(1).into()))
+}
+
 /// `GET /version` → "20.10.24 (API 1.41)".
 pub fn parse_version(body: &[u8]) -> Result<String, ParseError> {
     let v: bollard_stubs::models::SystemVersion =

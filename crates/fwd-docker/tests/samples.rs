@@ -2,7 +2,9 @@
 //! see testdata/README.md for how each sample was made.
 
 use fwd_core::{HostKey, Protocol, Rules};
-use fwd_docker::parse::{parse_container_list, parse_event, parse_inspect, parse_version};
+use fwd_docker::parse::{
+    parse_container_list, parse_event, parse_inspect, parse_network_gateways, parse_version,
+};
 use fwd_docker::EventAction;
 
 fn sample(name: &str) -> Vec<u8> {
@@ -137,4 +139,24 @@ fn a_created_container_is_pending_with_its_fixed_host_ports_only() {
     let (claims, _) = c.claims(&HostKey::from("h"), &Rules { rules: vec![] });
     let ports: Vec<(u16, bool)> = claims.iter().map(|c| (c.local_port, c.pending)).collect();
     assert_eq!(ports, vec![(20399, true)]);
+}
+
+#[test]
+fn the_default_bridges_gateway_is_its_subnets_first_address_when_left_out() {
+    // dockerd 20.10 writes only the subnet for its default bridge.
+    assert_eq!(
+        parse_network_gateways(&sample("network-bridge.json")).unwrap(),
+        ["172.17.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    // A written gateway wins (`bip`, user networks), IPv4 before IPv6.
+    let written = br#"{"IPAM":{"Config":[
+        {"Subnet":"fd00::/64","Gateway":"fd00::1"},
+        {"Subnet":"192.168.5.0/24","Gateway":"192.168.5.9"}]}}"#;
+    let got = parse_network_gateways(written).unwrap();
+    assert_eq!(got[0], "192.168.5.9".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(got[1], "fd00::1".parse::<std::net::IpAddr>().unwrap());
+    assert!(parse_network_gateways(br#"{"IPAM":{"Config":null}}"#)
+        .unwrap()
+        .is_empty());
+    assert!(parse_network_gateways(b"not json").is_err());
 }
