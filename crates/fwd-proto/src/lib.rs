@@ -30,8 +30,8 @@ pub mod term;
 
 pub use events::{diff, Event};
 pub use status::{
-    verdict, DaemonInfo, EngineStatus, ErrorInfo, ForwardState, ForwardStatus, Health, HealthState,
-    HostStatus, MasterState, MasterStatus, Status, StreamState, StreamStatus,
+    verdict, DaemonInfo, EngineStatus, ErrorInfo, ExposedStatus, ForwardState, ForwardStatus,
+    Health, HealthState, HostStatus, MasterState, MasterStatus, Status, StreamState, StreamStatus,
 };
 
 /// Version carried as `"v"` by every request and response.
@@ -85,12 +85,35 @@ pub enum Request {
     /// ([`Response::Upgrade`]), or with an error by the old one, which keeps
     /// running.
     Upgrade,
+    /// `{"v":1,"cmd":"expose","host":null,"spec":"18080"}`: make a runner
+    /// port reachable from `host`'s containers (the first host when `null`
+    /// or absent) until `unexpose`. `spec` is an `expose` entry of the
+    /// configuration.
+    Expose {
+        #[serde(default)]
+        host: Option<String>,
+        spec: String,
+    },
+    /// `{"v":1,"cmd":"unexpose","host":null,"port":18080}`: end an exposure.
+    Unexpose {
+        #[serde(default)]
+        host: Option<String>,
+        port: u16,
+    },
 }
 
 impl Request {
     /// Every `cmd` value this version of the protocol knows.
-    pub const COMMANDS: &'static [&'static str] =
-        &["status", "probe", "watch", "reconnect", "resync", "upgrade"];
+    pub const COMMANDS: &'static [&'static str] = &[
+        "status",
+        "probe",
+        "watch",
+        "reconnect",
+        "resync",
+        "upgrade",
+        "expose",
+        "unexpose",
+    ];
 
     /// The `cmd` value of this request.
     pub fn cmd(&self) -> &'static str {
@@ -101,6 +124,8 @@ impl Request {
             Request::Reconnect { .. } => "reconnect",
             Request::Resync { .. } => "resync",
             Request::Upgrade => "upgrade",
+            Request::Expose { .. } => "expose",
+            Request::Unexpose { .. } => "unexpose",
         }
     }
 }
@@ -114,6 +139,8 @@ pub mod error_code {
     /// `upgrade`: the new binary was refused or could not take over; the running
     /// image keeps serving.
     pub const UPGRADE_REFUSED: &str = "upgrade_refused";
+    /// `expose` / `unexpose`: a bad entry, or a port that is not exposed.
+    pub const EXPOSE_REFUSED: &str = "expose_refused";
 }
 
 /// A response from the daemon: exactly one per request line, except for `watch`, which
@@ -146,6 +173,10 @@ pub enum Response {
     Upgrade(UpgradeReport),
     /// One line of a `watch` stream.
     Event(Event),
+    /// Answer to [`Request::Expose`]: `{"expose":{"host":..,"remote_port":..,"runner":..}}`.
+    Expose(ExposeChange),
+    /// Answer to [`Request::Unexpose`].
+    Unexpose(ExposeChange),
     /// The request failed; `message` is meant for people.
     Error {
         /// Human-readable description of what went wrong.
@@ -192,6 +223,15 @@ pub struct UpgradeReport {
     pub engine_connections: usize,
 }
 
+/// An exposure that `expose` made or `unexpose` ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposeChange {
+    pub host: String,
+    pub remote_port: u16,
+    /// Where its connections go on the runner.
+    pub runner: String,
+}
+
 #[derive(Serialize, Deserialize)]
 struct ProbePayload {
     port: u16,
@@ -219,6 +259,10 @@ struct WireResponseRef<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     event: Option<&'a Event>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    expose: Option<&'a ExposeChange>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unexpose: Option<&'a ExposeChange>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'a str>,
@@ -241,6 +285,10 @@ struct WireResponse {
     #[serde(default)]
     event: Option<Event>,
     #[serde(default)]
+    expose: Option<ExposeChange>,
+    #[serde(default)]
+    unexpose: Option<ExposeChange>,
+    #[serde(default)]
     error: Option<String>,
     #[serde(default)]
     code: Option<String>,
@@ -257,6 +305,8 @@ impl Serialize for Response {
             resync: None,
             upgrade: None,
             event: None,
+            expose: None,
+            unexpose: None,
             error: None,
             code: None,
         };
@@ -267,6 +317,8 @@ impl Serialize for Response {
             Response::Resync { hosts } => w.resync = Some(HostsPayload { hosts }),
             Response::Upgrade(u) => w.upgrade = Some(u),
             Response::Event(e) => w.event = Some(e),
+            Response::Expose(c) => w.expose = Some(c),
+            Response::Unexpose(c) => w.unexpose = Some(c),
             Response::Error { message, code } => {
                 w.ok = false;
                 w.error = Some(message);
@@ -306,6 +358,10 @@ impl TryFrom<WireResponse> for Response {
             Ok(Response::Upgrade(u))
         } else if let Some(e) = w.event {
             Ok(Response::Event(e))
+        } else if let Some(c) = w.expose {
+            Ok(Response::Expose(c))
+        } else if let Some(c) = w.unexpose {
+            Ok(Response::Unexpose(c))
         } else {
             Err("response has ok=true but no payload this side knows; \
                  use fwdd and fwdctl from the same release"
@@ -499,7 +555,7 @@ pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
         return Err(DecodeError::UnknownCmd(cmd));
     }
     // serde would say "invalid value: integer `70000`, expected u16": name the range.
-    if cmd == "probe" {
+    if cmd == "probe" || cmd == "unexpose" {
         if let Some(n) = obj.get("port").and_then(serde_json::Value::as_u64) {
             if !(1..=u64::from(u16::MAX)).contains(&n) {
                 return Err(DecodeError::InvalidRequest {

@@ -26,6 +26,37 @@ pub struct Status {
     /// version 1: absent from older daemons (then compute it with [`verdict`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// Runner ports the hosts' containers reach (`expose`), by host and
+    /// remote port. Added within version 1: empty from older daemons.
+    #[serde(default)]
+    pub exposed: Vec<ExposedStatus>,
+}
+
+/// One exposure: a runner address that a host's containers reach at
+/// `host.docker.internal:<remote_port>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposedStatus {
+    pub host: String,
+    pub remote_port: u16,
+    /// Where connections go on the runner, e.g. `127.0.0.1:3000`.
+    pub runner: String,
+    /// Where sshd listens on the host for the current master, e.g.
+    /// `172.17.0.1:18080` (empty while not registered).
+    pub binds: Vec<String>,
+    /// `waiting` (no master), `registering`, `verifying`, `active`,
+    /// `failed`. Readers must accept other values.
+    pub state: String,
+    /// Why it failed, with the fix when there is one.
+    pub reason: Option<String>,
+    /// The failure's kind: `refused` (sshd refused the forward),
+    /// `gateway_ports` (sshd bound loopback only), `no_bind`, `unverified`.
+    pub reason_kind: Option<String>,
+    /// `config` or `runtime` (`fwdctl expose`).
+    pub source: String,
+    pub connections_open: u64,
+    pub connections_total: u64,
+    /// Connections closed because nothing answered at `runner`.
+    pub connections_failed: u64,
 }
 
 /// How the host's remote engine is served on the runner.
@@ -101,6 +132,14 @@ pub fn verdict(st: &Status) -> Health {
         0 => {}
         1 => reasons.push("1 forward in conflict".into()),
         n => reasons.push(format!("{n} forwards in conflict")),
+    }
+    for e in st.exposed.iter().filter(|e| e.state == "failed") {
+        reasons.push(format!(
+            "host {}: exposed port {} failed ({})",
+            e.host,
+            e.remote_port,
+            e.reason_kind.as_deref().unwrap_or("unknown")
+        ));
     }
     Health {
         state: if reasons.is_empty() {

@@ -161,6 +161,34 @@ pub(crate) fn sample_status() -> Status {
                 connections_total: 0,
             },
         ],
+        exposed: vec![
+            crate::ExposedStatus {
+                host: "prod".into(),
+                remote_port: 18080,
+                runner: "127.0.0.1:18080".into(),
+                binds: vec!["172.17.0.1:18080".into()],
+                state: "active".into(),
+                reason: None,
+                reason_kind: None,
+                source: "config".into(),
+                connections_open: 1,
+                connections_total: 5,
+                connections_failed: 0,
+            },
+            crate::ExposedStatus {
+                host: "staging".into(),
+                remote_port: 3000,
+                runner: "127.0.0.1:3000".into(),
+                binds: vec![],
+                state: "waiting".into(),
+                reason: Some("the host has no usable ssh master".into()),
+                reason_kind: None,
+                source: "runtime".into(),
+                connections_open: 0,
+                connections_total: 0,
+                connections_failed: 0,
+            },
+        ],
         health: Some(Health {
             state: HealthState::Degraded,
             reasons: vec![
@@ -309,7 +337,8 @@ fn request_rejections() {
     ));
     assert_eq!(
         DecodeError::UnknownCmd("launch".into()).to_string(),
-        "unknown command \"launch\" (supported: status, probe, watch, reconnect, resync, upgrade)"
+        "unknown command \"launch\" (supported: status, probe, watch, reconnect, resync, upgrade, \
+         expose, unexpose)"
     );
 }
 
@@ -373,6 +402,18 @@ fn all_requests() -> Vec<Request> {
             host: Some("staging".into()),
         },
         Request::Upgrade,
+        Request::Expose {
+            host: None,
+            spec: "18080".into(),
+        },
+        Request::Expose {
+            host: Some("prod".into()),
+            spec: "8080:127.0.0.1:3000".into(),
+        },
+        Request::Unexpose {
+            host: None,
+            port: 18080,
+        },
     ]
 }
 
@@ -382,6 +423,7 @@ fn small_status() -> Status {
         hosts: vec![],
         forwards: vec![],
         health: None,
+        exposed: vec![],
     }
 }
 
@@ -457,6 +499,17 @@ fn protocol_lines() -> String {
     push(encode_line(&Response::error_with_code(
         "nothing accepts connections at 127.0.0.1:5432 on prod: open failed",
         error_code::PROBE_FAILED,
+    )));
+    let change = crate::ExposeChange {
+        host: "prod".into(),
+        remote_port: 18080,
+        runner: "127.0.0.1:18080".into(),
+    };
+    push(encode_line(&Response::Expose(change.clone())));
+    push(encode_line(&Response::Unexpose(change)));
+    push(encode_line(&Response::error_with_code(
+        "port 18080 is not exposed to prod",
+        error_code::EXPOSE_REFUSED,
     )));
     for e in all_events() {
         push(encode_line(&Response::Event(e)));
