@@ -117,7 +117,11 @@ impl DockerApi {
         &mut self,
         name: &str,
     ) -> Result<Option<Vec<std::net::IpAddr>>, ApiError> {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
             return Err(ApiError::Body(format!("invalid network name {name:?}")));
         }
         match self.get(&format!("/networks/{name}")).await? {

@@ -250,7 +250,9 @@ fn first_host(subnet: &str) -> Option<std::net::IpAddr> {
     let net: std::net::Ipv4Addr = net.parse().ok()?;
     let len: u32 = len.parse().ok().filter(|l| *l <= 30)?;
     let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-    Some(std::net::IpAddr::V4((u32::from(net) & mask).saturating_add(1).into()))
+    Some(std::net::IpAddr::V4(
+        (u32::from(net) & mask).saturating_add(1).into(),
+    ))
 }
 
 /// `GET /version` → "20.10.24 (API 1.41)".

@@ -66,6 +66,30 @@ pub struct HostConfig {
     /// The engine's socket on the remote host; `None`: ask the remote
     /// docker CLI (its `DOCKER_HOST`, its context, else the default).
     pub engine_remote_socket: Option<String>,
+    /// Runner ports the host's containers reach (remote forwards).
+    pub expose: Vec<fwd_core::ExposeSpec>,
+    /// Where on the host sshd listens for them.
+    pub expose_on: Vec<fwd_core::BindScope>,
+}
+
+impl HostConfig {
+    /// The settings a running host's connection depends on: a reload that
+    /// changes only the exposures keeps the master and its tunnels.
+    pub fn connection(&self) -> HostConfig {
+        HostConfig {
+            expose: Vec::new(),
+            expose_on: Vec::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// One `expose` entry as written: a port, or a string of the grammar.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileExpose {
+    Port(i64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +143,9 @@ struct FileHost {
     max_forwards: Option<usize>,
     engine_socket: Option<bool>,
     engine_remote_socket: Option<String>,
+    #[serde(default)]
+    expose: Vec<FileExpose>,
+    expose_on: Option<Vec<String>>,
 }
 
 /// What the command line contributes (flags win over the file).
@@ -284,6 +311,14 @@ pub fn render(c: &Config) -> String {
                 out.push_str("# engine_remote_socket: not set, asked of the remote docker CLI\n")
             }
         }
+        let exposed: Vec<String> = h
+            .expose
+            .iter()
+            .map(|e| q(&format!("{}:{}", e.remote_port, e.target)))
+            .collect();
+        out.push_str(&format!("expose = [{}]\n", exposed.join(", ")));
+        let on: Vec<String> = h.expose_on.iter().map(|b| q(&b.to_string())).collect();
+        out.push_str(&format!("expose_on = [{}]\n", on.join(", ")));
     }
     out
 }
@@ -779,7 +814,43 @@ fn host_config(key: &str, h: &FileHost, cli: &CliOverrides) -> Result<HostConfig
             .clone()
             .unwrap_or_else(|| PathBuf::from("ssh")),
     };
+    let mut expose: Vec<fwd_core::ExposeSpec> = Vec::new();
+    for (j, e) in h.expose.iter().enumerate() {
+        let text = match e {
+            FileExpose::Port(p) => p.to_string(),
+            FileExpose::Text(t) => t.clone(),
+        };
+        let spec = fwd_core::parse_expose(&text)
+            .map_err(|e| ConfigError(format!("{key}.expose[{j}]: {e}")))?;
+        if expose.iter().any(|x| x.remote_port == spec.remote_port) {
+            return err(format!(
+                "{key}.expose[{j}]: remote port {} is exposed twice; each remote port reaches one \
+                 runner address",
+                spec.remote_port
+            ));
+        }
+        expose.push(spec);
+    }
+    let expose_on = match &h.expose_on {
+        None => vec![fwd_core::BindScope::Gateway],
+        Some(list) if list.is_empty() => {
+            return err(format!(
+                "{key}.expose_on is empty; leave it out for the default [\"gateway\"], or name \
+                 where sshd should listen"
+            ))
+        }
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(j, s)| {
+                fwd_core::parse_bind_scope(s)
+                    .map_err(|e| ConfigError(format!("{key}.expose_on[{j}]: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
     Ok(HostConfig {
+        expose,
+        expose_on,
         name: h.name.clone().unwrap_or_else(|| match port {
             Some(p) => format!("{destination}:{p}"),
             None => destination,
@@ -1133,6 +1204,76 @@ mod render_tests {
         let again = load(&text, "rendered.toml");
         assert_eq!(again.rules, original.rules, "{text}");
         assert_eq!(again.hosts, original.hosts, "{text}");
+    }
+}
+
+#[cfg(test)]
+mod expose_config {
+    fn load(text: &str) -> Result<super::Config, super::ConfigError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("x.toml");
+        std::fs::write(&path, text).expect("write");
+        super::Config::load(super::CliOverrides {
+            config_file: Some(path),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn entries_scopes_and_errors() {
+        let c = load(
+            "[[host]]\nurl = \"ssh://h\"\nexpose = [18080, \"8080:3000\", \"9000:[::1]:9001\"]\n\
+             expose_on = [\"gateway\", \"172.18.0.1\"]\n",
+        )
+        .expect("valid");
+        let h = &c.hosts[0];
+        let shown: Vec<String> = h.expose.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "18080 → 127.0.0.1:18080",
+                "8080 → 127.0.0.1:3000",
+                "9000 → [::1]:9001"
+            ]
+        );
+        assert_eq!(h.expose_on.len(), 2);
+        // Rendered and loaded back: the same.
+        let again = load(&super::render(&c)).expect("rendered config loads");
+        assert_eq!(again.hosts[0].expose, h.expose);
+        assert_eq!(again.hosts[0].expose_on, h.expose_on);
+        // Not given: nothing exposed, the gateway as the place.
+        let plain = load("[[host]]\nurl = \"ssh://h\"\n").expect("valid");
+        assert!(plain.hosts[0].expose.is_empty());
+        assert_eq!(plain.hosts[0].expose_on, [fwd_core::BindScope::Gateway]);
+
+        for (text, says) in [
+            (
+                "expose = [0]",
+                "host[0].expose[0]: expose entry \"0\": the runner port is 0",
+            ),
+            ("expose = [\"a:b\"]", "not a runner port"),
+            ("expose = [1, \"1:2\"]", "remote port 1 is exposed twice"),
+            ("expose = [\"1:db.internal:5432\"]", "not an IP address"),
+            ("expose_on = []", "expose_on is empty"),
+            ("expose_on = [\"everywhere\"]", "host[0].expose_on[0]"),
+        ] {
+            let e = load(&format!("[[host]]\nurl = \"ssh://h\"\n{text}\n"))
+                .expect_err(text)
+                .to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+
+    /// A reload that changes only the exposures keeps the host's master.
+    #[test]
+    fn exposures_are_not_part_of_the_connection() {
+        let a = load("[[host]]\nurl = \"ssh://h\"\nexpose = [1]\n").expect("valid");
+        let b = load("[[host]]\nurl = \"ssh://h\"\nexpose = [2]\nexpose_on = [\"loopback\"]\n")
+            .expect("valid");
+        assert_ne!(a.hosts[0], b.hosts[0]);
+        assert_eq!(a.hosts[0].connection(), b.hosts[0].connection());
+        let c = load("[[host]]\nurl = \"ssh://h:2222\"\nexpose = [1]\n").expect("valid");
+        assert_ne!(a.hosts[0].connection(), c.hosts[0].connection());
     }
 }
 

@@ -21,6 +21,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, HostConfig};
 use crate::engine::EngineSocket;
+use crate::expose::HostExposures;
 use crate::forwards::ForwardTable;
 pub use crate::host::Host;
 use crate::host::{self, Outputs};
@@ -197,6 +198,12 @@ impl Daemon {
         let (link, link_rx) = watch::channel(None);
         self.serve.add_host(&key, link_rx);
         let runtime_dir = self.config.borrow().runtime_dir.clone();
+        let exposures = HostExposures::new(
+            key.clone(),
+            runtime_dir.join(format!("h{id}.x")),
+            self.changed.clone(),
+        );
+        configure_exposures(&exposures, &cfg);
         let host = Rc::new(Host::new(
             key,
             id,
@@ -206,7 +213,9 @@ impl Daemon {
             engine_socket,
             machine,
             link,
+            exposures,
         ));
+        host.exposures.start(self.serve.clone());
         if let Some((m, stderr)) = master {
             host.set_adopted_master(m, stderr);
         }
@@ -293,12 +302,26 @@ impl Daemon {
             new.engine_socket_group = old_group;
         }
         let hosts = self.hosts();
-        let running: Vec<(&str, &HostConfig)> = hosts.iter().map(|h| (&*h.key, &h.cfg)).collect();
-        let wanted: Vec<(&str, &HostConfig)> =
-            new.hosts.iter().map(|c| (c.name.as_str(), c)).collect();
+        // Exposures change without touching the connection (below).
+        let running_cfg: Vec<HostConfig> = hosts.iter().map(|h| h.cfg.connection()).collect();
+        let wanted_cfg: Vec<HostConfig> = new.hosts.iter().map(HostConfig::connection).collect();
+        let running: Vec<(&str, &HostConfig)> = hosts
+            .iter()
+            .zip(&running_cfg)
+            .map(|(h, c)| (&*h.key, c))
+            .collect();
+        let wanted: Vec<(&str, &HostConfig)> = new
+            .hosts
+            .iter()
+            .zip(&wanted_cfg)
+            .map(|(n, c)| (n.name.as_str(), c))
+            .collect();
         let plan = fwd_core::reload_plan(&running, &wanted);
         for h in &hosts {
             if plan.keep.contains(&&*h.key) {
+                if let Some(cfg) = new.hosts.iter().find(|c| c.name == *h.key) {
+                    configure_exposures(&h.exposures, cfg);
+                }
                 let failing = h.machine.borrow().health().master != MasterPhase::Connected;
                 if failing {
                     h.send(Input::ReconnectRequested);
@@ -466,10 +489,27 @@ impl Daemon {
     }
 }
 
+/// Gives a host's exposures their configuration; a port that cannot be
+/// served is said, and the rest go on.
+fn configure_exposures(exposures: &HostExposures, cfg: &HostConfig) {
+    if cfg.expose_on.contains(&fwd_core::BindScope::All) && !cfg.expose.is_empty() {
+        tracing::warn!(
+            event = "expose_everywhere",
+            host = %cfg.name,
+            "exposures of {} listen on every address of the host (expose_on = \"all\"): anyone who reaches the host reaches them",
+            cfg.name
+        );
+    }
+    if let Err(e) = exposures.configure(cfg.expose.clone(), cfg.expose_on.clone()) {
+        tracing::error!(event = "expose_failed", host = %cfg.name, error = %e, "{}: {e}", cfg.name);
+    }
+}
+
 /// Signals the hosts' supervisors to stop and waits (bounded) for them: each
 /// ends its master and removes its socket.
 async fn stop_hosts(hosts: &[Rc<Host>]) {
     for h in hosts {
+        h.exposures.stop();
         let _ = h.stop.send(true);
     }
     let wait_all = async {

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
-use fwd_proto::Status;
+use fwd_proto::{ExposeChange, Status};
 use tokio::sync::watch;
 
 use crate::daemon::Daemon;
@@ -31,6 +31,11 @@ pub trait ControlHandler {
     /// everything; the new image answers on `reply_fd`. Returns only when
     /// the upgrade did not happen, with why (the old image keeps serving).
     fn upgrade(&self, reply_fd: std::os::fd::RawFd) -> LocalFuture<'_, String>;
+    /// `fwdctl expose`: `spec` (an `expose` entry) for `host` (the first
+    /// when `None`), until `unexpose`.
+    fn expose(&self, host: Option<&str>, spec: &str) -> Result<ExposeChange, String>;
+    /// `fwdctl unexpose`.
+    fn unexpose(&self, host: Option<&str>, port: u16) -> Result<ExposeChange, String>;
 }
 
 impl Daemon {
@@ -45,6 +50,14 @@ impl Daemon {
             h.send(input());
         }
         Ok(hosts.iter().map(|h| h.key.to_string()).collect())
+    }
+
+    /// The named host, or the first configured one.
+    fn one_host(&self, host: Option<&str>) -> Result<Rc<crate::daemon::Host>, String> {
+        self.select_hosts(host)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| "no host is configured".to_string())
     }
 
     fn select_hosts(&self, host: Option<&str>) -> Result<Vec<Rc<crate::daemon::Host>>, String> {
@@ -77,6 +90,36 @@ impl ControlHandler for Rc<Daemon> {
 
     fn resync(&self, host: Option<&str>) -> Result<Vec<String>, String> {
         self.tell_hosts(host, || fwd_core::Input::ResyncRequested)
+    }
+
+    fn expose(&self, host: Option<&str>, spec: &str) -> Result<ExposeChange, String> {
+        let h = self.one_host(host)?;
+        let spec = fwd_core::parse_expose(spec)?;
+        let change = ExposeChange {
+            host: h.key.to_string(),
+            remote_port: spec.remote_port,
+            runner: spec.target.to_string(),
+        };
+        h.exposures.expose(spec)?;
+        Ok(change)
+    }
+
+    fn unexpose(&self, host: Option<&str>, port: u16) -> Result<ExposeChange, String> {
+        let h = self.one_host(host)?;
+        let runner = h
+            .exposures
+            .machine
+            .borrow()
+            .exposure(port)
+            .map(|e| e.spec.target.to_string());
+        match runner {
+            Some(runner) if h.exposures.unexpose(port) => Ok(ExposeChange {
+                host: h.key.to_string(),
+                remote_port: port,
+                runner,
+            }),
+            _ => Err(format!("port {port} is not exposed to {}", h.key)),
+        }
     }
 
     fn upgrade(&self, reply_fd: std::os::fd::RawFd) -> LocalFuture<'_, String> {

@@ -6,6 +6,7 @@ mod config;
 mod control;
 mod daemon;
 mod engine;
+mod expose;
 mod fdstore;
 mod forwards;
 mod handler;

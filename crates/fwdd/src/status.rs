@@ -4,8 +4,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fwd_core::{Claim, MasterPhase, StreamPhase};
 use fwd_proto::{
-    DaemonInfo, EngineStatus, ErrorInfo, ForwardState, ForwardStatus, HostStatus, MasterState,
-    MasterStatus, Status, StreamState, StreamStatus,
+    DaemonInfo, EngineStatus, ErrorInfo, ExposedStatus, ForwardState, ForwardStatus, HostStatus,
+    MasterState, MasterStatus, Status, StreamState, StreamStatus,
 };
 
 use crate::daemon::Daemon;
@@ -197,7 +197,46 @@ pub fn snapshot(d: &Daemon) -> Status {
         hosts,
         forwards,
         health: None,
+        exposed: d.hosts().iter().flat_map(|h| exposed(h)).collect(),
     };
     status.health = Some(fwd_proto::verdict(&status));
     status
+}
+
+/// A host's exposures, in port order.
+fn exposed(h: &crate::daemon::Host) -> Vec<ExposedStatus> {
+    h.exposures
+        .views()
+        .into_iter()
+        .map(|v| {
+            let port = v.spec.remote_port;
+            let (reason, reason_kind) = match &v.state {
+                fwd_core::ExposeState::Failed { failure, .. } => {
+                    (Some(failure.to_string()), Some(failure.kind().to_string()))
+                }
+                fwd_core::ExposeState::WaitingForLink => {
+                    (Some("the host has no usable ssh master".to_string()), None)
+                }
+                _ => (None, None),
+            };
+            let count = |f: fn(&crate::expose::ExposeStats) -> u64| v.stats.as_deref().map_or(0, f);
+            ExposedStatus {
+                host: h.key.to_string(),
+                remote_port: port,
+                runner: v.spec.target.to_string(),
+                binds: v.registered.iter().map(|b| format!("{b}:{port}")).collect(),
+                state: v.state.name().to_string(),
+                reason,
+                reason_kind,
+                source: match v.source {
+                    fwd_core::ExposeSource::Config => "config",
+                    fwd_core::ExposeSource::Runtime => "runtime",
+                }
+                .to_string(),
+                connections_open: count(|s| s.open.get()),
+                connections_total: count(|s| s.total.get()),
+                connections_failed: count(|s| s.failed.get()),
+            }
+        })
+        .collect()
 }

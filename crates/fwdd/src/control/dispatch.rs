@@ -87,6 +87,20 @@ async fn answer(shared: &Shared, request: Request) -> Response {
             }
             Err(e) => Response::error_with_code(e, error_code::UNKNOWN_HOST),
         },
+        Request::Expose { host, spec } => match h.expose(host.as_deref(), &spec) {
+            Ok(c) => {
+                info!(event = "control_expose", host = %c.host, port = c.remote_port, runner = %c.runner, "expose requested");
+                Response::Expose(c)
+            }
+            Err(e) => Response::error_with_code(e, error_code::EXPOSE_REFUSED),
+        },
+        Request::Unexpose { host, port } => match h.unexpose(host.as_deref(), port) {
+            Ok(c) => {
+                info!(event = "control_unexpose", host = %c.host, port = c.remote_port, "unexpose requested");
+                Response::Unexpose(c)
+            }
+            Err(e) => Response::error_with_code(e, error_code::EXPOSE_REFUSED),
+        },
         Request::Watch | Request::Upgrade => {
             Response::error("this request cannot be answered with one response")
         }

@@ -70,6 +70,14 @@ impl ControlHandler for Fake {
     fn upgrade(&self, _reply_fd: std::os::fd::RawFd) -> LocalFuture<'_, String> {
         Box::pin(async { "the fake daemon cannot upgrade".to_string() })
     }
+
+    fn expose(&self, _host: Option<&str>, spec: &str) -> Result<fwd_proto::ExposeChange, String> {
+        Err(format!("the fake has no hosts to expose {spec} to"))
+    }
+
+    fn unexpose(&self, _host: Option<&str>, port: u16) -> Result<fwd_proto::ExposeChange, String> {
+        Err(format!("port {port} is not exposed"))
+    }
 }
 
 pub(super) fn forward(port: u16) -> fwd_proto::ForwardStatus {
@@ -102,6 +110,7 @@ pub(super) fn fixture() -> Status {
         hosts: vec![],
         forwards: vec![],
         health: None,
+        exposed: vec![],
     }
 }
 

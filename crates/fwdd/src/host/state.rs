@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use fwd_core::{HostKey, HostMachine, Input};
@@ -15,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::HostConfig;
 use crate::engine::EngineSocket;
+use crate::expose::HostExposures;
 use crate::serve::Link;
 
 /// Allowance on top of every deadline (scheduling, slow disks).
@@ -52,6 +54,8 @@ pub struct Host {
     pub master_fds: Cell<Option<(u32, Option<RawFd>)>>,
     /// A master handed over by the previous image, for the driver to take.
     pub(super) adopted_master: RefCell<Option<(Master, mpsc::Receiver<String>)>>,
+    /// Runner ports this host's containers reach.
+    pub exposures: Rc<HostExposures>,
 }
 
 impl Host {
@@ -65,6 +69,7 @@ impl Host {
         engine_socket: Result<EngineSocket, String>,
         machine: HostMachine,
         link: watch::Sender<Option<Link>>,
+        exposures: Rc<HostExposures>,
     ) -> Host {
         Host {
             key,
@@ -82,6 +87,7 @@ impl Host {
             task: RefCell::new(None),
             master_fds: Cell::new(None),
             adopted_master: RefCell::new(None),
+            exposures,
         }
     }
 

@@ -121,11 +121,23 @@ impl ServeContext {
         claim: &Claim,
         fd: BorrowedFd<'_>,
     ) -> Result<StdioForward, MuxError> {
-        let host = &claim.host;
+        self.channel_to(&claim.host, link, &claim.remote.ip, claim.remote.port, fd)
+            .await
+    }
+
+    /// Hands `fd` to the host's master as a channel to `ip:port` on the
+    /// host (see [`ServeContext::hand_off`]).
+    pub async fn channel_to(
+        &self,
+        host: &HostKey,
+        link: &Link,
+        ip: &str,
+        port: u16,
+        fd: BorrowedFd<'_>,
+    ) -> Result<StdioForward, MuxError> {
         let opened = async {
             let mux = self.spares.client(host, link).await?;
-            mux.open_stdio_forward(&claim.remote.ip, claim.remote.port, fd)
-                .await
+            mux.open_stdio_forward(ip, port, fd).await
         }
         .await;
         self.spares.refill(host, link);
@@ -188,5 +200,32 @@ impl ServeContext {
         let pid = client.alive_check().await?;
         self.spares.put_back(host, link, client);
         Ok(pid)
+    }
+}
+
+/// What keeps an engine stream's session open (a `dial-stdio` session):
+/// drop it with the stream.
+pub struct EngineSession(
+    #[allow(dead_code)] Option<(fwd_ssh::Session, tokio::net::unix::pipe::Receiver)>,
+);
+
+/// A new connection to the host's engine over the link's route, for fwdd's
+/// own short questions (the expose task's gateway).
+pub async fn engine_stream(
+    link: &Link,
+) -> Result<(tokio::net::UnixStream, EngineSession), MuxError> {
+    match link.engine {
+        fwd_core::EngineRoute::StreamLocal => {
+            let s = tokio::net::UnixStream::connect(&link.engine_forward).await?;
+            Ok((s, EngineSession(None)))
+        }
+        fwd_core::EngineRoute::DialStdio => {
+            let fwd_ssh::RemoteProcess {
+                stdio,
+                stderr,
+                session,
+            } = fwd_ssh::spawn_remote(&link.control_path, fwd_docker::DIAL_STDIO_COMMAND).await?;
+            Ok((stdio, EngineSession(Some((session, stderr)))))
+        }
     }
 }

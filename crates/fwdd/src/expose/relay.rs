@@ -1,0 +1,201 @@
+//! An exposure's socket: where the master connects each arrival from the
+//! host, and the relay from there to the runner address.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use fwd_core::{HostKey, RepeatGate, Verdict};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::private_socket::{self, SocketFileGuard};
+
+/// How long an arrival may take to show the verification token while a
+/// verification is in flight (real traffic that arrives then waits at
+/// most this for its first bytes to be read).
+const TOKEN_WITHIN: Duration = Duration::from_secs(2);
+/// A runner service that does not accept within this is counted as down.
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+
+pub type Verifying = Rc<RefCell<BTreeMap<u16, ([u8; 16], Option<oneshot::Sender<()>>)>>>;
+
+/// Connections of one exposure.
+#[derive(Debug, Default)]
+pub struct ExposeStats {
+    pub open: Cell<u64>,
+    pub total: Cell<u64>,
+    /// Arrivals closed because the runner address refused or timed out.
+    pub failed: Cell<u64>,
+}
+
+/// One exposure's socket, served until dropped.
+pub struct PortSocket {
+    pub stats: Rc<ExposeStats>,
+    /// Where arrivals go: from the configuration, changed by a reload.
+    pub target: Rc<Cell<SocketAddr>>,
+    task: JoinHandle<()>,
+    _guard: SocketFileGuard,
+}
+
+impl Drop for PortSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Port {
+    host: HostKey,
+    port: u16,
+    target: Rc<Cell<SocketAddr>>,
+    stats: Rc<ExposeStats>,
+    verifying: Verifying,
+    down: RefCell<RepeatGate>,
+    euid: u32,
+}
+
+impl PortSocket {
+    pub fn bind(
+        host: &HostKey,
+        port: u16,
+        path: &Path,
+        target: SocketAddr,
+        verifying: Verifying,
+    ) -> std::io::Result<PortSocket> {
+        let (listener, guard) = private_socket::bind(path, "expose socket")?;
+        let listener = UnixListener::from_std(listener)?;
+        let stats = Rc::new(ExposeStats::default());
+        let target = Rc::new(Cell::new(target));
+        let shared = Rc::new(Port {
+            host: host.clone(),
+            port,
+            target: target.clone(),
+            stats: stats.clone(),
+            verifying,
+            down: RefCell::new(RepeatGate::new(Duration::from_secs(300))),
+            euid: fwd_proto::effective_uid(),
+        });
+        let task = tokio::task::spawn_local(accept_loop(listener, shared));
+        Ok(PortSocket {
+            stats,
+            target,
+            task,
+            _guard: guard,
+        })
+    }
+}
+
+/// A fresh verification token.
+pub fn token() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = [0u8; 16];
+    for half in out.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out
+}
+
+async fn accept_loop(listener: UnixListener, port: Rc<Port>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                // Only our own master connects here (it runs as fwdd's user).
+                let ours = stream
+                    .peer_cred()
+                    .is_ok_and(|c| private_socket::uid_allowed(c.uid(), port.euid));
+                if !ours {
+                    continue;
+                }
+                let port = port.clone();
+                tokio::task::spawn_local(async move { serve(stream, &port).await });
+            }
+            Err(e) => {
+                tracing::debug!(host = %port.host, port = port.port, error = %e, "accepting on an expose socket failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(mut arrival: UnixStream, port: &Port) {
+    let mut first = Vec::new();
+    let expected = port.verifying.borrow().get(&port.port).map(|(t, _)| *t);
+    if let Some(token) = expected {
+        if read_token(&mut arrival, &token, &mut first).await {
+            if let Some((_, tx)) = port.verifying.borrow_mut().get_mut(&port.port) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+            return;
+        }
+    }
+    let target = port.target.get();
+    let stats = &port.stats;
+    stats.total.set(stats.total.get() + 1);
+    let connected = tokio::time::timeout(CONNECT_WITHIN, TcpStream::connect(target)).await;
+    let mut upstream = match connected {
+        Ok(Ok(s)) => {
+            port.down.borrow_mut().clear();
+            s
+        }
+        failed => {
+            stats.failed.set(stats.failed.get() + 1);
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {CONNECT_WITHIN:?}"),
+            };
+            let verdict = port.down.borrow_mut().observe(&why, Instant::now());
+            if verdict != Verdict::Suppress {
+                tracing::warn!(
+                    event = "expose_target_down",
+                    host = %port.host,
+                    port = port.port,
+                    target = %target,
+                    error = %why,
+                    "a container's connection to exposed port {} was closed: nothing answers at {target} on this machine ({why})",
+                    port.port
+                );
+            }
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    stats.open.set(stats.open.get() + 1);
+    if first.is_empty() || upstream.write_all(&first).await.is_ok() {
+        let _ = tokio::io::copy_bidirectional(&mut arrival, &mut upstream).await;
+    }
+    stats.open.set(stats.open.get().saturating_sub(1));
+}
+
+/// Reads while what came is a prefix of `token`: `true` when it is the
+/// token; otherwise what was read is left in `first` for the relay.
+async fn read_token(arrival: &mut UnixStream, token: &[u8; 16], first: &mut Vec<u8>) -> bool {
+    let deadline = tokio::time::Instant::now() + TOKEN_WITHIN;
+    let mut buf = [0u8; 16];
+    while first.len() < token.len() {
+        let want = token.len() - first.len();
+        match tokio::time::timeout_at(deadline, arrival.read(&mut buf[..want])).await {
+            Ok(Ok(n)) if n > 0 => {
+                first.extend_from_slice(&buf[..n]);
+                if !token.starts_with(first) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
+}
