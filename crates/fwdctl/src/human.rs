@@ -228,6 +228,37 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
         out.push('\n');
         render_host(&mut out, h, now_ms);
     }
+    if !st.exposed.is_empty() {
+        out.push_str(
+            "\nEXPOSED (runner ports the hosts' containers reach at host.docker.internal)\n",
+        );
+        let mut rows = vec![["HOST", "REMOTE", "RUNNER", "STATE", "CONN", "REASON"]
+            .map(String::from)
+            .to_vec()];
+        for e in &st.exposed {
+            let remote = if e.binds.is_empty() {
+                format!(":{}", e.remote_port)
+            } else {
+                e.binds.join(",")
+            };
+            let conn = match e.connections_failed {
+                0 => format!("{}/{}", e.connections_open, e.connections_total),
+                n => format!(
+                    "{}/{} ({n} refused here)",
+                    e.connections_open, e.connections_total
+                ),
+            };
+            rows.push(vec![
+                e.host.clone(),
+                remote,
+                e.runner.clone(),
+                e.state.clone(),
+                conn,
+                e.reason.clone().unwrap_or_default(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
     out.push('\n');
     if st.forwards.is_empty() {
         out.push_str("no forwards\n");
@@ -346,6 +377,11 @@ host staging (ci@docker2.example.com)
   events      down, 0 received, no event yet, 0 restarts
   docker      unknown
 
+EXPOSED (runner ports the hosts' containers reach at host.docker.internal)
+HOST     REMOTE            RUNNER           STATE    CONN  REASON
+prod     172.17.0.1:18080  127.0.0.1:18080  active   1/5
+staging  :3000             127.0.0.1:3000   waiting  0/0   the host has no usable ssh master
+
 HOST     LOCAL                      REMOTE          CONTAINER          PORT      STATE        SINCE      CONN  REASON
 prod     :5353                      127.0.0.1:5353  dns                53/udp    unsupported  1m00s ago  0/0   UDP ports are not forwarded
 prod     127.0.0.1:5432,[::1]:5432  127.0.0.1:5432  shop/shop-db-1     5432/tcp  active       1m30s ago  2/17
@@ -391,6 +427,7 @@ staging  :9000                      127.0.0.1:9000  minio              9000/tcp 
         let mut st = sample();
         st.hosts.clear();
         st.forwards.clear();
+        st.exposed.clear();
         assert_eq!(exit_code(&st), EXIT_HEALTHY);
         assert_eq!(
             render_status(&st, NOW),
@@ -422,6 +459,13 @@ staging  :9000                      127.0.0.1:9000  minio              9000/tcp 
             f.container_port = evil(&f.container_port);
             f.reason = Some(evil("why"));
         }
+        for e in &mut st.exposed {
+            e.host = evil(&e.host);
+            e.runner = evil(&e.runner);
+            e.binds = vec![evil("172.17.0.1:1")];
+            e.state = evil(&e.state);
+            e.reason = Some(evil("why"));
+        }
         st
     }
 
@@ -442,6 +486,9 @@ staging  :9000                      127.0.0.1:9000  minio              9000/tcp 
             f.compose_project = Some("x".into());
             f.reason = Some("why".into());
         }
+        for e in &mut benign.exposed {
+            e.reason = Some("why".into());
+        }
         let plain = render_status(&benign, NOW);
         let text = render_status(&hostile(sample()), NOW);
         assert_eq!(unsafe_chars(&text), Vec::<char>::new(), "{text}");
@@ -459,7 +506,7 @@ staging  :9000                      127.0.0.1:9000  minio              9000/tcp 
         // One table line per forward.
         let rows: Vec<&str> = text
             .lines()
-            .skip_while(|l| !l.starts_with("HOST"))
+            .skip_while(|l| !(l.starts_with("HOST") && l.contains("LOCAL")))
             .collect();
         assert_eq!(rows.len(), 1 + benign.forwards.len(), "{text}");
     }

@@ -170,6 +170,25 @@ enum Command {
     /// from, keeping every listener, ssh master and open tunnel
     #[command(after_help = UPGRADE_HELP)]
     Upgrade,
+    /// Make a port of this machine reachable from HOST's containers at
+    /// host.docker.internal (until `fwdctl unexpose` or fwdd stops)
+    #[command(after_help = EXPOSE_HELP)]
+    Expose {
+        /// PORT, REMOTE_PORT:RUNNER_PORT or REMOTE_PORT:RUNNER_ADDRESS:RUNNER_PORT
+        spec: String,
+        /// Host name from fwdd's configuration (default: the first host)
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// End an exposure made by `fwdctl expose` or the configuration
+    #[command(after_help = EXPOSE_HELP)]
+    Unexpose {
+        /// The exposure's remote port
+        port: u16,
+        /// Host name from fwdd's configuration (default: the first host)
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// Print the variables that point docker, compose and Testcontainers at
     /// HOST's engine through fwdd (default: the first host)
     #[command(after_help = ENV_HELP)]
@@ -181,6 +200,23 @@ enum Command {
         format: env::Format,
     },
 }
+
+const EXPOSE_HELP: &str = "\
+Examples:
+  fwdctl expose 18080                 containers reach 127.0.0.1:18080 here at
+                                      host.docker.internal:18080
+  fwdctl expose 8080:3000 --host ci   ... at host.docker.internal:8080, on host ci
+  fwdctl wait exposed:18080           until sshd listens and a check arrived here
+  fwdctl unexpose 18080
+
+Containers need `--add-host host.docker.internal:host-gateway` (compose:
+extra_hosts: [\"host.docker.internal:host-gateway\"]). sshd on the host must allow it:
+`GatewayPorts clientspecified`; `fwdctl status` says when it does not.
+
+Exit codes:
+  0   done (fwdd registers and verifies the exposure next: see fwdctl status)
+  1   refused (bad entry, unknown host, port not exposed)
+  2   fwdd unreachable (not running, permission denied, timeout, protocol error)";
 
 const UPGRADE_HELP: &str = "\
 fwdd runs `<binary> upgrade-check` first: a binary that does not run, or cannot take
@@ -292,7 +328,7 @@ fn env_command(socket: &std::path::Path, host: Option<&str>, format: env::Format
     }
 }
 
-/// `reconnect` / `resync`.
+/// `reconnect`, `resync`, `expose`, `unexpose`.
 fn host_command(socket: &std::path::Path, req: Request) -> Result<i32> {
     let line = client::request(socket, &req, client::REQUEST_TIMEOUT)?;
     let resp = decode_response(&line)
@@ -300,6 +336,32 @@ fn host_command(socket: &std::path::Path, req: Request) -> Result<i32> {
     let (hosts, what) = match resp {
         Response::Reconnect { hosts } => (hosts, "replacing the ssh master"),
         Response::Resync { hosts } => (hosts, "listing and inspecting the containers again"),
+        Response::Expose(c) => {
+            println!(
+                "{}",
+                for_terminal(&format!(
+                    "{}: containers reach {} here at host.docker.internal:{} (see fwdctl status)",
+                    c.host, c.runner, c.remote_port
+                ))
+            );
+            return Ok(human::EXIT_HEALTHY);
+        }
+        Response::Unexpose(c) => {
+            println!(
+                "{}",
+                for_terminal(&format!(
+                    "{}: port {} no longer exposed",
+                    c.host, c.remote_port
+                ))
+            );
+            return Ok(human::EXIT_HEALTHY);
+        }
+        Response::Error { message, code }
+            if code.as_deref() == Some(error_code::EXPOSE_REFUSED) =>
+        {
+            eprintln!("fwdctl: {}", for_terminal(&message));
+            return Ok(human::EXIT_DEGRADED);
+        }
         Response::Error { message, code } if code.as_deref() == Some(error_code::UNKNOWN_HOST) => {
             eprintln!("fwdctl: {}", for_terminal(&message));
             return Ok(human::EXIT_DEGRADED);
@@ -402,6 +464,8 @@ fn main() -> ExitCode {
         Command::Resync { host } => host_command(&socket, Request::Resync { host }),
         Command::Env { host, format } => env_command(&socket, host.as_deref(), format),
         Command::Upgrade => upgrade(&socket),
+        Command::Expose { spec, host } => host_command(&socket, Request::Expose { host, spec }),
+        Command::Unexpose { port, host } => host_command(&socket, Request::Unexpose { host, port }),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

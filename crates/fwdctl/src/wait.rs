@@ -27,6 +27,8 @@ pub enum Target {
     Port(u16),
     /// A container name (`shop-db-1`) or a prefix of its ID (`4e5d6c7b`).
     Container(String),
+    /// An exposure's remote port (`exposed:18080`): active once verified.
+    Exposed(u16),
 }
 
 impl Target {
@@ -39,6 +41,15 @@ impl Target {
                  such as shop-db-1"
                     .into(),
             );
+        }
+        if let Some(port) = s.strip_prefix("exposed:") {
+            return match port.parse::<u16>() {
+                Ok(p) if p > 0 => Ok(Target::Exposed(p)),
+                _ => Err(format!(
+                    "{port:?} is not a port; write exposed:PORT with the remote port of an \
+                     exposure, e.g. exposed:18080"
+                )),
+            };
         }
         if s.bytes().all(|b| b.is_ascii_digit()) {
             return match s.parse::<u16>() {
@@ -58,6 +69,7 @@ impl std::fmt::Display for Target {
         match self {
             Target::Port(p) => write!(f, "port {p}"),
             Target::Container(c) => write!(f, "container {c}"),
+            Target::Exposed(p) => write!(f, "exposed port {p}"),
         }
     }
 }
@@ -107,6 +119,29 @@ fn not_active(f: &ForwardStatus) -> String {
 pub fn evaluate(target: &Target, st: &Status) -> Check {
     let tcp = |f: &&ForwardStatus| f.state != ForwardState::Unsupported;
     match target {
+        Target::Exposed(p) => {
+            let all: Vec<_> = st.exposed.iter().filter(|e| e.remote_port == *p).collect();
+            if all.is_empty() {
+                return Check::Missing(format!(
+                    "port {p} is not exposed (fwdctl expose {p}, or expose = [{p}] in the \
+                     host's configuration)"
+                ));
+            }
+            if all.iter().all(|e| e.state == "active") {
+                // Verified end to end by fwdd: nothing more to probe.
+                return Check::Forwarded(vec![]);
+            }
+            let e = all.iter().find(|e| e.state != "active").unwrap_or(&all[0]);
+            Check::Missing(format!(
+                "exposed port {p} of {} is {}{}",
+                e.host,
+                e.state,
+                e.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ))
+        }
         Target::Port(p) => {
             let all: Vec<&ForwardStatus> =
                 st.forwards.iter().filter(|f| f.local_port == *p).collect();
@@ -344,6 +379,7 @@ mod tests {
             }],
             forwards,
             health: None,
+            exposed: vec![],
         }
     }
 
@@ -365,6 +401,10 @@ mod tests {
     #[test]
     fn parse_targets() {
         assert_eq!(Target::parse("5432"), Ok(Target::Port(5432)));
+        assert_eq!(Target::parse("exposed:18080"), Ok(Target::Exposed(18080)));
+        assert!(Target::parse("exposed:x")
+            .unwrap_err()
+            .contains("exposed:PORT"));
         assert_eq!(Target::parse("db"), Ok(Target::Container("db".into())));
         assert_eq!(Target::parse("/db"), Ok(Target::Container("db".into())));
         assert_eq!(
