@@ -1,0 +1,258 @@
+//! Containers reach the runner (`expose`): remote forwards over fwdd's one
+//! master, verified end to end, through a master SIGKILL; sshd's silent
+//! loopback bind under its default `GatewayPorts no` is caught and said.
+//! The real docker CLI runs containers on the sandbox's dockerd; they reach
+//! a server in the runner's namespace at `host.docker.internal`, resolved by
+//! the engine's own `host-gateway`. Remote ports 20600-20699 are this file's.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::time::{Duration, Instant};
+
+use common::{fwdctl, Fwdd};
+use fwd_e2e::{run_ok, wait_until, Sandbox, TestHost};
+use fwd_proto::{ExposedStatus, Status};
+
+macro_rules! sandbox_host {
+    ($name:expr) => {
+        match Sandbox::get() {
+            Some(sb) => TestHost::new(sb, $name),
+            None => return,
+        }
+    };
+}
+
+const T: Duration = Duration::from_secs(30);
+
+fn config(host: &TestHost, extra: &str) -> String {
+    format!(
+        "[[host]]\nurl = \"ssh://{}\"\nssh_config = \"{}\"\n{extra}\n",
+        host.alias,
+        host.ssh_config.display()
+    )
+}
+
+fn exposed(st: &Status, port: u16) -> Option<ExposedStatus> {
+    st.exposed.iter().find(|e| e.remote_port == port).cloned()
+}
+
+fn wait_exposed(fwdd: &Fwdd, port: u16, state: &str) -> ExposedStatus {
+    fwdd.wait_for(T, &format!("exposure {port} {state}"), |st| {
+        exposed(st, port).is_some_and(|e| e.state == state)
+    });
+    exposed(&fwdd.status().expect("status"), port).expect("exposure")
+}
+
+/// A server on the runner's loopback: every connection is answered with
+/// `reply` and what it sent, then closed. Returns the number served so far.
+fn runner_server(
+    host: &TestHost,
+    port: u16,
+    reply: &'static str,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let listener = host
+        .in_runner_ns(|| TcpListener::bind((Ipv4Addr::LOCALHOST, port)))
+        .expect("bind the runner's server");
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut line = [0u8; 64];
+                let n = conn.read(&mut line).unwrap_or(0);
+                let _ = conn.write_all(
+                    format!("{reply} {}", String::from_utf8_lossy(&line[..n])).as_bytes(),
+                );
+            });
+        }
+    });
+    served
+}
+
+/// Runs a container (on `network`, default bridge when `None`) that asks
+/// `host.docker.internal:port` through the engine's `host-gateway` and
+/// prints the answer. busybox's own name lookup does not work in this
+/// static image, so the shell reads the address from the container's
+/// /etc/hosts, which the engine wrote.
+fn from_container(host: &TestHost, network: Option<&str>, port: u16) -> String {
+    let script = format!(
+        "set -- $(busybox grep -w host.docker.internal /etc/hosts); \
+         echo ping | busybox timeout 10 nc $1 {port}"
+    );
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--add-host",
+        "host.docker.internal:host-gateway",
+    ];
+    if let Some(n) = network {
+        args.extend(["--network", n]);
+    }
+    args.extend([host.image.as_str(), "sh", "-c", &script]);
+    let out = host.sandbox().docker(&args);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The remote host's TCP listeners on `port` (local addresses).
+fn remote_listeners(host: &TestHost, port: u16) -> Vec<String> {
+    let out = run_ok(
+        host.sandbox()
+            .remote_command("ss")
+            .args(["-Hltn", &format!("sport = :{port}")]),
+    );
+    out.lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn containers_on_both_networks_reach_the_runner_through_a_master_sigkill() {
+    let host = sandbox_host!("expose_reach");
+    host.add_sshd_config("GatewayPorts clientspecified");
+    let served = runner_server(&host, 20600, "pong");
+    let fwdd = Fwdd::spawn_with_config(&host, &config(&host, "expose = [20600, \"20601:20699\"]"));
+    fwdd.wait_connected();
+    let e = wait_exposed(&fwdd, 20600, "active");
+    assert_eq!(e.runner, "127.0.0.1:20600");
+    assert_eq!(e.binds, ["172.17.0.1:20600"], "{e:?}");
+    assert_eq!(e.source, "config");
+    let check = fwdctl(&fwdd, &["wait", "exposed:20600", "--timeout", "10s"]);
+    assert!(check.status.success(), "{check:?}");
+
+    // Never wider than asked: sshd listens on the gateway only.
+    assert_eq!(remote_listeners(&host, 20600), ["172.17.0.1:20600"]);
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the verification never reaches the runner's service"
+    );
+
+    assert_eq!(from_container(&host, None, 20600), "pong ping");
+    let net = format!("fwdx-{}", host.label);
+    host.sandbox().docker_ok(&["network", "create", &net]);
+    let on_user_network = from_container(&host, Some(&net), 20600);
+    host.sandbox().docker_ok(&["network", "rm", &net]);
+    assert_eq!(on_user_network, "pong ping", "from a user-defined network");
+    let e = exposed(&fwdd.status().expect("status"), 20600).expect("exposure");
+    assert_eq!(e.connections_total, 2, "{e:?}");
+
+    // Nothing listens at the runner end of 20601: the container's connection
+    // is closed at once, counted, and said once.
+    let t0 = Instant::now();
+    assert_eq!(from_container(&host, None, 20601), "");
+    assert_eq!(from_container(&host, None, 20601), "");
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "closed promptly: {:?}",
+        t0.elapsed()
+    );
+    let e = exposed(&fwdd.status().expect("status"), 20601).expect("exposure");
+    assert_eq!(e.connections_failed, 2, "{e:?}");
+    assert_eq!(
+        fwdd.log_text().matches("\"expose_target_down\"").count(),
+        1,
+        "said once"
+    );
+
+    // A new master registers everything again.
+    let master = fwdd.master_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the master");
+    fwdd.wait_for(T, "a new master", |st| {
+        st.hosts[0].master.pid.is_some_and(|p| p != master)
+    });
+    wait_exposed(&fwdd, 20600, "active");
+    assert_eq!(from_container(&host, None, 20600), "pong ping");
+
+    // Unexposed: sshd stops listening.
+    let out = fwdctl(&fwdd, &["unexpose", "20600"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_until(T, "sshd to stop listening on 20600", || {
+        remote_listeners(&host, 20600).is_empty()
+    });
+    let out = fwdctl(&fwdd, &["unexpose", "20600"]);
+    assert_eq!(out.status.code(), Some(1), "not exposed any more: {out:?}");
+}
+
+#[test]
+fn runtime_exposures_and_a_reload_keep_the_master() {
+    let host = sandbox_host!("expose_runtime");
+    host.add_sshd_config("GatewayPorts clientspecified");
+    runner_server(&host, 20610, "first");
+    runner_server(&host, 20612, "second");
+    let fwdd = Fwdd::spawn_with_config(&host, &config(&host, ""));
+    fwdd.wait_connected();
+    let master = fwdd.master_pid();
+
+    let out = fwdctl(&fwdd, &["expose", "20610"]);
+    assert!(out.status.success(), "{out:?}");
+    let e = wait_exposed(&fwdd, 20610, "active");
+    assert_eq!(e.source, "runtime");
+    let bad = fwdctl(&fwdd, &["expose", "20611:example.com:80"]);
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not an IP address"),
+        "{bad:?}"
+    );
+
+    // SIGHUP adds a configured exposure; the master and the runtime one stay.
+    std::fs::write(
+        host.dir.join("fwdd.toml"),
+        config(&host, "expose = [\"20611:20612\"]"),
+    )
+    .expect("write config");
+    fwdd.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_exposed(&fwdd, 20611, "active");
+    assert_eq!(from_container(&host, None, 20611), "second ping");
+    assert_eq!(from_container(&host, None, 20610), "first ping");
+    assert_eq!(
+        fwdd.master_pid(),
+        master,
+        "exposures change without a new master"
+    );
+
+    let text = String::from_utf8_lossy(&fwdctl(&fwdd, &["status"]).stdout).into_owned();
+    assert!(
+        text.contains("EXPOSED") && text.contains("172.17.0.1:20611"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sshds_default_gateway_ports_is_caught_and_said_with_the_fix() {
+    let host = sandbox_host!("expose_gwports");
+    let fwdd = Fwdd::spawn_with_config(&host, &config(&host, "expose = [20620]"));
+    fwdd.wait_connected();
+    let e = wait_exposed(&fwdd, 20620, "failed");
+    assert_eq!(e.reason_kind.as_deref(), Some("gateway_ports"), "{e:?}");
+    let reason = e.reason.unwrap_or_default();
+    assert!(reason.contains("GatewayPorts clientspecified"), "{reason}");
+    assert!(reason.contains("172.17.0.1:20620"), "{reason}");
+
+    // What sshd bound on loopback instead is closed again.
+    wait_until(T, "the loopback forward to be closed", || {
+        remote_listeners(&host, 20620).is_empty()
+    });
+    let status = fwdctl(&fwdd, &["status"]);
+    assert_eq!(status.status.code(), Some(1), "degraded");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("exposed port 20620 failed (gateway_ports)"),
+        "{text}"
+    );
+    let wait = fwdctl(&fwdd, &["wait", "exposed:20620", "--timeout", "2s"]);
+    assert!(!wait.status.success(), "{wait:?}");
+    assert_eq!(
+        fwdd.log_text().matches("\"expose_failed\"").count(),
+        1,
+        "said once"
+    );
+}
