@@ -366,7 +366,9 @@ impl ExposeMachine {
         let gone: Vec<u16> = self
             .entries
             .values()
-            .filter(|e| e.source == source && !wanted.iter().any(|w| w.remote_port == e.spec.remote_port))
+            .filter(|e| {
+                e.source == source && !wanted.iter().any(|w| w.remote_port == e.spec.remote_port)
+            })
             .map(|e| e.spec.remote_port)
             .collect();
         for port in gone {
@@ -578,11 +580,8 @@ impl ExposeMachine {
                 let was_failing = e.failures > 0;
                 e.failures = 0;
                 e.said = None;
-                let binds: Vec<String> = e
-                    .registered
-                    .iter()
-                    .map(|b| format!("{b}:{port}"))
-                    .collect();
+                let binds: Vec<String> =
+                    e.registered.iter().map(|b| format!("{b}:{port}")).collect();
                 let message = format!(
                     "{}exposed: containers reach {} at host.docker.internal:{port} ({})",
                     if was_failing { "again " } else { "" },

@@ -1132,7 +1132,10 @@ async fn remote_forward_serves_outlives_its_mux_connection_and_closes() {
         .unwrap()
         .unwrap();
     drop(c);
-    assert_eq!(echo_through_tcp(port, b"to the runner").await, b"to the runner");
+    assert_eq!(
+        echo_through_tcp(port, b"to the runner").await,
+        b"to the runner"
+    );
 
     // A port sshd cannot bind: refused with the master's reason.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1159,7 +1162,10 @@ async fn remote_forward_serves_outlives_its_mux_connection_and_closes() {
         .unwrap();
     let deadline = Instant::now() + T;
     while TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-        assert!(Instant::now() < deadline, "sshd still listens after the close");
+        assert!(
+            Instant::now() < deadline,
+            "sshd still listens after the close"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(matches!(

@@ -17,8 +17,14 @@ fn gateway_binds() -> Vec<RemoteBind> {
 
 #[test]
 fn the_grammar() {
-    assert_eq!(parse_expose("18080").unwrap(), spec(18080, "127.0.0.1:18080"));
-    assert_eq!(parse_expose(" 8080:3000 ").unwrap(), spec(8080, "127.0.0.1:3000"));
+    assert_eq!(
+        parse_expose("18080").unwrap(),
+        spec(18080, "127.0.0.1:18080")
+    );
+    assert_eq!(
+        parse_expose(" 8080:3000 ").unwrap(),
+        spec(8080, "127.0.0.1:3000")
+    );
     assert_eq!(
         parse_expose("8080:localhost:3000").unwrap(),
         spec(8080, "127.0.0.1:3000")
@@ -27,7 +33,10 @@ fn the_grammar() {
         parse_expose("8080:10.1.2.3:3000").unwrap(),
         spec(8080, "10.1.2.3:3000")
     );
-    assert_eq!(parse_expose("8080:[::1]:3000").unwrap(), spec(8080, "[::1]:3000"));
+    assert_eq!(
+        parse_expose("8080:[::1]:3000").unwrap(),
+        spec(8080, "[::1]:3000")
+    );
     for (bad, says) in [
         ("0", "port is 0"),
         ("8080:0", "port is 0"),
@@ -40,7 +49,10 @@ fn the_grammar() {
     ] {
         let e = parse_expose(bad).expect_err(bad);
         assert!(e.contains(says), "{bad:?}: {e}");
-        assert!(e.contains("REMOTE_PORT:RUNNER_PORT"), "{bad:?} names the grammar: {e}");
+        assert!(
+            e.contains("REMOTE_PORT:RUNNER_PORT"),
+            "{bad:?} names the grammar: {e}"
+        );
     }
 }
 
@@ -53,7 +65,9 @@ fn scopes_and_binds() {
         parse_bind_scope("172.18.0.1").unwrap(),
         BindScope::Addr("172.18.0.1".parse().unwrap())
     );
-    assert!(parse_bind_scope("0.0.0.0/0").unwrap_err().contains("gateway"));
+    assert!(parse_bind_scope("0.0.0.0/0")
+        .unwrap_err()
+        .contains("gateway"));
 
     let binds = remote_binds(
         &[
@@ -65,12 +79,23 @@ fn scopes_and_binds() {
     )
     .unwrap();
     let listens: Vec<&str> = binds.iter().map(|b| b.listen.as_str()).collect();
-    assert_eq!(listens, ["172.17.0.1", "172.18.0.1"], "one bind per address");
+    assert_eq!(
+        listens,
+        ["172.17.0.1", "172.18.0.1"],
+        "one bind per address"
+    );
     let all = remote_binds(&[BindScope::All], Ok(gw())).unwrap();
     assert_eq!(all[0].listen, "*");
-    assert_eq!(all[0].verify_at, gw(), "every address is checked at the gateway");
+    assert_eq!(
+        all[0].verify_at,
+        gw(),
+        "every address is checked at the gateway"
+    );
     let e = remote_binds(&[BindScope::Gateway], Err("no bridge network")).unwrap_err();
-    assert!(e.contains("no bridge network") && e.contains("expose_on"), "{e}");
+    assert!(
+        e.contains("no bridge network") && e.contains("expose_on"),
+        "{e}"
+    );
     assert!(
         remote_binds(&[BindScope::Loopback], Err("no bridge network")).is_ok(),
         "loopback needs no gateway"
@@ -115,27 +140,46 @@ fn said(commands: &[ExposeCommand]) -> Vec<&ExposeNotice> {
 fn registered_verified_then_active_on_every_new_master() {
     let t0 = Instant::now();
     let mut m = ExposeMachine::default();
-    m.set_wanted(ExposeSource::Config, vec![spec(18080, "127.0.0.1:18080")], t0);
-    assert_eq!(m.exposure(18080).unwrap().state, ExposeState::WaitingForLink);
+    m.set_wanted(
+        ExposeSource::Config,
+        vec![spec(18080, "127.0.0.1:18080")],
+        t0,
+    );
+    assert_eq!(
+        m.exposure(18080).unwrap().state,
+        ExposeState::WaitingForLink
+    );
     assert_eq!(m.poll_command(), None, "nothing to do without a master");
 
     m.link_up(Ok(gateway_binds()), t0);
     let done = run(&mut m, t0, |_| None);
-    assert!(matches!(&done[0], ExposeCommand::Register { port: 18080, binds, .. } if binds == &gateway_binds()));
+    assert!(
+        matches!(&done[0], ExposeCommand::Register { port: 18080, binds, .. } if binds == &gateway_binds())
+    );
     assert!(matches!(&done[1], ExposeCommand::Verify { port: 18080, at, .. } if *at == gw()));
     assert_eq!(m.exposure(18080).unwrap().state, ExposeState::Active);
     let n = said(&done);
     assert_eq!(n.len(), 1);
-    assert!(n[0].message.contains("host.docker.internal:18080"), "{}", n[0].message);
+    assert!(
+        n[0].message.contains("host.docker.internal:18080"),
+        "{}",
+        n[0].message
+    );
 
     // The master dies: waiting; the next one registers everything again.
     m.link_down();
-    assert_eq!(m.exposure(18080).unwrap().state, ExposeState::WaitingForLink);
+    assert_eq!(
+        m.exposure(18080).unwrap().state,
+        ExposeState::WaitingForLink
+    );
     assert!(m.exposure(18080).unwrap().registered.is_empty());
     assert_eq!(m.poll_command(), None);
     m.link_up(Ok(gateway_binds()), t0);
     let again = run(&mut m, t0, |_| None);
-    assert!(matches!(again[0], ExposeCommand::Register { port: 18080, .. }));
+    assert!(matches!(
+        again[0],
+        ExposeCommand::Register { port: 18080, .. }
+    ));
     assert_eq!(m.exposure(18080).unwrap().state, ExposeState::Active);
 }
 
@@ -145,7 +189,11 @@ fn a_silent_loopback_bind_is_caught_said_once_and_retried_on_a_capped_schedule()
     let mut m = ExposeMachine::default();
     m.link_up(Ok(gateway_binds()), t0);
     m.add(ExposeSource::Config, spec(18080, "127.0.0.1:18080"), t0);
-    let refused = || Some(VerifyResult::Refused("connect failed: Connection refused".into()));
+    let refused = || {
+        Some(VerifyResult::Refused(
+            "connect failed: Connection refused".into(),
+        ))
+    };
     let first = run(&mut m, t0, |_| refused());
     let ExposeState::Failed { failure, retry_at } = &m.exposure(18080).unwrap().state else {
         panic!("{:?}", m.exposure(18080));
@@ -188,7 +236,10 @@ fn a_silent_loopback_bind_is_caught_said_once_and_retried_on_a_capped_schedule()
 fn a_refused_forward_keeps_what_others_registered_and_closes_its_own_partial_binds() {
     let t0 = Instant::now();
     let two = remote_binds(
-        &[BindScope::Gateway, BindScope::Addr("172.18.0.1".parse().unwrap())],
+        &[
+            BindScope::Gateway,
+            BindScope::Addr("172.18.0.1".parse().unwrap()),
+        ],
         Ok(gw()),
     )
     .unwrap();
@@ -240,7 +291,10 @@ fn answers_from_an_earlier_master_are_ignored() {
     m.link_up(Ok(gateway_binds()), t0);
     m.registered(epoch, 5, binds, None, t0);
     assert_eq!(m.exposure(5).unwrap().state, ExposeState::Registering);
-    assert!(matches!(m.poll_command(), Some(ExposeCommand::Register { port: 5, .. })));
+    assert!(matches!(
+        m.poll_command(),
+        Some(ExposeCommand::Register { port: 5, .. })
+    ));
 }
 
 #[test]
@@ -263,10 +317,20 @@ fn removal_unregisters_and_reload_keeps_runtime_exposures() {
         t0,
     );
     let done = run(&mut m, t0, |_| None);
-    assert!(matches!(&done[..], [ExposeCommand::Say(n), ExposeCommand::Unregister { port: 1, .. }] if n.event == "expose_removed"), "{done:?}");
+    assert!(
+        matches!(&done[..], [ExposeCommand::Say(n), ExposeCommand::Unregister { port: 1, .. }] if n.event == "expose_removed"),
+        "{done:?}"
+    );
     assert!(m.exposure(1).is_none());
-    assert_eq!(m.exposure(2).unwrap().spec.target, "127.0.0.1:2002".parse().unwrap());
-    assert_eq!(m.exposure(2).unwrap().state, ExposeState::Active, "a new target needs no new forward");
+    assert_eq!(
+        m.exposure(2).unwrap().spec.target,
+        "127.0.0.1:2002".parse().unwrap()
+    );
+    assert_eq!(
+        m.exposure(2).unwrap().state,
+        ExposeState::Active,
+        "a new target needs no new forward"
+    );
     assert_eq!(
         m.exposure(3).unwrap().spec.target,
         "127.0.0.1:3".parse().unwrap(),
@@ -279,7 +343,11 @@ fn removal_unregisters_and_reload_keeps_runtime_exposures() {
     assert!(m.remove(2));
     let done = run(&mut m, t0, |_| None);
     assert_eq!(said(&done).len(), 2, "3 and 2 removed: {done:?}");
-    assert_eq!(done.len(), 2, "port 2 had no master to close it on: {done:?}");
+    assert_eq!(
+        done.len(),
+        2,
+        "port 2 had no master to close it on: {done:?}"
+    );
 }
 
 #[test]
@@ -298,5 +366,8 @@ fn without_a_gateway_each_exposure_says_why_and_waits_for_the_next_master() {
     assert_eq!(said(&done).len(), 1);
     assert!(said(&done)[0].message.contains("next connection"));
     m.add(ExposeSource::Runtime, spec(8, "127.0.0.1:8"), t0);
-    assert!(matches!(m.exposure(8).unwrap().state, ExposeState::Failed { .. }));
+    assert!(matches!(
+        m.exposure(8).unwrap().state,
+        ExposeState::Failed { .. }
+    ));
 }

@@ -474,8 +474,7 @@ fn valid_remote_forward<'a>(
     validate_forward_host(listen_host)?;
     if port == 0 {
         return Err(MuxError::InvalidArgument(
-            "remote forward to port 0 (a port sshd chooses) is not supported; give a port"
-                .into(),
+            "remote forward to port 0 (a port sshd chooses) is not supported; give a port".into(),
         ));
     }
     let connect_bytes = connect.as_os_str().as_bytes();
