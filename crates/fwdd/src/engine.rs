@@ -18,20 +18,22 @@
 //! the master is replaced; a command issued meanwhile waits (up to
 //! `connect_wait`) and then runs.
 
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::cell::Cell;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use fwd_core::{EngineRoute, HostKey, RepeatGate, Verdict};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::private_socket::{self, RefusalLog, SocketFileGuard};
+use crate::serve::relay::{
+    AdoptedRelay, Directions, PausedRelay, RelayEnd, RelayEntry, RelayState, Relays,
+};
 use crate::serve::{Link, ServeContext};
 
 /// Concurrent dial-stdio sessions per host, below sshd's MaxSessions
@@ -64,44 +66,10 @@ pub struct EngineSocket {
     pub stats: Rc<EngineStats>,
     /// Each socket's listener descriptor (owned by its accept task).
     pub listener_fds: Vec<(PathBuf, RawFd)>,
-    relays: Rc<RefCell<BTreeMap<u64, RelayState>>>,
+    relays: Rc<Relays>,
     shared: Rc<Shared>,
     tasks: Vec<JoinHandle<()>>,
     _guards: Vec<SocketFileGuard>,
-}
-
-/// Where a relay is, for a binary upgrade.
-#[derive(Clone, Debug)]
-enum RelayState {
-    /// Accepted, not relaying yet (waiting for a master, connecting): the
-    /// client is served again from the start by the next image.
-    Queued(RawFd),
-    Running,
-    /// Stopped between two writes (nothing of it held in fwdd): its
-    /// descriptors can be handed over.
-    Paused(PausedRelay),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PausedRelay {
-    pub client: RawFd,
-    pub upstream: RawFd,
-    pub up_open: bool,
-    pub down_open: bool,
-    /// Held for the relay's life (a dial-stdio session's mux connection).
-    pub keep: Vec<RawFd>,
-    /// Drained for the relay's life (a dial-stdio session's stderr).
-    pub drain: Option<RawFd>,
-}
-
-/// A relay handed over by the previous fwdd image.
-pub struct AdoptedRelay {
-    pub client: OwnedFd,
-    pub upstream: OwnedFd,
-    pub up_open: bool,
-    pub down_open: bool,
-    pub keep: Vec<OwnedFd>,
-    pub drain: Option<OwnedFd>,
 }
 
 impl Drop for EngineSocket {
@@ -123,8 +91,7 @@ struct Shared {
     refusals: std::cell::RefCell<RefusalLog>,
     failures: std::cell::RefCell<RepeatGate>,
     euid: u32,
-    relays: Rc<RefCell<BTreeMap<u64, RelayState>>>,
-    next_relay: Cell<u64>,
+    relays: Rc<Relays>,
 }
 
 impl EngineSocket {
@@ -173,7 +140,7 @@ impl EngineSocket {
         ctx: Rc<ServeContext>,
     ) -> std::io::Result<EngineSocket> {
         let stats = Rc::new(EngineStats::default());
-        let relays = Rc::new(RefCell::new(BTreeMap::new()));
+        let relays = Rc::new(Relays::default());
         let shared = Rc::new(Shared {
             host,
             ctx,
@@ -183,7 +150,6 @@ impl EngineSocket {
             failures: std::cell::RefCell::new(RepeatGate::new(Duration::from_secs(300))),
             euid: fwd_proto::effective_uid(),
             relays: relays.clone(),
-            next_relay: Cell::new(0),
         });
         let mut guards = Vec::new();
         let mut tasks = Vec::new();
@@ -212,34 +178,16 @@ impl EngineSocket {
 
     /// Relays still moving bytes (not paused for an upgrade).
     pub fn running_relays(&self) -> usize {
-        self.relays
-            .borrow()
-            .values()
-            .filter(|r| matches!(r, RelayState::Running))
-            .count()
+        self.relays.running()
     }
 
     pub fn paused_relays(&self) -> Vec<PausedRelay> {
-        self.relays
-            .borrow()
-            .values()
-            .filter_map(|r| match r {
-                RelayState::Paused(p) => Some(p.clone()),
-                _ => None,
-            })
-            .collect()
+        self.relays.paused()
     }
 
     /// Clients accepted but not relaying yet.
     pub fn queued_clients(&self) -> Vec<RawFd> {
-        self.relays
-            .borrow()
-            .values()
-            .filter_map(|r| match r {
-                RelayState::Queued(fd) => Some(*fd),
-                _ => None,
-            })
-            .collect()
+        self.relays.queued()
     }
 
     /// Serves a client the previous image had accepted but not relayed yet.
@@ -251,7 +199,7 @@ impl EngineSocket {
     /// Resumes a relay the previous image paused and handed over.
     pub fn resume(&self, r: AdoptedRelay) {
         let shared = self.shared.clone();
-        let entry = RelayEntry::new(&shared, RelayState::Running);
+        let entry = shared.relays.register(RelayState::Running);
         tokio::task::spawn_local(async move {
             let (Ok(mut client), Ok(mut upstream)) =
                 (unix_stream(r.client), unix_stream(r.upstream))
@@ -355,7 +303,9 @@ async fn accept_loop(listener: UnixListener, shared: Rc<Shared>) {
 /// Serves one client in its own task, registered at once (an upgrade that
 /// freezes next must find it).
 fn spawn_serve(stream: UnixStream, shared: &Rc<Shared>) {
-    let entry = RelayEntry::new(shared, RelayState::Queued(stream.as_raw_fd()));
+    let entry = shared
+        .relays
+        .register(RelayState::Queued(stream.as_raw_fd()));
     let shared = shared.clone();
     tokio::task::spawn_local(async move {
         let stats = &shared.stats;
@@ -446,133 +396,26 @@ async fn relay_dial_stdio(
     Ok(())
 }
 
-/// Which directions of a relay still carry bytes, and what it holds.
-struct Directions {
-    up_open: bool,
-    down_open: bool,
-    keep: Vec<RawFd>,
-    drain: Option<RawFd>,
-}
-
-impl Directions {
-    fn both() -> Directions {
-        Directions {
-            up_open: true,
-            down_open: true,
-            keep: Vec::new(),
-            drain: None,
-        }
-    }
-}
-
-/// An engine connection in the registry, removed when it ends.
-struct RelayEntry {
-    relays: Rc<RefCell<BTreeMap<u64, RelayState>>>,
-    id: u64,
-}
-
-impl RelayEntry {
-    fn new(shared: &Shared, state: RelayState) -> RelayEntry {
-        let id = shared.next_relay.get();
-        shared.next_relay.set(id + 1);
-        shared.relays.borrow_mut().insert(id, state);
-        RelayEntry {
-            relays: shared.relays.clone(),
-            id,
-        }
-    }
-
-    fn set(&self, state: RelayState) {
-        self.relays.borrow_mut().insert(self.id, state);
-    }
-}
-
-impl Drop for RelayEntry {
-    fn drop(&mut self) {
-        self.relays.borrow_mut().remove(&self.id);
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Pump {
-    Ended,
-    Paused,
-    Failed,
-}
-
-/// Bytes both ways until both directions have ended; each EOF is passed
-/// on as a half-close (`docker exec -i` and `attach` rely on it). While
-/// fwdd is frozen for a binary upgrade, each direction stops after the
-/// write it is in, so the relay's descriptors can be handed over with no
-/// byte held here; if the upgrade fails it carries on.
+/// Relays with the engine socket's counters, through the freeze.
 async fn relay(
     client: &mut UnixStream,
     upstream: &mut UnixStream,
     shared: &Shared,
-    mut d: Directions,
+    d: Directions,
     entry: &RelayEntry,
 ) {
-    entry.set(RelayState::Running);
-    let (client_fd, upstream_fd) = (client.as_raw_fd(), upstream.as_raw_fd());
-    let (mut cr, mut cw) = client.split();
-    let (mut ur, mut uw) = upstream.split();
     let s = &shared.stats;
-    loop {
-        let (up, down) = tokio::join!(
-            pump(d.up_open, &mut cr, &mut uw, shared, &s.bytes_up),
-            pump(d.down_open, &mut ur, &mut cw, shared, &s.bytes_down),
-        );
-        if up == Pump::Failed || down == Pump::Failed {
-            tracing::debug!(host = %shared.host, "engine connection ended with an error");
-            return;
-        }
-        d.up_open = up == Pump::Paused;
-        d.down_open = down == Pump::Paused;
-        if !d.up_open && !d.down_open {
-            return;
-        }
-        entry.set(RelayState::Paused(PausedRelay {
-            client: client_fd,
-            upstream: upstream_fd,
-            up_open: d.up_open,
-            down_open: d.down_open,
-            keep: d.keep.clone(),
-            drain: d.drain,
-        }));
-        shared.ctx.thawed().await;
-        entry.set(RelayState::Running);
-    }
-}
-
-async fn pump(
-    open: bool,
-    from: &mut (impl AsyncRead + Unpin),
-    to: &mut (impl AsyncWrite + Unpin),
-    shared: &Shared,
-    bytes: &Cell<u64>,
-) -> Pump {
-    if !open {
-        return Pump::Ended;
-    }
-    let mut frozen = shared.ctx.frozen.subscribe();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = tokio::select! {
-            biased;
-            _ = frozen.wait_for(|f| *f) => return Pump::Paused,
-            read = from.read(&mut buf) => match read {
-                Ok(0) => {
-                    let _ = to.shutdown().await;
-                    return Pump::Ended;
-                }
-                Ok(n) => n,
-                Err(_) => return Pump::Failed,
-            },
-        };
-        if to.write_all(&buf[..n]).await.is_err() {
-            return Pump::Failed;
-        }
-        bytes.set(bytes.get() + n as u64);
+    let end = crate::serve::relay::relay(
+        client,
+        upstream,
+        &shared.ctx.frozen,
+        [&s.bytes_up, &s.bytes_down],
+        d,
+        entry,
+    )
+    .await;
+    if end == RelayEnd::Failed {
+        tracing::debug!(host = %shared.host, "engine connection ended with an error");
     }
 }
 

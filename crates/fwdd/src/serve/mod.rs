@@ -13,6 +13,7 @@
 
 mod link;
 mod registry;
+pub mod relay;
 mod spares;
 
 use std::cell::{Cell, RefCell};
