@@ -138,7 +138,7 @@ impl Daemon {
         let policy = host_policy(&self.config.borrow(), &cfg);
         let seed = std::collections::hash_map::RandomState::new().hash_one(id);
         let machine = HostMachine::new(policy, *self.net_usable.borrow(), seed, Instant::now());
-        self.start_host(id, cfg, engine_socket, machine, None)
+        self.start_host(id, cfg, engine_socket, machine, None, Vec::new())
     }
 
     /// Takes over a host from the previous fwdd image (binary upgrade): its
@@ -183,7 +183,7 @@ impl Daemon {
             Instant::now(),
             state,
         );
-        self.start_host(id, cfg, engine_socket, machine, master)
+        self.start_host(id, cfg, engine_socket, machine, master, from.exposures)
     }
 
     fn start_host(
@@ -193,6 +193,7 @@ impl Daemon {
         engine_socket: Result<EngineSocket, String>,
         machine: HostMachine,
         master: Option<(fwd_ssh::Master, tokio::sync::mpsc::Receiver<String>)>,
+        exposed: Vec<crate::expose::AdoptedExposure>,
     ) -> Rc<Host> {
         let key = HostKey::from(cfg.name.as_str());
         let (link, link_rx) = watch::channel(None);
@@ -202,7 +203,9 @@ impl Daemon {
             key.clone(),
             runtime_dir.join(format!("h{id}.x")),
             self.changed.clone(),
+            self.serve.clone(),
         );
+        exposures.adopt(exposed);
         configure_exposures(&exposures, &cfg);
         let host = Rc::new(Host::new(
             key,
@@ -215,7 +218,7 @@ impl Daemon {
             link,
             exposures,
         ));
-        host.exposures.start(self.serve.clone());
+        host.exposures.start();
         if let Some((m, stderr)) = master {
             host.set_adopted_master(m, stderr);
         }

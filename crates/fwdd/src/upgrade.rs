@@ -167,12 +167,13 @@ fn running_relays(daemon: &Daemon) -> usize {
     daemon
         .hosts()
         .iter()
-        .filter_map(|h| {
-            h.engine_socket
+        .map(|h| {
+            let engine = h
+                .engine_socket
                 .borrow()
                 .as_ref()
-                .ok()
-                .map(|s| s.running_relays())
+                .map_or(0, |s| s.running_relays());
+            engine + h.exposures.running_relays()
         })
         .sum()
 }
@@ -184,7 +185,41 @@ fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
     let mut hosts = Vec::new();
     let mut relays = Vec::new();
     let mut queued = Vec::new();
+    let mut expose_relays = Vec::new();
+    let mut expose_queued = Vec::new();
     for h in daemon.hosts() {
+        let mut exposures = Vec::new();
+        for e in h.exposures.handover() {
+            let port = e.spec.remote_port;
+            for r in &e.paused {
+                expose_relays.push(document::ExposeRelayDoc {
+                    host: h.key.to_string(),
+                    remote_port: port,
+                    client_fd: r.client,
+                    upstream_fd: r.upstream,
+                    up_open: r.up_open,
+                    down_open: r.down_open,
+                });
+            }
+            for fd in &e.queued {
+                expose_queued.push(document::ExposeQueuedDoc {
+                    host: h.key.to_string(),
+                    remote_port: port,
+                    fd: *fd,
+                });
+            }
+            exposures.push(document::ExposureDoc {
+                remote_port: port,
+                target: e.spec.target.to_string(),
+                runtime: e.source == fwd_core::ExposeSource::Runtime,
+                socket: SocketDoc {
+                    path: e.path,
+                    fd: e.listener_fd,
+                },
+                connections_total: e.total,
+                connections_failed: e.failed,
+            });
+        }
         let state = h.machine.borrow().handover(now);
         let master = match (state.master_pid, h.master_fds.get()) {
             (Some(pid), Some((live, stderr_fd))) if pid == live => {
@@ -257,6 +292,7 @@ fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
                 recovery_logged: state.episode.recovery_logged,
                 announced_first_up: state.episode.announced_first_up,
             },
+            exposures,
         });
     }
     let held = daemon.serve.registry.held();
@@ -311,6 +347,8 @@ fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
         forwards,
         engine_relays: relays,
         engine_queued: queued,
+        expose_relays,
+        expose_queued,
         rollback_exe_fd: daemon.image.exe_fd,
         binary: daemon.image.binary.to_string_lossy().into_owned(),
         args: daemon
@@ -411,7 +449,7 @@ pub fn take_over(daemon: &Rc<Daemon>, hosts: Vec<HostConfig>, t: Takeover) {
     let listeners = t.forwards.iter().map(|f| f.listeners.len()).sum::<usize>()
         + t.hosts
             .iter()
-            .map(|h| h.engine_sockets.len())
+            .map(|h| h.engine_sockets.len() + h.exposures.len())
             .sum::<usize>()
         + 1;
     let tunnels = t.forwards.iter().map(|f| f.tunnels.len()).sum::<usize>();
@@ -462,6 +500,16 @@ pub fn take_over(daemon: &Rc<Daemon>, hosts: Vec<HostConfig>, t: Takeover) {
             if let Ok(s) = h.engine_socket.borrow().as_ref() {
                 s.serve_queued(client);
             }
+        }
+    }
+    for (host, port, relay) in t.expose_relays {
+        if let Some(h) = daemon.host(&host) {
+            h.exposures.resume(port, relay);
+        }
+    }
+    for (host, port, arrival) in t.expose_queued {
+        if let Some(h) = daemon.host(&host) {
+            h.exposures.serve_queued(port, arrival);
         }
     }
     daemon.request_plan();

@@ -256,3 +256,84 @@ fn sshds_default_gateway_ports_is_caught_and_said_with_the_fix() {
         "said once"
     );
 }
+
+/// A line echo server on the runner's loopback; counts the lines it echoed.
+fn runner_echo(host: &TestHost, port: u16) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::io::BufRead;
+    let listener = host
+        .in_runner_ns(|| TcpListener::bind((Ipv4Addr::LOCALHOST, port)))
+        .expect("bind the runner's echo server");
+    let lines = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = lines.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let Ok(mut out) = conn.try_clone() else {
+                    return;
+                };
+                for line in std::io::BufReader::new(conn).lines() {
+                    let Ok(line) = line else { return };
+                    if out.write_all(format!("{line}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    lines
+}
+
+#[test]
+fn an_upgrade_keeps_exposures_and_the_connections_through_them() {
+    let host = sandbox_host!("expose_upgrade");
+    host.add_sshd_config("GatewayPorts clientspecified");
+    let echoed = runner_echo(&host, 20630);
+    let dir = host.dir.join("bin");
+    std::fs::create_dir_all(&dir).expect("bin dir");
+    let binary = dir.join("fwdd");
+    std::fs::copy(common::bin("fwdd"), &binary).expect("install fwdd");
+    let fwdd = Fwdd::spawn_binary(&host, &binary);
+    fwdd.wait_connected();
+    let out = fwdctl(&fwdd, &["expose", "20630"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_exposed(&fwdd, 20630, "active");
+
+    // A container's connection that is open across the upgrade.
+    let script = "set -- $(busybox grep -w host.docker.internal /etc/hosts); \
+         (echo one; sleep 4; echo two) | busybox timeout 20 nc $1 20630";
+    let held = host.run(&[
+        "--add-host",
+        "host.docker.internal:host-gateway",
+        &host.image,
+        "sh",
+        "-c",
+        script,
+    ]);
+    wait_until(T, "the held connection's first line", || {
+        echoed.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    });
+    let pid = fwdd.child.id();
+    let out = fwdctl(&fwdd, &["upgrade"]);
+    assert!(
+        out.status.success(),
+        "fwdctl upgrade: {out:?}\nlog:\n{}",
+        fwdd.log_tail(40)
+    );
+    assert_eq!(fwdd.child.id(), pid);
+    host.sandbox().docker_ok(&["wait", &held]);
+    let logs = host.sandbox().docker_ok(&["logs", &held]);
+    assert_eq!(logs, "one\ntwo", "the held connection carried on");
+
+    // The new image verified it again, kept its source and counters, and serves.
+    let e = wait_exposed(&fwdd, 20630, "active");
+    assert_eq!(e.source, "runtime", "fwdctl expose outlives an upgrade");
+    assert!(e.connections_total >= 1, "{e:?}");
+    for _ in 0..3 {
+        assert_eq!(from_container(&host, None, 20630), "ping");
+    }
+    let upgraded = fwdd.log_text();
+    assert!(upgraded.contains("\"upgraded\""), "{upgraded}");
+}

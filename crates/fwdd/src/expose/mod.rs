@@ -51,7 +51,31 @@ pub struct HostExposures {
     verifying: relay::Verifying,
     wake: Notify,
     changed: Rc<watch::Sender<u64>>,
+    serve: Rc<ServeContext>,
     task: RefCell<Option<JoinHandle<()>>>,
+}
+
+/// One exposure as an upgrade hands it over: its socket, its counters and
+/// its relays (the remote forwards stay in the master).
+pub struct ExposureHandover {
+    pub spec: ExposeSpec,
+    pub source: ExposeSource,
+    pub path: PathBuf,
+    pub listener_fd: std::os::fd::RawFd,
+    pub total: u64,
+    pub failed: u64,
+    pub paused: Vec<crate::serve::relay::PausedRelay>,
+    pub queued: Vec<std::os::fd::RawFd>,
+}
+
+/// An exposure the previous image handed over.
+pub struct AdoptedExposure {
+    pub spec: ExposeSpec,
+    pub source: ExposeSource,
+    pub path: PathBuf,
+    pub listener: std::os::fd::OwnedFd,
+    pub total: u64,
+    pub failed: u64,
 }
 
 /// What status shows of one exposure.
@@ -68,6 +92,7 @@ impl HostExposures {
         host: HostKey,
         socket_prefix: PathBuf,
         changed: Rc<watch::Sender<u64>>,
+        serve: Rc<ServeContext>,
     ) -> Rc<HostExposures> {
         Rc::new(HostExposures {
             host,
@@ -78,16 +103,94 @@ impl HostExposures {
             verifying: Rc::default(),
             wake: Notify::new(),
             changed,
+            serve,
             task: RefCell::new(None),
         })
     }
 
     /// Starts carrying out the machine's commands on the host's links.
-    pub fn start(self: &Rc<Self>, serve: Rc<ServeContext>) {
+    pub fn start(self: &Rc<Self>) {
         let me = self.clone();
         *self.task.borrow_mut() = Some(tokio::task::spawn_local(async move {
+            let serve = me.serve.clone();
             me.run(serve).await;
         }));
+    }
+
+    /// Takes over what the previous image served (before `configure`):
+    /// the sockets keep their queues, the runtime exposures their source.
+    pub fn adopt(&self, adopted: Vec<AdoptedExposure>) {
+        for a in adopted {
+            let port = a.spec.remote_port;
+            let socket = PortSocket::adopt(
+                &self.host,
+                port,
+                &a.path,
+                a.listener,
+                a.spec.target,
+                self.verifying.clone(),
+                self.serve.clone(),
+            );
+            match socket {
+                Ok(socket) => {
+                    socket.stats.total.set(a.total);
+                    socket.stats.failed.set(a.failed);
+                    self.sockets.borrow_mut().insert(port, socket);
+                    self.machine
+                        .borrow_mut()
+                        .add(a.source, a.spec, Instant::now());
+                }
+                Err(e) => {
+                    tracing::warn!(event = "upgrade_expose_lost", host = %self.host, port, error = %e,
+                    "cannot take over the socket of exposed port {port}: {e}")
+                }
+            }
+        }
+    }
+
+    /// What an upgrade hands over.
+    pub fn handover(&self) -> Vec<ExposureHandover> {
+        let sockets = self.sockets.borrow();
+        self.machine
+            .borrow()
+            .exposures()
+            .filter_map(|e| {
+                let s = sockets.get(&e.spec.remote_port)?;
+                Some(ExposureHandover {
+                    spec: e.spec.clone(),
+                    source: e.source,
+                    path: s.path.clone(),
+                    listener_fd: s.listener_fd,
+                    total: s.stats.total.get(),
+                    failed: s.stats.failed.get(),
+                    paused: s.relays().paused(),
+                    queued: s.relays().queued(),
+                })
+            })
+            .collect()
+    }
+
+    /// Relays an upgrade must wait for.
+    pub fn running_relays(&self) -> usize {
+        self.sockets
+            .borrow()
+            .values()
+            .map(|s| s.relays().running())
+            .sum()
+    }
+
+    /// Resumes a relay of exposed `port` the previous image paused.
+    pub fn resume(&self, port: u16, relay: crate::serve::relay::AdoptedRelay) {
+        if let Some(s) = self.sockets.borrow().get(&port) {
+            s.resume(relay);
+        }
+    }
+
+    /// Serves an arrival the previous image accepted but did not relay.
+    pub fn serve_queued(&self, port: u16, fd: std::os::fd::OwnedFd) {
+        if let Some(s) = self.sockets.borrow().get(&port) {
+            s.serve_queued(fd);
+        }
     }
 
     /// Stops the task and closes every socket (the master's forwards go
@@ -161,6 +264,7 @@ impl HostExposures {
             &path,
             spec.target,
             self.verifying.clone(),
+            self.serve.clone(),
         )
         .map_err(|e| format!("cannot listen for exposure {}: {e}", spec.remote_port))?;
         sockets.insert(spec.remote_port, socket);

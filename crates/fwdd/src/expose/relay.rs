@@ -4,6 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::private_socket::{self, SocketFileGuard};
+use crate::serve::relay::{AdoptedRelay, Directions, RelayEntry, RelayState, Relays};
+use crate::serve::ServeContext;
 
 /// How long an arrival may take to show the verification token while a
 /// verification is in flight (real traffic that arrives then waits at
@@ -32,6 +35,9 @@ pub struct ExposeStats {
     pub total: Cell<u64>,
     /// Arrivals closed because the runner address refused or timed out.
     pub failed: Cell<u64>,
+    /// Bytes from containers to the runner, and back.
+    pub bytes_in: Cell<u64>,
+    pub bytes_out: Cell<u64>,
 }
 
 /// One exposure's socket, served until dropped.
@@ -39,6 +45,10 @@ pub struct PortSocket {
     pub stats: Rc<ExposeStats>,
     /// Where arrivals go: from the configuration, changed by a reload.
     pub target: Rc<Cell<SocketAddr>>,
+    /// The listener's descriptor (owned by its accept task), for an upgrade.
+    pub listener_fd: RawFd,
+    pub path: std::path::PathBuf,
+    port: Rc<Port>,
     task: JoinHandle<()>,
     _guard: SocketFileGuard,
 }
@@ -57,18 +67,52 @@ struct Port {
     verifying: Verifying,
     down: RefCell<RepeatGate>,
     euid: u32,
+    relays: Rc<Relays>,
+    serve: Rc<ServeContext>,
 }
 
 impl PortSocket {
+    /// Binds the socket at `path` (a stale one is replaced) and serves it.
     pub fn bind(
         host: &HostKey,
         port: u16,
         path: &Path,
         target: SocketAddr,
         verifying: Verifying,
+        serve: Rc<ServeContext>,
     ) -> std::io::Result<PortSocket> {
         let (listener, guard) = private_socket::bind(path, "expose socket")?;
+        Self::serve(host, port, path, listener, guard, target, verifying, serve)
+    }
+
+    /// Takes over the socket the previous fwdd image served.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adopt(
+        host: &HostKey,
+        port: u16,
+        path: &Path,
+        fd: OwnedFd,
+        target: SocketAddr,
+        verifying: Verifying,
+        serve: Rc<ServeContext>,
+    ) -> std::io::Result<PortSocket> {
+        let (listener, guard) = private_socket::adopt(path, fd)?;
+        Self::serve(host, port, path, listener, guard, target, verifying, serve)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn serve(
+        host: &HostKey,
+        port: u16,
+        path: &Path,
+        listener: std::os::unix::net::UnixListener,
+        guard: SocketFileGuard,
+        target: SocketAddr,
+        verifying: Verifying,
+        serve: Rc<ServeContext>,
+    ) -> std::io::Result<PortSocket> {
         let listener = UnixListener::from_std(listener)?;
+        let listener_fd = listener.as_raw_fd();
         let stats = Rc::new(ExposeStats::default());
         let target = Rc::new(Cell::new(target));
         let shared = Rc::new(Port {
@@ -79,15 +123,62 @@ impl PortSocket {
             verifying,
             down: RefCell::new(RepeatGate::new(Duration::from_secs(300))),
             euid: fwd_proto::effective_uid(),
+            relays: Rc::default(),
+            serve,
         });
-        let task = tokio::task::spawn_local(accept_loop(listener, shared));
+        let task = tokio::task::spawn_local(accept_loop(listener, shared.clone()));
         Ok(PortSocket {
             stats,
             target,
+            listener_fd,
+            path: path.to_path_buf(),
+            port: shared,
             task,
             _guard: guard,
         })
     }
+
+    /// Its relays, for an upgrade: those to wait for, those paused, those
+    /// not started.
+    pub fn relays(&self) -> &Relays {
+        &self.port.relays
+    }
+
+    /// Serves an arrival the previous image had accepted but not relayed.
+    pub fn serve_queued(&self, fd: OwnedFd) {
+        let Ok(stream) = unix_stream(fd) else { return };
+        spawn_serve(stream, &self.port);
+    }
+
+    /// Resumes a relay the previous image paused and handed over.
+    pub fn resume(&self, r: AdoptedRelay) {
+        let port = self.port.clone();
+        let entry = port.relays.register(RelayState::Running);
+        tokio::task::spawn_local(async move {
+            let Ok(mut arrival) = unix_stream(r.client) else {
+                return;
+            };
+            let upstream = std::net::TcpStream::from(r.upstream);
+            let Ok(mut upstream) = upstream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(upstream))
+            else {
+                return;
+            };
+            let d = Directions {
+                up_open: r.up_open,
+                down_open: r.down_open,
+                ..Directions::both()
+            };
+            relay(&mut arrival, &mut upstream, &port, d, &entry).await;
+        });
+    }
+}
+
+fn unix_stream(fd: OwnedFd) -> std::io::Result<UnixStream> {
+    let s = std::os::unix::net::UnixStream::from(fd);
+    s.set_nonblocking(true)?;
+    UnixStream::from_std(s)
 }
 
 /// A fresh verification token.
@@ -108,8 +199,15 @@ pub fn token() -> [u8; 16] {
 }
 
 async fn accept_loop(listener: UnixListener, port: Rc<Port>) {
+    let mut frozen = port.serve.frozen.subscribe();
     loop {
-        match listener.accept().await {
+        // While an upgrade collects, arrivals wait in the backlog.
+        let _ = frozen.wait_for(|f| !*f).await;
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = frozen.wait_for(|f| *f) => continue,
+        };
+        match accepted {
             Ok((stream, _)) => {
                 // Only our own master connects here (it runs as fwdd's user).
                 let ours = stream
@@ -118,8 +216,7 @@ async fn accept_loop(listener: UnixListener, port: Rc<Port>) {
                 if !ours {
                     continue;
                 }
-                let port = port.clone();
-                tokio::task::spawn_local(async move { serve(stream, &port).await });
+                spawn_serve(stream, &port);
             }
             Err(e) => {
                 tracing::debug!(host = %port.host, port = port.port, error = %e, "accepting on an expose socket failed");
@@ -129,10 +226,22 @@ async fn accept_loop(listener: UnixListener, port: Rc<Port>) {
     }
 }
 
-async fn serve(mut arrival: UnixStream, port: &Port) {
+/// Serves one arrival in its own task, registered at once (an upgrade that
+/// freezes next must find it).
+fn spawn_serve(stream: UnixStream, port: &Rc<Port>) {
+    let entry = port.relays.register(RelayState::Queued(stream.as_raw_fd()));
+    let port = port.clone();
+    tokio::task::spawn_local(async move { serve(stream, &port, &entry).await });
+}
+
+async fn serve(mut arrival: UnixStream, port: &Port, entry: &RelayEntry) {
+    port.serve.thawed().await;
     let mut first = Vec::new();
     let expected = port.verifying.borrow().get(&port.port).map(|(t, _)| *t);
     if let Some(token) = expected {
+        // Something may be read now: the upgrade waits instead of serving
+        // this arrival again from the start.
+        entry.set(RelayState::Running);
         if read_token(&mut arrival, &token, &mut first).await {
             if let Some((_, tx)) = port.verifying.borrow_mut().get_mut(&port.port) {
                 if let Some(tx) = tx.take() {
@@ -173,10 +282,29 @@ async fn serve(mut arrival: UnixStream, port: &Port) {
         }
     };
     let _ = upstream.set_nodelay(true);
-    stats.open.set(stats.open.get() + 1);
     if first.is_empty() || upstream.write_all(&first).await.is_ok() {
-        let _ = tokio::io::copy_bidirectional(&mut arrival, &mut upstream).await;
+        relay(&mut arrival, &mut upstream, port, Directions::both(), entry).await;
     }
+}
+
+async fn relay(
+    arrival: &mut UnixStream,
+    upstream: &mut TcpStream,
+    port: &Port,
+    d: Directions,
+    entry: &RelayEntry,
+) {
+    let stats = &port.stats;
+    stats.open.set(stats.open.get() + 1);
+    crate::serve::relay::relay(
+        arrival,
+        upstream,
+        &port.serve.frozen,
+        [&stats.bytes_in, &stats.bytes_out],
+        d,
+        entry,
+    )
+    .await;
     stats.open.set(stats.open.get().saturating_sub(1));
 }
 

@@ -58,6 +58,13 @@ pub struct Document {
     /// Engine socket clients accepted but not relaying yet: served again.
     #[serde(default)]
     pub engine_queued: Vec<QueuedDoc>,
+    /// Exposures' connections in flight, paused between two writes
+    /// (`client_fd` the master's arrival, `upstream_fd` the runner's TCP).
+    #[serde(default)]
+    pub expose_relays: Vec<ExposeRelayDoc>,
+    /// Exposures' arrivals accepted but not relaying yet: served again.
+    #[serde(default)]
+    pub expose_queued: Vec<ExposeQueuedDoc>,
     /// The old image itself (Linux: `/proc/self/exe` opened at its start):
     /// a new image that cannot take over executes it again with this very
     /// document, so nothing is lost.
@@ -106,6 +113,39 @@ pub struct HostDoc {
     /// What the old image already logged of the current failure episode.
     #[serde(default)]
     pub episode: EpisodeDoc,
+    /// Runner ports the host's containers reach: their sockets and
+    /// counters (the remote forwards live in the master).
+    #[serde(default)]
+    pub exposures: Vec<ExposureDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposureDoc {
+    pub remote_port: u16,
+    /// The runner address, e.g. `127.0.0.1:3000`.
+    pub target: String,
+    /// Made by `fwdctl expose` (kept until `unexpose`), not the configuration.
+    pub runtime: bool,
+    pub socket: SocketDoc,
+    pub connections_total: u64,
+    pub connections_failed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposeRelayDoc {
+    pub host: String,
+    pub remote_port: u16,
+    pub client_fd: RawFd,
+    pub upstream_fd: RawFd,
+    pub up_open: bool,
+    pub down_open: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposeQueuedDoc {
+    pub host: String,
+    pub remote_port: u16,
+    pub fd: RawFd,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +284,9 @@ impl Document {
             for c in &h.containers {
                 container(c)?;
             }
+            for e in &h.exposures {
+                expose_spec(e)?;
+            }
         }
         for f in &self.forwards {
             claim(f)?;
@@ -259,6 +302,7 @@ impl Document {
         for h in &self.hosts {
             fds.extend(h.master.iter().filter_map(|m| m.stderr_fd));
             fds.extend(h.engine_sockets.iter().map(|s| s.fd));
+            fds.extend(h.exposures.iter().map(|e| e.socket.fd));
         }
         for f in &self.forwards {
             fds.extend(f.listeners.iter().map(|l| l.fd));
@@ -271,6 +315,10 @@ impl Document {
             fds.extend(&r.keep_fds);
             fds.extend(r.drain_fd);
         }
+        for r in &self.expose_relays {
+            fds.extend([r.client_fd, r.upstream_fd]);
+        }
+        fds.extend(self.expose_queued.iter().map(|q| q.fd));
         fds
     }
 
@@ -278,6 +326,24 @@ impl Document {
         // Serialising plain data cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }
+}
+
+/// An exposure's spec, checked as the configuration would.
+pub fn expose_spec(e: &ExposureDoc) -> Result<fwd_core::ExposeSpec, DocumentError> {
+    let target: SocketAddr = e
+        .target
+        .parse()
+        .map_err(|_| DocumentError::Invalid(format!("exposure target {:?}", e.target)))?;
+    if e.remote_port == 0 || target.port() == 0 {
+        return Err(DocumentError::Invalid(format!(
+            "exposure {} → {target}: port 0",
+            e.remote_port
+        )));
+    }
+    Ok(fwd_core::ExposeSpec {
+        remote_port: e.remote_port,
+        target,
+    })
 }
 
 pub fn route_name(r: EngineRoute) -> String {

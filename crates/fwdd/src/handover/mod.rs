@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use document::{CheckAnswer, Document, ACCEPTED_VERSIONS, HANDOVER_VERSION};
 use fwd_core::HostKey;
 
-use crate::engine::AdoptedRelay;
 use crate::forwards::AdoptedForward;
+use crate::serve::relay::AdoptedRelay;
 
 /// Names the handover document's descriptor in the new image's environment.
 pub const HANDOVER_ENV: &str = "FWD_HANDOVER_FD";
@@ -163,6 +163,8 @@ pub struct Takeover {
     pub forwards: Vec<AdoptedForward>,
     pub relays: Vec<(HostKey, AdoptedRelay)>,
     pub engine_queued: Vec<(HostKey, OwnedFd)>,
+    pub expose_relays: Vec<(HostKey, u16, AdoptedRelay)>,
+    pub expose_queued: Vec<(HostKey, u16, OwnedFd)>,
     /// This image is the old one again: the new one could not take over.
     pub rolled_back: Option<String>,
 }
@@ -174,6 +176,7 @@ pub struct HostTakeover {
     pub master: Option<(u32, Option<OwnedFd>)>,
     pub engine_sockets: Vec<(PathBuf, OwnedFd)>,
     pub engine_totals: (u64, u64, u64),
+    pub exposures: Vec<crate::expose::AdoptedExposure>,
 }
 
 /// Names, in the environment of an image the next one rolled back to, why
@@ -371,6 +374,27 @@ fn own(doc: Document, rolled_back: Option<String>) -> Takeover {
                     .map(|s| (s.path, take(s.fd)))
                     .collect(),
                 engine_totals: (h.engine_total, h.engine_bytes_up, h.engine_bytes_down),
+                exposures: h
+                    .exposures
+                    .into_iter()
+                    .filter_map(|e| {
+                        // Checked by `Document::parse`; the fd is owned either way.
+                        let listener = take(e.socket.fd);
+                        let spec = document::expose_spec(&e).ok()?;
+                        Some(crate::expose::AdoptedExposure {
+                            spec,
+                            source: if e.runtime {
+                                fwd_core::ExposeSource::Runtime
+                            } else {
+                                fwd_core::ExposeSource::Config
+                            },
+                            path: e.socket.path,
+                            listener,
+                            total: e.connections_total,
+                            failed: e.connections_failed,
+                        })
+                    })
+                    .collect(),
             })
         })
         .collect();
@@ -420,7 +444,32 @@ fn own(doc: Document, rolled_back: Option<String>) -> Takeover {
         .into_iter()
         .map(|q| (HostKey::from(q.host.as_str()), take(q.fd)))
         .collect();
+    let expose_relays = doc
+        .expose_relays
+        .into_iter()
+        .map(|r| {
+            (
+                HostKey::from(r.host.as_str()),
+                r.remote_port,
+                AdoptedRelay {
+                    client: take(r.client_fd),
+                    upstream: take(r.upstream_fd),
+                    up_open: r.up_open,
+                    down_open: r.down_open,
+                    keep: Vec::new(),
+                    drain: None,
+                },
+            )
+        })
+        .collect();
+    let expose_queued = doc
+        .expose_queued
+        .into_iter()
+        .map(|q| (HostKey::from(q.host.as_str()), q.remote_port, take(q.fd)))
+        .collect();
     Takeover {
+        expose_relays,
+        expose_queued,
         engine_queued,
         doc_from: doc.from_version,
         daemon_started_at: UNIX_EPOCH
