@@ -13,11 +13,13 @@
 //! with `FWD_SANDBOX=DIR/env` set. Names: start, kill, burst, setup, throughput,
 //! engine, master, link, many (many also measures memory and the idle minute),
 //! startup, upgrade (issue 12: `fwdctl upgrade` against a restart, on its own fwdd),
+//! expose (issue 20: container → runner through `expose` against a separate `ssh -R`),
 //! pgbench (issue 11: a real PostgreSQL through fwd and through a separate `ssh -L`). `burst` is both bursts: containers started back to back (issue 6) and
 //! connections at a master kill (issue 11, after `master` and `link`, on its own fwdd).
 
 mod connburst;
 mod engine;
+mod expose;
 mod fwdd;
 mod net;
 mod pgbench;
@@ -934,6 +936,10 @@ fn main() {
     if opts.wants("upgrade") {
         // Its own fwdd, started from an installed copy that each trial replaces.
         ctx.upgrade(opts.upgrade_trials);
+    }
+    if opts.wants("expose") {
+        // Its own fwdd, last: it turns on GatewayPorts in the host's sshd.
+        ctx.expose(opts.conns.min(1000), opts.bytes_mib);
     }
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     ctx.rep

@@ -1,0 +1,208 @@
+//! Containers reach the runner (issue 20): connection setup and throughput
+//! from the Docker host's bridge to a server on the runner, through fwd's
+//! exposure (over its one master) against a hand-made `ssh -R` on its own
+//! connection with a session open, alternating, in one run. The client
+//! runs in the Docker host's namespace and connects to the bridge gateway,
+//! the address a container reaches as `host.docker.internal`.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Runner-side ports; the remote ports of the `ssh -R` are these + 1000.
+const FIRST_BYTE_PORT: u16 = 24000;
+const BULK_PORT: u16 = 24001;
+
+/// Serves every connection, after reading its request, `reply` and then
+/// `zeros` bytes of zeros.
+fn runner_server(ns: &str, port: u16, reply: &'static [u8], zeros: u64) {
+    let listener = spawn_in_ns(ns, move || {
+        std::net::TcpListener::bind(local(port)).expect("bind the runner's server")
+    })
+    .join()
+    .expect("bind thread");
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            thread::spawn(move || {
+                let _ = conn.set_nodelay(true);
+                let mut req = [0u8; 512];
+                let _ = conn.read(&mut req);
+                let _ = conn.write_all(reply);
+                let chunk = vec![0u8; 256 * 1024];
+                let mut left = zeros;
+                while left > 0 {
+                    let n = left.min(chunk.len() as u64) as usize;
+                    if conn.write_all(&chunk[..n]).is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+            });
+        }
+    });
+}
+
+impl Ctx<'_> {
+    pub(crate) fn expose(&mut self, conns: usize, mib: u64) {
+        println!("[expose] {conns} × connect+first byte and {mib} MiB, fwd expose vs ssh -R");
+        // Both need sshd to bind the address asked for.
+        self.host.add_sshd_config("GatewayPorts clientspecified");
+        let fwdd = Fwdd::spawn(self.host, &self.bin_dir);
+        assert!(
+            fwdd.wait_connected(Duration::from_secs(30)),
+            "fwdd did not connect"
+        );
+        let ns = self.ns();
+        runner_server(&ns, FIRST_BYTE_PORT, b"HTTP/1.0 200 OK\r\n\r\nhi", 0);
+        runner_server(&ns, BULK_PORT, b"", mib * 1024 * 1024);
+        let socket = fwdd.runtime_dir.join(fwd_proto::CONTROL_SOCKET_NAME);
+        for port in [FIRST_BYTE_PORT, BULK_PORT] {
+            let req = fwd_proto::Request::Expose {
+                host: None,
+                spec: port.to_string(),
+            };
+            fwd_client::request(&socket, &req, Duration::from_secs(5)).expect("fwdctl expose");
+        }
+        let active = |port: u16| {
+            fwdd.status().and_then(|st| {
+                st.exposed
+                    .into_iter()
+                    .find(|e| e.remote_port == port && e.state == "active")
+            })
+        };
+        assert!(
+            poll(Duration::from_secs(30), || active(FIRST_BYTE_PORT)
+                .is_some()
+                && active(BULK_PORT).is_some()),
+            "the exposures never became active:\n{}",
+            fwdd.log_text()
+        );
+        let bind = active(FIRST_BYTE_PORT).expect("active").binds[0].clone();
+        let gateway: Ipv4Addr = bind
+            .rsplit_once(':')
+            .and_then(|(ip, _)| ip.parse().ok())
+            .expect("an IPv4 bind");
+        let mut ssh_r = self.spawn_ssh_r(gateway);
+        let remote_ns = self.sb.remote_ns.clone();
+        let at = move |port: u16| SocketAddr::from((gateway, port));
+        let up = spawn_in_ns(&remote_ns, move || {
+            poll(Duration::from_secs(20), || {
+                first_byte(at(FIRST_BYTE_PORT + 1000), Duration::from_secs(1)).is_ok()
+            })
+        })
+        .join()
+        .expect("ssh -R wait");
+        assert!(up, "ssh -R never served");
+
+        let (a, b) = spawn_in_ns(&remote_ns, move || {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for _ in 0..20 {
+                let _ = first_byte(at(FIRST_BYTE_PORT), Duration::from_secs(5));
+                let _ = first_byte(at(FIRST_BYTE_PORT + 1000), Duration::from_secs(5));
+            }
+            let deadline = Instant::now() + Duration::from_secs(300);
+            for _ in 0..conns {
+                if Instant::now() > deadline {
+                    break;
+                }
+                for (p, v) in [(FIRST_BYTE_PORT, &mut a), (FIRST_BYTE_PORT + 1000, &mut b)] {
+                    let t = Instant::now();
+                    if first_byte(at(p), Duration::from_secs(5)).is_ok() {
+                        v.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+            }
+            (a, b)
+        })
+        .join()
+        .expect("expose setup bench");
+        let (a, b) = (sorted(a), sorted(b));
+        let ratio = pct(&a, 50.0) / pct(&b, 50.0);
+        self.rep.note(format!(
+            "container→runner setup via fwd expose: {}",
+            dist(&a)
+        ));
+        self.rep.note(format!(
+            "container→runner setup via ssh -R:     {}",
+            dist(&b)
+        ));
+        self.rep.row(
+            "container → runner connection setup, fwd expose / separate ssh -R",
+            format!(
+                "{ratio:.2}× (median {:.2} vs {:.2} ms, n={})",
+                pct(&a, 50.0),
+                pct(&b, 50.0),
+                a.len().min(b.len())
+            ),
+            "≤ 1.10×",
+            Some(ratio <= 1.10),
+        );
+
+        let want = mib * 1024 * 1024;
+        let (a, b) = spawn_in_ns(&remote_ns, move || {
+            let transfer = |p: u16| -> Option<f64> {
+                let t = Instant::now();
+                let mut s = TcpStream::connect_timeout(&at(p), Duration::from_secs(5)).ok()?;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+                s.write_all(b"go\n").ok()?;
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut got = 0u64;
+                while got < want {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => got += k as u64,
+                    }
+                }
+                (got >= want).then(|| want as f64 / 1048576.0 / t.elapsed().as_secs_f64())
+            };
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for _ in 0..2 {
+                a.extend(transfer(BULK_PORT));
+                thread::sleep(Duration::from_millis(300));
+                b.extend(transfer(BULK_PORT + 1000));
+                thread::sleep(Duration::from_millis(300));
+            }
+            (a, b)
+        })
+        .join()
+        .expect("expose throughput bench");
+        let _ = ssh_r.kill();
+        let _ = ssh_r.wait();
+        let best = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+        let (fa, fb) = (best(&a), best(&b));
+        let ratio = fa / fb;
+        self.rep.note(format!(
+            "container→runner throughput runs (MiB/s): fwd expose {a:.0?}, ssh -R {b:.0?}"
+        ));
+        self.rep.row(
+            &format!("container → runner throughput of {mib} MiB, fwd expose / ssh -R (best of 2)"),
+            format!("{ratio:.2}× ({fa:.0} vs {fb:.0} MiB/s)"),
+            "≥ 0.95×",
+            Some(ratio >= 0.95),
+        );
+        fwdd.stop();
+    }
+
+    /// `ssh -R <gateway>:<port+1000>:127.0.0.1:<port> <alias> sleep 3600` for both
+    /// runner ports, in the runner netns: its own connection with a session open.
+    fn spawn_ssh_r(&self, gateway: Ipv4Addr) -> Child {
+        let mut cmd = self.host.ssh_command();
+        cmd.args([
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "ControlPath=none",
+            "-o",
+            "ExitOnForwardFailure=yes",
+        ]);
+        for port in [FIRST_BYTE_PORT, BULK_PORT] {
+            cmd.arg("-R")
+                .arg(format!("{gateway}:{}:127.0.0.1:{port}", port + 1000));
+        }
+        cmd.args([&self.host.alias, "sleep", "3600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.spawn().expect("spawn ssh -R")
+    }
+}
