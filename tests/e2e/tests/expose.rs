@@ -337,3 +337,28 @@ fn an_upgrade_keeps_exposures_and_the_connections_through_them() {
     let upgraded = fwdd.log_text();
     assert!(upgraded.contains("\"upgraded\""), "{upgraded}");
 }
+
+#[test]
+fn loopback_mode_serves_host_network_containers_without_gateway_ports() {
+    let host = sandbox_host!("expose_loopback");
+    runner_server(&host, 20640, "loop");
+    let fwdd = Fwdd::spawn_with_config(
+        &host,
+        &config(&host, "expose = [20640]\nexpose_on = [\"loopback\"]"),
+    );
+    fwdd.wait_connected();
+    let e = wait_exposed(&fwdd, 20640, "active");
+    assert_eq!(e.binds, ["127.0.0.1:20640"], "{e:?}");
+    assert_eq!(remote_listeners(&host, 20640), ["127.0.0.1:20640"]);
+    let out = host.sandbox().docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        &host.image,
+        "sh",
+        "-c",
+        "echo ping | busybox timeout 10 nc 127.0.0.1 20640",
+    ]);
+    assert_eq!(out, "loop ping");
+}
