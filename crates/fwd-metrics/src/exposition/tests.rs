@@ -1,0 +1,119 @@
+use super::*;
+use std::time::Duration;
+
+fn sample() -> Scrape {
+    Scrape {
+        version: "0.1.0 (abc1234)".into(),
+        hosts: vec![
+            HostScrape {
+                name: "prod".into(),
+                connected: true,
+                streaming: true,
+                state: "connected".into(),
+                forwards: [("active".to_string(), 3), ("conflict".to_string(), 1)].into(),
+                reconnects: [("master_died".to_string(), 2)].into(),
+                events: 120,
+                engine_connections: 7,
+                probe_rtt: Some(0.00175),
+                exposures: [("active".to_string(), 1)].into(),
+                counters: {
+                    let c = Arc::new(HostCounters::default());
+                    c.connection();
+                    c.connection();
+                    c.failed(FailureReason::Refused);
+                    c.handoff.observe(Duration::from_micros(400));
+                    c
+                },
+            },
+            HostScrape {
+                name: "we\"ird\\host\n".into(),
+                state: "backoff".into(),
+                ..HostScrape::default()
+            },
+        ],
+    }
+}
+
+#[test]
+fn every_metric_of_the_contract_is_there() {
+    let text = encode(&sample(), Format::OpenMetrics);
+    for line in [
+        "# TYPE fwd_build_info gauge",
+        "fwd_build_info{version=\"0.1.0 (abc1234)\"} 1",
+        "fwd_host_up{host=\"prod\"} 1",
+        "fwd_master_connected{host=\"prod\"} 1",
+        "fwd_event_stream_up{host=\"prod\"} 1",
+        "fwd_forwards{host=\"prod\",state=\"active\"} 3",
+        "fwd_forwards{host=\"prod\",state=\"conflict\"} 1",
+        "# TYPE fwd_host_reconnects counter",
+        "fwd_host_reconnects_total{host=\"prod\",reason=\"master_died\"} 2",
+        "fwd_connections_total{host=\"prod\"} 2",
+        "fwd_connection_failures_total{host=\"prod\",reason=\"refused\"} 1",
+        "fwd_connection_failures_total{host=\"prod\",reason=\"no_master\"} 0",
+        "# TYPE fwd_handoff_seconds histogram",
+        "fwd_handoff_seconds_count{host=\"prod\"} 1",
+        "fwd_handoff_seconds_bucket{le=\"0.0005\",host=\"prod\"} 1",
+        "fwd_handoff_seconds_bucket{le=\"+Inf\",host=\"prod\"} 1",
+        "fwd_events_total{host=\"prod\"} 120",
+        "fwd_engine_connections_total{host=\"prod\"} 7",
+        "fwd_master_probe_rtt_seconds{host=\"prod\"} 0.00175",
+        "fwd_exposures{host=\"prod\",state=\"active\"} 1",
+        "# EOF",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing from:\n{text}"
+        );
+    }
+    // A host that never probed has no RTT sample rather than a made-up one.
+    assert_eq!(text.matches("fwd_master_probe_rtt_seconds{").count(), 1);
+}
+
+#[test]
+fn label_values_are_escaped() {
+    let text = encode(&sample(), Format::OpenMetrics);
+    assert!(
+        text.contains("fwd_host_up{host=\"we\\\"ird\\\\host\\n\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.lines().all(|l| !l.starts_with("ird")),
+        "no broken line: {text}"
+    );
+}
+
+#[test]
+fn the_classic_format_names_counter_families_with_total_and_has_no_eof() {
+    let text = encode(&sample(), Format::Classic);
+    assert!(
+        text.contains("# TYPE fwd_connections_total counter\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# HELP fwd_connections_total Client"),
+        "{text}"
+    );
+    assert!(text.contains("fwd_connections_total{host=\"prod\"} 2\n"));
+    assert!(text.contains("# TYPE fwd_host_up gauge\n"));
+    assert!(text.contains("# TYPE fwd_handoff_seconds histogram\n"));
+    assert!(!text.contains("# EOF"));
+    assert_eq!(Format::from_accept(None), Format::Classic);
+    assert_eq!(
+        Format::from_accept(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+        )),
+        Format::OpenMetrics
+    );
+}
+
+#[test]
+fn ready_only_when_every_host_is_up() {
+    let mut s = sample();
+    let e = readiness(&s).unwrap_err();
+    assert!(e.contains("backoff") && !e.contains("prod"), "{e}");
+    s.hosts.truncate(1);
+    assert_eq!(readiness(&s).unwrap(), "ready: prod\n");
+    s.hosts[0].streaming = false;
+    s.hosts[0].state = "connected, event stream down".into();
+    assert!(readiness(&s).unwrap_err().contains("event stream down"));
+}
