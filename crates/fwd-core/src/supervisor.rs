@@ -427,6 +427,9 @@ pub struct Health {
     pub since: Instant,
     pub last_probe_rtt: Option<Duration>,
     pub reconnects: u64,
+    /// Reconnects by what ended the previous master's link: a failure
+    /// kind (`master_died`, `timeout`, …) or `requested`.
+    pub reconnect_reasons: std::collections::BTreeMap<&'static str, u64>,
     pub consecutive_failures: u32,
     pub last_error: Option<LastError>,
     pub next_retry: Option<Instant>,
@@ -448,6 +451,7 @@ impl Health {
             since: now,
             last_probe_rtt: None,
             reconnects: 0,
+            reconnect_reasons: std::collections::BTreeMap::new(),
             consecutive_failures: 0,
             last_error: None,
             next_retry: None,
@@ -569,6 +573,9 @@ pub struct HostMachine {
     engine_forwarded: bool,
     generation: u64,
     ever_connected: bool,
+    /// What ended the link that was up last, until the next one is (see
+    /// `Health::reconnect_reasons`).
+    lost_reason: Option<&'static str>,
     logged_version: Option<String>,
     /// Round trip of the setup's version request, shown once up.
     setup_rtt: Option<Duration>,
@@ -729,6 +736,7 @@ impl HostMachine {
             engine_forwarded: false,
             generation: 0,
             ever_connected: false,
+            lost_reason: None,
             logged_version: None,
             setup_rtt: None,
             channels_started: now,
@@ -885,6 +893,9 @@ impl HostMachine {
             Input::Network { usable } => self.on_network(usable, now),
             Input::Resumed => self.on_wake(now),
             Input::ReconnectRequested => {
+                if self.phase == Phase::Up {
+                    self.lost_reason.get_or_insert("requested");
+                }
                 self.log(Record::ReconnectRequested);
                 self.backoff.reset();
                 self.teardown();
@@ -1146,6 +1157,10 @@ impl HostMachine {
     }
 
     fn master_failed(&mut self, f: Failure, now: Instant) {
+        if self.ever_connected {
+            // The first failure since the link was up is what ended it.
+            self.lost_reason.get_or_insert(f.kind.as_str());
+        }
         self.teardown();
         self.backoff
             .record_uptime(now.saturating_duration_since(self.attempt_started));
@@ -1310,6 +1325,8 @@ impl HostMachine {
             if h.master != MasterPhase::Connected {
                 if self.ever_connected {
                     h.reconnects += 1;
+                    let reason = self.lost_reason.take().unwrap_or("unknown");
+                    *h.reconnect_reasons.entry(reason).or_default() += 1;
                 }
                 h.set_master(MasterPhase::Connected, now);
             }

@@ -498,6 +498,31 @@ fn docker_missing_is_permanent_and_a_dead_master_is_a_master_failure() {
 }
 
 #[test]
+fn reconnects_are_counted_by_what_ended_the_link() {
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    assert!(
+        r.m.health().reconnect_reasons.is_empty(),
+        "the first link is no reconnect"
+    );
+    r.input(Input::MasterExited {
+        how: "exit 255".into(),
+        stderr_tail: String::new(),
+    });
+    r.connect(2, &[]);
+    r.input(Input::ReconnectRequested);
+    r.connect(3, &[]);
+    let reasons: Vec<(&str, u64)> =
+        r.m.health()
+            .reconnect_reasons
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+    assert_eq!(reasons, [("master_died", 1), ("requested", 1)]);
+    assert_eq!(r.m.health().reconnects, 2);
+}
+
+#[test]
 fn since_is_carried_across_reconnects() {
     let mut r = Rig::new();
     r.connect(1, &[]);
