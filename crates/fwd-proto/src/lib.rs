@@ -100,6 +100,9 @@ pub enum Request {
         host: Option<String>,
         port: u16,
     },
+    /// `{"v":1,"cmd":"metrics"}`: the Prometheus exposition, in the classic
+    /// text format (for node_exporter's textfile collector).
+    Metrics,
 }
 
 impl Request {
@@ -113,6 +116,7 @@ impl Request {
         "upgrade",
         "expose",
         "unexpose",
+        "metrics",
     ];
 
     /// The `cmd` value of this request.
@@ -126,6 +130,7 @@ impl Request {
             Request::Upgrade => "upgrade",
             Request::Expose { .. } => "expose",
             Request::Unexpose { .. } => "unexpose",
+            Request::Metrics => "metrics",
         }
     }
 }
@@ -177,6 +182,8 @@ pub enum Response {
     Expose(ExposeChange),
     /// Answer to [`Request::Unexpose`].
     Unexpose(ExposeChange),
+    /// Answer to [`Request::Metrics`]: `{"metrics":{"text":"# HELP …"}}`.
+    Metrics { text: String },
     /// The request failed; `message` is meant for people.
     Error {
         /// Human-readable description of what went wrong.
@@ -233,6 +240,11 @@ pub struct ExposeChange {
 }
 
 #[derive(Serialize, Deserialize)]
+struct MetricsPayload<T> {
+    text: T,
+}
+
+#[derive(Serialize, Deserialize)]
 struct ProbePayload {
     port: u16,
 }
@@ -263,6 +275,8 @@ struct WireResponseRef<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     unexpose: Option<&'a ExposeChange>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<MetricsPayload<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'a str>,
@@ -289,6 +303,8 @@ struct WireResponse {
     #[serde(default)]
     unexpose: Option<ExposeChange>,
     #[serde(default)]
+    metrics: Option<MetricsPayload<String>>,
+    #[serde(default)]
     error: Option<String>,
     #[serde(default)]
     code: Option<String>,
@@ -307,6 +323,7 @@ impl Serialize for Response {
             event: None,
             expose: None,
             unexpose: None,
+            metrics: None,
             error: None,
             code: None,
         };
@@ -319,6 +336,7 @@ impl Serialize for Response {
             Response::Event(e) => w.event = Some(e),
             Response::Expose(c) => w.expose = Some(c),
             Response::Unexpose(c) => w.unexpose = Some(c),
+            Response::Metrics { text } => w.metrics = Some(MetricsPayload { text }),
             Response::Error { message, code } => {
                 w.ok = false;
                 w.error = Some(message);
@@ -362,6 +380,8 @@ impl TryFrom<WireResponse> for Response {
             Ok(Response::Expose(c))
         } else if let Some(c) = w.unexpose {
             Ok(Response::Unexpose(c))
+        } else if let Some(m) = w.metrics {
+            Ok(Response::Metrics { text: m.text })
         } else {
             Err("response has ok=true but no payload this side knows; \
                  use fwdd and fwdctl from the same release"

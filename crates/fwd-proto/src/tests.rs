@@ -338,7 +338,7 @@ fn request_rejections() {
     assert_eq!(
         DecodeError::UnknownCmd("launch".into()).to_string(),
         "unknown command \"launch\" (supported: status, probe, watch, reconnect, resync, upgrade, \
-         expose, unexpose)"
+         expose, unexpose, metrics)"
     );
 }
 
@@ -414,6 +414,7 @@ fn all_requests() -> Vec<Request> {
             host: None,
             port: 18080,
         },
+        Request::Metrics,
     ]
 }
 
@@ -507,6 +508,9 @@ fn protocol_lines() -> String {
     };
     push(encode_line(&Response::Expose(change.clone())));
     push(encode_line(&Response::Unexpose(change)));
+    push(encode_line(&Response::Metrics {
+        text: "# HELP fwd_host_up 1 while the host's ssh master is connected.\n# TYPE fwd_host_up gauge\nfwd_host_up{host=\"prod\"} 1\n".into(),
+    }));
     push(encode_line(&Response::error_with_code(
         "port 18080 is not exposed to prod",
         error_code::EXPOSE_REFUSED,

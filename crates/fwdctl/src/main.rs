@@ -180,6 +180,10 @@ enum Command {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Print fwdd's Prometheus metrics (the classic text format, for
+    /// node_exporter's textfile collector)
+    #[command(after_help = METRICS_HELP)]
+    Metrics,
     /// End an exposure made by `fwdctl expose` or the configuration
     #[command(after_help = EXPOSE_HELP)]
     Unexpose {
@@ -200,6 +204,18 @@ enum Command {
         format: env::Format,
     },
 }
+
+const METRICS_HELP: &str = "\
+The same series fwdd serves on its metrics endpoint (metrics = \"ADDR\" in the
+configuration, or fwdd --metrics ADDR), read over the control socket instead.
+For node_exporter's textfile collector, write them atomically, e.g. every minute:
+  fwdctl metrics > /var/lib/node_exporter/fwd.prom.$$ && \\
+    mv /var/lib/node_exporter/fwd.prom.$$ /var/lib/node_exporter/fwd.prom
+The metrics and the alert rules are described in docs/operations.md.
+
+Exit codes:
+  0   printed
+  2   fwdd unreachable (not running, permission denied, timeout, protocol error)";
 
 const EXPOSE_HELP: &str = "\
 Examples:
@@ -380,6 +396,22 @@ fn host_command(socket: &std::path::Path, req: Request) -> Result<i32> {
     Ok(human::EXIT_HEALTHY)
 }
 
+fn metrics(socket: &std::path::Path) -> Result<i32> {
+    let line = client::request(socket, &Request::Metrics, client::REQUEST_TIMEOUT)?;
+    match decode_response(&line)
+        .map_err(|e| anyhow!("bad answer from fwdd ({}): {e}", socket.display()))?
+    {
+        Response::Metrics { text } => {
+            // Names, labels and values fwdd wrote itself; escaped as the
+            // format wants: printed as it is, for a file, not a person.
+            print!("{text}");
+            Ok(human::EXIT_HEALTHY)
+        }
+        Response::Error { message, .. } => Err(anyhow!("fwdd refused the request: {message}")),
+        other => Err(client::unexpected_answer(&other).into()),
+    }
+}
+
 fn upgrade(socket: &std::path::Path) -> Result<i32> {
     let (before, _) = fetch_status(socket)?;
     let line = client::request(socket, &Request::Upgrade, UPGRADE_TIMEOUT)?;
@@ -464,6 +496,7 @@ fn main() -> ExitCode {
         Command::Resync { host } => host_command(&socket, Request::Resync { host }),
         Command::Env { host, format } => env_command(&socket, host.as_deref(), format),
         Command::Upgrade => upgrade(&socket),
+        Command::Metrics => metrics(&socket),
         Command::Expose { spec, host } => host_command(&socket, Request::Expose { host, spec }),
         Command::Unexpose { port, host } => host_command(&socket, Request::Unexpose { host, port }),
     };

@@ -28,6 +28,8 @@ pub struct Config {
     pub rules: fwd_core::Rules,
     /// A group whose members may use the engine sockets too (shared runners).
     pub engine_socket_group: Option<SocketGroup>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; off if `None`.
+    pub metrics: Option<std::net::SocketAddr>,
     pub hosts: Vec<HostConfig>,
 }
 
@@ -107,6 +109,7 @@ struct FileConfig {
     healthy_after: Option<String>,
     permanent_retry: Option<String>,
     resync_interval: Option<String>,
+    metrics: Option<String>,
     #[serde(default, rename = "rule")]
     rules: Vec<FileRule>,
     #[serde(default, rename = "host")]
@@ -157,6 +160,7 @@ pub struct CliOverrides {
     pub identity_file: Option<PathBuf>,
     pub runtime_dir: Option<PathBuf>,
     pub log_format: Option<String>,
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +251,12 @@ pub fn render(c: &Config) -> String {
         "resync_interval = {}\n",
         q(&secs(c.resync_interval))
     ));
+    match c.metrics {
+        Some(addr) => out.push_str(&format!("metrics = {}\n", q(&addr.to_string()))),
+        None => {
+            out.push_str("# metrics: off (set metrics = \"127.0.0.1:9633\" to serve /metrics)\n")
+        }
+    }
     if c.rules.rules.is_empty() {
         out.push_str(
             "\n# no [[rule]]: every published TCP port is forwarded as published \
@@ -497,7 +507,17 @@ impl Config {
             None => None,
             Some(name) => Some(socket_group(name)?),
         };
+        let metrics = match cli.metrics.as_deref().or(file.metrics.as_deref()) {
+            None | Some("") | Some("off") => None,
+            Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|_| {
+                ConfigError(format!(
+                    "metrics: {a:?} is not an address and port; write e.g. \"127.0.0.1:9633\" \
+                     (loopback: only this machine's scraper reaches it) or \"off\""
+                ))
+            })?),
+        };
         Ok(Config {
+            metrics,
             rules,
             engine_socket_group,
             runtime_dir: cli
@@ -1204,6 +1224,39 @@ mod render_tests {
         let again = load(&text, "rendered.toml");
         assert_eq!(again.rules, original.rules, "{text}");
         assert_eq!(again.hosts, original.hosts, "{text}");
+    }
+}
+
+#[cfg(test)]
+mod metrics_config {
+    fn load(text: &str) -> Result<super::Config, super::ConfigError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, text).expect("write");
+        super::Config::load(super::CliOverrides {
+            config_file: Some(path),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn an_address_off_or_an_error() {
+        let host = "[[host]]\nurl = \"ssh://h\"\n";
+        assert_eq!(load(host).expect("valid").metrics, None);
+        let c = load(&format!("metrics = \"127.0.0.1:9633\"\n{host}")).expect("valid");
+        assert_eq!(c.metrics, Some("127.0.0.1:9633".parse().expect("addr")));
+        let again = load(&super::render(&c)).expect("rendered config loads");
+        assert_eq!(again.metrics, c.metrics);
+        assert_eq!(
+            load(&format!("metrics = \"off\"\n{host}"))
+                .expect("valid")
+                .metrics,
+            None
+        );
+        let e = load(&format!("metrics = \"localhost\"\n{host}"))
+            .expect_err("no port")
+            .to_string();
+        assert!(e.contains("127.0.0.1:9633"), "{e}");
     }
 }
 

@@ -67,6 +67,9 @@ pub struct Daemon {
     pub changed: Rc<watch::Sender<u64>>,
     /// Whether any network link is usable (see netwatch.rs).
     pub net_usable: watch::Receiver<bool>,
+    /// The metrics endpoint's address and listener, when served (an
+    /// upgrade hands it over).
+    pub metrics_listener: Cell<Option<(std::net::SocketAddr, std::os::fd::RawFd)>>,
 }
 
 impl Daemon {
@@ -97,6 +100,7 @@ impl Daemon {
             plan_wanted: Rc::new(Notify::new()),
             changed: Rc::new(watch::channel(0u64).0),
             net_usable,
+            metrics_listener: Cell::new(None),
         })
     }
 
@@ -303,6 +307,15 @@ impl Daemon {
                 "engine_socket_group cannot change while running (the sockets and the runtime directory keep their group); restart fwdd to change it"
             );
             new.engine_socket_group = old_group;
+        }
+        let old_metrics = self.config.borrow().metrics;
+        if new.metrics != old_metrics {
+            tracing::warn!(
+                event = "reload_ignored_key",
+                key = "metrics",
+                "metrics cannot change while running (the endpoint stays where it is); restart fwdd to change it"
+            );
+            new.metrics = old_metrics;
         }
         let hosts = self.hosts();
         // Exposures change without touching the connection (below).

@@ -36,6 +36,8 @@ pub trait ControlHandler {
     fn expose(&self, host: Option<&str>, spec: &str) -> Result<ExposeChange, String>;
     /// `fwdctl unexpose`.
     fn unexpose(&self, host: Option<&str>, port: u16) -> Result<ExposeChange, String>;
+    /// `fwdctl metrics`: the exposition in the classic text format.
+    fn metrics(&self) -> String;
 }
 
 impl Daemon {
@@ -120,6 +122,10 @@ impl ControlHandler for Rc<Daemon> {
             }),
             _ => Err(format!("port {port} is not exposed to {}", h.key)),
         }
+    }
+
+    fn metrics(&self) -> String {
+        fwd_metrics::encode(&crate::metrics::scrape(self), fwd_metrics::Format::Classic)
     }
 
     fn upgrade(&self, reply_fd: std::os::fd::RawFd) -> LocalFuture<'_, String> {

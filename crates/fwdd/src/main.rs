@@ -12,6 +12,7 @@ mod forwards;
 mod handler;
 mod handover;
 mod host;
+mod metrics;
 mod netwatch;
 mod notify;
 mod private_socket;
@@ -86,6 +87,10 @@ struct Settings {
     /// Identity file (private key) for all hosts (ssh -i).
     #[arg(long, value_name = "FILE", env = "FWD_IDENTITY")]
     identity: Option<PathBuf>,
+    /// Serve Prometheus metrics, /healthz and /readyz on ADDR (e.g.
+    /// 127.0.0.1:9633; "off" turns it off) [default: off].
+    #[arg(long, value_name = "ADDR", env = "FWD_METRICS")]
+    metrics: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +117,7 @@ impl Settings {
             identity_file: self.identity.clone(),
             runtime_dir: self.runtime_dir.clone(),
             log_format: self.log_format.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -299,6 +305,7 @@ async fn run(
         (control_path.clone(), control.raw_fd()),
         stored,
     );
+    serve_metrics(&daemon, takeover.as_mut().and_then(|t| t.metrics.take()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let control = control.pause_on(daemon.serve.frozen.subscribe());
     let d = daemon.clone();
@@ -356,6 +363,30 @@ async fn run(
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_millis(300), control_task).await;
     tracing::info!(event = "stopped", "fwdd stopped");
+    Ok(())
+}
+
+/// The metrics endpoint, when configured: the listener the previous image
+/// handed over if it is for the same address, else a new one.
+fn serve_metrics(
+    daemon: &Rc<Daemon>,
+    inherited: Option<(std::net::SocketAddr, std::os::fd::OwnedFd)>,
+) -> anyhow::Result<()> {
+    let Some(addr) = daemon.config.borrow().metrics else {
+        return Ok(());
+    };
+    let listener = match inherited {
+        Some((was, fd)) if was == addr => {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true)?;
+            l
+        }
+        _ => metrics::bind(addr)?,
+    };
+    daemon
+        .metrics_listener
+        .set(Some((addr, std::os::fd::AsRawFd::as_raw_fd(&listener))));
+    metrics::spawn(daemon, listener)?;
     Ok(())
 }
 

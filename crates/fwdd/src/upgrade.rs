@@ -349,6 +349,10 @@ fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
         engine_queued: queued,
         expose_relays,
         expose_queued,
+        metrics: daemon
+            .metrics_listener
+            .get()
+            .map(|(addr, fd)| ListenerDoc { addr, fd }),
         rollback_exe_fd: daemon.image.exe_fd,
         binary: daemon.image.binary.to_string_lossy().into_owned(),
         args: daemon

@@ -87,6 +87,7 @@ async fn answer(shared: &Shared, request: Request) -> Response {
             }
             Err(e) => Response::error_with_code(e, error_code::UNKNOWN_HOST),
         },
+        Request::Metrics => Response::Metrics { text: h.metrics() },
         Request::Expose { host, spec } => match h.expose(host.as_deref(), &spec) {
             Ok(c) => {
                 info!(event = "control_expose", host = %c.host, port = c.remote_port, runner = %c.runner, "expose requested");

@@ -78,6 +78,10 @@ impl ControlHandler for Fake {
     fn unexpose(&self, _host: Option<&str>, port: u16) -> Result<fwd_proto::ExposeChange, String> {
         Err(format!("port {port} is not exposed"))
     }
+
+    fn metrics(&self) -> String {
+        "# EOF\n".into()
+    }
 }
 
 pub(super) fn forward(port: u16) -> fwd_proto::ForwardStatus {

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use fwd_core::Claim;
+use fwd_metrics::FailureReason;
 use fwd_ssh::MuxError;
 use tokio::sync::watch;
 
@@ -22,12 +23,22 @@ pub(super) fn spawn_served(
 ) {
     stats.open.set(stats.open.get() + 1);
     stats.total.set(stats.total.get() + 1);
-    let port = target.borrow().claim.local_port;
+    let (port, host) = {
+        let t = target.borrow();
+        (t.claim.local_port, t.claim.host.clone())
+    };
+    let counters = ctx.counters(&host);
+    counters.connection();
+    let accepted = std::time::Instant::now();
     let registered = ctx
         .registry
         .register(port, ConnState::Queued(sock.as_raw_fd()));
     tokio::task::spawn_local(async move {
-        serve_connection(sock, target, &ctx, registered).await;
+        let opened = || counters.handoff.observe(accepted.elapsed());
+        if let Served::Failed(why) = serve_connection(sock, target, &ctx, registered, opened).await
+        {
+            counters.failed(why);
+        }
         stats.open.set(stats.open.get().saturating_sub(1));
     });
 }
@@ -58,6 +69,15 @@ pub(super) fn spawn_adopted_tunnel(
     });
 }
 
+/// How a client's connection was served.
+enum Served {
+    /// Through a tunnel of the master.
+    Tunnel,
+    /// By the `ssh -W` fallback.
+    Fallback,
+    Failed(FailureReason),
+}
+
 /// Hands one accepted connection to the host's master. While no master is
 /// up, or the container is only created, the client waits (up to
 /// `connect_wait`) instead of being refused; a refusal from a container that
@@ -68,18 +88,19 @@ async fn serve_connection(
     mut target: watch::Receiver<Target>,
     ctx: &Rc<ServeContext>,
     registered: Registered,
-) {
+    opened: impl FnOnce(),
+) -> Served {
     let mut deadline = tokio::time::Instant::now() + ctx.connect_wait.get();
     let claim = match tokio::time::timeout_at(deadline, target.wait_for(|t| !t.claim.pending)).await
     {
         Ok(Ok(t)) => t.claim.clone(),
         _ => {
             tracing::debug!("the container did not start in time; closing the connection");
-            return;
+            return Served::Failed(FailureReason::NotStarted);
         }
     };
     let Some(mut link_rx) = ctx.link_watch(&claim.host) else {
-        return;
+        return Served::Failed(FailureReason::NoMaster);
     };
     let mut fallback_tried = false;
     let mut refusals = 0;
@@ -89,19 +110,19 @@ async fn serve_connection(
         {
             Ok(Ok(link)) => match link.clone() {
                 Some(l) => l,
-                None => return,
+                None => return Served::Failed(FailureReason::NoMaster),
             },
             _ => {
                 tracing::debug!(
                     port = claim.local_port,
                     "no master in time; closing the connection"
                 );
-                return;
+                return Served::Failed(FailureReason::NoMaster);
             }
         };
         let slots = ctx.handoff_slots(&claim.host);
         let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, slots.acquire()).await else {
-            return;
+            return Served::Failed(FailureReason::Handoff);
         };
         let (running_since, listening) = {
             let t = target.borrow();
@@ -135,10 +156,11 @@ async fn serve_connection(
         });
         match handed_off {
             Ok(Ok(tunnel)) => {
+                opened();
                 // The master holds its own copy of the socket now.
                 drop(sock);
                 tunnel.closed().await;
-                return;
+                return Served::Tunnel;
             }
             Ok(Err(MuxError::Refused(reason))) => {
                 let running_since = target.borrow().running_since;
@@ -149,7 +171,7 @@ async fn serve_connection(
                 });
                 let Some((delay, window_end)) = retry else {
                     tracing::debug!(port = claim.local_port, %reason, "remote end refused the connection");
-                    return;
+                    return Served::Failed(FailureReason::Refused);
                 };
                 // A young container's service is not listening yet: the
                 // master closed only its own copies of the socket, so the
@@ -173,14 +195,14 @@ async fn serve_connection(
                     tracing::debug!(error = %e, "mux stdio forward failed; trying ssh -W");
                     registered.set(ConnState::Fallback);
                     if run_fallback(&link, &claim, &sock).await {
-                        return;
+                        return Served::Fallback;
                     }
                 }
             }
-            Err(_) => return,
+            Err(_) => return Served::Failed(FailureReason::Handoff),
         }
         if tokio::time::Instant::now() >= deadline {
-            return;
+            return Served::Failed(FailureReason::Handoff);
         }
     }
 }

@@ -65,6 +65,9 @@ pub struct Document {
     /// Exposures' arrivals accepted but not relaying yet: served again.
     #[serde(default)]
     pub expose_queued: Vec<ExposeQueuedDoc>,
+    /// The metrics endpoint's listener, when one is served.
+    #[serde(default)]
+    pub metrics: Option<ListenerDoc>,
     /// The old image itself (Linux: `/proc/self/exe` opened at its start):
     /// a new image that cannot take over executes it again with this very
     /// document, so nothing is lost.
@@ -319,6 +322,7 @@ impl Document {
             fds.extend([r.client_fd, r.upstream_fd]);
         }
         fds.extend(self.expose_queued.iter().map(|q| q.fd));
+        fds.extend(self.metrics.iter().map(|m| m.fd));
         fds
     }
 

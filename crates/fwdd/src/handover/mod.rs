@@ -165,6 +165,8 @@ pub struct Takeover {
     pub engine_queued: Vec<(HostKey, OwnedFd)>,
     pub expose_relays: Vec<(HostKey, u16, AdoptedRelay)>,
     pub expose_queued: Vec<(HostKey, u16, OwnedFd)>,
+    /// The metrics endpoint's listener and its address.
+    pub metrics: Option<(std::net::SocketAddr, OwnedFd)>,
     /// This image is the old one again: the new one could not take over.
     pub rolled_back: Option<String>,
 }
@@ -467,9 +469,11 @@ fn own(doc: Document, rolled_back: Option<String>) -> Takeover {
         .into_iter()
         .map(|q| (HostKey::from(q.host.as_str()), q.remote_port, take(q.fd)))
         .collect();
+    let metrics = doc.metrics.map(|m| (m.addr, take(m.fd)));
     Takeover {
         expose_relays,
         expose_queued,
+        metrics,
         engine_queued,
         doc_from: doc.from_version,
         daemon_started_at: UNIX_EPOCH

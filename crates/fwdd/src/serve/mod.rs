@@ -42,6 +42,8 @@ pub struct ServeContext {
     pub startup_window: Cell<Duration>,
     spares: Spares,
     handoffs: RefCell<BTreeMap<HostKey, Rc<Semaphore>>>,
+    /// Each host's hot-path counters (see `fwd_metrics`).
+    counters: RefCell<BTreeMap<HostKey, std::sync::Arc<fwd_metrics::HostCounters>>>,
     /// Set while a binary upgrade collects what to hand over: nothing is
     /// accepted and no hand-off starts (the kernel's backlog holds new
     /// clients meanwhile); cleared again if the upgrade fails.
@@ -65,6 +67,7 @@ impl ServeContext {
             startup_window: Cell::new(startup_window),
             spares: Spares::default(),
             handoffs: RefCell::default(),
+            counters: RefCell::default(),
             frozen: watch::channel(false).0,
             registry: Registry::default(),
             stored,
@@ -82,6 +85,16 @@ impl ServeContext {
         self.links.borrow_mut().remove(host);
         self.spares.forget_host(host);
         self.handoffs.borrow_mut().remove(host);
+    }
+
+    /// The host's hot-path counters, handed out once per connection: counting
+    /// is then an atomic add, no lookup.
+    pub fn counters(&self, host: &HostKey) -> std::sync::Arc<fwd_metrics::HostCounters> {
+        self.counters
+            .borrow_mut()
+            .entry(host.clone())
+            .or_default()
+            .clone()
     }
 
     /// The host's link, to wait on (`None`: no such host).

@@ -1,0 +1,108 @@
+//! What Prometheus reads of the daemon: a [`Scrape`] made from the status
+//! snapshot, each machine's reconnect reasons and the hot-path counters,
+//! served by `fwd_metrics` on the configured address.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use fwd_metrics::{HostScrape, MetricsSource, Scrape};
+use fwd_proto::{ForwardState, MasterState, StreamState};
+
+use crate::daemon::Daemon;
+
+/// The daemon as a metrics source.
+pub struct DaemonMetrics(pub Rc<Daemon>);
+
+impl MetricsSource for DaemonMetrics {
+    fn scrape(&self) -> Scrape {
+        scrape(&self.0)
+    }
+}
+
+pub fn scrape(d: &Daemon) -> Scrape {
+    let status = crate::status::snapshot(d);
+    let hosts = status
+        .hosts
+        .iter()
+        .map(|h| {
+            let key = fwd_core::HostKey::from(h.name.as_str());
+            let mut forwards: BTreeMap<String, u64> = BTreeMap::new();
+            for f in status.forwards.iter().filter(|f| f.host == h.name) {
+                *forwards.entry(forward_state(f.state).into()).or_default() += 1;
+            }
+            let mut exposures: BTreeMap<String, u64> = BTreeMap::new();
+            for e in status.exposed.iter().filter(|e| e.host == h.name) {
+                *exposures.entry(e.state.clone()).or_default() += 1;
+            }
+            let reconnects = d
+                .host(&h.name)
+                .map(|host| {
+                    host.machine
+                        .borrow()
+                        .health()
+                        .reconnect_reasons
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let connected = h.master.state == MasterState::Connected;
+            let streaming = h.events.state == StreamState::Streaming;
+            HostScrape {
+                name: h.name.clone(),
+                connected,
+                streaming,
+                state: if connected && !streaming {
+                    format!("connected, event stream {}", h.events.state)
+                } else {
+                    h.master.state.to_string()
+                },
+                forwards,
+                reconnects,
+                events: h.events.events_received,
+                engine_connections: h.engine.as_ref().map_or(0, |e| e.connections_total),
+                probe_rtt: h.master.last_probe_rtt_ms.map(|ms| ms / 1000.0),
+                exposures,
+                counters: d.serve.counters(&key),
+            }
+        })
+        .collect();
+    Scrape {
+        version: status.daemon.version,
+        hosts,
+    }
+}
+
+fn forward_state(s: ForwardState) -> &'static str {
+    match s {
+        ForwardState::Active => "active",
+        ForwardState::Pending => "pending",
+        ForwardState::Conflict => "conflict",
+        ForwardState::Unsupported => "unsupported",
+    }
+}
+
+/// Binds the metrics listener (`std`, non-blocking, close-on-exec), saying
+/// so when it is reachable from other machines.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot serve metrics on {addr}: {e}"))
+    })?;
+    listener.set_nonblocking(true)?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(event = "metrics_not_loopback", addr = %addr,
+            "metrics are served on {addr}, reachable from other machines: they name the Docker hosts and what fails");
+    }
+    Ok(listener)
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until fwdd stops.
+pub fn spawn(daemon: &Rc<Daemon>, listener: std::net::TcpListener) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tracing::info!(event = "metrics_serving", addr = %addr, "metrics on http://{addr}/metrics (and /healthz, /readyz)");
+    let source: Rc<dyn MetricsSource> = Rc::new(DaemonMetrics(daemon.clone()));
+    tokio::task::spawn_local(fwd_metrics::serve(listener, source));
+    Ok(())
+}
