@@ -25,6 +25,8 @@ command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v dpkg-deb >/dev/null || missing+=(dpkg)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
+# The alert rules' checks and unit tests, and the metrics e2e test's scraper.
+command -v promtool >/dev/null || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -1,0 +1,271 @@
+//! The fleet's view: fwdd's metrics endpoint, `/healthz`, `/readyz` and
+//! `fwdctl metrics` against the real sshd and dockerd of the sandbox.
+//! Host ports 20700-20799 are this file's.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::time::Duration;
+
+use common::{fwdctl, Fwdd};
+use fwd_e2e::{Sandbox, TestHost};
+use fwd_proto::ForwardState;
+
+macro_rules! sandbox_host {
+    ($name:expr) => {
+        match Sandbox::get() {
+            Some(sb) => TestHost::new(sb, $name),
+            None => return,
+        }
+    };
+}
+
+const T: Duration = Duration::from_secs(30);
+const METRICS_PORT: u16 = 9633;
+
+/// `GET path` on the metrics endpoint in the runner's namespace: (status, body).
+fn get(host: &TestHost, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    host.in_runner_ns(move || {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, METRICS_PORT)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(request.as_bytes()).expect("write");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read");
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+        (status, body.unwrap_or_default())
+    })
+}
+
+/// The value of the sample `series` (name and labels exactly), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn wait_sample(host: &TestHost, series: &str, what: &str, ok: impl Fn(f64) -> bool) -> String {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (_, text) = get(host, "/metrics");
+        if sample(&text, series).is_some_and(&ok) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {series} never did; last:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_endpoint_counts_traffic_and_reconnects_and_readyz_follows_the_host() {
+    let host = sandbox_host!("metrics_endpoint");
+    let config = format!(
+        "metrics = \"127.0.0.1:{METRICS_PORT}\"\n[[host]]\nname = \"box\"\nurl = \"ssh://{}\"\nssh_config = \"{}\"\n",
+        host.alias,
+        host.ssh_config.display()
+    );
+    let fwdd = Fwdd::spawn_with_config(&host, &config);
+    fwdd.wait_connected();
+    let text = wait_sample(&host, "fwd_host_up{host=\"box\"}", "the host up", |v| {
+        v == 1.0
+    });
+    assert!(text.contains("fwd_build_info{version=\""), "{text}");
+    assert_eq!(get(&host, "/healthz").0, 200);
+    let (status, body) = get(&host, "/readyz");
+    assert_eq!((status, body.as_str()), (200, "ready: box\n"));
+
+    // Traffic: each connection is counted, and its hand-off timed.
+    host.httpd(&["20700:8080"]);
+    fwdd.wait_forward_state(20700, ForwardState::Active);
+    for _ in 0..3 {
+        assert_eq!(fwdd.wait_http(20700), "hello\n");
+    }
+    let text = wait_sample(
+        &host,
+        "fwd_connections_total{host=\"box\"}",
+        "connections",
+        |v| v >= 3.0,
+    );
+    assert!(
+        sample(&text, "fwd_handoff_seconds_count{host=\"box\"}").is_some_and(|v| v >= 3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "fwd_forwards{host=\"box\",state=\"active\"}"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // A master SIGKILL: not ready while it is down, then a reconnect counted
+    // by its reason.
+    let master = fwdd.master_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the master");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (status, body) = get(&host, "/readyz");
+        if status == 503 {
+            assert!(body.starts_with("not ready: host box:"), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never said 503"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_sample(
+        &host,
+        "fwd_host_reconnects_total{host=\"box\",reason=\"master_died\"}",
+        "the reconnect",
+        |v| v == 1.0,
+    );
+    assert_eq!(get(&host, "/readyz").0, 200);
+
+    // The same series over the control socket, in the classic format.
+    let out = fwdctl(&fwdd, &["metrics"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("# TYPE fwd_connections_total counter\n"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"), "{text}");
+}
+
+/// Debian's Prometheus, scraping fwdd every second from the runner's
+/// namespace; `query` asks its HTTP API for one instant value.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(host: &TestHost, port: u16) -> Prometheus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: fwd\n    static_configs:\n      \
+                 - targets: ['127.0.0.1:{METRICS_PORT}']\n"
+            ),
+        )
+        .expect("write prometheus.yml");
+        let child = host
+            .runner_command("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).expect("log"))
+            .spawn()
+            .expect("start prometheus (apt-get install prometheus)");
+        Prometheus {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// The value of `expr` now, if it has exactly one sample.
+    fn query(&self, host: &TestHost, expr: &str) -> Option<f64> {
+        let enc: String = expr
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let request = format!("GET /api/v1/query?query={enc} HTTP/1.0\r\nHost: x\r\n\r\n");
+        let port = self.port;
+        let body = host.in_runner_ns(move || {
+            let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            s.write_all(request.as_bytes()).ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let result = v["data"]["result"].as_array()?;
+        if result.len() != 1 {
+            return None;
+        }
+        result[0]["value"][1].as_str()?.parse().ok()
+    }
+
+    fn wait(&self, host: &TestHost, expr: &str, ok: impl Fn(f64) -> bool) {
+        let deadline = std::time::Instant::now() + T;
+        while !self.query(host, expr).is_some_and(&ok) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Prometheus never saw {expr} as wanted (last: {:?})",
+                self.query(host, expr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_series_as_they_change() {
+    let host = sandbox_host!("metrics_prometheus");
+    let config = format!(
+        "metrics = \"127.0.0.1:{METRICS_PORT}\"\n[[host]]\nname = \"box\"\nurl = \"ssh://{}\"\nssh_config = \"{}\"\n",
+        host.alias,
+        host.ssh_config.display()
+    );
+    let fwdd = Fwdd::spawn_with_config(&host, &config);
+    fwdd.wait_connected();
+    let prom = Prometheus::start(&host, 9090);
+    prom.wait(&host, "up{job=\"fwd\"}", |v| v == 1.0);
+    prom.wait(&host, "fwd_host_up{host=\"box\"}", |v| v == 1.0);
+    prom.wait(&host, "count(fwd_build_info)", |v| v == 1.0);
+
+    host.httpd(&["20710:8080"]);
+    fwdd.wait_forward_state(20710, ForwardState::Active);
+    for _ in 0..2 {
+        assert_eq!(fwdd.wait_http(20710), "hello\n");
+    }
+    prom.wait(&host, "fwd_connections_total{host=\"box\"}", |v| v >= 2.0);
+    prom.wait(
+        &host,
+        "histogram_quantile(0.5, rate(fwd_handoff_seconds_bucket{host=\"box\"}[1m]))",
+        |v| v > 0.0 && v < 1.0,
+    );
+
+    let master = fwdd.master_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the master");
+    prom.wait(&host, "sum(fwd_host_reconnects_total{host=\"box\"})", |v| {
+        v == 1.0
+    });
+}
