@@ -13,8 +13,8 @@ pub mod mux;
 
 pub use master::{
     check_control_path_len, clear_stale_control_socket, fallback_stdio_forward_command,
-    master_args, validate_destination, Master, MasterConfig, MasterError, SocketState,
-    MAX_CONTROL_PATH_LEN,
+    master_args, parse_host_url, validate_destination, Master, MasterConfig, MasterError,
+    SocketState, MAX_CONTROL_PATH_LEN,
 };
 pub use mux::{
     spawn_remote, MuxClient, MuxError, PendingMux, RemoteProcess, Session, StdioForward,

@@ -153,6 +153,74 @@ fn fmt_tail(tail: &[String]) -> String {
     }
 }
 
+/// `ssh://[user@]host[:port]` → (destination, port).
+pub fn parse_host_url(url: &str) -> Result<(String, Option<u16>), String> {
+    let rest = url
+        .strip_prefix("ssh://")
+        .ok_or_else(|| format!("{url:?} is not an ssh:// URL (write ssh://user@host[:port])"))?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (user, hostport) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, tail) = v6
+            .split_once(']')
+            .ok_or_else(|| {
+                format!("{url:?}: unclosed '[' in the host; write an IPv6 address as ssh://user@[fd00::1]:22")
+            })?;
+        let port = match tail {
+            "" => None,
+            t => Some(t.strip_prefix(':').ok_or_else(|| {
+                format!(
+                    "{url:?}: {t:?} after ']' is not a port; write an IPv6 address as \
+                             ssh://user@[fd00::1]:22"
+                )
+            })?),
+        };
+        (h, port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    let port = port
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    format!("{url:?}: port {p:?} is not a number from 1 to 65535; write e.g. ssh://user@host:2222")
+                })
+        })
+        .transpose()?;
+    let valid = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('-')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-:%".contains(c))
+    };
+    const ALLOWED: &str = "letters, digits and . _ - : % only, not starting with '-'";
+    if !valid(host) {
+        return Err(format!(
+            "{url:?}: {host:?} is not a valid host name ({ALLOWED}); write ssh://[user@]host[:port]"
+        ));
+    }
+    if let Some(u) = user {
+        if !valid(u) {
+            return Err(format!(
+                "{url:?}: {u:?} is not a valid user name ({ALLOWED}); write ssh://[user@]host[:port]"
+            ));
+        }
+    }
+    let destination = match user {
+        Some(u) => format!("{u}@{host}"),
+        None => host.to_string(),
+    };
+    Ok((destination, port))
+}
+
 /// Rejects destinations ssh could parse as an option or that cannot be a host/alias.
 pub fn validate_destination(dest: &str) -> Result<(), MasterError> {
     if dest.is_empty()

@@ -12,6 +12,7 @@ use std::time::Duration;
 use fwd_core::{
     classify_ssh_failure, ContainerId, EngineRoute, Failure, FailureKind, Op, OpId, Outcome,
 };
+use fwd_docker::DISCOVER_ENGINE_COMMAND;
 use fwd_docker::{ApiError, DockerApi, EventStream};
 use fwd_ssh::{Master, MasterError, MuxClient, SocketState};
 use tokio::io::AsyncBufReadExt;
@@ -344,11 +345,6 @@ pub(super) fn start_op(
     };
     fut
 }
-
-/// Asks the remote docker CLI where its engine is. The command is a
-/// constant; its output is parsed by the machine (`fwd_core::parse_endpoint`).
-const DISCOVER_ENGINE_COMMAND: &str =
-    "docker context inspect --format '{{.Endpoints.docker.Host}}'";
 
 /// The master's first session when there is nothing to discover.
 const FIRST_SESSION_COMMAND: &str = "exit 0";
