@@ -1,6 +1,7 @@
 //! `fwdctl`: command-line client of the fwdd control socket.
 
 use fwd_client as client;
+mod doctor;
 mod env;
 mod human;
 mod wait;
@@ -180,6 +181,26 @@ enum Command {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Check a Docker host's setup (ssh client, host key, key, sshd's
+    /// forwarding, the engine, the clock) and say how to fix what fails
+    #[command(after_help = DOCTOR_HELP)]
+    Doctor {
+        /// Check this host directly, without fwdd: ssh://[user@]host[:port]
+        #[arg(long, value_name = "URL")]
+        host: Option<String>,
+        /// ssh client configuration file (ssh -F), with --host
+        #[arg(long, value_name = "FILE", requires = "host")]
+        ssh_config: Option<PathBuf>,
+        /// Identity file (ssh -i), with --host
+        #[arg(long, value_name = "FILE", requires = "host")]
+        identity: Option<PathBuf>,
+        /// The engine's socket on the host, with --host (default: ask its docker CLI)
+        #[arg(long, value_name = "PATH", requires = "host")]
+        engine_socket: Option<String>,
+        /// One JSON array of hosts and their checks
+        #[arg(long)]
+        json: bool,
+    },
     /// Print fwdd's Prometheus metrics (the classic text format, for
     /// node_exporter's textfile collector)
     #[command(after_help = METRICS_HELP)]
@@ -204,6 +225,23 @@ enum Command {
         format: env::Format,
     },
 }
+
+const DOCTOR_HELP: &str = "\
+Examples:
+  fwdctl doctor                              every host of the running fwdd, as it sees them
+  fwdctl doctor --host ssh://ci@docker-1     a host, before fwdd is set up for it
+  fwdctl doctor --host ssh://ci@docker-1 --json
+
+With --host, fwdctl opens its own ssh connection (your ssh configuration applies) and
+checks: the ssh client, the host key (if unknown: the ssh-keyscan line to run after
+checking the fingerprint), authentication, where the engine is, a stream-local channel
+to it (sshd's AllowStreamLocalForwarding), the engine's answer (or why not: the docker
+group, nothing listening), the host's clock, and GatewayPorts for `expose`.
+
+Exit codes:
+  0   every check passed (warnings allowed)
+  1   a check failed (each failure says its fix)
+  2   could not check (fwdd unreachable without --host, a bad URL)";
 
 const METRICS_HELP: &str = "\
 The same series fwdd serves on its metrics endpoint (metrics = \"ADDR\" in the
@@ -396,6 +434,36 @@ fn host_command(socket: &std::path::Path, req: Request) -> Result<i32> {
     Ok(human::EXIT_HEALTHY)
 }
 
+fn doctor_command(
+    socket: &std::path::Path,
+    target: Option<doctor::Target>,
+    json: bool,
+) -> Result<i32> {
+    let runtime_dir = socket
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(fwd_proto::default_runtime_dir);
+    let reports = match target {
+        Some(t) => vec![doctor::probe_host(&t, &runtime_dir)?],
+        None => {
+            let (st, _) = fetch_status(socket).map_err(|e| {
+                anyhow!("{e:#}; to check a host without fwdd, give --host ssh://user@host")
+            })?;
+            doctor::from_status(&st, &runtime_dir)
+        }
+    };
+    if json {
+        println!("{}", doctor::to_json(&reports));
+    } else {
+        print!("{}", doctor::render(&reports));
+    }
+    Ok(if doctor::passed(&reports) {
+        human::EXIT_HEALTHY
+    } else {
+        human::EXIT_DEGRADED
+    })
+}
+
 fn metrics(socket: &std::path::Path) -> Result<i32> {
     let line = client::request(socket, &Request::Metrics, client::REQUEST_TIMEOUT)?;
     match decode_response(&line)
@@ -497,6 +565,22 @@ fn main() -> ExitCode {
         Command::Env { host, format } => env_command(&socket, host.as_deref(), format),
         Command::Upgrade => upgrade(&socket),
         Command::Metrics => metrics(&socket),
+        Command::Doctor {
+            host,
+            ssh_config,
+            identity,
+            engine_socket,
+            json,
+        } => doctor_command(
+            &socket,
+            host.map(|url| doctor::Target {
+                url,
+                ssh_config,
+                identity,
+                engine_socket,
+            }),
+            json,
+        ),
         Command::Expose { spec, host } => host_command(&socket, Request::Expose { host, spec }),
         Command::Unexpose { port, host } => host_command(&socket, Request::Unexpose { host, port }),
     };
