@@ -676,7 +676,13 @@ impl Ctx<'_> {
     /// `ssh -L 127.0.0.1:<lport>:<remote> <alias> sleep 3600` in the runner netns: its own
     /// connection (no ControlMaster) with a session open.
     pub(crate) fn spawn_ssh_l(&self, lport: u16, remote: &str) -> Child {
-        let spec = format!("127.0.0.1:{lport}:{remote}");
+        self.spawn_ssh_forwarding(&["-L", &format!("127.0.0.1:{lport}:{remote}")])
+    }
+
+    /// `ssh <forwarding args> <alias> sleep 3600` in the runner netns: what a
+    /// user runs instead of fwd, on its own connection with a session open
+    /// (so OpenSSH turns TCP_NODELAY on).
+    pub(crate) fn spawn_ssh_forwarding(&self, forwards: &[&str]) -> Child {
         let mut cmd = self.host.ssh_command();
         cmd.args([
             "-o",
@@ -685,15 +691,12 @@ impl Ctx<'_> {
             "ControlPath=none",
             "-o",
             "ExitOnForwardFailure=yes",
-            "-L",
-            &spec,
-            &self.host.alias,
-            "sleep",
-            "3600",
         ])
+        .args(forwards)
+        .args([&self.host.alias, "sleep", "3600"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        cmd.spawn().expect("spawn ssh -L")
+        cmd.spawn().expect("spawn ssh")
     }
 }

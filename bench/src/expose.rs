@@ -100,28 +100,12 @@ impl Ctx<'_> {
             proc_cpu_wakeups(master),
             proc_cpu_wakeups(ssh_r.id()),
         );
-        let (a, b) = spawn_in_ns(&remote_ns, move || {
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            for _ in 0..20 {
-                let _ = first_byte(at(FIRST_BYTE_PORT), Duration::from_secs(5));
-                let _ = first_byte(at(FIRST_BYTE_PORT + 1000), Duration::from_secs(5));
-            }
-            let deadline = Instant::now() + Duration::from_secs(300);
-            for _ in 0..conns {
-                if Instant::now() > deadline {
-                    break;
-                }
-                for (p, v) in [(FIRST_BYTE_PORT, &mut a), (FIRST_BYTE_PORT + 1000, &mut b)] {
-                    let t = Instant::now();
-                    if first_byte(at(p), Duration::from_secs(5)).is_ok() {
-                        v.push(t.elapsed().as_secs_f64() * 1e3);
-                    }
-                }
-            }
-            (a, b)
-        })
-        .join()
-        .expect("expose setup bench");
+        let (a, b) = alternate_first_byte(
+            &remote_ns,
+            at(FIRST_BYTE_PORT),
+            at(FIRST_BYTE_PORT + 1000),
+            conns,
+        );
         // Where the time goes: what each process spent per connection (the
         // loops above include 20 warm-up connections each).
         let per = |s0: &CpuSample, pid: u32, n: usize| {
@@ -251,26 +235,14 @@ impl Ctx<'_> {
         );
     }
 
-    /// `ssh -R <gateway>:<port+1000>:127.0.0.1:<port> <alias> sleep 3600` for both
-    /// runner ports, in the runner netns: its own connection with a session open.
+    /// `ssh -R <gateway>:<port+1000>:127.0.0.1:<port>` for both runner ports,
+    /// on a connection of its own.
     fn spawn_ssh_r(&self, gateway: Ipv4Addr) -> Child {
-        let mut cmd = self.host.ssh_command();
-        cmd.args([
-            "-o",
-            "ControlMaster=no",
-            "-o",
-            "ControlPath=none",
-            "-o",
-            "ExitOnForwardFailure=yes",
-        ]);
-        for port in [FIRST_BYTE_PORT, BULK_PORT] {
-            cmd.arg("-R")
-                .arg(format!("{gateway}:{}:127.0.0.1:{port}", port + 1000));
-        }
-        cmd.args([&self.host.alias, "sleep", "3600"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        cmd.spawn().expect("spawn ssh -R")
+        let specs: Vec<String> = [FIRST_BYTE_PORT, BULK_PORT]
+            .iter()
+            .map(|p| format!("{gateway}:{}:127.0.0.1:{p}", p + 1000))
+            .collect();
+        let args: Vec<&str> = specs.iter().flat_map(|s| ["-R", s.as_str()]).collect();
+        self.spawn_ssh_forwarding(&args)
     }
 }

@@ -447,29 +447,7 @@ impl Ctx<'_> {
             let remote = fwdd.remote_of(port).expect("remote");
             let lport = 23000;
             let mut ssh_l = self.ssh_l_serving(lport, &remote);
-            let (a, b) = spawn_in_ns(&self.ns(), move || {
-                let (mut a, mut b) = (Vec::new(), Vec::new());
-                // warm-up
-                for _ in 0..20 {
-                    let _ = first_byte(local(port), Duration::from_secs(5));
-                    let _ = first_byte(local(lport), Duration::from_secs(5));
-                }
-                let deadline = Instant::now() + Duration::from_secs(300);
-                for _ in 0..conns {
-                    if Instant::now() > deadline {
-                        break;
-                    }
-                    for (p, v) in [(port, &mut a), (lport, &mut b)] {
-                        let t = Instant::now();
-                        if first_byte(local(p), Duration::from_secs(5)).is_ok() {
-                            v.push(t.elapsed().as_secs_f64() * 1e3);
-                        }
-                    }
-                }
-                (a, b)
-            })
-            .join()
-            .expect("setup bench");
+            let (a, b) = alternate_first_byte(&self.ns(), local(port), local(lport), conns);
             let _ = ssh_l.kill();
             let _ = ssh_l.wait();
             let (a, b) = (sorted(a), sorted(b));

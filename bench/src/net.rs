@@ -165,3 +165,35 @@ pub(crate) fn tcp_ext_in(text: &str, name: &str) -> u64 {
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// Connection setup (connect + first byte, ms) to `a` and to `b`, alternating,
+/// `conns` each after 20 warm-ups, in network namespace `ns`; at most 5 minutes.
+pub(crate) fn alternate_first_byte(
+    ns: &str,
+    a: SocketAddr,
+    b: SocketAddr,
+    conns: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    spawn_in_ns(ns, move || {
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        for _ in 0..20 {
+            let _ = first_byte(a, Duration::from_secs(5));
+            let _ = first_byte(b, Duration::from_secs(5));
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        for _ in 0..conns {
+            if Instant::now() > deadline {
+                break;
+            }
+            for (addr, v) in [(a, &mut ta), (b, &mut tb)] {
+                let t = Instant::now();
+                if first_byte(addr, Duration::from_secs(5)).is_ok() {
+                    v.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        (ta, tb)
+    })
+    .join()
+    .expect("setup bench")
+}

@@ -732,16 +732,24 @@ fn unix_echo_server(path: &Path) {
 
 /// Connects to `path`, sends `msg`, half-closes, and returns everything read until EOF.
 async fn echo_through(path: &Path, msg: &[u8]) -> Vec<u8> {
-    let mut s = tokio::time::timeout(T, tokio::net::UnixStream::connect(path))
+    let s = tokio::time::timeout(T, tokio::net::UnixStream::connect(path))
         .await
         .unwrap()
         .unwrap();
+    echo_over(s, msg).await
+}
+
+/// Sends `msg`, half-closes, and returns everything read until EOF.
+async fn echo_over(
+    mut s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    msg: &[u8],
+) -> Vec<u8> {
     s.write_all(msg).await.unwrap();
     s.shutdown().await.unwrap();
     let mut got = Vec::new();
     tokio::time::timeout(T, s.read_to_end(&mut got))
         .await
-        .expect("no EOF through the path forward")
+        .expect("no EOF through the forward")
         .unwrap();
     got
 }
@@ -1095,18 +1103,11 @@ async fn finding_master_with_bind_unlink_takes_over_a_live_socket() {
 
 /// Connects to `127.0.0.1:port`, sends `msg`, half-closes, returns what came back.
 async fn echo_through_tcp(port: u16, msg: &[u8]) -> Vec<u8> {
-    let mut s = tokio::time::timeout(T, TcpStream::connect(("127.0.0.1", port)))
+    let s = tokio::time::timeout(T, TcpStream::connect(("127.0.0.1", port)))
         .await
         .unwrap()
         .unwrap();
-    s.write_all(msg).await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(T, s.read_to_end(&mut got))
-        .await
-        .expect("no EOF through the remote forward")
-        .unwrap();
-    got
+    echo_over(s, msg).await
 }
 
 #[tokio::test]

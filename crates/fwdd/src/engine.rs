@@ -32,7 +32,8 @@ use tokio::task::JoinHandle;
 
 use crate::private_socket::{self, RefusalLog, SocketFileGuard};
 use crate::serve::relay::{
-    AdoptedRelay, Directions, PausedRelay, RelayEnd, RelayEntry, RelayState, Relays,
+    accept_thawed, unix_stream, AdoptedRelay, Directions, PausedRelay, RelayEnd, RelayEntry,
+    RelayState, Relays,
 };
 use crate::serve::{Link, ServeContext};
 
@@ -243,12 +244,6 @@ impl EngineSocket {
     }
 }
 
-fn unix_stream(fd: OwnedFd) -> std::io::Result<UnixStream> {
-    let s = std::os::unix::net::UnixStream::from(fd);
-    s.set_nonblocking(true)?;
-    UnixStream::from_std(s)
-}
-
 async fn drain_stderr(mut stderr: tokio::net::unix::pipe::Receiver) {
     let mut sink = [0u8; 1024];
     while matches!(stderr.read(&mut sink).await, Ok(n) if n > 0) {}
@@ -257,13 +252,8 @@ async fn drain_stderr(mut stderr: tokio::net::unix::pipe::Receiver) {
 async fn accept_loop(listener: UnixListener, shared: Rc<Shared>) {
     let mut frozen = shared.ctx.frozen.subscribe();
     loop {
-        let _ = frozen.wait_for(|f| !*f).await;
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = frozen.wait_for(|f| *f) => continue,
-        };
-        match accepted {
-            Ok((stream, _)) => {
+        match accept_thawed(&listener, &mut frozen).await {
+            Ok(stream) => {
                 let cred = stream.peer_cred().ok();
                 let uid = cred.map(|c| c.uid());
                 let allowed = cred.is_some_and(|c| {

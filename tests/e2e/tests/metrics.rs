@@ -24,24 +24,24 @@ macro_rules! sandbox_host {
 const T: Duration = Duration::from_secs(30);
 const METRICS_PORT: u16 = 9633;
 
-/// `GET path` on the metrics endpoint in the runner's namespace: (status, body).
-fn get(host: &TestHost, path: &str) -> (u16, String) {
+/// `GET path` on `127.0.0.1:port` in the runner's namespace: (status, body).
+fn http_get(host: &TestHost, port: u16, path: &str) -> Option<(u16, String)> {
     let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
     host.in_runner_ns(move || {
-        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, METRICS_PORT)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        s.write_all(request.as_bytes()).expect("write");
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(request.as_bytes()).ok()?;
         let mut text = String::new();
-        s.read_to_string(&mut text).expect("read");
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
-        (status, body.unwrap_or_default())
+        s.read_to_string(&mut text).ok()?;
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let (_, body) = text.split_once("\r\n\r\n")?;
+        Some((status, body.to_string()))
     })
+}
+
+/// `GET path` on fwdd's metrics endpoint.
+fn get(host: &TestHost, path: &str) -> (u16, String) {
+    http_get(host, METRICS_PORT, path).unwrap_or_else(|| panic!("no answer to GET {path}"))
 }
 
 /// The value of the sample `series` (name and labels exactly), if present.
@@ -194,16 +194,7 @@ impl Prometheus {
                 _ => format!("%{b:02X}"),
             })
             .collect();
-        let request = format!("GET /api/v1/query?query={enc} HTTP/1.0\r\nHost: x\r\n\r\n");
-        let port = self.port;
-        let body = host.in_runner_ns(move || {
-            let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            s.write_all(request.as_bytes()).ok()?;
-            let mut text = String::new();
-            s.read_to_string(&mut text).ok()?;
-            text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-        })?;
+        let (_, body) = http_get(host, self.port, &format!("/api/v1/query?query={enc}"))?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         let result = v["data"]["result"].as_array()?;
         if result.len() != 1 {

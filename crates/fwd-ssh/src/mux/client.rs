@@ -370,11 +370,7 @@ impl MuxClient {
         port: u16,
         connect: &Path,
     ) -> Result<(), MuxError> {
-        let connect = valid_remote_forward(listen_host, port, connect)?;
-        let rid = self.begin()?;
-        self.write_msg(&encode_remote_fwd(true, rid, listen_host, port, connect)?)
-            .await?;
-        self.read_ok_reply(rid).await
+        self.remote_forward(true, listen_host, port, connect).await
     }
 
     /// `MUX_C_CLOSE_FWD` for the same triple as [`MuxClient::open_remote_forward`]:
@@ -386,9 +382,19 @@ impl MuxClient {
         port: u16,
         connect: &Path,
     ) -> Result<(), MuxError> {
+        self.remote_forward(false, listen_host, port, connect).await
+    }
+
+    async fn remote_forward(
+        &mut self,
+        open: bool,
+        listen_host: &str,
+        port: u16,
+        connect: &Path,
+    ) -> Result<(), MuxError> {
         let connect = valid_remote_forward(listen_host, port, connect)?;
         let rid = self.begin()?;
-        self.write_msg(&encode_remote_fwd(false, rid, listen_host, port, connect)?)
+        self.write_msg(&encode_remote_fwd(open, rid, listen_host, port, connect)?)
             .await?;
         self.read_ok_reply(rid).await
     }

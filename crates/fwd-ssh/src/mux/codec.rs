@@ -243,13 +243,17 @@ pub(crate) fn encode_new_session(rid: u32, command: &str) -> Result<MsgBuf, MuxE
     Ok(m)
 }
 
-/// `MUX_C_OPEN_FWD` (`open == true`) or `MUX_C_CLOSE_FWD`: a local (`-L`) forward from
-/// the Unix socket `listen` to the remote Unix socket `connect`.
-pub(crate) fn encode_path_fwd(
+/// One end of a forward as `MUX_C_OPEN_FWD`/`MUX_C_CLOSE_FWD` carry it: a
+/// host and port, or a Unix socket path with the port `PORT_STREAMLOCAL`.
+struct FwdEnd<'a>(&'a [u8], u32);
+
+/// `MUX_C_OPEN_FWD` (`open == true`) or `MUX_C_CLOSE_FWD` of `kind`.
+fn encode_fwd(
     open: bool,
     rid: u32,
-    listen: &[u8],
-    connect: &[u8],
+    kind: u32,
+    listen: FwdEnd<'_>,
+    connect: FwdEnd<'_>,
 ) -> Result<MsgBuf, MuxError> {
     let mut m = MsgBuf::new(if open {
         MUX_C_OPEN_FWD
@@ -257,16 +261,33 @@ pub(crate) fn encode_path_fwd(
         MUX_C_CLOSE_FWD
     });
     m.put_u32(rid);
-    m.put_u32(MUX_FWD_LOCAL);
-    m.put_bytes(listen)?;
-    m.put_u32(PORT_STREAMLOCAL);
-    m.put_bytes(connect)?;
-    m.put_u32(PORT_STREAMLOCAL);
+    m.put_u32(kind);
+    m.put_bytes(listen.0)?;
+    m.put_u32(listen.1);
+    m.put_bytes(connect.0)?;
+    m.put_u32(connect.1);
     Ok(m)
 }
 
-/// `MUX_C_OPEN_FWD` (`open == true`) or `MUX_C_CLOSE_FWD`: a remote (`-R`) forward
-/// from `listen_host:port` on the remote host to the local Unix socket `connect`.
+/// A local (`-L`) forward from the Unix socket `listen` to the remote Unix
+/// socket `connect`.
+pub(crate) fn encode_path_fwd(
+    open: bool,
+    rid: u32,
+    listen: &[u8],
+    connect: &[u8],
+) -> Result<MsgBuf, MuxError> {
+    encode_fwd(
+        open,
+        rid,
+        MUX_FWD_LOCAL,
+        FwdEnd(listen, PORT_STREAMLOCAL),
+        FwdEnd(connect, PORT_STREAMLOCAL),
+    )
+}
+
+/// A remote (`-R`) forward from `listen_host:port` on the remote host to the
+/// local Unix socket `connect`.
 pub(crate) fn encode_remote_fwd(
     open: bool,
     rid: u32,
@@ -274,18 +295,13 @@ pub(crate) fn encode_remote_fwd(
     port: u16,
     connect: &[u8],
 ) -> Result<MsgBuf, MuxError> {
-    let mut m = MsgBuf::new(if open {
-        MUX_C_OPEN_FWD
-    } else {
-        MUX_C_CLOSE_FWD
-    });
-    m.put_u32(rid);
-    m.put_u32(MUX_FWD_REMOTE);
-    m.put_str(listen_host)?;
-    m.put_u32(u32::from(port));
-    m.put_bytes(connect)?;
-    m.put_u32(PORT_STREAMLOCAL);
-    Ok(m)
+    encode_fwd(
+        open,
+        rid,
+        MUX_FWD_REMOTE,
+        FwdEnd(listen_host.as_bytes(), u32::from(port)),
+        FwdEnd(connect, PORT_STREAMLOCAL),
+    )
 }
 
 /// Checks a socket path for a path forward: absolute, not empty, no NUL or other

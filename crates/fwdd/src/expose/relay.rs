@@ -16,7 +16,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::private_socket::{self, SocketFileGuard};
-use crate::serve::relay::{AdoptedRelay, Directions, RelayEntry, RelayState, Relays};
+use crate::serve::relay::{
+    accept_thawed, unix_stream, AdoptedRelay, Directions, RelayEntry, RelayState, Relays,
+};
 use crate::serve::ServeContext;
 
 /// How long an arrival may take to show the verification token while a
@@ -175,12 +177,6 @@ impl PortSocket {
     }
 }
 
-fn unix_stream(fd: OwnedFd) -> std::io::Result<UnixStream> {
-    let s = std::os::unix::net::UnixStream::from(fd);
-    s.set_nonblocking(true)?;
-    UnixStream::from_std(s)
-}
-
 /// A fresh verification token.
 pub fn token() -> [u8; 16] {
     use std::hash::{BuildHasher, Hasher};
@@ -202,13 +198,8 @@ async fn accept_loop(listener: UnixListener, port: Rc<Port>) {
     let mut frozen = port.serve.frozen.subscribe();
     loop {
         // While an upgrade collects, arrivals wait in the backlog.
-        let _ = frozen.wait_for(|f| !*f).await;
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = frozen.wait_for(|f| *f) => continue,
-        };
-        match accepted {
-            Ok((stream, _)) => {
+        match accept_thawed(&listener, &mut frozen).await {
+            Ok(stream) => {
                 // Only our own master connects here (it runs as fwdd's user).
                 let ours = stream
                     .peer_cred()

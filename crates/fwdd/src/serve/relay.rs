@@ -50,6 +50,29 @@ pub struct AdoptedRelay {
     pub drain: Option<OwnedFd>,
 }
 
+/// A Unix stream handed over by the previous image, for tokio.
+pub fn unix_stream(fd: OwnedFd) -> std::io::Result<tokio::net::UnixStream> {
+    let s = std::os::unix::net::UnixStream::from(fd);
+    s.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(s)
+}
+
+/// The next connection on `listener`, never while fwdd is `frozen` for an
+/// upgrade: meanwhile connections wait in the kernel's backlog, and one
+/// accepted as the freeze begins is left there for the next image.
+pub async fn accept_thawed(
+    listener: &tokio::net::UnixListener,
+    frozen: &mut watch::Receiver<bool>,
+) -> std::io::Result<tokio::net::UnixStream> {
+    loop {
+        let _ = frozen.wait_for(|f| !*f).await;
+        tokio::select! {
+            accepted = listener.accept() => return accepted.map(|(s, _)| s),
+            _ = frozen.wait_for(|f| *f) => continue,
+        }
+    }
+}
+
 /// One owner's relays, by registration.
 #[derive(Debug, Default)]
 pub struct Relays {
