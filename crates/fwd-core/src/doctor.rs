@@ -111,6 +111,17 @@ pub fn ssh_client(version: Result<&str, &str>) -> Check {
 /// The connection: `Ok` when a master came up, else ssh's stderr. Gives
 /// the host key, authentication and reachability checks.
 pub fn connection(result: Result<(), &str>, host: &str, port: Option<u16>) -> Vec<Check> {
+    connection_with_keys(result, host, port, &[])
+}
+
+/// [`connection`], naming the keys that were offered (from [`offered_keys`])
+/// when the host refused them.
+pub fn connection_with_keys(
+    result: Result<(), &str>,
+    host: &str,
+    port: Option<u16>,
+    offered: &[String],
+) -> Vec<Check> {
     let (hk, auth, reach) = ("host key", "authentication", "connection");
     let stderr = match result {
         Ok(()) => {
@@ -159,13 +170,17 @@ pub fn connection(result: Result<(), &str>, host: &str, port: Option<u16>) -> Ve
                 .split_once("Permission denied")
                 .map(|(_, m)| m.trim().to_string())
                 .unwrap_or_default();
+            let keys = match offered {
+                [] => String::new(),
+                keys => format!(": refused {}", keys.join("; ")),
+            };
             vec![
                 Check::pass(reach, "the host answers"),
                 Check::pass(hk, "known and matching"),
                 Check::with(
                     auth,
                     Verdict::Fail,
-                    format!("the host refused every key offered {methods}"),
+                    format!("the host refused every key offered {methods}{keys}"),
                     "put the public key of the identity fwd uses (identity_file, or the agent's) \
                      into the remote user's ~/.ssh/authorized_keys; `ssh -v` shows which keys were tried",
                 ),
@@ -191,6 +206,40 @@ pub fn connection(result: Result<(), &str>, host: &str, port: Option<u16>) -> Ve
             Check::skipped(hk, "no connection"),
             Check::skipped(auth, "no connection"),
         ],
+    }
+}
+
+/// The keys ssh offered, from `ssh -v`'s `Offering public key: <file> <type>
+/// <fingerprint> …` lines, each once.
+pub fn offered_keys(verbose: &str) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for line in verbose.lines() {
+        if let Some((_, key)) = line.split_once("Offering public key: ") {
+            let key = key.trim().to_string();
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
+/// How many of `wanted` sessions opened at once: fwd's dial-stdio fallback
+/// runs up to that many when stream-local channels are refused.
+pub fn sessions(opened: usize, wanted: usize) -> Check {
+    let name = "sessions";
+    if opened >= wanted {
+        Check::pass(name, format!("{wanted} sessions at once"))
+    } else {
+        Check::with(
+            name,
+            Verdict::Warn,
+            format!("only {opened} of {wanted} sessions opened at once (sshd's MaxSessions)"),
+            format!(
+                "fwd needs no sessions while stream-local channels work; its dial-stdio \
+                 fallback opens up to {wanted}: raise MaxSessions (default 10) for the user"
+            ),
+        )
     }
 }
 

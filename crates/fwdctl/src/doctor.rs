@@ -97,7 +97,16 @@ async fn probe(target: &Target, runtime_dir: &Path) -> Result<Vec<Check>> {
         }
         Err(MasterError::Exited { stderr_tail, .. } | MasterError::Timeout { stderr_tail, .. }) => {
             let said = stderr_tail.join("\n");
-            checks.extend(doctor::connection(Err(&said), host, port));
+            let offered = match fwd_core::classify_ssh_failure(&said) {
+                fwd_core::FailureKind::AuthRefused => offered_keys(&cfg),
+                _ => Vec::new(),
+            };
+            checks.extend(doctor::connection_with_keys(
+                Err(&said),
+                host,
+                port,
+                &offered,
+            ));
             checks.extend(skipped_after_connection());
             return Ok(checks);
         }
@@ -111,6 +120,40 @@ async fn probe(target: &Target, runtime_dir: &Path) -> Result<Vec<Check>> {
     master.shutdown(Duration::from_secs(1)).await;
     checks.extend(rest);
     Ok(checks)
+}
+
+/// The keys ssh offers the host, from a verbose login attempt that runs
+/// nothing (`BatchMode`, no master): for the authentication check's detail.
+fn offered_keys(cfg: &MasterConfig) -> Vec<String> {
+    let mut cmd = std::process::Command::new(&cfg.ssh_program);
+    if let Some(f) = &cfg.ssh_config {
+        cmd.arg("-F").arg(f);
+    }
+    if let Some(p) = cfg.port {
+        cmd.arg("-p").arg(p.to_string());
+    }
+    if let Some(i) = &cfg.identity_file {
+        cmd.arg("-i").arg(i);
+    }
+    let out = cmd
+        .args([
+            "-v",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "ControlPath=none",
+        ])
+        .arg("--")
+        .arg(&cfg.destination)
+        .arg("exit 0")
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) => doctor::offered_keys(&String::from_utf8_lossy(&o.stderr)),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// `ssh -G`: the host name and port ssh resolves the destination to.
@@ -218,6 +261,7 @@ async fn probe_over(ctl: &Path, dir: &Path, target: &Target) -> Vec<Check> {
         socket: &socket,
     }));
     checks.push(clock(ctl).await);
+    checks.push(sessions(ctl).await);
     let gateway = match &mut api {
         Ok(a) => match a.network_gateways("bridge").await {
             Ok(Some(g)) => g.first().copied(),
@@ -240,6 +284,28 @@ async fn probe_over(ctl: &Path, dir: &Path, target: &Target) -> Vec<Check> {
         ),
     });
     checks
+}
+
+/// Sessions fwd's dial-stdio fallback may hold at once (its limit of 6, and
+/// fwd's own two channels when they fall back too).
+const SESSIONS_WANTED: usize = 8;
+
+/// Opens [`SESSIONS_WANTED`] sessions, each `sleep 2`: one after the other,
+/// so all are open at once (an open takes milliseconds); counts those the
+/// host opened.
+async fn sessions(ctl: &Path) -> Check {
+    let mut open = Vec::new();
+    for _ in 0..SESSIONS_WANTED {
+        match tokio::time::timeout(PROBE_WITHIN, fwd_ssh::spawn_remote(ctl, "sleep 2")).await {
+            Ok(Ok(s)) => open.push(s),
+            _ => break,
+        }
+    }
+    let count = open.len();
+    for s in open {
+        let _ = tokio::time::timeout(PROBE_WITHIN, s.session.wait()).await;
+    }
+    doctor::sessions(count, SESSIONS_WANTED)
 }
 
 /// An API connection to the engine through a stream-local forward of the master.

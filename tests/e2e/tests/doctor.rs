@@ -63,6 +63,7 @@ fn a_good_host_passes_and_gateway_ports_is_a_warning_with_its_fix() {
         "stream-local forwarding",
         "engine",
         "clock",
+        "sessions",
     ] {
         assert_eq!(
             check(&out, name).0,
@@ -124,8 +125,21 @@ fn a_refused_key_fails_authentication() {
     let (verdict, detail, fix) = check(&out, "authentication");
     assert_eq!(verdict, "fail", "{detail}");
     assert!(detail.contains("publickey"), "{detail}");
+    // Which key: the one in the test's ssh config, by its fingerprint.
+    assert!(detail.contains("SHA256:"), "{detail}");
     assert!(fix.contains("authorized_keys"), "{fix}");
     assert_eq!(check(&out, "host key").0, "pass");
+}
+
+#[test]
+fn a_low_max_sessions_is_a_warning() {
+    let host = sandbox_host!("doctor_sessions");
+    host.add_sshd_config("MaxSessions 3");
+    let out = doctor(&host, &["--json"]);
+    let (verdict, detail, fix) = check(&out, "sessions");
+    assert_eq!(verdict, "warn", "{detail}");
+    assert!(detail.contains("only 3 of 8"), "{detail}");
+    assert!(fix.contains("MaxSessions"), "{fix}");
 }
 
 #[test]

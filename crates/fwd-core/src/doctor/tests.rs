@@ -177,3 +177,26 @@ fn gateway_ports_clock_and_runtime_dir() {
         Verdict::Fail
     );
 }
+
+#[test]
+fn which_keys_were_refused_and_how_many_sessions_open() {
+    let verbose = "debug1: Will attempt key: /root/.ssh/id_ed25519 ED25519 SHA256:abc explicit\n\
+        debug1: Offering public key: /root/.ssh/id_ed25519 ED25519 SHA256:abc explicit\n\
+        debug1: Authentications that can continue: publickey\n\
+        debug1: Offering public key: /root/.ssh/id_ed25519 ED25519 SHA256:abc explicit\n\
+        debug1: Offering public key: agent-key RSA SHA256:def agent\n";
+    let keys = offered_keys(verbose);
+    assert_eq!(
+        keys,
+        [
+            "/root/.ssh/id_ed25519 ED25519 SHA256:abc explicit",
+            "agent-key RSA SHA256:def agent"
+        ]
+    );
+    let c = connection_with_keys(Err("u@h: Permission denied (publickey)."), "h", None, &keys);
+    assert!(c[2].detail.contains("SHA256:abc"), "{}", c[2].detail);
+    assert_eq!(sessions(8, 8).verdict, Verdict::Pass);
+    let few = sessions(2, 8);
+    assert_eq!(few.verdict, Verdict::Warn);
+    assert!(few.fix.unwrap().contains("MaxSessions"));
+}
