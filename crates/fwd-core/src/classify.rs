@@ -65,7 +65,7 @@ impl FailureKind {
                 "host key verification failed: add the host's key to known_hosts (ssh-keyscan), or investigate a changed key"
             }
             FailureKind::InvalidConfig => "ssh rejected its configuration: fix the ssh options or ssh config file",
-            FailureKind::DockerMissing => "the docker CLI was not found on the host: install it or fix PATH for the ssh user",
+            FailureKind::DockerMissing => "the message lists each place fwd looked for the engine",
             FailureKind::NameResolution => "the host name does not resolve: check DNS or the host name",
             _ => "retrying with backoff",
         }

@@ -243,18 +243,17 @@ pub fn sessions(opened: usize, wanted: usize) -> Check {
     }
 }
 
-/// What the remote CLI said its engine is, as (the socket path or why not).
-pub fn engine_location(found: Result<&str, &str>, configured: bool) -> Check {
+/// Where the engine was found and how, or every place looked at.
+pub fn engine_location(found: Result<(&str, &str), &str>) -> Check {
     let name = "engine location";
     match found {
-        Ok(path) if configured => Check::pass(name, format!("{path} (engine_remote_socket)")),
-        Ok(path) => Check::pass(name, format!("{path} (from the remote docker CLI)")),
+        Ok((path, how)) => Check::pass(name, format!("{path} ({how})")),
         Err(why) => Check::with(
             name,
             Verdict::Fail,
             why.to_string(),
-            "install the docker CLI for the remote user, or set engine_remote_socket to the \
-             engine's socket (e.g. /var/run/docker.sock, /run/podman/podman.sock)",
+            "start the engine, give the remote user access to it (the docker group), or set \
+             engine_remote_socket to the socket it listens on",
         ),
     }
 }

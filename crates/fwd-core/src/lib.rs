@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod classify;
+pub mod discovery;
 pub mod doctor;
 pub mod expose;
 pub mod model;

@@ -139,6 +139,9 @@ pub struct EngineHealth {
     pub remote_socket: Option<String>,
     /// Why the route is `DialStdio`.
     pub reason: Option<String>,
+    /// How the engine was found (`engine_remote_socket`, `DOCKER_HOST`,
+    /// "rootless Podman's socket", …).
+    pub found_by: Option<&'static str>,
 }
 
 /// dockerd drops an API connection idle for 5 minutes: probe more often.
@@ -206,7 +209,8 @@ pub enum Outcome {
     MasterReady {
         pid: u32,
     },
-    Discovered(Option<String>),
+    /// What [`crate::discovery::DISCOVERY_SCRIPT`] printed.
+    Discovered(String),
     ApiReady {
         version: String,
     },
@@ -230,6 +234,8 @@ pub struct Handover {
     /// The master holds the stream-local forward to the engine's socket.
     pub engine_forwarded: bool,
     pub remote_socket: Option<String>,
+    /// How the engine was found (see `EngineHealth::found_by`).
+    pub found_by: Option<&'static str>,
     /// Engine time of the last event seen: the new event stream resumes there.
     pub since_ns: Option<i64>,
     pub containers: Vec<Container>,
@@ -640,6 +646,7 @@ impl HostMachine {
         m.health.docker_version = from.docker_version.clone();
         m.logged_version = from.docker_version;
         m.health.engine.remote_socket = from.remote_socket;
+        m.health.engine.found_by = from.found_by;
         m.backoff.resume(from.failures);
         m.episodes.resume(from.episode, now);
         m.commands.push_back(Command::ContainersChanged);
@@ -690,6 +697,7 @@ impl HostMachine {
             route: self.route,
             engine_forwarded: self.engine_forwarded,
             remote_socket: self.health.engine.remote_socket.clone(),
+            found_by: self.health.engine.found_by,
             since_ns: self.since_ns,
             containers: self.containers.values().cloned().collect(),
             docker_version: self.health.docker_version.clone(),
@@ -984,16 +992,31 @@ impl HostMachine {
             }
             (Purpose::Adopt, Outcome::Failed(f)) => self.master_failed(f, now),
             (Purpose::Adopt, other) => self.master_failed(unexpected(other), now),
-            (Purpose::Discover, Outcome::Discovered(endpoint)) => {
-                match endpoint.as_deref().map(parse_endpoint) {
-                    Some(Endpoint::Unix(path)) => self.forward_engine(path, now),
-                    None => self.forward_engine(DEFAULT_ENGINE_SOCKET.into(), now),
-                    Some(Endpoint::Other(e)) => {
-                        self.health.engine.reason = Some(format!(
-                            "the remote engine listens at {e}, not on a Unix socket"
-                        ));
-                        self.open_channels(now);
+            (Purpose::Discover, Outcome::Discovered(answer)) => {
+                let candidates = crate::discovery::parse(&answer);
+                match crate::discovery::choose(&candidates) {
+                    Ok(found) => {
+                        self.health.engine.found_by = Some(found.source.as_str());
+                        self.forward_engine(found.path.clone(), now);
                     }
+                    Err(none) => match candidates
+                        .iter()
+                        .find(|c| c.state == crate::discovery::State::Other)
+                    {
+                        // No socket, but the CLI has an engine elsewhere
+                        // (tcp://…): its dial-stdio sessions reach it.
+                        Some(other) => {
+                            self.health.engine.found_by = Some(other.source.as_str());
+                            self.health.engine.reason = Some(format!(
+                                "the remote engine listens at {}, not on a Unix socket",
+                                other.path
+                            ));
+                            self.open_channels(now);
+                        }
+                        None => {
+                            self.master_failed(Failure::new(FailureKind::DockerMissing, none), now)
+                        }
+                    },
                 }
             }
             (Purpose::ForwardEngine, Outcome::Answered) => {
@@ -1008,6 +1031,7 @@ impl HostMachine {
                 self.open_channels(now);
             }
             (Purpose::FirstSession, Outcome::Answered) => {
+                self.health.engine.found_by = Some("engine_remote_socket");
                 let path = self.policy.engine_socket.clone();
                 self.forward_engine(path.unwrap_or_else(|| DEFAULT_ENGINE_SOCKET.into()), now);
             }

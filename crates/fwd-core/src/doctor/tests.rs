@@ -173,8 +173,13 @@ fn gateway_ports_clock_and_runtime_dir() {
         Verdict::Fail
     );
     assert_eq!(
-        engine_location(Err("bash: docker: command not found"), false).verdict,
+        engine_location(Err("no engine found on the host; tried …")).verdict,
         Verdict::Fail
+    );
+    assert!(
+        engine_location(Ok(("/run/podman/podman.sock", "Podman's socket")))
+            .detail
+            .contains("Podman's socket")
     );
 }
 

@@ -144,9 +144,9 @@ impl Rig {
     fn master_ready(&mut self, pid: u32) {
         self.answer(Outcome::MasterReady { pid });
         if self.op() == Op::DiscoverEngine {
-            self.answer(Outcome::Discovered(Some(
-                "unix:///run/docker.sock\n".into(),
-            )));
+            self.answer(Outcome::Discovered(
+                "env\t/run/docker.sock\tsocket\ndocker\t/var/run/docker.sock\tmissing\n".into(),
+            ));
         }
         self.expect_op(Op::ForwardEngine {
             remote_socket: "/run/docker.sock".into(),
@@ -927,7 +927,9 @@ fn a_configured_engine_socket_needs_no_discovery_but_a_first_session() {
 fn an_engine_not_on_a_unix_socket_is_reached_by_dial_stdio() {
     let mut r = Rig::new();
     r.answer(Outcome::MasterReady { pid: 3 });
-    r.answer(Outcome::Discovered(Some("tcp://10.0.0.5:2375".into())));
+    r.answer(Outcome::Discovered(
+        "env\ttcp://10.0.0.5:2375\tother\ndocker\t/var/run/docker.sock\tmissing\n".into(),
+    ));
     r.expect_op(Op::OpenApi {
         route: EngineRoute::DialStdio,
     });
@@ -940,13 +942,41 @@ fn an_engine_not_on_a_unix_socket_is_reached_by_dial_stdio() {
     });
     let reason = r.m.health().engine.reason.clone().expect("a reason");
     assert!(reason.contains("tcp://10.0.0.5:2375"), "{reason}");
-    // An old CLI that cannot say: the default socket.
+}
+
+#[test]
+fn the_first_socket_found_is_used_and_none_is_one_error_naming_each_place() {
     let mut r = Rig::new();
     r.answer(Outcome::MasterReady { pid: 3 });
-    r.answer(Outcome::Discovered(None));
+    r.answer(Outcome::Discovered(
+        "rootless-docker\t/run/user/0/docker.sock\tmissing\n\
+         rootless-podman\t/run/user/0/podman/podman.sock\tsocket\n\
+         docker\t/var/run/docker.sock\tsocket\n"
+            .into(),
+    ));
     r.expect_op(Op::ForwardEngine {
-        remote_socket: DEFAULT_ENGINE_SOCKET.into(),
+        remote_socket: "/run/user/0/podman/podman.sock".into(),
     });
+    assert_eq!(
+        r.m.health().engine.found_by,
+        Some("rootless Podman's socket")
+    );
+
+    let mut r = Rig::new();
+    r.answer(Outcome::MasterReady { pid: 3 });
+    r.answer(Outcome::Discovered(
+        "podman\t/run/podman/podman.sock\tmissing\ndocker\t/var/run/docker.sock\tmissing\n".into(),
+    ));
+    assert_eq!(r.m.health().master, MasterPhase::Backoff);
+    let e = r.m.health().last_error.clone().expect("an error");
+    assert_eq!(e.kind, FailureKind::DockerMissing);
+    assert!(
+        e.message
+            .contains("/run/podman/podman.sock (Podman's socket): no such file"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("engine_remote_socket"), "{}", e.message);
 }
 
 #[test]
@@ -981,9 +1011,9 @@ fn a_server_that_refuses_stream_local_channels_gets_dial_stdio() {
     // A master whose forward cannot even be registered: dial-stdio too.
     let mut r = Rig::new();
     r.answer(Outcome::MasterReady { pid: 4 });
-    r.answer(Outcome::Discovered(Some(
-        "unix:///var/run/docker.sock".into(),
-    )));
+    r.answer(Outcome::Discovered(
+        "docker\t/var/run/docker.sock\tsocket\n".into(),
+    ));
     r.answer(Outcome::Failed(Failure::new(
         FailureKind::StreamEnded,
         "Port forwarding failed",
@@ -1104,6 +1134,7 @@ fn handed_over(pid: Option<u32>, containers: Vec<Container>) -> Handover {
         route: STREAM_LOCAL,
         engine_forwarded: true,
         remote_socket: Some("/run/docker.sock".into()),
+        found_by: Some("DOCKER_HOST"),
         since_ns: Some(1_000),
         containers,
         docker_version: Some("20.10.24 (API 1.41)".into()),

@@ -1,0 +1,281 @@
+//! Finding a host's engine without configuration.
+//!
+//! One constant remote command ([`DISCOVERY_SCRIPT`], nothing from the
+//! remote side in it) lists the places an engine may listen, in the order
+//! fwd tries them, each with what is there: the remote `DOCKER_HOST`, the
+//! docker CLI's context (when there is a CLI: a host without one is
+//! normal), rootless Docker and rootless Podman under `$XDG_RUNTIME_DIR`,
+//! rootful Podman, rootful Docker. [`parse`] reads that answer strictly
+//! (bounded, paths validated before they go into a mux request), and
+//! [`choose`] takes the first socket the user may open, or says, in one
+//! error, every place tried and what was there.
+
+use std::fmt;
+
+/// Lists the candidates, one per line: `source TAB path TAB state`, where
+/// state is `socket`, `noaccess` (a socket the user may not write),
+/// `notsocket`, `missing`, or `other` (an endpoint that is no Unix socket).
+/// POSIX sh; only shell builtins and, if present, the docker CLI.
+pub const DISCOVERY_SCRIPT: &str = r#"c() { if [ -S "$2" ]; then if [ -w "$2" ]; then s=socket; else s=noaccess; fi; elif [ -e "$2" ]; then s=notsocket; else s=missing; fi; printf '%s\t%s\t%s\n' "$1" "$2" "$s"; }
+u() { case "$2" in unix://*) c "$1" "${2#unix://}";; '') ;; *) printf '%s\t%s\tother\n' "$1" "$2";; esac; }
+u env "$DOCKER_HOST"
+if command -v docker >/dev/null 2>&1; then u context "$(docker context inspect --format '{{.Endpoints.docker.Host}}' 2>/dev/null)"; fi
+if [ -n "$XDG_RUNTIME_DIR" ]; then c rootless-docker "$XDG_RUNTIME_DIR/docker.sock"; c rootless-podman "$XDG_RUNTIME_DIR/podman/podman.sock"; fi
+c podman /run/podman/podman.sock
+c docker /var/run/docker.sock
+exit 0"#;
+
+/// Where a candidate came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The remote user's `DOCKER_HOST`.
+    Env,
+    /// The remote docker CLI's current context.
+    Context,
+    RootlessDocker,
+    RootlessPodman,
+    Podman,
+    Docker,
+}
+
+impl Source {
+    fn parse(s: &str) -> Option<Source> {
+        Some(match s {
+            "env" => Source::Env,
+            "context" => Source::Context,
+            "rootless-docker" => Source::RootlessDocker,
+            "rootless-podman" => Source::RootlessPodman,
+            "podman" => Source::Podman,
+            "docker" => Source::Docker,
+            _ => return None,
+        })
+    }
+
+    /// How it was found, for status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Env => "DOCKER_HOST",
+            Source::Context => "docker context",
+            Source::RootlessDocker => "rootless Docker's socket",
+            Source::RootlessPodman => "rootless Podman's socket",
+            Source::Podman => "Podman's socket",
+            Source::Docker => "Docker's default socket",
+        }
+    }
+}
+
+/// Every way an engine is found, as `EngineHealth::found_by` says it.
+pub const FOUND_BY: [&str; 7] = [
+    "engine_remote_socket",
+    "DOCKER_HOST",
+    "docker context",
+    "rootless Docker's socket",
+    "rootless Podman's socket",
+    "Podman's socket",
+    "Docker's default socket",
+];
+
+/// The static name for a `found_by` read back (an upgrade's handover).
+pub fn found_by(s: &str) -> Option<&'static str> {
+    FOUND_BY.iter().copied().find(|f| *f == s)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Socket,
+    NoAccess,
+    NotSocket,
+    Missing,
+    /// Not a Unix socket endpoint (`tcp://…`).
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub source: Source,
+    /// A socket path (validated), or the endpoint as given for `Other`.
+    pub path: String,
+    pub state: State,
+}
+
+impl fmt::Display for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.state {
+            State::Socket => "a socket",
+            State::NoAccess => "permission denied (the user may not use this socket: the docker group, or the user's own rootless engine)",
+            State::NotSocket => "not a socket",
+            State::Missing => "no such file",
+            State::Other => "not a Unix socket (fwd reaches it with dial-stdio sessions only)",
+        };
+        write!(f, "{} ({}): {what}", self.path, self.source.as_str())
+    }
+}
+
+/// Lines and bytes read of the script's answer, at most.
+const MAX_LINES: usize = 16;
+
+/// The script's answer → candidates, in order. Lines that do not parse
+/// (or paths that are not absolute, bounded, free of control characters)
+/// are skipped: the remote side chooses nothing that goes unchecked.
+pub fn parse(output: &str) -> Vec<Candidate> {
+    output
+        .lines()
+        .take(MAX_LINES)
+        .filter_map(|line| {
+            let mut f = line.split('\t');
+            let source = Source::parse(f.next()?)?;
+            let path = f.next()?;
+            let state = match f.next()? {
+                "socket" => State::Socket,
+                "noaccess" => State::NoAccess,
+                "notsocket" => State::NotSocket,
+                "missing" => State::Missing,
+                "other" => State::Other,
+                _ => return None,
+            };
+            if f.next().is_some() || path.len() > 1023 || path.chars().any(char::is_control) {
+                return None;
+            }
+            if state != State::Other && !path.starts_with('/') {
+                return None;
+            }
+            Some(Candidate {
+                source,
+                path: path.to_string(),
+                state,
+            })
+        })
+        .collect()
+}
+
+/// The engine found: the first candidate that is a socket the user may
+/// open; else every place tried and what was there, with what to do.
+pub fn choose(candidates: &[Candidate]) -> Result<&Candidate, String> {
+    if let Some(c) = candidates.iter().find(|c| c.state == State::Socket) {
+        return Ok(c);
+    }
+    let mut seen: Vec<&Candidate> = Vec::new();
+    for c in candidates {
+        if !seen.iter().any(|s| s.path == c.path) {
+            seen.push(c);
+        }
+    }
+    let tried: Vec<String> = seen.iter().map(|c| c.to_string()).collect();
+    let denied = seen.iter().any(|c| c.state == State::NoAccess);
+    let hint = if denied {
+        "add the remote user to the engine's group (docker), or use the user's own rootless \
+         engine; or set engine_remote_socket"
+    } else {
+        "start the engine, or set engine_remote_socket to the socket it listens on"
+    };
+    Err(format!(
+        "no engine found on the host; tried {}; {hint}",
+        if tried.is_empty() {
+            "nothing (the discovery command printed nothing)".to_string()
+        } else {
+            tried.join("; ")
+        }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(source: &str, path: &str, state: &str) -> String {
+        format!("{source}\t{path}\t{state}\n")
+    }
+
+    #[test]
+    fn the_first_usable_socket_wins_in_the_scripts_order() {
+        let out = [
+            line("env", "/run/user/0/nope.sock", "missing"),
+            line("rootless-docker", "/run/user/1000/docker.sock", "socket"),
+            line("docker", "/var/run/docker.sock", "socket"),
+        ]
+        .concat();
+        let cands = parse(&out);
+        assert_eq!(cands.len(), 3);
+        let c = choose(&cands).unwrap();
+        assert_eq!(c.path, "/run/user/1000/docker.sock");
+        assert_eq!(c.source, Source::RootlessDocker);
+    }
+
+    #[test]
+    fn none_found_lists_each_place_and_what_was_there() {
+        let out = [
+            line("context", "/var/run/docker.sock", "missing"),
+            line("podman", "/run/podman/podman.sock", "missing"),
+            line("docker", "/var/run/docker.sock", "missing"),
+        ]
+        .concat();
+        let e = choose(&parse(&out)).unwrap_err();
+        assert!(
+            e.contains("/run/podman/podman.sock (Podman's socket): no such file"),
+            "{e}"
+        );
+        assert_eq!(
+            e.matches("/var/run/docker.sock").count(),
+            1,
+            "each path once: {e}"
+        );
+        assert!(e.contains("engine_remote_socket"), "{e}");
+        let denied =
+            choose(&parse(&line("docker", "/var/run/docker.sock", "noaccess"))).unwrap_err();
+        assert!(
+            denied.contains("permission denied") && denied.contains("docker"),
+            "{denied}"
+        );
+        assert!(choose(&parse("")).unwrap_err().contains("printed nothing"));
+    }
+
+    #[test]
+    fn what_the_remote_side_prints_is_checked() {
+        let out = [
+            line("env", "relative/path.sock", "socket"),
+            line("bogus", "/x.sock", "socket"),
+            "docker\t/a\x1b[31m.sock\tsocket\n".to_string(),
+            line("env", "tcp://10.0.0.1:2375", "other"),
+            "docker\t/ok.sock\tsocket\textra\n".to_string(),
+            line("docker", "/var/run/docker.sock", "weird"),
+        ]
+        .concat();
+        let cands = parse(&out);
+        assert_eq!(cands.len(), 1, "{cands:?}");
+        assert_eq!(cands[0].state, State::Other);
+        assert!(choose(&cands).unwrap_err().contains("dial-stdio"));
+    }
+
+    #[test]
+    fn every_source_is_a_known_way_of_finding() {
+        for s in [
+            Source::Env,
+            Source::Context,
+            Source::RootlessDocker,
+            Source::RootlessPodman,
+            Source::Podman,
+            Source::Docker,
+        ] {
+            assert_eq!(found_by(s.as_str()), Some(s.as_str()));
+        }
+        assert_eq!(
+            found_by("engine_remote_socket"),
+            Some("engine_remote_socket")
+        );
+        assert_eq!(found_by("made up"), None);
+    }
+
+    #[test]
+    fn the_script_is_one_constant_and_names_every_place() {
+        for place in [
+            "$DOCKER_HOST",
+            "docker context inspect",
+            "$XDG_RUNTIME_DIR/docker.sock",
+            "$XDG_RUNTIME_DIR/podman/podman.sock",
+            "/run/podman/podman.sock",
+            "/var/run/docker.sock",
+        ] {
+            assert!(DISCOVERY_SCRIPT.contains(place), "{place}");
+        }
+    }
+}
