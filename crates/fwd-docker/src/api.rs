@@ -24,12 +24,6 @@ use fwd_core::{Container, ContainerId};
 /// It honours `DOCKER_HOST`/contexts on the remote side like any docker CLI.
 pub const DIAL_STDIO_COMMAND: &str = "docker system dial-stdio";
 
-/// Asks the remote docker CLI where its engine is (its `DOCKER_HOST`, its
-/// context, else the default). A constant: nothing from the remote side is
-/// in it; its output is parsed by `fwd_core::parse_endpoint`.
-pub const DISCOVER_ENGINE_COMMAND: &str =
-    "docker context inspect --format '{{.Endpoints.docker.Host}}'";
-
 /// Largest API answer we accept (a `containers/json` with thousands of
 /// containers stays far below).
 const MAX_BODY: usize = 64 << 20;

@@ -7,8 +7,5 @@
 pub mod api;
 pub mod parse;
 
-pub use api::{
-    connect, ApiError, DockerApi, EventStream, StreamItem, DIAL_STDIO_COMMAND,
-    DISCOVER_ENGINE_COMMAND,
-};
+pub use api::{connect, ApiError, DockerApi, EventStream, StreamItem, DIAL_STDIO_COMMAND};
 pub use parse::{ContainerEvent, EventAction, ParseError};

@@ -73,6 +73,11 @@ pub struct EngineStatus {
     pub route: Option<String>,
     /// The engine's socket on the remote host, once known.
     pub remote_socket: Option<String>,
+    /// How it was found: `engine_remote_socket`, `DOCKER_HOST`, `docker
+    /// context`, "rootless Docker's socket", "rootless Podman's socket",
+    /// "Podman's socket", "Docker's default socket". Added within v1.
+    #[serde(default)]
+    pub found_by: Option<String>,
     /// Why the sockets are missing or the route is `dial_stdio`.
     pub reason: Option<String>,
     pub connections_open: u64,

@@ -200,16 +200,15 @@ fn skipped_after_connection() -> Vec<Check> {
 async fn probe_over(ctl: &Path, dir: &Path, target: &Target) -> Vec<Check> {
     let mut checks = Vec::new();
     let socket = match &target.engine_socket {
-        Some(s) => Ok(s.clone()),
-        None => match run_remote(ctl, fwd_docker::DISCOVER_ENGINE_COMMAND).await {
-            Ok((Some(0), out, _)) => match fwd_core::parse_endpoint(&out) {
-                fwd_core::Endpoint::Unix(p) => Ok(p),
-                fwd_core::Endpoint::Other(o) => Err(format!(
-                    "the remote CLI's engine is {o:?}, not a Unix socket: fwd reaches it with dial-stdio sessions"
-                )),
-            },
+        Some(s) => Ok((s.clone(), "engine_remote_socket")),
+        None => match run_remote(ctl, fwd_core::discovery::DISCOVERY_SCRIPT).await {
+            Ok((Some(0), out, _)) => {
+                let candidates = fwd_core::discovery::parse(&out);
+                fwd_core::discovery::choose(&candidates)
+                    .map(|c| (c.path.clone(), c.source.as_str()))
+            }
             Ok((status, _, err)) => Err(format!(
-                "the remote docker CLI failed (exit {}): {}",
+                "looking for the engine failed (exit {}): {}",
                 status.map_or("unknown".into(), |s| s.to_string()),
                 err.lines().last().unwrap_or("").trim()
             )),
@@ -217,10 +216,12 @@ async fn probe_over(ctl: &Path, dir: &Path, target: &Target) -> Vec<Check> {
         },
     };
     checks.push(doctor::engine_location(
-        socket.as_deref().map_err(String::as_str),
-        target.engine_socket.is_some(),
+        socket
+            .as_ref()
+            .map(|(path, how)| (path.as_str(), *how))
+            .map_err(String::as_str),
     ));
-    let Ok(socket) = socket else {
+    let Ok((socket, _)) = socket else {
         checks.push(Check::skipped(
             "stream-local forwarding",
             "no engine socket",

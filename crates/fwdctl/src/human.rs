@@ -138,6 +138,9 @@ fn render_host(out: &mut String, h: &HostStatus, now_ms: u64) {
         if let Some(r) = &e.remote_socket {
             let _ = write!(line, " -> {r}");
         }
+        if let Some(how) = &e.found_by {
+            let _ = write!(line, " [{how}]");
+        }
         if let Some(route) = &e.route {
             let _ = write!(line, " ({route})");
         }
@@ -367,7 +370,7 @@ host prod (deploy@docker1.example.com)
   last error  transient/connection_refused, 1m50s ago: ssh: connect to host docker1.example.com port 22: Connection refused
   events      streaming, 1234 received, last 10s ago, 1 restart
   docker      27.3.1
-  engine      unix:///run/user/1000/fwd/docker-prod.sock -> /var/run/docker.sock (stream_local), 1 open, 42 total
+  engine      unix:///run/user/1000/fwd/docker-prod.sock -> /var/run/docker.sock [docker context] (stream_local), 1 open, 42 total
 
 host staging (ci@docker2.example.com)
   master      backoff, since 50s ago, next retry in 10s

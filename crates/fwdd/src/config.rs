@@ -318,7 +318,7 @@ pub fn render(c: &Config) -> String {
         match &h.engine_remote_socket {
             Some(p) => out.push_str(&format!("engine_remote_socket = {}\n", q(p))),
             None => {
-                out.push_str("# engine_remote_socket: not set, asked of the remote docker CLI\n")
+                out.push_str("# engine_remote_socket: not set, found on the host (DOCKER_HOST, the CLI's context, rootless and rootful sockets)\n")
             }
         }
         let exposed: Vec<String> = h

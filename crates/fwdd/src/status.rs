@@ -36,6 +36,7 @@ fn engine_status(h: &crate::daemon::Host, health: &fwd_core::Health) -> EngineSt
         sockets,
         route: e.route.map(|r| r.as_str().to_string()),
         remote_socket: e.remote_socket.clone(),
+        found_by: e.found_by.map(str::to_string),
         reason: socket_error.or_else(|| e.reason.clone()),
         connections_open: stat(|s| s.open.get()),
         connections_total: stat(|s| s.total.get()),

@@ -271,6 +271,7 @@ fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
             route: document::route_name(state.route),
             engine_forwarded: state.engine_forwarded,
             remote_socket: state.remote_socket,
+            found_by: state.found_by.map(str::to_string),
             since_ns: state.since_ns,
             docker_version: state.docker_version,
             connected_for_ms: document::ms(state.connected_for),

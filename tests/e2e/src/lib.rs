@@ -850,6 +850,21 @@ impl TestHost {
         self.start_sshd();
     }
 
+    /// Sets the sessions' environment to `env` (`KEY=VALUE …`, sshd's
+    /// `SetEnv`) instead of the sandbox's `DOCKER_HOST`, as on a real host
+    /// whose sshd sets none; restarts sshd.
+    pub fn set_session_env(&self, env: &str) {
+        let cfg = fs::read_to_string(&self.sshd_config).expect("read sshd_config");
+        let mut kept: Vec<&str> = cfg.lines().filter(|l| !l.starts_with("SetEnv ")).collect();
+        let line = format!("SetEnv {env}");
+        if !env.is_empty() {
+            kept.push(&line);
+        }
+        fs::write(&self.sshd_config, kept.join("\n") + "\n").expect("write sshd_config");
+        self.stop_sshd();
+        self.start_sshd();
+    }
+
     /// Lines of this sshd's log that contain `needle` (e.g. "Starting session").
     pub fn sshd_log_count(&self, needle: &str) -> usize {
         fs::read_to_string(&self.sshd_log)

@@ -96,6 +96,9 @@ pub struct HostDoc {
     pub route: String,
     pub engine_forwarded: bool,
     pub remote_socket: Option<String>,
+    /// How the engine was found.
+    #[serde(default)]
+    pub found_by: Option<String>,
     pub since_ns: Option<i64>,
     pub docker_version: Option<String>,
     pub connected_for_ms: u64,

@@ -348,6 +348,10 @@ fn own(doc: Document, rolled_back: Option<String>) -> Takeover {
                 route: document::route(&h.route).ok()?,
                 engine_forwarded: h.engine_forwarded,
                 remote_socket: h.remote_socket,
+                found_by: h
+                    .found_by
+                    .as_deref()
+                    .and_then(fwd_core::discovery::found_by),
                 since_ns: h.since_ns,
                 containers: h
                     .containers

@@ -12,7 +12,6 @@ use std::time::Duration;
 use fwd_core::{
     classify_ssh_failure, ContainerId, EngineRoute, Failure, FailureKind, Op, OpId, Outcome,
 };
-use fwd_docker::DISCOVER_ENGINE_COMMAND;
 use fwd_docker::{ApiError, DockerApi, EventStream};
 use fwd_ssh::{Master, MasterError, MuxClient, SocketState};
 use tokio::io::AsyncBufReadExt;
@@ -349,19 +348,20 @@ pub(super) fn start_op(
 /// The master's first session when there is nothing to discover.
 const FIRST_SESSION_COMMAND: &str = "exit 0";
 
-async fn discover_engine(host: &Host) -> Result<Option<String>, Failure> {
-    let (status, out, stderr) = run_remote(host, DISCOVER_ENGINE_COMMAND).await?;
+/// Lists where the host's engine may be (`fwd_core::discovery`): one
+/// constant command; the machine chooses from its answer.
+async fn discover_engine(host: &Host) -> Result<String, Failure> {
+    let (status, out, stderr) = run_remote(host, fwd_core::discovery::DISCOVERY_SCRIPT).await?;
     match status {
-        Some(0) => Ok(Some(out)),
-        Some(127) => Err(Failure::new(
+        Some(0) => Ok(out),
+        other => Err(Failure::new(
             FailureKind::DockerMissing,
-            format!("docker not found on the host: {}", stderr.trim()),
+            format!(
+                "looking for the engine failed (exit {}): {}",
+                other.map_or("unknown".into(), |s| s.to_string()),
+                stderr.trim()
+            ),
         )),
-        // An old CLI without contexts: the machine assumes the default socket.
-        other => {
-            tracing::debug!(host = %host.key, status = ?other, stderr = %stderr.trim(), "the remote docker CLI could not name its engine");
-            Ok(None)
-        }
     }
 }
 

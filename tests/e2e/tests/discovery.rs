@@ -1,0 +1,138 @@
+//! Finding the engine without configuration: an sshd that sets no
+//! `DOCKER_HOST` (as real hosts are), only `--host` given to fwdd. The
+//! sandbox's dockerd listens on a socket of its own, so each test puts it
+//! where an engine is looked for (a rootless engine's place, under the
+//! session's `XDG_RUNTIME_DIR`). Host ports 20800-20899 are this file's.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::Fwdd;
+use fwd_e2e::{Sandbox, TestHost};
+use fwd_proto::{ForwardState, MasterState};
+
+macro_rules! sandbox_host {
+    ($name:expr) => {
+        match Sandbox::get() {
+            Some(sb) => TestHost::new(sb, $name),
+            None => return,
+        }
+    };
+}
+
+/// `XDG_RUNTIME_DIR` for the host's sessions, with the sandbox's engine
+/// socket at `docker.sock` in it.
+fn runtime_dir_with_engine(host: &TestHost) -> std::path::PathBuf {
+    let dir = host.dir.join("xdg");
+    std::fs::create_dir_all(&dir).expect("mkdir xdg");
+    let link = dir.join("docker.sock");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&host.docker_sock, &link).expect("symlink docker.sock");
+    dir
+}
+
+#[test]
+fn an_engine_in_a_rootless_place_is_found_without_configuration_and_serves() {
+    let host = sandbox_host!("discovery_found");
+    let xdg = runtime_dir_with_engine(&host);
+    host.set_session_env(&format!("XDG_RUNTIME_DIR={}", xdg.display()));
+    let fwdd = Fwdd::start(&host);
+    let st = fwdd.status().expect("status");
+    let engine = st.hosts[0].engine.clone().expect("engine status");
+    assert_eq!(
+        engine.remote_socket.as_deref(),
+        Some(xdg.join("docker.sock").to_str().expect("utf-8"))
+    );
+    assert_eq!(engine.found_by.as_deref(), Some("rootless Docker's socket"));
+    assert_eq!(engine.route.as_deref(), Some("stream_local"));
+    host.httpd(&["20800:8080"]);
+    fwdd.wait_forward_state(20800, ForwardState::Active);
+    assert_eq!(fwdd.wait_http(20800), "hello\n");
+}
+
+#[test]
+fn a_host_without_a_docker_cli_is_normal() {
+    let host = sandbox_host!("discovery_nocli");
+    let xdg = runtime_dir_with_engine(&host);
+    // No docker CLI on the sessions' PATH: the discovery needs none.
+    host.set_session_env(&format!(
+        "XDG_RUNTIME_DIR={} PATH=/nonexistent-bin",
+        xdg.display()
+    ));
+    let fwdd = Fwdd::start(&host);
+    let st = fwdd.status().expect("status");
+    let engine = st.hosts[0].engine.clone().expect("engine status");
+    assert_eq!(engine.found_by.as_deref(), Some("rootless Docker's socket"));
+    assert!(st.hosts[0].docker_version.is_some(), "{st:?}");
+}
+
+#[test]
+fn with_no_engine_in_any_place_the_error_names_each_place() {
+    let host = sandbox_host!("discovery_none");
+    let xdg = host.dir.join("xdg-empty");
+    std::fs::create_dir_all(&xdg).expect("mkdir");
+    // Something that is not a socket where rootless Docker's would be.
+    std::fs::write(xdg.join("docker.sock"), "").expect("a plain file");
+    host.set_session_env(&format!("XDG_RUNTIME_DIR={}", xdg.display()));
+    let fwdd = Fwdd::spawn(&host, &[]);
+    if Path::new("/var/run/docker.sock").exists() || Path::new("/run/podman/podman.sock").exists() {
+        // This machine runs a system engine of its own: that one is found,
+        // after the places that had none.
+        fwdd.wait_connected();
+        let engine = fwdd.status().expect("status").hosts[0]
+            .engine
+            .clone()
+            .expect("engine");
+        assert!(
+            matches!(
+                engine.found_by.as_deref(),
+                Some("Docker's default socket" | "Podman's socket")
+            ),
+            "{engine:?}"
+        );
+        return;
+    }
+    fwdd.wait_for(
+        Duration::from_secs(30),
+        "the engine not to be found",
+        |st| {
+            st.hosts[0]
+                .master
+                .last_error
+                .as_ref()
+                .is_some_and(|e| e.kind == "docker_missing")
+        },
+    );
+    let st = fwdd.status().expect("status");
+    assert_ne!(st.hosts[0].master.state, MasterState::Connected);
+    let message = st.hosts[0]
+        .master
+        .last_error
+        .clone()
+        .expect("error")
+        .message;
+    let rootless = format!(
+        "{}/docker.sock (rootless Docker's socket): not a socket",
+        xdg.display()
+    );
+    for place in [
+        rootless.as_str(),
+        "/run/podman/podman.sock (Podman's socket): no such file",
+        "engine_remote_socket",
+    ] {
+        assert!(message.contains(place), "{place:?} not in {message}");
+    }
+    // The default socket is named once, by the first way that found it
+    // (here the remote CLI's context, which names it too).
+    assert_eq!(
+        message.matches("/var/run/docker.sock (").count(),
+        1,
+        "{message}"
+    );
+    assert!(
+        message.contains("/var/run/docker.sock (docker context): no such file"),
+        "{message}"
+    );
+}
