@@ -23,6 +23,9 @@ pub enum FailureKind {
     HostKey,
     InvalidConfig,
     DockerMissing,
+    /// No engine in any place it is looked for (`discovery`): it may be
+    /// starting, so tried again with the backoff.
+    EngineNotFound,
     Unknown,
 }
 
@@ -51,6 +54,7 @@ impl FailureKind {
             FailureKind::HostKey => "host_key",
             FailureKind::InvalidConfig => "invalid_config",
             FailureKind::DockerMissing => "docker_missing",
+            FailureKind::EngineNotFound => "engine_not_found",
             FailureKind::Unknown => "unknown",
         }
     }
@@ -65,7 +69,8 @@ impl FailureKind {
                 "host key verification failed: add the host's key to known_hosts (ssh-keyscan), or investigate a changed key"
             }
             FailureKind::InvalidConfig => "ssh rejected its configuration: fix the ssh options or ssh config file",
-            FailureKind::DockerMissing => "the message lists each place fwd looked for the engine",
+            FailureKind::DockerMissing => "the host could not run what fwd asked (the docker CLI for dial-stdio sessions, or fwd's command to find the engine): see the message",
+            FailureKind::EngineNotFound => "the message lists each place fwd looked for the engine",
             FailureKind::NameResolution => "the host name does not resolve: check DNS or the host name",
             _ => "retrying with backoff",
         }

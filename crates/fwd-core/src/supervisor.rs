@@ -1014,7 +1014,7 @@ impl HostMachine {
                             self.open_channels(now);
                         }
                         None => {
-                            self.master_failed(Failure::new(FailureKind::DockerMissing, none), now)
+                            self.master_failed(Failure::new(FailureKind::EngineNotFound, none), now)
                         }
                     },
                 }

@@ -50,9 +50,11 @@ pub fn parse_event(line: &[u8]) -> Result<Option<ContainerEvent>, ParseError> {
     let action = match msg.action.as_deref().unwrap_or("") {
         "create" => EventAction::Create,
         "start" => EventAction::Start,
-        "die" => EventAction::Die,
+        // Podman's compat API says "died" in some versions (podman#16857).
+        "die" | "died" => EventAction::Die,
         "kill" if matches!(signal, Some("9" | "KILL" | "SIGKILL")) => EventAction::Die,
-        "destroy" => EventAction::Destroy,
+        // Podman 4 says "remove" where Docker says "destroy".
+        "destroy" | "remove" => EventAction::Destroy,
         "rename" | "update" => EventAction::Refresh,
         _ => EventAction::Ignore,
     };

@@ -160,3 +160,71 @@ fn the_default_bridges_gateway_is_its_subnets_first_address_when_left_out() {
         .is_empty());
     assert!(parse_network_gateways(b"not json").is_err());
 }
+
+// Podman 4.3.1's compat API (Debian 12), captured in the sandbox: see
+// testdata/README.md.
+
+fn podman(name: &str) -> Vec<u8> {
+    sample(&format!("podman-4.3/{name}"))
+}
+
+#[test]
+fn podman_events_map_like_dockers() {
+    let text = String::from_utf8(podman("events.jsonl")).unwrap();
+    let actions: Vec<EventAction> = text
+        .lines()
+        .map(|l| parse_event(l.as_bytes()).unwrap().unwrap().action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            EventAction::Create,
+            EventAction::Ignore, // init
+            EventAction::Start,
+            EventAction::Ignore, // kill, no signal attribute
+            EventAction::Die,
+            EventAction::Ignore,  // cleanup
+            EventAction::Destroy, // "remove", Podman's destroy
+        ]
+    );
+    let died = br#"{"Type":"container","Action":"died","Actor":{"ID":"0123456789ab0123456789ab0123456789ab0123456789ab0123456789ab0123"},"timeNano":1}"#;
+    assert_eq!(parse_event(died).unwrap().unwrap().action, EventAction::Die);
+}
+
+#[test]
+fn podman_inspect_with_an_empty_host_ip_forwards_to_loopback() {
+    let c = parse_inspect(&podman("inspect-p.json")).unwrap().unwrap();
+    assert!(!c.pending);
+    assert_eq!(c.ports.len(), 1);
+    assert_eq!(
+        c.ports[0].host_ip, "",
+        "Podman says \"\" where Docker says 0.0.0.0"
+    );
+    let (claims, _) = c.claims(&HostKey::from("h"), &Rules { rules: vec![] });
+    assert_eq!(claims[0].local_port, 20901);
+    assert_eq!(claims[0].remote.to_string(), "127.0.0.1:20901");
+    let created = parse_inspect(&podman("inspect-created.json"))
+        .unwrap()
+        .unwrap();
+    assert!(created.pending);
+    assert_eq!(created.ports[0].host_port, 20901);
+}
+
+#[test]
+fn podman_version_list_and_network() {
+    assert_eq!(
+        parse_version(&podman("version.json")).unwrap(),
+        "4.3.1 (API 1.41)"
+    );
+    assert_eq!(
+        parse_container_list(&podman("containers-json.json"))
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        parse_network_gateways(&podman("network-bridge.json")).unwrap(),
+        ["10.88.0.1".parse::<std::net::IpAddr>().unwrap()],
+        "Podman answers for \"bridge\" with its own network"
+    );
+}

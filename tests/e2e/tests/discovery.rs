@@ -102,7 +102,7 @@ fn with_no_engine_in_any_place_the_error_names_each_place() {
                 .master
                 .last_error
                 .as_ref()
-                .is_some_and(|e| e.kind == "docker_missing")
+                .is_some_and(|e| e.kind == "engine_not_found")
         },
     );
     let st = fwdd.status().expect("status");

@@ -233,11 +233,11 @@ fn docker_missing_on_the_host_is_a_clear_state() {
     host.set_authorized_key_options(&format!("command=\"{}\"", script.display()));
     let fwdd = Fwdd::spawn(&host, &[]);
     fwdd.wait_for(Duration::from_secs(15), "docker missing reported", |st| {
-        st.hosts[0]
-            .master
-            .last_error
-            .as_ref()
-            .is_some_and(|e| e.kind == "docker_missing" && e.message.contains("docker not found"))
+        st.hosts[0].master.last_error.as_ref().is_some_and(|e| {
+            e.kind == "docker_missing"
+                && e.message.contains("exit 127")
+                && e.message.contains("docker: not found")
+        })
     });
 }
 

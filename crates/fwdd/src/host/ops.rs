@@ -357,7 +357,7 @@ async fn discover_engine(host: &Host) -> Result<String, Failure> {
         other => Err(Failure::new(
             FailureKind::DockerMissing,
             format!(
-                "looking for the engine failed (exit {}): {}",
+                "the host could not run fwd's command to find its engine (exit {}): {}",
                 other.map_or("unknown".into(), |s| s.to_string()),
                 stderr.trim()
             ),
