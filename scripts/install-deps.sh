@@ -25,6 +25,8 @@ command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v dpkg-deb >/dev/null || missing+=(dpkg)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
+# The other engine of the e2e tests (rootful, in the sandbox).
+command -v podman >/dev/null || missing+=(podman)
 # The alert rules' checks and unit tests, and the metrics e2e test's scraper.
 command -v promtool >/dev/null || missing+=(prometheus)
 

@@ -18,7 +18,7 @@ DIR=$(cd "$1" && pwd)
 # unix socket paths are limited to 107 bytes; per-test ControlPaths live under DIR too.
 [ ${#DIR} -le 40 ] || die "DIR too long (${#DIR} chars, max 40): $DIR"
 
-for bin in /usr/sbin/dockerd /usr/sbin/sshd nsenter ip ssh-keygen; do
+for bin in /usr/sbin/dockerd /usr/sbin/sshd nsenter ip ssh-keygen curl; do
     command -v "$bin" >/dev/null || die "missing $bin (apt-get install -y openssh-server docker.io busybox-static iptables iproute2)"
 done
 BUSYBOX=""
@@ -94,6 +94,41 @@ if ! "${DOCKER[@]}" image inspect "$IMAGE" >/dev/null 2>&1; then
     rm -rf "$IMG"
 fi
 
+# Podman (rootful, Debian's), serving its Docker-compatible API on a socket of
+# the sandbox from the remote namespace, with storage and configuration of its
+# own (nothing under /etc or /var/lib): the other engine fwd must work with.
+command -v podman >/dev/null || die "missing podman (apt-get install -y podman)"
+PM="$DIR/podman"
+PM_SOCK="$PM/podman.sock"
+mkdir -p "$PM"
+# The VM's hard limits are below Podman's default ulimits ("error setting rlimit").
+cat > "$PM/containers.conf" <<'CONF'
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+[engine]
+events_logger = "file"
+cgroup_manager = "cgroupfs"
+CONF
+PODMAN=(podman --root "$PM/root" --runroot "$PM/run" --tmpdir "$PM/tmp")
+if ! curl -sf --unix-socket "$PM_SOCK" http://podman/_ping >/dev/null 2>&1; then
+    rm -f "$PM_SOCK"
+    CONTAINERS_CONF="$PM/containers.conf" setsid nsenter --net="/var/run/netns/$NS" \
+        "${PODMAN[@]}" system service --time=0 "unix://$PM_SOCK" \
+        </dev/null >"$PM/service.log" 2>&1 &
+    deadline=$(( $(date +%s) + 30 ))
+    until curl -sf --unix-socket "$PM_SOCK" http://podman/_ping >/dev/null 2>&1; do
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            echo "up.sh: podman's API did not come up; tail of $PM/service.log:" >&2
+            tail -n 20 "$PM/service.log" >&2 || true
+            exit 1
+        fi
+        sleep 0.2
+    done
+fi
+if ! docker -H "unix://$PM_SOCK" image inspect "$IMAGE" >/dev/null 2>&1; then
+    "${DOCKER[@]}" save "$IMAGE" | docker -H "unix://$PM_SOCK" load >/dev/null
+fi
+
 # A client library that cannot speak ssh:// (docker-py, from PyPI) for the
 # engine socket's e2e test. The registry is reachable from this namespace only.
 PY="$DIR/venv/bin/python"
@@ -111,6 +146,7 @@ FWD_SANDBOX_DOCKER_SOCK=$SOCK
 FWD_SANDBOX_IMAGE=$IMAGE
 FWD_SANDBOX_SUBNET_PREFIX=$SUBNET_PREFIX
 FWD_SANDBOX_PYTHON=$PY
+FWD_SANDBOX_PODMAN_SOCK=$PM_SOCK
 EOF
 mv "$DIR/env.tmp" "$DIR/env"
 echo "up.sh: sandbox ready: FWD_SANDBOX=$DIR/env (netns $NS, dockerd pid $(cat "$DIR/docker.pid"))"

@@ -137,6 +137,8 @@ pub struct Sandbox {
     pub subnet_prefix: String,
     /// A Python with docker-py installed (the engine socket's client-library test).
     pub python: PathBuf,
+    /// Podman's Docker-compatible API (rootful), serving from the remote namespace.
+    pub podman_sock: PathBuf,
 }
 
 impl Sandbox {
@@ -188,6 +190,7 @@ impl Sandbox {
             image: get("FWD_SANDBOX_IMAGE")?,
             subnet_prefix: get("FWD_SANDBOX_SUBNET_PREFIX")?,
             python: get("FWD_SANDBOX_PYTHON")?.into(),
+            podman_sock: get("FWD_SANDBOX_PODMAN_SOCK")?.into(),
         };
         if !nix::unistd::geteuid().is_root() {
             return Err("the e2e tests must run as root".into());
