@@ -257,15 +257,23 @@ fn first_host(subnet: &str) -> Option<std::net::IpAddr> {
     ))
 }
 
-/// `GET /version` → "20.10.24 (API 1.41)".
+/// `GET /version` → "20.10.24 (API 1.41)", or "Podman 4.3.1 (API 1.41)".
 pub fn parse_version(body: &[u8]) -> Result<String, ParseError> {
     let v: bollard_stubs::models::SystemVersion =
         serde_json::from_slice(body).map_err(|source| ParseError::Json {
             what: "the version answer",
             source,
         })?;
+    // Podman's compat API names itself among the components; Docker's
+    // engine is the default, unnamed.
+    let podman = v
+        .components
+        .iter()
+        .flatten()
+        .any(|c| c.name.contains("Podman"));
     Ok(format!(
-        "{} (API {})",
+        "{}{} (API {})",
+        if podman { "Podman " } else { "" },
         v.version.as_deref().unwrap_or("unknown"),
         v.api_version.as_deref().unwrap_or("unknown")
     ))

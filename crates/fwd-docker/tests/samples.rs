@@ -214,7 +214,7 @@ fn podman_inspect_with_an_empty_host_ip_forwards_to_loopback() {
 fn podman_version_list_and_network() {
     assert_eq!(
         parse_version(&podman("version.json")).unwrap(),
-        "4.3.1 (API 1.41)"
+        "Podman 4.3.1 (API 1.41)"
     );
     assert_eq!(
         parse_container_list(&podman("containers-json.json"))

@@ -82,7 +82,7 @@ fn podman_is_found_its_ports_forwarded_and_released_and_served_on_the_engine_soc
         st.hosts[0]
             .docker_version
             .as_deref()
-            .is_some_and(|v| v.starts_with("4.")),
+            .is_some_and(|v| v.starts_with("Podman 4.")),
         "{:?}",
         st.hosts[0].docker_version
     );
