@@ -148,6 +148,18 @@ pub fn parse(output: &str) -> Vec<Candidate> {
         .collect()
 }
 
+/// Every socket the user may open, in order, each path once: the first is
+/// tried, the next ones if it does not answer.
+pub fn usable(candidates: &[Candidate]) -> Vec<&Candidate> {
+    let mut out: Vec<&Candidate> = Vec::new();
+    for c in candidates.iter().filter(|c| c.state == State::Socket) {
+        if !out.iter().any(|o| o.path == c.path) {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The engine found: the first candidate that is a socket the user may
 /// open; else every place tried and what was there, with what to do.
 pub fn choose(candidates: &[Candidate]) -> Result<&Candidate, String> {

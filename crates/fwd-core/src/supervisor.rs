@@ -582,6 +582,9 @@ pub struct HostMachine {
     /// What ended the link that was up last, until the next one is (see
     /// `Health::reconnect_reasons`).
     lost_reason: Option<&'static str>,
+    /// Engine sockets found after the one in use, tried in turn when it
+    /// does not answer (a socket left by an engine that is gone).
+    engine_alternatives: VecDeque<(String, &'static str)>,
     logged_version: Option<String>,
     /// Round trip of the setup's version request, shown once up.
     setup_rtt: Option<Duration>,
@@ -745,6 +748,7 @@ impl HostMachine {
             generation: 0,
             ever_connected: false,
             lost_reason: None,
+            engine_alternatives: VecDeque::new(),
             logged_version: None,
             setup_rtt: None,
             channels_started: now,
@@ -967,6 +971,7 @@ impl HostMachine {
                 self.health_changed = true;
                 self.channel_backoff.reset();
                 self.engine_forwarded = false;
+                self.engine_alternatives.clear();
                 self.phase = Phase::Setup;
                 // Every master opens one session first, even when nothing
                 // is to be discovered: OpenSSH turns on TCP_NODELAY for the
@@ -997,6 +1002,11 @@ impl HostMachine {
                 match crate::discovery::choose(&candidates) {
                     Ok(found) => {
                         self.health.engine.found_by = Some(found.source.as_str());
+                        self.engine_alternatives = crate::discovery::usable(&candidates)
+                            .into_iter()
+                            .skip(1)
+                            .map(|c| (c.path.clone(), c.source.as_str()))
+                            .collect();
                         self.forward_engine(found.path.clone(), now);
                     }
                     Err(none) => match candidates
@@ -1034,6 +1044,23 @@ impl HostMachine {
                 self.health.engine.found_by = Some("engine_remote_socket");
                 let path = self.policy.engine_socket.clone();
                 self.forward_engine(path.unwrap_or_else(|| DEFAULT_ENGINE_SOCKET.into()), now);
+            }
+            (Purpose::OpenApi(EngineRoute::StreamLocal), Outcome::Failed(f))
+                if f.kind == FailureKind::StreamEnded && !self.engine_alternatives.is_empty() =>
+            {
+                // A socket whose engine is gone answers nothing: the next
+                // one found is tried before stream-local channels are
+                // suspected (they fail the same way for every socket).
+                if let Some((path, how)) = self.engine_alternatives.pop_front() {
+                    let failed = self.health.engine.remote_socket.clone().unwrap_or_default();
+                    self.health.engine.reason = Some(format!(
+                        "{failed} did not answer ({}); trying {path}",
+                        f.message.trim()
+                    ));
+                    self.health.engine.found_by = Some(how);
+                    self.commands.push_back(Command::CloseChannels);
+                    self.forward_engine(path, now);
+                }
             }
             (Purpose::OpenApi(EngineRoute::StreamLocal), Outcome::Failed(f))
                 if f.kind == FailureKind::StreamEnded =>

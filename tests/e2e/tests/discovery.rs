@@ -136,3 +136,31 @@ fn with_no_engine_in_any_place_the_error_names_each_place() {
         "{message}"
     );
 }
+
+#[test]
+fn a_socket_left_by_an_engine_that_is_gone_gives_way_to_the_next_one() {
+    let host = sandbox_host!("discovery_stale");
+    let xdg = host.dir.join("xdg-stale");
+    std::fs::create_dir_all(xdg.join("podman")).expect("mkdir");
+    // Rootless Docker's place: a socket nobody listens on any more.
+    let stale = xdg.join("docker.sock");
+    let _ = std::fs::remove_file(&stale);
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    // Rootless Podman's place, looked at next: an engine that answers.
+    std::os::unix::fs::symlink(&host.docker_sock, xdg.join("podman/podman.sock")).expect("symlink");
+    host.set_session_env(&format!("XDG_RUNTIME_DIR={}", xdg.display()));
+    let fwdd = Fwdd::start(&host);
+    let engine = fwdd.status().expect("status").hosts[0]
+        .engine
+        .clone()
+        .expect("engine");
+    assert_eq!(
+        engine.found_by.as_deref(),
+        Some("rootless Podman's socket"),
+        "{engine:?}"
+    );
+    assert_eq!(engine.route.as_deref(), Some("stream_local"));
+    host.httpd(&["20810:8080"]);
+    fwdd.wait_forward_state(20810, ForwardState::Active);
+    assert_eq!(fwdd.wait_http(20810), "hello\n");
+}

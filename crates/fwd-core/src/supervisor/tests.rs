@@ -981,6 +981,45 @@ fn the_first_socket_found_is_used_and_none_is_one_error_naming_each_place() {
 }
 
 #[test]
+fn a_socket_that_does_not_answer_gives_way_to_the_next_one_found() {
+    let mut r = Rig::new();
+    r.answer(Outcome::MasterReady { pid: 3 });
+    r.answer(Outcome::Discovered(
+        "docker\t/var/run/docker.sock\tsocket\n\
+         podman\t/run/podman/podman.sock\tsocket\n"
+            .into(),
+    ));
+    r.expect_op(Op::ForwardEngine {
+        remote_socket: "/var/run/docker.sock".into(),
+    });
+    r.answer(Outcome::Answered);
+    r.expect_op(Op::OpenApi {
+        route: STREAM_LOCAL,
+    });
+    // A socket left behind by an engine that is gone.
+    r.answer(Outcome::Failed(Failure::new(
+        FailureKind::StreamEnded,
+        "connection closed before message completed",
+    )));
+    r.expect_op(Op::ForwardEngine {
+        remote_socket: "/run/podman/podman.sock".into(),
+    });
+    assert_eq!(r.m.health().engine.found_by, Some("Podman's socket"));
+    r.answer(Outcome::Answered);
+    r.expect_op(Op::OpenApi {
+        route: STREAM_LOCAL,
+    });
+    // No socket answers either: stream-local channels are suspected.
+    r.answer(Outcome::Failed(Failure::new(
+        FailureKind::StreamEnded,
+        "connection closed before message completed",
+    )));
+    r.expect_op(Op::OpenApi {
+        route: EngineRoute::DialStdio,
+    });
+}
+
+#[test]
 fn a_server_that_refuses_stream_local_channels_gets_dial_stdio() {
     let mut r = Rig::new();
     r.master_ready(3);
