@@ -57,6 +57,21 @@ fn podman_run(host: &TestHost, args: &[&str]) -> String {
     )
 }
 
+/// Busybox httpd (`hello\n` on 8080) on Podman, with `options` (`-p`, `-P`, …).
+fn podman_httpd(host: &TestHost, options: &[&str]) -> String {
+    let mut args = options.to_vec();
+    args.extend([
+        host.image.as_str(),
+        "/bin/httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ]);
+    podman_run(host, &args)
+}
+
 /// An sshd whose sessions set no DOCKER_HOST, and Podman's socket where a
 /// Podman is looked for.
 fn podman_host(host: &TestHost) {
@@ -88,37 +103,10 @@ fn podman_is_found_its_ports_forwarded_and_released_and_served_on_the_engine_soc
     );
 
     // -p with Podman's empty HostIp, and -P.
-    let id = podman_run(
-        &host,
-        &[
-            "-p",
-            "20900:8080",
-            &host.image,
-            "/bin/httpd",
-            "-f",
-            "-p",
-            "8080",
-            "-h",
-            "/www",
-        ],
-    );
+    let id = podman_httpd(&host, &["-p", "20900:8080"]);
     fwdd.wait_forward_state(20900, ForwardState::Active);
     assert_eq!(fwdd.wait_http(20900), "hello\n");
-    let eph = podman_run(
-        &host,
-        &[
-            "-P",
-            "--expose",
-            "8080",
-            &host.image,
-            "/bin/httpd",
-            "-f",
-            "-p",
-            "8080",
-            "-h",
-            "/www",
-        ],
-    );
+    let eph = podman_httpd(&host, &["-P", "--expose", "8080"]);
     let port_line = run_ok(podman(&host).args(["port", &eph, "8080/tcp"]));
     let port: u16 = port_line
         .lines()
