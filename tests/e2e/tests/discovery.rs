@@ -4,23 +4,15 @@
 //! where an engine is looked for (a rootless engine's place, under the
 //! session's `XDG_RUNTIME_DIR`). Host ports 20800-20899 are this file's.
 
+#[macro_use]
 mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
 use common::Fwdd;
-use fwd_e2e::{Sandbox, TestHost};
+use fwd_e2e::TestHost;
 use fwd_proto::{ForwardState, MasterState};
-
-macro_rules! sandbox_host {
-    ($name:expr) => {
-        match Sandbox::get() {
-            Some(sb) => TestHost::new(sb, $name),
-            None => return,
-        }
-    };
-}
 
 /// `XDG_RUNTIME_DIR` for the host's sessions, with the sandbox's engine
 /// socket at `docker.sock` in it.

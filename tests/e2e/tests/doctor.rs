@@ -2,21 +2,13 @@
 //! host, an unknown host key, a refused key, sshd without stream-local
 //! forwarding, and through a running fwdd.
 
+#[macro_use]
 mod common;
 
 use std::process::Output;
 
 use common::{bin, fwdctl, Fwdd};
-use fwd_e2e::{Sandbox, TestHost};
-
-macro_rules! sandbox_host {
-    ($name:expr) => {
-        match Sandbox::get() {
-            Some(sb) => TestHost::new(sb, $name),
-            None => return,
-        }
-    };
-}
+use fwd_e2e::TestHost;
 
 /// `fwdctl doctor --host ssh://<alias> --ssh-config <cfg> ARGS` in the runner's namespace.
 fn doctor(host: &TestHost, args: &[&str]) -> Output {

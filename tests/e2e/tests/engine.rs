@@ -3,6 +3,7 @@
 //! the witness that no connection and no session was opened for any of it.
 //! Host ports 20300-20399 are this file's.
 
+#[macro_use]
 mod common;
 
 use std::io::Write;
@@ -11,17 +12,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{fwdctl, pid_alive, Fwdd};
-use fwd_e2e::{wait_until, Sandbox, TestHost};
+use fwd_e2e::{wait_until, TestHost};
 use fwd_proto::MasterState;
-
-macro_rules! sandbox_host {
-    ($name:expr) => {
-        match Sandbox::get() {
-            Some(sb) => TestHost::new(sb, $name),
-            None => return,
-        }
-    };
-}
 
 fn engine_socket(fwdd: &Fwdd) -> PathBuf {
     fwdd.runtime_dir.join("docker.sock")

@@ -5,6 +5,7 @@
 //! a server in the runner's namespace at `host.docker.internal`, resolved by
 //! the engine's own `host-gateway`. Remote ports 20600-20699 are this file's.
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
@@ -12,17 +13,8 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::time::{Duration, Instant};
 
 use common::{fwdctl, Fwdd};
-use fwd_e2e::{run_ok, wait_until, Sandbox, TestHost};
+use fwd_e2e::{run_ok, wait_until, TestHost};
 use fwd_proto::{ExposedStatus, Status};
-
-macro_rules! sandbox_host {
-    ($name:expr) => {
-        match Sandbox::get() {
-            Some(sb) => TestHost::new(sb, $name),
-            None => return,
-        }
-    };
-}
 
 const T: Duration = Duration::from_secs(30);
 

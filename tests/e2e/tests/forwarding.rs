@@ -2,23 +2,15 @@
 //! in the "remote" namespace, real containers and real TCP through the
 //! forwards. Each test uses its own host ports (the remote engine is shared).
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::{httpd_serving, pid_alive, Fwdd};
-use fwd_e2e::{wait_until, Sandbox, TestHost};
+use fwd_e2e::wait_until;
 use fwd_proto::{ForwardState, MasterState};
-
-macro_rules! sandbox_host {
-    ($name:expr) => {
-        match Sandbox::get() {
-            Some(sb) => TestHost::new(sb, $name),
-            None => return,
-        }
-    };
-}
 
 #[test]
 fn start_serves_http_on_both_loopbacks_and_stop_refuses() {

@@ -1,6 +1,7 @@
 //! End to end: `fwdctl` against a real fwdd (status, wait, watch, reconnect, resync)
 //! and the control socket's defences. Host ports 20300-20399 belong to this file.
 
+#[macro_use]
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,17 +12,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{bin, fwdctl, fwdctl_command, Fwdd};
-use fwd_e2e::{wait_until, Sandbox, TestHost};
+use fwd_e2e::wait_until;
 use fwd_proto::{ForwardState, MasterState};
-
-macro_rules! sandbox_host {
-    ($name:expr) => {
-        match Sandbox::get() {
-            Some(sb) => TestHost::new(sb, $name),
-            None => return,
-        }
-    };
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

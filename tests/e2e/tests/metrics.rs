@@ -2,6 +2,7 @@
 //! `fwdctl metrics` against the real sshd and dockerd of the sandbox.
 //! Host ports 20700-20799 are this file's.
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
@@ -9,17 +10,8 @@ use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
 use common::{fwdctl, Fwdd};
-use fwd_e2e::{Sandbox, TestHost};
+use fwd_e2e::TestHost;
 use fwd_proto::ForwardState;
-
-macro_rules! sandbox_host {
-    ($name:expr) => {
-        match Sandbox::get() {
-            Some(sb) => TestHost::new(sb, $name),
-            None => return,
-        }
-    };
-}
 
 const T: Duration = Duration::from_secs(30);
 const METRICS_PORT: u16 = 9633;

@@ -6,22 +6,14 @@
 //! is looked for (under the session's `XDG_RUNTIME_DIR`), with an sshd that
 //! sets no `DOCKER_HOST`. Host ports 20900-20999 are this file's.
 
+#[macro_use]
 mod common;
 
 use std::process::Command;
 
 use common::Fwdd;
-use fwd_e2e::{run_ok, Sandbox, TestHost};
+use fwd_e2e::{run_ok, TestHost};
 use fwd_proto::ForwardState;
-
-macro_rules! sandbox_host {
-    ($name:expr) => {
-        match Sandbox::get() {
-            Some(sb) => TestHost::new(sb, $name),
-            None => return,
-        }
-    };
-}
 
 /// The docker CLI against the sandbox's Podman.
 fn podman(host: &TestHost) -> Command {

@@ -2,23 +2,15 @@
 //! killed daemon, stale sockets, refused keys, changed host keys, a broken
 //! remote docker. Host ports 20200-20299 are this file's.
 
+#[macro_use]
 mod common;
 
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::time::{Duration, Instant};
 
 use common::{pid_alive, Fwdd};
-use fwd_e2e::{wait_until, Sandbox, TestHost};
+use fwd_e2e::wait_until;
 use fwd_proto::{ForwardState, MasterState};
-
-macro_rules! sandbox_host {
-    ($name:expr) => {
-        match Sandbox::get() {
-            Some(sb) => TestHost::new(sb, $name),
-            None => return,
-        }
-    };
-}
 
 fn count_lines(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()

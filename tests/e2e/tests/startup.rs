@@ -3,6 +3,7 @@
 //! `create` and holds a client while a young container's service is not
 //! listening yet. Host ports 20400-20499 are this file's.
 
+#[macro_use]
 mod common;
 
 use std::io::Read;
@@ -10,17 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Fwdd;
-use fwd_e2e::{Sandbox, TestHost};
+use fwd_e2e::TestHost;
 use fwd_proto::ForwardState;
-
-macro_rules! sandbox_host {
-    ($name:expr) => {
-        match Sandbox::get() {
-            Some(sb) => TestHost::new(sb, $name),
-            None => return,
-        }
-    };
-}
 
 /// `docker run -d` through fwdd's engine socket (what a user of fwd does).
 fn run_via_engine_socket(fwdd: &Fwdd, host: &TestHost, args: &[&str]) -> String {

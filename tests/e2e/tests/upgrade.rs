@@ -2,6 +2,7 @@
 //! running image with the binary now on disk, in place, and nothing a client
 //! holds or starts meanwhile notices. Host ports 20500-20599 are this file's.
 
+#[macro_use]
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,17 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{bin, fwdctl, Fwdd};
-use fwd_e2e::{wait_until, Sandbox, TestHost};
+use fwd_e2e::{wait_until, TestHost};
 use fwd_proto::{ForwardState, MasterState};
-
-macro_rules! sandbox_host {
-    ($name:expr) => {
-        match Sandbox::get() {
-            Some(sb) => TestHost::new(sb, $name),
-            None => return,
-        }
-    };
-}
 
 /// A line echo server (the host's Python, bind-mounted: busybox has none
 /// that serves many clients at once).

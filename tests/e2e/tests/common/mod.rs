@@ -13,6 +13,19 @@ use std::time::{Duration, Instant};
 use fwd_e2e::{wait_until, TestHost};
 use fwd_proto::{ForwardState, ForwardStatus, MasterState, Status};
 
+/// A [`TestHost`] of the shared sandbox for this test, or `return` (the
+/// test does not run) when no sandbox is configured; `Sandbox::get` says
+/// why, and fails in CI.
+#[allow(unused_macros)]
+macro_rules! sandbox_host {
+    ($name:expr) => {
+        match fwd_e2e::Sandbox::get() {
+            Some(sb) => fwd_e2e::TestHost::new(sb, $name),
+            None => return,
+        }
+    };
+}
+
 /// Path of a workspace binary (a package's binary of the same name), built
 /// once per test process. The e2e crate cannot depend on binaries of other
 /// packages, so it asks cargo to build them into the same target directory
