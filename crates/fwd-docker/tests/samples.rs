@@ -228,3 +228,43 @@ fn podman_version_list_and_network() {
         "Podman answers for \"bridge\" with its own network"
     );
 }
+
+// Docker Engine API 1.52 (Engine 29) shapes, written from its published
+// specification: see testdata/README.md.
+
+#[test]
+fn api_1_52_events_without_the_legacy_fields_map_the_same() {
+    let text = String::from_utf8(sample("api-1.52/events.jsonl")).unwrap();
+    let actions: Vec<EventAction> = text
+        .lines()
+        .map(|l| parse_event(l.as_bytes()).unwrap().unwrap().action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            EventAction::Create,
+            EventAction::Start,
+            EventAction::Ignore, // health_status: healthy
+            EventAction::Die,    // kill with signal 9
+            EventAction::Die,
+            EventAction::Destroy,
+        ]
+    );
+}
+
+#[test]
+fn api_1_52_inspect_without_the_top_level_network_fields() {
+    let c = parse_inspect(&sample("api-1.52/inspect-p-v4v6.json"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.compose_project.as_deref(), Some("shop"));
+    let (claims, unsupported) = c.claims(&HostKey::from("h"), &Rules { rules: vec![] });
+    assert!(unsupported.is_empty());
+    assert_eq!(
+        claims.len(),
+        1,
+        "0.0.0.0 and :: for one port are one forward"
+    );
+    assert_eq!(claims[0].local_port, 18080);
+    assert_eq!(claims[0].remote.to_string(), "127.0.0.1:18080");
+}
