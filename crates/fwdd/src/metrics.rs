@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use fwd_metrics::{HostScrape, MetricsSource, Scrape};
-use fwd_proto::{ForwardState, MasterState, StreamState};
+use fwd_proto::{MasterState, StreamState};
 
 use crate::daemon::Daemon;
 
@@ -29,7 +29,7 @@ pub fn scrape(d: &Daemon) -> Scrape {
             let key = fwd_core::HostKey::from(h.name.as_str());
             let mut forwards: BTreeMap<String, u64> = BTreeMap::new();
             for f in status.forwards.iter().filter(|f| f.host == h.name) {
-                *forwards.entry(forward_state(f.state).into()).or_default() += 1;
+                *forwards.entry(f.state.as_str().into()).or_default() += 1;
             }
             let mut exposures: BTreeMap<String, u64> = BTreeMap::new();
             for e in status.exposed.iter().filter(|e| e.host == h.name) {
@@ -71,15 +71,6 @@ pub fn scrape(d: &Daemon) -> Scrape {
     Scrape {
         version: status.daemon.version,
         hosts,
-    }
-}
-
-fn forward_state(s: ForwardState) -> &'static str {
-    match s {
-        ForwardState::Active => "active",
-        ForwardState::Pending => "pending",
-        ForwardState::Conflict => "conflict",
-        ForwardState::Unsupported => "unsupported",
     }
 }
 
