@@ -121,26 +121,12 @@ impl Ctx<'_> {
              its master {master_us:.0} µs, {master_sw:.1} wakeups; the separate ssh -R \
              {ssh_r_us:.0} µs, {ssh_r_sw:.1} wakeups (CPU at clock-tick resolution)"
         ));
-        let (a, b) = (sorted(a), sorted(b));
-        let ratio = pct(&a, 50.0) / pct(&b, 50.0);
-        self.rep.note(format!(
-            "container→runner setup via fwd expose: {}",
-            dist(&a)
-        ));
-        self.rep.note(format!(
-            "container→runner setup via ssh -R:     {}",
-            dist(&b)
-        ));
-        self.rep.row(
+        self.rep.setup_ratio(
             "container → runner connection setup, fwd expose / separate ssh -R",
-            format!(
-                "{ratio:.2}× (median {:.2} vs {:.2} ms, n={})",
-                pct(&a, 50.0),
-                pct(&b, 50.0),
-                a.len().min(b.len())
-            ),
-            "≤ 1.10×",
-            Some(ratio <= 1.10),
+            "container→runner setup via fwd expose",
+            "container→runner setup via ssh -R    ",
+            &sorted(a),
+            &sorted(b),
         );
 
         let want = mib * 1024 * 1024;

@@ -450,20 +450,12 @@ impl Ctx<'_> {
             let (a, b) = alternate_first_byte(&self.ns(), local(port), local(lport), conns);
             let _ = ssh_l.kill();
             let _ = ssh_l.wait();
-            let (a, b) = (sorted(a), sorted(b));
-            let ratio = pct(&a, 50.0) / pct(&b, 50.0);
-            self.rep.note(format!("setup via fwd:    {}", dist(&a)));
-            self.rep.note(format!("setup via ssh -L: {}", dist(&b)));
-            self.rep.row(
+            self.rep.setup_ratio(
                 "new connection setup (connect + first byte), fwd / separate ssh -L",
-                format!(
-                    "{ratio:.2}× (median {:.2} vs {:.2} ms, n={})",
-                    pct(&a, 50.0),
-                    pct(&b, 50.0),
-                    a.len().min(b.len())
-                ),
-                "≤ 1.10×",
-                Some(ratio <= 1.10),
+                "setup via fwd   ",
+                "setup via ssh -L",
+                &sorted(a),
+                &sorted(b),
             );
         }
         if do_tp {

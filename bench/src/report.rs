@@ -31,6 +31,33 @@ impl Report {
         });
     }
 
+    /// Connection setup through fwd (`a`) against an alternative (`b`),
+    /// measured in one run: both distributions as notes, the ratio of the
+    /// medians as a row against ≤ 1.10×.
+    pub(crate) fn setup_ratio(
+        &mut self,
+        figure: &str,
+        a_name: &str,
+        b_name: &str,
+        a: &[f64],
+        b: &[f64],
+    ) {
+        let ratio = pct(a, 50.0) / pct(b, 50.0);
+        self.note(format!("{a_name}: {}", dist(a)));
+        self.note(format!("{b_name}: {}", dist(b)));
+        self.row(
+            figure,
+            format!(
+                "{ratio:.2}× (median {:.2} vs {:.2} ms, n={})",
+                pct(a, 50.0),
+                pct(b, 50.0),
+                a.len().min(b.len())
+            ),
+            "≤ 1.10×",
+            Some(ratio <= 1.10),
+        );
+    }
+
     pub(crate) fn note(&mut self, s: String) {
         println!("  .. {s}");
         self.notes.push(s);

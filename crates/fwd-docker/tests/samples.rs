@@ -164,17 +164,21 @@ fn the_default_bridges_gateway_is_its_subnets_first_address_when_left_out() {
 // Podman 4.3.1's compat API (Debian 12), captured in the sandbox: see
 // testdata/README.md.
 
+/// The action of each container event of a `.jsonl` sample.
+fn event_actions(jsonl: &[u8]) -> Vec<EventAction> {
+    String::from_utf8_lossy(jsonl)
+        .lines()
+        .map(|l| parse_event(l.as_bytes()).unwrap().unwrap().action)
+        .collect()
+}
+
 fn podman(name: &str) -> Vec<u8> {
     sample(&format!("podman-4.3/{name}"))
 }
 
 #[test]
 fn podman_events_map_like_dockers() {
-    let text = String::from_utf8(podman("events.jsonl")).unwrap();
-    let actions: Vec<EventAction> = text
-        .lines()
-        .map(|l| parse_event(l.as_bytes()).unwrap().unwrap().action)
-        .collect();
+    let actions = event_actions(&podman("events.jsonl"));
     assert_eq!(
         actions,
         [
@@ -234,11 +238,7 @@ fn podman_version_list_and_network() {
 
 #[test]
 fn api_1_52_events_without_the_legacy_fields_map_the_same() {
-    let text = String::from_utf8(sample("api-1.52/events.jsonl")).unwrap();
-    let actions: Vec<EventAction> = text
-        .lines()
-        .map(|l| parse_event(l.as_bytes()).unwrap().unwrap().action)
-        .collect();
+    let actions = event_actions(&sample("api-1.52/events.jsonl"));
     assert_eq!(
         actions,
         [

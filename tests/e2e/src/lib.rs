@@ -625,9 +625,15 @@ impl TestHost {
 
     /// The same httpd with any `docker run` options (labels, `--restart`, `-P`, ...).
     pub fn httpd_with(&self, run_options: &[&str]) -> String {
+        self.run(&self.httpd_args(run_options))
+    }
+
+    /// `run_options`, the image and the busybox httpd command line, for
+    /// whichever engine runs it.
+    pub fn httpd_args<'a>(&'a self, run_options: &[&'a str]) -> Vec<&'a str> {
         let mut args: Vec<&str> = run_options.to_vec();
         args.extend_from_slice(&[&self.image, "/bin/httpd", "-f", "-p", "8080", "-h", "/www"]);
-        self.run(&args)
+        args
     }
 
     /// A `Command` that runs inside the runner netns.

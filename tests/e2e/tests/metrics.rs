@@ -36,6 +36,19 @@ fn get(host: &TestHost, path: &str) -> (u16, String) {
     http_get(host, METRICS_PORT, path).unwrap_or_else(|| panic!("no answer to GET {path}"))
 }
 
+/// fwdd for `host` (named "box") serving its metrics on METRICS_PORT,
+/// once connected.
+fn with_metrics(host: &TestHost) -> Fwdd<'_> {
+    let config = format!(
+        "metrics = \"127.0.0.1:{METRICS_PORT}\"\n[[host]]\nname = \"box\"\nurl = \"ssh://{}\"\nssh_config = \"{}\"\n",
+        host.alias,
+        host.ssh_config.display()
+    );
+    let fwdd = Fwdd::spawn_with_config(host, &config);
+    fwdd.wait_connected();
+    fwdd
+}
+
 /// The value of the sample `series` (name and labels exactly), if present.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -60,13 +73,7 @@ fn wait_sample(host: &TestHost, series: &str, what: &str, ok: impl Fn(f64) -> bo
 #[test]
 fn the_endpoint_counts_traffic_and_reconnects_and_readyz_follows_the_host() {
     let host = sandbox_host!("metrics_endpoint");
-    let config = format!(
-        "metrics = \"127.0.0.1:{METRICS_PORT}\"\n[[host]]\nname = \"box\"\nurl = \"ssh://{}\"\nssh_config = \"{}\"\n",
-        host.alias,
-        host.ssh_config.display()
-    );
-    let fwdd = Fwdd::spawn_with_config(&host, &config);
-    fwdd.wait_connected();
+    let fwdd = with_metrics(&host);
     let text = wait_sample(&host, "fwd_host_up{host=\"box\"}", "the host up", |v| {
         v == 1.0
     });
@@ -218,13 +225,7 @@ impl Drop for Prometheus {
 #[test]
 fn a_real_prometheus_scrapes_the_series_as_they_change() {
     let host = sandbox_host!("metrics_prometheus");
-    let config = format!(
-        "metrics = \"127.0.0.1:{METRICS_PORT}\"\n[[host]]\nname = \"box\"\nurl = \"ssh://{}\"\nssh_config = \"{}\"\n",
-        host.alias,
-        host.ssh_config.display()
-    );
-    let fwdd = Fwdd::spawn_with_config(&host, &config);
-    fwdd.wait_connected();
+    let fwdd = with_metrics(&host);
     let prom = Prometheus::start(&host, 9090);
     prom.wait(&host, "up{job=\"fwd\"}", |v| v == 1.0);
     prom.wait(&host, "fwd_host_up{host=\"box\"}", |v| v == 1.0);

@@ -51,17 +51,7 @@ fn podman_run(host: &TestHost, args: &[&str]) -> String {
 
 /// Busybox httpd (`hello\n` on 8080) on Podman, with `options` (`-p`, `-P`, …).
 fn podman_httpd(host: &TestHost, options: &[&str]) -> String {
-    let mut args = options.to_vec();
-    args.extend([
-        host.image.as_str(),
-        "/bin/httpd",
-        "-f",
-        "-p",
-        "8080",
-        "-h",
-        "/www",
-    ]);
-    podman_run(host, &args)
+    podman_run(host, &host.httpd_args(options))
 }
 
 /// An sshd whose sessions set no DOCKER_HOST, and Podman's socket where a
