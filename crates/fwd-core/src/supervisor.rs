@@ -17,8 +17,11 @@
 //! tests with a fake clock, not minute-long end-to-end runs.
 //!
 //! Invariants:
-//! - at most one operation is in flight ([`Command::Start`]); its answer is
-//!   matched by [`OpId`], so an answer from before a teardown is ignored;
+//! - at most one operation is in flight ([`Command::Start`]), besides up to
+//!   [`INSPECTS_AT_ONCE`] inspects after events ([`Command::Inspect`]); every
+//!   answer is matched by [`OpId`], so one from before a teardown is ignored;
+//! - an event waits while its container is being inspected, so an answer
+//!   asked before the event is never applied after it;
 //! - every operation has a deadline, and an operation that misses it while a
 //!   network is usable replaces the master;
 //! - the link is published only after subscribe → list → inspect, in that order;
@@ -165,6 +168,15 @@ const EVENTS_QUEUED_MAX: usize = 1024;
 /// created container's ports are bound before it can answer.
 pub const CHANGES_HELD_AT_MOST: Duration = Duration::from_millis(20);
 
+/// Inspects after events that run at once, each on an API channel of its
+/// own, beside the one serial operation. dockerd answers an inspect only
+/// once the container's `start` is done (it holds the container's lock), a
+/// few hundred ms under load: one at a time, a container's start would hold
+/// back every other container's event behind it (a `create` whose port is
+/// then bound after `docker run` has returned). Only over stream-local
+/// channels: dial-stdio would spend an SSH session on each.
+pub const INSPECTS_AT_ONCE: usize = 4;
+
 /// Identifies one operation, so late answers to abandoned ones are ignored.
 pub type OpId = u64;
 
@@ -297,11 +309,15 @@ pub enum Input {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     Start(OpId, Op),
+    /// Inspect a container beside the operation in flight, on an API
+    /// channel of its own (opened when none is idle, kept for the next);
+    /// answered with [`Input::Done`]: `Inspected`, `Unparsable` or `Failed`.
+    Inspect(OpId, ContainerId),
     /// End the master (every channel and tunnel on it goes too) and drop
     /// the Docker channels and any operation in flight.
     StopMaster,
-    /// Drop the Docker channels (API, events) and any operation in flight;
-    /// the master stays.
+    /// Drop the Docker channels (API, events, inspects) and any operation
+    /// in flight; the master stays.
     CloseChannels,
     /// The link is usable: hand connections to the master of `generation`;
     /// engine connections take `engine`. Sent again when the route changes.
@@ -562,6 +578,8 @@ pub struct HostMachine {
     commands: VecDeque<Command>,
     next_op: OpId,
     inflight: Option<InFlight>,
+    /// Inspects after events running beside `inflight` ([`Command::Inspect`]).
+    inspecting: Vec<InFlight>,
     rng: u64,
 
     containers: HashMap<ContainerId, Container>,
@@ -737,6 +755,7 @@ impl HostMachine {
             commands: VecDeque::new(),
             next_op: 0,
             inflight: None,
+            inspecting: Vec::new(),
             rng: seed | 1,
             containers: HashMap::new(),
             since_ns: None,
@@ -778,6 +797,11 @@ impl HostMachine {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        let inspects = self.inspecting.iter().filter_map(|op| op.deadline).min();
+        self.serial_deadline().into_iter().chain(inspects).min()
+    }
+
+    fn serial_deadline(&self) -> Option<Instant> {
         if let Some(op) = &self.inflight {
             return op.deadline;
         }
@@ -833,6 +857,14 @@ impl HostMachine {
     /// Whatever is due now: an operation's deadline, the end of a wait, the
     /// next piece of work.
     fn step(&mut self, now: Instant) {
+        let late = self
+            .inspecting
+            .iter()
+            .position(|op| op.deadline.is_some_and(|d| now >= d));
+        if let Some(i) = late {
+            let op = self.inspecting.swap_remove(i);
+            return self.op_timed_out(op, now);
+        }
         if let Some(op) = &self.inflight {
             if op.deadline.is_some_and(|d| now >= d) {
                 let Some(op) = self.inflight.take() else {
@@ -867,6 +899,9 @@ impl HostMachine {
                     if let Some(op) = self.inflight.take() {
                         self.op_done(op, outcome, now);
                     }
+                } else if let Some(i) = self.inspecting.iter().position(|op| op.id == id) {
+                    let op = self.inspecting.swap_remove(i);
+                    self.op_done(op, outcome, now);
                 }
             }
             Input::MasterExited { how, stderr_tail } => {
@@ -899,6 +934,7 @@ impl HostMachine {
             Input::StreamFailed(f) => {
                 if matches!(self.phase, Phase::Setup | Phase::Up) {
                     self.inflight = None;
+                    self.inspecting.clear();
                     self.channel_failed(f, now);
                 }
             }
@@ -943,16 +979,34 @@ impl HostMachine {
     // ---- operations ----
 
     fn start(&mut self, purpose: Purpose, op: Op, timeout: Duration, now: Instant) {
+        let op_in_flight = self.in_flight(purpose, timeout, now);
+        self.commands.push_back(Command::Start(op_in_flight.id, op));
+        self.inflight = Some(op_in_flight);
+    }
+
+    fn in_flight(&mut self, purpose: Purpose, timeout: Duration, now: Instant) -> InFlight {
         self.next_op += 1;
-        let id = self.next_op;
-        self.inflight = Some(InFlight {
-            id,
+        InFlight {
+            id: self.next_op,
             purpose,
             issued: now,
             deadline: self.net_usable.then(|| now + timeout),
             timeout,
-        });
-        self.commands.push_back(Command::Start(id, op));
+        }
+    }
+
+    /// An event's inspect beside the serial operation.
+    fn start_inspect(&mut self, id: ContainerId, now: Instant) {
+        let timeout = self.policy.request_timeout;
+        let op = self.in_flight(Purpose::EventInspect(id.clone()), timeout, now);
+        self.commands.push_back(Command::Inspect(op.id, id));
+        self.inspecting.push(op);
+    }
+
+    fn is_inspecting(&self, id: &ContainerId) -> bool {
+        self.inspecting
+            .iter()
+            .any(|op| matches!(&op.purpose, Purpose::EventInspect(i) if i == id))
     }
 
     fn request(&mut self, purpose: Purpose, op: Op, now: Instant) {
@@ -1193,6 +1247,7 @@ impl HostMachine {
     /// Ends whatever runs: the master (and so every channel), the link.
     fn teardown(&mut self) {
         self.inflight = None;
+        self.inspecting.clear();
         self.resync = None;
         self.event_inspects.clear();
         self.events.clear();
@@ -1286,6 +1341,7 @@ impl HostMachine {
             return self.master_failed(f, now);
         }
         self.resync = None;
+        self.inspecting.clear();
         self.event_inspects.clear();
         self.events.clear();
         self.commands.push_back(Command::CloseChannels);
@@ -1419,9 +1475,16 @@ impl HostMachine {
         if self.inflight.is_some() {
             return;
         }
+        // An event of a container being inspected waits for the answer.
+        let mut waiting = VecDeque::new();
         while let Some(ev) = self.events.pop_front() {
-            self.on_event(ev, now);
+            if self.is_inspecting(&ev.id) {
+                waiting.push_back(ev);
+            } else {
+                self.on_event(ev, now);
+            }
         }
+        self.events = waiting;
         if self.health.network_lost_since.is_some() {
             return;
         }
@@ -1430,16 +1493,39 @@ impl HostMachine {
             let timeout = self.policy.wake_probe_timeout;
             return self.start(Purpose::Probe, Op::Probe, timeout, now);
         }
-        if let Some(id) = self.event_inspects.pop_front() {
+        if self.route == EngineRoute::StreamLocal {
+            self.start_inspects(now);
+        } else if let Some(id) = self.event_inspects.pop_front() {
             return self.request(Purpose::EventInspect(id.clone()), Op::Inspect(id), now);
         }
-        if std::mem::take(&mut self.resync_wanted) || now >= self.next_resync {
+        let inspects_due = !self.inspecting.is_empty() || !self.event_inspects.is_empty();
+        if inspects_due && now >= self.next_resync {
+            // A resync replaces what the inspects would tell: it waits for
+            // them (and its deadline moves, or the machine would spin).
+            self.resync_wanted = true;
+            self.next_resync = now + self.policy.resync_interval;
+        } else if !inspects_due
+            && (std::mem::take(&mut self.resync_wanted) || now >= self.next_resync)
+        {
             return self.begin_resync(now);
         }
         if now >= self.next_health {
             self.next_health = now + self.health_period();
             let timeout = self.policy.health_interval.min(self.policy.request_timeout);
             self.start(Purpose::Probe, Op::Probe, timeout, now);
+        }
+    }
+
+    /// Starts the queued inspects there is room for; a container already
+    /// being inspected is asked again once its answer is in.
+    fn start_inspects(&mut self, now: Instant) {
+        let mut i = 0;
+        while self.inspecting.len() < INSPECTS_AT_ONCE && i < self.event_inspects.len() {
+            if self.is_inspecting(&self.event_inspects[i]) {
+                i += 1;
+            } else if let Some(id) = self.event_inspects.remove(i) {
+                self.start_inspect(id, now);
+            }
         }
     }
 
@@ -1482,10 +1568,11 @@ impl HostMachine {
         let Some(since) = self.changed_since else {
             return;
         };
-        let inspecting = self
-            .inflight
-            .as_ref()
-            .is_some_and(|op| matches!(op.purpose, Purpose::EventInspect(_)));
+        let inspecting = !self.inspecting.is_empty()
+            || self
+                .inflight
+                .as_ref()
+                .is_some_and(|op| matches!(op.purpose, Purpose::EventInspect(_)));
         let burst_goes_on =
             !self.events.is_empty() || !self.event_inspects.is_empty() || inspecting;
         if !burst_goes_on || now >= since + CHANGES_HELD_AT_MOST {
@@ -1505,7 +1592,10 @@ impl HostMachine {
             // A create is inspected like a start: its fixed host ports are
             // bound before it runs.
             EventAction::Create | EventAction::Start | EventAction::Refresh => {
-                self.event_inspects.push_back(ev.id)
+                // One inspect not yet asked answers for every event before it.
+                if !self.event_inspects.contains(&ev.id) {
+                    self.event_inspects.push_back(ev.id)
+                }
             }
             EventAction::Die => {
                 // An event older than the container's current start is a
@@ -1538,7 +1628,7 @@ impl HostMachine {
             // Nothing can be answered now, and the master may well survive
             // a short outage: suspend every deadline instead of letting
             // silence condemn the connection.
-            if let Some(op) = &mut self.inflight {
+            for op in self.inflight.iter_mut().chain(&mut self.inspecting) {
                 op.deadline = None;
             }
             if master_up && self.health.network_lost_since.is_none() {
@@ -1570,6 +1660,11 @@ impl HostMachine {
             return;
         }
         let wake = self.policy.wake_probe_timeout;
+        for op in &mut self.inspecting {
+            // Their silence indicts the connection again (the wake probe
+            // answers sooner, if it is gone).
+            op.deadline = Some(now + op.timeout);
+        }
         if let Some(op) = &mut self.inflight {
             // Whatever is in flight is the probe: it must answer soon.
             let soon = now + wake;

@@ -114,7 +114,12 @@ fn a_server_that_listens_late_is_waited_for_not_cut() {
         ],
     );
     let t0 = Instant::now();
-    let body = host.http_get(20430).expect("served once it listens");
+    let body = host.http_get(20430).unwrap_or_else(|e| {
+        panic!(
+            "not served once it listens: {e}; fwdd's log:\n{}",
+            fwdd.log_tail(80)
+        )
+    });
     assert_eq!(body, "hello\n");
     let waited = t0.elapsed();
     eprintln!("STARTUP late listener: served after {waited:?}");

@@ -53,6 +53,8 @@ struct Rig {
     logs: Vec<Record>,
     /// The operation in flight, as the shell would hold it.
     op: Option<(OpId, Op)>,
+    /// The inspects running beside it, oldest first.
+    inspects: VecDeque<(OpId, ContainerId)>,
 }
 
 impl Rig {
@@ -68,6 +70,7 @@ impl Rig {
             out: VecDeque::new(),
             logs: Vec::new(),
             op: None,
+            inspects: VecDeque::new(),
         };
         r.drain();
         r
@@ -77,7 +80,11 @@ impl Rig {
         while let Some(c) = self.m.poll_command() {
             match &c {
                 Command::Start(id, op) => self.op = Some((*id, op.clone())),
-                Command::StopMaster | Command::CloseChannels => self.op = None,
+                Command::Inspect(id, c) => self.inspects.push_back((*id, c.clone())),
+                Command::StopMaster | Command::CloseChannels => {
+                    self.op = None;
+                    self.inspects.clear();
+                }
                 Command::Log(r) => self.logs.push(r.clone()),
                 _ => {}
             }
@@ -109,17 +116,38 @@ impl Rig {
         self.advance_to(at);
     }
 
-    /// The operation in flight; panics (failing the test) if there is none.
+    /// The operation in flight, else the oldest inspect beside it; panics
+    /// (failing the test) if there is none.
     fn op(&self) -> Op {
-        match &self.op {
-            Some((_, op)) => op.clone(),
-            None => panic!("no operation in flight; commands: {:?}", self.out),
+        match (&self.op, self.inspects.front()) {
+            (Some((_, op)), _) => op.clone(),
+            (None, Some((_, c))) => Op::Inspect(c.clone()),
+            (None, None) => panic!("no operation in flight; commands: {:?}", self.out),
         }
     }
 
+    /// Answers what [`op`](Self::op) names.
     fn answer(&mut self, o: Outcome) {
-        let (id, _) = self.op.take().expect("an operation to answer");
+        let id = match self.op.take() {
+            Some((id, _)) => id,
+            None => self.inspects.pop_front().expect("an operation to answer").0,
+        };
         self.input(Input::Done(id, o));
+    }
+
+    /// Answers the inspect of `c` running beside the serial operation.
+    fn answer_inspect(&mut self, c: &ContainerId, o: Outcome) {
+        let i = self
+            .inspects
+            .iter()
+            .position(|(_, x)| x == c)
+            .unwrap_or_else(|| panic!("no inspect of {c} running: {:?}", self.inspects));
+        let (id, _) = self.inspects.remove(i).expect("position is in range");
+        self.input(Input::Done(id, o));
+    }
+
+    fn inspecting(&self) -> Vec<ContainerId> {
+        self.inspects.iter().map(|(_, c)| c.clone()).collect()
     }
 
     /// Answers `op` after `after` of fake time.
@@ -615,6 +643,150 @@ fn an_event_received_during_an_inspect_is_applied_after_its_answer() {
 }
 
 #[test]
+fn a_container_whose_inspect_waits_on_its_start_holds_back_no_other() {
+    // dockerd answers an inspect only once the container's start is done:
+    // under load, hundreds of ms. Another container created meanwhile must
+    // have its port bound before its own `docker run` returns.
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    r.clear();
+    r.input(event(1, EventAction::Create, 1_000));
+    r.input(event(1, EventAction::Start, 1_001));
+    r.input(event(2, EventAction::Create, 1_100));
+    assert_eq!(r.inspecting(), vec![id(1), id(2)]);
+    assert!(r.op.is_none(), "nothing serial: {:?}", r.op);
+    r.now += Duration::from_millis(3);
+    let mut two = container(2, 0);
+    two.pending = true;
+    r.answer_inspect(&id(2), Outcome::Inspected(Some(two)));
+    assert!(r.m.containers().contains_key(&id(2)));
+    // Told once the burst's own limit passes, not when 1's start is done.
+    r.advance(CHANGES_HELD_AT_MOST);
+    assert!(r.saw(&Command::ContainersChanged), "{:?}", r.out);
+    // 1's start came after its create's inspect was asked: it is asked
+    // again once that answer is in.
+    r.now += Duration::from_millis(400);
+    let mut one = container(1, 0);
+    one.pending = true;
+    r.answer_inspect(&id(1), Outcome::Inspected(Some(one)));
+    assert_eq!(r.inspecting(), vec![id(1)]);
+    r.answer_inspect(&id(1), Outcome::Inspected(Some(container(1, 1_001))));
+    assert!(r.inspecting().is_empty(), "{:?}", r.out);
+    assert_eq!(r.m.containers().len(), 2);
+    // Events not yet handled ask once for a container however many there are.
+    r.input(Input::Events(vec![
+        ContainerEvent {
+            id: id(5),
+            action: EventAction::Create,
+            time_nano: 5_000,
+        },
+        ContainerEvent {
+            id: id(5),
+            action: EventAction::Start,
+            time_nano: 5_001,
+        },
+    ]));
+    assert_eq!(r.inspecting(), vec![id(5)]);
+    r.answer_inspect(&id(5), Outcome::Inspected(Some(container(5, 5_001))));
+    assert!(r.inspecting().is_empty(), "{:?}", r.out);
+}
+
+#[test]
+fn an_event_waits_only_for_its_own_containers_inspect() {
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    r.clear();
+    r.input(event(1, EventAction::Start, 1_000));
+    assert_eq!(r.inspecting(), vec![id(1)]);
+    // 1 dies while its inspect (asked before) is out; 2 starts.
+    r.input(Input::Events(vec![
+        ContainerEvent {
+            id: id(1),
+            action: EventAction::Die,
+            time_nano: 1_500,
+        },
+        ContainerEvent {
+            id: id(2),
+            action: EventAction::Start,
+            time_nano: 1_600,
+        },
+    ]));
+    assert_eq!(r.inspecting(), vec![id(1), id(2)]);
+    r.answer_inspect(&id(2), Outcome::Inspected(Some(container(2, 1_600))));
+    // The answer for 1 says running: the die, applied after it, wins.
+    r.answer_inspect(&id(1), Outcome::Inspected(Some(container(1, 1_000))));
+    assert!(!r.m.containers().contains_key(&id(1)), "{:?}", r.out);
+    assert!(r.m.containers().contains_key(&id(2)));
+    // A start after an inspect is out asks again once it is answered.
+    r.input(event(2, EventAction::Die, 2_000));
+    r.input(event(3, EventAction::Start, 3_000));
+    r.input(event(3, EventAction::Die, 3_100));
+    r.input(event(3, EventAction::Start, 3_200));
+    assert_eq!(r.inspecting(), vec![id(3)]);
+    r.answer_inspect(&id(3), Outcome::Inspected(Some(container(3, 3_000))));
+    assert_eq!(r.inspecting(), vec![id(3)], "the restart is inspected");
+    r.answer_inspect(&id(3), Outcome::Inspected(Some(container(3, 3_200))));
+    assert_eq!(r.m.containers()[&id(3)].started_at_ns, 3_200);
+}
+
+#[test]
+fn at_most_a_few_inspects_run_at_once_and_a_resync_waits_for_them() {
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    r.clear();
+    let burst = (10..20)
+        .map(|n| ContainerEvent {
+            id: id(n),
+            action: EventAction::Start,
+            time_nano: i64::from(n),
+        })
+        .collect();
+    r.input(Input::Events(burst));
+    assert_eq!(r.inspecting().len(), INSPECTS_AT_ONCE);
+    r.input(Input::ResyncRequested);
+    assert!(
+        r.op.is_none(),
+        "a resync began under the inspects: {:?}",
+        r.op
+    );
+    let mut answered = 0;
+    while let Some((_, c)) = r.inspects.front().cloned() {
+        assert!(r.inspecting().len() <= INSPECTS_AT_ONCE);
+        r.answer_inspect(&c, Outcome::Inspected(Some(container(0, 0))));
+        answered += 1;
+    }
+    assert_eq!(answered, 10);
+    r.expect_op(Op::ListContainers);
+    // An inspect that never answers replaces the master like any request.
+    r.answer(Outcome::Listed(vec![]));
+    r.input(event(30, EventAction::Start, 30));
+    r.clear();
+    r.advance(policy().request_timeout);
+    assert!(r.saw(&Command::StopMaster), "{:?}", r.out);
+}
+
+#[test]
+fn over_dial_stdio_inspects_take_turns_on_the_one_channel() {
+    let mut r = Rig::new();
+    r.master_ready(3);
+    r.answer(Outcome::Failed(Failure::new(
+        FailureKind::StreamEnded,
+        "connection closed before message completed",
+    )));
+    r.answer(Outcome::ApiReady {
+        version: "v".into(),
+    });
+    r.answer(Outcome::Subscribed);
+    r.answer(Outcome::Listed(vec![]));
+    r.input(event(1, EventAction::Start, 1));
+    r.input(event(2, EventAction::Start, 2));
+    assert!(r.inspecting().is_empty());
+    r.expect_op(Op::Inspect(id(1)));
+    r.answer(Outcome::Inspected(Some(container(1, 1))));
+    r.expect_op(Op::Inspect(id(2)));
+}
+
+#[test]
 fn a_burst_of_events_is_told_as_one_change() {
     let mut r = Rig::new();
     r.connect(1, &[container(9, 900)]);
@@ -798,12 +970,13 @@ fn a_request_in_flight_when_the_link_drops_waits_for_it() {
     r.advance(Duration::from_secs(30));
     assert!(!r.saw(&Command::StopMaster));
     r.input(Input::Network { usable: true });
-    // The request in flight is the probe now.
+    // A probe must answer soon; the inspect keeps waiting beside it.
+    r.expect_op(Op::Probe);
     assert_eq!(r.m.poll_timeout(), Some(r.now + Duration::from_secs(2)));
-    r.answer_after(
-        Duration::from_millis(50),
-        Outcome::Inspected(Some(container(4, 1))),
-    );
+    assert_eq!(r.inspecting(), vec![id(4)]);
+    r.now += Duration::from_millis(50);
+    r.answer_inspect(&id(4), Outcome::Inspected(Some(container(4, 1))));
+    r.answer(Outcome::Answered);
     assert!(r.m.containers().contains_key(&id(4)));
     assert!(!r.saw(&Command::StopMaster));
 }
@@ -1196,6 +1369,7 @@ fn adopting(from: Handover) -> Rig {
         out: VecDeque::new(),
         logs: Vec::new(),
         op: None,
+        inspects: VecDeque::new(),
     };
     r.drain();
     r

@@ -4,7 +4,8 @@
 //! Nothing here decides anything: when to spawn, probe, retry, publish or
 //! give up, and what to log, is the machine's. This file only moves
 //! processes, channels and timers: it spawns the ControlMaster, opens the
-//! Docker channels over it, runs one operation at a time, reads the event
+//! Docker channels over it, runs one operation at a time (and up to
+//! `INSPECTS_AT_ONCE` inspects beside it), reads the event
 //! stream while the machine takes events, and sleeps until the machine's
 //! deadline — which is also the promise given to systemd's watchdog.
 //!
@@ -21,7 +22,7 @@ use fwd_ssh::Master;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::log::log_record;
-use super::ops::{absorb, diagnose, start_op, Done, OpFuture, Resources};
+use super::ops::{absorb, diagnose, start_inspect, start_op, Done, OpFuture, Resources};
 use super::state::{Host, PROGRESS_SLACK};
 use crate::serve::{Link, ServeContext};
 
@@ -73,6 +74,9 @@ async fn supervise(serve: Rc<ServeContext>, out: Outputs, host: Rc<Host>) {
                     host.master_fds.set(res.master.as_ref().map(|m| (m.pid, m.stderr_fd())));
                 }
                 Input::Done(id, outcome)
+            }
+            (id, done) = inspected(&mut res.inspects) => {
+                Input::Done(id, absorb(&mut res, done).await)
             }
             item = next_event(&mut res.events), if wants_events => match item {
                 Ok(Some(first)) => {
@@ -128,6 +132,23 @@ async fn in_flight(inflight: &mut Option<(OpId, OpFuture)>) -> (OpId, Done) {
     let id = *id;
     *inflight = None;
     (id, done)
+}
+
+/// The next of the inspects in flight to finish.
+async fn inspected(inspects: &mut Vec<(OpId, OpFuture)>) -> (OpId, Done) {
+    if inspects.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for i in 0..inspects.len() {
+            if let std::task::Poll::Ready(done) = inspects[i].1.as_mut().poll(cx) {
+                let (id, _) = inspects.swap_remove(i);
+                return std::task::Poll::Ready((id, done));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 async fn next_line(lines: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
@@ -187,6 +208,11 @@ async fn carry_out(serve: &Rc<ServeContext>, out: &Outputs, host: &Rc<Host>, res
             Command::Start(id, op) => {
                 tracing::trace!(host = %host.key, op = ?op, "operation");
                 res.inflight = Some((id, start_op(serve, host, res, op)));
+            }
+            Command::Inspect(id, container) => {
+                tracing::trace!(host = %host.key, container_id = %container, "inspect");
+                let fut = start_inspect(host, res, container);
+                res.inspects.push((id, fut));
             }
             Command::StopMaster => {
                 host.master_fds.set(None);

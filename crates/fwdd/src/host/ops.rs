@@ -1,13 +1,13 @@
 //! The operations a host's machine asks for, as futures the driver polls
-//! one at a time, and the resources they leave behind (the master, the
-//! Docker channels).
+//! (the serial one, and the inspects beside it), and the resources they
+//! leave behind (the master, the Docker channels).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fwd_core::{
     classify_ssh_failure, ContainerId, EngineRoute, Failure, FailureKind, Op, OpId, Outcome,
@@ -150,8 +150,24 @@ pub(super) enum Done {
     /// A request on the API channel, which comes back with the answer.
     Request(DockerApi, Result<Reply, ApiError>),
     Probe(DockerApi, Result<(), Failure>),
+    /// An inspect beside the serial operation, on its own channel.
+    Inspect(
+        Result<Inspector, Failure>,
+        Result<Option<fwd_core::Container>, ApiError>,
+    ),
     Plain(Outcome),
 }
+
+/// An API channel of the inspects that run beside the serial operation.
+pub(super) struct Inspector {
+    api: DockerApi,
+    channel: DockerChannel,
+    idle_since: Instant,
+}
+
+/// dockerd drops an API connection idle for 5 minutes; one idle for this
+/// long is closed rather than reused.
+const INSPECTOR_IDLE_MAX: Duration = Duration::from_secs(60);
 
 pub(super) enum Reply {
     Listed(Vec<ContainerId>),
@@ -172,11 +188,17 @@ pub(super) struct Resources {
     pub(super) events: Option<EventStream>,
     pub(super) events_channel: Option<DockerChannel>,
     pub(super) inflight: Option<(OpId, OpFuture)>,
+    /// The inspects in flight beside it ([`fwd_core::Command::Inspect`]).
+    pub(super) inspects: Vec<(OpId, OpFuture)>,
+    /// Their channels between inspects.
+    pub(super) idle_inspectors: Vec<Inspector>,
 }
 
 impl Resources {
     pub(super) fn close_channels(&mut self) {
         self.inflight = None;
+        self.inspects.clear();
+        self.idle_inspectors.clear();
         self.api = None;
         self.api_channel = None;
         self.events = None;
@@ -234,8 +256,53 @@ pub(super) async fn absorb(res: &mut Resources, done: Done) -> Outcome {
                 Err(f) => Outcome::Failed(f),
             }
         }
+        Done::Inspect(Err(f), _) => Outcome::Failed(f),
+        Done::Inspect(Ok(mut inspector), answer) => {
+            let outcome = match answer {
+                Ok(c) => Outcome::Inspected(c),
+                Err(ApiError::Parse(e)) => Outcome::Unparsable(e.to_string()),
+                Err(e) => return Outcome::Failed(inspector.channel.diagnose(e).await),
+            };
+            if res.idle_inspectors.len() < fwd_core::INSPECTS_AT_ONCE {
+                inspector.idle_since = Instant::now();
+                res.idle_inspectors.push(inspector);
+            }
+            outcome
+        }
         Done::Plain(o) => o,
     }
+}
+
+/// The future of an inspect beside the serial operation: on an idle
+/// inspector's channel, or a new one (also when the idle one turns out to
+/// be closed).
+pub(super) fn start_inspect(host: &Rc<Host>, res: &mut Resources, id: ContainerId) -> OpFuture {
+    let host = host.clone();
+    res.idle_inspectors
+        .retain(|i| i.idle_since.elapsed() < INSPECTOR_IDLE_MAX);
+    let idle = res.idle_inspectors.pop();
+    Box::pin(async move {
+        if let Some(mut inspector) = idle {
+            match inspector.api.inspect(&id).await {
+                Err(ApiError::Http(e)) => {
+                    tracing::debug!(host = %host.key, error = %e, "an idle inspect channel was closed");
+                }
+                answer => return Done::Inspect(Ok(inspector), answer),
+            }
+        }
+        match open_docker(&host, EngineRoute::StreamLocal).await {
+            Ok((mut api, channel)) => {
+                let answer = api.inspect(&id).await;
+                let inspector = Inspector {
+                    api,
+                    channel,
+                    idle_since: Instant::now(),
+                };
+                Done::Inspect(Ok(inspector), answer)
+            }
+            Err(f) => Done::Inspect(Err(f), Ok(None)),
+        }
+    })
 }
 
 /// The future that performs `op`.
