@@ -25,8 +25,14 @@ command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v dpkg-deb >/dev/null || missing+=(dpkg)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
-# The other engine of the e2e tests (rootful, in the sandbox).
+# The other engines of the e2e tests: Podman (rootful and rootless), rootless
+# Docker (docker.io's dockerd-rootless.sh under rootlesskit); rootless needs
+# subordinate ids and user-mode networking; Podman's bridge, the CNI plugins.
 command -v podman >/dev/null || missing+=(podman)
+command -v rootlesskit >/dev/null || missing+=(rootlesskit)
+command -v newuidmap >/dev/null || missing+=(uidmap)
+command -v slirp4netns >/dev/null || missing+=(slirp4netns)
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
 # The alert rules' checks and unit tests, and the metrics e2e test's scraper.
 command -v promtool >/dev/null || missing+=(prometheus)
 

@@ -106,6 +106,37 @@ if [ -n "${LEFT// /}" ]; then
     wait_gone 5 $ALL >/dev/null || true
 fi
 
+# 2b. the rootless engines' users of this run: all their processes (containers
+# under their subordinate ids are descendants), then the users and their
+# runtime directories.
+pids_of_uid() {
+    local p
+    for p in /proc/[0-9]*; do
+        [ "$(awk '/^Uid:/ {print $2}' "$p/status" 2>/dev/null)" = "$1" ] && echo "${p#/proc/}"
+    done
+    return 0
+}
+if [ -n "$RUN_ID" ]; then
+    for u in "fwd${RUN_ID}d" "fwd${RUN_ID}p"; do
+        uid=$(id -u "$u" 2>/dev/null) || continue
+        OWN=$(pids_of_uid "$uid" | tr '\n' ' ')
+        if [ -n "${OWN// /}" ]; then
+            # shellcheck disable=SC2086
+            ALL=$(descendants $OWN)
+            # shellcheck disable=SC2086
+            kill -KILL $ALL 2>/dev/null || true
+            # shellcheck disable=SC2086
+            wait_gone 5 $ALL >/dev/null || true
+        fi
+        userdel --remove "$u" 2>/dev/null || userdel "$u" 2>/dev/null || true
+        rm -rf "/run/user/$uid"
+    done
+fi
+
+# The e2e harness binds engines at /run/podman for some sshds (their own
+# mount namespaces): the empty mount point it made stays behind.
+rmdir /run/podman 2>/dev/null || true
+
 # 3. network namespaces and veths of this run.
 if [ -n "$RUN_ID" ]; then
     for ns in $(ip netns list | awk '{print $1}'); do

@@ -129,6 +129,97 @@ if ! docker -H "unix://$PM_SOCK" image inspect "$IMAGE" >/dev/null 2>&1; then
     "${DOCKER[@]}" save "$IMAGE" | docker -H "unix://$PM_SOCK" load >/dev/null
 fi
 
+# Rootless engines: rootless Docker (Debian's rootlesskit and docker.io's
+# dockerd-rootless.sh) and rootless Podman, each run by a user of this run's
+# own (subordinate ids, a runtime directory /run/user/UID as systemd-logind
+# makes) in the remote namespace, where its published ports are bound. Their
+# storage is under DIR (down.sh ends whatever names DIR, and removes it).
+for bin in rootlesskit slirp4netns newuidmap setpriv useradd; do
+    command -v "$bin" >/dev/null || die "missing $bin (apt-get install -y rootlesskit slirp4netns uidmap)"
+done
+# Their slirp4netns opens /dev/net/tun as the user (0666 on most systems).
+chmod 0666 /dev/net/tun
+# Rootless users reach their storage under DIR (and their ssh keys, in tests).
+chmod 0711 "$DIR"
+
+# rootless_user NAME: creates NAME (once) with subordinate ids and a runtime
+# directory; prints its uid.
+rootless_user() {
+    if ! id -u "$1" >/dev/null 2>&1; then
+        useradd --create-home --shell /bin/sh "$1" >/dev/null
+        # A new account's password is locked; sshd without PAM then refuses
+        # even its keys.
+        usermod -p '*' "$1"
+    fi
+    local uid last
+    uid=$(id -u "$1")
+    for f in /etc/subuid /etc/subgid; do
+        touch "$f"
+        if ! grep -q "^$1:" "$f"; then
+            last=$(awk -F: 'BEGIN{m=100000} {e=$2+$3; if (e>m) m=e} END{print m}' "$f")
+            echo "$1:$last:65536" >> "$f"
+        fi
+    done
+    install -d -o "$uid" -g "$(id -g "$1")" -m 0700 "/run/user/$uid"
+    echo "$uid"
+}
+
+# as_user NAME UID CMD...: CMD as NAME in the remote namespace, detached,
+# with the environment a login session would have.
+as_user() {
+    local name=$1 uid=$2
+    shift 2
+    setsid nsenter --net="/var/run/netns/$NS" setpriv --reuid="$uid" --regid="$(id -g "$name")" --init-groups \
+        env -i HOME="$(getent passwd "$name" | cut -d: -f6)" USER="$name" LOGNAME="$name" \
+        PATH=/usr/share/docker.io/contrib:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
+        XDG_RUNTIME_DIR="/run/user/$uid" "$@"
+}
+
+# wait_engine SOCK LOG NAME: until the engine on SOCK answers.
+wait_engine() {
+    local deadline=$(( $(date +%s) + 60 ))
+    until curl -sf --unix-socket "$1" http://engine/_ping >/dev/null 2>&1; do
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            echo "up.sh: $3 did not come up; tail of $2:" >&2
+            tail -n 30 "$2" >&2 || true
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+
+RD_USER="fwd${RUN_ID}d"
+RD_UID=$(rootless_user "$RD_USER")
+RD_SOCK="/run/user/$RD_UID/docker.sock"
+RD="$DIR/rootless-docker"
+if ! curl -sf --unix-socket "$RD_SOCK" http://engine/_ping >/dev/null 2>&1; then
+    install -d -o "$RD_UID" -g "$(id -g "$RD_USER")" -m 0700 "$RD"
+    rm -f "$RD_SOCK"
+    as_user "$RD_USER" "$RD_UID" dockerd-rootless.sh --data-root "$RD/data" \
+        </dev/null >"$DIR/rootless-docker.log" 2>&1 &
+    wait_engine "$RD_SOCK" "$DIR/rootless-docker.log" "rootless dockerd"
+fi
+if ! docker -H "unix://$RD_SOCK" image inspect "$IMAGE" >/dev/null 2>&1; then
+    "${DOCKER[@]}" save "$IMAGE" | docker -H "unix://$RD_SOCK" load >/dev/null
+fi
+
+RP_USER="fwd${RUN_ID}p"
+RP_UID=$(rootless_user "$RP_USER")
+RP_SOCK="/run/user/$RP_UID/podman/podman.sock"
+RP="$DIR/rootless-podman"
+if ! curl -sf --unix-socket "$RP_SOCK" http://engine/_ping >/dev/null 2>&1; then
+    install -d -o "$RP_UID" -g "$(id -g "$RP_USER")" -m 0700 "$RP" "/run/user/$RP_UID/podman"
+    install -m 0644 "$PM/containers.conf" "$RP/containers.conf"
+    rm -f "$RP_SOCK"
+    as_user "$RP_USER" "$RP_UID" env CONTAINERS_CONF="$RP/containers.conf" \
+        podman --root "$RP/root" system service --time=0 "unix://$RP_SOCK" \
+        </dev/null >"$DIR/rootless-podman.log" 2>&1 &
+    wait_engine "$RP_SOCK" "$DIR/rootless-podman.log" "rootless podman"
+fi
+if ! docker -H "unix://$RP_SOCK" image inspect "$IMAGE" >/dev/null 2>&1; then
+    "${DOCKER[@]}" save "$IMAGE" | docker -H "unix://$RP_SOCK" load >/dev/null
+fi
+
 # A client library that cannot speak ssh:// (docker-py, from PyPI) for the
 # engine socket's e2e test. The registry is reachable from this namespace only.
 PY="$DIR/venv/bin/python"
@@ -147,6 +238,10 @@ FWD_SANDBOX_IMAGE=$IMAGE
 FWD_SANDBOX_SUBNET_PREFIX=$SUBNET_PREFIX
 FWD_SANDBOX_PYTHON=$PY
 FWD_SANDBOX_PODMAN_SOCK=$PM_SOCK
+FWD_SANDBOX_ROOTLESS_DOCKER_USER=$RD_USER
+FWD_SANDBOX_ROOTLESS_DOCKER_SOCK=$RD_SOCK
+FWD_SANDBOX_ROOTLESS_PODMAN_USER=$RP_USER
+FWD_SANDBOX_ROOTLESS_PODMAN_SOCK=$RP_SOCK
 EOF
 mv "$DIR/env.tmp" "$DIR/env"
 echo "up.sh: sandbox ready: FWD_SANDBOX=$DIR/env (netns $NS, dockerd pid $(cat "$DIR/docker.pid"))"

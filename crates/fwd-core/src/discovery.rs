@@ -15,12 +15,16 @@ use std::fmt;
 /// Lists the candidates, one per line: `source TAB path TAB state`, where
 /// state is `socket`, `noaccess` (a socket the user may not write),
 /// `notsocket`, `missing`, or `other` (an endpoint that is no Unix socket).
-/// POSIX sh; only shell builtins and, if present, the docker CLI.
+/// POSIX sh; only shell builtins and, if present, the docker CLI and `id`.
+/// The rootless places are under `$XDG_RUNTIME_DIR`, or `/run/user/UID`
+/// where the session has none (an sshd without PAM sets none: systemd's
+/// pam module is what sets it, to that same directory).
 pub const DISCOVERY_SCRIPT: &str = r#"c() { if [ -S "$2" ]; then if [ -w "$2" ]; then s=socket; else s=noaccess; fi; elif [ -e "$2" ]; then s=notsocket; else s=missing; fi; printf '%s\t%s\t%s\n' "$1" "$2" "$s"; }
 u() { case "$2" in unix://*) c "$1" "${2#unix://}";; '') ;; *) printf '%s\t%s\tother\n' "$1" "$2";; esac; }
 u env "$DOCKER_HOST"
 if command -v docker >/dev/null 2>&1; then u context "$(docker context inspect --format '{{.Endpoints.docker.Host}}' 2>/dev/null)"; fi
-if [ -n "$XDG_RUNTIME_DIR" ]; then c rootless-docker "$XDG_RUNTIME_DIR/docker.sock"; c rootless-podman "$XDG_RUNTIME_DIR/podman/podman.sock"; fi
+r=$XDG_RUNTIME_DIR; if [ -z "$r" ] && command -v id >/dev/null 2>&1; then r=/run/user/$(id -u); fi
+if [ -n "$r" ]; then c rootless-docker "$r/docker.sock"; c rootless-podman "$r/podman/podman.sock"; fi
 c podman /run/podman/podman.sock
 c docker /var/run/docker.sock
 exit 0"#;
@@ -277,13 +281,82 @@ mod tests {
         assert_eq!(found_by("made up"), None);
     }
 
+    /// The script under a real `sh`, with `id` but no docker CLI on its PATH.
+    fn run_script(bin: &std::path::Path, env: &[(&str, &str)]) -> Vec<Candidate> {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(DISCOVERY_SCRIPT)
+            .env_clear()
+            .env("PATH", bin)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run /bin/sh");
+        assert!(out.status.success(), "{out:?}");
+        parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    #[test]
+    fn the_script_finds_a_rootless_socket_with_or_without_xdg_runtime_dir() {
+        let dir = std::env::temp_dir().join(format!("fwd-discovery-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("podman")).expect("mkdir");
+        let sock = dir.join("podman/podman.sock");
+        let _ = std::fs::remove_file(&sock);
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        std::fs::write(dir.join("docker.sock"), "").expect("write");
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        let id = ["/usr/bin/id", "/bin/id"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("id(1)");
+        let _ = std::fs::remove_file(bin.join("id"));
+        std::os::unix::fs::symlink(id, bin.join("id")).expect("symlink");
+        let xdg = dir.to_string_lossy().into_owned();
+        let found = run_script(
+            &bin,
+            &[("XDG_RUNTIME_DIR", &xdg), ("DOCKER_HOST", "tcp://h:2375")],
+        );
+        let states: Vec<(Source, State)> = found.iter().map(|c| (c.source, c.state)).collect();
+        assert_eq!(states[0], (Source::Env, State::Other), "{found:?}");
+        assert_eq!(states[1], (Source::RootlessDocker, State::NotSocket));
+        assert_eq!(states[2], (Source::RootlessPodman, State::Socket));
+        assert_eq!(found[2].path, sock.to_string_lossy());
+        assert_eq!(choose(&found).map(|c| c.source), Ok(Source::RootlessPodman));
+        // No XDG_RUNTIME_DIR (an sshd without PAM): the user's /run/user/UID.
+        let uid = String::from_utf8_lossy(
+            &std::process::Command::new("id")
+                .arg("-u")
+                .output()
+                .expect("id -u")
+                .stdout,
+        )
+        .trim()
+        .to_string();
+        let found = run_script(&bin, &[]);
+        let rootless: Vec<&str> = found
+            .iter()
+            .filter(|c| matches!(c.source, Source::RootlessDocker | Source::RootlessPodman))
+            .map(|c| c.path.as_str())
+            .collect();
+        assert_eq!(
+            rootless,
+            [
+                format!("/run/user/{uid}/docker.sock"),
+                format!("/run/user/{uid}/podman/podman.sock")
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn the_script_is_one_constant_and_names_every_place() {
         for place in [
             "$DOCKER_HOST",
             "docker context inspect",
-            "$XDG_RUNTIME_DIR/docker.sock",
-            "$XDG_RUNTIME_DIR/podman/podman.sock",
+            "$XDG_RUNTIME_DIR",
+            "/run/user/$(id -u)",
+            "$r/docker.sock",
+            "$r/podman/podman.sock",
             "/run/podman/podman.sock",
             "/var/run/docker.sock",
         ] {

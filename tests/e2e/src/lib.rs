@@ -139,6 +139,11 @@ pub struct Sandbox {
     pub python: PathBuf,
     /// Podman's Docker-compatible API (rootful), serving from the remote namespace.
     pub podman_sock: PathBuf,
+    /// Rootless dockerd: its user (which the remote host's sessions log in
+    /// as to reach it) and its socket, `/run/user/UID/docker.sock`.
+    pub rootless_docker: (String, PathBuf),
+    /// Rootless Podman: its user and `/run/user/UID/podman/podman.sock`.
+    pub rootless_podman: (String, PathBuf),
 }
 
 impl Sandbox {
@@ -191,6 +196,14 @@ impl Sandbox {
             subnet_prefix: get("FWD_SANDBOX_SUBNET_PREFIX")?,
             python: get("FWD_SANDBOX_PYTHON")?.into(),
             podman_sock: get("FWD_SANDBOX_PODMAN_SOCK")?.into(),
+            rootless_docker: (
+                get("FWD_SANDBOX_ROOTLESS_DOCKER_USER")?,
+                get("FWD_SANDBOX_ROOTLESS_DOCKER_SOCK")?.into(),
+            ),
+            rootless_podman: (
+                get("FWD_SANDBOX_ROOTLESS_PODMAN_USER")?,
+                get("FWD_SANDBOX_ROOTLESS_PODMAN_SOCK")?.into(),
+            ),
         };
         if !nix::unistd::geteuid().is_root() {
             return Err("the e2e tests must run as root".into());
@@ -385,6 +398,39 @@ fn cmdline(pid: i32) -> Option<String> {
     Some(parts.join(" "))
 }
 
+/// Removes a test's containers from another engine than the sandbox's
+/// dockerd (whose are removed with the [`TestHost`]) when dropped, however
+/// the test ends: see [`TestHost::containers_on`].
+pub struct ContainersOn<'a> {
+    host: &'a TestHost,
+    socket: PathBuf,
+}
+
+impl ContainersOn<'_> {
+    /// The docker CLI against that engine.
+    pub fn docker(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.arg("-H")
+            .arg(format!("unix://{}", self.socket.display()));
+        cmd
+    }
+}
+
+impl Drop for ContainersOn<'_> {
+    fn drop(&mut self) {
+        let label = format!("label={LABEL_KEY}={}", self.host.label);
+        if let Ok(out) = self
+            .docker()
+            .args(["ps", "-aq", "--filter", &label])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = self.docker().args(["rm", "-f", id]).output();
+            }
+        }
+    }
+}
+
 /// One test's view of the world: a runner netns, a veth to the remote netns and an sshd.
 #[derive(Debug)]
 pub struct TestHost {
@@ -430,6 +476,9 @@ pub struct TestHost {
     pub image: String,
     sandbox: &'static Sandbox,
     slot_file: PathBuf,
+    /// Directories bound into sshd's own mount namespace (source, target):
+    /// what this remote host has at `target` that the machine does not.
+    remote_binds: std::sync::Mutex<Vec<(PathBuf, PathBuf)>>,
 }
 
 impl TestHost {
@@ -495,6 +544,7 @@ impl TestHost {
             dir,
             sandbox: sb,
             slot_file: sb.dir.join("slots").join(slot.to_string()),
+            remote_binds: Default::default(),
         };
         host.setup_network();
         host.setup_ssh();
@@ -712,7 +762,29 @@ impl TestHost {
             return;
         }
         let _ = fs::remove_file(&self.sshd_pidfile);
-        let mut cmd = self.sandbox.remote_command("/usr/sbin/sshd");
+        let binds = self
+            .remote_binds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut cmd = if binds.is_empty() {
+            self.sandbox.remote_command("/usr/sbin/sshd")
+        } else {
+            // sshd (and so every session and channel of it) in a mount
+            // namespace of its own: `mount --bind SOURCE TARGET` for each,
+            // then sshd.
+            let mut cmd = self.sandbox.remote_command("unshare");
+            cmd.args(["--mount", "--propagation", "private", "--", "sh", "-ec"]);
+            cmd.arg(
+                "while [ $# -gt 0 ] && [ \"$1\" != -- ]; do mkdir -p \"$2\"; mount --bind \"$1\" \"$2\"; shift 2; done; shift; exec \"$@\"",
+            );
+            cmd.arg("binds");
+            for (source, target) in binds.iter() {
+                cmd.arg(source).arg(target);
+            }
+            cmd.args(["--", "/usr/sbin/sshd"]);
+            cmd
+        };
         cmd.arg("-f")
             .arg(&self.sshd_config)
             .arg("-E")
@@ -872,6 +944,46 @@ impl TestHost {
         fs::write(&self.sshd_config, kept.join("\n") + "\n").expect("write sshd_config");
         self.stop_sshd();
         self.start_sshd();
+    }
+
+    /// This test's containers on the engine at `socket` (another than the
+    /// sandbox's dockerd), removed when the guard drops.
+    pub fn containers_on(&self, socket: &Path) -> ContainersOn<'_> {
+        ContainersOn {
+            host: self,
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    /// Binds `source` at `target` for this host's sshd and its sessions only
+    /// (a mount namespace of theirs), as if the remote host had it there,
+    /// e.g. an engine's socket where a real host's engine would listen;
+    /// restarts sshd.
+    pub fn bind_on_remote(&self, source: &Path, target: &Path) {
+        self.remote_binds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((source.to_path_buf(), target.to_path_buf()));
+        self.stop_sshd();
+        self.start_sshd();
+    }
+
+    /// Sessions log in as `user` instead of root (a rootless engine's own
+    /// user). The fwdd under test reads `ssh_config`, so set this before
+    /// starting it.
+    pub fn log_in_as(&self, user: &str) {
+        let cfg = fs::read_to_string(&self.ssh_config).expect("read ssh_config");
+        let cfg: Vec<String> = cfg
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("User ") {
+                    format!("\tUser {user}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        fs::write(&self.ssh_config, cfg.join("\n") + "\n").expect("write ssh_config");
     }
 
     /// Lines of this sshd's log that contain `needle` (e.g. "Starting session").

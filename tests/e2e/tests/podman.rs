@@ -1,125 +1,32 @@
 //! Podman (Debian's 4.3, rootful, the sandbox's second engine) with nothing
-//! engine-specific configured: fwdd finds it, forwards its published ports
-//! and releases them, serves it on the engine socket, and exposes runner
-//! ports to its containers at `host.containers.internal`. The sandbox's
-//! Podman listens on a socket of its own; each test puts it where a Podman
-//! is looked for (under the session's `XDG_RUNTIME_DIR`), with an sshd that
-//! sets no `DOCKER_HOST`. Host ports 20900-20999 are this file's.
+//! engine-specific configured: runner ports exposed to its containers at
+//! `host.containers.internal`. (Forwarding on Podman, rootful and rootless,
+//! is `engines.rs`'s matrix.) The sandbox's Podman is bound at
+//! `/run/podman` for this host's sshd, whose sessions get no `DOCKER_HOST`.
+//! Host ports 20900-20999 are this file's.
 
 #[macro_use]
 mod common;
 
-use std::process::Command;
-
 use common::Fwdd;
-use fwd_e2e::{run_ok, TestHost};
-use fwd_proto::ForwardState;
+use fwd_e2e::TestHost;
 
-/// The docker CLI against the sandbox's Podman.
-fn podman(host: &TestHost) -> Command {
-    let mut cmd = Command::new("docker");
-    cmd.arg("-H")
-        .arg(format!("unix://{}", host.sandbox().podman_sock.display()));
-    cmd
-}
-
-/// Removes this test's Podman containers when the test ends, however.
-struct Containers<'a>(&'a TestHost);
-
-impl Drop for Containers<'_> {
-    fn drop(&mut self) {
-        let label = format!("label=fwd-test={}", self.0.label);
-        if let Ok(out) = podman(self.0)
-            .args(["ps", "-aq", "--filter", &label])
-            .output()
-        {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = podman(self.0).args(["rm", "-f", id]).output();
-            }
-        }
-    }
-}
-
-fn podman_run(host: &TestHost, args: &[&str]) -> String {
-    let label = format!("fwd-test={}", host.label);
-    run_ok(
-        podman(host)
-            .args(["run", "-d", "--label", &label])
-            .args(args),
-    )
-}
-
-/// Busybox httpd (`hello\n` on 8080) on Podman, with `options` (`-p`, `-P`, …).
-fn podman_httpd(host: &TestHost, options: &[&str]) -> String {
-    podman_run(host, &host.httpd_args(options))
-}
-
-/// An sshd whose sessions set no DOCKER_HOST, and Podman's socket where a
-/// Podman is looked for.
+/// An sshd whose sessions set no DOCKER_HOST, and the sandbox's Podman
+/// where a rootful Podman listens.
 fn podman_host(host: &TestHost) {
-    let xdg = host.dir.join("xdg");
-    std::fs::create_dir_all(xdg.join("podman")).expect("mkdir");
-    let link = xdg.join("podman/podman.sock");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&host.sandbox().podman_sock, &link).expect("symlink");
-    host.set_session_env(&format!("XDG_RUNTIME_DIR={}", xdg.display()));
-}
-
-#[test]
-fn podman_is_found_its_ports_forwarded_and_released_and_served_on_the_engine_socket() {
-    let host = sandbox_host!("podman_forwards");
-    let _containers = Containers(&host);
-    podman_host(&host);
-    let fwdd = Fwdd::start(&host);
-    let st = fwdd.status().expect("status");
-    let engine = st.hosts[0].engine.clone().expect("engine status");
-    assert_eq!(engine.found_by.as_deref(), Some("rootless Podman's socket"));
-    assert_eq!(engine.route.as_deref(), Some("stream_local"));
-    assert!(
-        st.hosts[0]
-            .docker_version
-            .as_deref()
-            .is_some_and(|v| v.starts_with("Podman 4.")),
-        "{:?}",
-        st.hosts[0].docker_version
-    );
-
-    // -p with Podman's empty HostIp, and -P.
-    let id = podman_httpd(&host, &["-p", "20900:8080"]);
-    fwdd.wait_forward_state(20900, ForwardState::Active);
-    assert_eq!(fwdd.wait_http(20900), "hello\n");
-    let eph = podman_httpd(&host, &["-P", "--expose", "8080"]);
-    let port_line = run_ok(podman(&host).args(["port", &eph, "8080/tcp"]));
-    let port: u16 = port_line
-        .lines()
-        .next()
-        .and_then(|l| l.rsplit(':').next())
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no port in {port_line:?}"));
-    fwdd.wait_forward_state(port, ForwardState::Active);
-    assert_eq!(fwdd.wait_http(port), "hello\n");
-
-    // Through fwd's engine socket: the real docker CLI lists Podman's containers.
-    let ps = run_ok(
-        Command::new("docker")
-            .arg("-H")
-            .arg(format!(
-                "unix://{}",
-                fwdd.runtime_dir.join("docker.sock").display()
-            ))
-            .args(["ps", "-q", "--no-trunc"]),
-    );
-    assert!(ps.contains(&id), "{ps}");
-
-    // Released when the container goes (Podman's "remove", Docker's "destroy").
-    run_ok(podman(&host).args(["rm", "-f", &id]));
-    fwdd.wait_refused(20900);
+    host.set_session_env("");
+    let dir = host
+        .sandbox()
+        .podman_sock
+        .parent()
+        .expect("podman's directory");
+    host.bind_on_remote(dir, std::path::Path::new("/run/podman"));
 }
 
 #[test]
 fn podmans_containers_reach_the_runner_at_host_containers_internal() {
     let host = sandbox_host!("podman_expose");
-    let _containers = Containers(&host);
+    let podman = host.containers_on(&host.sandbox().podman_sock);
     podman_host(&host);
     host.add_sshd_config("GatewayPorts clientspecified");
     let listener = host
@@ -165,7 +72,8 @@ fn podmans_containers_reach_the_runner_at_host_containers_internal() {
         "Podman's network gateway: {e:?}"
     );
     // Podman writes host.containers.internal into every container's /etc/hosts.
-    let out = podman(&host)
+    let out = podman
+        .docker()
         .args(["run", "--rm", &host.image, "sh", "-c"])
         .arg("set -- $(busybox grep -w host.containers.internal /etc/hosts); echo ping | busybox timeout 10 nc $1 20950")
         .output()

@@ -1,0 +1,188 @@
+//! The core of forwarding against every engine of the sandbox, each found
+//! with nothing engine-specific given to fwd (only the host's URL):
+//! - rootful dockerd, named by the remote sessions' `DOCKER_HOST`;
+//! - rootful Podman at `/run/podman/podman.sock` (bound there for this
+//!   host's sshd alone), with an sshd that sets no `DOCKER_HOST`;
+//! - rootless dockerd and rootless Podman, each serving its own user under
+//!   `/run/user/UID`, whom the sessions log in as; their sshd sets neither
+//!   `DOCKER_HOST` nor `XDG_RUNTIME_DIR` (no PAM).
+//!
+//! For each: found as expected; ports published with `-p` answer the
+//! instant `docker run` returns (through fwd's engine socket, as a runner's
+//! docker would run them); `-P` too; `docker ps` through that socket; a
+//! stopped container's port is released and answers again on restart; a
+//! removed one's is released. Host ports 21000-21099 are this file's.
+
+#[macro_use]
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::Fwdd;
+use fwd_e2e::{run_ok, TestHost};
+use fwd_proto::ForwardState;
+
+struct Engine<'a> {
+    /// The engine's socket, for the harness's own cleanup.
+    socket: &'a Path,
+    /// What status must say found it.
+    found_by: &'static str,
+    /// How status's version string starts.
+    version: &'static str,
+    /// The first of this engine's 20 host ports.
+    ports: u16,
+    /// The engine tells `create` before `docker run` returns, so a port is
+    /// bound before the client can connect. Podman 4.3 does not: its event
+    /// stream tails a file and delivered `create` 230 ms after it happened,
+    /// 38 ms after `docker run` had returned (measured on the sandbox).
+    tells_create_in_time: bool,
+}
+
+/// The runner's docker CLI through fwdd's engine socket.
+fn docker(fwdd: &Fwdd) -> Command {
+    let mut cmd = Command::new("docker");
+    cmd.arg("-H").arg(format!(
+        "unix://{}",
+        fwdd.runtime_dir.join("docker.sock").display()
+    ));
+    cmd
+}
+
+fn forwards_everything_on(host: &TestHost, engine: Engine) {
+    let _containers = host.containers_on(engine.socket);
+    let fwdd = Fwdd::start(host);
+    let st = fwdd.status().expect("status");
+    let found = st.hosts[0].engine.clone().expect("engine status");
+    assert_eq!(
+        found.found_by.as_deref(),
+        Some(engine.found_by),
+        "{found:?}"
+    );
+    assert_eq!(found.route.as_deref(), Some("stream_local"), "{found:?}");
+    let version = st.hosts[0].docker_version.clone().unwrap_or_default();
+    assert!(version.starts_with(engine.version), "{version}");
+
+    let label = format!("fwd-test={}", host.label);
+    let run = |options: &[&str]| -> String {
+        let mut args = vec!["run", "-d", "--label", &label];
+        args.extend(host.httpd_args(options));
+        run_ok(docker(&fwdd).args(&args))
+    };
+
+    // The start race: one attempt, the instant `docker run` returns (or,
+    // where the engine's events come later, once they have come).
+    let mut ids = Vec::new();
+    let mut refused = Vec::new();
+    for port in engine.ports..engine.ports + 5 {
+        ids.push(run(&["-p", &format!("{port}:8080")]));
+        if !engine.tells_create_in_time {
+            assert_eq!(fwdd.wait_http(port), "hello\n");
+            continue;
+        }
+        match host.http_get(port) {
+            Ok(body) => assert_eq!(body, "hello\n"),
+            Err(e) => refused.push((port, e.to_string())),
+        }
+    }
+    assert!(refused.is_empty(), "not served at once: {refused:?}");
+
+    // -P: the engine picks the host port.
+    let eph = run(&["-P", "--expose", "8080"]);
+    let port_line = run_ok(docker(&fwdd).args(["port", &eph, "8080/tcp"]));
+    let port: u16 = port_line
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no port in {port_line:?}"));
+    fwdd.wait_forward_state(port, ForwardState::Active);
+    assert_eq!(fwdd.wait_http(port), "hello\n");
+
+    let ps = run_ok(docker(&fwdd).args(["ps", "-q", "--no-trunc"]));
+    for id in ids.iter().chain([&eph]) {
+        assert!(ps.contains(id.as_str()), "{id} not in {ps}");
+    }
+
+    // Stopped: released; started again: answers again.
+    run_ok(docker(&fwdd).args(["stop", "-t", "1", &ids[0]]));
+    fwdd.wait_refused(engine.ports);
+    run_ok(docker(&fwdd).args(["start", &ids[0]]));
+    assert_eq!(fwdd.wait_http(engine.ports), "hello\n");
+
+    // Removed: released.
+    run_ok(docker(&fwdd).args(["rm", "-f", &ids[1], &eph]));
+    fwdd.wait_refused(engine.ports + 1);
+    fwdd.wait_refused(port);
+}
+
+#[test]
+fn rootful_docker_named_by_docker_host() {
+    let host = sandbox_host!("engine_docker");
+    let sb = host.sandbox();
+    forwards_everything_on(
+        &host,
+        Engine {
+            socket: &sb.docker_sock,
+            found_by: "DOCKER_HOST",
+            version: "20.10",
+            ports: 21000,
+            tells_create_in_time: true,
+        },
+    );
+}
+
+#[test]
+fn rootful_podman_found_at_its_socket() {
+    let host = sandbox_host!("engine_podman");
+    let sb = host.sandbox();
+    host.set_session_env("");
+    let podman_dir = sb.podman_sock.parent().expect("podman's directory");
+    host.bind_on_remote(podman_dir, Path::new("/run/podman"));
+    forwards_everything_on(
+        &host,
+        Engine {
+            socket: &sb.podman_sock,
+            found_by: "Podman's socket",
+            version: "Podman 4.",
+            ports: 21020,
+            tells_create_in_time: false,
+        },
+    );
+}
+
+#[test]
+fn rootless_docker_found_in_its_users_runtime_directory() {
+    let host = sandbox_host!("engine_rootless_docker");
+    let (user, socket) = &host.sandbox().rootless_docker;
+    host.set_session_env("");
+    host.log_in_as(user);
+    forwards_everything_on(
+        &host,
+        Engine {
+            socket,
+            found_by: "rootless Docker's socket",
+            version: "20.10",
+            ports: 21040,
+            tells_create_in_time: true,
+        },
+    );
+}
+
+#[test]
+fn rootless_podman_found_in_its_users_runtime_directory() {
+    let host = sandbox_host!("engine_rootless_podman");
+    let (user, socket) = &host.sandbox().rootless_podman;
+    host.set_session_env("");
+    host.log_in_as(user);
+    forwards_everything_on(
+        &host,
+        Engine {
+            socket,
+            found_by: "rootless Podman's socket",
+            version: "Podman 4.",
+            ports: 21060,
+            tells_create_in_time: false,
+        },
+    );
+}
