@@ -1,9 +1,13 @@
-//! Embeds the git commit into `--version` of fwdd and fwdctl (`FWD_GIT_COMMIT`).
+//! Embeds the git commit into `--version` of fwdd and fwdctl (`FWD_GIT_COMMIT`),
+//! and declares `cfg(linux_calls)` (`platform.rs`).
 //! An explicit `FWD_GIT_COMMIT` in the environment wins (for builds from a tarball);
 //! without git or outside a repository the commit is "unknown". Never fails the build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "platform.rs"]
+mod platform;
 
 fn git(args: &[&str]) -> Option<String> {
     let dir = std::env::var_os("CARGO_MANIFEST_DIR")?;
@@ -20,6 +24,7 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
+    platform::declare_linux_calls();
     println!("cargo:rerun-if-env-changed=FWD_GIT_COMMIT");
     // Rebuild when HEAD moves; only existing paths are named, as a missing one would make
     // cargo rerun this script on every build.

@@ -585,7 +585,7 @@ impl Master {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
-        #[cfg(target_os = "linux")]
+        #[cfg(linux_calls)]
         {
             let parent = nix::unistd::getpid();
             // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) in the child.

@@ -124,7 +124,7 @@ fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     .map_err(io::Error::from)
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(linux_calls)]
 fn open_change_socket() -> io::Result<OwnedFd> {
     use nix::sys::socket::{
         bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType,
@@ -145,12 +145,17 @@ fn open_change_socket() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-#[cfg(target_os = "macos")]
+/// macOS, and the portable build on Linux (where it is a netlink socket
+/// without subscriptions: it opens and is read, and tells nothing).
+#[cfg(all(
+    not(linux_calls),
+    any(target_os = "macos", target_os = "linux", target_os = "android")
+))]
 fn open_change_socket() -> io::Result<OwnedFd> {
     open_bsd_route_socket()
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "macos")))]
 fn open_change_socket() -> io::Result<OwnedFd> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
@@ -161,8 +166,8 @@ fn open_change_socket() -> io::Result<OwnedFd> {
 /// The BSD/macOS routing socket: every message on it (RTM_IFINFO,
 /// RTM_NEWADDR, RTM_DELADDR, …) is a change. Written with plain libc
 /// constants so it also compiles on Linux, where PF_ROUTE is an alias of
-/// PF_NETLINK; only macOS uses it.
-#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+/// PF_NETLINK; macOS and the portable build use it.
+#[cfg_attr(linux_calls, allow(dead_code))]
 fn open_bsd_route_socket() -> io::Result<OwnedFd> {
     use nix::libc;
     // SAFETY: socket(2) with constant arguments; the result is checked and
@@ -196,7 +201,7 @@ mod tests {
         assert!(open_bsd_route_socket().is_ok());
     }
 
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
     #[test]
     fn the_change_socket_opens() {
         assert!(open_change_socket().is_ok());

@@ -118,7 +118,7 @@ fn in_group(primary: u32, supplementary: impl FnOnce() -> Vec<u32>, shared: u32)
     primary == shared || supplementary().contains(&shared)
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(linux_calls)]
 fn supplementary_groups(uid: u32) -> Vec<u32> {
     use nix::unistd::{getgrouplist, User};
     let Ok(Some(user)) = User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
@@ -132,8 +132,9 @@ fn supplementary_groups(uid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// macOS: the peer's primary group only (its group list is not read).
-#[cfg(not(target_os = "linux"))]
+/// macOS (and the portable build): the peer's primary group only (its
+/// group list is not read).
+#[cfg(not(linux_calls))]
 fn supplementary_groups(_uid: u32) -> Vec<u32> {
     Vec::new()
 }

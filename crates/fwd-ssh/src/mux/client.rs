@@ -34,14 +34,14 @@ impl PendingMux {
             source,
         };
         let addr = UnixAddr::new(control_path).map_err(|e| failed(e.into()))?;
-        #[cfg(any(target_os = "linux", target_os = "android"))]
+        #[cfg(linux_calls)]
         let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        #[cfg(not(linux_calls))]
         let flags = SockFlag::empty();
         let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)
             .map_err(|e| failed(e.into()))?;
         let sock = std::os::unix::net::UnixStream::from(fd);
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        #[cfg(not(linux_calls))]
         {
             sock.set_nonblocking(true).map_err(failed)?;
             nix::fcntl::fcntl(

@@ -11,9 +11,9 @@ use tokio::net::UnixStream;
 /// No SIGPIPE where the platform can say so per call (elsewhere the Rust
 /// runtime ignores SIGPIPE).
 pub(crate) fn send_flags() -> nix::sys::socket::MsgFlags {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(linux_calls)]
     return nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(linux_calls))]
     return nix::sys::socket::MsgFlags::empty();
 }
 
@@ -66,7 +66,7 @@ struct Sent {
 }
 
 /// Sends the rest of the request, or (once it is out) the next fd.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(not(linux_calls))]
 fn send_some(sock: RawFd, request: &[u8], fds: &[RawFd]) -> io::Result<Sent> {
     if !request.is_empty() {
         let n = nix::sys::socket::send(sock, request, send_flags())?;
@@ -76,7 +76,7 @@ fn send_some(sock: RawFd, request: &[u8], fds: &[RawFd]) -> io::Result<Sent> {
     Ok(Sent { request: 0, fds: 1 })
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(not(linux_calls))]
 fn send_one_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let byte = [0u8];
@@ -92,18 +92,18 @@ fn send_one_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
     }
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(linux_calls)]
 /// The most fds one request carries (`MUX_C_NEW_SESSION`: stdin, stdout, stderr).
 const MAX_REQUEST_FDS: usize = 3;
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(linux_calls)]
 /// Larger than any stdio-forward or session request fwd sends, and small enough
 /// that the kernel queues it as one buffer: all of it or nothing. A request
 /// that went out short while its fds went too would corrupt the stream.
 const ONE_CALL_REQUEST_LEN: usize = 2048;
 
 /// One `sendmmsg`: the rest of the request, then one message per fd.
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(linux_calls)]
 fn send_some(sock: RawFd, request: &[u8], fds: &[RawFd]) -> io::Result<Sent> {
     use nix::libc;
     if request.len() > ONE_CALL_REQUEST_LEN {

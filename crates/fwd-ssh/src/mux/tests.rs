@@ -444,3 +444,11 @@ async fn eof_mid_message_is_closed() {
     drop(b);
     assert!(matches!(read_msg(&mut a).await, Err(MuxError::Closed)));
 }
+
+/// `build/platform.rs`: the Linux-only calls are compiled in on Linux, and
+/// left out (the code macOS runs instead) with the `portable` feature.
+#[test]
+fn linux_calls_are_used_on_linux_unless_built_portable() {
+    let linux = cfg!(any(target_os = "linux", target_os = "android"));
+    assert_eq!(cfg!(linux_calls), linux && !cfg!(feature = "portable"));
+}

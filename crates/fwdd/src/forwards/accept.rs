@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -161,10 +161,10 @@ async fn accept_loop(
 
 /// A client socket, non-blocking as the master and the fd handover expect.
 fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<std::net::TcpStream> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(linux_calls)]
     {
         use nix::sys::socket::{accept4, SockFlag};
-        use std::os::fd::FromRawFd;
+        use std::os::fd::{FromRawFd, OwnedFd};
         let fd = accept4(
             listener.as_raw_fd(),
             SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
@@ -174,7 +174,7 @@ fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<std::net::
             OwnedFd::from_raw_fd(fd)
         }))
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(linux_calls))]
     {
         let (sock, _) = listener.accept()?;
         sock.set_nonblocking(true)?;

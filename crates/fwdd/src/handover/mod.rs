@@ -9,7 +9,7 @@ pub mod document;
 
 use std::ffi::{CString, OsString};
 use std::io::{Read, Seek, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -62,7 +62,7 @@ impl Image {
     }
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(linux_calls)]
 fn own_executable() -> Option<RawFd> {
     use std::os::fd::IntoRawFd;
     // Kept for the life of the image: O_CLOEXEC until an upgrade passes it on.
@@ -73,7 +73,7 @@ fn own_executable() -> Option<RawFd> {
 
 /// No `/proc/self/exe` and no `fexecve`: an image that cannot take over
 /// cannot go back (launchd's KeepAlive restarts fwdd instead).
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(linux_calls))]
 fn own_executable() -> Option<RawFd> {
     None
 }
@@ -247,8 +247,9 @@ impl Inherited {
     }
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(linux_calls)]
 fn roll_back_to(exe: RawFd, doc: &Document, bytes: &[u8], dir: &Path, why: &str) -> String {
+    use std::os::fd::AsRawFd;
     let file = match write_bytes(bytes, dir) {
         Ok(f) => f,
         Err(e) => return format!("cannot write the handover document: {e}"),
@@ -274,7 +275,7 @@ fn roll_back_to(exe: RawFd, doc: &Document, bytes: &[u8], dir: &Path, why: &str)
     err.map_or_else(|| "unknown error".to_string(), |e| e.desc().to_string())
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(linux_calls))]
 fn roll_back_to(_: RawFd, _: &Document, _: &[u8], _: &Path, _: &str) -> String {
     "not supported on this platform".to_string()
 }

@@ -29,7 +29,8 @@ macro_rules! sandbox_host {
 /// Path of a workspace binary (a package's binary of the same name), built
 /// once per test process. The e2e crate cannot depend on binaries of other
 /// packages, so it asks cargo to build them into the same target directory
-/// (a no-op when they are current).
+/// (a no-op when they are current), with `FWD_E2E_FEATURES` if set (e.g.
+/// `portable`: the code macOS runs, see `build/platform.rs`).
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("test executable path");
@@ -49,6 +50,9 @@ pub fn bin(name: &str) -> PathBuf {
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
+        }
+        if let Some(features) = std::env::var_os("FWD_E2E_FEATURES") {
+            cmd.arg("--features").arg(features);
         }
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building {name} failed");

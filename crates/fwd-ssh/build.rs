@@ -1,0 +1,6 @@
+#[path = "../../build/platform.rs"]
+mod platform;
+
+fn main() {
+    platform::declare_linux_calls();
+}
