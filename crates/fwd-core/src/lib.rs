@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod classify;
 pub mod discovery;
 pub mod doctor;
+pub mod engine_requests;
 pub mod expose;
 pub mod model;
 pub mod reconcile;

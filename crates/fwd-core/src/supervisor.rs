@@ -292,6 +292,10 @@ pub enum Input {
     Events(Vec<ContainerEvent>),
     /// A line of the event stream that was malformed or too long.
     EventSkipped(String),
+    /// A client started this container through fwd's engine socket: it is
+    /// inspected at once, as after its `start` event (which some engines
+    /// send only after `docker run` has returned).
+    StartSeen(ContainerId),
     /// The event stream ended or failed.
     StreamFailed(Failure),
     /// A network interface changed; `usable`: some link is usable now.
@@ -924,6 +928,11 @@ impl HostMachine {
             Input::Events(events) => {
                 for ev in events {
                     self.receive_event(ev, now);
+                }
+            }
+            Input::StartSeen(id) => {
+                if self.phase == Phase::Up && !self.event_inspects.contains(&id) {
+                    self.event_inspects.push_back(id);
                 }
             }
             Input::EventSkipped(reason) => {

@@ -429,6 +429,10 @@ impl Daemon {
             "planned"
         );
         table.apply(plan.actions, &self.serve, now, config.conflict_retry);
+        for (h, m) in hosts.iter().zip(&machines) {
+            self.serve.starts.planned(&h.key, m.containers().keys());
+        }
+        self.serve.starts.plan_applied();
         *self.rejected.borrow_mut() = plan.rejected;
         *self.unsupported.borrow_mut() = plan.unsupported;
         // After a crash restart, the listeners systemd kept that no claim

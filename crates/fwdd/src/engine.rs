@@ -35,6 +35,7 @@ use crate::serve::relay::{
     accept_thawed, unix_stream, AdoptedRelay, Directions, PausedRelay, RelayEnd, RelayEntry,
     RelayState, Relays,
 };
+use crate::serve::starts::StartHold;
 use crate::serve::{Link, ServeContext};
 
 /// Concurrent dial-stdio sessions per host, below sshd's MaxSessions
@@ -231,6 +232,7 @@ impl EngineSocket {
                     drain: drain_fd,
                 },
                 &entry,
+                true,
             )
             .await;
             drop(entry);
@@ -356,7 +358,15 @@ async fn relay_stream_local(
 ) -> std::io::Result<()> {
     shared.ctx.thawed().await;
     let mut upstream = UnixStream::connect(&link.engine_forward).await?;
-    relay(client, &mut upstream, shared, Directions::both(), entry).await;
+    relay(
+        client,
+        &mut upstream,
+        shared,
+        Directions::both(),
+        entry,
+        false,
+    )
+    .await;
     Ok(())
 }
 
@@ -381,20 +391,24 @@ async fn relay_dial_stdio(
         drain: Some(stderr_fd),
         ..Directions::both()
     };
-    relay(client, &mut remote.stdio, shared, directions, entry).await;
+    relay(client, &mut remote.stdio, shared, directions, entry, false).await;
     drain.abort();
     Ok(())
 }
 
-/// Relays with the engine socket's counters, through the freeze.
+/// Relays with the engine socket's counters, through the freeze, holding
+/// a start's answer until its ports are bound (not for a relay resumed
+/// `midway`, whose requests cannot be told apart).
 async fn relay(
     client: &mut UnixStream,
     upstream: &mut UnixStream,
     shared: &Shared,
     d: Directions,
     entry: &RelayEntry,
+    midway: bool,
 ) {
     let s = &shared.stats;
+    let hold = StartHold::new(&shared.ctx.starts, shared.host.clone(), midway);
     let end = crate::serve::relay::relay(
         client,
         upstream,
@@ -402,6 +416,7 @@ async fn relay(
         [&s.bytes_up, &s.bytes_down],
         d,
         entry,
+        Some(&hold),
     )
     .await;
     if end == RelayEnd::Failed {

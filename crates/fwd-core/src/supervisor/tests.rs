@@ -643,6 +643,31 @@ fn an_event_received_during_an_inspect_is_applied_after_its_answer() {
 }
 
 #[test]
+fn a_start_seen_on_the_engine_socket_is_inspected_before_its_event_comes() {
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    r.clear();
+    r.input(Input::StartSeen(id(7)));
+    assert_eq!(r.inspecting(), vec![id(7)]);
+    assert_eq!(r.m.health().events_received, 0, "not an event");
+    r.answer_inspect(&id(7), Outcome::Inspected(Some(container(7, 700))));
+    assert!(r.m.containers().contains_key(&id(7)));
+    // Its late event asks once more (harmless: the same answer).
+    r.input(event(7, EventAction::Start, 700));
+    assert_eq!(r.inspecting(), vec![id(7)]);
+    // Before the link is up there is nothing to inspect with: ignored.
+    let mut r = Rig::new();
+    r.input(Input::StartSeen(id(7)));
+    r.master_ready(1);
+    r.answer(Outcome::ApiReady {
+        version: "v".into(),
+    });
+    r.answer(Outcome::Subscribed);
+    r.answer(Outcome::Listed(vec![]));
+    assert!(r.inspecting().is_empty() && r.op.is_none(), "{:?}", r.out);
+}
+
+#[test]
 fn a_container_whose_inspect_waits_on_its_start_holds_back_no_other() {
     // dockerd answers an inspect only once the container's start is done:
     // under load, hundreds of ms. Another container created meanwhile must

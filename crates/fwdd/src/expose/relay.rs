@@ -294,6 +294,7 @@ async fn relay(
         [&stats.bytes_in, &stats.bytes_out],
         d,
         entry,
+        None,
     )
     .await;
     stats.open.set(stats.open.get().saturating_sub(1));

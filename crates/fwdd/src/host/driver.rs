@@ -49,6 +49,7 @@ const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
 
 async fn supervise(serve: Rc<ServeContext>, out: Outputs, host: Rc<Host>) {
     let mut stop = host.stop.subscribe();
+    let mut starts_seen = serve.starts.subscribe(&host.key);
     let mut res = Resources::default();
     if let Some((master, stderr)) = host.adopted_master.borrow_mut().take() {
         res.master = Some(master);
@@ -101,6 +102,7 @@ async fn supervise(serve: Rc<ServeContext>, out: Outputs, host: Rc<Host>) {
                 let tail = res.master.as_ref().map(|m| m.stderr_tail().join("\n")).unwrap_or_default();
                 Input::MasterExited { how, stderr_tail: tail }
             }
+            Some(id) = starts_seen.recv() => Input::StartSeen(id),
             mail = host.receive() => {
                 let mut machine = host.machine.borrow_mut();
                 for input in mail {

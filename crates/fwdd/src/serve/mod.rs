@@ -15,6 +15,7 @@ mod link;
 mod registry;
 pub mod relay;
 mod spares;
+pub mod starts;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -53,6 +54,8 @@ pub struct ServeContext {
     /// Listeners systemd's fd store gave back after a crash, until a bind
     /// takes them (see `fdstore`).
     pub stored: crate::fdstore::StoredFds,
+    /// Containers started through the engine sockets (see `starts`).
+    pub starts: starts::Starts,
 }
 
 impl ServeContext {
@@ -71,6 +74,7 @@ impl ServeContext {
             frozen: watch::channel(false).0,
             registry: Registry::default(),
             stored,
+            starts: starts::Starts::default(),
         }
     }
 
@@ -85,6 +89,7 @@ impl ServeContext {
         self.links.borrow_mut().remove(host);
         self.spares.forget_host(host);
         self.handoffs.borrow_mut().remove(host);
+        self.starts.forget_host(host);
     }
 
     /// The host's hot-path counters, handed out once per connection: counting

@@ -15,6 +15,8 @@ use std::rc::Rc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use super::starts::StartHold;
+
 /// Where a relay is, for a binary upgrade.
 #[derive(Clone, Debug)]
 pub enum RelayState {
@@ -182,7 +184,9 @@ enum Pump {
 /// as a half-close (`docker exec -i` and `attach` rely on it). While `frozen`
 /// (a binary upgrade), each direction stops after the write it is in, so
 /// the relay's descriptors can be handed over with no byte held here; if
-/// the upgrade fails it carries on. `bytes` counts up and down.
+/// the upgrade fails it carries on. `bytes` counts up and down. With
+/// `hold` (an engine connection), the client's requests are read and a
+/// start's answer may wait (see `starts`).
 pub async fn relay<C, U>(
     client: &mut C,
     upstream: &mut U,
@@ -190,6 +194,7 @@ pub async fn relay<C, U>(
     bytes: [&Cell<u64>; 2],
     mut d: Directions,
     entry: &RelayEntry,
+    hold: Option<&StartHold<'_>>,
 ) -> RelayEnd
 where
     C: AsyncRead + AsyncWrite + AsRawFd + Unpin,
@@ -201,8 +206,22 @@ where
     let (mut ur, mut uw) = tokio::io::split(&mut *upstream);
     loop {
         let (up, down) = tokio::join!(
-            pump(d.up_open, &mut cr, &mut uw, frozen, bytes[0]),
-            pump(d.down_open, &mut ur, &mut cw, frozen, bytes[1]),
+            pump(
+                d.up_open,
+                &mut cr,
+                &mut uw,
+                frozen,
+                bytes[0],
+                hold.map(Watch::Requests)
+            ),
+            pump(
+                d.down_open,
+                &mut ur,
+                &mut cw,
+                frozen,
+                bytes[1],
+                hold.map(Watch::Answers)
+            ),
         );
         if up == Pump::Failed || down == Pump::Failed {
             return RelayEnd::Failed;
@@ -225,12 +244,22 @@ where
     }
 }
 
+/// What a direction of an engine connection looks at before it writes.
+#[derive(Clone, Copy)]
+enum Watch<'h, 'a> {
+    /// The client's requests.
+    Requests(&'h StartHold<'a>),
+    /// The engine's answers.
+    Answers(&'h StartHold<'a>),
+}
+
 async fn pump(
     open: bool,
     from: &mut (impl AsyncRead + Unpin),
     to: &mut (impl AsyncWrite + Unpin),
     frozen: &watch::Sender<bool>,
     bytes: &Cell<u64>,
+    watch: Option<Watch<'_, '_>>,
 ) -> Pump {
     if !open {
         return Pump::Ended;
@@ -250,6 +279,11 @@ async fn pump(
                 Err(_) => return Pump::Failed,
             },
         };
+        match watch {
+            Some(Watch::Requests(h)) => h.client_sent(&buf[..n]),
+            Some(Watch::Answers(h)) => h.before_answer(&buf[..n]).await,
+            None => {}
+        }
         if to.write_all(&buf[..n]).await.is_err() {
             return Pump::Failed;
         }
@@ -286,6 +320,7 @@ mod tests {
                             [&counts.0, &counts.1],
                             Directions::both(),
                             &entry,
+                            None,
                         )
                         .await
                     })
