@@ -94,6 +94,19 @@ if ! "${DOCKER[@]}" image inspect "$IMAGE" >/dev/null 2>&1; then
     rm -rf "$IMG"
 fi
 
+# wait_engine SOCK LOG NAME: until the engine on SOCK answers.
+wait_engine() {
+    local deadline=$(( $(date +%s) + 60 ))
+    until curl -sf --unix-socket "$1" http://engine/_ping >/dev/null 2>&1; do
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            echo "up.sh: $3 did not come up; tail of $2:" >&2
+            tail -n 30 "$2" >&2 || true
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+
 # Podman (rootful, Debian's), serving its Docker-compatible API on a socket of
 # the sandbox from the remote namespace, with storage and configuration of its
 # own (nothing under /etc or /var/lib): the other engine fwd must work with.
@@ -115,15 +128,7 @@ if ! curl -sf --unix-socket "$PM_SOCK" http://podman/_ping >/dev/null 2>&1; then
     CONTAINERS_CONF="$PM/containers.conf" setsid nsenter --net="/var/run/netns/$NS" \
         "${PODMAN[@]}" system service --time=0 "unix://$PM_SOCK" \
         </dev/null >"$PM/service.log" 2>&1 &
-    deadline=$(( $(date +%s) + 30 ))
-    until curl -sf --unix-socket "$PM_SOCK" http://podman/_ping >/dev/null 2>&1; do
-        if [ "$(date +%s)" -ge "$deadline" ]; then
-            echo "up.sh: podman's API did not come up; tail of $PM/service.log:" >&2
-            tail -n 20 "$PM/service.log" >&2 || true
-            exit 1
-        fi
-        sleep 0.2
-    done
+    wait_engine "$PM_SOCK" "$PM/service.log" "podman's API"
 fi
 if ! docker -H "unix://$PM_SOCK" image inspect "$IMAGE" >/dev/null 2>&1; then
     "${DOCKER[@]}" save "$IMAGE" | docker -H "unix://$PM_SOCK" load >/dev/null
@@ -173,19 +178,6 @@ as_user() {
         env -i HOME="$(getent passwd "$name" | cut -d: -f6)" USER="$name" LOGNAME="$name" \
         PATH=/usr/share/docker.io/contrib:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
         XDG_RUNTIME_DIR="/run/user/$uid" "$@"
-}
-
-# wait_engine SOCK LOG NAME: until the engine on SOCK answers.
-wait_engine() {
-    local deadline=$(( $(date +%s) + 60 ))
-    until curl -sf --unix-socket "$1" http://engine/_ping >/dev/null 2>&1; do
-        if [ "$(date +%s)" -ge "$deadline" ]; then
-            echo "up.sh: $3 did not come up; tail of $2:" >&2
-            tail -n 30 "$2" >&2 || true
-            exit 1
-        fi
-        sleep 0.2
-    done
 }
 
 RD_USER="fwd${RUN_ID}d"

@@ -145,7 +145,8 @@ impl RequestReader {
         rest
     }
 
-    /// The bytes of one CRLF-terminated line, once whole.
+    /// The bytes of one CRLF-terminated line, once whole (a line too long
+    /// to be a chunk's size or a trailer stops the reading).
     fn line<'b>(&mut self, bytes: &'b [u8]) -> Option<(Vec<u8>, &'b [u8])> {
         match bytes.iter().position(|&b| b == b'\n') {
             Some(i) => {
@@ -155,6 +156,9 @@ impl RequestReader {
             }
             None => {
                 self.pending.extend_from_slice(bytes);
+                if self.pending.len() > CHUNK_LINE_MAX {
+                    self.give_up();
+                }
                 None
             }
         }
@@ -162,9 +166,6 @@ impl RequestReader {
 
     fn chunk_size<'b>(&mut self, bytes: &'b [u8]) -> &'b [u8] {
         let Some((line, rest)) = self.line(bytes) else {
-            if self.pending.len() > CHUNK_LINE_MAX {
-                return self.give_up();
-            }
             return &[];
         };
         // The CRLF ending the previous chunk's data is an empty line here.
@@ -183,9 +184,6 @@ impl RequestReader {
 
     fn trailers<'b>(&mut self, bytes: &'b [u8]) -> &'b [u8] {
         let Some((line, rest)) = self.line(bytes) else {
-            if self.pending.len() > CHUNK_LINE_MAX {
-                return self.give_up();
-            }
             return &[];
         };
         if line == b"\r\n" {

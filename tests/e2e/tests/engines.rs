@@ -143,36 +143,38 @@ fn rootful_podman_found_at_its_socket() {
     );
 }
 
+/// A rootless engine: the sessions log in as its `user`, and get neither
+/// `DOCKER_HOST` nor `XDG_RUNTIME_DIR`.
+fn rootless(host: &TestHost, user: &str, engine: Engine) {
+    host.set_session_env("");
+    host.log_in_as(user);
+    forwards_everything_on(host, engine);
+}
+
 #[test]
 fn rootless_docker_found_in_its_users_runtime_directory() {
     let host = sandbox_host!("engine_rootless_docker");
     let (user, socket) = &host.sandbox().rootless_docker;
-    host.set_session_env("");
-    host.log_in_as(user);
-    forwards_everything_on(
-        &host,
-        Engine {
-            socket,
-            found_by: "rootless Docker's socket",
-            version: "20.10",
-            ports: 21040,
-        },
-    );
+    let found_by = "rootless Docker's socket";
+    let engine = Engine {
+        socket,
+        found_by,
+        version: "20.10",
+        ports: 21040,
+    };
+    rootless(&host, user, engine);
 }
 
 #[test]
 fn rootless_podman_found_in_its_users_runtime_directory() {
     let host = sandbox_host!("engine_rootless_podman");
     let (user, socket) = &host.sandbox().rootless_podman;
-    host.set_session_env("");
-    host.log_in_as(user);
-    forwards_everything_on(
-        &host,
-        Engine {
-            socket,
-            found_by: "rootless Podman's socket",
-            version: "Podman 4.",
-            ports: 21060,
-        },
-    );
+    let found_by = "rootless Podman's socket";
+    let engine = Engine {
+        socket,
+        found_by,
+        version: "Podman 4.",
+        ports: 21060,
+    };
+    rootless(&host, user, engine);
 }
