@@ -8,6 +8,8 @@
 //! a string that came from the remote side.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty, Limited};
@@ -29,6 +31,12 @@ pub const DIAL_STDIO_COMMAND: &str = "docker system dial-stdio";
 const MAX_BODY: usize = 64 << 20;
 /// Largest single event line; Docker's are well under 4 KiB.
 pub const MAX_EVENT_LINE: usize = 1 << 20;
+
+/// How long a subscription waits for the head of the engine's answer before
+/// it counts as made: Docker answers at once, but Podman sends nothing, its
+/// head neither, until the first event (podman#23712). Its head is read
+/// later, with that event.
+pub const EVENTS_HEAD_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -152,7 +160,15 @@ impl DockerApi {
     /// Subscribes to container events, from `since_ns` (engine clock) if
     /// given, so that nothing is lost across a reconnect. Consumes the
     /// connection: a streaming answer never ends by itself.
-    pub async fn events(mut self, since_ns: Option<i64>) -> Result<EventStream, ApiError> {
+    pub async fn events(self, since_ns: Option<i64>) -> Result<EventStream, ApiError> {
+        self.events_head_within(since_ns, EVENTS_HEAD_WAIT).await
+    }
+
+    async fn events_head_within(
+        mut self,
+        since_ns: Option<i64>,
+        head_wait: Duration,
+    ) -> Result<EventStream, ApiError> {
         // filters={"type":["container"]}
         let mut path = String::from("/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D");
         if let Some(ns) = since_ns {
@@ -162,22 +178,27 @@ impl DockerApi {
                 ns.rem_euclid(1_000_000_000)
             ));
         }
-        let resp = self.send(&path).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = Limited::new(resp.into_body(), 64 << 10)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            return Err(status_error(status, &path, &body));
-        }
-        Ok(EventStream {
-            body: resp.into_body(),
+        self.sender.ready().await?;
+        let req = Request::get(path.as_str())
+            .header(hyper::header::HOST, "docker")
+            .body(Empty::new())?;
+        let mut head: PendingHead = Box::pin(self.sender.send_request(req));
+        let mut stream = EventStream {
+            head: None,
+            body: None,
             lines: LineSplitter::new(MAX_EVENT_LINE),
-        })
+            path,
+            _api: self,
+        };
+        match tokio::time::timeout(head_wait, head.as_mut()).await {
+            Ok(resp) => stream.answered(resp?).await?,
+            Err(_) => stream.head = Some(head),
+        }
+        Ok(stream)
     }
 }
+
+type PendingHead = Pin<Box<dyn Future<Output = Result<hyper::Response<Incoming>, hyper::Error>>>>;
 
 fn status_error(status: StatusCode, path: &str, body: &[u8]) -> ApiError {
     #[derive(serde::Deserialize)]
@@ -196,8 +217,13 @@ fn status_error(status: StatusCode, path: &str, body: &[u8]) -> ApiError {
 
 /// The engine's event stream, one JSON object per line.
 pub struct EventStream {
-    body: Incoming,
+    /// The answer's head, while the engine has not sent it.
+    head: Option<PendingHead>,
+    body: Option<Incoming>,
     lines: LineSplitter,
+    path: String,
+    /// The connection's handle, kept while the stream is read.
+    _api: DockerApi,
 }
 
 /// One item of the stream: a parsed event, or input that was skipped.
@@ -211,13 +237,37 @@ pub enum StreamItem {
 }
 
 impl EventStream {
+    /// The head of the engine's answer: the stream, or why there is none.
+    async fn answered(&mut self, resp: hyper::Response<Incoming>) -> Result<(), ApiError> {
+        let status = resp.status();
+        if !status.is_success() {
+            let body = Limited::new(resp.into_body(), 64 << 10)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(status_error(status, &self.path, &body));
+        }
+        self.body = Some(resp.into_body());
+        Ok(())
+    }
+
     /// The next item; `Ok(None)` when the engine ended the stream.
+    /// Cancel-safe: nothing read is lost when the future is dropped.
     pub async fn next(&mut self) -> Result<Option<StreamItem>, ApiError> {
+        if let Some(head) = self.head.as_mut() {
+            let resp = head.as_mut().await?;
+            self.head = None;
+            self.answered(resp).await?;
+        }
         loop {
             if let Some(item) = self.next_received() {
                 return Ok(Some(item));
             }
-            match self.body.frame().await {
+            let Some(body) = self.body.as_mut() else {
+                return Ok(None);
+            };
+            match body.frame().await {
                 None => return Ok(None),
                 Some(Err(e)) => return Err(ApiError::Http(e)),
                 Some(Ok(frame)) => {
@@ -310,6 +360,95 @@ impl LineSplitter {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// An engine that reads the subscription, then holds its whole answer
+    /// back until `go` (Podman until its first event, podman#23712).
+    async fn engine_answering_late(
+        mut server: tokio::net::UnixStream,
+        go: tokio::sync::oneshot::Receiver<()>,
+        status: &str,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = server.read(&mut buf).await.expect("read the request");
+            assert!(n > 0, "the request never came");
+            req.extend_from_slice(&buf[..n]);
+        }
+        assert!(req.starts_with(b"GET /events?"));
+        let _ = go.await;
+        let event = r#"{"Type":"container","Action":"start","Actor":{"ID":"4f7f4c0d3f1b2a8e9d6c5b4a39281706f5e4d3c2b1a0f9e8d7c6b5a493827160","Attributes":{}},"time":1,"timeNano":1000000000}"#;
+        let answer = if status.starts_with("200") {
+            // The stream: chunked, and it does not end.
+            format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{event}\n\r\n",
+                event.len() + 1
+            )
+        } else {
+            let msg = r#"{"message":"events are down"}"#;
+            format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{msg}",
+                msg.len()
+            )
+        };
+        server.write_all(answer.as_bytes()).await.expect("write");
+        // Keep the connection open (an event stream does not end).
+        let _ = server.read(&mut buf).await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_subscription_whose_head_comes_with_the_first_event_is_made_and_read() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (client, server) = tokio::net::UnixStream::pair().expect("pair");
+                let (go, gate) = tokio::sync::oneshot::channel();
+                tokio::task::spawn_local(engine_answering_late(server, gate, "200 OK"));
+                let (api, driver) = connect(client).await.expect("handshake");
+                tokio::task::spawn_local(driver);
+                // Made without its head: the engine has sent nothing yet.
+                let mut stream = api
+                    .events_head_within(None, Duration::from_millis(20))
+                    .await
+                    .expect("subscribed");
+                let _ = go.send(());
+                match stream.next().await {
+                    Ok(Some(StreamItem::Event(ev))) => assert_eq!(ev.time_nano, 1_000_000_000),
+                    other => panic!("expected the event, got {other:?}"),
+                }
+            })
+            .await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_late_head_that_refuses_the_subscription_is_an_error() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (client, server) = tokio::net::UnixStream::pair().expect("pair");
+                let (go, gate) = tokio::sync::oneshot::channel();
+                tokio::task::spawn_local(engine_answering_late(
+                    server,
+                    gate,
+                    "500 Internal Server Error",
+                ));
+                let (api, driver) = connect(client).await.expect("handshake");
+                tokio::task::spawn_local(driver);
+                let mut stream = api
+                    .events_head_within(None, Duration::from_millis(20))
+                    .await
+                    .expect("subscribed");
+                let _ = go.send(());
+                let err = stream.next().await.expect_err("a 500");
+                let err = err.to_string();
+                assert!(
+                    err.contains("500") && err.contains("events are down"),
+                    "{err}"
+                );
+            })
+            .await;
+    }
 
     fn drain(s: &mut LineSplitter) -> Vec<Line> {
         std::iter::from_fn(|| s.pop()).collect()
