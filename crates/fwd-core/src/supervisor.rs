@@ -145,6 +145,9 @@ pub struct EngineHealth {
     /// How the engine was found (`engine_remote_socket`, `DOCKER_HOST`,
     /// "rootless Podman's socket", …).
     pub found_by: Option<&'static str>,
+    /// The engine runs rootless, as it says itself (Docker's `/info`,
+    /// Podman's `/libpod/info`); `None` until it has said.
+    pub rootless: Option<bool>,
 }
 
 /// dockerd drops an API connection idle for 5 minutes: probe more often.
@@ -231,6 +234,8 @@ pub enum Outcome {
     Inspected(Option<Container>),
     /// The engine's answer about a container could not be parsed: skip it.
     Unparsable(String),
+    /// Whether the engine runs rootless.
+    Rootless(bool),
     Answered,
     Failed(Failure),
 }
@@ -317,6 +322,10 @@ pub enum Command {
     /// channel of its own (opened when none is idle, kept for the next);
     /// answered with [`Input::Done`]: `Inspected`, `Unparsable` or `Failed`.
     Inspect(OpId, ContainerId),
+    /// Ask the engine whether it runs rootless (`podman`: in Podman's own
+    /// API), beside the rest like an inspect, once per engine socket;
+    /// answered with `Rootless`, or anything else when it could not say.
+    AskRootless(OpId, bool),
     /// End the master (every channel and tunnel on it goes too) and drop
     /// the Docker channels and any operation in flight.
     StopMaster,
@@ -584,6 +593,10 @@ pub struct HostMachine {
     inflight: Option<InFlight>,
     /// Inspects after events running beside `inflight` ([`Command::Inspect`]).
     inspecting: Vec<InFlight>,
+    /// The rootless question out ([`Command::AskRootless`]), and the last
+    /// answer with the socket it is about.
+    asked_rootless: Option<OpId>,
+    rootless_of: Option<(String, bool)>,
     rng: u64,
 
     containers: HashMap<ContainerId, Container>,
@@ -760,6 +773,8 @@ impl HostMachine {
             next_op: 0,
             inflight: None,
             inspecting: Vec::new(),
+            asked_rootless: None,
+            rootless_of: None,
             rng: seed | 1,
             containers: HashMap::new(),
             since_ns: None,
@@ -906,6 +921,9 @@ impl HostMachine {
                 } else if let Some(i) = self.inspecting.iter().position(|op| op.id == id) {
                     let op = self.inspecting.swap_remove(i);
                     self.op_done(op, outcome, now);
+                } else if self.asked_rootless == Some(id) {
+                    self.asked_rootless = None;
+                    self.answered_rootless(outcome);
                 }
             }
             Input::MasterExited { how, stderr_tail } => {
@@ -944,6 +962,7 @@ impl HostMachine {
                 if matches!(self.phase, Phase::Setup | Phase::Up) {
                     self.inflight = None;
                     self.inspecting.clear();
+                    self.asked_rootless = None;
                     self.channel_failed(f, now);
                 }
             }
@@ -1257,6 +1276,7 @@ impl HostMachine {
     fn teardown(&mut self) {
         self.inflight = None;
         self.inspecting.clear();
+        self.asked_rootless = None;
         self.resync = None;
         self.event_inspects.clear();
         self.events.clear();
@@ -1351,6 +1371,7 @@ impl HostMachine {
         }
         self.resync = None;
         self.inspecting.clear();
+        self.asked_rootless = None;
         self.event_inspects.clear();
         self.events.clear();
         self.commands.push_back(Command::CloseChannels);
@@ -1427,6 +1448,7 @@ impl HostMachine {
     /// Resynced: the link is usable.
     fn go_up(&mut self, now: Instant) {
         self.phase = Phase::Up;
+        self.ask_rootless();
         let link = (self.generation, self.route);
         if self.published != Some(link) {
             self.published = Some(link);
@@ -1522,6 +1544,44 @@ impl HostMachine {
             self.next_health = now + self.health_period();
             let timeout = self.policy.health_interval.min(self.policy.request_timeout);
             self.start(Purpose::Probe, Op::Probe, timeout, now);
+        }
+    }
+
+    /// Whether the engine runs rootless: known for its socket, or asked
+    /// (over stream-local channels only, beside the rest; it costs Podman a
+    /// quarter of a second, so once per socket).
+    fn ask_rootless(&mut self) {
+        if self.health.engine.rootless.is_some() || self.asked_rootless.is_some() {
+            return;
+        }
+        let socket = self.health.engine.remote_socket.clone().unwrap_or_default();
+        if let Some((known, rootless)) = &self.rootless_of {
+            if *known == socket {
+                self.health.engine.rootless = Some(*rootless);
+                return;
+            }
+        }
+        if self.route != EngineRoute::StreamLocal {
+            return;
+        }
+        let podman = self
+            .health
+            .docker_version
+            .as_deref()
+            .is_some_and(|v| v.starts_with("Podman "));
+        self.next_op += 1;
+        self.asked_rootless = Some(self.next_op);
+        self.commands
+            .push_back(Command::AskRootless(self.next_op, podman));
+    }
+
+    /// Not knowing is no failure: status says nothing then.
+    fn answered_rootless(&mut self, outcome: Outcome) {
+        if let Outcome::Rootless(rootless) = outcome {
+            let socket = self.health.engine.remote_socket.clone().unwrap_or_default();
+            self.rootless_of = Some((socket, rootless));
+            self.health.engine.rootless = Some(rootless);
+            self.health_changed = true;
         }
     }
 

@@ -119,6 +119,17 @@ impl DockerApi {
         Ok(parse::parse_version(&self.get_found("/version").await?)?)
     }
 
+    /// Whether the engine runs rootless: Docker says so in `/info`, Podman
+    /// in its own `/libpod/info` (`podman`: the version named Podman).
+    pub async fn rootless(&mut self, podman: bool) -> Result<bool, ApiError> {
+        Ok(if podman {
+            // Podman's own API wants a version; 4.0.0 is served by 4.x and 5.x.
+            parse::parse_podman_rootless(&self.get_found("/v4.0.0/libpod/info").await?)?
+        } else {
+            parse::parse_docker_rootless(&self.get_found("/info").await?)?
+        })
+    }
+
     /// The gateways of network `name` (IPv4 first); `None` if there is no
     /// such network.
     pub async fn network_gateways(

@@ -279,6 +279,46 @@ pub fn parse_version(body: &[u8]) -> Result<String, ParseError> {
     ))
 }
 
+/// Whether Docker's `/info` says the engine runs rootless (a security option
+/// `name=rootless`).
+pub fn parse_docker_rootless(body: &[u8]) -> Result<bool, ParseError> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        #[serde(rename = "SecurityOptions", default)]
+        security_options: Vec<String>,
+    }
+    let info: Info = serde_json::from_slice(body).map_err(|source| ParseError::Json {
+        what: "the info answer",
+        source,
+    })?;
+    Ok(info
+        .security_options
+        .iter()
+        .any(|o| o.split(',').any(|kv| kv == "name=rootless")))
+}
+
+/// Whether Podman's `/libpod/info` says it runs rootless
+/// (`host.security.rootless`; its Docker-compatible `/info` does not say).
+pub fn parse_podman_rootless(body: &[u8]) -> Result<bool, ParseError> {
+    #[derive(serde::Deserialize)]
+    struct Security {
+        rootless: bool,
+    }
+    #[derive(serde::Deserialize)]
+    struct Host {
+        security: Security,
+    }
+    #[derive(serde::Deserialize)]
+    struct Info {
+        host: Host,
+    }
+    let info: Info = serde_json::from_slice(body).map_err(|source| ParseError::Json {
+        what: "Podman's info answer",
+        source,
+    })?;
+    Ok(info.host.security.rootless)
+}
+
 /// Docker's timestamps: `2026-11-23T15:30:00.123456789Z` (UTC; an offset is
 /// accepted too). Returns nanoseconds since the epoch.
 pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {

@@ -3,7 +3,8 @@
 
 use fwd_core::{HostKey, Protocol, Rules};
 use fwd_docker::parse::{
-    parse_container_list, parse_event, parse_inspect, parse_network_gateways, parse_version,
+    parse_container_list, parse_docker_rootless, parse_event, parse_inspect,
+    parse_network_gateways, parse_podman_rootless, parse_version,
 };
 use fwd_docker::EventAction;
 
@@ -267,4 +268,15 @@ fn api_1_52_inspect_without_the_top_level_network_fields() {
     );
     assert_eq!(claims[0].local_port, 18080);
     assert_eq!(claims[0].remote.to_string(), "127.0.0.1:18080");
+}
+
+#[test]
+fn rootless_or_not_as_each_engine_says() {
+    // dockerd 20.10 rootful and under rootlesskit (dockerd-rootless.sh).
+    assert!(!parse_docker_rootless(&sample("info.json")).unwrap());
+    assert!(parse_docker_rootless(&sample("info-rootless.json")).unwrap());
+    // Podman 4.3: its compat /info does not say; /libpod/info does.
+    assert!(!parse_podman_rootless(&podman("libpod-info.json")).unwrap());
+    assert!(parse_podman_rootless(&podman("libpod-info-rootless.json")).unwrap());
+    assert!(parse_podman_rootless(b"{}").is_err());
 }

@@ -78,6 +78,10 @@ pub struct EngineStatus {
     /// "Podman's socket", "Docker's default socket". Added within v1.
     #[serde(default)]
     pub found_by: Option<String>,
+    /// Whether the engine runs rootless, as it says itself; `null` until it
+    /// has said (or over `dial_stdio`). Added within v1.
+    #[serde(default)]
+    pub rootless: Option<bool>,
     /// Why the sockets are missing or the route is `dial_stdio`.
     pub reason: Option<String>,
     pub connections_open: u64,

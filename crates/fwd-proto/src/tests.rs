@@ -49,6 +49,7 @@ pub(crate) fn sample_status() -> Status {
                     route: Some("stream_local".into()),
                     remote_socket: Some("/var/run/docker.sock".into()),
                     found_by: Some("docker context".into()),
+                    rootless: Some(false),
                     reason: None,
                     connections_open: 1,
                     connections_total: 42,

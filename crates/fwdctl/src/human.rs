@@ -138,8 +138,15 @@ fn render_host(out: &mut String, h: &HostStatus, now_ms: u64) {
         if let Some(r) = &e.remote_socket {
             let _ = write!(line, " -> {r}");
         }
-        if let Some(how) = &e.found_by {
-            let _ = write!(line, " [{how}]");
+        match (&e.found_by, e.rootless) {
+            (Some(how), Some(true)) => {
+                let _ = write!(line, " [{how}; rootless]");
+            }
+            (Some(how), _) => {
+                let _ = write!(line, " [{how}]");
+            }
+            (None, Some(true)) => line.push_str(" [rootless]"),
+            (None, _) => {}
         }
         if let Some(route) = &e.route {
             let _ = write!(line, " ({route})");

@@ -37,6 +37,7 @@ fn engine_status(h: &crate::daemon::Host, health: &fwd_core::Health) -> EngineSt
         route: e.route.map(|r| r.as_str().to_string()),
         remote_socket: e.remote_socket.clone(),
         found_by: e.found_by.map(str::to_string),
+        rootless: e.rootless,
         reason: socket_error.or_else(|| e.reason.clone()),
         connections_open: stat(|s| s.open.get()),
         connections_total: stat(|s| s.total.get()),

@@ -30,6 +30,8 @@ struct Engine<'a> {
     found_by: &'static str,
     /// How status's version string starts.
     version: &'static str,
+    /// What the engine says of itself.
+    rootless: bool,
     /// The first of this engine's 20 host ports.
     ports: u16,
 }
@@ -57,6 +59,20 @@ fn forwards_everything_on(host: &TestHost, engine: Engine) {
     assert_eq!(found.route.as_deref(), Some("stream_local"), "{found:?}");
     let version = st.hosts[0].docker_version.clone().unwrap_or_default();
     assert!(version.starts_with(engine.version), "{version}");
+    fwdd.wait_for(
+        std::time::Duration::from_secs(10),
+        "the engine to say whether it runs rootless",
+        |st| {
+            st.hosts[0]
+                .engine
+                .as_ref()
+                .is_some_and(|e| e.rootless.is_some())
+        },
+    );
+    let said = fwdd
+        .status()
+        .and_then(|st| st.hosts[0].engine.clone()?.rootless);
+    assert_eq!(said, Some(engine.rootless));
 
     let label = format!("fwd-test={}", host.label);
     let run = |options: &[&str]| -> String {
@@ -121,6 +137,7 @@ fn rootful_docker_named_by_docker_host() {
             found_by: "DOCKER_HOST",
             version: "20.10",
             ports: 21000,
+            rootless: false,
         },
     );
 }
@@ -139,6 +156,7 @@ fn rootful_podman_found_at_its_socket() {
             found_by: "Podman's socket",
             version: "Podman 4.",
             ports: 21020,
+            rootless: false,
         },
     );
 }
@@ -161,6 +179,7 @@ fn rootless_docker_found_in_its_users_runtime_directory() {
         found_by,
         version: "20.10",
         ports: 21040,
+        rootless: true,
     };
     rootless(&host, user, engine);
 }
@@ -175,6 +194,7 @@ fn rootless_podman_found_in_its_users_runtime_directory() {
         found_by,
         version: "Podman 4.",
         ports: 21060,
+        rootless: true,
     };
     rootless(&host, user, engine);
 }

@@ -668,6 +668,56 @@ fn a_start_seen_on_the_engine_socket_is_inspected_before_its_event_comes() {
 }
 
 #[test]
+fn the_engine_is_asked_once_per_socket_whether_it_runs_rootless() {
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    let asked: Vec<(OpId, bool)> = r
+        .out
+        .iter()
+        .filter_map(|c| match c {
+            Command::AskRootless(id, podman) => Some((*id, *podman)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked.len(), 1, "{:?}", r.out);
+    assert!(!asked[0].1, "Docker is asked in its own /info");
+    assert_eq!(r.m.health().engine.rootless, None);
+    r.input(Input::Done(asked[0].0, Outcome::Rootless(true)));
+    assert_eq!(r.m.health().engine.rootless, Some(true));
+    // A new master on the same socket: known, not asked again.
+    r.clear();
+    r.input(Input::MasterExited {
+        how: "signal 9".into(),
+        stderr_tail: String::new(),
+    });
+    r.advance(Duration::from_secs(1));
+    r.connect(2, &[]);
+    assert!(
+        !r.out.iter().any(|c| matches!(c, Command::AskRootless(..))),
+        "{:?}",
+        r.out
+    );
+    assert_eq!(r.m.health().engine.rootless, Some(true));
+    // An engine that cannot say leaves it unknown, and nothing fails.
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    let id = r
+        .out
+        .iter()
+        .find_map(|c| match c {
+            Command::AskRootless(id, _) => Some(*id),
+            _ => None,
+        })
+        .expect("asked");
+    r.input(Input::Done(
+        id,
+        Outcome::Unparsable("no SecurityOptions".into()),
+    ));
+    assert_eq!(r.m.health().engine.rootless, None);
+    assert_eq!(r.m.health().master, MasterPhase::Connected);
+}
+
+#[test]
 fn a_container_whose_inspect_waits_on_its_start_holds_back_no_other() {
     // dockerd answers an inspect only once the container's start is done:
     // under load, hundreds of ms. Another container created meanwhile must

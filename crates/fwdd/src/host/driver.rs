@@ -22,7 +22,9 @@ use fwd_ssh::Master;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::log::log_record;
-use super::ops::{absorb, diagnose, start_inspect, start_op, Done, OpFuture, Resources};
+use super::ops::{
+    absorb, diagnose, start_ask_rootless, start_inspect, start_op, Done, OpFuture, Resources,
+};
 use super::state::{Host, PROGRESS_SLACK};
 use crate::serve::{Link, ServeContext};
 
@@ -214,6 +216,10 @@ async fn carry_out(serve: &Rc<ServeContext>, out: &Outputs, host: &Rc<Host>, res
             Command::Inspect(id, container) => {
                 tracing::trace!(host = %host.key, container_id = %container, "inspect");
                 let fut = start_inspect(host, res, container);
+                res.inspects.push((id, fut));
+            }
+            Command::AskRootless(id, podman) => {
+                let fut = start_ask_rootless(host, res, podman);
                 res.inspects.push((id, fut));
             }
             Command::StopMaster => {

@@ -150,11 +150,9 @@ pub(super) enum Done {
     /// A request on the API channel, which comes back with the answer.
     Request(DockerApi, Result<Reply, ApiError>),
     Probe(DockerApi, Result<(), Failure>),
-    /// An inspect beside the serial operation, on its own channel.
-    Inspect(
-        Result<Inspector, Failure>,
-        Result<Option<fwd_core::Container>, ApiError>,
-    ),
+    /// A request beside the serial operation (an inspect, the rootless
+    /// question), on a channel of its own.
+    Aside(Result<Inspector, Failure>, Result<Outcome, ApiError>),
     Plain(Outcome),
 }
 
@@ -256,10 +254,10 @@ pub(super) async fn absorb(res: &mut Resources, done: Done) -> Outcome {
                 Err(f) => Outcome::Failed(f),
             }
         }
-        Done::Inspect(Err(f), _) => Outcome::Failed(f),
-        Done::Inspect(Ok(mut inspector), answer) => {
+        Done::Aside(Err(f), _) => Outcome::Failed(f),
+        Done::Aside(Ok(mut inspector), answer) => {
             let outcome = match answer {
-                Ok(c) => Outcome::Inspected(c),
+                Ok(outcome) => outcome,
                 Err(ApiError::Parse(e)) => Outcome::Unparsable(e.to_string()),
                 Err(e) => return Outcome::Failed(inspector.channel.diagnose(e).await),
             };
@@ -273,34 +271,51 @@ pub(super) async fn absorb(res: &mut Resources, done: Done) -> Outcome {
     }
 }
 
-/// The future of an inspect beside the serial operation: on an idle
-/// inspector's channel, or a new one (also when the idle one turns out to
-/// be closed).
+/// The future of an inspect beside the serial operation.
 pub(super) fn start_inspect(host: &Rc<Host>, res: &mut Resources, id: ContainerId) -> OpFuture {
+    start_aside(host, res, async move |api: &mut DockerApi| {
+        api.inspect(&id).await.map(Outcome::Inspected)
+    })
+}
+
+/// The future of the rootless question beside the serial operation.
+pub(super) fn start_ask_rootless(host: &Rc<Host>, res: &mut Resources, podman: bool) -> OpFuture {
+    start_aside(host, res, async move |api: &mut DockerApi| {
+        api.rootless(podman).await.map(Outcome::Rootless)
+    })
+}
+
+/// `ask` beside the serial operation: on an idle inspector's channel, or a
+/// new one (also when the idle one turns out to be closed).
+fn start_aside(
+    host: &Rc<Host>,
+    res: &mut Resources,
+    ask: impl AsyncFn(&mut DockerApi) -> Result<Outcome, ApiError> + 'static,
+) -> OpFuture {
     let host = host.clone();
     res.idle_inspectors
         .retain(|i| i.idle_since.elapsed() < INSPECTOR_IDLE_MAX);
     let idle = res.idle_inspectors.pop();
     Box::pin(async move {
         if let Some(mut inspector) = idle {
-            match inspector.api.inspect(&id).await {
+            match ask(&mut inspector.api).await {
                 Err(ApiError::Http(e)) => {
                     tracing::debug!(host = %host.key, error = %e, "an idle inspect channel was closed");
                 }
-                answer => return Done::Inspect(Ok(inspector), answer),
+                answer => return Done::Aside(Ok(inspector), answer),
             }
         }
         match open_docker(&host, EngineRoute::StreamLocal).await {
             Ok((mut api, channel)) => {
-                let answer = api.inspect(&id).await;
+                let answer = ask(&mut api).await;
                 let inspector = Inspector {
                     api,
                     channel,
                     idle_since: Instant::now(),
                 };
-                Done::Inspect(Ok(inspector), answer)
+                Done::Aside(Ok(inspector), answer)
             }
-            Err(f) => Done::Inspect(Err(f), Ok(None)),
+            Err(f) => Done::Aside(Err(f), Ok(Outcome::Answered)),
         }
     })
 }
