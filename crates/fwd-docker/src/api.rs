@@ -377,7 +377,7 @@ mod tests {
     async fn engine_answering_late(
         mut server: tokio::net::UnixStream,
         go: tokio::sync::oneshot::Receiver<()>,
-        status: &str,
+        status: &'static str,
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut req = Vec::new();
@@ -408,14 +408,18 @@ mod tests {
         let _ = server.read(&mut buf).await;
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_subscription_whose_head_comes_with_the_first_event_is_made_and_read() {
+    /// Subscribes to an engine that answers `status` only once the
+    /// subscription counts as made without its head; the stream's first
+    /// item.
+    async fn first_item_from_late_engine(
+        status: &'static str,
+    ) -> Result<Option<StreamItem>, ApiError> {
         let local = tokio::task::LocalSet::new();
         local
             .run_until(async {
                 let (client, server) = tokio::net::UnixStream::pair().expect("pair");
                 let (go, gate) = tokio::sync::oneshot::channel();
-                tokio::task::spawn_local(engine_answering_late(server, gate, "200 OK"));
+                tokio::task::spawn_local(engine_answering_late(server, gate, status));
                 let (api, driver) = connect(client).await.expect("handshake");
                 tokio::task::spawn_local(driver);
                 // Made without its head: the engine has sent nothing yet.
@@ -424,41 +428,29 @@ mod tests {
                     .await
                     .expect("subscribed");
                 let _ = go.send(());
-                match stream.next().await {
-                    Ok(Some(StreamItem::Event(ev))) => assert_eq!(ev.time_nano, 1_000_000_000),
-                    other => panic!("expected the event, got {other:?}"),
-                }
+                stream.next().await
             })
-            .await;
+            .await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_subscription_whose_head_comes_with_the_first_event_is_made_and_read() {
+        match first_item_from_late_engine("200 OK").await {
+            Ok(Some(StreamItem::Event(ev))) => assert_eq!(ev.time_nano, 1_000_000_000),
+            other => panic!("expected the event, got {other:?}"),
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_late_head_that_refuses_the_subscription_is_an_error() {
-        let local = tokio::task::LocalSet::new();
-        local
-            .run_until(async {
-                let (client, server) = tokio::net::UnixStream::pair().expect("pair");
-                let (go, gate) = tokio::sync::oneshot::channel();
-                tokio::task::spawn_local(engine_answering_late(
-                    server,
-                    gate,
-                    "500 Internal Server Error",
-                ));
-                let (api, driver) = connect(client).await.expect("handshake");
-                tokio::task::spawn_local(driver);
-                let mut stream = api
-                    .events_head_within(None, Duration::from_millis(20))
-                    .await
-                    .expect("subscribed");
-                let _ = go.send(());
-                let err = stream.next().await.expect_err("a 500");
-                let err = err.to_string();
-                assert!(
-                    err.contains("500") && err.contains("events are down"),
-                    "{err}"
-                );
-            })
-            .await;
+        let err = first_item_from_late_engine("500 Internal Server Error")
+            .await
+            .expect_err("a 500")
+            .to_string();
+        assert!(
+            err.contains("500") && err.contains("events are down"),
+            "{err}"
+        );
     }
 
     fn drain(s: &mut LineSplitter) -> Vec<Line> {
