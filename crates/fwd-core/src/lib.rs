@@ -15,6 +15,7 @@ pub mod model;
 pub mod reconcile;
 pub mod reload;
 pub mod repeat;
+pub mod route;
 pub mod rules;
 pub mod startup;
 pub mod supervisor;
@@ -33,6 +34,10 @@ pub use model::{
 pub use reconcile::{desired_forwards, plan, reconcile, Action, Desired, Held, HostView, Plan};
 pub use reload::{reload_plan, ReloadPlan};
 pub use repeat::{EpisodeLog, EpisodeSnapshot, RecentLines, RepeatGate, UpLog, Verdict};
+pub use route::{
+    judge_direct_failure, retry_direct_refused, DirectFailure, NetworkAttachment, PublishedWhy,
+    Route, RouteFacts,
+};
 pub use rules::{Decision, Rule, RuleAction, Rules};
 pub use startup::{listen_probe_wait, retry_refused};
 pub use supervisor::{

@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+pub use crate::route::Remote;
+use crate::route::{self, NetworkAttachment, Route, RouteFacts};
 use crate::rules::{Decision, PortFacts, Rules};
 
 /// Names one configured Docker host (the `name` in the config, or the URL).
@@ -113,23 +115,9 @@ pub struct Container {
     pub ports: Vec<PortBinding>,
     /// The container's labels, as far as rules need them (bounded by the parser).
     pub labels: BTreeMap<String, String>,
-}
-
-/// Where the Docker host side of a forward connects, as seen from the host.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Remote {
-    pub ip: String,
-    pub port: u16,
-}
-
-impl fmt::Display for Remote {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.ip.contains(':') {
-            write!(f, "[{}]:{}", self.ip, self.port)
-        } else {
-            write!(f, "{}:{}", self.ip, self.port)
-        }
-    }
+    /// The networks it is attached to, with their addresses (none while
+    /// only created): where the direct route may reach it.
+    pub networks: Vec<NetworkAttachment>,
 }
 
 /// A container's wish to have `local_port` forwarded to `remote`.
@@ -146,12 +134,23 @@ pub struct Claim {
     pub local_port: u16,
     /// Local addresses to listen on (loopback unless a rule says otherwise).
     pub bind: Vec<IpAddr>,
+    /// The published port on the host.
     pub remote: Remote,
+    /// Which way connections go: the container itself, or `remote`.
+    pub route: Route,
 }
 
 impl Claim {
     pub fn same_owner(&self, other: &Claim) -> bool {
         self.host == other.host && self.container == other.container
+    }
+
+    /// Where connections go on the host, as the route says.
+    pub fn connect_to(&self) -> &Remote {
+        match &self.route {
+            Route::Direct { to, .. } => to,
+            Route::Published(_) => &self.remote,
+        }
     }
 }
 
@@ -179,9 +178,15 @@ fn remote_ip_for(host_ip: &str) -> String {
 
 impl Container {
     /// Splits the container's bindings into forwardable claims (TCP, one per
-    /// local port, as the rules decide) and the ones fwd lists but does not
-    /// forward. Ports the rules skip are in neither.
-    pub fn claims(&self, host: &HostKey, rules: &Rules) -> (Vec<Claim>, Vec<Unsupported>) {
+    /// local port, as the rules decide, each with its [route](crate::route))
+    /// and the ones fwd lists but does not forward. Ports the rules skip are
+    /// in neither.
+    pub fn claims(
+        &self,
+        host: &HostKey,
+        rules: &Rules,
+        route_facts: RouteFacts,
+    ) -> (Vec<Claim>, Vec<Unsupported>) {
         let mut claims: Vec<Claim> = Vec::new();
         let mut unsupported = Vec::new();
         let mut bindings = self.ports.clone();
@@ -242,6 +247,7 @@ impl Container {
                     ip: remote_ip_for(&b.host_ip),
                     port: b.host_port,
                 },
+                route: route::decide(&self.networks, self.pending, b.container_port, route_facts),
             });
         }
         (claims, unsupported)
@@ -303,6 +309,7 @@ mod tests {
             pending: false,
             ports,
             labels: BTreeMap::new(),
+            networks: vec![],
         }
     }
 
@@ -332,7 +339,8 @@ mod tests {
             binding(80, Protocol::Tcp, "::", 8080),
             binding(80, Protocol::Tcp, "0.0.0.0", 8080),
         ]);
-        let (claims, unsupported) = c.claims(&HostKey::from("h"), &no_rules());
+        let (claims, unsupported) =
+            c.claims(&HostKey::from("h"), &no_rules(), RouteFacts::PUBLISHED_ONLY);
         assert!(unsupported.is_empty());
         assert_eq!(claims.len(), 1);
         assert_eq!(claims[0].local_port, 8080);
@@ -342,10 +350,10 @@ mod tests {
     #[test]
     fn specific_host_ip_is_the_remote_end() {
         let c = container(vec![binding(80, Protocol::Tcp, "127.0.0.1", 8081)]);
-        let (claims, _) = c.claims(&HostKey::from("h"), &no_rules());
+        let (claims, _) = c.claims(&HostKey::from("h"), &no_rules(), RouteFacts::PUBLISHED_ONLY);
         assert_eq!(claims[0].remote.to_string(), "127.0.0.1:8081");
         let c = container(vec![binding(80, Protocol::Tcp, "fd00::1", 8082)]);
-        let (claims, _) = c.claims(&HostKey::from("h"), &no_rules());
+        let (claims, _) = c.claims(&HostKey::from("h"), &no_rules(), RouteFacts::PUBLISHED_ONLY);
         assert_eq!(claims[0].remote.to_string(), "[fd00::1]:8082");
     }
 
@@ -355,7 +363,8 @@ mod tests {
             binding(53, Protocol::Udp, "0.0.0.0", 5353),
             binding(80, Protocol::Tcp, "0.0.0.0", 8080),
         ]);
-        let (claims, unsupported) = c.claims(&HostKey::from("h"), &no_rules());
+        let (claims, unsupported) =
+            c.claims(&HostKey::from("h"), &no_rules(), RouteFacts::PUBLISHED_ONLY);
         assert_eq!(claims.len(), 1);
         assert_eq!(unsupported.len(), 1);
         assert_eq!(unsupported[0].binding.host_port, 5353);
@@ -389,7 +398,7 @@ mod tests {
                 },
             ],
         };
-        let (claims, _) = c.claims(&HostKey::from("h"), &rules);
+        let (claims, _) = c.claims(&HostKey::from("h"), &rules, RouteFacts::PUBLISHED_ONLY);
         assert_eq!(claims.len(), 1);
         assert_eq!(claims[0].local_port, 15432);
         // The remote end is still the published port.
@@ -403,7 +412,7 @@ mod tests {
             binding(90, Protocol::Tcp, "0.0.0.0", 9090),
             binding(91, Protocol::Tcp, "0.0.0.0", 0),
         ]);
-        let (claims, _) = c.claims(&HostKey::from("h"), &no_rules());
+        let (claims, _) = c.claims(&HostKey::from("h"), &no_rules(), RouteFacts::PUBLISHED_ONLY);
         let ports: Vec<u16> = claims.iter().map(|c| c.local_port).collect();
         assert_eq!(ports, vec![8080, 9090]);
     }

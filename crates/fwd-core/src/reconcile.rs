@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::model::{Claim, Container, HostKey, Unsupported};
+use crate::route::RouteFacts;
 use crate::rules::Rules;
 
 /// What the daemon holds for one local port, as far as reconciling goes.
@@ -140,6 +141,8 @@ pub struct HostView<'a> {
     pub host: &'a HostKey,
     /// `max_forwards`: at most this many of the host's claims are served.
     pub max_forwards: Option<usize>,
+    /// What the host's routes depend on (see [`crate::route`]).
+    pub route: RouteFacts,
     pub containers: Vec<&'a Container>,
 }
 
@@ -168,7 +171,7 @@ pub fn plan(
     for h in hosts {
         let mut host_claims = Vec::new();
         for c in &h.containers {
-            let (cl, un) = c.claims(h.host, rules);
+            let (cl, un) = c.claims(h.host, rules, h.route);
             host_claims.extend(cl);
             unsupported.extend(un);
         }
@@ -235,6 +238,7 @@ mod tests {
                 ip: "127.0.0.1".into(),
                 port,
             },
+            route: crate::route::Route::Published(crate::route::PublishedWhy::Configured),
         }
     }
 
@@ -345,6 +349,7 @@ mod tests {
                 })
                 .collect(),
             labels: Default::default(),
+            networks: vec![],
         }
     }
 
@@ -356,6 +361,7 @@ mod tests {
         let view = HostView {
             host: &host,
             max_forwards: Some(2),
+            route: RouteFacts::PUBLISHED_ONLY,
             containers: vec![&new, &old],
         };
         let p = plan(&[view], &Rules { rules: vec![] }, &BTreeMap::new(), now);

@@ -1558,6 +1558,7 @@ impl HostMachine {
         if let Some((known, rootless)) = &self.rootless_of {
             if *known == socket {
                 self.health.engine.rootless = Some(*rootless);
+                self.routes_changed();
                 return;
             }
         }
@@ -1582,6 +1583,15 @@ impl HostMachine {
             self.rootless_of = Some((socket, rootless));
             self.health.engine.rootless = Some(rootless);
             self.health_changed = true;
+            self.routes_changed();
+        }
+    }
+
+    /// What the routes depend on changed (see `fwd_core::route`): the
+    /// containers are planned again.
+    fn routes_changed(&mut self) {
+        if !self.containers.is_empty() {
+            self.commands.push_back(Command::ContainersChanged);
         }
     }
 

@@ -7,6 +7,7 @@
 //! (~150 ms) plus a docker CLI start (~25 ms), and no remote shell ever sees
 //! a string that came from the remote side.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -156,16 +157,59 @@ impl DockerApi {
         )?)
     }
 
-    /// The container if it exists and runs.
-    pub async fn inspect(&mut self, id: &ContainerId) -> Result<Option<Container>, ApiError> {
+    /// The container if it exists and runs (or is created), with its
+    /// networks' drivers: each network is asked about once, then `drivers`
+    /// knows it.
+    pub async fn inspect(
+        &mut self,
+        id: &ContainerId,
+        drivers: &NetworkDrivers,
+    ) -> Result<Option<Container>, ApiError> {
         // `id` is validated hex: safe in a path without escaping.
-        match self
+        let Some(body) = self
             .get(&format!("/containers/{}/json", id.as_str()))
             .await?
-        {
-            None => Ok(None),
-            Some(body) => Ok(parse::parse_inspect(&body)?),
+        else {
+            return Ok(None);
+        };
+        let Some((mut container, network_ids)) = parse::parse_inspect_with_network_ids(&body)?
+        else {
+            return Ok(None);
+        };
+        for (network, network_id) in container.networks.iter_mut().zip(network_ids) {
+            network.driver = match drivers.known(&network_id) {
+                Some(driver) => driver,
+                None => self.network_driver(&network_id, drivers).await,
+            };
         }
+        Ok(Some(container))
+    }
+
+    /// Asks the engine for a network's driver and keeps the answer. A
+    /// question that fails is not kept (asked again with the next inspect);
+    /// an ID fwd will not put in a path, or a network that is gone, is
+    /// known to have no driver fwd can use.
+    async fn network_driver(
+        &mut self,
+        network_id: &str,
+        drivers: &NetworkDrivers,
+    ) -> Option<String> {
+        let valid = !network_id.is_empty()
+            && network_id.len() <= 128
+            && network_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        let driver = if !valid {
+            None
+        } else {
+            match self.get(&format!("/networks/{network_id}")).await {
+                Ok(Some(body)) => parse::parse_network_driver(&body).ok()?,
+                Ok(None) => None,
+                Err(_) => return None,
+            }
+        };
+        drivers.keep(network_id, driver.clone());
+        driver
     }
 
     /// Subscribes to container events, from `since_ns` (engine clock) if
@@ -364,6 +408,31 @@ impl LineSplitter {
             return Some(Line::Complete(line));
         }
         std::mem::take(&mut self.oversize_pending).then_some(Line::Oversize(self.max))
+    }
+}
+
+/// The drivers of the networks an engine has, as it said (a network's ID
+/// never names another network, so an answer stays true). Shared by a
+/// host's API channels; bounded.
+#[derive(Clone, Debug, Default)]
+pub struct NetworkDrivers(std::sync::Arc<std::sync::Mutex<HashMap<String, Option<String>>>>);
+
+/// Networks remembered per engine at most (then the memory starts over).
+const NETWORKS_KEPT: usize = 1024;
+
+impl NetworkDrivers {
+    /// `Some(driver)` when the network was asked about.
+    pub fn known(&self, network_id: &str) -> Option<Option<String>> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(network_id).cloned()
+    }
+
+    fn keep(&self, network_id: &str, driver: Option<String>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= NETWORKS_KEPT {
+            map.clear();
+        }
+        map.insert(network_id.to_string(), driver);
     }
 }
 

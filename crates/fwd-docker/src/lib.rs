@@ -7,5 +7,7 @@
 pub mod api;
 pub mod parse;
 
-pub use api::{connect, ApiError, DockerApi, EventStream, StreamItem, DIAL_STDIO_COMMAND};
+pub use api::{
+    connect, ApiError, DockerApi, EventStream, NetworkDrivers, StreamItem, DIAL_STDIO_COMMAND,
+};
 pub use parse::{ContainerEvent, EventAction, ParseError};

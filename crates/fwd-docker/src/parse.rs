@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use bollard_stubs::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum};
-use fwd_core::{Container, ContainerId, PortBinding, Protocol};
+use fwd_core::{Container, ContainerId, NetworkAttachment, PortBinding, Protocol};
 pub use fwd_core::{ContainerEvent, EventAction};
 
 /// The label docker compose puts on every container of a project.
@@ -74,6 +74,18 @@ pub fn parse_event(line: &[u8]) -> Result<Option<ContainerEvent>, ParseError> {
 /// fixed host ports it asked for (`HostConfig.PortBindings`; ephemeral ones
 /// are known only at start); anything else (exited, dead, …) as `Ok(None)`.
 pub fn parse_inspect(body: &[u8]) -> Result<Option<Container>, ParseError> {
+    Ok(parse_inspect_with_network_ids(body)?.map(|(c, _)| c))
+}
+
+/// Networks kept per container (a container has one or a few).
+const MAX_NETWORKS: usize = 16;
+
+/// [`parse_inspect`], with the ID of each of the container's networks (in
+/// the order of `Container::networks`; Podman names the network there), to
+/// ask the engine for the network's driver. Drivers are left unknown.
+pub(crate) fn parse_inspect_with_network_ids(
+    body: &[u8],
+) -> Result<Option<(Container, Vec<String>)>, ParseError> {
     let resp: ContainerInspectResponse =
         serde_json::from_slice(body).map_err(|source| ParseError::Json {
             what: "container inspect output",
@@ -139,15 +151,64 @@ pub fn parse_inspect(body: &[u8]) -> Result<Option<Container>, ParseError> {
             .map(port_bindings)
             .unwrap_or_default()
     };
-    Ok(Some(Container {
-        id,
-        name,
-        compose_project,
-        started_at_ns,
-        pending,
-        ports,
-        labels,
-    }))
+    let mut networks = Vec::new();
+    let mut network_ids = Vec::new();
+    if !pending {
+        let mut attached: Vec<_> = resp
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|(name, _)| name.len() <= 256)
+            .collect();
+        attached.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, endpoint) in attached.into_iter().take(MAX_NETWORKS) {
+            networks.push(NetworkAttachment {
+                name: name.clone(),
+                driver: None,
+                ipv4: endpoint.ip_address.as_ref().and_then(|s| s.parse().ok()),
+                ipv6: endpoint
+                    .global_ipv6_address
+                    .as_ref()
+                    .and_then(|s| s.parse().ok()),
+            });
+            network_ids.push(
+                endpoint
+                    .network_id
+                    .clone()
+                    .filter(|id| !id.is_empty())
+                    .unwrap_or_else(|| name.clone()),
+            );
+        }
+    }
+    Ok(Some((
+        Container {
+            id,
+            name,
+            compose_project,
+            started_at_ns,
+            pending,
+            ports,
+            labels,
+            networks,
+        },
+        network_ids,
+    )))
+}
+
+/// The driver of a network (`GET /networks/{id}`): `bridge`, `macvlan`, …
+pub fn parse_network_driver(body: &[u8]) -> Result<Option<String>, ParseError> {
+    #[derive(serde::Deserialize)]
+    struct Network {
+        #[serde(rename = "Driver")]
+        driver: Option<String>,
+    }
+    let n: Network = serde_json::from_slice(body).map_err(|source| ParseError::Json {
+        what: "the network",
+        source,
+    })?;
+    Ok(n.driver.filter(|d| !d.is_empty() && d.len() <= 64))
 }
 
 /// Labels kept per container (rules look at a few; Docker allows many).

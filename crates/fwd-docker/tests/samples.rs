@@ -1,9 +1,9 @@
 //! The parsers against output captured from a real dockerd 20.10 (API 1.41);
 //! see testdata/README.md for how each sample was made.
 
-use fwd_core::{HostKey, Protocol, Rules};
+use fwd_core::{HostKey, Protocol, Route, RouteFacts, Rules};
 use fwd_docker::parse::{
-    parse_container_list, parse_docker_rootless, parse_event, parse_inspect,
+    parse_container_list, parse_docker_rootless, parse_event, parse_inspect, parse_network_driver,
     parse_network_gateways, parse_podman_rootless, parse_version,
 };
 use fwd_docker::EventAction;
@@ -26,7 +26,11 @@ fn forwards(name: &str) -> Forwards {
         "{}",
         c.started_at_ns
     );
-    let (claims, unsupported) = c.claims(&HostKey::from("h"), &Rules { rules: vec![] });
+    let (claims, unsupported) = c.claims(
+        &HostKey::from("h"),
+        &Rules { rules: vec![] },
+        RouteFacts::PUBLISHED_ONLY,
+    );
     (
         claims
             .iter()
@@ -137,7 +141,11 @@ fn a_created_container_is_pending_with_its_fixed_host_ports_only() {
         .expect("a created container is kept");
     assert!(c.pending);
     assert!(c.started_at_ns > 1_700_000_000_000_000_000, "creation time");
-    let (claims, _) = c.claims(&HostKey::from("h"), &Rules { rules: vec![] });
+    let (claims, _) = c.claims(
+        &HostKey::from("h"),
+        &Rules { rules: vec![] },
+        RouteFacts::PUBLISHED_ONLY,
+    );
     let ports: Vec<(u16, bool)> = claims.iter().map(|c| (c.local_port, c.pending)).collect();
     assert_eq!(ports, vec![(20399, true)]);
 }
@@ -205,7 +213,11 @@ fn podman_inspect_with_an_empty_host_ip_forwards_to_loopback() {
         c.ports[0].host_ip, "",
         "Podman says \"\" where Docker says 0.0.0.0"
     );
-    let (claims, _) = c.claims(&HostKey::from("h"), &Rules { rules: vec![] });
+    let (claims, _) = c.claims(
+        &HostKey::from("h"),
+        &Rules { rules: vec![] },
+        RouteFacts::PUBLISHED_ONLY,
+    );
     assert_eq!(claims[0].local_port, 20901);
     assert_eq!(claims[0].remote.to_string(), "127.0.0.1:20901");
     let created = parse_inspect(&podman("inspect-created.json"))
@@ -259,7 +271,11 @@ fn api_1_52_inspect_without_the_top_level_network_fields() {
         .unwrap()
         .unwrap();
     assert_eq!(c.compose_project.as_deref(), Some("shop"));
-    let (claims, unsupported) = c.claims(&HostKey::from("h"), &Rules { rules: vec![] });
+    let (claims, unsupported) = c.claims(
+        &HostKey::from("h"),
+        &Rules { rules: vec![] },
+        RouteFacts::PUBLISHED_ONLY,
+    );
     assert!(unsupported.is_empty());
     assert_eq!(
         claims.len(),
@@ -279,4 +295,63 @@ fn rootless_or_not_as_each_engine_says() {
     assert!(!parse_podman_rootless(&podman("libpod-info.json")).unwrap());
     assert!(parse_podman_rootless(&podman("libpod-info-rootless.json")).unwrap());
     assert!(parse_podman_rootless(b"{}").is_err());
+}
+
+#[test]
+fn a_running_containers_networks_and_their_drivers_give_the_direct_route() {
+    let rootful = RouteFacts {
+        direct_allowed: true,
+        rootless: Some(false),
+    };
+    for (inspect, network, expected_name, expected_ip, port) in [
+        (
+            "inspect-p-v4v6.json",
+            "network-bridge.json",
+            "bridge",
+            "172.17.0.9",
+            18080,
+        ),
+        (
+            "podman-4.3/inspect-p.json",
+            "podman-4.3/network-bridge.json",
+            "podman",
+            "10.88.0.3",
+            0,
+        ),
+    ] {
+        let mut c = parse_inspect(&sample(inspect)).unwrap().unwrap();
+        assert_eq!(c.networks.len(), 1, "{inspect}: {:?}", c.networks);
+        assert_eq!(c.networks[0].name, expected_name);
+        assert_eq!(
+            c.networks[0].ipv4.map(|ip| ip.to_string()).as_deref(),
+            Some(expected_ip)
+        );
+        assert_eq!(c.networks[0].driver, None, "asked separately");
+        c.networks[0].driver = parse_network_driver(&sample(network)).unwrap();
+        assert_eq!(c.networks[0].driver.as_deref(), Some("bridge"));
+        let (claims, _) = c.claims(&HostKey::from("h"), &Rules { rules: vec![] }, rootful);
+        let claim = claims
+            .iter()
+            .find(|cl| port == 0 || cl.local_port == port)
+            .expect("a claim");
+        match &claim.route {
+            Route::Direct { to, network } => {
+                assert_eq!(network, expected_name);
+                assert_eq!(to.ip, expected_ip);
+                assert_eq!(to.port, claim.container_port, "the container's own port");
+            }
+            other => panic!("{inspect}: {other:?}"),
+        }
+        assert_eq!(
+            claim.connect_to(),
+            match &claim.route {
+                Route::Direct { to, .. } => to,
+                _ => unreachable!(),
+            }
+        );
+    }
+    let created = parse_inspect(&sample("inspect-created.json"))
+        .unwrap()
+        .unwrap();
+    assert!(created.networks.is_empty(), "no address before the start");
 }

@@ -12,24 +12,16 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::mux::MuxClient;
+use crate::stderr::{tail_snapshot, ChannelFailures, Tail, STDERR_CHANNEL_CAP, STDERR_TAIL_LINES};
 
 /// Usable length (bytes) of a ControlPath: ssh first binds `<ControlPath>.<16 random
 /// chars>` and macOS limits `sun_path` to 104 bytes including the NUL.
 pub const MAX_CONTROL_PATH_LEN: usize = 104 - 1 - 17;
-
-/// How many stderr lines of the master are kept for error reports.
-const STDERR_TAIL_LINES: usize = 20;
-/// Longest stderr line kept (longer ones are split).
-const STDERR_MAX_LINE: u64 = 4096;
-/// Capacity of the stderr line channel; lines are dropped (and counted) when full so a
-/// slow consumer can never block ssh on a full stderr pipe.
-const STDERR_CHANNEL_CAP: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MasterConfig {
@@ -322,6 +314,16 @@ pub fn master_args(cfg: &MasterConfig, control_path: &Path) -> Result<Vec<OsStri
         &mut a,
         format!("StrictHostKeyChecking={}", cfg.strict_host_key_checking),
     );
+    // Why a channel failed is only in the master's INFO lines (see
+    // `stderr`): an ssh_config's `LogLevel QUIET` must not hide it. An
+    // explicit option of the host's wins (the first value ssh sees does).
+    if !cfg
+        .extra_options
+        .iter()
+        .any(|o| o.to_ascii_lowercase().starts_with("loglevel"))
+    {
+        opt(&mut a, "LogLevel=INFO");
+    }
     common_args(cfg, &mut a)?;
     a.push("--".into());
     a.push(cfg.destination.as_str().into());
@@ -428,15 +430,6 @@ pub async fn clear_stale_control_socket(
     }
 }
 
-type Tail = Arc<Mutex<VecDeque<String>>>;
-
-fn tail_snapshot(tail: &Tail) -> Vec<String> {
-    match tail.lock() {
-        Ok(t) => t.iter().cloned().collect(),
-        Err(p) => p.into_inner().iter().cloned().collect(),
-    }
-}
-
 /// A running ControlMaster (a direct child process).
 #[derive(Debug)]
 pub struct Master {
@@ -447,6 +440,8 @@ pub struct Master {
     status: Option<ExitStatus>,
     /// The read end of ssh's stderr pipe, for a handover to the next image.
     stderr_fd: Option<RawFd>,
+    /// Why channels could not be opened, as the master logged it.
+    failures: Option<ChannelFailures>,
 }
 
 /// The master process: spawned by this image, or adopted from the image
@@ -609,11 +604,14 @@ impl Master {
         let pid = child.id().unwrap_or(0);
         let stderr_fd = child.stderr.as_ref().map(|e| e.as_raw_fd());
         let tail: Tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
-        let (tx, rx) = mpsc::channel(STDERR_CHANNEL_CAP);
-        let reader_done = child
-            .stderr
-            .take()
-            .map(|stderr| tokio::spawn(read_stderr(stderr, tx, tail.clone(), pid)));
+        let (failures, rx, reader_done) = match child.stderr.take() {
+            Some(stderr) => {
+                let (failures, rx, task) =
+                    crate::stderr::follow(stderr.into_owned_fd()?, tail.clone(), pid)?;
+                (Some(failures), rx, Some(task))
+            }
+            None => (None, mpsc::channel(1).1, None),
+        };
 
         let deadline = started + ready_timeout;
         loop {
@@ -657,6 +655,7 @@ impl Master {
                                 tail,
                                 status: None,
                                 stderr_fd,
+                                failures,
                             },
                             rx,
                         ));
@@ -691,12 +690,14 @@ impl Master {
         let raw = i32::try_from(pid)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
         let tail: Tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
-        let (tx, rx) = mpsc::channel(STDERR_CHANNEL_CAP);
         let stderr_fd = stderr.as_ref().map(|f| f.as_raw_fd());
-        if let Some(fd) = stderr {
-            let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
-            tokio::spawn(read_stderr(pipe, tx, tail.clone(), pid));
-        }
+        let (failures, rx) = match stderr {
+            Some(fd) => {
+                let (failures, rx, _task) = crate::stderr::follow(fd, tail.clone(), pid)?;
+                (Some(failures), rx)
+            }
+            None => (None, mpsc::channel(STDERR_CHANNEL_CAP).1),
+        };
         let child = AdoptedChild {
             pid: nix::unistd::Pid::from_raw(raw),
             status: None,
@@ -710,9 +711,15 @@ impl Master {
                 tail,
                 status: None,
                 stderr_fd,
+                failures,
             },
             rx,
         ))
+    }
+
+    /// Why channels could not be opened, as the master logs it.
+    pub fn channel_failures(&self) -> Option<ChannelFailures> {
+        self.failures.clone()
     }
 
     /// The read end of ssh's stderr pipe, to hand to the next fwdd image.
@@ -779,50 +786,6 @@ impl Master {
     }
 }
 
-async fn read_stderr(
-    stderr: impl tokio::io::AsyncRead + Unpin,
-    tx: mpsc::Sender<String>,
-    tail: Tail,
-    pid: u32,
-) {
-    let mut r = BufReader::new(stderr);
-    let mut buf = Vec::with_capacity(256);
-    let mut dropped: u64 = 0;
-    loop {
-        buf.clear();
-        match (&mut r)
-            .take(STDERR_MAX_LINE)
-            .read_until(b'\n', &mut buf)
-            .await
-        {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let line = String::from_utf8_lossy(&buf)
-            .trim_end_matches(['\n', '\r'])
-            .to_string();
-        if line.is_empty() {
-            continue;
-        }
-        {
-            let mut t = match tail.lock() {
-                Ok(t) => t,
-                Err(p) => p.into_inner(),
-            };
-            if t.len() == STDERR_TAIL_LINES {
-                t.pop_front();
-            }
-            t.push_back(line.clone());
-        }
-        if tx.try_send(line).is_err() {
-            dropped += 1;
-        }
-    }
-    if dropped > 0 {
-        tracing::warn!(pid, dropped, "ssh stderr lines dropped (consumer too slow)");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -862,6 +825,8 @@ mod tests {
                 "StreamLocalBindUnlink=yes",
                 "-o",
                 "StrictHostKeyChecking=yes",
+                "-o",
+                "LogLevel=INFO",
                 "--",
                 "user@docker-host",
             ]
@@ -889,6 +854,17 @@ mod tests {
         assert!(s.contains(&"StreamLocalBindUnlink=yes"));
         // The bind mask is left at OpenSSH's default (0177: sockets mode 0600).
         assert!(!s.iter().any(|a| a.starts_with("StreamLocalBindMask")));
+        assert!(s.contains(&"LogLevel=INFO"), "why channels fail is logged");
+        cfg.extra_options.push("LogLevel=VERBOSE".into());
+        let a = master_args(&cfg, Path::new("/c")).unwrap();
+        let s = strs(&a);
+        assert!(
+            !s.contains(&"LogLevel=INFO") && s.contains(&"LogLevel=VERBOSE"),
+            "the host's own LogLevel wins: {s:?}"
+        );
+        cfg.extra_options.pop();
+        let a = master_args(&cfg, Path::new("/c")).unwrap();
+        let s = strs(&a);
         assert_eq!(
             &s[s.len() - 12..],
             [

@@ -72,6 +72,9 @@ pub struct HostConfig {
     pub expose: Vec<fwd_core::ExposeSpec>,
     /// Where on the host sshd listens for them.
     pub expose_on: Vec<fwd_core::BindScope>,
+    /// Forwards may reach containers at their own address (see
+    /// `fwd_core::route`); off: always the published port.
+    pub direct_route: bool,
 }
 
 impl HostConfig {
@@ -81,6 +84,8 @@ impl HostConfig {
         HostConfig {
             expose: Vec::new(),
             expose_on: Vec::new(),
+            // Read by every plan: a change needs no new connection.
+            direct_route: true,
             ..self.clone()
         }
     }
@@ -146,6 +151,7 @@ struct FileHost {
     max_forwards: Option<usize>,
     engine_socket: Option<bool>,
     engine_remote_socket: Option<String>,
+    direct_route: Option<bool>,
     #[serde(default)]
     expose: Vec<FileExpose>,
     expose_on: Option<Vec<String>>,
@@ -315,6 +321,7 @@ pub fn render(c: &Config) -> String {
             None => out.push_str("# max_forwards: not set, no cap\n"),
         }
         out.push_str(&format!("engine_socket = {}\n", h.engine_socket));
+        out.push_str(&format!("direct_route = {}\n", h.direct_route));
         match &h.engine_remote_socket {
             Some(p) => out.push_str(&format!("engine_remote_socket = {}\n", q(p))),
             None => {
@@ -815,6 +822,7 @@ fn host_config(key: &str, h: &FileHost, cli: &CliOverrides) -> Result<HostConfig
         )?,
         max_forwards: h.max_forwards,
         engine_socket: h.engine_socket.unwrap_or(true),
+        direct_route: h.direct_route.unwrap_or(true),
         engine_remote_socket: match &h.engine_remote_socket {
             None => None,
             Some(p)

@@ -408,16 +408,25 @@ impl Daemon {
     fn reconcile(&self) {
         let hosts = self.hosts.borrow();
         let machines: Vec<_> = hosts.iter().map(|h| h.machine.borrow()).collect();
+        let config = self.config.borrow();
         let views: Vec<HostView<'_>> = hosts
             .iter()
             .zip(&machines)
             .map(|(h, m)| HostView {
                 host: &h.key,
                 max_forwards: h.cfg.max_forwards,
+                route: fwd_core::RouteFacts {
+                    // The configuration now: a reload keeps the host.
+                    direct_allowed: config
+                        .hosts
+                        .iter()
+                        .find(|c| *c.name == *h.key)
+                        .map_or(h.cfg.direct_route, |c| c.direct_route),
+                    rootless: m.health().engine.rootless,
+                },
                 containers: m.containers().values().collect(),
             })
             .collect();
-        let config = self.config.borrow();
         let mut table = self.table.borrow_mut();
         let now = Instant::now();
         let plan = fwd_core::plan(&views, &config.rules, &table.held(), now);

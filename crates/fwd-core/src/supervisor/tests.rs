@@ -20,6 +20,7 @@ fn container(n: u8, started_at_ns: i64) -> Container {
         pending: false,
         ports: vec![],
         labels: BTreeMap::new(),
+        networks: vec![],
     }
 }
 
@@ -715,6 +716,27 @@ fn the_engine_is_asked_once_per_socket_whether_it_runs_rootless() {
     ));
     assert_eq!(r.m.health().engine.rootless, None);
     assert_eq!(r.m.health().master, MasterPhase::Connected);
+}
+
+#[test]
+fn the_engine_saying_whether_it_runs_rootless_plans_the_routes_again() {
+    let mut r = Rig::new();
+    r.connect(1, &[container(1, 10)]);
+    let asked = r
+        .out
+        .iter()
+        .find_map(|c| match c {
+            Command::AskRootless(id, _) => Some(*id),
+            _ => None,
+        })
+        .expect("asked");
+    r.clear();
+    r.input(Input::Done(asked, Outcome::Rootless(false)));
+    assert!(
+        r.out.contains(&Command::ContainersChanged),
+        "direct routes depend on the answer: {:?}",
+        r.out
+    );
 }
 
 #[test]

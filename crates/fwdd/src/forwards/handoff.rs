@@ -256,6 +256,7 @@ mod tests {
                 ip: "127.0.0.1".into(),
                 port: 80,
             },
+            route: fwd_core::Route::Published(fwd_core::PublishedWhy::Configured),
         }
     }
 

@@ -412,6 +412,8 @@ pub fn container(d: &ContainerDoc) -> Result<Container, DocumentError> {
         pending: d.pending,
         ports,
         labels: d.labels.clone(),
+        // Not carried yet: the next inspect of the container brings them.
+        networks: Vec::new(),
     })
 }
 
@@ -431,6 +433,8 @@ pub fn claim(f: &ForwardDoc) -> Result<Claim, DocumentError> {
             ip: f.remote_ip.clone(),
             port: f.remote_port,
         },
+        // The first plan of the new image decides the route again.
+        route: fwd_core::Route::Published(fwd_core::PublishedWhy::EngineNotKnown),
     })
 }
 

@@ -273,8 +273,9 @@ pub(super) async fn absorb(res: &mut Resources, done: Done) -> Outcome {
 
 /// The future of an inspect beside the serial operation.
 pub(super) fn start_inspect(host: &Rc<Host>, res: &mut Resources, id: ContainerId) -> OpFuture {
+    let drivers = host.network_drivers.clone();
     start_aside(host, res, async move |api: &mut DockerApi| {
-        api.inspect(&id).await.map(Outcome::Inspected)
+        api.inspect(&id, &drivers).await.map(Outcome::Inspected)
     })
 }
 
@@ -399,8 +400,9 @@ pub(super) fn start_op(
             let Some(mut api) = res.api.take() else {
                 return no_channel();
             };
+            let drivers = host.network_drivers.clone();
             Box::pin(async move {
-                let r = api.inspect(&id).await.map(Reply::Inspected);
+                let r = api.inspect(&id, &drivers).await.map(Reply::Inspected);
                 Done::Request(api, r)
             })
         }

@@ -56,6 +56,8 @@ pub struct Host {
     pub(super) adopted_master: RefCell<Option<(Master, mpsc::Receiver<String>)>>,
     /// Runner ports this host's containers reach.
     pub exposures: Rc<HostExposures>,
+    /// The drivers of the engine's networks, asked once each (for routes).
+    pub network_drivers: fwd_docker::NetworkDrivers,
 }
 
 impl Host {
@@ -72,6 +74,7 @@ impl Host {
         exposures: Rc<HostExposures>,
     ) -> Host {
         Host {
+            network_drivers: fwd_docker::NetworkDrivers::default(),
             key,
             id,
             cfg,
