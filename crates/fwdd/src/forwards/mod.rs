@@ -132,8 +132,13 @@ impl ForwardTable {
                             );
                         }
                         f.target.send_modify(|t| *t = t.next(claim.clone(), now));
+                        // A new route to the same running container is the
+                        // same forward (status keeps its "since").
+                        if !f.held.owner.same_owner(&claim) || f.held.owner.pending != claim.pending
+                        {
+                            f.since = SystemTime::now();
+                        }
                         f.held.owner = claim;
-                        f.since = SystemTime::now();
                     }
                 }
                 Action::Release(port) => {
