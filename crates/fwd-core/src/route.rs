@@ -216,14 +216,13 @@ pub fn retry_direct_refused(
     attempt: u32,
     window: Duration,
 ) -> Option<Duration> {
-    let left = window.checked_sub(active_for)?;
-    if left.is_zero() {
-        return None;
-    }
-    let delay = FIRST_DIRECT_RETRY
-        .saturating_mul(1 << attempt.min(8))
-        .min(MAX_DIRECT_RETRY);
-    Some(delay.min(left))
+    crate::startup::doubling_within_window(
+        FIRST_DIRECT_RETRY,
+        MAX_DIRECT_RETRY,
+        active_for,
+        attempt,
+        window,
+    )
 }
 
 #[cfg(test)]

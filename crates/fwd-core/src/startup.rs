@@ -24,13 +24,23 @@ const MAX_RETRY: Duration = Duration::from_millis(250);
 /// `active_for`: how long to wait before opening again, or `None` to give
 /// up. The retries never reach past the end of `window` (zero turns it off).
 pub fn retry_refused(active_for: Duration, attempt: u32, window: Duration) -> Option<Duration> {
+    doubling_within_window(FIRST_RETRY, MAX_RETRY, active_for, attempt, window)
+}
+
+/// `first` doubled per attempt, capped at `max`, never past the end of
+/// `window` (zero turns it off): the shape of every startup retry schedule.
+pub(crate) fn doubling_within_window(
+    first: Duration,
+    max: Duration,
+    active_for: Duration,
+    attempt: u32,
+    window: Duration,
+) -> Option<Duration> {
     let left = window.checked_sub(active_for)?;
     if left.is_zero() {
         return None;
     }
-    let delay = FIRST_RETRY
-        .saturating_mul(1 << attempt.min(8))
-        .min(MAX_RETRY);
+    let delay = first.saturating_mul(1 << attempt.min(8)).min(max);
     Some(delay.min(left))
 }
 
