@@ -702,14 +702,7 @@ fn the_engine_is_asked_once_per_socket_whether_it_runs_rootless() {
     // An engine that cannot say leaves it unknown, and nothing fails.
     let mut r = Rig::new();
     r.connect(1, &[]);
-    let id = r
-        .out
-        .iter()
-        .find_map(|c| match c {
-            Command::AskRootless(id, _) => Some(*id),
-            _ => None,
-        })
-        .expect("asked");
+    let id = rootless_question(&r);
     r.input(Input::Done(
         id,
         Outcome::Unparsable("no SecurityOptions".into()),
@@ -718,18 +711,22 @@ fn the_engine_is_asked_once_per_socket_whether_it_runs_rootless() {
     assert_eq!(r.m.health().master, MasterPhase::Connected);
 }
 
-#[test]
-fn the_engine_saying_whether_it_runs_rootless_plans_the_routes_again() {
-    let mut r = Rig::new();
-    r.connect(1, &[container(1, 10)]);
-    let asked = r
-        .out
+/// The operation that asks whether the engine runs rootless.
+fn rootless_question(r: &Rig) -> OpId {
+    r.out
         .iter()
         .find_map(|c| match c {
             Command::AskRootless(id, _) => Some(*id),
             _ => None,
         })
-        .expect("asked");
+        .expect("asked")
+}
+
+#[test]
+fn the_engine_saying_whether_it_runs_rootless_plans_the_routes_again() {
+    let mut r = Rig::new();
+    r.connect(1, &[container(1, 10)]);
+    let asked = rootless_question(&r);
     r.clear();
     r.input(Input::Done(asked, Outcome::Rootless(false)));
     assert!(
