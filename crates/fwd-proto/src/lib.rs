@@ -30,8 +30,9 @@ pub mod term;
 
 pub use events::{diff, Event};
 pub use status::{
-    verdict, DaemonInfo, EngineStatus, ErrorInfo, ExposedStatus, ForwardState, ForwardStatus,
-    Health, HealthState, HostStatus, MasterState, MasterStatus, Status, StreamState, StreamStatus,
+    verdict, DaemonInfo, EngineStatus, ErrorInfo, ExposedStatus, ForwardRoute, ForwardState,
+    ForwardStatus, Health, HealthState, HostStatus, MasterState, MasterStatus, RouteKind, Status,
+    StreamState, StreamStatus,
 };
 
 /// Version carried as `"v"` by every request and response.

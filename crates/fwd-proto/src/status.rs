@@ -290,7 +290,8 @@ pub struct ForwardStatus {
     /// Local addresses actually listening, e.g. `["127.0.0.1:5432", "[::1]:5432"]`
     /// (empty when nothing is bound, e.g. in state `conflict` or `pending`).
     pub local_addrs: Vec<String>,
-    /// Address the traffic is sent to, as seen from the Docker host, e.g. `"127.0.0.1:5432"`.
+    /// The port published on the Docker host, as the host sees it, e.g.
+    /// `"127.0.0.1:5432"`. Where connections go is `route.to`.
     pub remote: String,
     /// Full container id.
     pub container_id: String,
@@ -310,6 +311,37 @@ pub struct ForwardStatus {
     pub connections_open: u64,
     /// Client connections accepted through this forward since it was created.
     pub connections_total: u64,
+    /// Which way connections reach the container, and why (`null` for an
+    /// unsupported port, and from a daemon older than the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<ForwardRoute>,
+}
+
+/// Which way a forward's connections reach its container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardRoute {
+    pub kind: RouteKind,
+    /// Where connections go, as the Docker host sees it: the container's
+    /// own address and port (`direct`), or the published port.
+    pub to: String,
+    /// Why this route, e.g. `"the engine runs rootless: …"`.
+    pub why: String,
+    /// The direct route was tried and failed for this run of the
+    /// container: `why` says how, and connections take the published port.
+    #[serde(default)]
+    pub fell_back: bool,
+}
+
+/// How a forward's connections reach its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    /// To the container's own address on a bridge network: a channel
+    /// straight to it, no docker-proxy.
+    Direct,
+    /// To the port published on the Docker host (through docker-proxy on a
+    /// rootful engine, the rootless engine's port driver otherwise).
+    Published,
 }
 
 /// State of one forward.
@@ -343,6 +375,11 @@ macro_rules! wire_names {
         }
     };
 }
+
+wire_names!(RouteKind {
+    Direct => "direct",
+    Published => "published",
+});
 
 wire_names!(MasterState {
     Connecting => "connecting",

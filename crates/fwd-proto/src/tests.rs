@@ -101,6 +101,12 @@ pub(crate) fn sample_status() -> Status {
                 since_ms: 1_700_000_120_000,
                 connections_open: 0,
                 connections_total: 3,
+                route: Some(crate::ForwardRoute {
+                    kind: crate::RouteKind::Direct,
+                    to: "172.17.0.2:80".into(),
+                    why: "the container's address on bridge network bridge".into(),
+                    fell_back: false,
+                }),
             },
             ForwardStatus {
                 host: "prod".into(),
@@ -116,6 +122,12 @@ pub(crate) fn sample_status() -> Status {
                 since_ms: 1_700_000_110_000,
                 connections_open: 2,
                 connections_total: 17,
+                route: Some(crate::ForwardRoute {
+                    kind: crate::RouteKind::Published,
+                    to: "127.0.0.1:5432".into(),
+                    why: "the direct route to 172.18.0.3:5432 failed: administratively prohibited: open failed".into(),
+                    fell_back: true,
+                }),
             },
             ForwardStatus {
                 host: "prod".into(),
@@ -131,6 +143,12 @@ pub(crate) fn sample_status() -> Status {
                 since_ms: 1_700_000_130_000,
                 connections_open: 0,
                 connections_total: 0,
+                route: Some(crate::ForwardRoute {
+                    kind: crate::RouteKind::Published,
+                    to: "127.0.0.1:6379".into(),
+                    why: "direct_route is off for this host".into(),
+                    fell_back: false,
+                }),
             },
             ForwardStatus {
                 host: "prod".into(),
@@ -146,6 +164,7 @@ pub(crate) fn sample_status() -> Status {
                 since_ms: 1_700_000_140_000,
                 connections_open: 0,
                 connections_total: 0,
+                route: None,
             },
             ForwardStatus {
                 host: "staging".into(),
@@ -161,6 +180,12 @@ pub(crate) fn sample_status() -> Status {
                 since_ms: 1_700_000_150_000,
                 connections_open: 0,
                 connections_total: 0,
+                route: Some(crate::ForwardRoute {
+                    kind: crate::RouteKind::Published,
+                    to: "127.0.0.1:9000".into(),
+                    why: "the engine runs rootless: its containers' addresses are not reachable from the host".into(),
+                    fell_back: false,
+                }),
             },
         ],
         exposed: vec![

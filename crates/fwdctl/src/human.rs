@@ -294,6 +294,7 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
         [
             "LOCAL",
             "REMOTE",
+            "ROUTE",
             "CONTAINER",
             "PORT",
             "STATE",
@@ -314,13 +315,21 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
         } else {
             f.local_addrs.join(",")
         };
-        let reason = match (f.state, &f.reason) {
-            (ForwardState::Active, _) | (_, None) => String::new(),
-            (_, Some(r)) => r.clone(),
+        // A direct route that failed is news even on an active forward.
+        let fell_back = f.route.as_ref().filter(|r| r.fell_back);
+        let reason = match (f.state, &f.reason, fell_back) {
+            (ForwardState::Active, _, Some(r)) => r.why.clone(),
+            (ForwardState::Active, _, None) | (_, None, _) => String::new(),
+            (_, Some(r), _) => r.clone(),
+        };
+        let (remote, route) = match &f.route {
+            Some(r) => (r.to.clone(), r.kind.to_string()),
+            None => (f.remote.clone(), String::new()),
         };
         row.extend([
             local,
-            f.remote.clone(),
+            remote,
+            route,
             container_label(f),
             f.container_port.clone(),
             f.state.to_string(),
@@ -392,12 +401,12 @@ HOST     REMOTE            RUNNER           STATE    CONN  REASON
 prod     172.17.0.1:18080  127.0.0.1:18080  active   1/5
 staging  :3000             127.0.0.1:3000   waiting  0/0   the host has no usable ssh master
 
-HOST     LOCAL                      REMOTE          CONTAINER          PORT      STATE        SINCE      CONN  REASON
-prod     :5353                      127.0.0.1:5353  dns                53/udp    unsupported  1m00s ago  0/0   UDP ports are not forwarded
-prod     127.0.0.1:5432,[::1]:5432  127.0.0.1:5432  shop/shop-db-1     5432/tcp  active       1m30s ago  2/17
-prod     :6379                      127.0.0.1:6379  shop/shop-cache-1  6379/tcp  conflict     1m10s ago  0/0   127.0.0.1:6379 is in use by another process
-prod     127.0.0.1:8080             127.0.0.1:8080  web                80/tcp    active       1m20s ago  0/3
-staging  :9000                      127.0.0.1:9000  minio              9000/tcp  pending      50s ago    0/0   waiting for the ssh master
+HOST     LOCAL                      REMOTE          ROUTE      CONTAINER          PORT      STATE        SINCE      CONN  REASON
+prod     :5353                      127.0.0.1:5353             dns                53/udp    unsupported  1m00s ago  0/0   UDP ports are not forwarded
+prod     127.0.0.1:5432,[::1]:5432  127.0.0.1:5432  published  shop/shop-db-1     5432/tcp  active       1m30s ago  2/17  the direct route to 172.18.0.3:5432 failed: administratively prohibited: open failed
+prod     :6379                      127.0.0.1:6379  published  shop/shop-cache-1  6379/tcp  conflict     1m10s ago  0/0   127.0.0.1:6379 is in use by another process
+prod     127.0.0.1:8080             172.17.0.2:80   direct     web                80/tcp    active       1m20s ago  0/3
+staging  :9000                      127.0.0.1:9000  published  minio              9000/tcp  pending      50s ago    0/0   waiting for the ssh master
 ";
         let actual = render_status(&sample(), NOW);
         // Compare line by line for a readable failure.
@@ -425,9 +434,9 @@ staging  :9000                      127.0.0.1:9000  minio              9000/tcp 
         assert_eq!(
             table,
             [
-                "LOCAL                      REMOTE          CONTAINER       PORT      STATE   SINCE      CONN  REASON",
-                "127.0.0.1:5432,[::1]:5432  127.0.0.1:5432  shop/shop-db-1  5432/tcp  active  1m30s ago  2/17",
-                "127.0.0.1:8080             127.0.0.1:8080  web             80/tcp    active  1m20s ago  0/3",
+                "LOCAL                      REMOTE          ROUTE      CONTAINER       PORT      STATE   SINCE      CONN  REASON",
+                "127.0.0.1:5432,[::1]:5432  127.0.0.1:5432  published  shop/shop-db-1  5432/tcp  active  1m30s ago  2/17  the direct route to 172.18.0.3:5432 failed: administratively prohibited: open failed",
+                "127.0.0.1:8080             172.17.0.2:80   direct     web             80/tcp    active  1m20s ago  0/3",
             ]
         );
     }
@@ -464,6 +473,10 @@ staging  :9000                      127.0.0.1:9000  minio              9000/tcp 
             f.host = evil(&f.host);
             f.local_addrs = f.local_addrs.iter().map(|a| evil(a)).collect();
             f.remote = evil(&f.remote);
+            if let Some(r) = &mut f.route {
+                r.to = evil(&r.to);
+                r.why = evil(&r.why);
+            }
             f.container_name = evil(&f.container_name);
             f.compose_project = Some(evil("x"));
             f.container_port = evil(&f.container_port);

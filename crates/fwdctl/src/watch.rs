@@ -245,6 +245,7 @@ mod tests {
             since_ms: 0,
             connections_open: 0,
             connections_total: 0,
+            route: None,
         }
     }
 

@@ -461,7 +461,7 @@ impl Daemon {
     /// remote end over its host's master. This is what `fwdctl wait` needs:
     /// a bound local port alone proves nothing about the container.
     pub async fn probe_port(&self, port: u16) -> Result<(), String> {
-        let claim = {
+        let (host, to) = {
             let table = self.table.borrow();
             let f = table
                 .forwards
@@ -473,13 +473,13 @@ impl Daemon {
                     .clone()
                     .unwrap_or_else(|| format!("port {port} is not bound")));
             }
-            f.held.owner.clone()
+            (f.held.owner.host.clone(), f.route_now().to)
         };
         let link = self
             .serve
-            .link(&claim.host)
-            .ok_or_else(|| format!("the link to {} is down", claim.host))?;
-        self.serve.probe_remote(&link, &claim).await
+            .link(&host)
+            .ok_or_else(|| format!("the link to {host} is down"))?;
+        self.serve.probe_remote(&host, &link, &to).await
     }
 
     /// True while every supervisor keeps its promise to make progress.

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fwd_core::{Claim, MasterPhase, StreamPhase};
 use fwd_proto::{
-    DaemonInfo, EngineStatus, ErrorInfo, ExposedStatus, ForwardState, ForwardStatus, HostStatus,
-    MasterState, MasterStatus, Status, StreamState, StreamStatus,
+    DaemonInfo, EngineStatus, ErrorInfo, ExposedStatus, ForwardRoute, ForwardState, ForwardStatus,
+    HostStatus, MasterState, MasterStatus, RouteKind, Status, StreamState, StreamStatus,
 };
 
 use crate::daemon::Daemon;
@@ -72,6 +72,20 @@ fn forward(
         since_ms: unix_ms(since),
         connections_open: 0,
         connections_total: 0,
+        route: Some(route(crate::forwards::RouteNow::of(claim, None), false)),
+    }
+}
+
+fn route(now: crate::forwards::RouteNow, fell_back: bool) -> ForwardRoute {
+    ForwardRoute {
+        kind: if now.direct {
+            RouteKind::Direct
+        } else {
+            RouteKind::Published
+        },
+        to: now.to.to_string(),
+        why: now.why,
+        fell_back,
     }
 }
 
@@ -157,6 +171,9 @@ pub fn snapshot(d: &Daemon) -> Status {
         s.local_addrs = f.local_addrs.iter().map(|a| a.to_string()).collect();
         s.connections_open = f.stats.open.get();
         s.connections_total = f.stats.total.get();
+        let now = f.route_now();
+        let fell_back = owner.route.is_direct() && !now.direct;
+        s.route = Some(route(now, fell_back));
         forwards.push(s);
     }
     for (claim, reason) in d.rejected.borrow().iter() {
@@ -186,6 +203,7 @@ pub fn snapshot(d: &Daemon) -> Status {
             since_ms: unix_ms(d.started_at),
             connections_open: 0,
             connections_total: 0,
+            route: None,
         });
     }
     let mut status = Status {

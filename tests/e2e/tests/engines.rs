@@ -9,7 +9,8 @@
 //!
 //! For each: found as expected; ports published with `-p` answer the
 //! instant `docker run` returns (through fwd's engine socket, as a runner's
-//! docker would run them); `-P` too; `docker ps` through that socket; a
+//! docker would run them), on the direct route to the container on a
+//! rootful engine and on the published port on a rootless one; `-P` too; `docker ps` through that socket; a
 //! stopped container's port is released and answers again on restart; a
 //! removed one's is released. Host ports 21000-21099 are this file's.
 
@@ -21,7 +22,7 @@ use std::process::Command;
 
 use common::Fwdd;
 use fwd_e2e::{run_ok, TestHost};
-use fwd_proto::ForwardState;
+use fwd_proto::{ForwardState, RouteKind};
 
 struct Engine<'a> {
     /// The engine's socket, for the harness's own cleanup.
@@ -96,6 +97,28 @@ fn forwards_everything_on(host: &TestHost, engine: Engine) {
         }
     }
     assert!(refused.is_empty(), "not served at once: {refused:?}");
+
+    // The route: the container itself on a rootful engine (its address as
+    // the engine says it, the container port), the published port on a
+    // rootless one, whose containers live in a namespace of their own.
+    for (port, id) in (engine.ports..).zip(&ids) {
+        let route = fwdd.forward(port).and_then(|f| f.route).expect("a route");
+        if engine.rootless {
+            assert_eq!(route.kind, RouteKind::Published, "{route:?}");
+            assert_eq!(route.to, format!("127.0.0.1:{port}"), "{route:?}");
+            assert!(route.why.contains("rootless"), "{route:?}");
+        } else {
+            let ip = run_ok(docker(&fwdd).args([
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                id,
+            ]));
+            assert_eq!(route.kind, RouteKind::Direct, "{route:?}");
+            assert_eq!(route.to, format!("{}:8080", ip.trim()), "{route:?}");
+            assert!(!route.fell_back, "{route:?}");
+        }
+    }
 
     // -P: the engine picks the host port.
     let eph = run(&["-P", "--expose", "8080"]);

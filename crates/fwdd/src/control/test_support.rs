@@ -99,6 +99,7 @@ pub(super) fn forward(port: u16) -> fwd_proto::ForwardStatus {
         since_ms: 1,
         connections_open: 0,
         connections_total: 0,
+        route: None,
     }
 }
 

@@ -481,7 +481,15 @@ impl HostExposures {
         }
         let opened = tokio::time::timeout(
             VERIFY_WITHIN,
-            serve.channel_to(&self.host, link, &at.to_string(), port, theirs.as_fd()),
+            serve.hand_off(
+                &self.host,
+                link,
+                &fwd_core::Remote {
+                    ip: at.to_string(),
+                    port,
+                },
+                theirs.as_fd(),
+            ),
         )
         .await;
         drop(theirs);

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use fwd_core::Claim;
+use fwd_core::{judge_direct_failure, DirectFailure, Remote};
 use fwd_metrics::FailureReason;
 use fwd_ssh::MuxError;
 use tokio::sync::watch;
@@ -81,8 +81,12 @@ enum Served {
 /// Hands one accepted connection to the host's master. While no master is
 /// up, or the container is only created, the client waits (up to
 /// `connect_wait`) instead of being refused; a refusal from a container that
-/// started a moment ago is retried within the startup window (the schedule
-/// is `fwd_core::retry_refused`), so the client sees a slow connect.
+/// started a moment ago is retried within the startup window, so the client
+/// sees a slow connect. On the direct route a refusal is exact (nothing
+/// listens yet: `fwd_core::retry_direct_refused`); on the published port
+/// docker-proxy accepts for the container, so a young container is probed
+/// first (`fwd_core::retry_refused`). A direct route that fails otherwise is
+/// left for the published port at once.
 async fn serve_connection(
     sock: std::net::TcpStream,
     mut target: watch::Receiver<Target>,
@@ -124,14 +128,19 @@ async fn serve_connection(
         let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, slots.acquire()).await else {
             return Served::Failed(FailureReason::Handoff);
         };
-        let (running_since, listening) = {
+        let (running_since, listening, direct_failed, route) = {
             let t = target.borrow();
-            (t.running_since, t.listening.clone())
+            (
+                t.running_since,
+                t.listening.clone(),
+                t.direct_failed.clone(),
+                t.route_now(),
+            )
         };
         let window = ctx.startup_window.get();
-        if let Some(since) = running_since.filter(|_| !listening.get()) {
+        if let Some(since) = running_since.filter(|_| !route.direct && !listening.get()) {
             if let Some(delay) = fwd_core::retry_refused(since.elapsed(), probes, window) {
-                match ctx.remote_listens(&link, &claim).await {
+                match ctx.remote_listens(&claim.host, &link, &route.to).await {
                     Ok(true) => listening.set(true),
                     Ok(false) => {
                         probes += 1;
@@ -147,8 +156,16 @@ async fn serve_connection(
         }
         ctx.thawed().await;
         registered.set(ConnState::HandingOff);
-        let handed_off =
-            tokio::time::timeout_at(deadline, ctx.hand_off(&link, &claim, sock.as_fd())).await;
+        let witness = link
+            .channel_failures
+            .as_ref()
+            .filter(|_| route.direct)
+            .map(|f| (f, f.mark()));
+        let handed_off = tokio::time::timeout_at(
+            deadline,
+            ctx.hand_off(&claim.host, &link, &route.to, sock.as_fd()),
+        )
+        .await;
         drop(slot);
         registered.set(match &handed_off {
             Ok(Ok(tunnel)) => ConnState::Tunnel(tunnel.as_raw_fd()),
@@ -163,14 +180,29 @@ async fn serve_connection(
                 return Served::Tunnel;
             }
             Ok(Err(MuxError::Refused(reason))) => {
+                if route.direct {
+                    // The mux answer never says why: the master's log does.
+                    let reasons = witness
+                        .and_then(|(failures, mark)| failures.since(mark))
+                        .unwrap_or_default();
+                    if let DirectFailure::RouteFailed(why) = judge_direct_failure(&reasons) {
+                        ctx.direct_route_failed(&claim, &route.to, &why);
+                        direct_failed.replace(Some(why));
+                        continue;
+                    }
+                }
                 let running_since = target.borrow().running_since;
                 let window = ctx.startup_window.get();
+                let schedule = if route.direct {
+                    fwd_core::retry_direct_refused
+                } else {
+                    fwd_core::retry_refused
+                };
                 let retry = running_since.and_then(|since| {
-                    fwd_core::retry_refused(since.elapsed(), refusals, window)
-                        .map(|d| (d, since + window))
+                    schedule(since.elapsed(), refusals, window).map(|d| (d, since + window))
                 });
                 let Some((delay, window_end)) = retry else {
-                    tracing::debug!(port = claim.local_port, %reason, "remote end refused the connection");
+                    tracing::debug!(port = claim.local_port, to = %route.to, %reason, "remote end refused the connection");
                     return Served::Failed(FailureReason::Refused);
                 };
                 // A young container's service is not listening yet: the
@@ -194,7 +226,7 @@ async fn serve_connection(
                     fallback_tried = true;
                     tracing::debug!(error = %e, "mux stdio forward failed; trying ssh -W");
                     registered.set(ConnState::Fallback);
-                    if run_fallback(&link, &claim, &sock).await {
+                    if run_fallback(&link, &route.to, &sock).await {
                         return Served::Fallback;
                     }
                 }
@@ -209,13 +241,10 @@ async fn serve_connection(
 
 /// `ssh -S ctl -W host:port` with the socket as its stdin and stdout.
 /// Returns whether it ran (and so served the connection until it ended).
-async fn run_fallback(link: &Link, claim: &Claim, sock: &std::net::TcpStream) -> bool {
-    let Ok(mut cmd) = fwd_ssh::fallback_stdio_forward_command(
-        &link.ssh,
-        &link.control_path,
-        &claim.remote.ip,
-        claim.remote.port,
-    ) else {
+async fn run_fallback(link: &Link, to: &Remote, sock: &std::net::TcpStream) -> bool {
+    let Ok(mut cmd) =
+        fwd_ssh::fallback_stdio_forward_command(&link.ssh, &link.control_path, &to.ip, to.port)
+    else {
         return false;
     };
     let (Ok(a), Ok(b)) = (sock.try_clone(), sock.try_clone()) else {
@@ -237,7 +266,7 @@ mod tests {
     use std::net::{IpAddr, TcpListener};
     use std::time::Instant;
 
-    use fwd_core::HostKey;
+    use fwd_core::{Claim, HostKey};
 
     use super::*;
 

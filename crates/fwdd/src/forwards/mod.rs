@@ -25,6 +25,7 @@ use crate::serve::ServeContext;
 use accept::{bind_all, serve_listeners};
 use handoff::{spawn_adopted_tunnel, spawn_served};
 pub use target::ConnStats;
+pub use target::RouteNow;
 use target::Target;
 
 /// One local port fwdd holds (or tries to hold) for a container.
@@ -54,6 +55,11 @@ impl Forward {
     pub fn target_state(&self) -> (Option<Duration>, bool) {
         let t = self.target.borrow();
         (t.running_since.map(|s| s.elapsed()), t.listening.get())
+    }
+
+    /// Where its connections go now, and why.
+    pub fn route_now(&self) -> RouteNow {
+        self.target.borrow().route_now()
     }
 }
 

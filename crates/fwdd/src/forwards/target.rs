@@ -1,11 +1,11 @@
 //! Where a forward's connections go: the claim it serves now, and what is
 //! known of that container's start.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Instant;
 
-use fwd_core::Claim;
+use fwd_core::{Claim, Remote, Route};
 
 #[derive(Default, Debug)]
 pub struct ConnStats {
@@ -23,6 +23,42 @@ pub struct Target {
     /// The container was seen listening (a probe channel stayed open):
     /// later connections are handed over without probing.
     pub listening: Rc<Cell<bool>>,
+    /// Why the claim's direct route failed (no route, sshd refusing to
+    /// open it, …): this run of the container is then served on its
+    /// published port. Shared by the forward's connections.
+    pub direct_failed: Rc<RefCell<Option<String>>>,
+}
+
+/// Where a forward's connections go now, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteNow {
+    pub direct: bool,
+    pub to: Remote,
+    pub why: String,
+}
+
+impl RouteNow {
+    /// `claim`'s route, or its published port when its direct route
+    /// failed (`direct_failed` says why).
+    pub fn of(claim: &Claim, direct_failed: Option<&str>) -> RouteNow {
+        match (&claim.route, direct_failed) {
+            (Route::Direct { to, .. }, None) => RouteNow {
+                direct: true,
+                to: to.clone(),
+                why: claim.route.why(),
+            },
+            (Route::Direct { to, .. }, Some(why)) => RouteNow {
+                direct: false,
+                to: claim.remote.clone(),
+                why: format!("the direct route to {to} failed: {why}"),
+            },
+            (Route::Published(why), _) => RouteNow {
+                direct: false,
+                to: claim.remote.clone(),
+                why: why.to_string(),
+            },
+        }
+    }
 }
 
 impl Target {
@@ -32,26 +68,126 @@ impl Target {
             claim,
             running_since,
             listening: Rc::default(),
+            direct_failed: Rc::default(),
         }
+    }
+
+    /// The claim's route, unless it is direct and failed for this run.
+    pub fn route_now(&self) -> RouteNow {
+        RouteNow::of(&self.claim, self.direct_failed.borrow().as_deref())
     }
 
     /// The next owner: the start time carries over while the same
     /// container keeps running.
     pub(super) fn next(&self, claim: Claim, now: Instant) -> Target {
-        let same_run = self.claim.same_owner(&claim) && !self.claim.pending && !claim.pending;
+        let same_run = self.claim.same_owner(&claim)
+            && self.claim.started_at_ns == claim.started_at_ns
+            && !self.claim.pending
+            && !claim.pending;
         let running_since = match self.running_since {
             _ if claim.pending => None,
             Some(t) if same_run => Some(t),
             _ => Some(now),
         };
+        // A failed direct route stays failed while nothing changed it: a
+        // new address (a re-inspect after a network change) is tried again.
+        let same_route = same_run && self.claim.route == claim.route;
         Target {
-            claim,
-            running_since,
             listening: if same_run {
                 self.listening.clone()
             } else {
                 Rc::default()
             },
+            direct_failed: if same_route {
+                self.direct_failed.clone()
+            } else {
+                Rc::default()
+            },
+            claim,
+            running_since,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use fwd_core::{ContainerId, HostKey, PublishedWhy};
+
+    use super::*;
+
+    fn claim(route: Route) -> Claim {
+        Claim {
+            host: HostKey::from("h"),
+            container: ContainerId::parse("0123456789ab").expect("id"),
+            container_name: "web".into(),
+            compose_project: None,
+            container_port: 80,
+            started_at_ns: 1,
+            pending: false,
+            local_port: 8080,
+            bind: vec![IpAddr::from(Ipv4Addr::LOCALHOST)],
+            remote: Remote {
+                ip: "127.0.0.1".into(),
+                port: 8080,
+            },
+            route,
+        }
+    }
+
+    fn direct(ip: &str) -> Route {
+        Route::Direct {
+            to: Remote {
+                ip: ip.into(),
+                port: 80,
+            },
+            network: "bridge".into(),
+        }
+    }
+
+    /// A failed direct route sends the forward's connections to the
+    /// published port, says why, and stays failed for the same address of
+    /// the same run; a new address, or a new run, is tried again.
+    #[test]
+    fn a_failed_direct_route_holds_for_that_address_and_run() {
+        let now = Instant::now();
+        let t = Target::new(claim(direct("172.17.0.2")), now);
+        assert_eq!(t.route_now().to.to_string(), "172.17.0.2:80");
+        assert!(t.route_now().direct);
+
+        t.direct_failed
+            .replace(Some("administratively prohibited: open failed".into()));
+        let fell_back = t.route_now();
+        assert!(!fell_back.direct);
+        assert_eq!(fell_back.to.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            fell_back.why,
+            "the direct route to 172.17.0.2:80 failed: administratively prohibited: open failed"
+        );
+
+        let same = t.next(claim(direct("172.17.0.2")), now);
+        assert!(!same.route_now().direct, "the same route stays failed");
+        let moved = t.next(claim(direct("172.18.0.5")), now);
+        assert!(moved.route_now().direct, "a new address is tried again");
+        let mut restarted = claim(direct("172.17.0.2"));
+        restarted.started_at_ns = 2;
+        assert!(
+            t.next(restarted, now).route_now().direct,
+            "a new run is tried again"
+        );
+
+        let published = t.next(claim(Route::Published(PublishedWhy::Rootless)), now);
+        assert_eq!(
+            published.route_now(),
+            RouteNow {
+                direct: false,
+                to: Remote {
+                    ip: "127.0.0.1".into(),
+                    port: 8080
+                },
+                why: PublishedWhy::Rootless.to_string(),
+            }
+        );
     }
 }

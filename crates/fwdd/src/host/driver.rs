@@ -239,6 +239,7 @@ async fn carry_out(serve: &Rc<ServeContext>, out: &Outputs, host: &Rc<Host>, res
                     ssh: Arc::new(host.cfg.ssh.clone()),
                     engine,
                     engine_forward: host.engine_forward.clone(),
+                    channel_failures: res.master.as_ref().and_then(|m| m.channel_failures()),
                 }));
             }
             Command::Withdraw => {

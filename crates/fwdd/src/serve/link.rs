@@ -19,6 +19,10 @@ pub struct Link {
     pub engine: EngineRoute,
     /// The master's forward of the engine socket (used with `StreamLocal`).
     pub engine_forward: PathBuf,
+    /// Why the master's channel opens failed, from its log: the only
+    /// witness of why a direct route's channel was refused (`None`: the
+    /// master's stderr is not followed).
+    pub channel_failures: Option<fwd_ssh::ChannelFailures>,
 }
 
 /// `None` while the host has no usable master: connections wait on it.

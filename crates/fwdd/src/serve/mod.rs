@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use fwd_core::{Claim, HostKey};
+use fwd_core::{Claim, HostKey, Remote};
 use fwd_ssh::{MuxError, StdioForward};
 use tokio::sync::{watch, Semaphore};
 
@@ -56,7 +56,14 @@ pub struct ServeContext {
     pub stored: crate::fdstore::StoredFds,
     /// Containers started through the engine sockets (see `starts`).
     pub starts: starts::Starts,
+    /// Each host's failed direct routes, logged once per reason, then
+    /// counted.
+    direct_failures: RefCell<BTreeMap<HostKey, fwd_core::RepeatGate>>,
 }
+
+/// How often a direct route failing again for the same reason is
+/// summarised in the log.
+const DIRECT_FAILURE_SUMMARY: Duration = Duration::from_secs(60);
 
 impl ServeContext {
     pub fn new(
@@ -75,6 +82,7 @@ impl ServeContext {
             registry: Registry::default(),
             stored,
             starts: starts::Starts::default(),
+            direct_failures: RefCell::default(),
         }
     }
 
@@ -90,6 +98,42 @@ impl ServeContext {
         self.spares.forget_host(host);
         self.handoffs.borrow_mut().remove(host);
         self.starts.forget_host(host);
+        self.direct_failures.borrow_mut().remove(host);
+    }
+
+    /// A forward's direct route failed (not refused): its connections take
+    /// the published port from now on. Said once per host and reason, then
+    /// counted.
+    pub fn direct_route_failed(&self, claim: &Claim, to: &Remote, why: &str) {
+        let verdict = self
+            .direct_failures
+            .borrow_mut()
+            .entry(claim.host.clone())
+            .or_insert_with(|| fwd_core::RepeatGate::new(DIRECT_FAILURE_SUMMARY))
+            .observe(why, Instant::now());
+        match verdict {
+            fwd_core::Verdict::Log => tracing::warn!(
+                event = "direct_route_failed",
+                host = %claim.host,
+                port = claim.local_port,
+                container = %claim.container_name,
+                container_id = %claim.container,
+                direct = %to,
+                published = %claim.remote,
+                reason = %why,
+                "the direct route to {} of container {} failed ({why}); its connections take the published port {}",
+                to, claim.container_name, claim.remote
+            ),
+            fwd_core::Verdict::Summary { repeats } => tracing::warn!(
+                event = "direct_route_failed",
+                host = %claim.host,
+                reason = %why,
+                repeats,
+                "{repeats} more direct routes failed on {} ({why}); they take the published port",
+                claim.host
+            ),
+            fwd_core::Verdict::Suppress => {}
+        }
     }
 
     /// The host's hot-path counters, handed out once per connection: counting
@@ -131,71 +175,68 @@ impl ServeContext {
             .clone()
     }
 
-    /// Hands `fd` to the host's master as a stdio forward to `ip:port` on
-    /// the host: one request on a spare mux connection, refilled after the
-    /// reply. The returned forward's mux connection keeps the channel open.
+    /// Hands `fd` to the host's master as a stdio forward to `to` (as the
+    /// host sees it): one request on a spare mux connection, refilled after
+    /// the reply. The returned forward's mux connection keeps the channel
+    /// open.
     pub async fn hand_off(
-        &self,
-        link: &Link,
-        claim: &Claim,
-        fd: BorrowedFd<'_>,
-    ) -> Result<StdioForward, MuxError> {
-        self.channel_to(&claim.host, link, &claim.remote.ip, claim.remote.port, fd)
-            .await
-    }
-
-    /// Hands `fd` to the host's master as a channel to `ip:port` on the
-    /// host (see [`ServeContext::hand_off`]).
-    pub async fn channel_to(
         &self,
         host: &HostKey,
         link: &Link,
-        ip: &str,
-        port: u16,
+        to: &Remote,
         fd: BorrowedFd<'_>,
     ) -> Result<StdioForward, MuxError> {
         let opened = async {
             let mux = self.spares.client(host, link).await?;
-            mux.open_stdio_forward(ip, port, fd).await
+            mux.open_stdio_forward(&to.ip, to.port, fd).await
         }
         .await;
         self.spares.refill(host, link);
         opened
     }
 
-    /// Opens a channel to the claim's remote end through the master and
-    /// closes it again: `Ok` when something accepts connections there. Goes
-    /// the way real connections go (spare mux connection included).
-    pub async fn probe_remote(&self, link: &Link, claim: &Claim) -> Result<(), String> {
+    /// Opens a channel to `to` through the host's master and closes it
+    /// again: `Ok` when something accepts connections there. Goes the way
+    /// real connections go (spare mux connection included).
+    pub async fn probe_remote(
+        &self,
+        host: &HostKey,
+        link: &Link,
+        to: &Remote,
+    ) -> Result<(), String> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
         let result = tokio::time::timeout(
             Duration::from_secs(5),
-            self.hand_off(link, claim, theirs.as_fd()),
+            self.hand_off(host, link, to, theirs.as_fd()),
         )
         .await;
         drop(ours);
         match result {
             Ok(Ok(_tunnel)) => Ok(()),
             Ok(Err(MuxError::Refused(reason))) => Err(format!(
-                "nothing accepts connections at {} on {}: {reason}",
-                claim.remote, claim.host
+                "nothing accepts connections at {to} on {host}: {reason}"
             )),
-            Ok(Err(e)) => Err(format!("probing {} failed: {e}", claim.remote)),
-            Err(_) => Err(format!("probing {} timed out", claim.remote)),
+            Ok(Err(e)) => Err(format!("probing {to} failed: {e}")),
+            Err(_) => Err(format!("probing {to} timed out")),
         }
     }
 
-    /// Whether something really listens at the claim's remote end: a probe
-    /// channel that is refused, or that opens and ends within a few round
-    /// trips (Docker's userland proxy accepting for a container that does
-    /// not listen yet), says no.
-    pub async fn remote_listens(&self, link: &Link, claim: &Claim) -> Result<bool, MuxError> {
+    /// Whether something really listens at `to` (a published port): a
+    /// probe channel that is refused, or that opens and ends within a few
+    /// round trips (Docker's userland proxy accepting for a container that
+    /// does not listen yet), says no.
+    pub async fn remote_listens(
+        &self,
+        host: &HostKey,
+        link: &Link,
+        to: &Remote,
+    ) -> Result<bool, MuxError> {
         use tokio::io::AsyncReadExt;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         ours.set_nonblocking(true)?;
         let mut ours = tokio::net::UnixStream::from_std(ours)?;
         let t0 = Instant::now();
-        let tunnel = match self.hand_off(link, claim, theirs.as_fd()).await {
+        let tunnel = match self.hand_off(host, link, to, theirs.as_fd()).await {
             Ok(t) => t,
             Err(MuxError::Refused(_)) => return Ok(false),
             Err(e) => return Err(e),
