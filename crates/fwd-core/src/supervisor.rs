@@ -212,6 +212,11 @@ pub enum Op {
     ListContainers,
     /// Answer: `Inspected` or `Unparsable`.
     Inspect(ContainerId),
+    /// Whether the engine runs rootless, asked on the API channel (on the
+    /// dial-stdio route, where nothing runs beside it; `podman`: the
+    /// engine said it is Podman). Answer: `Rootless`, or anything else
+    /// for "not known".
+    AskRootless { podman: bool },
     /// Health: the mux answers and a request crosses to dockerd. Answer: `Answered`.
     Probe,
     /// After a Docker channel failed: does the master still answer on its
@@ -559,6 +564,8 @@ enum Purpose {
     ResyncInspect(ContainerId),
     /// An inspect after a `start` event.
     EventInspect(ContainerId),
+    /// The rootless question on the API channel (see [`Op::AskRootless`]).
+    Rootless,
     Probe,
     CheckMaster(Failure),
     /// A master handed over by the fwdd image this one replaced: does it
@@ -596,6 +603,9 @@ pub struct HostMachine {
     /// The rootless question out ([`Command::AskRootless`]), and the last
     /// answer with the socket it is about.
     asked_rootless: Option<OpId>,
+    /// The rootless question waits for the API channel to be idle (the
+    /// dial-stdio route runs one request at a time).
+    rootless_wanted: bool,
     rootless_of: Option<(String, bool)>,
     rng: u64,
 
@@ -774,6 +784,7 @@ impl HostMachine {
             inflight: None,
             inspecting: Vec::new(),
             asked_rootless: None,
+            rootless_wanted: false,
             rootless_of: None,
             rng: seed | 1,
             containers: HashMap::new(),
@@ -963,6 +974,7 @@ impl HostMachine {
                     self.inflight = None;
                     self.inspecting.clear();
                     self.asked_rootless = None;
+                    self.rootless_wanted = false;
                     self.channel_failed(f, now);
                 }
             }
@@ -1221,6 +1233,9 @@ impl HostMachine {
                     error,
                 });
             }
+            (Purpose::Rootless, Outcome::Failed(f)) => self.channel_failed(f, now),
+            // Not knowing is no failure.
+            (Purpose::Rootless, outcome) => self.answered_rootless(outcome),
             (Purpose::Probe, Outcome::Answered) => {
                 self.health.last_probe_rtt = Some(rtt);
                 self.health_changed = true;
@@ -1252,6 +1267,7 @@ impl HostMachine {
             Purpose::ResyncInspect(_) | Purpose::EventInspect(_) => {
                 "inspecting a container got no answer"
             }
+            Purpose::Rootless => "asking the engine whether it runs rootless got no answer",
             Purpose::Probe => "the health probe got no answer",
             Purpose::CheckMaster(_) => "the ssh master did not answer on its control socket",
             Purpose::Adopt => "the ssh master handed over by the previous fwdd did not answer",
@@ -1277,6 +1293,7 @@ impl HostMachine {
         self.inflight = None;
         self.inspecting.clear();
         self.asked_rootless = None;
+        self.rootless_wanted = false;
         self.resync = None;
         self.event_inspects.clear();
         self.events.clear();
@@ -1372,6 +1389,7 @@ impl HostMachine {
         self.resync = None;
         self.inspecting.clear();
         self.asked_rootless = None;
+        self.rootless_wanted = false;
         self.event_inspects.clear();
         self.events.clear();
         self.commands.push_back(Command::CloseChannels);
@@ -1528,6 +1546,9 @@ impl HostMachine {
             self.start_inspects(now);
         } else if let Some(id) = self.event_inspects.pop_front() {
             return self.request(Purpose::EventInspect(id.clone()), Op::Inspect(id), now);
+        } else if std::mem::take(&mut self.rootless_wanted) {
+            let podman = self.is_podman();
+            return self.request(Purpose::Rootless, Op::AskRootless { podman }, now);
         }
         let inspects_due = !self.inspecting.is_empty() || !self.event_inspects.is_empty();
         if inspects_due && now >= self.next_resync {
@@ -1563,17 +1584,22 @@ impl HostMachine {
             }
         }
         if self.route != EngineRoute::StreamLocal {
+            // Asked on the API channel once it is idle (`next_work`).
+            self.rootless_wanted = true;
             return;
         }
-        let podman = self
-            .health
-            .docker_version
-            .as_deref()
-            .is_some_and(|v| v.starts_with("Podman "));
+        let podman = self.is_podman();
         self.next_op += 1;
         self.asked_rootless = Some(self.next_op);
         self.commands
             .push_back(Command::AskRootless(self.next_op, podman));
+    }
+
+    fn is_podman(&self) -> bool {
+        self.health
+            .docker_version
+            .as_deref()
+            .is_some_and(|v| v.starts_with("Podman "))
     }
 
     /// Not knowing is no failure: status says nothing then.

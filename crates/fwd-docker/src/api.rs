@@ -224,8 +224,11 @@ impl DockerApi {
         since_ns: Option<i64>,
         head_wait: Duration,
     ) -> Result<EventStream, ApiError> {
-        // filters={"type":["container"]}
-        let mut path = String::from("/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D");
+        // filters={"type":["container","network"]}: a network connect or
+        // disconnect changes a container's addresses.
+        let mut path = String::from(
+            "/events?filters=%7B%22type%22%3A%5B%22container%22%2C%22network%22%5D%7D",
+        );
         if let Some(ns) = since_ns {
             path.push_str(&format!(
                 "&since={}.{:09}",

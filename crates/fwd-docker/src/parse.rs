@@ -25,13 +25,40 @@ pub enum ParseError {
     Invalid(String),
 }
 
-/// Parses one line of the `/events` stream. Non-container events (which a
-/// filtered stream should not carry anyway) come back as `Ok(None)`.
+/// Parses one line of the `/events` stream. A container's network connect
+/// or disconnect comes back as that container's `Refresh` (its addresses,
+/// and so its direct route, changed); other events (which a filtered
+/// stream should not carry anyway) as `Ok(None)`.
 pub fn parse_event(line: &[u8]) -> Result<Option<ContainerEvent>, ParseError> {
     let msg: EventMessage = serde_json::from_slice(line).map_err(|source| ParseError::Json {
         what: "an event",
         source,
     })?;
+    let attribute = |key: &str| {
+        msg.actor
+            .as_ref()
+            .and_then(|a| a.attributes.as_ref())
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
+    };
+    let time_nano = msg
+        .time_nano
+        .or_else(|| msg.time.map(|t| t.saturating_mul(1_000_000_000)))
+        .unwrap_or(0);
+    if msg.typ == Some(EventMessageTypeEnum::NETWORK) {
+        if !matches!(msg.action.as_deref(), Some("connect" | "disconnect")) {
+            return Ok(None);
+        }
+        let id = attribute("container").ok_or_else(|| {
+            ParseError::Invalid("network event without the container it concerns".into())
+        })?;
+        let id = ContainerId::parse(id).map_err(|e| ParseError::Invalid(e.to_string()))?;
+        return Ok(Some(ContainerEvent {
+            id,
+            action: EventAction::Refresh,
+            time_nano,
+        }));
+    }
     if msg.typ != Some(EventMessageTypeEnum::CONTAINER) {
         return Ok(None);
     }
@@ -41,12 +68,7 @@ pub fn parse_event(line: &[u8]) -> Result<Option<ContainerEvent>, ParseError> {
         .and_then(|a| a.id.as_deref())
         .ok_or_else(|| ParseError::Invalid("container event without an actor ID".into()))?;
     let id = ContainerId::parse(id).map_err(|e| ParseError::Invalid(e.to_string()))?;
-    let signal = msg
-        .actor
-        .as_ref()
-        .and_then(|a| a.attributes.as_ref())
-        .and_then(|a| a.get("signal"))
-        .map(String::as_str);
+    let signal = attribute("signal");
     let action = match msg.action.as_deref().unwrap_or("") {
         "create" => EventAction::Create,
         "start" => EventAction::Start,
@@ -58,10 +80,6 @@ pub fn parse_event(line: &[u8]) -> Result<Option<ContainerEvent>, ParseError> {
         "rename" | "update" => EventAction::Refresh,
         _ => EventAction::Ignore,
     };
-    let time_nano = msg
-        .time_nano
-        .or_else(|| msg.time.map(|t| t.saturating_mul(1_000_000_000)))
-        .unwrap_or(0);
     Ok(Some(ContainerEvent {
         id,
         action,
@@ -482,10 +500,38 @@ mod tests {
                 .is_err()
         );
         assert!(parse_event(br#"{"Type":"martian"}"#).is_err());
-        assert_eq!(
-            parse_event(br#"{"Type":"network","Action":"connect"}"#).ok(),
-            Some(None)
-        );
+        // A connect must say which container.
+        assert!(parse_event(br#"{"Type":"network","Action":"connect"}"#).is_err());
+        assert!(parse_event(
+            br#"{"Type":"network","Action":"connect","Actor":{"ID":"3a94","Attributes":{"container":"$(x)"}}}"#
+        )
+        .is_err());
+    }
+
+    /// dockerd 20.10's own lines (`docker network connect`, `disconnect`,
+    /// `create`, `destroy`): a container's connect or disconnect is that
+    /// container's refresh (its addresses changed); a network's own life is
+    /// nothing to do.
+    #[test]
+    fn a_containers_network_connect_or_disconnect_refreshes_it() {
+        let container = "bacef2fa9ed8b0f4b86077599557f78ed0feb0567341bffd51ab68b2f8e680a9";
+        for action in ["connect", "disconnect"] {
+            let line = format!(
+                r#"{{"Type":"network","Action":"{action}","Actor":{{"ID":"3a9469124a77afd3fd603c488d318cf04107e978063391b18ea0ad88b16ca0e2","Attributes":{{"container":"{container}","name":"bridge","type":"bridge"}}}},"scope":"local","time":1796388485,"timeNano":1796388485099748312}}"#
+            );
+            let ev = parse_event(line.as_bytes())
+                .expect("parses")
+                .expect("an event");
+            assert_eq!(ev.id.as_str(), container);
+            assert_eq!(ev.action, EventAction::Refresh);
+            assert_eq!(ev.time_nano, 1796388485099748312);
+        }
+        for action in ["create", "destroy"] {
+            let line = format!(
+                r#"{{"Type":"network","Action":"{action}","Actor":{{"ID":"5847ece56ac3e95a5a452430a6050038126497094cab9c795a6766acc2d622b0","Attributes":{{"name":"fwdcap","type":"bridge"}}}},"scope":"local","time":1796388484,"timeNano":1796388484726358924}}"#
+            );
+            assert_eq!(parse_event(line.as_bytes()).ok(), Some(None), "{action}");
+        }
     }
 
     #[test]

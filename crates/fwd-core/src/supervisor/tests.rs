@@ -872,6 +872,8 @@ fn over_dial_stdio_inspects_take_turns_on_the_one_channel() {
     });
     r.answer(Outcome::Subscribed);
     r.answer(Outcome::Listed(vec![]));
+    r.expect_op(Op::AskRootless { podman: false });
+    r.answer(Outcome::Rootless(false));
     r.input(event(1, EventAction::Start, 1));
     r.input(event(2, EventAction::Start, 2));
     assert!(r.inspecting().is_empty());
@@ -1328,6 +1330,59 @@ fn a_server_that_refuses_stream_local_channels_gets_dial_stdio() {
     r.expect_op(Op::OpenApi {
         route: EngineRoute::DialStdio,
     });
+}
+
+/// On dial-stdio nothing runs beside the API channel: the rootless
+/// question waits until it is idle, is asked on it once, and an engine that
+/// cannot say leaves it not known (no failure, not asked again).
+#[test]
+fn on_dial_stdio_the_rootless_question_is_asked_on_the_idle_api_channel() {
+    let dial_stdio_up = |r: &mut Rig, running: &[Container]| {
+        r.master_ready(3);
+        r.answer(Outcome::Failed(Failure::new(
+            FailureKind::StreamEnded,
+            "connection closed before message completed",
+        )));
+        r.expect_op(Op::OpenApi {
+            route: EngineRoute::DialStdio,
+        });
+        r.answer(Outcome::ApiReady {
+            version: "20.10.24 (API 1.41)".into(),
+        });
+        r.answer(Outcome::Subscribed);
+        r.answer(Outcome::Listed(
+            running.iter().map(|c| c.id.clone()).collect(),
+        ));
+        for c in running {
+            r.expect_op(Op::Inspect(c.id.clone()));
+            r.answer(Outcome::Inspected(Some(c.clone())));
+        }
+    };
+    let mut r = Rig::new();
+    dial_stdio_up(&mut r, &[container(1, 10)]);
+    assert!(
+        !r.out.iter().any(|c| matches!(c, Command::AskRootless(..))),
+        "nothing is asked beside the API channel: {:?}",
+        r.out
+    );
+    r.expect_op(Op::AskRootless { podman: false });
+    r.clear();
+    r.answer(Outcome::Rootless(false));
+    assert_eq!(r.m.health().engine.rootless, Some(false));
+    assert!(r.saw(&Command::ContainersChanged), "{:?}", r.out);
+
+    let mut r = Rig::new();
+    dial_stdio_up(&mut r, &[]);
+    r.expect_op(Op::AskRootless { podman: false });
+    r.answer(Outcome::Answered);
+    assert_eq!(r.m.health().engine.rootless, None);
+    assert_eq!(r.m.health().master, MasterPhase::Connected);
+    assert!(
+        r.op.as_ref()
+            .is_none_or(|(_, op)| !matches!(op, Op::AskRootless { .. })),
+        "asked again: {:?}",
+        r.op
+    );
 }
 
 #[test]

@@ -170,6 +170,8 @@ const INSPECTOR_IDLE_MAX: Duration = Duration::from_secs(60);
 pub(super) enum Reply {
     Listed(Vec<ContainerId>),
     Inspected(Option<fwd_core::Container>),
+    /// `None`: the engine could not say.
+    Rootless(Option<bool>),
 }
 
 pub(super) type OpFuture = Pin<Box<dyn Future<Output = Done>>>;
@@ -240,6 +242,8 @@ pub(super) async fn absorb(res: &mut Resources, done: Done) -> Outcome {
             match reply {
                 Reply::Listed(ids) => Outcome::Listed(ids),
                 Reply::Inspected(c) => Outcome::Inspected(c),
+                Reply::Rootless(Some(rootless)) => Outcome::Rootless(rootless),
+                Reply::Rootless(None) => Outcome::Answered,
             }
         }
         Done::Request(api, Err(ApiError::Parse(e))) => {
@@ -403,6 +407,21 @@ pub(super) fn start_op(
             let drivers = host.network_drivers.clone();
             Box::pin(async move {
                 let r = api.inspect(&id, &drivers).await.map(Reply::Inspected);
+                Done::Request(api, r)
+            })
+        }
+        Op::AskRootless { podman } => {
+            let Some(mut api) = res.api.take() else {
+                return no_channel();
+            };
+            Box::pin(async move {
+                // An engine that cannot say (an error answer, one not
+                // understood) leaves it not known; the channel is fine.
+                let r = match api.rootless(podman).await {
+                    Ok(rootless) => Ok(Reply::Rootless(Some(rootless))),
+                    Err(ApiError::Status { .. } | ApiError::Parse(_)) => Ok(Reply::Rootless(None)),
+                    Err(e) => Err(e),
+                };
                 Done::Request(api, r)
             })
         }

@@ -1,0 +1,214 @@
+//! Each forward's route on the sandbox's rootful dockerd: the container
+//! itself where the host can reach it, the published port where it cannot
+//! or where that fails, and what status says of it. (The four engines'
+//! routes are `engines.rs`'s; the start race and the late listener on the
+//! direct route are `startup.rs`'s.) Host ports 21100-21199 are this file's.
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::Fwdd;
+use fwd_e2e::TestHost;
+use fwd_proto::{ForwardRoute, RouteKind};
+
+fn config(host: &TestHost, extra: &str) -> String {
+    format!(
+        "[[host]]\nurl = \"ssh://{}\"\nssh_config = \"{}\"\n{extra}\n",
+        host.alias,
+        host.ssh_config.display()
+    )
+}
+
+/// The container's address on `network`, as the engine says it.
+fn address_on(host: &TestHost, id: &str, network: &str) -> String {
+    let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
+    host.sandbox()
+        .docker_ok(&["inspect", "-f", &format, id])
+        .trim()
+        .to_string()
+}
+
+fn route(fwdd: &Fwdd, port: u16) -> ForwardRoute {
+    fwdd.forward(port)
+        .and_then(|f| f.route)
+        .unwrap_or_else(|| panic!("no route for {port}: {:#?}", fwdd.status()))
+}
+
+/// Waits until the forward of `port` goes to `to`.
+fn wait_route_to(fwdd: &Fwdd, port: u16, to: &str) -> ForwardRoute {
+    fwdd.wait_for(
+        Duration::from_secs(15),
+        &format!("port {port} routed to {to}"),
+        |st| {
+            st.forwards
+                .iter()
+                .any(|f| f.local_port == port && f.route.as_ref().is_some_and(|r| r.to == to))
+        },
+    );
+    route(fwdd, port)
+}
+
+/// Until the engine has said whether it runs rootless: before that every
+/// route is the published port.
+fn wait_engine_known(fwdd: &Fwdd) {
+    fwdd.wait_for(
+        Duration::from_secs(10),
+        "the engine to say whether it runs rootless",
+        |st| {
+            st.hosts[0]
+                .engine
+                .as_ref()
+                .is_some_and(|e| e.rootless.is_some())
+        },
+    );
+}
+
+/// A user network, removed (with what is still on it) at the end.
+struct Network<'a> {
+    host: &'a TestHost,
+    name: String,
+}
+
+impl<'a> Network<'a> {
+    fn create(host: &'a TestHost, name: String) -> Network<'a> {
+        host.sandbox().docker_ok(&["network", "create", &name]);
+        Network { host, name }
+    }
+}
+
+impl Drop for Network<'_> {
+    fn drop(&mut self) {
+        let on = format!("network={}", self.name);
+        let ids = self.host.sandbox().docker(&["ps", "-aq", "--filter", &on]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.host.sandbox().docker(&["rm", "-f", id]);
+        }
+        let _ = self.host.sandbox().docker(&["network", "rm", &self.name]);
+    }
+}
+
+#[test]
+fn a_container_on_the_default_bridge_is_reached_at_its_own_address() {
+    let host = sandbox_host!("route_direct");
+    let fwdd = Fwdd::start(&host);
+    wait_engine_known(&fwdd);
+    // Published on the host's loopback only: the direct route does not
+    // care where the port is published.
+    let id = host.httpd(&["127.0.0.1:21100:8080"]);
+    assert_eq!(fwdd.wait_http(21100), "hello\n");
+    let r = route(&fwdd, 21100);
+    assert_eq!(
+        r,
+        ForwardRoute {
+            kind: RouteKind::Direct,
+            to: format!("{}:8080", address_on(&host, &id, "bridge")),
+            why: "the container's address on bridge network bridge".into(),
+            fell_back: false,
+        }
+    );
+    let f = fwdd.forward(21100).expect("forward");
+    assert_eq!(
+        f.remote, "127.0.0.1:21100",
+        "the published port, still shown"
+    );
+    // fwdctl wait probes where connections go.
+    let out = common::fwdctl(&fwdd, &["wait", "21100", "--timeout", "10s"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn direct_route_off_takes_the_published_port() {
+    let host = sandbox_host!("route_off");
+    let fwdd = Fwdd::spawn_with_config(&host, &config(&host, "direct_route = false"));
+    fwdd.wait_connected();
+    host.httpd(&["21110:8080"]);
+    assert_eq!(fwdd.wait_http(21110), "hello\n");
+    assert_eq!(
+        route(&fwdd, 21110),
+        ForwardRoute {
+            kind: RouteKind::Published,
+            to: "127.0.0.1:21110".into(),
+            why: "direct_route is off for this host".into(),
+            fell_back: false,
+        }
+    );
+}
+
+/// sshd opens channels to its own loopback only (`PermitOpen`): the first
+/// connection's direct channel is refused "administratively", which is not
+/// "nothing listens yet". That connection is served on the published port
+/// at once, the forward stays there and says why, and the log says it once.
+#[test]
+fn a_direct_route_sshd_will_not_open_falls_back_to_the_published_port_at_once() {
+    let host = sandbox_host!("route_permitopen");
+    host.add_sshd_config("PermitOpen 127.0.0.1:*");
+    let fwdd = Fwdd::start(&host);
+    wait_engine_known(&fwdd);
+    let ids = [host.httpd(&["21120:8080"]), host.httpd(&["21121:8080"])];
+    for (port, id) in [21120, 21121].into_iter().zip(&ids) {
+        fwdd.wait_forward_state(port, fwd_proto::ForwardState::Active);
+        // One attempt: the fallback is the same connection, not a retry.
+        let body = host
+            .http_get(port)
+            .unwrap_or_else(|e| panic!("not served on the fallback: {e}\n{}", fwdd.log_tail(60)));
+        assert_eq!(body, "hello\n");
+        let r = route(&fwdd, port);
+        let direct = format!("{}:8080", address_on(&host, id, "bridge"));
+        assert_eq!(r.kind, RouteKind::Published, "{r:?}");
+        assert_eq!(r.to, format!("127.0.0.1:{port}"), "{r:?}");
+        assert!(r.fell_back, "{r:?}");
+        assert!(
+            r.why
+                .starts_with(&format!("the direct route to {direct} failed: "))
+                && r.why.contains("administratively prohibited"),
+            "{r:?}"
+        );
+        // Later connections go straight to the published port.
+        assert_eq!(host.http_get(port).expect("served again"), "hello\n");
+    }
+    let said = fwdd.log_text().matches("\"direct_route_failed\"").count();
+    assert_eq!(
+        said,
+        1,
+        "said once per host and reason:\n{}",
+        fwdd.log_tail(60)
+    );
+    let human = common::fwdctl(&fwdd, &["status"]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("published") && human.contains("administratively prohibited"),
+        "{human}"
+    );
+}
+
+/// On two bridge networks the first by name is taken; a disconnect (the
+/// engine's network event) moves the forward to the address left, and
+/// connections follow.
+#[test]
+fn a_container_on_two_networks_follows_a_disconnect() {
+    let host = sandbox_host!("route_two_networks");
+    // "a-…" sorts before "bridge".
+    let net = Network::create(&host, format!("a-{}", host.label));
+    let fwdd = Fwdd::start(&host);
+    wait_engine_known(&fwdd);
+    let id = host.httpd_with(&["--network", &net.name, "-p", "21130:8080"]);
+    host.sandbox()
+        .docker_ok(&["network", "connect", "bridge", &id]);
+    let on_net = format!("{}:8080", address_on(&host, &id, &net.name));
+    let r = wait_route_to(&fwdd, 21130, &on_net);
+    assert_eq!(r.kind, RouteKind::Direct, "{r:?}");
+    assert_eq!(
+        r.why,
+        format!("the container's address on bridge network {}", net.name)
+    );
+    assert_eq!(fwdd.wait_http(21130), "hello\n");
+
+    host.sandbox()
+        .docker_ok(&["network", "disconnect", &net.name, &id]);
+    let on_bridge = format!("{}:8080", address_on(&host, &id, "bridge"));
+    let r = wait_route_to(&fwdd, 21130, &on_bridge);
+    assert_eq!(r.kind, RouteKind::Direct, "{r:?}");
+    assert_eq!(host.http_get(21130).expect("served on bridge"), "hello\n");
+}
