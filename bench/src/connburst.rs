@@ -661,6 +661,36 @@ impl Ctx<'_> {
         let _ = self.sb.docker(&["rm", "-f", &id]);
     }
 
+    /// CPU seconds the Docker host spends while `work` runs: this host's sshd
+    /// (its connections' processes included), and every docker-proxy of the
+    /// sandbox's dockerd. Returns (sshd, docker-proxy).
+    pub(crate) fn remote_cpu(&self, work: impl FnOnce()) -> (f64, f64) {
+        let sshd = self.host.sshd_pid().map(|p| p as u32);
+        let dockerd: Option<u32> = fs::read_to_string(self.sb.dir.join("docker.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let a = procs();
+        work();
+        let b = procs();
+        let spent = |pids: Vec<u32>| -> f64 {
+            pids.iter()
+                .filter_map(|pid| {
+                    let end = b.get(pid)?.cpu;
+                    let start = a.get(pid).map_or(0.0, |q| q.cpu);
+                    Some((end - start).max(0.0))
+                })
+                .sum()
+        };
+        let sshd_pids = sshd.map(|s| descendants(&b, s)).unwrap_or_default();
+        let proxies: Vec<u32> = dockerd
+            .map(|d| descendants(&b, d))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|x| b.get(x).is_some_and(|q| q.comm == "docker-proxy"))
+            .collect();
+        (spent(sshd_pids), spent(proxies))
+    }
+
     fn cpu_roles(&self, fwdd: &Fwdd, ssh_l: Option<u32>) -> CpuRoles {
         CpuRoles {
             fwdd: fwdd.pid(),

@@ -448,6 +448,26 @@ impl Ctx<'_> {
             let lport = 23000;
             let mut ssh_l = self.ssh_l_serving(lport, &remote);
             let (a, b) = alternate_first_byte(&self.ns(), local(port), local(lport), conns);
+            // What the Docker host spends per connection, each way on its own
+            // (sshd and its children; docker-proxy, which fwd's direct route
+            // leaves out).
+            let per_conn = |ctx: &Self, to: u16| {
+                let n = conns.min(500);
+                let ns = ctx.ns();
+                let (sshd, proxy) = ctx.remote_cpu(|| {
+                    spawn_in_ns(&ns, move || {
+                        for _ in 0..n {
+                            let _ = first_byte(local(to), Duration::from_secs(5));
+                        }
+                    })
+                    .join()
+                    .expect("remote cpu run");
+                });
+                let us = |s: f64| s * 1e6 / n.max(1) as f64;
+                (us(sshd), us(proxy))
+            };
+            let (fwd_sshd, fwd_proxy) = per_conn(self, port);
+            let (l_sshd, l_proxy) = per_conn(self, lport);
             let _ = ssh_l.kill();
             let _ = ssh_l.wait();
             self.rep.setup_ratio(
@@ -456,6 +476,17 @@ impl Ctx<'_> {
                 "setup via ssh -L",
                 &sorted(a),
                 &sorted(b),
+            );
+            let (fwd_total, l_total) = (fwd_sshd + fwd_proxy, l_sshd + l_proxy);
+            self.rep.row(
+                "Docker host CPU per connection (sshd + docker-proxy), fwd / separate ssh -L",
+                format!(
+                    "{:.2}× ({fwd_total:.0} µs: sshd {fwd_sshd:.0} + proxy {fwd_proxy:.0}; \
+                     ssh -L {l_total:.0} µs: sshd {l_sshd:.0} + proxy {l_proxy:.0})",
+                    fwd_total / l_total.max(1e-9)
+                ),
+                "≤ 1.0×",
+                Some(fwd_total <= l_total),
             );
         }
         if do_tp {
@@ -515,6 +546,37 @@ impl Ctx<'_> {
             })
             .join()
             .expect("throughput bench");
+            // The Docker host's CPU for one more transfer each way: on the
+            // published port docker-proxy copies every byte.
+            let per_mib = |ctx: &Self, to: u16| {
+                let ns = ctx.ns();
+                let (sshd, proxy) = ctx.remote_cpu(|| {
+                    spawn_in_ns(&ns, move || {
+                        if let Ok(mut s) = TcpStream::connect(local(to)) {
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                            let mut buf = vec![0u8; 256 * 1024];
+                            let mut got = 0u64;
+                            while got < want {
+                                match s.read(&mut buf) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(k) => got += k as u64,
+                                }
+                            }
+                        }
+                    })
+                    .join()
+                    .expect("remote cpu transfer");
+                });
+                let ms = |s: f64| s * 1e3 / mib.max(1) as f64;
+                (ms(sshd), ms(proxy))
+            };
+            let (fwd_sshd, fwd_proxy) = per_mib(self, port);
+            thread::sleep(Duration::from_millis(300));
+            let (l_sshd, l_proxy) = per_mib(self, lport);
+            self.rep.note(format!(
+                "Docker host CPU per MiB (ms): fwd sshd {fwd_sshd:.2} + docker-proxy {fwd_proxy:.2}; \
+                 ssh -L sshd {l_sshd:.2} + docker-proxy {l_proxy:.2}"
+            ));
             let _ = ssh_l.kill();
             let _ = ssh_l.wait();
             let best = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
