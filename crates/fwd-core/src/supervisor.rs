@@ -262,6 +262,8 @@ pub struct Handover {
     pub since_ns: Option<i64>,
     pub containers: Vec<Container>,
     pub docker_version: Option<String>,
+    /// Whether the engine runs rootless, once it said.
+    pub rootless: Option<bool>,
     /// How long the master had been connected (status keeps its "since").
     pub connected_for: Duration,
     /// Consecutive failures, and when the next attempt is due (without a
@@ -693,6 +695,13 @@ impl HostMachine {
         }
         m.health.docker_version = from.docker_version.clone();
         m.logged_version = from.docker_version;
+        if let Some(rootless) = from.rootless {
+            // Known for this socket: not asked again, and the first plan
+            // decides the same routes.
+            let socket = from.remote_socket.clone().unwrap_or_default();
+            m.rootless_of = Some((socket, rootless));
+            m.health.engine.rootless = Some(rootless);
+        }
         m.health.engine.remote_socket = from.remote_socket;
         m.health.engine.found_by = from.found_by;
         m.backoff.resume(from.failures);
@@ -749,6 +758,7 @@ impl HostMachine {
             since_ns: self.since_ns,
             containers: self.containers.values().cloned().collect(),
             docker_version: self.health.docker_version.clone(),
+            rootless: self.health.engine.rootless,
             connected_for: match self.health.master {
                 MasterPhase::Connected => now.saturating_duration_since(self.health.since),
                 _ => Duration::ZERO,

@@ -274,6 +274,7 @@ fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
             found_by: state.found_by.map(str::to_string),
             since_ns: state.since_ns,
             docker_version: state.docker_version,
+            rootless: state.rootless,
             connected_for_ms: document::ms(state.connected_for),
             containers: state
                 .containers
@@ -327,6 +328,8 @@ fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
                 .collect(),
             running_for_ms: running_for.map(document::ms),
             listening,
+            direct_route: document::direct_route_doc(&c.route),
+            direct_failed: f.direct_failed(),
             since_ms: unix_ms(f.since),
             connections_total: f.stats.total.get(),
             tunnels: conns.map(|c| c.tunnels.clone()).unwrap_or_default(),

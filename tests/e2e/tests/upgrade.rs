@@ -185,6 +185,15 @@ fn an_upgrade_keeps_every_listener_master_tunnel_and_engine_stream() {
     fwdd.wait_forward_state(20500, ForwardState::Active);
     let pid = fwdd.child.id();
     let master = fwdd.master_pid();
+    // Its direct route, once the engine said it runs rootful.
+    fwdd.wait_for(Duration::from_secs(10), "the direct route", |st| {
+        st.forwards.iter().any(|f| {
+            f.local_port == 20500
+                && f.route
+                    .as_ref()
+                    .is_some_and(|r| r.kind == fwd_proto::RouteKind::Direct)
+        })
+    });
     // Other tests' containers share the Docker host: this test's port is the one to follow.
     let forward_before = fwdd.forward(20500).expect("forward");
 
@@ -299,6 +308,7 @@ fn an_upgrade_keeps_every_listener_master_tunnel_and_engine_stream() {
         after.since_ms, forward_before.since_ms,
         "the same forward, not a new one"
     );
+    assert_eq!(after.route, forward_before.route, "the same route");
     assert!(after.connections_total > forward_before.connections_total);
     assert_eq!(fwdd.master_pid(), master);
     let t0 = Instant::now();

@@ -1500,6 +1500,7 @@ fn handed_over(pid: Option<u32>, containers: Vec<Container>) -> Handover {
         since_ns: Some(1_000),
         containers,
         docker_version: Some("20.10.24 (API 1.41)".into()),
+        rootless: Some(false),
         connected_for: Duration::from_secs(90),
         failures: 0,
         retry_in: None,
@@ -1528,9 +1529,11 @@ fn adopting(from: Handover) -> Rig {
 fn an_adopted_master_serves_at_once_and_resyncs_behind() {
     let c1 = container(1, 10);
     let mut r = adopting(handed_over(Some(42), vec![c1.clone()]));
-    // The handed-over containers are the forwards' truth until the resync.
+    // The handed-over containers are the forwards' truth until the resync,
+    // and what the engine said of itself decides the same routes.
     assert!(r.saw(&Command::ContainersChanged));
     assert_eq!(r.m.containers().len(), 1);
+    assert_eq!(r.m.health().engine.rootless, Some(false));
     assert!(!r.saw(&Command::StopMaster), "the master is kept");
     r.expect_op(Op::CheckMaster);
     assert!(
@@ -1576,6 +1579,10 @@ fn an_adopted_master_serves_at_once_and_resyncs_behind() {
         r.count_logs("docker_version"),
         0,
         "the version was logged by the old image"
+    );
+    assert!(
+        !r.out.iter().any(|c| matches!(c, Command::AskRootless(..))),
+        "the engine's answer carried over: not asked again"
     );
     assert!(r.m.wants_events());
 }

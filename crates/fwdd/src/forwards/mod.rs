@@ -57,6 +57,11 @@ impl Forward {
         (t.running_since.map(|s| s.elapsed()), t.listening.get())
     }
 
+    /// Why its direct route failed for this run of the container.
+    pub fn direct_failed(&self) -> Option<String> {
+        self.target.borrow().direct_failed.borrow().clone()
+    }
+
     /// Where its connections go now, and why.
     pub fn route_now(&self) -> RouteNow {
         self.target.borrow().route_now()
@@ -69,6 +74,7 @@ pub struct AdoptedForward {
     pub listeners: Vec<std::net::TcpListener>,
     pub running_for: Option<Duration>,
     pub listening: bool,
+    pub direct_failed: Option<String>,
     pub since: SystemTime,
     pub connections_total: u64,
     pub tunnels: Vec<OwnedFd>,
@@ -255,6 +261,7 @@ impl ForwardTable {
         let mut target = Target::new(a.claim.clone(), now);
         target.running_since = a.running_for.map(|d| now.checked_sub(d).unwrap_or(now));
         target.listening.set(a.listening);
+        target.direct_failed.replace(a.direct_failed);
         let target = watch::channel(target).0;
         let stats = Rc::new(ConnStats::default());
         stats.total.set(a.connections_total);

@@ -19,7 +19,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fwd_core::{
-    Claim, Container, ContainerId, EngineRoute, HostKey, PortBinding, Protocol, Remote,
+    Claim, Container, ContainerId, EngineRoute, HostKey, NetworkAttachment, PortBinding, Protocol,
+    Remote,
 };
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +102,10 @@ pub struct HostDoc {
     pub found_by: Option<String>,
     pub since_ns: Option<i64>,
     pub docker_version: Option<String>,
+    /// Whether the engine runs rootless, once it said (direct routes
+    /// depend on it).
+    #[serde(default)]
+    pub rootless: Option<bool>,
     pub connected_for_ms: u64,
     pub containers: Vec<ContainerDoc>,
     pub engine_sockets: Vec<SocketDoc>,
@@ -178,6 +183,25 @@ pub struct ContainerDoc {
     pub pending: bool,
     pub ports: Vec<PortDoc>,
     pub labels: BTreeMap<String, String>,
+    /// Its networks (the direct route is decided from them).
+    #[serde(default)]
+    pub networks: Vec<NetworkDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkDoc {
+    pub name: String,
+    pub driver: Option<String>,
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    pub ipv6: Option<std::net::Ipv6Addr>,
+}
+
+/// A forward's direct route: the container's address on `network`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectRouteDoc {
+    pub ip: String,
+    pub port: u16,
+    pub network: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +230,12 @@ pub struct ForwardDoc {
     pub running_for_ms: Option<u64>,
     /// The container was seen listening: no more probes.
     pub listening: bool,
+    /// The claim's direct route (`None`: the published port).
+    #[serde(default)]
+    pub direct_route: Option<DirectRouteDoc>,
+    /// Why the direct route failed for this run of the container.
+    #[serde(default)]
+    pub direct_failed: Option<String>,
     /// When the forward was added, Unix ms (status "since").
     pub since_ms: u64,
     pub connections_total: u64,
@@ -385,6 +415,16 @@ pub fn container_doc(c: &Container) -> ContainerDoc {
             })
             .collect(),
         labels: c.labels.clone(),
+        networks: c
+            .networks
+            .iter()
+            .map(|n| NetworkDoc {
+                name: n.name.clone(),
+                driver: n.driver.clone(),
+                ipv4: n.ipv4,
+                ipv6: n.ipv6,
+            })
+            .collect(),
     }
 }
 
@@ -412,8 +452,16 @@ pub fn container(d: &ContainerDoc) -> Result<Container, DocumentError> {
         pending: d.pending,
         ports,
         labels: d.labels.clone(),
-        // Not carried yet: the next inspect of the container brings them.
-        networks: Vec::new(),
+        networks: d
+            .networks
+            .iter()
+            .map(|n| NetworkAttachment {
+                name: n.name.clone(),
+                driver: n.driver.clone(),
+                ipv4: n.ipv4,
+                ipv6: n.ipv6,
+            })
+            .collect(),
     })
 }
 
@@ -433,9 +481,30 @@ pub fn claim(f: &ForwardDoc) -> Result<Claim, DocumentError> {
             ip: f.remote_ip.clone(),
             port: f.remote_port,
         },
-        // The first plan of the new image decides the route again.
-        route: fwd_core::Route::Published(fwd_core::PublishedWhy::EngineNotKnown),
+        // The first plan of the new image decides the route again, from
+        // the same facts: the same route, unless they changed meanwhile.
+        route: match &f.direct_route {
+            Some(d) => fwd_core::Route::Direct {
+                to: Remote {
+                    ip: d.ip.clone(),
+                    port: d.port,
+                },
+                network: d.network.clone(),
+            },
+            None => fwd_core::Route::Published(fwd_core::PublishedWhy::EngineNotKnown),
+        },
     })
+}
+
+pub fn direct_route_doc(route: &fwd_core::Route) -> Option<DirectRouteDoc> {
+    match route {
+        fwd_core::Route::Direct { to, network } => Some(DirectRouteDoc {
+            ip: to.ip.clone(),
+            port: to.port,
+            network: network.clone(),
+        }),
+        fwd_core::Route::Published(_) => None,
+    }
 }
 
 pub fn ms(d: Duration) -> u64 {
@@ -460,6 +529,55 @@ mod tests {
         assert_eq!(claim(f).expect("claim").local_port, 18080);
         assert_eq!(f.tunnels, vec![12]);
         assert_eq!(doc.fds().len(), 9);
+    }
+
+    /// What a forward's route depends on carries over: the containers'
+    /// networks, the engine's rootless answer, each claim's direct route and
+    /// why it failed. A v1 document has none of it: its forwards take the
+    /// published port until the new image's first plan.
+    #[test]
+    fn routes_and_what_they_depend_on_carry_over() {
+        let mut doc = Document::parse(V1.as_bytes()).expect("v1 parses");
+        assert_eq!(doc.hosts[0].rootless, None);
+        assert_eq!(
+            claim(&doc.forwards[0]).expect("claim").route,
+            fwd_core::Route::Published(fwd_core::PublishedWhy::EngineNotKnown)
+        );
+        let mut c = container(&doc.hosts[0].containers[0]).expect("container");
+        c.networks = vec![
+            NetworkAttachment {
+                name: "bridge".into(),
+                driver: Some("bridge".into()),
+                ipv4: Some(std::net::Ipv4Addr::new(172, 17, 0, 2)),
+                ipv6: None,
+            },
+            NetworkAttachment {
+                name: "v6".into(),
+                driver: None,
+                ipv4: None,
+                ipv6: Some("fd00::2".parse().expect("v6")),
+            },
+        ];
+        doc.hosts[0].containers[0] = container_doc(&c);
+        doc.hosts[0].rootless = Some(false);
+        let route = fwd_core::Route::Direct {
+            to: Remote {
+                ip: "172.17.0.2".into(),
+                port: 80,
+            },
+            network: "bridge".into(),
+        };
+        doc.forwards[0].direct_route = direct_route_doc(&route);
+        doc.forwards[0].direct_failed = Some("administratively prohibited: open failed".into());
+
+        let back = Document::parse(&doc.to_json()).expect("parses");
+        assert_eq!(back, doc);
+        let networks = container(&back.hosts[0].containers[0])
+            .expect("container")
+            .networks;
+        assert_eq!(networks, c.networks);
+        assert_eq!(back.hosts[0].rootless, Some(false));
+        assert_eq!(claim(&back.forwards[0]).expect("claim").route, route);
     }
 
     #[test]

@@ -360,6 +360,7 @@ fn own(doc: Document, rolled_back: Option<String>) -> Takeover {
                     .filter_map(|c| document::container(c).ok())
                     .collect(),
                 docker_version: h.docker_version,
+                rootless: h.rootless,
                 connected_for: Duration::from_millis(h.connected_for_ms),
                 failures: h.failures,
                 retry_in: h.retry_in_ms.map(Duration::from_millis),
@@ -420,6 +421,7 @@ fn own(doc: Document, rolled_back: Option<String>) -> Takeover {
                     .collect(),
                 running_for: f.running_for_ms.map(Duration::from_millis),
                 listening: f.listening,
+                direct_failed: f.direct_failed,
                 since: UNIX_EPOCH
                     .checked_add(Duration::from_millis(f.since_ms))
                     .unwrap_or(now),
