@@ -1,16 +1,19 @@
-//! Each forward's route on the sandbox's rootful dockerd: the container
-//! itself where the host can reach it, the published port where it cannot
-//! or where that fails, and what status says of it. (The four engines'
+//! Each forward's route on the sandbox's rootful engines: the container
+//! itself where the host can reach it (IPv4, or IPv6 on Podman's IPv6-only
+//! network), the published port where it cannot or where that fails, and
+//! what status says of it. (The four engines'
 //! routes are `engines.rs`'s; the start race and the late listener on the
 //! direct route are `startup.rs`'s.) Host ports 21100-21199 are this file's.
 
 #[macro_use]
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use common::Fwdd;
-use fwd_e2e::TestHost;
+use fwd_e2e::{run_ok, TestHost};
 use fwd_proto::{ForwardRoute, RouteKind};
 
 fn config(host: &TestHost, extra: &str) -> String {
@@ -65,27 +68,45 @@ fn wait_engine_known(fwdd: &Fwdd) {
     );
 }
 
-/// A user network, removed (with what is still on it) at the end.
-struct Network<'a> {
-    host: &'a TestHost,
+/// A user network of the engine at `socket`, removed (with what is still on
+/// it) at the end.
+struct Network {
+    socket: PathBuf,
     name: String,
 }
 
-impl<'a> Network<'a> {
-    fn create(host: &'a TestHost, name: String) -> Network<'a> {
-        host.sandbox().docker_ok(&["network", "create", &name]);
-        Network { host, name }
+impl Network {
+    fn create(socket: &Path, name: String, options: &[&str]) -> Network {
+        let net = Network {
+            socket: socket.to_path_buf(),
+            name,
+        };
+        run_ok(
+            net.docker()
+                .args(["network", "create"])
+                .args(options)
+                .arg(&net.name),
+        );
+        net
+    }
+
+    fn docker(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.arg("-H")
+            .arg(format!("unix://{}", self.socket.display()));
+        cmd
     }
 }
 
-impl Drop for Network<'_> {
+impl Drop for Network {
     fn drop(&mut self) {
         let on = format!("network={}", self.name);
-        let ids = self.host.sandbox().docker(&["ps", "-aq", "--filter", &on]);
-        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-            let _ = self.host.sandbox().docker(&["rm", "-f", id]);
+        if let Ok(out) = self.docker().args(["ps", "-aq", "--filter", &on]).output() {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = self.docker().args(["rm", "-f", id]).output();
+            }
         }
-        let _ = self.host.sandbox().docker(&["network", "rm", &self.name]);
+        let _ = self.docker().args(["network", "rm", &self.name]).output();
     }
 }
 
@@ -190,7 +211,11 @@ fn a_direct_route_sshd_will_not_open_falls_back_to_the_published_port_at_once() 
 fn a_container_on_two_networks_follows_a_disconnect() {
     let host = sandbox_host!("route_two_networks");
     // "a-…" sorts before "bridge".
-    let net = Network::create(&host, format!("a-{}", host.label));
+    let net = Network::create(
+        &host.sandbox().docker_sock,
+        format!("a-{}", host.label),
+        &[],
+    );
     let fwdd = Fwdd::start(&host);
     wait_engine_known(&fwdd);
     let id = host.httpd_with(&["--network", &net.name, "-p", "21130:8080"]);
@@ -211,4 +236,39 @@ fn a_container_on_two_networks_follows_a_disconnect() {
     let r = wait_route_to(&fwdd, 21130, &on_bridge);
     assert_eq!(r.kind, RouteKind::Direct, "{r:?}");
     assert_eq!(host.http_get(21130).expect("served on bridge"), "hello\n");
+}
+
+/// Podman's network with an IPv6 subnet only: the container's one address
+/// is IPv6, and the direct route goes there (the channel names the address
+/// bare; the master connects over IPv6 on the host).
+#[test]
+fn a_container_on_an_ipv6_only_network_is_reached_at_its_ipv6_address() {
+    let host = sandbox_host!("route_ipv6_only");
+    let sb = host.sandbox();
+    let podman = host.containers_on(&sb.podman_sock);
+    host.set_session_env("");
+    let podman_dir = sb.podman_sock.parent().expect("podman's directory");
+    host.bind_on_remote(podman_dir, Path::new("/run/podman"));
+    let net = Network::create(
+        &sb.podman_sock,
+        format!("v6-{}", host.label),
+        &["--subnet", "fd00:f0d:18::/64"],
+    );
+    let fwdd = Fwdd::start(&host);
+    wait_engine_known(&fwdd);
+    let label = format!("fwd-test={}", host.label);
+    let mut run = podman.docker();
+    run.args(["run", "-d", "--label", &label]);
+    run.args(host.httpd_args(&["--network", &net.name, "-p", "21150:8080"]));
+    let id = run_ok(&mut run);
+    let ip = run_ok(podman.docker().args([
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}",
+        id.trim(),
+    ]));
+    assert!(ip.trim().starts_with("fd00:f0d:18::"), "{ip}");
+    let r = wait_route_to(&fwdd, 21150, &format!("[{}]:8080", ip.trim()));
+    assert_eq!(r.kind, RouteKind::Direct, "{r:?}");
+    assert_eq!(fwdd.wait_http(21150), "hello\n");
 }
