@@ -136,15 +136,8 @@ impl Ctx<'_> {
                 let mut s = TcpStream::connect_timeout(&at(p), Duration::from_secs(5)).ok()?;
                 let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
                 s.write_all(b"go\n").ok()?;
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut got = 0u64;
-                while got < want {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => got += k as u64,
-                    }
-                }
-                (got >= want).then(|| want as f64 / 1048576.0 / t.elapsed().as_secs_f64())
+                (read_up_to(&mut s, want) >= want)
+                    .then(|| want as f64 / 1048576.0 / t.elapsed().as_secs_f64())
             };
             let (mut a, mut b) = (Vec::new(), Vec::new());
             for _ in 0..2 {

@@ -519,15 +519,7 @@ impl Ctx<'_> {
                             continue;
                         };
                         let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-                        let mut buf = vec![0u8; 256 * 1024];
-                        let mut got = 0u64;
-                        while got < want {
-                            match s.read(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(k) => got += k as u64,
-                            }
-                        }
-                        if got >= want {
+                        if read_up_to(&mut s, want) >= want {
                             return Some(want as f64 / 1048576.0 / t.elapsed().as_secs_f64());
                         }
                         drop(s);
@@ -554,14 +546,7 @@ impl Ctx<'_> {
                     spawn_in_ns(&ns, move || {
                         if let Ok(mut s) = TcpStream::connect(local(to)) {
                             let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-                            let mut buf = vec![0u8; 256 * 1024];
-                            let mut got = 0u64;
-                            while got < want {
-                                match s.read(&mut buf) {
-                                    Ok(0) | Err(_) => break,
-                                    Ok(k) => got += k as u64,
-                                }
-                            }
+                            read_up_to(&mut s, want);
                         }
                     })
                     .join()

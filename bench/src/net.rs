@@ -197,3 +197,17 @@ pub(crate) fn alternate_first_byte(
     .join()
     .expect("setup bench")
 }
+
+/// Reads from `s` until `want` bytes came, the stream ended or failed;
+/// returns how many came.
+pub(crate) fn read_up_to(s: &mut TcpStream, want: u64) -> u64 {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    while got < want {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got += k as u64,
+        }
+    }
+    got
+}

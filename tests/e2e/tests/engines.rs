@@ -60,16 +60,7 @@ fn forwards_everything_on(host: &TestHost, engine: Engine) {
     assert_eq!(found.route.as_deref(), Some("stream_local"), "{found:?}");
     let version = st.hosts[0].docker_version.clone().unwrap_or_default();
     assert!(version.starts_with(engine.version), "{version}");
-    fwdd.wait_for(
-        std::time::Duration::from_secs(10),
-        "the engine to say whether it runs rootless",
-        |st| {
-            st.hosts[0]
-                .engine
-                .as_ref()
-                .is_some_and(|e| e.rootless.is_some())
-        },
-    );
+    fwdd.wait_engine_known();
     let said = fwdd
         .status()
         .and_then(|st| st.hosts[0].engine.clone()?.rootless);

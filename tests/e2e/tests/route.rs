@@ -53,21 +53,6 @@ fn wait_route_to(fwdd: &Fwdd, port: u16, to: &str) -> ForwardRoute {
     route(fwdd, port)
 }
 
-/// Until the engine has said whether it runs rootless: before that every
-/// route is the published port.
-fn wait_engine_known(fwdd: &Fwdd) {
-    fwdd.wait_for(
-        Duration::from_secs(10),
-        "the engine to say whether it runs rootless",
-        |st| {
-            st.hosts[0]
-                .engine
-                .as_ref()
-                .is_some_and(|e| e.rootless.is_some())
-        },
-    );
-}
-
 /// A user network of the engine at `socket`, removed (with what is still on
 /// it) at the end.
 struct Network {
@@ -114,7 +99,7 @@ impl Drop for Network {
 fn a_container_on_the_default_bridge_is_reached_at_its_own_address() {
     let host = sandbox_host!("route_direct");
     let fwdd = Fwdd::start(&host);
-    wait_engine_known(&fwdd);
+    fwdd.wait_engine_known();
     // Published on the host's loopback only: the direct route does not
     // care where the port is published.
     let id = host.httpd(&["127.0.0.1:21100:8080"]);
@@ -166,7 +151,7 @@ fn a_direct_route_sshd_will_not_open_falls_back_to_the_published_port_at_once() 
     let host = sandbox_host!("route_permitopen");
     host.add_sshd_config("PermitOpen 127.0.0.1:*");
     let fwdd = Fwdd::start(&host);
-    wait_engine_known(&fwdd);
+    fwdd.wait_engine_known();
     let ids = [host.httpd(&["21120:8080"]), host.httpd(&["21121:8080"])];
     for (port, id) in [21120, 21121].into_iter().zip(&ids) {
         fwdd.wait_forward_state(port, fwd_proto::ForwardState::Active);
@@ -217,7 +202,7 @@ fn a_container_on_two_networks_follows_a_disconnect() {
         &[],
     );
     let fwdd = Fwdd::start(&host);
-    wait_engine_known(&fwdd);
+    fwdd.wait_engine_known();
     let id = host.httpd_with(&["--network", &net.name, "-p", "21130:8080"]);
     host.sandbox()
         .docker_ok(&["network", "connect", "bridge", &id]);
@@ -255,7 +240,7 @@ fn a_container_on_an_ipv6_only_network_is_reached_at_its_ipv6_address() {
         &["--subnet", "fd00:f0d:18::/64"],
     );
     let fwdd = Fwdd::start(&host);
-    wait_engine_known(&fwdd);
+    fwdd.wait_engine_known();
     let label = format!("fwd-test={}", host.label);
     let mut run = podman.docker();
     run.args(["run", "-d", "--label", &label]);

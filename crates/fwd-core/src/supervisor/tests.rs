@@ -188,9 +188,14 @@ impl Rig {
     fn connect(&mut self, pid: u32, running: &[Container]) {
         self.expect_op(Op::SpawnMaster);
         self.master_ready(pid);
-        self.expect_op(Op::OpenApi {
-            route: STREAM_LOCAL,
-        });
+        self.resync_on(STREAM_LOCAL, running);
+        assert_eq!(self.m.health().master, MasterPhase::Connected);
+    }
+
+    /// From the API channel's opening on `route` to the resync's end,
+    /// with `running` the engine's containers.
+    fn resync_on(&mut self, route: EngineRoute, running: &[Container]) {
+        self.expect_op(Op::OpenApi { route });
         self.answer(Outcome::ApiReady {
             version: "20.10.24 (API 1.41)".into(),
         });
@@ -204,7 +209,6 @@ impl Rig {
             self.expect_op(Op::Inspect(c.id.clone()));
             self.answer(Outcome::Inspected(Some(c.clone())));
         }
-        assert_eq!(self.m.health().master, MasterPhase::Connected);
     }
 
     fn fail_master(&mut self, kind: FailureKind) {
@@ -1343,20 +1347,7 @@ fn on_dial_stdio_the_rootless_question_is_asked_on_the_idle_api_channel() {
             FailureKind::StreamEnded,
             "connection closed before message completed",
         )));
-        r.expect_op(Op::OpenApi {
-            route: EngineRoute::DialStdio,
-        });
-        r.answer(Outcome::ApiReady {
-            version: "20.10.24 (API 1.41)".into(),
-        });
-        r.answer(Outcome::Subscribed);
-        r.answer(Outcome::Listed(
-            running.iter().map(|c| c.id.clone()).collect(),
-        ));
-        for c in running {
-            r.expect_op(Op::Inspect(c.id.clone()));
-            r.answer(Outcome::Inspected(Some(c.clone())));
-        }
+        r.resync_on(EngineRoute::DialStdio, running);
     };
     let mut r = Rig::new();
     dial_stdio_up(&mut r, &[container(1, 10)]);

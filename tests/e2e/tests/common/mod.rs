@@ -205,6 +205,21 @@ impl<'a> Fwdd<'a> {
         }
     }
 
+    /// Until the (first) host's engine has said whether it runs rootless:
+    /// before that, every route is the published port.
+    pub fn wait_engine_known(&self) {
+        self.wait_for(
+            Duration::from_secs(10),
+            "the engine to say whether it runs rootless",
+            |st| {
+                st.hosts[0]
+                    .engine
+                    .as_ref()
+                    .is_some_and(|e| e.rootless.is_some())
+            },
+        );
+    }
+
     pub fn forward(&self, port: u16) -> Option<ForwardStatus> {
         self.status()?
             .forwards
