@@ -35,8 +35,8 @@ pub use reconcile::{desired_forwards, plan, reconcile, Action, Desired, Held, Ho
 pub use reload::{reload_plan, ReloadPlan};
 pub use repeat::{EpisodeLog, EpisodeSnapshot, RecentLines, RepeatGate, UpLog, Verdict};
 pub use route::{
-    judge_direct_failure, retry_direct_refused, DirectFailure, NetworkAttachment, PublishedWhy,
-    Route, RouteFacts,
+    direct_open_within, judge_direct_failure, judge_direct_silence, retry_direct_refused,
+    DirectFailure, NetworkAttachment, PublishedWhy, Route, RouteFacts, DIRECT_OPEN_WITHIN,
 };
 pub use rules::{Decision, Rule, RuleAction, Rules};
 pub use startup::{listen_probe_wait, retry_refused};

@@ -203,6 +203,46 @@ pub fn judge_direct_failure(reasons: &[String]) -> DirectFailure {
     }
 }
 
+/// How long a channel open on the direct route may take before it counts as
+/// unanswered ([`judge_direct_silence`]): an address that drops packets (a
+/// firewall) leaves sshd's connect waiting for TCP's own timeout, minutes,
+/// and every client with it. A healthy open takes one round trip to the
+/// host and a connect on its bridge (with one SYN retransmission, 1 s).
+pub const DIRECT_OPEN_WITHIN: Duration = Duration::from_secs(3);
+
+/// How often a young container's direct route is tried again while its
+/// address does not answer yet: an IPv6 address is tentative for about a
+/// second after the container starts, and a SYN lost meanwhile is sent
+/// again only after TCP's own second (then three more).
+const YOUNG_OPEN_WITHIN: Duration = Duration::from_millis(250);
+
+/// How long a check of the direct route may wait for its channel to open,
+/// for a container running for `active_for`: short within the startup
+/// `window` (silence there is "not yet", tried again), else
+/// [`DIRECT_OPEN_WITHIN`].
+pub fn direct_open_within(active_for: Option<Duration>, window: Duration) -> Duration {
+    match active_for {
+        Some(d) if d < window => YOUNG_OPEN_WITHIN,
+        _ => DIRECT_OPEN_WITHIN,
+    }
+}
+
+/// What a direct open that got no answer within [`direct_open_within`]
+/// means, for a container running for `active_for` (`None`: not known):
+/// within the startup `window` its address may not answer yet (an IPv6
+/// address is tentative until duplicate address detection is done, a
+/// bridge port may still be learning), so it is tried again; after it,
+/// the route has failed.
+pub fn judge_direct_silence(active_for: Option<Duration>, window: Duration) -> DirectFailure {
+    match active_for {
+        Some(d) if d < window => DirectFailure::NotListening,
+        _ => DirectFailure::RouteFailed(format!(
+            "the channel did not open within {} s",
+            DIRECT_OPEN_WITHIN.as_secs()
+        )),
+    }
+}
+
 const FIRST_DIRECT_RETRY: Duration = Duration::from_millis(2);
 const MAX_DIRECT_RETRY: Duration = Duration::from_millis(20);
 
@@ -228,6 +268,36 @@ pub fn retry_direct_refused(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Silence from a young container's address is "not yet"; from an
+    /// older one's, or one whose start is not known, a failed route.
+    #[test]
+    fn a_direct_open_without_answer_waits_only_within_the_startup_window() {
+        let window = Duration::from_secs(10);
+        assert_eq!(
+            judge_direct_silence(Some(Duration::from_secs(4)), window),
+            DirectFailure::NotListening
+        );
+        for older in [Some(window), Some(Duration::from_secs(60)), None] {
+            assert_eq!(
+                judge_direct_silence(older, window),
+                DirectFailure::RouteFailed("the channel did not open within 3 s".into()),
+                "{older:?}"
+            );
+        }
+        assert_eq!(
+            judge_direct_silence(Some(Duration::ZERO), Duration::ZERO),
+            DirectFailure::RouteFailed("the channel did not open within 3 s".into()),
+            "no window, no waiting"
+        );
+        // A young one is asked again often; an older one is given time.
+        assert_eq!(
+            direct_open_within(Some(Duration::from_secs(1)), window),
+            Duration::from_millis(250)
+        );
+        assert_eq!(direct_open_within(Some(window), window), DIRECT_OPEN_WITHIN);
+        assert_eq!(direct_open_within(None, window), DIRECT_OPEN_WITHIN);
+    }
 
     const ROOTFUL: RouteFacts = RouteFacts {
         direct_allowed: true,

@@ -1024,6 +1024,44 @@ impl TestHost {
         }
     }
 
+    /// Drops every packet this host's sshd (and its connections'
+    /// processes) sends to `ip`, while everything else on the
+    /// Docker host (docker-proxy) still reaches it: sshd is moved into a
+    /// cgroup of its own, and the remote netns's iptables matches it. Undone
+    /// when the guard drops.
+    pub fn drop_sshd_packets_to(&self, ip: &str) -> SshdPacketDrop {
+        let mounts = fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+        let root = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 2 && f[2] == "cgroup2")
+            .map(|f| PathBuf::from(f[1]))
+            .expect("a cgroup2 hierarchy");
+        let name = format!("fwd-e2e-{}", self.label);
+        let dir = root.join(&name);
+        fs::create_dir_all(&dir).expect("create the cgroup");
+        // The connections' processes too: sshd forked them before.
+        for pid in process_tree(self.sshd_pid().expect("sshd runs")) {
+            let _ = fs::write(dir.join("cgroup.procs"), pid.to_string());
+        }
+        let rule = [
+            "OUTPUT", "-m", "cgroup", "--path", &name, "-d", ip, "-j", "DROP",
+        ]
+        .map(str::to_string);
+        run_ok(
+            self.sandbox
+                .remote_command("iptables")
+                .arg("-I")
+                .args(&rule),
+        );
+        SshdPacketDrop {
+            remote_ns: self.sandbox.remote_ns.clone(),
+            root,
+            dir,
+            rule,
+        }
+    }
+
     /// Ids of all containers (running or not) carrying this host's label.
     pub fn containers(&self) -> Vec<String> {
         let filter = format!("label={LABEL_KEY}={}", self.label);
@@ -1032,6 +1070,29 @@ impl TestHost {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+}
+
+/// See [`TestHost::drop_sshd_packets_to`].
+pub struct SshdPacketDrop {
+    remote_ns: String,
+    root: PathBuf,
+    dir: PathBuf,
+    rule: [String; 9],
+}
+
+impl Drop for SshdPacketDrop {
+    fn drop(&mut self) {
+        let _ = netns_command(&self.remote_ns, "iptables")
+            .arg("-D")
+            .args(&self.rule)
+            .status();
+        if let Ok(procs) = fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for pid in procs.split_whitespace() {
+                let _ = fs::write(self.root.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = fs::remove_dir(&self.dir);
     }
 }
 

@@ -8,6 +8,7 @@
 #[macro_use]
 mod common;
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -189,6 +190,57 @@ fn a_direct_route_sshd_will_not_open_falls_back_to_the_published_port_at_once() 
     );
 }
 
+/// The container's address drops sshd's packets (a firewall): the direct
+/// channel never opens, and sshd would wait minutes for TCP. The first
+/// client is served on the published port once the open has taken
+/// `DIRECT_OPEN_WITHIN`, the forward stays there and says why, and the next
+/// client goes straight there.
+#[test]
+fn a_direct_route_that_never_answers_falls_back_after_the_open_limit() {
+    let host = sandbox_host!("route_black_hole");
+    // Outside a startup window, silence is a failed route at once (inside
+    // it, a young container's address may not answer yet).
+    let toml = format!("startup_window = \"0s\"\n{}", config(&host, ""));
+    let fwdd = Fwdd::spawn_with_config(&host, &toml);
+    fwdd.wait_connected();
+    fwdd.wait_engine_known();
+    let id = host.httpd(&["21160:8080"]);
+    let ip = address_on(&host, &id, "bridge");
+    let direct = format!("{ip}:8080");
+    wait_route_to(&fwdd, 21160, &direct);
+    let _dropped = host.drop_sshd_packets_to(&ip);
+    let t0 = std::time::Instant::now();
+    let mut s = host.connect(21160).expect("the local port accepts");
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("request");
+    let mut answer = String::new();
+    let read = s.read_to_string(&mut answer);
+    let waited = t0.elapsed();
+    assert!(
+        read.is_ok() && answer.ends_with("\r\n\r\nhello\n"),
+        "not served on the fallback after {waited:?}: {read:?} {answer:?}\n{}",
+        fwdd.log_tail(40)
+    );
+    assert!(
+        waited >= fwd_core::DIRECT_OPEN_WITHIN && waited < fwd_core::DIRECT_OPEN_WITHIN * 2,
+        "served after {waited:?}"
+    );
+    let r = route(&fwdd, 21160);
+    assert_eq!(r.kind, RouteKind::Published, "{r:?}");
+    assert!(r.fell_back, "{r:?}");
+    assert_eq!(
+        r.why,
+        format!(
+            "the direct route to {direct} failed: the channel did not open within {} s",
+            fwd_core::DIRECT_OPEN_WITHIN.as_secs()
+        )
+    );
+    let t1 = std::time::Instant::now();
+    assert_eq!(host.http_get(21160).expect("served again"), "hello\n");
+    assert!(t1.elapsed() < Duration::from_secs(1), "{:?}", t1.elapsed());
+}
+
 /// On two bridge networks the first by name is taken; a disconnect (the
 /// engine's network event) moves the forward to the address left, and
 /// connections follow.
@@ -255,5 +307,10 @@ fn a_container_on_an_ipv6_only_network_is_reached_at_its_ipv6_address() {
     assert!(ip.trim().starts_with("fd00:f0d:18::"), "{ip}");
     let r = wait_route_to(&fwdd, 21150, &format!("[{}]:8080", ip.trim()));
     assert_eq!(r.kind, RouteKind::Direct, "{r:?}");
+    let t0 = std::time::Instant::now();
     assert_eq!(fwdd.wait_http(21150), "hello\n");
+    eprintln!(
+        "ROUTE ipv6-only: first connection served after {:?}",
+        t0.elapsed()
+    );
 }

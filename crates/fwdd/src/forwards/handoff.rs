@@ -128,12 +128,13 @@ async fn serve_connection(
         let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, slots.acquire()).await else {
             return Served::Failed(FailureReason::Handoff);
         };
-        let (running_since, listening, direct_failed, route) = {
+        let (running_since, listening, direct_failed, direct_verified, route) = {
             let t = target.borrow();
             (
                 t.running_since,
                 t.listening.clone(),
                 t.direct_failed.clone(),
+                t.direct_verified.clone(),
                 t.route_now(),
             )
         };
@@ -161,12 +162,67 @@ async fn serve_connection(
             .as_ref()
             .filter(|_| route.direct)
             .map(|f| (f, f.mark()));
-        let handed_off = tokio::time::timeout_at(
-            deadline,
-            ctx.hand_off(&claim.host, &link, &route.to, sock.as_fd()),
-        )
-        .await;
+        // A direct route is first opened on a channel of fwd's own: an open
+        // that hangs (packets dropped on the way) is abandoned after
+        // `DIRECT_OPEN_WITHIN`, and the master keeps the abandoned channel's
+        // socket until sshd gives up, minutes later — it must not be the
+        // client's, or the channel could still open onto it.
+        let verify = route.direct && !direct_verified.get();
+        let check = if verify {
+            match std::os::unix::net::UnixStream::pair() {
+                Ok(pair) => Some(pair),
+                Err(_) => return Served::Failed(FailureReason::Handoff),
+            }
+        } else {
+            None
+        };
+        let (fd, open_by) = match &check {
+            Some((_, theirs)) => {
+                let within =
+                    fwd_core::direct_open_within(running_since.map(|t| t.elapsed()), window);
+                (
+                    theirs.as_fd(),
+                    deadline.min(tokio::time::Instant::now() + within),
+                )
+            }
+            None => (sock.as_fd(), deadline),
+        };
+        let mut handed_off =
+            tokio::time::timeout_at(open_by, ctx.hand_off(&claim.host, &link, &route.to, fd)).await;
         drop(slot);
+        if let Some(check) = check {
+            registered.set(ConnState::Queued(sock.as_raw_fd()));
+            drop(check);
+            match handed_off {
+                Ok(Ok(_tunnel)) => {
+                    // The route works: the client goes the same way now.
+                    direct_verified.set(true);
+                    continue;
+                }
+                Err(_) => {
+                    let silence =
+                        fwd_core::judge_direct_silence(running_since.map(|t| t.elapsed()), window);
+                    match silence {
+                        DirectFailure::NotListening => {
+                            if let Some(since) = running_since {
+                                deadline = deadline.max((since + window).into());
+                            }
+                        }
+                        DirectFailure::RouteFailed(why) => {
+                            ctx.direct_route_failed(&claim, &route.to, &why);
+                            direct_failed.replace(Some(why));
+                            // The client's wait went to the check: the
+                            // published port gets time of its own.
+                            let grace = tokio::time::Instant::now() + fwd_core::DIRECT_OPEN_WITHIN;
+                            deadline = deadline.max(grace);
+                        }
+                    }
+                    continue;
+                }
+                // A refusal or the master's trouble: as for a client.
+                other => handed_off = other,
+            }
+        }
         registered.set(match &handed_off {
             Ok(Ok(tunnel)) => ConnState::Tunnel(tunnel.as_raw_fd()),
             _ => ConnState::Queued(sock.as_raw_fd()),

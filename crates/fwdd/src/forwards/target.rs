@@ -27,6 +27,9 @@ pub struct Target {
     /// open it, …): this run of the container is then served on its
     /// published port. Shared by the forward's connections.
     pub direct_failed: Rc<RefCell<Option<String>>>,
+    /// A channel on the direct route opened for this run: clients are
+    /// handed over on it without a check first.
+    pub direct_verified: Rc<Cell<bool>>,
 }
 
 /// Where a forward's connections go now, and why.
@@ -69,6 +72,7 @@ impl Target {
             running_since,
             listening: Rc::default(),
             direct_failed: Rc::default(),
+            direct_verified: Rc::default(),
         }
     }
 
@@ -100,6 +104,11 @@ impl Target {
             },
             direct_failed: if same_route {
                 self.direct_failed.clone()
+            } else {
+                Rc::default()
+            },
+            direct_verified: if same_route {
+                self.direct_verified.clone()
             } else {
                 Rc::default()
             },
