@@ -85,8 +85,10 @@ enum Served {
 /// sees a slow connect. On the direct route a refusal is exact (nothing
 /// listens yet: `fwd_core::retry_direct_refused`); on the published port
 /// docker-proxy accepts for the container, so a young container is probed
-/// first (`fwd_core::retry_refused`). A direct route that fails otherwise is
-/// left for the published port at once.
+/// first (`fwd_core::retry_refused`). A direct route is checked once per run
+/// of the container on a channel of fwd's own, which may be abandoned
+/// unanswered; a direct route that fails otherwise than by a refusal is left
+/// for the published port at once.
 async fn serve_connection(
     sock: std::net::TcpStream,
     mut target: watch::Receiver<Target>,
