@@ -248,6 +248,9 @@ async fn serve_connection(
                         direct_failed.replace(Some(why));
                         continue;
                     }
+                    // The container's address answered (nothing listens
+                    // yet): the route works, clients go on it directly.
+                    direct_verified.set(true);
                 }
                 let running_since = target.borrow().running_since;
                 let window = ctx.startup_window.get();

@@ -27,8 +27,9 @@ pub struct Target {
     /// open it, …): this run of the container is then served on its
     /// published port. Shared by the forward's connections.
     pub direct_failed: Rc<RefCell<Option<String>>>,
-    /// A channel on the direct route opened for this run: clients are
-    /// handed over on it without a check first.
+    /// The direct route answered for this run (a channel opened, or the
+    /// container refused one): clients are handed over on it without a
+    /// check first.
     pub direct_verified: Rc<Cell<bool>>,
 }
 
