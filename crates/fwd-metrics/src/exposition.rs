@@ -33,6 +33,8 @@ pub struct HostScrape {
     pub state: String,
     /// Forwards by state (`active`, `pending`, `conflict`, …).
     pub forwards: BTreeMap<String, u64>,
+    /// Active forwards by route (`direct`, `published`, `fell_back`).
+    pub routes: BTreeMap<String, u64>,
     /// Reconnects by what ended the previous link.
     pub reconnects: BTreeMap<String, u64>,
     pub events: u64,
@@ -232,6 +234,20 @@ impl Collector for ScrapeCollector {
                 h.forwards.iter().map(move |(state, n)| {
                     (
                         vec![host(h), ("state", Escaped(state))],
+                        ConstGauge::new(*n as i64),
+                    )
+                })
+            }),
+        )?;
+        family(
+            &mut e,
+            "fwd_forward_routes",
+            "Active forwards by route: direct (to the container itself), published (the port published on the host), fell_back (published, because the direct route failed).",
+            Gauge,
+            s.hosts.iter().flat_map(|h| {
+                h.routes.iter().map(move |(route, n)| {
+                    (
+                        vec![host(h), ("route", Escaped(route))],
                         ConstGauge::new(*n as i64),
                     )
                 })

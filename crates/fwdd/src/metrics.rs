@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use fwd_metrics::{HostScrape, MetricsSource, Scrape};
-use fwd_proto::{MasterState, StreamState};
+use fwd_proto::{ForwardState, MasterState, StreamState};
 
 use crate::daemon::Daemon;
 
@@ -28,8 +28,17 @@ pub fn scrape(d: &Daemon) -> Scrape {
         .map(|h| {
             let key = fwd_core::HostKey::from(h.name.as_str());
             let mut forwards: BTreeMap<String, u64> = BTreeMap::new();
+            let mut routes: BTreeMap<String, u64> = BTreeMap::new();
             for f in status.forwards.iter().filter(|f| f.host == h.name) {
                 *forwards.entry(f.state.as_str().into()).or_default() += 1;
+                if let (ForwardState::Active, Some(r)) = (f.state, &f.route) {
+                    let route = if r.fell_back {
+                        "fell_back"
+                    } else {
+                        r.kind.as_str()
+                    };
+                    *routes.entry(route.into()).or_default() += 1;
+                }
             }
             let mut exposures: BTreeMap<String, u64> = BTreeMap::new();
             for e in status.exposed.iter().filter(|e| e.host == h.name) {
@@ -59,6 +68,7 @@ pub fn scrape(d: &Daemon) -> Scrape {
                     h.master.state.to_string()
                 },
                 forwards,
+                routes,
                 reconnects,
                 events: h.events.events_received,
                 engine_connections: h.engine.as_ref().map_or(0, |e| e.connections_total),

@@ -103,6 +103,13 @@ fn the_endpoint_counts_traffic_and_reconnects_and_readyz_follows_the_host() {
         Some(1.0),
         "{text}"
     );
+    // Its route: the container itself, once the engine said it is rootful.
+    wait_sample(
+        &host,
+        "fwd_forward_routes{host=\"box\",route=\"direct\"}",
+        "the direct route",
+        |v| v == 1.0,
+    );
 
     // A master SIGKILL: not ready while it is down, then a reconnect counted
     // by its reason.
