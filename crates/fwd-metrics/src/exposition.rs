@@ -184,6 +184,22 @@ fn family<'a, M: EncodeMetric>(
     Ok(())
 }
 
+/// A gauge of counts per host and one more label, e.g. forwards by state.
+fn counts_by<'a>(
+    hosts: &'a [HostScrape],
+    label: &'static str,
+    counts: impl Fn(&'a HostScrape) -> &'a BTreeMap<String, u64> + Copy + 'a,
+) -> impl Iterator<Item = (Vec<(&'a str, Escaped<'a>)>, ConstGauge<i64>)> + 'a {
+    hosts.iter().flat_map(move |h| {
+        counts(h).iter().map(move |(value, n)| {
+            (
+                vec![host(h), (label, Escaped(value))],
+                ConstGauge::new(*n as i64),
+            )
+        })
+    })
+}
+
 impl Collector for ScrapeCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use MetricType::{Counter, Gauge};
@@ -230,28 +246,14 @@ impl Collector for ScrapeCollector {
             "fwd_forwards",
             "Forwards by state (active, pending, conflict, unsupported).",
             Gauge,
-            s.hosts.iter().flat_map(|h| {
-                h.forwards.iter().map(move |(state, n)| {
-                    (
-                        vec![host(h), ("state", Escaped(state))],
-                        ConstGauge::new(*n as i64),
-                    )
-                })
-            }),
+            counts_by(&s.hosts, "state", |h| &h.forwards),
         )?;
         family(
             &mut e,
             "fwd_forward_routes",
             "Active forwards by route: direct (to the container itself), published (the port published on the host), fell_back (published, because the direct route failed).",
             Gauge,
-            s.hosts.iter().flat_map(|h| {
-                h.routes.iter().map(move |(route, n)| {
-                    (
-                        vec![host(h), ("route", Escaped(route))],
-                        ConstGauge::new(*n as i64),
-                    )
-                })
-            }),
+            counts_by(&s.hosts, "route", |h| &h.routes),
         )?;
         family(
             &mut e,
@@ -337,14 +339,7 @@ impl Collector for ScrapeCollector {
             "fwd_exposures",
             "Runner ports the host's containers reach (expose), by state.",
             Gauge,
-            s.hosts.iter().flat_map(|h| {
-                h.exposures.iter().map(move |(state, n)| {
-                    (
-                        vec![host(h), ("state", Escaped(state))],
-                        ConstGauge::new(*n as i64),
-                    )
-                })
-            }),
+            counts_by(&s.hosts, "state", |h| &h.exposures),
         )?;
         Ok(())
     }
