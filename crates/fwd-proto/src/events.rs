@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::status::{
-    ForwardState, ForwardStatus, MasterState, MasterStatus, Status, StreamState, StreamStatus,
+    ForwardRoute, ForwardState, ForwardStatus, MasterState, MasterStatus, Status, StreamState,
+    StreamStatus,
 };
 
 /// One line of a `watch` stream: `{"kind":"...","at_ms":...,...}`.
@@ -51,6 +52,17 @@ pub enum Event {
         /// The forward now (`state`, `reason`, ...).
         forward: ForwardStatus,
     },
+    /// An active forward's connections now take another route: to the
+    /// container itself or the published port, another address, or its
+    /// direct route failed (added within v1).
+    ForwardRouteChanged {
+        /// When the change was seen (Unix ms).
+        at_ms: u64,
+        /// The route before.
+        previous_route: Option<ForwardRoute>,
+        /// The forward now (`route`: kind, to, why, fell_back).
+        forward: ForwardStatus,
+    },
     /// A host's ssh master changed state or was replaced (new pid).
     MasterStateChanged {
         /// When the change was seen (Unix ms).
@@ -83,6 +95,7 @@ impl Event {
             Event::ForwardAdded { .. } => "forward_added",
             Event::ForwardRemoved { .. } => "forward_removed",
             Event::ForwardStateChanged { .. } => "forward_state_changed",
+            Event::ForwardRouteChanged { .. } => "forward_route_changed",
             Event::MasterStateChanged { .. } => "master_state_changed",
             Event::StreamStateChanged { .. } => "stream_state_changed",
         }
@@ -95,6 +108,7 @@ impl Event {
             | Event::ForwardAdded { at_ms, .. }
             | Event::ForwardRemoved { at_ms, .. }
             | Event::ForwardStateChanged { at_ms, .. }
+            | Event::ForwardRouteChanged { at_ms, .. }
             | Event::MasterStateChanged { at_ms, .. }
             | Event::StreamStateChanged { at_ms, .. } => *at_ms,
         }
@@ -162,6 +176,19 @@ pub fn diff(old: &Status, new: &Status, at_ms: u64) -> Vec<Event> {
                 previous_state: o.state,
                 forward: (*n).clone(),
             }),
+            // Only a serving forward's route is news: a start's own change
+            // of route rides on its state change.
+            (Some(o), Some(n))
+                if o.state == ForwardState::Active
+                    && n.state == ForwardState::Active
+                    && o.route != n.route =>
+            {
+                out.push(Event::ForwardRouteChanged {
+                    at_ms,
+                    previous_route: o.route.clone(),
+                    forward: (*n).clone(),
+                })
+            }
             _ => {}
         }
     }
@@ -170,6 +197,7 @@ pub fn diff(old: &Status, new: &Status, at_ms: u64) -> Vec<Event> {
     out.sort_by_key(|e| match e {
         Event::ForwardRemoved { forward, .. } => (1, forward.local_port, 0),
         Event::ForwardStateChanged { forward, .. } => (1, forward.local_port, 1),
+        Event::ForwardRouteChanged { forward, .. } => (1, forward.local_port, 1),
         Event::ForwardAdded { forward, .. } => (1, forward.local_port, 2),
         _ => (0, 0, 0),
     });

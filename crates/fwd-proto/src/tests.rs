@@ -477,6 +477,11 @@ fn all_events() -> Vec<Event> {
             previous_state: ForwardState::Active,
             forward: st.forwards[2].clone(),
         },
+        Event::ForwardRouteChanged {
+            at_ms,
+            previous_route: st.forwards[0].route.clone(),
+            forward: st.forwards[1].clone(),
+        },
         Event::MasterStateChanged {
             at_ms,
             host: "staging".into(),
@@ -761,6 +766,34 @@ mod diff_tests {
         let mut newer = new.clone();
         newer.forwards[0].reason = Some("still busy".into());
         assert!(diff(&new, &newer, T).is_empty());
+    }
+
+    /// A serving forward that takes another route is an event; a start's
+    /// change of route rides on its state change.
+    #[test]
+    fn an_active_forwards_new_route_is_an_event() {
+        let old = sample_status();
+        let mut new = old.clone();
+        let before = old.forwards[0].route.clone();
+        new.forwards[0].route = Some(crate::ForwardRoute {
+            kind: crate::RouteKind::Published,
+            to: "127.0.0.1:8080".into(),
+            why:
+                "the direct route to 172.17.0.2:80 failed: administratively prohibited: open failed"
+                    .into(),
+            fell_back: true,
+        });
+        assert_eq!(
+            diff(&old, &new, T),
+            vec![Event::ForwardRouteChanged {
+                at_ms: T,
+                previous_route: before,
+                forward: new.forwards[0].clone(),
+            }]
+        );
+        let mut pending = old.clone();
+        pending.forwards[0].state = ForwardState::Pending;
+        assert_eq!(kinds(&diff(&pending, &new, T)), ["forward_state_changed"]);
     }
 
     #[test]

@@ -102,6 +102,25 @@ fn event_line(e: &Event) -> String {
             with_reason(&mut s, &forward.reason);
             s
         }
+        Event::ForwardRouteChanged {
+            previous_route,
+            forward,
+            ..
+        } => {
+            let kind = |r: &Option<fwd_proto::ForwardRoute>| {
+                r.as_ref().map_or("unknown", |r| r.kind.as_str())
+            };
+            let mut s = format!(
+                "{t} forward {} route {} → {}",
+                fwd_label(forward),
+                kind(previous_route),
+                kind(&forward.route)
+            );
+            if let Some(r) = &forward.route {
+                s.push_str(&format!(" {}: {}", r.to, r.why));
+            }
+            s
+        }
         Event::MasterStateChanged {
             host,
             previous_state,
@@ -281,6 +300,21 @@ mod tests {
                 forward: f
             })),
             "forward localhost:5432 → shop/db (ci-docker) active → conflict: 127.0.0.1:5432 is in use by another process"
+        );
+        let mut routed = fw();
+        routed.route = Some(fwd_proto::ForwardRoute {
+            kind: fwd_proto::RouteKind::Published,
+            to: "127.0.0.1:5432".into(),
+            why: "the direct route to 172.17.0.2:5432 failed: administratively prohibited: open failed".into(),
+            fell_back: true,
+        });
+        assert_eq!(
+            strip_clock(render_event(&Event::ForwardRouteChanged {
+                at_ms: 0,
+                previous_route: None,
+                forward: routed
+            })),
+            "forward localhost:5432 → db (ci-docker) route unknown → published 127.0.0.1:5432: the direct route to 172.17.0.2:5432 failed: administratively prohibited: open failed"
         );
         let mut m = MasterStatus {
             state: MasterState::Backoff,

@@ -8,10 +8,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{bin, fwdctl, fwdctl_command, Fwdd};
+use common::{bin, expect_line, fwdctl, fwdctl_command, line_reader, Fwdd};
 use fwd_e2e::wait_until;
 use fwd_proto::{ForwardState, MasterState};
 
@@ -237,43 +236,6 @@ fn wait_on_a_container_name_covers_all_its_ports() {
     // By ID prefix too, and mixed with a port.
     let out = fwdctl(&fwdd, &["wait", &id[..12], "20320", "--timeout", "10s"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-}
-
-/// Reads lines of a child's stdout on a thread.
-fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Receives lines until one satisfies `f`; panics after `timeout`.
-fn expect_line(
-    rx: &mpsc::Receiver<String>,
-    timeout: Duration,
-    what: &str,
-    f: impl Fn(&str) -> bool,
-) -> String {
-    let deadline = Instant::now() + timeout;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if f(&line) => return line,
-            Ok(line) => seen.push(line),
-            Err(_) => panic!(
-                "no line with {what} within {timeout:?}; saw:\n{}",
-                seen.join("\n")
-            ),
-        }
-    }
 }
 
 #[test]

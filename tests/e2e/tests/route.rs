@@ -267,12 +267,35 @@ fn a_container_on_two_networks_follows_a_disconnect() {
     );
     assert_eq!(fwdd.wait_http(21130), "hello\n");
 
+    // A watcher is told of the move.
+    let mut watch = common::fwdctl_command(&fwdd, &["watch", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn fwdctl watch");
+    let lines = common::line_reader(&mut watch);
+    common::expect_line(&lines, Duration::from_secs(5), "the snapshot", |_| true);
     host.sandbox()
         .docker_ok(&["network", "disconnect", &net.name, &id]);
     let on_bridge = format!("{}:8080", address_on(&host, &id, "bridge"));
     let r = wait_route_to(&fwdd, 21130, &on_bridge);
     assert_eq!(r.kind, RouteKind::Direct, "{r:?}");
     assert_eq!(host.http_get(21130).expect("served on bridge"), "hello\n");
+    let moved = common::expect_line(
+        &lines,
+        Duration::from_secs(5),
+        "forward_route_changed 21130",
+        |l| {
+            l.starts_with(r#"{"kind":"forward_route_changed""#)
+                && l.contains(r#""local_port":21130"#)
+        },
+    );
+    assert!(
+        moved.contains(&format!(r#""to":"{on_net}""#))
+            && moved.contains(&format!(r#""to":"{on_bridge}""#)),
+        "{moved}"
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
 }
 
 /// Podman's network with an IPv6 subnet only: the container's one address

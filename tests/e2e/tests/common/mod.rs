@@ -360,3 +360,40 @@ pub fn fwdctl_command(fwdd: &Fwdd, args: &[&str]) -> std::process::Command {
 pub fn fwdctl(fwdd: &Fwdd, args: &[&str]) -> std::process::Output {
     fwdctl_command(fwdd, args).output().expect("run fwdctl")
 }
+
+/// Reads lines of a child's stdout on a thread.
+pub fn line_reader(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Receives lines until one satisfies `f`; panics after `timeout`.
+pub fn expect_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    timeout: Duration,
+    what: &str,
+    f: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if f(&line) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!(
+                "no line with {what} within {timeout:?}; saw:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
