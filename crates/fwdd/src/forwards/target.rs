@@ -46,20 +46,15 @@ impl RouteNow {
     /// failed (`direct_failed` says why).
     pub fn of(claim: &Claim, direct_failed: Option<&str>) -> RouteNow {
         match (&claim.route, direct_failed) {
-            (Route::Direct { to, .. }, None) => RouteNow {
-                direct: true,
-                to: to.clone(),
-                why: claim.route.why(),
-            },
             (Route::Direct { to, .. }, Some(why)) => RouteNow {
                 direct: false,
                 to: claim.remote.clone(),
                 why: format!("the direct route to {to} failed: {why}"),
             },
-            (Route::Published(why), _) => RouteNow {
-                direct: false,
-                to: claim.remote.clone(),
-                why: why.to_string(),
+            _ => RouteNow {
+                direct: claim.route.is_direct(),
+                to: claim.connect_to().clone(),
+                why: claim.route.why(),
             },
         }
     }
