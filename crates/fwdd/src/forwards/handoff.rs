@@ -211,8 +211,7 @@ async fn serve_connection(
                             }
                         }
                         DirectFailure::RouteFailed(why) => {
-                            ctx.direct_route_failed(&claim, &route.to, &why);
-                            direct_failed.replace(Some(why));
+                            ctx.direct_route_failed(&claim, &route.to, why, &direct_failed);
                             // The client's wait went to the check: the
                             // published port gets time of its own.
                             let grace = tokio::time::Instant::now() + fwd_core::DIRECT_OPEN_WITHIN;
@@ -244,8 +243,7 @@ async fn serve_connection(
                         .and_then(|(failures, mark)| failures.since(mark))
                         .unwrap_or_default();
                     if let DirectFailure::RouteFailed(why) = judge_direct_failure(&reasons) {
-                        ctx.direct_route_failed(&claim, &route.to, &why);
-                        direct_failed.replace(Some(why));
+                        ctx.direct_route_failed(&claim, &route.to, why, &direct_failed);
                         continue;
                     }
                     // The container's address answered (nothing listens

@@ -101,16 +101,22 @@ impl ServeContext {
         self.direct_failures.borrow_mut().remove(host);
     }
 
-    /// A forward's direct route failed (not refused): its connections take
-    /// the published port from now on. Said once per host and reason, then
-    /// counted.
-    pub fn direct_route_failed(&self, claim: &Claim, to: &Remote, why: &str) {
+    /// A forward's direct route failed (not refused): recorded in `failed`,
+    /// its connections take the published port from now on. Said once per
+    /// host and reason, then counted.
+    pub fn direct_route_failed(
+        &self,
+        claim: &Claim,
+        to: &Remote,
+        why: String,
+        failed: &RefCell<Option<String>>,
+    ) {
         let verdict = self
             .direct_failures
             .borrow_mut()
             .entry(claim.host.clone())
             .or_insert_with(|| fwd_core::RepeatGate::new(DIRECT_FAILURE_SUMMARY))
-            .observe(why, Instant::now());
+            .observe(&why, Instant::now());
         match verdict {
             fwd_core::Verdict::Log => tracing::warn!(
                 event = "direct_route_failed",
@@ -134,6 +140,7 @@ impl ServeContext {
             ),
             fwd_core::Verdict::Suppress => {}
         }
+        failed.replace(Some(why));
     }
 
     /// The host's hot-path counters, handed out once per connection: counting
