@@ -246,6 +246,20 @@ impl Sandbox {
         run_ok(&mut cmd)
     }
 
+    /// What the remote host has under `/run` besides `/run/sshd`: the
+    /// runtime directories (`/run/user/UID`) of the sandbox's rootless
+    /// engines' users, where their sockets are.
+    pub fn remote_runtime_dirs(&self) -> Vec<PathBuf> {
+        [&self.rootless_docker.1, &self.rootless_podman.1]
+            .iter()
+            .filter_map(|sock| {
+                sock.ancestors()
+                    .find(|a| a.parent() == Some(Path::new("/run/user")))
+                    .map(Path::to_path_buf)
+            })
+            .collect()
+    }
+
     /// A `Command` that runs inside the remote netns (where dockerd and the sshds live).
     pub fn remote_command(&self, program: impl AsRef<OsStr>) -> Command {
         netns_command(&self.remote_ns, program)
@@ -767,24 +781,35 @@ impl TestHost {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mut cmd = if binds.is_empty() {
-            self.sandbox.remote_command("/usr/sbin/sshd")
-        } else {
-            // sshd (and so every session and channel of it) in a mount
-            // namespace of its own: `mount --bind SOURCE TARGET` for each,
-            // then sshd.
-            let mut cmd = self.sandbox.remote_command("unshare");
-            cmd.args(["--mount", "--propagation", "private", "--", "sh", "-ec"]);
-            cmd.arg(
-                "while [ $# -gt 0 ] && [ \"$1\" != -- ]; do mkdir -p \"$2\"; mount --bind \"$1\" \"$2\"; shift 2; done; shift; exec \"$@\"",
-            );
-            cmd.arg("binds");
-            for (source, target) in binds.iter() {
-                cmd.arg(source).arg(target);
-            }
-            cmd.args(["--", "/usr/sbin/sshd"]);
-            cmd
-        };
+        // sshd (and so every session and channel of it) in a mount
+        // namespace of its own whose `/run` (`/var/run`) holds only what this
+        // remote host has: a machine's own engines (a rootful Podman at
+        // /run/podman, a Docker at /var/run/docker.sock, a user's rootless
+        // engine) stay out of sight, as on a real remote host. The private
+        // `/run` is a tmpfs made under the test's directory, given the
+        // sandbox's rootless engines' runtime directories (bound before it
+        // hides the machine's), then moved over `/run`; then each of the
+        // test's own binds (`SOURCE TARGET` pairs).
+        let private_run = self.dir.join("run");
+        let _ = fs::create_dir_all(&private_run);
+        let mut cmd = self.sandbox.remote_command("unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-ec"]);
+        cmd.arg(concat!(
+            "r=$1; shift; mount -t tmpfs -o mode=0755 fwd-remote-run \"$r\"; ",
+            "mkdir -p \"$r/sshd\" \"$r/user\"; ",
+            "while [ \"$1\" != -- ]; do t=$r${1#/run}; mkdir -p \"$t\"; mount --bind \"$1\" \"$t\"; shift; done; shift; ",
+            "mount --rbind \"$r\" /run; umount -l \"$r\"; ",
+            "while [ \"$1\" != -- ]; do mkdir -p \"$2\"; mount --bind \"$1\" \"$2\"; shift 2; done; shift; exec \"$@\"",
+        ));
+        cmd.arg("remote-run").arg(&private_run);
+        for dir in self.sandbox.remote_runtime_dirs() {
+            cmd.arg(dir);
+        }
+        cmd.arg("--");
+        for (source, target) in binds.iter() {
+            cmd.arg(source).arg(target);
+        }
+        cmd.args(["--", "/usr/sbin/sshd"]);
         cmd.arg("-f")
             .arg(&self.sshd_config)
             .arg("-E")

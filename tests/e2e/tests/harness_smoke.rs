@@ -124,3 +124,44 @@ fn two_hosts_in_parallel_are_isolated() {
     ssh.args([&b.alias, "true"]);
     fwd_e2e::run_ok(&mut ssh);
 }
+
+/// The remote host sees only the sandbox's engines: what this machine has
+/// under `/run` (a rootful Podman's socket, Docker's `/var/run/docker.sock`,
+/// anything) is out of sight of its sessions, while the sandbox's rootless
+/// engines' runtime directories are there.
+#[test]
+fn the_remote_hosts_run_directory_is_its_own() {
+    let Some(sb) = Sandbox::get() else { return };
+    let host = TestHost::new(sb, "harness_private_run");
+    // Something of this machine's in its /run, as a system engine's socket
+    // would be (a name of this test's own, removed at the end).
+    let planted = std::path::PathBuf::from(format!("/run/fwd-e2e-{}", host.label));
+    std::fs::create_dir_all(&planted).expect("mkdir in /run");
+    let _listener =
+        std::os::unix::net::UnixListener::bind(planted.join("engine.sock")).expect("bind");
+    let ls = |path: &str| {
+        host.ssh_command()
+            .args([&host.alias, "ls", "-d", path])
+            .output()
+            .expect("ssh")
+    };
+    let seen = ls(&format!("{}/engine.sock", planted.display()));
+    let rootless = sb.remote_runtime_dirs();
+    let rootless_seen: Vec<bool> = rootless
+        .iter()
+        .map(|d| ls(&d.display().to_string()).status.success())
+        .collect();
+    let var_run = ls(&format!("/var/run/fwd-e2e-{}", host.label));
+    let _ = std::fs::remove_dir_all(&planted);
+    assert!(
+        !seen.status.success(),
+        "the machine's own /run reached the remote host: {}",
+        String::from_utf8_lossy(&seen.stdout)
+    );
+    assert!(!var_run.status.success(), "/var/run is the machine's");
+    assert_eq!(rootless.len(), 2, "{rootless:?}");
+    assert!(
+        rootless_seen.iter().all(|s| *s),
+        "the sandbox's rootless runtime directories {rootless:?}: {rootless_seen:?}"
+    );
+}
