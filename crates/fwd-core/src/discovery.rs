@@ -153,8 +153,16 @@ pub fn parse(output: &str) -> Vec<Candidate> {
 }
 
 /// Every socket the user may open, in order, each path once: the first is
-/// tried, the next ones if it does not answer.
+/// tried, the next ones if it does not answer. Only the named one where the
+/// host names one ([`named`]).
 pub fn usable(candidates: &[Candidate]) -> Vec<&Candidate> {
+    if let Some(n) = named(candidates) {
+        return if n.state == State::Socket {
+            vec![n]
+        } else {
+            Vec::new()
+        };
+    }
     let mut out: Vec<&Candidate> = Vec::new();
     for c in candidates.iter().filter(|c| c.state == State::Socket) {
         if !out.iter().any(|o| o.path == c.path) {
@@ -164,9 +172,48 @@ pub fn usable(candidates: &[Candidate]) -> Vec<&Candidate> {
     out
 }
 
-/// The engine found: the first candidate that is a socket the user may
-/// open; else every place tried and what was there, with what to do.
+/// The engine the remote user named: `DOCKER_HOST`, or a docker context
+/// other than the default one (whose endpoint is Docker's default socket,
+/// the last place searched anyway). The remote CLI would use that engine
+/// and no other; so does fwd, whatever else is found beside it.
+pub fn named(candidates: &[Candidate]) -> Option<&Candidate> {
+    candidates.iter().find(|c| match c.source {
+        Source::Env => true,
+        Source::Context => c.path != DOCKER_DEFAULT_SOCKET,
+        _ => false,
+    })
+}
+
+/// Whether an engine found this way (`EngineHealth::found_by`) at `path` is
+/// one the host names: `engine_remote_socket`, `DOCKER_HOST`, or a docker
+/// context other than the default one.
+pub fn names_the_engine(found_by: &str, path: &str) -> bool {
+    match found_by {
+        "engine_remote_socket" => true,
+        f if f == Source::Env.as_str() => true,
+        f if f == Source::Context.as_str() => path != DOCKER_DEFAULT_SOCKET,
+        _ => false,
+    }
+}
+
+/// Docker's default socket, which the CLI's default context names.
+const DOCKER_DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+/// The engine found: the one the user named ([`named`]), if it is a socket
+/// the user may open; else, with none named, the first candidate that is;
+/// else every place tried and what was there, with what to do.
 pub fn choose(candidates: &[Candidate]) -> Result<&Candidate, String> {
+    if let Some(n) = named(candidates) {
+        return match n.state {
+            State::Socket => Ok(n),
+            _ => Err(format!(
+                "no engine at the one the host names: {n}; fwd uses only the engine {} names \
+                 (another one beside it is never taken): start that engine, or change {}",
+                n.source.as_str(),
+                n.source.as_str()
+            )),
+        };
+    }
     if let Some(c) = candidates.iter().find(|c| c.state == State::Socket) {
         return Ok(c);
     }
@@ -205,16 +252,67 @@ mod tests {
     #[test]
     fn the_first_usable_socket_wins_in_the_scripts_order() {
         let out = [
-            line("env", "/run/user/0/nope.sock", "missing"),
-            line("rootless-docker", "/run/user/1000/docker.sock", "socket"),
+            line("context", "/var/run/docker.sock", "socket"),
+            line("rootless-docker", "/run/user/1000/nope.sock", "missing"),
+            line(
+                "rootless-podman",
+                "/run/user/1000/podman/podman.sock",
+                "socket",
+            ),
             line("docker", "/var/run/docker.sock", "socket"),
         ]
         .concat();
         let cands = parse(&out);
-        assert_eq!(cands.len(), 3);
+        assert_eq!(cands.len(), 4);
+        // The default context names Docker's default socket: no choice of
+        // the user's, so the search order decides.
+        assert_eq!(named(&cands), None);
         let c = choose(&cands).unwrap();
-        assert_eq!(c.path, "/run/user/1000/docker.sock");
-        assert_eq!(c.source, Source::RootlessDocker);
+        assert_eq!(c.path, "/var/run/docker.sock");
+        assert_eq!(c.source, Source::Context);
+        let c = choose(&cands[1..]).unwrap();
+        assert_eq!(c.path, "/run/user/1000/podman/podman.sock");
+        assert_eq!(c.source, Source::RootlessPodman);
+        let paths: Vec<&str> = usable(&cands).iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["/var/run/docker.sock", "/run/user/1000/podman/podman.sock"]
+        );
+    }
+
+    #[test]
+    fn an_engine_the_host_names_is_the_only_one_taken() {
+        let beside = [
+            line("rootless-docker", "/run/user/1000/docker.sock", "socket"),
+            line("podman", "/run/podman/podman.sock", "socket"),
+        ]
+        .concat();
+        // DOCKER_HOST names a socket that is gone (its engine restarting):
+        // the others found beside it are never taken.
+        let gone = parse(&(line("env", "/srv/docker.sock", "missing") + &beside));
+        assert_eq!(named(&gone).map(|c| c.source), Some(Source::Env));
+        let e = choose(&gone).unwrap_err();
+        assert!(
+            e.contains("/srv/docker.sock (DOCKER_HOST): no such file"),
+            "{e}"
+        );
+        assert!(e.contains("uses only the engine DOCKER_HOST names"), "{e}");
+        assert!(!e.contains("podman.sock"), "{e}");
+        assert!(usable(&gone).is_empty());
+        let there = parse(&(line("env", "/srv/docker.sock", "socket") + &beside));
+        assert_eq!(
+            choose(&there).map(|c| c.path.as_str()),
+            Ok("/srv/docker.sock")
+        );
+        assert_eq!(usable(&there).len(), 1);
+        // A context of the user's own (not the default one) names it too.
+        let context = parse(&(line("context", "/run/podman/podman.sock", "noaccess") + &beside));
+        assert_eq!(named(&context).map(|c| c.source), Some(Source::Context));
+        assert!(choose(&context).unwrap_err().contains("docker context"));
+        // A TCP endpoint named is the engine too (dial-stdio), not a socket beside it.
+        let tcp = parse(&(line("env", "tcp://10.0.0.1:2375", "other") + &beside));
+        assert_eq!(named(&tcp).map(|c| c.state), Some(State::Other));
+        assert!(choose(&tcp).is_err());
     }
 
     #[test]
@@ -321,7 +419,13 @@ mod tests {
         assert_eq!(states[1], (Source::RootlessDocker, State::NotSocket));
         assert_eq!(states[2], (Source::RootlessPodman, State::Socket));
         assert_eq!(found[2].path, sock.to_string_lossy());
-        assert_eq!(choose(&found).map(|c| c.source), Ok(Source::RootlessPodman));
+        // DOCKER_HOST names the engine: the rootless socket beside it is not taken.
+        assert_eq!(named(&found).map(|c| c.source), Some(Source::Env));
+        assert!(choose(&found).is_err());
+        assert_eq!(
+            choose(&found[1..]).map(|c| c.source),
+            Ok(Source::RootlessPodman)
+        );
         // No XDG_RUNTIME_DIR (an sshd without PAM): the user's /run/user/UID.
         let uid = String::from_utf8_lossy(
             &std::process::Command::new("id")

@@ -36,6 +36,10 @@ use crate::classify::{classify_ssh_failure, FailureClass, FailureKind};
 use crate::model::{Container, ContainerEvent, ContainerId, EventAction};
 use crate::repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};
 
+mod pin;
+use pin::EnginePin;
+pub use pin::ENGINE_GONE_AFTER;
+
 /// The numbers a host's supervision runs by (from the configuration).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostPolicy {
@@ -59,6 +63,9 @@ pub struct HostPolicy {
     pub engine_socket: Option<String>,
     /// How long a created, never started container keeps its ports bound.
     pub pending_timeout: Duration,
+    /// How long an engine found by the search (not one the host names) may
+    /// be gone before another engine found on the host is taken.
+    pub engine_gone_after: Duration,
 }
 
 impl Default for HostPolicy {
@@ -74,6 +81,7 @@ impl Default for HostPolicy {
             summary_every: Duration::from_secs(300),
             engine_socket: None,
             pending_timeout: Duration::from_secs(60),
+            engine_gone_after: ENGINE_GONE_AFTER,
         }
     }
 }
@@ -414,6 +422,16 @@ pub enum Record {
     },
     /// A retry is due but no network is usable: waiting for one.
     WaitingForNetwork,
+    /// The engine found first was gone for `gone_for` (at least
+    /// `engine_gone_after`), and another engine of the host answered: it
+    /// is the host's engine now.
+    EngineReplaced {
+        from: String,
+        from_found_by: &'static str,
+        to: String,
+        to_found_by: &'static str,
+        gone_for: Duration,
+    },
 }
 
 impl Record {
@@ -434,6 +452,7 @@ impl Record {
             Record::NetworkLost { .. } => "network_lost",
             Record::NetworkBack { .. } => "network_back",
             Record::WaitingForNetwork => "waiting_for_network",
+            Record::EngineReplaced { .. } => "engine_replaced",
         }
     }
 }
@@ -632,6 +651,8 @@ pub struct HostMachine {
     /// Engine sockets found after the one in use, tried in turn when it
     /// does not answer (a socket left by an engine that is gone).
     engine_alternatives: VecDeque<(String, &'static str)>,
+    /// The engine that answered: kept across its restarts.
+    pin: EnginePin,
     logged_version: Option<String>,
     /// Round trip of the setup's version request, shown once up.
     setup_rtt: Option<Duration>,
@@ -701,6 +722,12 @@ impl HostMachine {
             let socket = from.remote_socket.clone().unwrap_or_default();
             m.rootless_of = Some((socket, rootless));
             m.health.engine.rootless = Some(rootless);
+        }
+        if let (Some(path), Some(_)) = (&from.remote_socket, &m.health.docker_version) {
+            // It was serving: the host's engine, as before the upgrade.
+            let found_by = from.found_by.unwrap_or("unknown");
+            let over_stream_local = from.route == EngineRoute::StreamLocal;
+            m.pin.answered(path, found_by, over_stream_local, now);
         }
         m.health.engine.remote_socket = from.remote_socket;
         m.health.engine.found_by = from.found_by;
@@ -808,6 +835,7 @@ impl HostMachine {
             ever_connected: false,
             lost_reason: None,
             engine_alternatives: VecDeque::new(),
+            pin: EnginePin::default(),
             logged_version: None,
             setup_rtt: None,
             channels_started: now,
@@ -1103,6 +1131,14 @@ impl HostMachine {
             (Purpose::Adopt, other) => self.master_failed(unexpected(other), now),
             (Purpose::Discover, Outcome::Discovered(answer)) => {
                 let candidates = crate::discovery::parse(&answer);
+                let gone_after = self.policy.engine_gone_after;
+                if let Some((path, how)) = self.pin.keep(&candidates, gone_after, now) {
+                    // The engine that answered before, found again or
+                    // waited for: never another one beside it.
+                    self.health.engine.found_by = Some(how);
+                    self.engine_alternatives.clear();
+                    return self.forward_engine(path, now);
+                }
                 match crate::discovery::choose(&candidates) {
                     Ok(found) => {
                         self.health.engine.found_by = Some(found.source.as_str());
@@ -1113,9 +1149,8 @@ impl HostMachine {
                             .collect();
                         self.forward_engine(found.path.clone(), now);
                     }
-                    Err(none) => match candidates
-                        .iter()
-                        .find(|c| c.state == crate::discovery::State::Other)
+                    Err(none) => match crate::discovery::named(&candidates)
+                        .filter(|c| c.state == crate::discovery::State::Other)
                     {
                         // No socket, but the CLI has an engine elsewhere
                         // (tcp://…): its dial-stdio sessions reach it.
@@ -1148,6 +1183,22 @@ impl HostMachine {
                 self.health.engine.found_by = Some("engine_remote_socket");
                 let path = self.policy.engine_socket.clone();
                 self.forward_engine(path.unwrap_or_else(|| DEFAULT_ENGINE_SOCKET.into()), now);
+            }
+            (Purpose::OpenApi(EngineRoute::StreamLocal), Outcome::Failed(f))
+                if f.kind == FailureKind::StreamEnded
+                    && self.pin.answers_over_stream_local(self.engine_socket()) =>
+            {
+                // The engine that answered here is gone (restarting,
+                // stopped): wait for it on the same master, every tunnel
+                // kept; neither another engine nor dial-stdio.
+                self.pin.lost(now);
+                let waiting = self.pin.waiting(self.policy.engine_gone_after, now);
+                self.health.engine.reason = waiting.clone();
+                let message = match waiting {
+                    Some(w) => format!("{w}: {}", f.message.trim()),
+                    None => f.message,
+                };
+                self.channel_failed(Failure::new(FailureKind::StreamEnded, message), now);
             }
             (Purpose::OpenApi(EngineRoute::StreamLocal), Outcome::Failed(f))
                 if f.kind == FailureKind::StreamEnded && !self.engine_alternatives.is_empty() =>
@@ -1187,6 +1238,7 @@ impl HostMachine {
                 if route == EngineRoute::StreamLocal {
                     self.health.engine.reason = None;
                 }
+                self.engine_answered(route, now);
                 self.setup_rtt = Some(rtt);
                 if self.health.docker_version.as_deref() != Some(version.as_str()) {
                     self.health.docker_version = Some(version);
@@ -1375,7 +1427,39 @@ impl HostMachine {
         );
     }
 
+    /// The engine answered on `route`: it is the host's engine from now on
+    /// (and said loudly if it replaced one gone for good).
+    fn engine_answered(&mut self, route: EngineRoute, now: Instant) {
+        let Some(path) = self.health.engine.remote_socket.clone() else {
+            return;
+        };
+        let found_by = self.health.engine.found_by.unwrap_or("unknown");
+        let over_stream_local = route == EngineRoute::StreamLocal;
+        self.engine_alternatives.clear();
+        if let Some(r) = self.pin.answered(&path, found_by, over_stream_local, now) {
+            self.log(Record::EngineReplaced {
+                from: r.from,
+                from_found_by: r.from_found_by,
+                to: r.to,
+                to_found_by: r.to_found_by,
+                gone_for: r.gone_for,
+            });
+        }
+    }
+
+    fn engine_socket(&self) -> &str {
+        self.health.engine.remote_socket.as_deref().unwrap_or("")
+    }
+
     fn open_channels(&mut self, now: Instant) {
+        if self.policy.engine_socket.is_none()
+            && self.pin.gone_for_good(self.policy.engine_gone_after, now)
+        {
+            // The engine found first has been gone for good: search again
+            // (the pin then gives it up for what the search finds).
+            self.phase = Phase::Setup;
+            return self.request(Purpose::Discover, Op::DiscoverEngine, now);
+        }
         self.phase = Phase::Setup;
         self.channels_started = now;
         self.health.stream = StreamPhase::Resyncing;

@@ -60,6 +60,9 @@ pub struct HostConfig {
     pub name: String,
     pub ssh: fwd_ssh::MasterConfig,
     pub health_interval: Duration,
+    /// How long an engine found by the search may be gone (restarting,
+    /// stopped) before another engine found on the host is taken.
+    pub engine_gone_after: Duration,
     /// At most this many forwards for the host (the earliest-started
     /// containers keep theirs); `None` = no cap.
     pub max_forwards: Option<usize>,
@@ -146,6 +149,7 @@ struct FileHost {
     server_alive_count_max: Option<u32>,
     connect_timeout: Option<String>,
     health_interval: Option<String>,
+    engine_gone_after: Option<String>,
     strict_host_key_checking: Option<String>,
     ssh_program: Option<PathBuf>,
     max_forwards: Option<usize>,
@@ -307,6 +311,10 @@ pub fn render(c: &Config) -> String {
         out.push_str(&format!(
             "health_interval = {}\n",
             q(&secs(h.health_interval))
+        ));
+        out.push_str(&format!(
+            "engine_gone_after = {}\n",
+            q(&secs(h.engine_gone_after))
         ));
         out.push_str(&format!(
             "strict_host_key_checking = {}\n",
@@ -819,6 +827,11 @@ fn host_config(key: &str, h: &FileHost, cli: &CliOverrides) -> Result<HostConfig
             &format!("{key}.health_interval"),
             h.health_interval.as_deref(),
             Duration::from_secs(15),
+        )?,
+        engine_gone_after: duration(
+            &format!("{key}.engine_gone_after"),
+            h.engine_gone_after.as_deref(),
+            fwd_core::ENGINE_GONE_AFTER,
         )?,
         max_forwards: h.max_forwards,
         engine_socket: h.engine_socket.unwrap_or(true),

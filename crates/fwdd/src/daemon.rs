@@ -36,6 +36,7 @@ pub fn host_policy(config: &Config, host: &HostConfig) -> HostPolicy {
         resync_interval: config.resync_interval,
         master_ready_timeout: host.ssh.ready_timeout(),
         engine_socket: host.engine_remote_socket.clone(),
+        engine_gone_after: host.engine_gone_after,
         ..HostPolicy::default()
     }
 }

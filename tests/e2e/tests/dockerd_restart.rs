@@ -1,6 +1,8 @@
-//! The remote dockerd restarts. This restarts the engine every e2e test
-//! shares, so it is the only test in its binary (cargo runs test binaries
-//! one after another). Host ports 20240-20249.
+//! The remote dockerd restarts, on a host where rootful Podman answers
+//! beside it (the sandbox's Podman at `/run/podman`, as on a real host
+//! with both). This restarts the engine every e2e test shares, so it is
+//! the only test in its binary (cargo runs test binaries one after
+//! another). Host ports 20240-20249.
 
 mod common;
 
@@ -14,7 +16,20 @@ use fwd_proto::StreamState;
 fn dockerd_restart_keeps_survivors_forwarded_and_drops_the_rest() {
     let Some(sb) = Sandbox::get() else { return };
     let host = TestHost::new(sb, "dockerd_restart");
+    let podman_dir = sb.podman_sock.parent().expect("podman's directory");
+    host.bind_on_remote(podman_dir, std::path::Path::new("/run/podman"));
     let fwdd = Fwdd::start(&host);
+    let engine = |fwdd: &Fwdd| {
+        fwdd.status().expect("status").hosts[0]
+            .engine
+            .clone()
+            .expect("engine")
+    };
+    let docker_sock = sb.docker_sock.display().to_string();
+    assert_eq!(
+        engine(&fwdd).remote_socket.as_deref(),
+        Some(docker_sock.as_str())
+    );
     // Comes back with dockerd.
     host.httpd_with(&["--restart", "always", "-p", "20240:8080"]);
     // Does not.
@@ -40,6 +55,22 @@ fn dockerd_restart_keeps_survivors_forwarded_and_drops_the_rest() {
         t0.elapsed()
     );
     fwdd.wait_refused(20241);
+    // Still dockerd, not the Podman that answered while it was gone; and a
+    // container started on it now is served.
+    let e = engine(&fwdd);
+    assert_eq!(
+        e.remote_socket.as_deref(),
+        Some(docker_sock.as_str()),
+        "{e:?}"
+    );
+    assert_eq!(e.found_by.as_deref(), Some("DOCKER_HOST"), "{e:?}");
+    host.httpd(&["20242:8080"]);
+    assert_eq!(fwdd.wait_http(20242), "hello\n");
+    assert!(
+        !fwdd.log_text().contains("engine_replaced"),
+        "{}",
+        fwdd.log_tail(20)
+    );
     // Only the Docker channel was replaced: the SSH connection stayed.
     assert_eq!(fwdd.master_pid(), master);
     assert_eq!(host.sshd_connection_count(), 1);

@@ -41,6 +41,7 @@ fn policy() -> HostPolicy {
         summary_every: Duration::from_secs(300),
         engine_socket: None,
         pending_timeout: Duration::from_secs(60),
+        engine_gone_after: Duration::from_secs(300),
     }
 }
 
@@ -1690,4 +1691,237 @@ fn a_host_backing_off_keeps_its_backoff_and_its_episode_across_an_upgrade() {
         "already logged by the old image"
     );
     assert_eq!(next.m.health().consecutive_failures, 5);
+}
+
+const DOCKER_AND_PODMAN: &str =
+    "docker\t/var/run/docker.sock\tsocket\npodman\t/run/podman/podman.sock\tsocket\n";
+
+/// Up on the engine `discovered` names first, with one running container.
+fn up_on(discovered: &str, socket: &str) -> Rig {
+    let mut r = Rig::new();
+    r.answer(Outcome::MasterReady { pid: 3 });
+    r.answer(Outcome::Discovered(discovered.into()));
+    r.expect_op(Op::ForwardEngine {
+        remote_socket: socket.into(),
+    });
+    r.answer(Outcome::Answered);
+    r.resync_on(STREAM_LOCAL, &[container(1, 10)]);
+    r.clear();
+    r
+}
+
+/// The engine stops: its event stream ends, and every channel opened to
+/// its socket until `until` ends at once (no engine behind it). Returns
+/// the channel reopenings seen.
+fn engine_gone_until(r: &mut Rig, until: Instant) -> usize {
+    let gone = || {
+        Outcome::Failed(Failure::new(
+            FailureKind::StreamEnded,
+            "connection closed before message completed",
+        ))
+    };
+    r.input(Input::StreamFailed(Failure::new(
+        FailureKind::StreamEnded,
+        "the event stream ended",
+    )));
+    r.expect_op(Op::CheckMaster);
+    r.answer(Outcome::Answered);
+    let mut reopened = 0;
+    while r.now < until {
+        if r.op.is_none() {
+            let at = r.m.poll_timeout().expect("a retry is scheduled");
+            r.advance_to(at);
+        }
+        if r.op()
+            != (Op::OpenApi {
+                route: STREAM_LOCAL,
+            })
+        {
+            break;
+        }
+        reopened += 1;
+        r.answer(gone());
+        r.expect_op(Op::CheckMaster);
+        r.answer(Outcome::Answered);
+    }
+    reopened
+}
+
+fn forwarded_to(r: &Rig) -> Vec<String> {
+    r.out
+        .iter()
+        .filter_map(|c| match c {
+            Command::Start(_, Op::ForwardEngine { remote_socket }) => Some(remote_socket.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// dockerd restarts on a host where rootful Podman answers beside it: the
+/// engine that answered is waited for on the same master, with every
+/// tunnel kept, and neither Podman nor dial-stdio is taken meanwhile.
+#[test]
+fn an_engine_that_answered_is_waited_for_across_its_restart() {
+    let mut r = up_on(DOCKER_AND_PODMAN, "/var/run/docker.sock");
+    let t0 = r.now;
+    let reopened = engine_gone_until(&mut r, t0 + Duration::from_secs(120));
+    assert!(reopened >= 3, "reopened {reopened} times");
+    assert!(forwarded_to(&r).is_empty(), "{:?}", r.out);
+    assert!(!r.saw(&Command::StopMaster));
+    assert!(!r.out.iter().any(|c| matches!(
+        c,
+        Command::Start(
+            _,
+            Op::OpenApi {
+                route: EngineRoute::DialStdio
+            }
+        )
+    )));
+    let reason = r.m.health().engine.reason.clone().expect("status says so");
+    assert!(
+        reason.contains("/var/run/docker.sock") && reason.contains("waiting for it"),
+        "{reason}"
+    );
+    // It is back: the same engine, nothing said about another.
+    if r.op.is_none() {
+        r.advance_to(r.m.poll_timeout().expect("a retry"));
+    }
+    r.resync_on(STREAM_LOCAL, &[container(1, 10)]);
+    assert_eq!(r.m.health().engine.reason, None);
+    assert_eq!(
+        r.m.health().engine.remote_socket.as_deref(),
+        Some("/var/run/docker.sock")
+    );
+    assert_eq!(r.count_logs("engine_replaced"), 0);
+}
+
+/// A new master while the engine is gone (the connection dropped too):
+/// discovery finds only Podman now, and the engine that answered is still
+/// the one forwarded, to be waited for.
+#[test]
+fn a_new_master_keeps_the_engine_that_answered_while_it_is_gone() {
+    let mut r = up_on(DOCKER_AND_PODMAN, "/var/run/docker.sock");
+    let t0 = r.now;
+    engine_gone_until(&mut r, t0 + Duration::from_secs(10));
+    r.input(Input::MasterExited {
+        how: "signal 9".into(),
+        stderr_tail: String::new(),
+    });
+    if r.op.is_none() {
+        let at = r.m.poll_timeout().expect("a respawn");
+        r.advance_to(at);
+    }
+    r.expect_op(Op::SpawnMaster);
+    r.answer(Outcome::MasterReady { pid: 4 });
+    r.answer(Outcome::Discovered(
+        "podman\t/run/podman/podman.sock\tsocket\ndocker\t/var/run/docker.sock\tmissing\n".into(),
+    ));
+    r.expect_op(Op::ForwardEngine {
+        remote_socket: "/var/run/docker.sock".into(),
+    });
+}
+
+/// Gone for good (`engine_gone_after`): the host is searched again, the
+/// engine found answers, and that is said once, loudly.
+#[test]
+fn an_engine_gone_for_good_is_replaced_loudly() {
+    let mut r = up_on(DOCKER_AND_PODMAN, "/var/run/docker.sock");
+    let t0 = r.now;
+    engine_gone_until(&mut r, t0 + Duration::from_secs(400));
+    assert!(
+        r.now >= t0 + Duration::from_secs(300),
+        "searched only once gone for good"
+    );
+    r.expect_op(Op::DiscoverEngine);
+    r.answer(Outcome::Discovered(
+        "podman\t/run/podman/podman.sock\tsocket\ndocker\t/var/run/docker.sock\tmissing\n".into(),
+    ));
+    r.expect_op(Op::ForwardEngine {
+        remote_socket: "/run/podman/podman.sock".into(),
+    });
+    r.answer(Outcome::Answered);
+    assert_eq!(r.count_logs("engine_replaced"), 0, "not before it answers");
+    r.resync_on(STREAM_LOCAL, &[]);
+    assert_eq!(r.count_logs("engine_replaced"), 1);
+    let Some(Record::EngineReplaced {
+        from, to, gone_for, ..
+    }) = r.logs.iter().find(|l| l.event() == "engine_replaced")
+    else {
+        unreachable!("counted above")
+    };
+    assert_eq!(
+        (from.as_str(), to.as_str()),
+        ("/var/run/docker.sock", "/run/podman/podman.sock")
+    );
+    assert!(*gone_for >= Duration::from_secs(300), "{gone_for:?}");
+    assert!(!r.saw(&Command::StopMaster));
+}
+
+/// An engine the host names (`DOCKER_HOST`) is never replaced, however
+/// long it is gone.
+#[test]
+fn an_engine_the_host_names_is_waited_for_however_long() {
+    let mut r = up_on(
+        "env\t/srv/docker.sock\tsocket\npodman\t/run/podman/podman.sock\tsocket\n",
+        "/srv/docker.sock",
+    );
+    let t0 = r.now;
+    let reopened = engine_gone_until(&mut r, t0 + Duration::from_secs(3600));
+    assert!(reopened >= 10, "reopened {reopened} times");
+    assert!(forwarded_to(&r).is_empty(), "{:?}", r.out);
+    assert!(!r
+        .out
+        .iter()
+        .any(|c| matches!(c, Command::Start(_, Op::DiscoverEngine))));
+    let reason = r.m.health().engine.reason.clone().expect("status says so");
+    assert!(reason.contains("no other engine"), "{reason}");
+}
+
+/// The same holds for `engine_remote_socket`, which skips the search.
+#[test]
+fn a_configured_engine_socket_is_waited_for_not_given_up_for_dial_stdio() {
+    let mut p = policy();
+    p.engine_socket = Some("/srv/docker.sock".into());
+    let mut r = Rig::with(p, true);
+    r.answer(Outcome::MasterReady { pid: 3 });
+    r.expect_op(Op::FirstSession);
+    r.answer(Outcome::Answered);
+    r.answer(Outcome::Answered);
+    r.resync_on(STREAM_LOCAL, &[]);
+    r.clear();
+    let t0 = r.now;
+    let reopened = engine_gone_until(&mut r, t0 + Duration::from_secs(600));
+    assert!(reopened >= 5, "reopened {reopened} times");
+    assert!(!r.out.iter().any(|c| matches!(
+        c,
+        Command::Start(
+            _,
+            Op::OpenApi {
+                route: EngineRoute::DialStdio
+            } | Op::DiscoverEngine
+        )
+    )));
+}
+
+/// After an upgrade the adopted engine is the host's engine, as before.
+#[test]
+fn an_adopted_engine_is_kept_across_its_restart() {
+    let r = up_on(DOCKER_AND_PODMAN, "/var/run/docker.sock");
+    let handover = r.m.handover(r.now);
+    let mut r2 = Rig {
+        m: HostMachine::adopt(policy(), true, 9, r.now, handover),
+        now: r.now,
+        out: VecDeque::new(),
+        logs: Vec::new(),
+        op: None,
+        inspects: VecDeque::new(),
+    };
+    r2.drain();
+    r2.expect_op(Op::CheckMaster);
+    r2.answer(Outcome::Answered);
+    r2.resync_on(STREAM_LOCAL, &[container(1, 10)]);
+    r2.clear();
+    let t0 = r2.now;
+    engine_gone_until(&mut r2, t0 + Duration::from_secs(60));
+    assert!(forwarded_to(&r2).is_empty(), "{:?}", r2.out);
 }

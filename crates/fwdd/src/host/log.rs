@@ -106,5 +106,24 @@ pub fn log_record(host: &str, r: Record) {
             host,
             "no usable network link; waiting for one before retrying {host}"
         ),
+        Record::EngineReplaced {
+            from,
+            from_found_by,
+            to,
+            to_found_by,
+            gone_for,
+        } => tracing::warn!(
+            event,
+            host,
+            from = %from,
+            from_found_by,
+            to = %to,
+            to_found_by,
+            gone_for_ms = gone_for.as_millis() as u64,
+            "the engine of {host} at {from} ({from_found_by}) was gone for {}s: now using the \
+             one at {to} ({to_found_by}); containers of the first engine are no longer \
+             forwarded (engine_gone_after sets how long fwd waits)",
+            gone_for.as_secs()
+        ),
     }
 }
