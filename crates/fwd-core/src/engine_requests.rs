@@ -146,22 +146,17 @@ impl RequestReader {
     }
 
     /// The bytes of one CRLF-terminated line, once whole (a line too long
-    /// to be a chunk's size or a trailer stops the reading).
+    /// to be a chunk's size or a trailer stops the reading, whether it came
+    /// in one read or in several).
     fn line<'b>(&mut self, bytes: &'b [u8]) -> Option<(Vec<u8>, &'b [u8])> {
-        match bytes.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                let mut line = std::mem::take(&mut self.pending);
-                line.extend_from_slice(&bytes[..=i]);
-                Some((line, &bytes[i + 1..]))
-            }
-            None => {
-                self.pending.extend_from_slice(bytes);
-                if self.pending.len() > CHUNK_LINE_MAX {
-                    self.give_up();
-                }
-                None
-            }
+        let end = bytes.iter().position(|&b| b == b'\n').map(|i| i + 1);
+        let taken = end.unwrap_or(bytes.len());
+        if self.pending.len() + taken > CHUNK_LINE_MAX {
+            self.give_up();
+            return None;
         }
+        self.pending.extend_from_slice(&bytes[..taken]);
+        end.map(|end| (std::mem::take(&mut self.pending), &bytes[end..]))
     }
 
     fn chunk_size<'b>(&mut self, bytes: &'b [u8]) -> &'b [u8] {
