@@ -6,6 +6,7 @@
 //! decision unit- and property-testable with a fake clock.
 
 pub mod backoff;
+pub mod budget;
 pub mod classify;
 pub mod discovery;
 pub mod doctor;
@@ -21,6 +22,10 @@ pub mod startup;
 pub mod supervisor;
 
 pub use backoff::{Backoff, BackoffPolicy};
+pub use budget::{
+    AcceptBackoff, AcceptFailed, Admit, CapReports, Capped, LimitSettings, Limits, RefusalLog,
+    Refusals,
+};
 pub use classify::{classify_ssh_failure, FailureClass, FailureKind};
 pub use expose::{
     parse_bind_scope, parse_expose, remote_binds, BindScope, ExposeCommand, ExposeFailure,
