@@ -7,7 +7,6 @@
 #[macro_use]
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::Fwdd;
