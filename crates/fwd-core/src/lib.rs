@@ -18,6 +18,7 @@ pub mod reload;
 pub mod repeat;
 pub mod route;
 pub mod rules;
+pub mod slots;
 pub mod startup;
 pub mod supervisor;
 

@@ -20,6 +20,20 @@ use crate::counters::{FailureReason, HostCounters};
 pub struct Scrape {
     pub version: String,
     pub hosts: Vec<HostScrape>,
+    /// The HTTP endpoint's own counts; set by the endpoint as it answers
+    /// (absent from `fwdctl metrics`, which does not go through it).
+    pub endpoint: Option<EndpointCounts>,
+}
+
+/// What the metrics endpoint closed or failed to accept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointCounts {
+    /// Connections closed at the cap to make room for a new one.
+    pub made_room: u64,
+    /// Connections closed because no request came in time.
+    pub never_asked: u64,
+    /// Accepts that failed (e.g. out of descriptors).
+    pub accept_failed: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -341,6 +355,23 @@ impl Collector for ScrapeCollector {
             Gauge,
             counts_by(&s.hosts, "state", |h| &h.exposures),
         )?;
+        if let Some(c) = &s.endpoint {
+            family(
+                &mut e,
+                "fwd_metrics_connections_closed",
+                "Connections to this endpoint fwdd closed: made_room (the one quiet the longest, at the connection cap), no_request (no complete request in time).",
+                Counter,
+                [("made_room", c.made_room), ("no_request", c.never_asked)]
+                    .into_iter()
+                    .map(|(why, n)| (vec![("reason", Escaped(why))], ConstCounter::new(n))),
+            )?;
+            ConstCounter::new(c.accept_failed).encode(e.encode_descriptor(
+                "fwd_metrics_accept_failures",
+                "Accepts on this endpoint that failed (e.g. out of descriptors).",
+                None,
+                Counter,
+            )?)?;
+        }
         Ok(())
     }
 }

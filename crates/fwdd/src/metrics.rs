@@ -81,6 +81,7 @@ pub fn scrape(d: &Daemon) -> Scrape {
     Scrape {
         version: status.daemon.version,
         hosts,
+        endpoint: None,
     }
 }
 

@@ -32,6 +32,11 @@ fn sample() -> Scrape {
                 ..HostScrape::default()
             },
         ],
+        endpoint: Some(EndpointCounts {
+            made_room: 5,
+            never_asked: 2,
+            accept_failed: 0,
+        }),
     }
 }
 
@@ -62,6 +67,10 @@ fn every_metric_of_the_contract_is_there() {
         "fwd_engine_connections_total{host=\"prod\"} 7",
         "fwd_master_probe_rtt_seconds{host=\"prod\"} 0.00175",
         "fwd_exposures{host=\"prod\",state=\"active\"} 1",
+        "# TYPE fwd_metrics_connections_closed counter",
+        "fwd_metrics_connections_closed_total{reason=\"made_room\"} 5",
+        "fwd_metrics_connections_closed_total{reason=\"no_request\"} 2",
+        "fwd_metrics_accept_failures_total 0",
         "# EOF",
     ] {
         assert!(
