@@ -2,7 +2,15 @@
 //! or a stream of lines for `watch`. The one client of the control API:
 //! fwdctl, the end-to-end tests and the bench all talk to fwdd through it.
 //! Every error says what failed and, where there is one, what to do.
+//!
+//! No answer is believed from a socket that is not on the caller's side
+//! (its directory, its file and the process answering: the caller's or
+//! root's, see [`fwd_core::socket_trust`]), and no socket path fwdd names is
+//! handed on without the same check ([`check_engine_socket`]).
 
+mod trust;
+
+use fwd_core::socket_trust::{self, Role};
 use fwd_proto::{decode_response, encode_request, Request, Response, Status};
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -53,22 +61,64 @@ pub fn unexpected_answer(other: &fwd_proto::Response) -> ClientError {
     )
 }
 
-fn connect(path: &Path) -> Result<UnixStream> {
-    UnixStream::connect(path).map_err(|e| {
-        let p = path.display();
-        match e.kind() {
-            io::ErrorKind::NotFound => {
-                fail!("fwdd is not running (no control socket at {p})")
-            }
-            io::ErrorKind::ConnectionRefused => {
-                fail!("fwdd is not running (control socket {p} exists but nothing accepts on it)")
-            }
-            io::ErrorKind::PermissionDenied => {
-                fail!("permission denied on control socket {p} (is fwdd running as another user?)")
-            }
-            _ => fail!("cannot connect to fwdd control socket {p}: {e}"),
+fn not_reachable(path: &Path, e: io::Error) -> ClientError {
+    let p = path.display();
+    match e.kind() {
+        io::ErrorKind::NotFound => {
+            fail!("fwdd is not running (no control socket at {p})")
         }
-    })
+        io::ErrorKind::ConnectionRefused => {
+            fail!("fwdd is not running (control socket {p} exists but nothing accepts on it)")
+        }
+        io::ErrorKind::PermissionDenied => {
+            fail!("permission denied on control socket {p} (is fwdd running as another user?)")
+        }
+        _ => fail!("cannot connect to fwdd control socket {p}: {e}"),
+    }
+}
+
+/// Connects to the control socket, believing it only if it is on the
+/// caller's side ([`fwd_core::socket_trust`]): its directory and file
+/// first, then the process that accepted. Nothing is sent before that.
+fn connect(path: &Path) -> Result<UnixStream> {
+    let trusted = match trust::facts(path) {
+        Ok(facts) => trust::judge(Role::Control, path, &facts)?,
+        // As connect would fail: said the same way.
+        Err(trust::Unknown::Dir(e) | trust::Unknown::File(e)) => {
+            return Err(not_reachable(path, e))
+        }
+    };
+    let stream = UnixStream::connect(path).map_err(|e| not_reachable(path, e))?;
+    let peer = trust::peer_uid(&stream).map_err(|e| {
+        fail!(
+            "cannot tell who answers on the control socket {} ({e}); refusing to believe it",
+            path.display()
+        )
+    })?;
+    socket_trust::judge_peer(peer, trusted)
+        .map_err(|doubt| trust::refusal(Role::Control, path, doubt))?;
+    Ok(stream)
+}
+
+/// Checks a socket path fwdd named before it is shown to anyone (`fwdctl
+/// env`'s `DOCKER_HOST`): its directory must exist and be on the caller's
+/// side, and the socket, if it is there, the caller's or root's — the same
+/// rules as for the control socket, so fwdctl never prints a socket in a
+/// directory it would not trust. A socket not there yet is fine: only the
+/// caller or root could make it there.
+pub fn check_engine_socket(path: &Path) -> Result<()> {
+    let facts = trust::facts(path).map_err(|e| match e {
+        trust::Unknown::Dir(e) => fail!(
+            "fwdd's engine socket {}: cannot inspect its directory ({e}); refusing to print \
+             a socket in a directory that is not known to be yours",
+            path.display()
+        ),
+        trust::Unknown::File(e) => fail!(
+            "fwdd's engine socket {}: cannot inspect it ({e}); refusing to print it",
+            path.display()
+        ),
+    })?;
+    trust::judge(Role::Engine, path, &facts).map(|_| ())
 }
 
 /// Sends `req` and returns the response line (without its newline), all within `timeout`.
@@ -216,6 +266,98 @@ impl LineStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixListener;
+
+    /// A listener that answers one request with a status, on a thread.
+    fn answering(sock: &Path) -> std::thread::JoinHandle<Vec<u8>> {
+        let listener = UnixListener::bind(sock).expect("bind");
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut req = Vec::new();
+            let mut byte = [0u8];
+            while s.read(&mut byte).expect("read") == 1 && byte[0] != b'\n' {
+                req.push(byte[0]);
+            }
+            let golden = include_str!("../../fwd-proto/tests/golden/status.json");
+            let line = format!(
+                "{{\"v\":1,\"ok\":true,\"status\":{}}}\n",
+                golden.replace('\n', "")
+            );
+            s.write_all(line.as_bytes()).expect("write");
+            req
+        })
+    }
+
+    #[test]
+    fn a_socket_in_the_callers_own_directory_is_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("control.sock");
+        let server = answering(&sock);
+        let st = status(&sock, REQUEST_TIMEOUT).expect("status");
+        assert!(!st.hosts.is_empty());
+        let mut sent = server.join().expect("server");
+        sent.push(b'\n');
+        assert_eq!(sent, encode_request(&Request::Status));
+        check_engine_socket(&sock).expect("the same directory is trusted for a printed path");
+        check_engine_socket(&dir.path().join("not-there-yet.sock"))
+            .expect("a socket not made yet, in a trusted directory");
+    }
+
+    #[test]
+    fn a_socket_in_a_directory_others_may_write_is_refused_before_anything_is_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("control.sock");
+        let listener = UnixListener::bind(&sock).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let err = status(&sock, REQUEST_TIMEOUT).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("refusing the control socket {}", sock.display())),
+            "{err}"
+        );
+        assert!(
+            err.contains("may be written by group or others (mode 777)"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("chmod 700 {}", dir.path().display())),
+            "{err}"
+        );
+        // Refused before connecting: nobody knocked.
+        assert_eq!(
+            listener.accept().map(|_| ()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        let err = check_engine_socket(&sock).unwrap_err().to_string();
+        assert!(err.starts_with("refusing fwdd's engine socket"), "{err}");
+    }
+
+    #[test]
+    fn a_printed_socket_whose_directory_is_missing_is_refused() {
+        let err = check_engine_socket(Path::new("/nonexistent-fwd-dir/docker.sock"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("fwdd's engine socket /nonexistent-fwd-dir/docker.sock: cannot inspect its directory"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_control_socket_is_still_not_running() {
+        let err = status(
+            Path::new("/nonexistent-fwd-dir/control.sock"),
+            REQUEST_TIMEOUT,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "fwdd is not running (no control socket at /nonexistent-fwd-dir/control.sock)"
+        );
+    }
 
     #[test]
     fn socket_precedence() {

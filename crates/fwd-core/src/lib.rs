@@ -19,6 +19,7 @@ pub mod repeat;
 pub mod route;
 pub mod rules;
 pub mod slots;
+pub mod socket_trust;
 pub mod startup;
 pub mod supervisor;
 

@@ -9,6 +9,7 @@
 //!   local socket means nothing.
 
 use fwd_proto::{HostStatus, Status};
+use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -76,6 +77,15 @@ pub fn variables(
     Ok(vars)
 }
 
+/// The local socket `DOCKER_HOST` names, which fwdctl checks before it
+/// prints it (`fwd_client::check_engine_socket`).
+pub fn local_socket<'a>(vars: &'a [(&str, String)]) -> Option<&'a Path> {
+    vars.iter()
+        .find(|(k, _)| *k == "DOCKER_HOST")
+        .and_then(|(_, v)| v.strip_prefix("unix://"))
+        .map(Path::new)
+}
+
 /// The variables in `format`. Values are quoted for the shell; for
 /// `$GITHUB_ENV` a value with a line break would forge a variable, so such
 /// values are refused (socket paths never have one).
@@ -133,6 +143,19 @@ mod tests {
                     "/var/run/docker.sock".into()
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn the_socket_checked_is_the_one_docker_host_names() {
+        let vars = variables(&sample(), None).unwrap();
+        assert_eq!(
+            local_socket(&vars),
+            Some(Path::new("/run/user/1000/fwd/docker-prod.sock"))
+        );
+        assert_eq!(
+            local_socket(&[("DOCKER_HOST", "tcp://x:2375".into())]),
+            None
         );
     }
 

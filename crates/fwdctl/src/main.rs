@@ -30,21 +30,29 @@ Examples:
 
 Socket selection: --socket, else --runtime-dir/control.sock, else $FWD_SOCKET, else the
 daemon's default ($XDG_RUNTIME_DIR/fwdd, or /run/fwdd as root, or /tmp/fwdd-<uid>).
+A socket is refused (exit 2, nothing sent) unless its directory is yours or root's and
+nobody else may write in it, and the socket and the process answering on it are yours
+or root's (see docs/operations.md, \"Where fwdctl looks, and what it refuses\").
 
 Exit codes: 0 success/healthy; 1 degraded (status), timed out (wait), unknown host
-(reconnect, resync); 2 fwdd unreachable (not running, permission denied, timeout,
-protocol error) or it went away; 64 invalid command line.";
+(reconnect, resync); 2 fwdd unreachable (not running, permission denied, a socket
+refused as another user's, timeout, protocol error) or it went away; 64 invalid
+command line.";
 
 const STATUS_HELP: &str = "\
 Exit codes:
   0   healthy
   1   degraded: a host's ssh master is not connected (or its docker event stream
       is down), or a forward is in conflict
-  2   fwdd unreachable (not running, permission denied, timeout, protocol error)
+  2   fwdd unreachable (not running, permission denied, a socket refused as another
+      user's, timeout, protocol error)
   64  invalid command line
 
 Socket selection: --socket, else --runtime-dir/control.sock, else $FWD_SOCKET, else the
-daemon's default ($XDG_RUNTIME_DIR/fwdd, or /run/fwdd as root, or /tmp/fwdd-<uid>).";
+daemon's default ($XDG_RUNTIME_DIR/fwdd, or /run/fwdd as root, or /tmp/fwdd-<uid>).
+A socket is refused (exit 2, nothing sent) unless its directory is yours or root's and
+nobody else may write in it, and the socket and the process answering on it are yours
+or root's (see docs/operations.md, \"Where fwdctl looks, and what it refuses\").";
 
 const WAIT_HELP: &str = "\
 Each TARGET is a local port (a number, e.g. 5432) or a container (its name, e.g.
@@ -302,8 +310,10 @@ host> (what Testcontainers' Ryuk mounts there).
 
 Exit codes:
   0   printed
-  1   unknown host, or the host has no engine socket (the message says why)
-  2   fwdd unreachable (not running, permission denied, timeout, protocol error)";
+  1   unknown host, the host has no engine socket, or its socket is in a directory
+      fwdctl would not trust (the message says why)
+  2   fwdd unreachable (not running, permission denied, a socket refused as another
+      user's, timeout, protocol error)";
 
 fn parse_target(s: &str) -> Result<wait::Target, String> {
     wait::Target::parse(s)
@@ -368,7 +378,20 @@ fn wait(socket: &std::path::Path, targets: &[wait::Target], timeout: Duration) -
 
 fn env_command(socket: &std::path::Path, host: Option<&str>, format: env::Format) -> Result<i32> {
     let (status, _) = fetch_status(socket)?;
-    match env::variables(&status, host).and_then(|vars| env::render(&vars, format)) {
+    // The engine socket is checked as the control socket was: never printed
+    // in a directory fwdctl would not trust (whatever the format).
+    let checked = |vars: Vec<(&'static str, String)>| match env::local_socket(&vars) {
+        Some(path) => client::check_engine_socket(path)
+            .map(|()| vars)
+            .map_err(|e| env::Unavailable {
+                message: e.to_string(),
+            }),
+        None => Ok(vars),
+    };
+    match env::variables(&status, host)
+        .and_then(checked)
+        .and_then(|vars| env::render(&vars, format))
+    {
         Ok(text) => {
             let mut out = std::io::stdout().lock();
             out.write_all(text.as_bytes())?;

@@ -10,6 +10,11 @@
 //!   socket at all;
 //! * a peer is served only when its uid (`SO_PEERCRED`) is the daemon's own
 //!   effective uid or root; refusals are logged at most once a minute per uid.
+//!
+//! Clients hold fwdd to the mirror image (`fwd_core::socket_trust`, read by
+//! `fwd-client`): they believe a socket only in a directory of their own or
+//! root's that nobody else may write, answered by their own uid or root. fwdd
+//! makes its directory so; a client can only find out, and refuses.
 
 use std::collections::HashMap;
 use std::fs;
@@ -392,9 +397,11 @@ impl RefusalLog {
     }
 }
 
-/// Whether a peer uid may use the socket: our own effective uid, or root.
+/// Whether a peer uid may use the socket: our own effective uid, or root —
+/// the same side a client believes (`fwd_core::socket_trust`, which fwdctl
+/// holds this daemon to): one definition for both ends.
 pub fn uid_allowed(peer: u32, euid: u32) -> bool {
-    peer == euid || peer == 0
+    fwd_core::socket_trust::Trusted::caller_or_root(euid).allows(peer)
 }
 
 #[cfg(test)]
