@@ -263,9 +263,10 @@ fn status_error(status: StatusCode, path: &str, body: &[u8]) -> ApiError {
     struct Msg {
         message: String,
     }
+    // The engine's own words, kept brief and escaped (parse::brief).
     let message = serde_json::from_slice::<Msg>(body)
-        .map(|m| m.message)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+        .map(|m| parse::brief(&m.message))
+        .unwrap_or_else(|_| parse::brief(&String::from_utf8_lossy(&body[..body.len().min(200)])));
     ApiError::Status {
         status,
         path: path.to_string(),

@@ -15,7 +15,7 @@ pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
-    #[error("not valid JSON for {what}: {source}")]
+    #[error("not valid JSON for {what}: {}", brief(&.source.to_string()))]
     Json {
         what: &'static str,
         #[source]
@@ -23,6 +23,33 @@ pub enum ParseError {
     },
     #[error("the Docker engine sent something fwd cannot use: {0}")]
     Invalid(String),
+}
+
+/// Text from the remote side as an error may repeat it: at most 240
+/// characters (the start and the end, where serde says the position), its
+/// control characters escaped. serde repeats a string it did not expect
+/// whole (an unknown variant raw), and an event line may be 1 MiB.
+pub(crate) fn brief(text: &str) -> String {
+    const HEAD: usize = 180;
+    const TAIL: usize = 60;
+    let escaped = |s: &str| -> String {
+        let mut out = String::new();
+        for c in s.chars() {
+            if c.is_control() {
+                out.extend(c.escape_debug());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let n = text.chars().count();
+    if n <= HEAD + TAIL {
+        return escaped(text);
+    }
+    let head: String = text.chars().take(HEAD).collect();
+    let tail: String = text.chars().skip(n - TAIL).collect();
+    format!("{}…{}", escaped(&head), escaped(&tail))
 }
 
 /// Parses one line of the `/events` stream. A container's network connect
@@ -350,11 +377,18 @@ pub fn parse_version(body: &[u8]) -> Result<String, ParseError> {
         .iter()
         .flatten()
         .any(|c| c.name.contains("Podman"));
+    // Kept in status and the handover: bounded, like every remote string.
+    let field = |f: Option<&str>| {
+        brief(f.unwrap_or("unknown"))
+            .chars()
+            .take(64)
+            .collect::<String>()
+    };
     Ok(format!(
         "{}{} (API {})",
         if podman { "Podman " } else { "" },
-        v.version.as_deref().unwrap_or("unknown"),
-        v.api_version.as_deref().unwrap_or("unknown")
+        field(v.version.as_deref()),
+        field(v.api_version.as_deref())
     ))
 }
 
