@@ -1506,7 +1506,13 @@ impl HostMachine {
         self.channel_backoff
             .record_uptime(now.saturating_duration_since(self.channels_started));
         let r = self.unit_random();
-        let delay = self.channel_backoff.next_delay(r);
+        let mut delay = self.channel_backoff.next_delay(r);
+        if self.pin.is_gone() {
+            // Waiting for the engine (restarting): a channel to its socket
+            // costs sshd no process, so look often and serve again within
+            // moments of its return, not after a backoff grown meanwhile.
+            delay = delay.min(pin::ENGINE_WAIT_POLL);
+        }
         self.health.stream_restarts += 1;
         let failures = self.channel_backoff.failures();
         self.health.failed(&f, failures, now + delay, now);

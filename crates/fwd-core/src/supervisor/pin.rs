@@ -18,6 +18,9 @@ use crate::discovery::{self, Candidate};
 /// How long a found engine may be gone before another one is taken.
 pub const ENGINE_GONE_AFTER: Duration = Duration::from_secs(300);
 
+/// How often a channel to a gone engine's socket is tried, at most.
+pub const ENGINE_WAIT_POLL: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pinned {
     /// The engine's socket on the remote host.
@@ -99,6 +102,11 @@ impl EnginePin {
         self.pinned
             .as_ref()
             .is_some_and(|p| p.path == path && p.over_stream_local)
+    }
+
+    /// The pinned engine has not answered since it was lost.
+    pub fn is_gone(&self) -> bool {
+        self.pinned.as_ref().is_some_and(|p| p.gone_since.is_some())
     }
 
     /// The pinned engine did not answer: its gone clock starts, unless it

@@ -1765,7 +1765,8 @@ fn an_engine_that_answered_is_waited_for_across_its_restart() {
     let mut r = up_on(DOCKER_AND_PODMAN, "/var/run/docker.sock");
     let t0 = r.now;
     let reopened = engine_gone_until(&mut r, t0 + Duration::from_secs(120));
-    assert!(reopened >= 3, "reopened {reopened} times");
+    // Looked for every 2 s at most, however long it is gone.
+    assert!(reopened >= 60, "reopened {reopened} times");
     assert!(forwarded_to(&r).is_empty(), "{:?}", r.out);
     assert!(!r.saw(&Command::StopMaster));
     assert!(!r.out.iter().any(|c| matches!(
