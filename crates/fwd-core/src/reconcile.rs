@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use crate::budget::Capped;
 use crate::model::{Claim, Container, HostKey, Unsupported};
 use crate::route::RouteFacts;
 use crate::rules::Rules;
@@ -141,6 +142,9 @@ pub struct HostView<'a> {
     pub host: &'a HostKey,
     /// `max_forwards`: at most this many of the host's claims are served.
     pub max_forwards: Option<usize>,
+    /// At most this many of one container's ports are served (the lowest
+    /// local ports); `None` = no cap.
+    pub forwards_per_container: Option<u64>,
     /// What the host's routes depend on (see [`crate::route`]).
     pub route: RouteFacts,
     pub containers: Vec<&'a Container>,
@@ -155,6 +159,9 @@ pub struct Plan {
     pub rejected: Vec<(Claim, String)>,
     /// Published ports fwd cannot forward (UDP, …), one per port and container.
     pub unsupported: Vec<Unsupported>,
+    /// Containers over the per-container cap: their ports beyond it are
+    /// neither bound nor listed one by one.
+    pub capped: Vec<Capped>,
 }
 
 /// From every host's containers to the actions on the held ports: claims
@@ -168,12 +175,28 @@ pub fn plan(
     let mut claims = Vec::new();
     let mut unsupported = Vec::new();
     let mut rejected = Vec::new();
+    let mut capped = Vec::new();
     for h in hosts {
         let mut host_claims = Vec::new();
         for c in &h.containers {
-            let (cl, un) = c.claims(h.host, rules, h.route);
-            host_claims.extend(cl);
+            let (mut cl, un) = c.claims(h.host, rules, h.route);
             unsupported.extend(un);
+            if let Some(cap) = h.forwards_per_container {
+                let published = cl.len() as u64;
+                if published > cap {
+                    // The lowest ports: the same ones at every plan.
+                    cl.sort_by_key(|c| c.local_port);
+                    cl.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
+                    capped.push(Capped {
+                        host: h.host.clone(),
+                        container: c.id.clone(),
+                        container_name: c.name.clone(),
+                        published,
+                        forwarded: cap,
+                    });
+                }
+            }
+            host_claims.extend(cl);
         }
         if let Some(cap) = h.max_forwards {
             // Earliest-started keep theirs: a burst of new containers
@@ -213,6 +236,7 @@ pub fn plan(
         actions,
         rejected,
         unsupported,
+        capped,
     }
 }
 
@@ -361,6 +385,7 @@ mod tests {
         let view = HostView {
             host: &host,
             max_forwards: Some(2),
+            forwards_per_container: None,
             route: RouteFacts::PUBLISHED_ONLY,
             containers: vec![&new, &old],
         };
@@ -381,6 +406,51 @@ mod tests {
             "{}",
             p.rejected[0].1
         );
+    }
+
+    #[test]
+    fn a_container_over_its_cap_gets_its_lowest_ports_and_is_reported() {
+        let now = Instant::now();
+        let host = HostKey::from("h");
+        let ports: Vec<u16> = (41_000..44_000).rev().collect();
+        let (big, small) = (container(1, 10, &ports), container(2, 20, &[8080]));
+        let view = |held: &BTreeMap<u16, Held>| {
+            let view = HostView {
+                host: &host,
+                max_forwards: None,
+                forwards_per_container: Some(100),
+                route: RouteFacts::PUBLISHED_ONLY,
+                containers: vec![&big, &small],
+            };
+            plan(&[view], &Rules { rules: vec![] }, held, now)
+        };
+        let p = view(&BTreeMap::new());
+        let bound: Vec<u16> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Bind(c) => Some(c.local_port),
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<u16> = std::iter::once(8080).chain(41_000..41_100).collect();
+        assert_eq!(bound, expected);
+        // Reported as one entry, not 2,900 rejected ports.
+        assert!(p.rejected.is_empty(), "{:?}", p.rejected.len());
+        assert_eq!(
+            p.capped,
+            vec![Capped {
+                host: host.clone(),
+                container: big.id.clone(),
+                container_name: "c1".into(),
+                published: 3_000,
+                forwarded: 100,
+            }]
+        );
+        // Applied, the next plan changes nothing: the same ports are kept.
+        let mut held = BTreeMap::new();
+        apply(&mut held, &p.actions, &[], now);
+        assert!(view(&held).actions.is_empty());
     }
 
     #[test]

@@ -41,6 +41,30 @@ impl FailureReason {
     }
 }
 
+/// What a cap refused (`fwd_core::budget`): a client closed at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// A forward held `max_tunnels_per_forward` connections.
+    Tunnel,
+    /// An exposure held `max_tunnels_per_exposure` connections.
+    Exposure,
+    /// The engine sockets held `max_engine_clients` clients.
+    EngineClient,
+}
+
+impl Refused {
+    pub const ALL: [Refused; 3] = [Refused::Tunnel, Refused::Exposure, Refused::EngineClient];
+
+    /// The `what` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::Tunnel => "tunnel",
+            Refused::Exposure => "exposure",
+            Refused::EngineClient => "engine_client",
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the hand-off latency buckets: from a warm
 /// hand-off (~0.3 ms) to a client held through a reconnect (seconds).
 pub const HANDOFF_BUCKETS: [f64; 12] = [
@@ -93,6 +117,7 @@ pub struct HostCounters {
     /// Client connections accepted on the host's forwards.
     pub connections: AtomicU64,
     failures: [AtomicU64; FailureReason::ALL.len()],
+    refused: [AtomicU64; Refused::ALL.len()],
     /// Accept → tunnel open, for connections that got one.
     pub handoff: HandoffHistogram,
 }
@@ -112,6 +137,14 @@ impl HostCounters {
 
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn refuse(&self, what: Refused) {
+        self.refused[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self, what: Refused) -> u64 {
+        self.refused[what as usize].load(Ordering::Relaxed)
     }
 }
 
@@ -138,5 +171,8 @@ mod tests {
         assert_eq!(c.failures(FailureReason::Refused), 2);
         assert_eq!(c.failures(FailureReason::NoMaster), 0);
         assert_eq!(c.connections(), 1);
+        c.refuse(Refused::Tunnel);
+        assert_eq!(c.refused(Refused::Tunnel), 1);
+        assert_eq!(c.refused(Refused::EngineClient), 0);
     }
 }

@@ -18,6 +18,6 @@ mod counters;
 mod exposition;
 mod http;
 
-pub use counters::{FailureReason, HandoffHistogram, HostCounters, HANDOFF_BUCKETS};
+pub use counters::{FailureReason, HandoffHistogram, HostCounters, Refused, HANDOFF_BUCKETS};
 pub use exposition::{encode, readiness, EndpointCounts, Format, HostScrape, Scrape};
 pub use http::{serve, serve_with, Limits, MetricsSource};

@@ -30,9 +30,9 @@ pub mod term;
 
 pub use events::{diff, Event};
 pub use status::{
-    verdict, DaemonInfo, EngineStatus, ErrorInfo, ExposedStatus, ForwardRoute, ForwardState,
-    ForwardStatus, Health, HealthState, HostStatus, MasterState, MasterStatus, RouteKind, Status,
-    StreamState, StreamStatus,
+    verdict, CappedContainer, DaemonInfo, EngineStatus, ErrorInfo, ExposedStatus, ForwardRoute,
+    ForwardState, ForwardStatus, Health, HealthState, HostStatus, LimitsStatus, MasterState,
+    MasterStatus, RouteKind, Status, StreamState, StreamStatus,
 };
 
 /// Version carried as `"v"` by every request and response.

@@ -30,6 +30,52 @@ pub struct Status {
     /// remote port. Added within version 1: empty from older daemons.
     #[serde(default)]
     pub exposed: Vec<ExposedStatus>,
+    /// The open-files budget and the caps in force, and what they refused.
+    /// Added within version 1: absent from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsStatus>,
+}
+
+/// fwdd's open-files budget (see `fwd_core::budget`): the limit it runs
+/// with (its ssh masters inherit it), the caps derived from it or
+/// configured, and what they refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsStatus {
+    /// The soft `RLIMIT_NOFILE` fwdd runs with, after raising it to the
+    /// hard limit at start.
+    pub open_files_limit: u64,
+    /// Descriptors fwdd has open now (`null` where they cannot be counted).
+    pub open_files: Option<u64>,
+    /// Descriptors no forward, exposure or client may take.
+    pub reserved: u64,
+    /// `max_forwards_per_container`: published ports of one container
+    /// that are forwarded.
+    pub forwards_per_container: u64,
+    /// `max_tunnels_per_forward`: concurrent connections of one forward.
+    pub tunnels_per_forward: u64,
+    /// `max_tunnels_per_exposure`: concurrent connections of one exposure.
+    pub tunnels_per_exposure: u64,
+    /// `max_engine_clients`: concurrent clients of one host's engine sockets.
+    pub engine_clients: u64,
+    /// Failed `accept(2)` calls on any of fwdd's sockets (e.g. out of
+    /// descriptors), since the start.
+    pub accept_failures: u64,
+    /// Containers with more published ports than `forwards_per_container`:
+    /// only their lowest ports are forwarded, the rest are not listed in
+    /// `forwards`.
+    pub capped: Vec<CappedContainer>,
+}
+
+/// A container over `max_forwards_per_container`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CappedContainer {
+    pub host: String,
+    pub container_id: String,
+    pub container_name: String,
+    /// Local ports it publishes.
+    pub published: u64,
+    /// How many of them are forwarded (the lowest).
+    pub forwarded: u64,
 }
 
 /// One exposure: a runner address that a host's containers reach at
@@ -57,6 +103,10 @@ pub struct ExposedStatus {
     pub connections_total: u64,
     /// Connections closed because nothing answered at `runner`.
     pub connections_failed: u64,
+    /// Connections closed at once because the exposure held
+    /// `max_tunnels_per_exposure`. Added within version 1.
+    #[serde(default)]
+    pub connections_refused: u64,
 }
 
 /// How the host's remote engine is served on the runner.
@@ -86,6 +136,10 @@ pub struct EngineStatus {
     pub reason: Option<String>,
     pub connections_open: u64,
     pub connections_total: u64,
+    /// Clients closed at once because the host's engine sockets held
+    /// `max_engine_clients`. Added within version 1.
+    #[serde(default)]
+    pub connections_refused: u64,
     /// Bytes from local clients to the engine, and from the engine back,
     /// counted when a connection ends.
     pub bytes_up: u64,
@@ -311,6 +365,10 @@ pub struct ForwardStatus {
     pub connections_open: u64,
     /// Client connections accepted through this forward since it was created.
     pub connections_total: u64,
+    /// Client connections closed at once because the forward held
+    /// `max_tunnels_per_forward`. Added within version 1.
+    #[serde(default)]
+    pub connections_refused: u64,
     /// Which way connections reach the container, and why (`null` for an
     /// unsupported port, and from a daemon older than the field).
     #[serde(default, skip_serializing_if = "Option::is_none")]

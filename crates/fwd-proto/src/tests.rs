@@ -53,6 +53,7 @@ pub(crate) fn sample_status() -> Status {
                     reason: None,
                     connections_open: 1,
                     connections_total: 42,
+                    connections_refused: 0,
                     bytes_up: 10_240,
                     bytes_down: 2_097_152,
                 }),
@@ -101,6 +102,7 @@ pub(crate) fn sample_status() -> Status {
                 since_ms: 1_700_000_120_000,
                 connections_open: 0,
                 connections_total: 3,
+                connections_refused: 12,
                 route: Some(crate::ForwardRoute {
                     kind: crate::RouteKind::Direct,
                     to: "172.17.0.2:80".into(),
@@ -122,6 +124,7 @@ pub(crate) fn sample_status() -> Status {
                 since_ms: 1_700_000_110_000,
                 connections_open: 2,
                 connections_total: 17,
+                connections_refused: 0,
                 route: Some(crate::ForwardRoute {
                     kind: crate::RouteKind::Published,
                     to: "127.0.0.1:5432".into(),
@@ -143,6 +146,7 @@ pub(crate) fn sample_status() -> Status {
                 since_ms: 1_700_000_130_000,
                 connections_open: 0,
                 connections_total: 0,
+                connections_refused: 0,
                 route: Some(crate::ForwardRoute {
                     kind: crate::RouteKind::Published,
                     to: "127.0.0.1:6379".into(),
@@ -164,6 +168,7 @@ pub(crate) fn sample_status() -> Status {
                 since_ms: 1_700_000_140_000,
                 connections_open: 0,
                 connections_total: 0,
+                connections_refused: 0,
                 route: None,
             },
             ForwardStatus {
@@ -180,6 +185,7 @@ pub(crate) fn sample_status() -> Status {
                 since_ms: 1_700_000_150_000,
                 connections_open: 0,
                 connections_total: 0,
+                connections_refused: 0,
                 route: Some(crate::ForwardRoute {
                     kind: crate::RouteKind::Published,
                     to: "127.0.0.1:9000".into(),
@@ -201,6 +207,7 @@ pub(crate) fn sample_status() -> Status {
                 connections_open: 1,
                 connections_total: 5,
                 connections_failed: 0,
+                connections_refused: 0,
             },
             crate::ExposedStatus {
                 host: "staging".into(),
@@ -214,6 +221,7 @@ pub(crate) fn sample_status() -> Status {
                 connections_open: 0,
                 connections_total: 0,
                 connections_failed: 0,
+                connections_refused: 0,
             },
         ],
         health: Some(Health {
@@ -222,6 +230,23 @@ pub(crate) fn sample_status() -> Status {
                 "host staging is backoff".into(),
                 "1 forward in conflict".into(),
             ],
+        }),
+        limits: Some(crate::LimitsStatus {
+            open_files_limit: 20_000,
+            open_files: Some(57),
+            reserved: 256,
+            forwards_per_container: 2_468,
+            tunnels_per_forward: 1_645,
+            tunnels_per_exposure: 2_468,
+            engine_clients: 2_468,
+            accept_failures: 0,
+            capped: vec![crate::CappedContainer {
+                host: "prod".into(),
+                container_id: "0123456789ab".repeat(6)[..64].to_string(),
+                container_name: "ports".into(),
+                published: 3_000,
+                forwarded: 2_468,
+            }],
         }),
     }
 }
@@ -452,6 +477,7 @@ fn small_status() -> Status {
         forwards: vec![],
         health: None,
         exposed: vec![],
+        limits: None,
     }
 }
 

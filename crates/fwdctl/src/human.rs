@@ -156,6 +156,9 @@ fn render_host(out: &mut String, h: &HostStatus, now_ms: u64) {
             ", {} open, {} total",
             e.connections_open, e.connections_total
         );
+        if e.connections_refused > 0 {
+            let _ = write!(line, ", {} over the cap", e.connections_refused);
+        }
         if let Some(why) = &e.reason {
             let _ = write!(line, "; {why}");
         }
@@ -200,6 +203,43 @@ fn table(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The open-files budget, when anything met it: what fwdd holds, the caps,
+/// and each container over its port cap.
+fn render_limits(out: &mut String, st: &Status) {
+    let Some(l) = &st.limits else { return };
+    let refused = st.forwards.iter().any(|f| f.connections_refused > 0)
+        || st.exposed.iter().any(|e| e.connections_refused > 0)
+        || st
+            .hosts
+            .iter()
+            .any(|h| h.engine.as_ref().is_some_and(|e| e.connections_refused > 0));
+    if l.capped.is_empty() && l.accept_failures == 0 && !refused {
+        return;
+    }
+    let open = l
+        .open_files
+        .map_or_else(|| "?".to_string(), |n| n.to_string());
+    let _ = writeln!(
+        out,
+        "\nLIMITS  {open} of {} open files; caps: {} ports per container, {} connections per forward, {} per exposure, {} engine clients per host",
+        l.open_files_limit,
+        l.forwards_per_container,
+        l.tunnels_per_forward,
+        l.tunnels_per_exposure,
+        l.engine_clients
+    );
+    if l.accept_failures > 0 {
+        let _ = writeln!(out, "  {} failed accepts", l.accept_failures);
+    }
+    for c in &l.capped {
+        let line = format!(
+            "container {} on host {} publishes {} ports: the lowest {} are forwarded (max_forwards_per_container)",
+            c.container_name, c.host, c.published, c.forwarded
+        );
+        let _ = writeln!(out, "  {}", for_terminal(&line));
+    }
 }
 
 /// The whole human-readable status. `now_ms` is the current Unix time in ms (a parameter
@@ -251,13 +291,16 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
             } else {
                 e.binds.join(",")
             };
-            let conn = match e.connections_failed {
+            let mut conn = match e.connections_failed {
                 0 => format!("{}/{}", e.connections_open, e.connections_total),
                 n => format!(
                     "{}/{} ({n} refused here)",
                     e.connections_open, e.connections_total
                 ),
             };
+            if e.connections_refused > 0 {
+                let _ = write!(conn, " ({} over the cap)", e.connections_refused);
+            }
             rows.push(vec![
                 e.host.clone(),
                 remote,
@@ -269,6 +312,7 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
         }
         out.push_str(&table(&rows));
     }
+    render_limits(&mut out, st);
     out.push('\n');
     if st.forwards.is_empty() {
         out.push_str("no forwards\n");
@@ -334,7 +378,13 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
             f.container_port.clone(),
             f.state.to_string(),
             ago(now_ms, f.since_ms),
-            format!("{}/{}", f.connections_open, f.connections_total),
+            match f.connections_refused {
+                0 => format!("{}/{}", f.connections_open, f.connections_total),
+                n => format!(
+                    "{}/{} ({n} over the cap)",
+                    f.connections_open, f.connections_total
+                ),
+            },
             reason,
         ]);
         rows.push(row);
@@ -401,12 +451,15 @@ HOST     REMOTE            RUNNER           STATE    CONN  REASON
 prod     172.17.0.1:18080  127.0.0.1:18080  active   1/5
 staging  :3000             127.0.0.1:3000   waiting  0/0   the host has no usable ssh master
 
-HOST     LOCAL                      REMOTE          ROUTE      CONTAINER          PORT      STATE        SINCE      CONN  REASON
-prod     :5353                      127.0.0.1:5353             dns                53/udp    unsupported  1m00s ago  0/0   UDP ports are not forwarded
-prod     127.0.0.1:5432,[::1]:5432  127.0.0.1:5432  published  shop/shop-db-1     5432/tcp  active       1m30s ago  2/17  the direct route to 172.18.0.3:5432 failed: administratively prohibited: open failed
-prod     :6379                      127.0.0.1:6379  published  shop/shop-cache-1  6379/tcp  conflict     1m10s ago  0/0   127.0.0.1:6379 is in use by another process
-prod     127.0.0.1:8080             172.17.0.2:80   direct     web                80/tcp    active       1m20s ago  0/3
-staging  :9000                      127.0.0.1:9000  published  minio              9000/tcp  pending      50s ago    0/0   waiting for the ssh master
+LIMITS  57 of 20000 open files; caps: 2468 ports per container, 1645 connections per forward, 2468 per exposure, 2468 engine clients per host
+  container ports on host prod publishes 3000 ports: the lowest 2468 are forwarded (max_forwards_per_container)
+
+HOST     LOCAL                      REMOTE          ROUTE      CONTAINER          PORT      STATE        SINCE      CONN                   REASON
+prod     :5353                      127.0.0.1:5353             dns                53/udp    unsupported  1m00s ago  0/0                    UDP ports are not forwarded
+prod     127.0.0.1:5432,[::1]:5432  127.0.0.1:5432  published  shop/shop-db-1     5432/tcp  active       1m30s ago  2/17                   the direct route to 172.18.0.3:5432 failed: administratively prohibited: open failed
+prod     :6379                      127.0.0.1:6379  published  shop/shop-cache-1  6379/tcp  conflict     1m10s ago  0/0                    127.0.0.1:6379 is in use by another process
+prod     127.0.0.1:8080             172.17.0.2:80   direct     web                80/tcp    active       1m20s ago  0/3 (12 over the cap)
+staging  :9000                      127.0.0.1:9000  published  minio              9000/tcp  pending      50s ago    0/0                    waiting for the ssh master
 ";
         let actual = render_status(&sample(), NOW);
         // Compare line by line for a readable failure.
@@ -434,9 +487,9 @@ staging  :9000                      127.0.0.1:9000  published  minio            
         assert_eq!(
             table,
             [
-                "LOCAL                      REMOTE          ROUTE      CONTAINER       PORT      STATE   SINCE      CONN  REASON",
-                "127.0.0.1:5432,[::1]:5432  127.0.0.1:5432  published  shop/shop-db-1  5432/tcp  active  1m30s ago  2/17  the direct route to 172.18.0.3:5432 failed: administratively prohibited: open failed",
-                "127.0.0.1:8080             172.17.0.2:80   direct     web             80/tcp    active  1m20s ago  0/3",
+                "LOCAL                      REMOTE          ROUTE      CONTAINER       PORT      STATE   SINCE      CONN                   REASON",
+                "127.0.0.1:5432,[::1]:5432  127.0.0.1:5432  published  shop/shop-db-1  5432/tcp  active  1m30s ago  2/17                   the direct route to 172.18.0.3:5432 failed: administratively prohibited: open failed",
+                "127.0.0.1:8080             172.17.0.2:80   direct     web             80/tcp    active  1m20s ago  0/3 (12 over the cap)",
             ]
         );
     }
@@ -447,6 +500,7 @@ staging  :9000                      127.0.0.1:9000  published  minio            
         st.hosts.clear();
         st.forwards.clear();
         st.exposed.clear();
+        st.limits = None;
         assert_eq!(exit_code(&st), EXIT_HEALTHY);
         assert_eq!(
             render_status(&st, NOW),

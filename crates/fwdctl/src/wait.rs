@@ -342,6 +342,7 @@ mod tests {
             since_ms: 0,
             connections_open: 0,
             connections_total: 0,
+            connections_refused: 0,
             route: None,
         }
     }
@@ -381,6 +382,7 @@ mod tests {
             forwards,
             health: None,
             exposed: vec![],
+            limits: None,
         }
     }
 

@@ -264,6 +264,7 @@ mod tests {
             since_ms: 0,
             connections_open: 0,
             connections_total: 0,
+            connections_refused: 0,
             route: None,
         }
     }

@@ -30,6 +30,10 @@ pub struct Config {
     pub engine_socket_group: Option<SocketGroup>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; off if `None`.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Caps on what one party may hold (`max_forwards_per_container`,
+    /// `max_tunnels_per_forward`, …); unset: derived from the open-files
+    /// limit (`fwd_core::budget`).
+    pub limits: fwd_core::LimitSettings,
     pub hosts: Vec<HostConfig>,
 }
 
@@ -118,6 +122,10 @@ struct FileConfig {
     permanent_retry: Option<String>,
     resync_interval: Option<String>,
     metrics: Option<String>,
+    max_forwards_per_container: Option<u64>,
+    max_tunnels_per_forward: Option<u64>,
+    max_tunnels_per_exposure: Option<u64>,
+    max_engine_clients: Option<u64>,
     #[serde(default, rename = "rule")]
     rules: Vec<FileRule>,
     #[serde(default, rename = "host")]
@@ -265,6 +273,22 @@ pub fn render(c: &Config) -> String {
         Some(addr) => out.push_str(&format!("metrics = {}\n", q(&addr.to_string()))),
         None => {
             out.push_str("# metrics: off (set metrics = \"127.0.0.1:9633\" to serve /metrics)\n")
+        }
+    }
+    for (key, value) in [
+        (
+            "max_forwards_per_container",
+            c.limits.forwards_per_container,
+        ),
+        ("max_tunnels_per_forward", c.limits.tunnels_per_forward),
+        ("max_tunnels_per_exposure", c.limits.tunnels_per_exposure),
+        ("max_engine_clients", c.limits.engine_clients),
+    ] {
+        match value {
+            Some(n) => out.push_str(&format!("{key} = {n}\n")),
+            None => out.push_str(&format!(
+                "# {key}: not set, derived from the open-files limit (fwdctl status shows it)\n"
+            )),
         }
     }
     if c.rules.rules.is_empty() {
@@ -463,8 +487,25 @@ impl Config {
                 ))
             })?),
         };
+        let cap = |key: &str, v: Option<u64>| match v {
+            Some(0) => err(format!(
+                "{key}: 0 would refuse everything; use a number of at least 1, or remove the key \
+                 for the default derived from the open-files limit"
+            )),
+            v => Ok(v),
+        };
+        let limits = fwd_core::LimitSettings {
+            forwards_per_container: cap(
+                "max_forwards_per_container",
+                file.max_forwards_per_container,
+            )?,
+            tunnels_per_forward: cap("max_tunnels_per_forward", file.max_tunnels_per_forward)?,
+            tunnels_per_exposure: cap("max_tunnels_per_exposure", file.max_tunnels_per_exposure)?,
+            engine_clients: cap("max_engine_clients", file.max_engine_clients)?,
+        };
         Ok(Config {
             metrics,
+            limits,
             rules,
             engine_socket_group,
             runtime_dir: cli
@@ -1298,5 +1339,50 @@ mod example_config {
         .expect("config/fwdd.toml is valid");
         assert_eq!(c.hosts[0].name, "ci-docker");
         assert_eq!(c.hosts[0].ssh.destination, "ci@docker-1.example.com");
+    }
+}
+
+#[cfg(test)]
+mod limits_config {
+    fn load(text: &str) -> Result<super::Config, super::ConfigError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("l.toml");
+        std::fs::write(&path, text).expect("write");
+        super::Config::load(super::CliOverrides {
+            config_file: Some(path),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn caps_are_read_rendered_and_zero_is_refused() {
+        let host = "[[host]]\nurl = \"ssh://h\"\n";
+        let unset = load(host).expect("valid");
+        assert_eq!(unset.limits, fwd_core::LimitSettings::default());
+        let text = super::render(&unset);
+        assert!(
+            text.contains(
+                "\n# max_tunnels_per_forward: not set, derived from the open-files limit"
+            ),
+            "{text}"
+        );
+        let set = load(&format!(
+            "max_forwards_per_container = 100\nmax_tunnels_per_forward = 200\n\
+             max_tunnels_per_exposure = 300\nmax_engine_clients = 40\n{host}"
+        ))
+        .expect("valid");
+        assert_eq!(
+            set.limits,
+            fwd_core::LimitSettings {
+                forwards_per_container: Some(100),
+                tunnels_per_forward: Some(200),
+                tunnels_per_exposure: Some(300),
+                engine_clients: Some(40),
+            }
+        );
+        let text = super::render(&set);
+        assert!(text.contains("\nmax_engine_clients = 40\n"), "{text}");
+        let e = load(&format!("max_engine_clients = 0\n{host}")).expect_err("zero");
+        assert!(e.to_string().contains("max_engine_clients: 0"), "{e}");
     }
 }

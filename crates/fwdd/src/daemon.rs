@@ -60,6 +60,10 @@ pub struct Daemon {
     /// the host is at its cap (reported as conflicts, never bound).
     pub rejected: RefCell<Vec<(Claim, String)>>,
     pub unsupported: RefCell<Vec<Unsupported>>,
+    /// Containers over `max_forwards_per_container` (their ports beyond
+    /// it are not bound), and which were said in the log.
+    pub capped: RefCell<Vec<fwd_core::Capped>>,
+    cap_reports: RefCell<fwd_core::CapReports>,
     pub serve: Rc<ServeContext>,
     /// Asks the planner for a plan: a host's containers changed, a host
     /// came or went. Notifications before the planner's turn make one plan.
@@ -86,6 +90,10 @@ impl Daemon {
             config.startup_window,
             stored,
         ));
+        serve.limits.set(fwd_core::Limits::for_open_files(
+            crate::fdlimit::current(),
+            config.limits,
+        ));
         Rc::new(Daemon {
             config: RefCell::new(config),
             started_at: image.daemon_started_at,
@@ -97,6 +105,8 @@ impl Daemon {
             table: RefCell::new(ForwardTable::default()),
             rejected: RefCell::new(Vec::new()),
             unsupported: RefCell::new(Vec::new()),
+            capped: RefCell::new(Vec::new()),
+            cap_reports: RefCell::default(),
             serve,
             plan_wanted: Rc::new(Notify::new()),
             changed: Rc::new(watch::channel(0u64).0),
@@ -349,6 +359,10 @@ impl Daemon {
         }
         self.serve.connect_wait.set(new.connect_wait);
         self.serve.startup_window.set(new.startup_window);
+        self.serve.limits.set(fwd_core::Limits::for_open_files(
+            self.serve.limits.get().open_files,
+            new.limits,
+        ));
         for h in self.hosts() {
             h.send(Input::PolicyChanged(host_policy(&new, &h.cfg)));
         }
@@ -416,6 +430,7 @@ impl Daemon {
             .map(|(h, m)| HostView {
                 host: &h.key,
                 max_forwards: h.cfg.max_forwards,
+                forwards_per_container: Some(self.serve.limits.get().forwards_per_container),
                 route: fwd_core::RouteFacts {
                     // The configuration now: a reload keeps the host.
                     direct_allowed: config
@@ -445,6 +460,19 @@ impl Daemon {
         self.serve.starts.plan_applied();
         *self.rejected.borrow_mut() = plan.rejected;
         *self.unsupported.borrow_mut() = plan.unsupported;
+        for c in self.cap_reports.borrow_mut().news(&plan.capped) {
+            tracing::warn!(
+                event = "forward_cap_reached",
+                host = %c.host,
+                container = %c.container_name,
+                container_id = %c.container,
+                published = c.published,
+                forwarded = c.forwarded,
+                "{}",
+                c.message()
+            );
+        }
+        *self.capped.borrow_mut() = plan.capped;
         // After a crash restart, the listeners systemd kept that no claim
         // took once every host has resynced are closed: their ports are
         // free again (see `release_stored_after` for hosts that never do).

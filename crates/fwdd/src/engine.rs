@@ -22,9 +22,9 @@ use std::cell::Cell;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use fwd_core::{EngineRoute, HostKey, RepeatGate, Verdict};
+use fwd_core::{EngineRoute, HostKey};
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
@@ -60,6 +60,8 @@ pub struct EngineStats {
     /// Bytes from local clients to the engine, and back.
     pub bytes_up: Cell<u64>,
     pub bytes_down: Cell<u64>,
+    /// Clients closed at `max_engine_clients`, and the episode.
+    pub refusals: std::cell::RefCell<fwd_core::Refusals>,
 }
 
 /// A host's engine sockets; dropping it closes them and removes the files.
@@ -91,7 +93,6 @@ struct Shared {
     stats: Rc<EngineStats>,
     sessions: Semaphore,
     refusals: std::cell::RefCell<RefusalLog>,
-    failures: std::cell::RefCell<RepeatGate>,
     euid: u32,
     relays: Rc<Relays>,
 }
@@ -149,7 +150,6 @@ impl EngineSocket {
             stats: stats.clone(),
             sessions: Semaphore::new(DIAL_STDIO_LIMIT),
             refusals: Default::default(),
-            failures: std::cell::RefCell::new(RepeatGate::new(Duration::from_secs(300))),
             euid: fwd_proto::effective_uid(),
             relays: relays.clone(),
         });
@@ -253,9 +253,12 @@ async fn drain_stderr(mut stderr: tokio::net::unix::pipe::Receiver) {
 
 async fn accept_loop(listener: UnixListener, shared: Rc<Shared>) {
     let mut frozen = shared.ctx.frozen.subscribe();
+    let mut backoff = fwd_core::AcceptBackoff::default();
+    let socket = format!("the engine socket of host {}", shared.host);
     loop {
         match accept_thawed(&listener, &mut frozen).await {
             Ok(stream) => {
+                shared.ctx.accept_succeeded(&mut backoff, &socket);
                 let cred = stream.peer_cred().ok();
                 let uid = cred.map(|c| c.uid());
                 let allowed = cred.is_some_and(|c| {
@@ -274,21 +277,35 @@ async fn accept_loop(listener: UnixListener, shared: Rc<Shared>) {
                     }
                     continue;
                 }
-                shared.stats.total.set(shared.stats.total.get() + 1);
+                let cap = shared.ctx.limits.get().engine_clients;
+                let stats = &shared.stats;
+                if !shared.ctx.admit(
+                    &mut stats.refusals.borrow_mut(),
+                    stats.open.get(),
+                    cap,
+                    &holder(&shared.host),
+                ) {
+                    shared
+                        .ctx
+                        .counters(&shared.host)
+                        .refuse(fwd_metrics::Refused::EngineClient);
+                    continue;
+                }
+                stats.total.set(stats.total.get() + 1);
                 spawn_serve(stream, &shared);
             }
-            Err(e) => {
-                if shared
-                    .failures
-                    .borrow_mut()
-                    .observe(&e.to_string(), Instant::now())
-                    != Verdict::Suppress
-                {
-                    tracing::warn!(event = "accept_failed", host = %shared.host, error = %e, "accepting an engine socket connection failed");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            // EMFILE and friends: back off instead of spinning.
+            Err(e) => shared.ctx.accept_failed(&mut backoff, &socket, &e).await,
         }
+    }
+}
+
+/// Who `max_engine_clients` counts, for the log.
+fn holder(host: &HostKey) -> crate::serve::Holder<'_> {
+    crate::serve::Holder {
+        what: "the engine socket",
+        host,
+        setting: "max_engine_clients",
     }
 }
 
@@ -299,12 +316,21 @@ fn spawn_serve(stream: UnixStream, shared: &Rc<Shared>) {
         .relays
         .register(RelayState::Queued(stream.as_raw_fd()));
     let shared = shared.clone();
+    // Counted at once: the cap is checked at the next accept, which may
+    // come before this task runs.
+    shared.stats.open.set(shared.stats.open.get() + 1);
     tokio::task::spawn_local(async move {
         let stats = &shared.stats;
-        stats.open.set(stats.open.get() + 1);
         serve(stream, &shared, &entry).await;
         drop(entry);
         stats.open.set(stats.open.get().saturating_sub(1));
+        let cap = shared.ctx.limits.get().engine_clients;
+        shared.ctx.released(
+            &mut stats.refusals.borrow_mut(),
+            stats.open.get(),
+            cap,
+            &holder(&shared.host),
+        );
     });
 }
 

@@ -7,6 +7,7 @@ mod control;
 mod daemon;
 mod engine;
 mod expose;
+mod fdlimit;
 mod fdstore;
 mod forwards;
 mod handler;
@@ -127,6 +128,8 @@ fn main() -> ExitCode {
     // or kept for it by systemd's fd store across a crash.
     let stored = fdstore::take_stored_fds();
     let mut takeover = handover::inherited();
+    // Before any socket or master: the budget is what the hard limit allows.
+    let raised = fdlimit::raise();
     // Until this image owns the handover, any reason not to start hands it
     // back to the previous image, which carries on.
     fn refuse(
@@ -220,6 +223,23 @@ fn main() -> ExitCode {
         }
     }
     init_logging(config.log_format);
+    match raised {
+        Ok(r) if r.now > r.before => tracing::info!(
+            event = "open_files_raised",
+            before = r.before,
+            now = r.now,
+            "open-files limit raised from {} to {} (the hard limit); the ssh masters inherit it",
+            r.before,
+            r.now
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            event = "open_files_not_raised",
+            error = %e,
+            "the open-files limit could not be raised to the hard limit: {e}; the caps are shared out of {}",
+            fdlimit::current()
+        ),
+    }
     let takeover = match takeover {
         Some(Ok(pending)) => Some(pending.take()),
         Some(Err(e)) => {

@@ -41,6 +41,7 @@ fn engine_status(h: &crate::daemon::Host, health: &fwd_core::Health) -> EngineSt
         reason: socket_error.or_else(|| e.reason.clone()),
         connections_open: stat(|s| s.open.get()),
         connections_total: stat(|s| s.total.get()),
+        connections_refused: stat(|s| s.refusals.borrow().total),
         bytes_up: stat(|s| s.bytes_up.get()),
         bytes_down: stat(|s| s.bytes_down.get()),
     }
@@ -72,6 +73,7 @@ fn forward(
         since_ms: unix_ms(since),
         connections_open: 0,
         connections_total: 0,
+        connections_refused: 0,
         route: Some(route(crate::forwards::RouteNow::of(claim, None), false)),
     }
 }
@@ -171,6 +173,7 @@ pub fn snapshot(d: &Daemon) -> Status {
         s.local_addrs = f.local_addrs.iter().map(|a| a.to_string()).collect();
         s.connections_open = f.stats.open.get();
         s.connections_total = f.stats.total.get();
+        s.connections_refused = f.stats.refusals.borrow().total;
         let now = f.route_now();
         let fell_back = owner.route.is_direct() && !now.direct;
         s.route = Some(route(now, fell_back));
@@ -203,6 +206,7 @@ pub fn snapshot(d: &Daemon) -> Status {
             since_ms: unix_ms(d.started_at),
             connections_open: 0,
             connections_total: 0,
+            connections_refused: 0,
             route: None,
         });
     }
@@ -218,6 +222,7 @@ pub fn snapshot(d: &Daemon) -> Status {
         forwards,
         health: None,
         exposed: d.hosts().iter().flat_map(|h| exposed(h)).collect(),
+        limits: Some(limits(d)),
     };
     status.health = Some(fwd_proto::verdict(&status));
     status
@@ -256,7 +261,35 @@ fn exposed(h: &crate::daemon::Host) -> Vec<ExposedStatus> {
                 connections_open: count(|s| s.open.get()),
                 connections_total: count(|s| s.total.get()),
                 connections_failed: count(|s| s.failed.get()),
+                connections_refused: count(|s| s.refusals.borrow().total),
             }
         })
         .collect()
+}
+
+/// The open-files budget, its caps and what they refused.
+fn limits(d: &Daemon) -> fwd_proto::LimitsStatus {
+    let l = d.serve.limits.get();
+    fwd_proto::LimitsStatus {
+        open_files_limit: l.open_files,
+        open_files: crate::fdlimit::open_now(),
+        reserved: fwd_core::budget::RESERVED_FDS,
+        forwards_per_container: l.forwards_per_container,
+        tunnels_per_forward: l.tunnels_per_forward,
+        tunnels_per_exposure: l.tunnels_per_exposure,
+        engine_clients: l.engine_clients,
+        accept_failures: d.serve.accept_failures.get(),
+        capped: d
+            .capped
+            .borrow()
+            .iter()
+            .map(|c| fwd_proto::CappedContainer {
+                host: c.host.to_string(),
+                container_id: c.container.as_str().to_string(),
+                container_name: c.container_name.clone(),
+                published: c.published,
+                forwarded: c.forwarded,
+            })
+            .collect(),
+    }
 }

@@ -48,7 +48,6 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::path::Path;
 use std::rc::Rc;
-use std::time::Duration;
 use tokio::net::UnixListener;
 use tracing::{debug, info, warn};
 
@@ -148,6 +147,7 @@ impl ControlServer {
             active: Cell::new(0),
             refusals: RefCell::new(RefusalLog::default()),
         });
+        let mut backoff = fwd_core::AcceptBackoff::default();
         loop {
             if *shutdown.borrow_and_update() {
                 break;
@@ -162,11 +162,22 @@ impl ControlServer {
                 }
                 _ = pause.changed() => {}
                 accepted = listener.accept(), if !paused => match accepted {
-                    Ok((stream, _)) => admission::admit(&shared, stream, &shutdown),
+                    Ok((stream, _)) => {
+                        if let Some(failures) = backoff.succeeded() {
+                            info!(event = "accept_recovered", failures, "the control socket accepts again after {failures} failures");
+                        }
+                        admission::admit(&shared, stream, &shutdown)
+                    }
                     Err(e) => {
-                        // E.g. EMFILE: don't spin, the condition may clear.
-                        warn!(error = %e, "control socket accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        // E.g. EMFILE: back off instead of spinning, and
+                        // say it once per episode.
+                        let failed = backoff.failed(&e.to_string(), std::time::Instant::now());
+                        match failed.log {
+                            Some(fwd_core::Verdict::Summary { repeats }) => warn!(event = "accept_failed", error = %e, repeats, "the control socket still cannot accept: {e} ({repeats} more since the last line)"),
+                            Some(_) => warn!(event = "accept_failed", error = %e, "the control socket cannot accept a connection: {e}; trying again with backoff"),
+                            None => {}
+                        }
+                        tokio::time::sleep(failed.wait).await;
                     }
                 },
             }

@@ -99,6 +99,7 @@ pub(super) fn forward(port: u16) -> fwd_proto::ForwardStatus {
         since_ms: 1,
         connections_open: 0,
         connections_total: 0,
+        connections_refused: 0,
         route: None,
     }
 }
@@ -116,6 +117,7 @@ pub(super) fn fixture() -> Status {
         forwards: vec![],
         health: None,
         exposed: vec![],
+        limits: None,
     }
 }
 

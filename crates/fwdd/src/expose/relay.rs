@@ -40,6 +40,11 @@ pub struct ExposeStats {
     /// Bytes from containers to the runner, and back.
     pub bytes_in: Cell<u64>,
     pub bytes_out: Cell<u64>,
+    /// Arrivals held, from accept to end (what `max_tunnels_per_exposure`
+    /// counts).
+    pub held: Cell<u64>,
+    /// Arrivals closed at `max_tunnels_per_exposure`, and the episode.
+    pub refusals: RefCell<fwd_core::Refusals>,
 }
 
 /// One exposure's socket, served until dropped.
@@ -71,6 +76,8 @@ struct Port {
     euid: u32,
     relays: Rc<Relays>,
     serve: Rc<ServeContext>,
+    /// "exposed port N", for the log.
+    what: String,
 }
 
 impl PortSocket {
@@ -127,6 +134,7 @@ impl PortSocket {
             euid: fwd_proto::effective_uid(),
             relays: Rc::default(),
             serve,
+            what: format!("exposed port {port}"),
         });
         let task = tokio::task::spawn_local(accept_loop(listener, shared.clone()));
         Ok(PortSocket {
@@ -196,10 +204,13 @@ pub fn token() -> [u8; 16] {
 
 async fn accept_loop(listener: UnixListener, port: Rc<Port>) {
     let mut frozen = port.serve.frozen.subscribe();
+    let mut backoff = fwd_core::AcceptBackoff::default();
+    let socket = format!("the socket of exposed port {}", port.port);
     loop {
         // While an upgrade collects, arrivals wait in the backlog.
         match accept_thawed(&listener, &mut frozen).await {
             Ok(stream) => {
+                port.serve.accept_succeeded(&mut backoff, &socket);
                 // Only our own master connects here (it runs as fwdd's user).
                 let ours = stream
                     .peer_cred()
@@ -207,13 +218,35 @@ async fn accept_loop(listener: UnixListener, port: Rc<Port>) {
                 if !ours {
                     continue;
                 }
+                // Each arrival costs fwdd two descriptors (it and the
+                // connection to the runner address) and the master one.
+                let cap = port.serve.limits.get().tunnels_per_exposure;
+                let stats = &port.stats;
+                if !port.serve.admit(
+                    &mut stats.refusals.borrow_mut(),
+                    stats.held.get(),
+                    cap,
+                    &holder(&port),
+                ) {
+                    port.serve
+                        .counters(&port.host)
+                        .refuse(fwd_metrics::Refused::Exposure);
+                    continue;
+                }
                 spawn_serve(stream, &port);
             }
-            Err(e) => {
-                tracing::debug!(host = %port.host, port = port.port, error = %e, "accepting on an expose socket failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            // EMFILE and friends: back off instead of spinning.
+            Err(e) => port.serve.accept_failed(&mut backoff, &socket, &e).await,
         }
+    }
+}
+
+/// Who `max_tunnels_per_exposure` counts, for the log.
+fn holder(port: &Port) -> crate::serve::Holder<'_> {
+    crate::serve::Holder {
+        what: port.what.as_str(),
+        host: &port.host,
+        setting: "max_tunnels_per_exposure",
     }
 }
 
@@ -222,7 +255,20 @@ async fn accept_loop(listener: UnixListener, port: Rc<Port>) {
 fn spawn_serve(stream: UnixStream, port: &Rc<Port>) {
     let entry = port.relays.register(RelayState::Queued(stream.as_raw_fd()));
     let port = port.clone();
-    tokio::task::spawn_local(async move { serve(stream, &port, &entry).await });
+    let stats = port.stats.clone();
+    stats.held.set(stats.held.get() + 1);
+    tokio::task::spawn_local(async move {
+        serve(stream, &port, &entry).await;
+        drop(entry);
+        stats.held.set(stats.held.get().saturating_sub(1));
+        let cap = port.serve.limits.get().tunnels_per_exposure;
+        port.serve.released(
+            &mut stats.refusals.borrow_mut(),
+            stats.held.get(),
+            cap,
+            &holder(&port),
+        );
+    });
 }
 
 async fn serve(mut arrival: UnixStream, port: &Port, entry: &RelayEntry) {

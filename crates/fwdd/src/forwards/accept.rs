@@ -5,7 +5,6 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
@@ -128,7 +127,11 @@ async fn accept_loop(
             return;
         }
     };
-    let mut failures = fwd_core::RepeatGate::new(Duration::from_secs(60));
+    let mut backoff = fwd_core::AcceptBackoff::default();
+    let socket = listener
+        .get_ref()
+        .local_addr()
+        .map_or_else(|_| "a forward's listener".to_string(), |a| a.to_string());
     let mut frozen = ctx.frozen.subscribe();
     loop {
         let _ = frozen.wait_for(|f| !*f).await;
@@ -138,7 +141,10 @@ async fn accept_loop(
         };
         match accepted {
             Ok(sock) => {
-                failures.clear();
+                ctx.accept_succeeded(&mut backoff, &socket);
+                if !stats.admit(&target.borrow(), &ctx) {
+                    continue;
+                }
                 // What ssh -L does for its own accepted sockets (set_nodelay in
                 // channels.c): the master writes each channel packet to this
                 // socket as it comes, and Nagle would hold a reply's second
@@ -146,15 +152,8 @@ async fn accept_loop(
                 let _ = sock.set_nodelay(true);
                 spawn_served(sock, target.clone(), stats.clone(), ctx.clone());
             }
-            Err(e) => {
-                // EMFILE and friends: back off a little instead of spinning.
-                if failures.observe(&e.to_string(), Instant::now())
-                    != fwd_core::repeat::Verdict::Suppress
-                {
-                    tracing::warn!(event = "accept_failed", error = %e, "accepting a connection failed");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            // EMFILE and friends: back off instead of spinning.
+            Err(e) => ctx.accept_failed(&mut backoff, &socket, &e).await,
         }
     }
 }

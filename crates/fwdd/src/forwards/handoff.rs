@@ -33,6 +33,7 @@ pub(super) fn spawn_served(
     let registered = ctx
         .registry
         .register(port, ConnState::Queued(sock.as_raw_fd()));
+    let ended = target.clone();
     tokio::task::spawn_local(async move {
         let opened = || counters.handoff.observe(accepted.elapsed());
         if let Served::Failed(why) = serve_connection(sock, target, &ctx, registered, opened).await
@@ -40,6 +41,7 @@ pub(super) fn spawn_served(
             counters.failed(why);
         }
         stats.open.set(stats.open.get().saturating_sub(1));
+        stats.ended(&ended.borrow(), &ctx);
     });
 }
 

@@ -7,10 +7,61 @@ use std::time::Instant;
 
 use fwd_core::{Claim, Remote, Route};
 
+use crate::serve::{Holder, ServeContext};
+
 #[derive(Default, Debug)]
 pub struct ConnStats {
     pub open: Cell<u64>,
     pub total: Cell<u64>,
+    /// Connections closed at `max_tunnels_per_forward`, and the episode.
+    pub refusals: RefCell<fwd_core::Refusals>,
+}
+
+impl ConnStats {
+    /// Under `max_tunnels_per_forward`: each tunnel costs the master three
+    /// descriptors, and one forward's flood must leave the others theirs.
+    /// A client over it is to be closed at once (by the caller); counted.
+    pub(super) fn admit(&self, target: &Target, ctx: &ServeContext) -> bool {
+        let cap = ctx.limits.get().tunnels_per_forward;
+        if self.open.get() < cap {
+            return true;
+        }
+        let host = &target.claim.host;
+        let what = format!("local port {}", target.claim.local_port);
+        let ok = ctx.admit(
+            &mut self.refusals.borrow_mut(),
+            self.open.get(),
+            cap,
+            &holder(&what, host),
+        );
+        if !ok {
+            ctx.counters(host).refuse(fwd_metrics::Refused::Tunnel);
+        }
+        ok
+    }
+
+    /// A client of the forward ended: the end of a refusal episode is said.
+    pub(super) fn ended(&self, target: &Target, ctx: &ServeContext) {
+        if !self.refusals.borrow().in_episode() {
+            return;
+        }
+        let cap = ctx.limits.get().tunnels_per_forward;
+        let what = format!("local port {}", target.claim.local_port);
+        ctx.released(
+            &mut self.refusals.borrow_mut(),
+            self.open.get(),
+            cap,
+            &holder(&what, &target.claim.host),
+        );
+    }
+}
+
+fn holder<'a>(what: &'a str, host: &'a str) -> Holder<'a> {
+    Holder {
+        what,
+        host,
+        setting: "max_tunnels_per_forward",
+    }
 }
 
 /// Where a forward's connections go, and since when that container runs

@@ -7,10 +7,12 @@
 //! - the upgrade's freeze, and the [registry](registry) of connections it
 //!   hands over;
 //! - `connect_wait` and `startup_window`, the daemon-wide waits;
-//! - the listeners systemd's fd store gave back, until a bind takes them.
+//! - the listeners systemd's fd store gave back, until a bind takes them;
+//! - the [caps](budget) on what one party holds, and accept failures.
 //!
 //! It knows no forward, engine socket or host driver: those are built on it.
 
+mod budget;
 mod link;
 mod registry;
 pub mod relay;
@@ -27,6 +29,7 @@ use fwd_core::{Claim, HostKey, Remote};
 use fwd_ssh::{MuxError, StdioForward};
 use tokio::sync::{watch, Semaphore};
 
+pub use budget::Holder;
 pub use link::{Link, LinkWatch};
 pub use registry::{ConnState, Registered, Registry};
 use spares::Spares;
@@ -59,6 +62,11 @@ pub struct ServeContext {
     /// Each host's failed direct routes, logged once per reason, then
     /// counted.
     direct_failures: RefCell<BTreeMap<HostKey, fwd_core::RepeatGate>>,
+    /// The caps in force (`fwd_core::budget`): from the open-files limit
+    /// and the configuration, set again on reload.
+    pub limits: Cell<fwd_core::Limits>,
+    /// Failed `accept(2)` calls on any socket fwdd serves.
+    pub accept_failures: Cell<u64>,
 }
 
 /// How often a direct route failing again for the same reason is
@@ -83,6 +91,11 @@ impl ServeContext {
             stored,
             starts: starts::Starts::default(),
             direct_failures: RefCell::default(),
+            limits: Cell::new(fwd_core::Limits::for_open_files(
+                crate::fdlimit::current(),
+                fwd_core::LimitSettings::default(),
+            )),
+            accept_failures: Cell::new(0),
         }
     }
 
@@ -90,6 +103,46 @@ impl ServeContext {
     pub fn add_host(&self, host: &HostKey, link: LinkWatch) {
         self.links.borrow_mut().insert(host.clone(), link);
         self.spares.add_host(host);
+    }
+
+    /// A new client of `holder`, which holds `held` under `cap`: `true` to
+    /// serve it; `false` to close it at once (see [`budget::admit`]).
+    pub fn admit(
+        &self,
+        refusals: &mut fwd_core::Refusals,
+        held: u64,
+        cap: u64,
+        holder: &Holder<'_>,
+    ) -> bool {
+        budget::admit(refusals, held, cap, holder)
+    }
+
+    /// A client of `holder` ended, leaving `held` under `cap`.
+    pub fn released(
+        &self,
+        refusals: &mut fwd_core::Refusals,
+        held: u64,
+        cap: u64,
+        holder: &Holder<'_>,
+    ) {
+        budget::released(refusals, held, cap, holder);
+    }
+
+    /// `accept(2)` on `socket` failed: counted, said once per episode and
+    /// waited out (see [`budget::accept_failed`]).
+    pub async fn accept_failed(
+        &self,
+        backoff: &mut fwd_core::AcceptBackoff,
+        socket: &str,
+        e: &std::io::Error,
+    ) {
+        self.accept_failures.set(self.accept_failures.get() + 1);
+        budget::accept_failed(backoff, socket, e).await;
+    }
+
+    /// An accept on `socket` succeeded: an episode of failures is over.
+    pub fn accept_succeeded(&self, backoff: &mut fwd_core::AcceptBackoff, socket: &str) {
+        budget::accept_succeeded(backoff, socket);
     }
 
     /// The host left the configuration: its link, spares and slots go.

@@ -397,3 +397,46 @@ pub fn expect_line(
         }
     }
 }
+
+/// Starts fwdd for `host` under an open-files limit of `soft` with a hard
+/// one of `hard` (`prlimit`, which then execs fwdd: the pid is fwdd's), as
+/// from a user's shell after `ulimit -Sn soft`.
+pub fn spawn_with_nofile(host: &TestHost, soft: u64, hard: u64) -> Fwdd<'_> {
+    let url = format!("ssh://{}", host.alias);
+    let cfg = host.ssh_config.to_string_lossy().into_owned();
+    let fwdd = bin("fwdd").to_string_lossy().into_owned();
+    let nofile = format!("--nofile={soft}:{hard}");
+    let args = [
+        nofile.as_str(),
+        "--",
+        &fwdd,
+        "--host",
+        &url,
+        "--ssh-config",
+        &cfg,
+    ];
+    Fwdd::spawn_in(host, &host.dir.join("rt"), Path::new("prlimit"), &args, &[])
+}
+
+/// Descriptors `pid` has open now.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// `pid`'s open-files limit, soft and hard, from `/proc/PID/limits`.
+pub fn nofile_limit(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut nums = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    (
+        nums.next().expect("soft limit"),
+        nums.next().expect("hard limit"),
+    )
+}

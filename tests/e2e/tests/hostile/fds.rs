@@ -1,1 +1,275 @@
-//! (filled in by its part)
+//! Descriptors as a budget: fwdd started as from a user's shell
+//! (`ulimit -Sn 1024`, a higher hard limit) raises its limit, and one party
+//! that publishes thousands of ports or holds thousands of connections
+//! takes only its share: everyone else is served, status answers within
+//! 1 s, the log says it once, and the descriptors come back.
+//!
+//! Host ports 21200-21219 and 41000-43999 are this file's.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fwd_e2e::{wait_until, LABEL_KEY};
+use fwd_proto::{ForwardState, LimitsStatus, MasterState};
+
+use crate::common::{fwdctl_command, nofile_limit, open_fds, spawn_with_nofile, Fwdd};
+
+/// The limits fwdd starts under: a user's usual soft limit, and a hard one
+/// it can raise that to.
+const SOFT: u64 = 1024;
+const HARD: u64 = 4096;
+
+/// Descriptors that come and go in a steady fwdd without any flood: up to
+/// four spare mux connections per host and up to four idle inspect
+/// channels. "Back to baseline" means within this of the count before.
+const STEADY_SLACK: usize = 8;
+
+/// `fwdctl status` must answer within this (issue 29).
+const STATUS_WITHIN: Duration = Duration::from_secs(1);
+
+fn limits(fwdd: &Fwdd) -> LimitsStatus {
+    fwdd.status()
+        .and_then(|s| s.limits)
+        .expect("status has limits")
+}
+
+/// `fwdctl status` answers, within the bound; its output.
+fn status_answers_within_a_second(fwdd: &Fwdd) -> String {
+    // Built (by cargo, on first use) before the clock starts.
+    let mut cmd = fwdctl_command(fwdd, &["status"]);
+    let t = Instant::now();
+    let out = cmd.output().expect("run fwdctl");
+    let took = t.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "fwdctl status failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < STATUS_WITHIN, "fwdctl status took {took:?}");
+    text
+}
+
+/// Log lines of one event.
+fn events(fwdd: &Fwdd, event: &str) -> usize {
+    let needle = format!("\"event\":\"{event}\"");
+    fwdd.log_text()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
+/// fwdd raised its limit to the hard one, and its master has the same.
+fn assert_raised(fwdd: &Fwdd) {
+    let pid = fwdd.child.id();
+    assert_eq!(nofile_limit(pid), (HARD, HARD), "fwdd's limit");
+    assert_eq!(
+        nofile_limit(fwdd.master_pid()),
+        (HARD, HARD),
+        "the master's limit"
+    );
+    let l = limits(fwdd);
+    assert_eq!(l.open_files_limit, HARD);
+    assert_eq!(
+        (l.forwards_per_container, l.tunnels_per_forward),
+        ((HARD - l.reserved) / 4 / 2, (HARD - l.reserved) / 4 / 3)
+    );
+}
+
+/// Polls until fwdd has at most `baseline` + [`STEADY_SLACK`] descriptors.
+fn wait_fds_back(fwdd: &Fwdd, baseline: usize) {
+    let pid = fwdd.child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = open_fds(pid);
+        if now <= baseline + STEADY_SLACK {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fwdd holds {now} descriptors, {baseline} before the flood\n{}",
+            fwdd.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn engine_answers(fwdd: &Fwdd) {
+    let sock = fwdd.runtime_dir.join("docker.sock");
+    let out = Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}", sock.display()))
+        .args(["ps", "--format", "{{.ID}}"])
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "the engine socket did not answer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_container_publishing_3000_ports_takes_only_its_share() {
+    let host = sandbox_host!("fds_3000_ports");
+    let fwdd = spawn_with_nofile(&host, SOFT, HARD);
+    fwdd.wait_connected();
+    assert_raised(&fwdd);
+    host.httpd(&["21200:8080"]);
+    assert_eq!(fwdd.wait_http(21200), "hello\n");
+    let pid = fwdd.child.id();
+    let baseline = open_fds(pid);
+
+    // Created, never started: Docker binds nothing, fwd binds at create.
+    let label = format!("{LABEL_KEY}={}", host.label);
+    let big = host.sandbox().docker_ok(&[
+        "create",
+        "--label",
+        &label,
+        "-p",
+        "41000-43999:41000-43999",
+        &host.image,
+        "sleep",
+        "600",
+    ]);
+    let cap = limits(&fwdd).forwards_per_container;
+    fwdd.wait_for(
+        Duration::from_secs(60),
+        "the container capped at its share",
+        |st| {
+            let capped = st.limits.as_ref().map(|l| l.capped.clone());
+            let bound = st
+                .forwards
+                .iter()
+                .filter(|f| (41_000..44_000).contains(&f.local_port))
+                .count() as u64;
+            capped.is_some_and(|c| {
+                c.len() == 1
+                    && big.starts_with(&c[0].container_id[..12])
+                    && c[0].published == 3_000
+                    && c[0].forwarded == cap
+            }) && bound == cap
+        },
+    );
+    // Its lowest ports are bound (pending); the rest are not.
+    assert_eq!(
+        fwdd.forward(41_000).map(|f| f.state),
+        Some(ForwardState::Pending)
+    );
+    assert!(fwdd.forward(41_000 + cap as u16).is_none());
+
+    // Everyone else: the existing forward, a container started next, the
+    // control socket, the engine socket.
+    assert_eq!(host.http_get(21200).expect("existing forward"), "hello\n");
+    host.httpd(&["21201:8080"]);
+    assert_eq!(fwdd.wait_http(21201), "hello\n");
+    let text = status_answers_within_a_second(&fwdd);
+    assert!(text.contains("3000 ports"), "{text}");
+    engine_answers(&fwdd);
+
+    // Said once, with the setting; no port-by-port lines, no failed accepts.
+    assert_eq!(
+        events(&fwdd, "forward_cap_reached"),
+        1,
+        "{}",
+        fwdd.log_tail(20)
+    );
+    assert!(fwdd.log_text().contains("max_forwards_per_container"));
+    assert_eq!(events(&fwdd, "forward_conflict"), 0);
+    assert_eq!(events(&fwdd, "accept_failed"), 0);
+    assert_eq!(limits(&fwdd).accept_failures, 0);
+
+    host.sandbox().docker_ok(&["rm", "-f", &big]);
+    fwdd.wait_for(Duration::from_secs(30), "the capped ports released", |st| {
+        st.limits.as_ref().is_some_and(|l| l.capped.is_empty())
+            && !st.forwards.iter().any(|f| f.local_port >= 41_000)
+    });
+    // The other forward serves on; the descriptors came back (21201's
+    // listeners are the only new ones).
+    assert_eq!(host.http_get(21200).expect("existing forward"), "hello\n");
+    wait_fds_back(&fwdd, baseline + 2);
+}
+
+#[test]
+fn idle_connections_held_on_one_forward_take_only_its_share() {
+    let host = sandbox_host!("fds_idle_clients");
+    let fwdd = spawn_with_nofile(&host, SOFT, HARD);
+    fwdd.wait_connected();
+    assert_raised(&fwdd);
+    host.httpd(&["21210:8080"]);
+    host.httpd(&["21211:8080"]);
+    assert_eq!(fwdd.wait_http(21210), "hello\n");
+    assert_eq!(fwdd.wait_http(21211), "hello\n");
+    let master = fwdd.master_pid();
+    let pid = fwdd.child.id();
+    let baseline = open_fds(pid);
+    let cap = limits(&fwdd).tunnels_per_forward;
+
+    // This test's own clients need descriptors too.
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 8192, 8192)
+        .expect("raise the test's own limit");
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 21210));
+    let clients: Vec<TcpStream> = host.in_runner_ns(|| {
+        (0..1_500)
+            .map(|i| {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("client {i}: {e}"))
+            })
+            .collect()
+    });
+    fwdd.wait_for(
+        Duration::from_secs(30),
+        "the flood refused above the cap",
+        |st| {
+            st.forwards.iter().any(|f| {
+                f.local_port == 21210
+                    && f.connections_refused >= 1_500 - cap
+                    && f.connections_open <= cap
+            })
+        },
+    );
+
+    // Everyone else: status, the other forward, the master, the engine.
+    status_answers_within_a_second(&fwdd);
+    assert_eq!(host.http_get(21211).expect("the other forward"), "hello\n");
+    let st = fwdd.status().expect("status");
+    assert_eq!(st.hosts[0].master.state, MasterState::Connected);
+    assert_eq!(
+        st.hosts[0].master.pid,
+        Some(master),
+        "the master was replaced"
+    );
+    engine_answers(&fwdd);
+    assert_eq!(
+        events(&fwdd, "connection_cap_reached"),
+        1,
+        "{}",
+        fwdd.log_tail(20)
+    );
+    assert!(fwdd.log_text().contains("max_tunnels_per_forward"));
+    assert_eq!(events(&fwdd, "accept_failed"), 0);
+
+    drop(clients);
+    fwdd.wait_for(
+        Duration::from_secs(30),
+        "the flood's tunnels closed",
+        |st| {
+            st.forwards
+                .iter()
+                .any(|f| f.local_port == 21210 && f.connections_open == 0)
+        },
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the episode's end said once",
+        || events(&fwdd, "connection_cap_cleared") == 1,
+    );
+    wait_fds_back(&fwdd, baseline);
+    assert_eq!(
+        host.http_get(21210).expect("the flooded forward"),
+        "hello\n"
+    );
+    assert_eq!(events(&fwdd, "connection_cap_reached"), 1);
+}
