@@ -24,7 +24,8 @@ pub enum JsonMutation {
     Widen(Index, usize),
 }
 
-fn count(v: &Value) -> usize {
+/// The nodes of `v`, itself included.
+pub fn count(v: &Value) -> usize {
     1 + match v {
         Value::Array(a) => a.iter().map(count).sum(),
         Value::Object(o) => o.values().map(count).sum(),

@@ -25,31 +25,28 @@ pub enum ParseError {
     Invalid(String),
 }
 
-/// Text from the remote side as an error may repeat it: at most 240
-/// characters (the start and the end, where serde says the position), its
-/// control characters escaped. serde repeats a string it did not expect
-/// whole (an unknown variant raw), and an event line may be 1 MiB.
+/// Text from the remote side as an error may repeat it: its control
+/// characters escaped, then at most 240 characters of that (the start and
+/// the end, where serde says the position). serde repeats a string it did
+/// not expect whole (an unknown variant raw), and an event line may be 1 MiB.
 pub(crate) fn brief(text: &str) -> String {
     const HEAD: usize = 180;
     const TAIL: usize = 60;
-    let escaped = |s: &str| -> String {
-        let mut out = String::new();
-        for c in s.chars() {
-            if c.is_control() {
-                out.extend(c.escape_debug());
-            } else {
-                out.push(c);
-            }
+    let mut escaped = String::new();
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_debug());
+        } else {
+            escaped.push(c);
         }
-        out
-    };
-    let n = text.chars().count();
-    if n <= HEAD + TAIL {
-        return escaped(text);
     }
-    let head: String = text.chars().take(HEAD).collect();
-    let tail: String = text.chars().skip(n - TAIL).collect();
-    format!("{}…{}", escaped(&head), escaped(&tail))
+    let n = escaped.chars().count();
+    if n <= HEAD + TAIL {
+        return escaped;
+    }
+    let head: String = escaped.chars().take(HEAD).collect();
+    let tail: String = escaped.chars().skip(n - TAIL).collect();
+    format!("{head}…{tail}")
 }
 
 /// Parses one line of the `/events` stream. A container's network connect
