@@ -61,6 +61,8 @@ pub enum LogFormat {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostConfig {
+    /// A name, never a path: checked by [`check_host_name`] (written in
+    /// the file) or made valid (derived from the URL).
     pub name: String,
     pub ssh: fwd_ssh::MasterConfig,
     pub health_interval: Duration,
@@ -771,9 +773,94 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
 }
 
+/// The longest host name, in bytes.
+pub const HOST_NAME_MAX: usize = 64;
+/// The characters a host name may have besides ASCII letters and digits.
+const HOST_NAME_PUNCTUATION: &str = "._-@:%";
+
+/// Whether `name` may name a host. A host's name becomes part of its engine
+/// socket's file name (`docker-<name>.sock`) and of what `fwdctl env HOST`
+/// prints, so it is a name and never a path: 1 to 64 bytes of ASCII letters,
+/// digits and `. _ - @ : %` (the last three are in names made from
+/// `ssh://user@host:port`), not starting with `.` or `-`, without `..`.
+/// `Err` says what is wrong.
+pub fn check_host_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > HOST_NAME_MAX {
+        return Err(format!(
+            "is {} bytes long, more than {HOST_NAME_MAX}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !c.is_ascii_alphanumeric() && !HOST_NAME_PUNCTUATION.contains(*c))
+    {
+        return Err(format!("has {c:?}, which a host name may not have"));
+    }
+    if name.starts_with(['.', '-']) {
+        return Err("starts with '.' or '-'".into());
+    }
+    if name.contains("..") {
+        return Err("has \"..\"".into());
+    }
+    Ok(())
+}
+
+/// The name of a host given only by its URL (`--host`, or a `[[host]]`
+/// without `name`): `user@host[:port]`, made a valid name if it is not
+/// one (other characters become `_`, a leading `.` or `-` and `..` too, and
+/// a name too long keeps its first bytes and a hash of the whole).
+fn derived_host_name(destination: &str, port: Option<u16>) -> String {
+    let whole = match port {
+        Some(p) => format!("{destination}:{p}"),
+        None => destination.to_string(),
+    };
+    if check_host_name(&whole).is_ok() {
+        return whole;
+    }
+    let mut name: String = whole
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || HOST_NAME_PUNCTUATION.contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    while name.contains("..") {
+        name = name.replace("..", "._");
+    }
+    if name.starts_with(['.', '-']) || name.is_empty() {
+        name.insert(0, '_');
+    }
+    if name.len() > HOST_NAME_MAX {
+        // FNV-1a: stable across builds, unlike std's hasher.
+        let hash = whole.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        // Every character is ASCII now: any byte is a boundary.
+        name.truncate(HOST_NAME_MAX - 9);
+        name.push_str(&format!("-{:08x}", hash as u32));
+    }
+    name
+}
+
 fn host_config(key: &str, h: &FileHost, cli: &CliOverrides) -> Result<HostConfig, ConfigError> {
     let (destination, port) =
         fwd_ssh::parse_host_url(&h.url).map_err(|e| ConfigError(format!("{key}.url: {e}")))?;
+    if let Some(name) = &h.name {
+        check_host_name(name).map_err(|why| {
+            ConfigError(format!(
+                "{key}.name: {name:?} {why}; a host's name is part of its engine socket's file \
+                 name, so write 1 to {HOST_NAME_MAX} letters, digits and . _ - @ : %, not \
+                 starting with '.' or '-' and without \"..\", e.g. name = \"ci-docker\""
+            ))
+        })?;
+    }
     let strict = h
         .strict_host_key_checking
         .clone()
@@ -859,10 +946,10 @@ fn host_config(key: &str, h: &FileHost, cli: &CliOverrides) -> Result<HostConfig
     Ok(HostConfig {
         expose,
         expose_on,
-        name: h.name.clone().unwrap_or_else(|| match port {
-            Some(p) => format!("{destination}:{p}"),
-            None => destination,
-        }),
+        name: match &h.name {
+            Some(name) => name.clone(),
+            None => derived_host_name(&destination, port),
+        },
         ssh,
         health_interval: duration(
             &format!("{key}.health_interval"),
@@ -965,6 +1052,76 @@ mod tests {
             config_file: Some(path),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn a_host_name_is_a_name_not_a_path() {
+        for good in [
+            "ci",
+            "ci-docker.2",
+            "u@h:2222",
+            "u@fd00::1:22",
+            "x%eth0",
+            &"a".repeat(64),
+        ] {
+            assert_eq!(check_host_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "a/../../x",
+            "a/b",
+            "..",
+            "a..b",
+            ".hidden",
+            "-x",
+            "a b",
+            "a\nb",
+            "ä",
+            &"a".repeat(65),
+        ] {
+            assert!(check_host_name(bad).is_err(), "{bad:?} accepted");
+        }
+        let e = load_toml("[[host]]\nname = \"a/../../x\"\nurl = \"ssh://h\"\n")
+            .expect_err("a path as a name");
+        assert!(
+            e.0.contains("host[0].name: \"a/../../x\" has '/'")
+                && e.0.contains("e.g. name = \"ci-docker\""),
+            "{e}"
+        );
+        let e = load_toml(&format!(
+            "[[host]]\nurl = \"ssh://h\"\n[[host]]\nname = \"{}\"\nurl = \"ssh://h\"\n",
+            "x".repeat(65)
+        ))
+        .expect_err("too long");
+        assert!(
+            e.0.contains("host[1].name: ") && e.0.contains("65 bytes long"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_name_made_from_the_url_is_a_valid_name() {
+        assert_eq!(
+            derived_host_name("ci@docker-1", Some(2222)),
+            "ci@docker-1:2222"
+        );
+        assert_eq!(derived_host_name("..", None), "_._");
+        assert_eq!(derived_host_name("-x", None), "_-x");
+        let long = format!("ci@{}.example.com", "a".repeat(80));
+        let name = derived_host_name(&long, None);
+        assert_eq!(check_host_name(&name), Ok(()));
+        assert_eq!(name.len(), HOST_NAME_MAX);
+        assert!(name.starts_with("ci@aaaa"), "{name}");
+        // Stable, and distinct for names that share their first bytes.
+        assert_eq!(derived_host_name(&long, None), name);
+        assert_ne!(derived_host_name(&long, Some(22)), name);
+        // A --host whose URL makes a bad name is served under a valid one.
+        let c = Config::load(CliOverrides {
+            hosts: vec![format!("ssh://{long}")],
+            ..Default::default()
+        })
+        .expect("derived names are made valid");
+        assert_eq!(c.hosts[0].name, name);
     }
 
     #[test]

@@ -153,3 +153,29 @@ fn check_config_prints_rules_and_max_forwards() {
     );
     assert!(text.contains("\nmax_forwards = 7\n"), "{text}");
 }
+
+/// A host's name is part of a socket's file name: check-config refuses a
+/// path, naming the key and the fix.
+#[test]
+fn check_config_refuses_a_host_name_that_is_a_path() {
+    let dir = scratch();
+    let cfg = dir.path().join("fwdd.toml");
+    std::fs::write(
+        &cfg,
+        "[[host]]\nname = \"a/../../x\"\nurl = \"ssh://ci@h\"\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_fwdd"))
+        .arg("check-config")
+        .arg(&cfg)
+        .env_remove("FWD_HOST")
+        .output()
+        .expect("run fwdd");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted:\n{log}");
+    assert!(
+        log.contains("fwdd.toml:2: host[0].name: \"a/../../x\" has '/'"),
+        "{log}"
+    );
+    assert!(log.contains("e.g. name = \"ci-docker\""), "{log}");
+}
