@@ -151,8 +151,20 @@ impl fmt::Display for RemoteBind {
     }
 }
 
-/// The binds for `scopes`, given the gateway the engine reported (`None`:
-/// it reported none, or could not be asked, with why).
+/// Whether `ip` is one address a host can have: not unspecified (`0.0.0.0`,
+/// `::`, which sshd reads as every address), not in `0.0.0.0/8`, not
+/// multicast or broadcast. An IPv4-mapped IPv6 address is judged as IPv4.
+pub fn is_one_address(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.octets()[0] != 0 && !v4.is_multicast() && !v4.is_broadcast(),
+        IpAddr::V6(v6) => !v6.is_unspecified() && !v6.is_multicast(),
+    }
+}
+
+/// The binds for `scopes`, given the gateway the engine reported (`Err`:
+/// it reported none, or could not be asked, with why). A gateway that is not
+/// one address ([`is_one_address`]: e.g. `0.0.0.0`, which sshd would read as
+/// every address) is refused for `gateway`, and never used to verify `all`.
 pub fn remote_binds(
     scopes: &[BindScope],
     gateway: Result<IpAddr, &str>,
@@ -168,6 +180,14 @@ pub fn remote_binds(
                          set expose_on to that address"
                     )
                 })?;
+                if !is_one_address(ip) {
+                    return Err(format!(
+                        "the engine answered {ip} as its bridge network's gateway, which is not \
+                         one address of the host (sshd would listen on every address, or on \
+                         none); set expose_on to the address containers reach the host by, \
+                         e.g. expose_on = [\"172.17.0.1\"]"
+                    ));
+                }
                 RemoteBind {
                     listen: ip.to_string(),
                     verify_at: ip,
@@ -179,7 +199,10 @@ pub fn remote_binds(
             },
             BindScope::All => RemoteBind {
                 listen: "*".into(),
-                verify_at: gateway.unwrap_or(loopback),
+                verify_at: gateway
+                    .ok()
+                    .filter(|ip| is_one_address(*ip))
+                    .unwrap_or(loopback),
             },
             BindScope::Addr(ip) => RemoteBind {
                 listen: ip.to_string(),

@@ -102,6 +102,41 @@ fn scopes_and_binds() {
     );
 }
 
+/// An engine that answers a gateway that is not one address (sshd would
+/// read `0.0.0.0` or `::` as every address) gets no bind from it.
+#[test]
+fn a_gateway_that_is_not_one_address_is_refused() {
+    for answer in [
+        "0.0.0.0",
+        "::",
+        "::ffff:0.0.0.0",
+        "0.1.2.3",
+        "255.255.255.255",
+        "224.0.0.1",
+        "ff02::1",
+    ] {
+        let ip: IpAddr = answer.parse().unwrap();
+        assert!(!is_one_address(ip), "{answer}");
+        let e = remote_binds(&[BindScope::Loopback, BindScope::Gateway], Ok(ip)).expect_err(answer);
+        assert!(
+            e.contains(&format!("the engine answered {ip} ")) && e.contains("set expose_on"),
+            "{e}"
+        );
+        // `all`, written on purpose, is still bound, but verified on
+        // loopback rather than at the answer.
+        let all = remote_binds(&[BindScope::All], Ok(ip)).unwrap();
+        assert_eq!(all[0].verify_at, IpAddr::from([127, 0, 0, 1]), "{answer}");
+    }
+    for fine in ["172.17.0.1", "10.88.0.1", "fd00::1", "127.0.0.1"] {
+        let ip: IpAddr = fine.parse().unwrap();
+        assert!(is_one_address(ip), "{fine}");
+        assert_eq!(
+            remote_binds(&[BindScope::Gateway], Ok(ip)).unwrap()[0].listen,
+            fine
+        );
+    }
+}
+
 /// Drives the machine as the shell would, answering with `answer`.
 fn run(
     m: &mut ExposeMachine,
