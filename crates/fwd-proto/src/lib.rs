@@ -461,7 +461,25 @@ pub enum DecodeError {
 const EXAMPLE_REQUEST: &str = r#"{"v":1,"cmd":"status"}"#;
 
 impl fmt::Display for DecodeError {
+    /// What the peer sent may be quoted (a version, serde's words about a
+    /// field): never one of its control characters raw.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = String::new();
+        self.describe(&mut text)?;
+        for c in text.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_debug())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DecodeError {
+    fn describe(&self, f: &mut String) -> fmt::Result {
+        use fmt::Write as _;
         match self {
             DecodeError::TooLong { len, max } => write!(
                 f,
