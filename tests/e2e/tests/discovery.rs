@@ -7,7 +7,7 @@
 #[macro_use]
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::Fwdd;
 use fwd_e2e::TestHost;
@@ -137,4 +137,89 @@ fn a_socket_left_by_an_engine_that_is_gone_gives_way_to_the_next_one() {
     host.httpd(&["20810:8080"]);
     fwdd.wait_forward_state(20810, ForwardState::Active);
     assert_eq!(fwdd.wait_http(20810), "hello\n");
+}
+
+/// The engine found first is gone for good (its socket removed, and a new
+/// master finds only another engine, the sandbox's Podman): fwd waits for
+/// it `engine_gone_after`, saying so, then takes the other engine, says
+/// that once, and serves its containers.
+#[test]
+fn an_engine_gone_for_good_gives_way_to_another_after_engine_gone_after() {
+    let host = sandbox_host!("discovery_gone");
+    let sb = host.sandbox();
+    let xdg = runtime_dir_with_engine(&host);
+    std::fs::create_dir_all(xdg.join("podman")).expect("mkdir");
+    let podman_sock = xdg.join("podman/podman.sock");
+    let _ = std::fs::remove_file(&podman_sock);
+    std::os::unix::fs::symlink(&sb.podman_sock, &podman_sock).expect("symlink");
+    host.set_session_env(&format!("XDG_RUNTIME_DIR={}", xdg.display()));
+    let podman = host.containers_on(&sb.podman_sock);
+    let fwdd = Fwdd::spawn_with_config(
+        &host,
+        &format!(
+            "[[host]]\nurl = \"ssh://{}\"\nssh_config = \"{}\"\nengine_gone_after = \"5s\"\n",
+            host.alias,
+            host.ssh_config.display()
+        ),
+    );
+    fwdd.wait_connected();
+    let engine = || {
+        fwdd.status().expect("status").hosts[0]
+            .engine
+            .clone()
+            .expect("engine")
+    };
+    let docker_sock = xdg.join("docker.sock").display().to_string();
+    let podman_path = podman_sock.display().to_string();
+    assert_eq!(
+        engine().remote_socket.as_deref(),
+        Some(docker_sock.as_str())
+    );
+
+    // The engine goes (its socket removed), and a new master comes.
+    std::fs::remove_file(xdg.join("docker.sock")).expect("remove the engine's socket");
+    let gone_at = Instant::now();
+    assert!(fwdd.reconnect());
+    fwdd.wait_for(
+        Duration::from_secs(30),
+        "fwd to wait for the engine",
+        |st| {
+            st.hosts[0]
+                .engine
+                .as_ref()
+                .and_then(|e| e.reason.as_deref())
+                .is_some_and(|r| r.contains("waiting for it"))
+        },
+    );
+    let waiting = engine();
+    assert_eq!(
+        waiting.remote_socket.as_deref(),
+        Some(docker_sock.as_str()),
+        "{waiting:?}"
+    );
+
+    fwdd.wait_for(Duration::from_secs(60), "the other engine taken", |st| {
+        st.hosts[0].engine.as_ref().is_some_and(|e| {
+            e.remote_socket.as_deref() == Some(podman_path.as_str()) && e.reason.is_none()
+        }) && st.hosts[0].docker_version.is_some()
+    });
+    assert!(
+        gone_at.elapsed() >= Duration::from_secs(5),
+        "taken after {:?}, before engine_gone_after",
+        gone_at.elapsed()
+    );
+    let log = fwdd.log_text();
+    assert_eq!(
+        log.matches("\"engine_replaced\"").count(),
+        1,
+        "{}",
+        fwdd.log_tail(30)
+    );
+
+    // Its containers are served now.
+    let label = format!("fwd-test={}", host.label);
+    let mut args = vec!["run", "-d", "--label", &label];
+    args.extend(host.httpd_args(&["-p", "20820:8080"]));
+    fwd_e2e::run_ok(podman.docker().args(&args));
+    assert_eq!(fwdd.wait_http(20820), "hello\n");
 }
