@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::counters::{FailureReason, HostCounters};
+use crate::counters::{FailureReason, HostCounters, Refused};
 
 /// What a scrape reads of the daemon, taken in one step.
 #[derive(Clone, Debug, Default)]
@@ -57,6 +57,9 @@ pub struct HostScrape {
     pub probe_rtt: Option<f64>,
     /// Exposures by state (`active`, `failed`, …).
     pub exposures: BTreeMap<String, u64>,
+    /// Published ports not forwarded because their container publishes
+    /// more than `max_forwards_per_container`.
+    pub ports_over_cap: u64,
     pub counters: Arc<HostCounters>,
 }
 
@@ -354,6 +357,29 @@ impl Collector for ScrapeCollector {
             "Runner ports the host's containers reach (expose), by state.",
             Gauge,
             counts_by(&s.hosts, "state", |h| &h.exposures),
+        )?;
+        family(
+            &mut e,
+            "fwd_connections_refused",
+            "Clients closed at once at a cap, by what held the connections: tunnel (max_tunnels_per_forward), exposure (max_tunnels_per_exposure), engine_client (max_engine_clients).",
+            Counter,
+            s.hosts.iter().flat_map(|h| {
+                Refused::ALL.iter().map(move |r| {
+                    (
+                        vec![host(h), ("what", Escaped(r.as_str()))],
+                        ConstCounter::new(h.counters.refused(*r)),
+                    )
+                })
+            }),
+        )?;
+        family(
+            &mut e,
+            "fwd_ports_over_cap",
+            "Published ports not forwarded because their container publishes more than max_forwards_per_container.",
+            Gauge,
+            s.hosts
+                .iter()
+                .map(|h| (vec![host(h)], ConstGauge::new(h.ports_over_cap as i64))),
         )?;
         if let Some(c) = &s.endpoint {
             family(

@@ -56,6 +56,13 @@ pub fn scrape(d: &Daemon) -> Scrape {
                         .collect()
                 })
                 .unwrap_or_default();
+            let ports_over_cap = status
+                .limits
+                .iter()
+                .flat_map(|l| &l.capped)
+                .filter(|c| c.host == h.name)
+                .map(|c| c.published.saturating_sub(c.forwarded))
+                .sum();
             let connected = h.master.state == MasterState::Connected;
             let streaming = h.events.state == StreamState::Streaming;
             HostScrape {
@@ -74,6 +81,7 @@ pub fn scrape(d: &Daemon) -> Scrape {
                 engine_connections: h.engine.as_ref().map_or(0, |e| e.connections_total),
                 probe_rtt: h.master.last_probe_rtt_ms.map(|ms| ms / 1000.0),
                 exposures,
+                ports_over_cap,
                 counters: d.serve.counters(&key),
             }
         })

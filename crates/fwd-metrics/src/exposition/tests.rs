@@ -23,8 +23,10 @@ fn sample() -> Scrape {
                     c.connection();
                     c.failed(FailureReason::Refused);
                     c.handoff.observe(Duration::from_micros(400));
+                    c.refuse(crate::Refused::Tunnel);
                     c
                 },
+                ports_over_cap: 2_520,
             },
             HostScrape {
                 name: "we\"ird\\host\n".into(),
@@ -58,6 +60,10 @@ fn every_metric_of_the_contract_is_there() {
         "fwd_host_reconnects_total{host=\"prod\",reason=\"master_died\"} 2",
         "fwd_connections_total{host=\"prod\"} 2",
         "fwd_connection_failures_total{host=\"prod\",reason=\"refused\"} 1",
+        "# TYPE fwd_connections_refused counter",
+        "fwd_connections_refused_total{host=\"prod\",what=\"tunnel\"} 1",
+        "fwd_connections_refused_total{host=\"prod\",what=\"engine_client\"} 0",
+        "fwd_ports_over_cap{host=\"prod\"} 2520",
         "fwd_connection_failures_total{host=\"prod\",reason=\"no_master\"} 0",
         "# TYPE fwd_handoff_seconds histogram",
         "fwd_handoff_seconds_count{host=\"prod\"} 1",
