@@ -112,22 +112,63 @@ async fn open_session(host: &Host, command: &str) -> Result<fwd_ssh::RemoteProce
         })
 }
 
+/// Longest line of a remote `docker system dial-stdio`'s stderr that is
+/// read; the rest of a longer line is dropped.
+const STDERR_LINE_MAX: usize = 4096;
+/// Of that stderr, the last lines kept for an error report, each cut to
+/// `STDERR_TAIL_CHARS` characters.
+const STDERR_TAIL_LINES: usize = 5;
+const STDERR_TAIL_CHARS: usize = 500;
+
+/// Reads `r` to its end (or an error) line by line, each line cut at `max`
+/// bytes (the rest of it read and dropped, never held): a peer that writes
+/// without a newline costs at most `max` bytes and the reader's buffer.
+async fn bounded_lines<R: tokio::io::AsyncRead + Unpin>(
+    r: R,
+    max: usize,
+    mut each: impl FnMut(String),
+) {
+    let mut r = tokio::io::BufReader::new(r);
+    let mut line: Vec<u8> = Vec::new();
+    loop {
+        let (consumed, ended) = match r.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => {
+                let newline = buf.iter().position(|b| *b == b'\n');
+                let part = &buf[..newline.unwrap_or(buf.len())];
+                let room = max.saturating_sub(line.len());
+                line.extend_from_slice(&part[..part.len().min(room)]);
+                match newline {
+                    Some(i) => (i + 1, true),
+                    None => (buf.len(), false),
+                }
+            }
+        };
+        r.consume(consumed);
+        if ended {
+            each(String::from_utf8_lossy(&line).into_owned());
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        each(String::from_utf8_lossy(&line).into_owned());
+    }
+}
+
 async fn open_dial_stdio(host: &Host) -> Result<(DockerApi, DockerChannel), Failure> {
     let remote = open_session(host, fwd_docker::DIAL_STDIO_COMMAND).await?;
     let stderr_tail = Rc::new(RefCell::new(VecDeque::new()));
     let tail = stderr_tail.clone();
     let host_key = host.key.clone();
-    let stderr_task = tokio::task::spawn_local(async move {
-        let mut lines = tokio::io::BufReader::new(remote.stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+    let stderr_task =
+        tokio::task::spawn_local(bounded_lines(remote.stderr, STDERR_LINE_MAX, move |line| {
             tracing::debug!(host = %host_key, line = %line, "remote docker stderr");
             let mut t = tail.borrow_mut();
-            if t.len() == 5 {
+            if t.len() == STDERR_TAIL_LINES {
                 t.pop_front();
             }
-            t.push_back(line.chars().take(500).collect());
-        }
-    });
+            t.push_back(line.chars().take(STDERR_TAIL_CHARS).collect());
+        }));
     let (api, driver) = fwd_docker::connect(remote.stdio)
         .await
         .map_err(|e| Failure::new(FailureKind::StreamEnded, e.to_string()))?;
@@ -573,5 +614,29 @@ fn master_failure(e: MasterError) -> Failure {
         | MasterError::ControlPathTooLong { .. }
         | MasterError::Spawn { .. } => Failure::new(FailureKind::InvalidConfig, e.to_string()),
         _ => Failure::new(FailureKind::MasterDied, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stderr_line_is_cut_at_its_bound_and_the_rest_dropped() {
+        let mut text = b"short\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', 100_000));
+        text.extend(b"\nafter\nno newline at the end");
+        let mut lines = Vec::new();
+        bounded_lines(&text[..], 4096, |l| lines.push(l)).await;
+        assert_eq!(
+            lines.len(),
+            4,
+            "{:?}",
+            lines.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert_eq!(lines[0], "short");
+        assert_eq!(lines[1], "x".repeat(4096));
+        assert_eq!(lines[2], "after");
+        assert_eq!(lines[3], "no newline at the end");
     }
 }

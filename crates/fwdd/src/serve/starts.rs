@@ -7,13 +7,14 @@
 //! [`HOLD_AT_MOST`]. A connection made the instant `docker run` returns is
 //! then served on every engine.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fwd_core::engine_requests::{answer_is_held, RequestReader};
-use fwd_core::{ContainerId, HostKey};
+use fwd_core::{ContainerId, HostKey, RepeatGate, Verdict};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 
 /// The longest a start's answer waits for the plan: the client's command
@@ -21,10 +22,21 @@ use tokio::sync::{mpsc, watch};
 /// inspect); the engine has started the container either way.
 pub const HOLD_AT_MOST: Duration = Duration::from_secs(1);
 
+/// Starts told to a host's driver and not yet taken: past this, a start is
+/// not told (its event still comes), counted and said once.
+pub const TOLD_AT_MOST: usize = 256;
+/// Starts of one engine connection whose answer has not come yet: past
+/// this, a start's answer is not held.
+pub const AWAITING_AT_MOST: usize = 64;
+
 /// Between the engine sockets (starts seen), the hosts' drivers (told to
 /// inspect) and the planner (what it planned).
 pub struct Starts {
-    told: RefCell<BTreeMap<HostKey, mpsc::UnboundedSender<ContainerId>>>,
+    told: RefCell<BTreeMap<HostKey, mpsc::Sender<ContainerId>>>,
+    /// Starts not told because the driver's queue was full.
+    pub not_told: Cell<u64>,
+    /// The episode of a full queue, said once.
+    full: RefCell<RepeatGate>,
     /// Each host's containers as of the last plan applied.
     planned: RefCell<BTreeMap<HostKey, Rc<HashSet<ContainerId>>>>,
     plans: watch::Sender<u64>,
@@ -34,6 +46,8 @@ impl Default for Starts {
     fn default() -> Self {
         Starts {
             told: RefCell::default(),
+            not_told: Cell::new(0),
+            full: RefCell::new(RepeatGate::new(Duration::from_secs(300))),
             planned: RefCell::default(),
             plans: watch::channel(0).0,
         }
@@ -42,8 +56,8 @@ impl Default for Starts {
 
 impl Starts {
     /// The starts seen for `host`, for its driver.
-    pub fn subscribe(&self, host: &HostKey) -> mpsc::UnboundedReceiver<ContainerId> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn subscribe(&self, host: &HostKey) -> mpsc::Receiver<ContainerId> {
+        let (tx, rx) = mpsc::channel(TOLD_AT_MOST);
         self.told.borrow_mut().insert(host.clone(), tx);
         rx
     }
@@ -59,8 +73,30 @@ impl Starts {
         if id.len() != 64 {
             return;
         }
-        if let (Some(tx), Ok(id)) = (self.told.borrow().get(host), ContainerId::parse(id)) {
-            let _ = tx.send(id);
+        let told = self.told.borrow();
+        let (Some(tx), Ok(id)) = (told.get(host), ContainerId::parse(id)) else {
+            return;
+        };
+        match tx.try_send(id) {
+            Ok(()) => {
+                if let Some(n) = self.full.borrow_mut().clear() {
+                    tracing::info!(event = "engine_starts_told_again", host = %host, not_told = n,
+                        "starts seen on the engine socket are told to the host again; {n} were not (their containers were inspected on their events)");
+                }
+            }
+            Err(TrySendError::Full(_)) => {
+                self.not_told.set(self.not_told.get() + 1);
+                match self.full.borrow_mut().observe("full", Instant::now()) {
+                    Verdict::Log => tracing::warn!(event = "engine_starts_not_told", host = %host,
+                        "{TOLD_AT_MOST} starts seen on the engine socket wait for the host's driver; more are not told (their containers are inspected on their events, a little later)"),
+                    Verdict::Summary { repeats } => {
+                        tracing::warn!(event = "engine_starts_not_told", host = %host, repeats,
+                        "starts seen on the engine socket still wait for the host's driver: {repeats} more not told")
+                    }
+                    Verdict::Suppress => {}
+                }
+            }
+            Err(TrySendError::Closed(_)) => {}
         }
     }
 
@@ -134,7 +170,10 @@ impl<'a> StartHold<'a> {
         let started = self.reader.borrow_mut().feed(bytes);
         for id in started {
             self.starts.seen(&self.host, &id);
-            self.awaiting.borrow_mut().push_back(id);
+            let mut awaiting = self.awaiting.borrow_mut();
+            if awaiting.len() < AWAITING_AT_MOST {
+                awaiting.push_back(id);
+            }
         }
     }
 
@@ -213,5 +252,39 @@ mod tests {
         let t3 = tokio::time::Instant::now();
         hold.before_answer(b"HTTP/1.1 404 Not Found\r\n\r\n").await;
         assert_eq!(t3.elapsed(), Duration::ZERO);
+    }
+
+    /// A client that asks for starts faster than the driver takes them
+    /// fills a bounded queue: the rest are counted, not queued.
+    #[tokio::test(flavor = "current_thread")]
+    async fn starts_told_and_awaited_are_bounded() {
+        let starts = Starts::default();
+        let host = HostKey::from("h");
+        let mut told = starts.subscribe(&host);
+        let hold = StartHold::new(&starts, host.clone(), false);
+        let n = TOLD_AT_MOST + 10;
+        for i in 0..n {
+            let id = format!("{i:064x}");
+            hold.client_sent(
+                format!("POST /v1.41/containers/{id}/start HTTP/1.1\r\n\r\n").as_bytes(),
+            );
+        }
+        assert_eq!(starts.not_told.get(), 10);
+        assert_eq!(hold.awaiting.borrow().len(), AWAITING_AT_MOST);
+        let mut got = 0;
+        while told.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, TOLD_AT_MOST);
+        // Room again: told again.
+        hold.client_sent(
+            format!(
+                "POST /v1.41/containers/{}/start HTTP/1.1\r\n\r\n",
+                "f".repeat(64)
+            )
+            .as_bytes(),
+        );
+        assert!(told.try_recv().is_ok());
+        assert_eq!(starts.not_told.get(), 10);
     }
 }
