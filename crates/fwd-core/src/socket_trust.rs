@@ -207,6 +207,20 @@ pub fn explain(
             None => format!("you (uid {caller}) or root"),
         }
     };
+    // Another user's fwdd is asked as that user; root is told why its own
+    // rule did not cover it.
+    let as_them = |uid: u32| {
+        let name = name(uid).unwrap_or_else(|| format!("'#{uid}'"));
+        let mut m =
+            format!("If it is that user's fwdd, run fwdctl as that user (sudo -u {name} fwdctl …)");
+        if caller == 0 {
+            m.push_str(
+                ": as root, fwdctl trusts another user only in a directory root made for them \
+                 (its parent root's and writable by nobody else, like systemd's /run/fwdd)",
+            );
+        }
+        m
+    };
     let (d, s) = (dir.display(), socket.display());
     match doubt {
         Doubt::DirSymlink { owner } => format!(
@@ -218,24 +232,13 @@ pub fn explain(
             "refusing {what} {s}: {d} is not a directory (it belongs to {}); {fix}",
             who(owner)
         ),
-        Doubt::DirOwner { owner } => {
-            let mut m = format!(
-                "refusing {what} {s}: its directory {d} belongs to {}, not to {you}, so \
-                 whatever answers there may be that user's and not your fwdd. Ask that user \
-                 (or root) to remove {d} if it is not theirs to keep; or {fix}",
-                who(owner)
-            );
-            if caller == 0 {
-                m.push_str(&format!(
-                    "; as root, fwdctl trusts another user's directory only where root made it \
-                     for them (its parent root's and writable by nobody else, like systemd's \
-                     /run/fwdd); to ask that user's fwdd, run fwdctl as that user (sudo -u {} \
-                     fwdctl …)",
-                    name(owner).unwrap_or_else(|| format!("'#{owner}'"))
-                ));
-            }
-            m
-        }
+        Doubt::DirOwner { owner } => format!(
+            "refusing {what} {s}: its directory {d} belongs to {}, not to {you}, so whatever \
+             answers there may be that user's and not your fwdd. {}; if it is not, ask that \
+             user or root to remove {d}; or {fix}",
+            who(owner),
+            as_them(owner)
+        ),
         Doubt::DirWritable { owner, mode } => {
             let remedy = if owner == caller {
                 format!("make it yours alone: chmod 700 {d} (fwdd does so itself when it starts)")
@@ -260,13 +263,15 @@ pub fn explain(
         ),
         Doubt::SocketOwner { owner } => format!(
             "refusing {what} {s}: the socket belongs to {}, not to {you}, so what answers \
-             there may be that user's and not your fwdd; {fix}",
-            who(owner)
+             there may be that user's and not your fwdd. {}; if it is not, {fix}",
+            who(owner),
+            as_them(owner)
         ),
         Doubt::Peer { uid } => format!(
             "refusing {what} {s}: the process answering on it runs as {}, not as {you}, so \
-             it is not your fwdd; {fix}",
-            who(uid)
+             it is not your fwdd. {}; if it is not, {fix}",
+            who(uid),
+            as_them(uid)
         ),
     }
 }
@@ -465,11 +470,12 @@ mod tests {
             m,
             "refusing the control socket /tmp/fwdd-1000/control.sock: its directory \
              /tmp/fwdd-1000 belongs to user mallory (uid 1001), not to you (alice, uid 1000) \
-             or root, so whatever answers there may be that user's and not your \
-             fwdd. Ask that user (or root) to remove /tmp/fwdd-1000 if it is not theirs to \
-             keep; or set XDG_RUNTIME_DIR to a directory of your own (fwdd and fwdctl then \
-             both use $XDG_RUNTIME_DIR/fwdd), or point --socket (or FWD_SOCKET) at your \
-             fwdd's control socket"
+             or root, so whatever answers there may be that user's and not your fwdd. If it \
+             is that user's fwdd, run fwdctl as that user (sudo -u mallory fwdctl …); if it \
+             is not, ask that user or root to remove /tmp/fwdd-1000; or set XDG_RUNTIME_DIR \
+             to a directory of your own (fwdd and fwdctl then both use \
+             $XDG_RUNTIME_DIR/fwdd), or point --socket (or FWD_SOCKET) at your fwdd's \
+             control socket"
         );
         let m = explain(Role::Control, path, Doubt::Peer { uid: 4242 }, ME, &names);
         assert!(m.contains("runs as uid 4242 (no such user)"), "{m}");
@@ -514,6 +520,19 @@ mod tests {
             &names,
         );
         assert!(m.contains("not to root,"), "{m}");
-        assert!(m.contains("sudo -u mallory fwdctl"), "{m}");
+        assert!(
+            m.contains("sudo -u mallory fwdctl …): as root, fwdctl trusts another user only"),
+            "{m}"
+        );
+        // The peer's owner is named, with the way to ask that user's fwdd.
+        let m = explain(Role::Control, path, Doubt::Peer { uid: OTHER }, ME, &names);
+        assert!(
+            m.contains("runs as user mallory (uid 1001), not as you (alice, uid 1000) or root"),
+            "{m}"
+        );
+        assert!(
+            m.contains("run fwdctl as that user (sudo -u mallory fwdctl …)"),
+            "{m}"
+        );
     }
 }
