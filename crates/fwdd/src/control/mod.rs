@@ -34,6 +34,8 @@
 mod admission;
 mod dispatch;
 mod framing;
+#[cfg(test)]
+mod fuzz;
 mod shared;
 #[cfg(test)]
 mod test_support;

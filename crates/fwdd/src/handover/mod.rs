@@ -6,6 +6,8 @@
 //! takeover to the daemon, are `upgrade`'s.
 
 pub mod document;
+#[cfg(test)]
+mod fuzz;
 
 use std::ffi::{CString, OsString};
 use std::io::{Read, Seek, Write};
