@@ -159,7 +159,7 @@ impl EnginePin {
     pub fn waiting(&self, gone_after: Duration, now: Instant) -> Option<String> {
         let p = self.pinned.as_ref()?;
         let since = p.gone_since?;
-        let gone = super::human_secs(now.saturating_duration_since(since));
+        let gone = secs(now.saturating_duration_since(since));
         Some(if p.named {
             format!(
                 "the engine at {} ({}) has not answered for {gone}: waiting for it (the host \
@@ -172,10 +172,14 @@ impl EnginePin {
                  engine found on the host is taken after {} gone: engine_gone_after)",
                 p.path,
                 p.found_by,
-                super::human_secs(gone_after)
+                secs(gone_after)
             )
         })
     }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs())
 }
 
 #[cfg(test)]
