@@ -82,7 +82,7 @@ fn not_reachable(path: &Path, e: io::Error) -> ClientError {
 /// first, then the process that accepted. Nothing is sent before that.
 fn connect(path: &Path) -> Result<UnixStream> {
     let trusted = match trust::facts(path) {
-        Ok(facts) => trust::judge(Role::Control, path, &facts)?,
+        Ok(facts) => trust::judge(Role::Control, path, &facts).map_err(ClientError)?,
         // As connect would fail: said the same way.
         Err(trust::Unknown::Dir(e) | trust::Unknown::File(e)) => {
             return Err(not_reachable(path, e))
@@ -96,7 +96,7 @@ fn connect(path: &Path) -> Result<UnixStream> {
         )
     })?;
     socket_trust::judge_peer(peer, trusted)
-        .map_err(|doubt| trust::refusal(Role::Control, path, doubt))?;
+        .map_err(|doubt| ClientError(trust::refusal(Role::Control, path, doubt)))?;
     Ok(stream)
 }
 
@@ -118,7 +118,9 @@ pub fn check_engine_socket(path: &Path) -> Result<()> {
             path.display()
         ),
     })?;
-    trust::judge(Role::Engine, path, &facts).map(|_| ())
+    trust::judge(Role::Engine, path, &facts)
+        .map(|_| ())
+        .map_err(ClientError)
 }
 
 /// Sends `req` and returns the response line (without its newline), all within `timeout`.

@@ -9,8 +9,6 @@ use std::path::Path;
 
 use fwd_core::socket_trust::{self, Doubt, Kind, Role, SocketFacts, Stat, Trusted};
 
-use crate::ClientError;
-
 /// What could not be read: the directory, or the socket file.
 pub(crate) enum Unknown {
     Dir(io::Error),
@@ -65,21 +63,15 @@ pub(crate) fn facts(path: &Path) -> Result<SocketFacts, Unknown> {
     })
 }
 
-/// The path's verdict for this process.
-pub(crate) fn judge(role: Role, path: &Path, facts: &SocketFacts) -> Result<Trusted, ClientError> {
+/// The path's verdict for this process; a refusal in words for a person.
+pub(crate) fn judge(role: Role, path: &Path, facts: &SocketFacts) -> Result<Trusted, String> {
     socket_trust::judge_path(facts, fwd_proto::effective_uid())
         .map_err(|doubt| refusal(role, path, doubt))
 }
 
 /// The refusal, in words that name the users involved.
-pub(crate) fn refusal(role: Role, path: &Path, doubt: Doubt) -> ClientError {
-    ClientError(socket_trust::explain(
-        role,
-        path,
-        doubt,
-        fwd_proto::effective_uid(),
-        &user_name,
-    ))
+pub(crate) fn refusal(role: Role, path: &Path, doubt: Doubt) -> String {
+    socket_trust::explain(role, path, doubt, fwd_proto::effective_uid(), &user_name)
 }
 
 fn user_name(uid: u32) -> Option<String> {
