@@ -998,7 +998,13 @@ impl HostMachine {
                 }
             }
             Input::StartSeen(id) => {
-                if self.phase == Phase::Up && !self.event_inspects.contains(&id) {
+                // A client decides how many starts it sends (ids that
+                // exist or not): past the events' own bound they wait for
+                // their events, which inspect them all the same.
+                if self.phase == Phase::Up
+                    && self.event_inspects.len() < EVENTS_QUEUED_MAX
+                    && !self.event_inspects.contains(&id)
+                {
                     self.event_inspects.push_back(id);
                 }
             }

@@ -673,6 +673,26 @@ fn a_start_seen_on_the_engine_socket_is_inspected_before_its_event_comes() {
     assert!(r.inspecting().is_empty() && r.op.is_none(), "{:?}", r.out);
 }
 
+/// A client sending start after start (ids of its choosing) holds no more
+/// of the machine than the events' own bound; each is inspected once.
+#[test]
+fn starts_seen_queue_no_further_than_events_do() {
+    let mut r = Rig::new();
+    r.connect(1, &[]);
+    r.clear();
+    for n in 0..3 * EVENTS_QUEUED_MAX {
+        let id = ContainerId::parse(&format!("{n:012x}")).expect("valid id");
+        r.input(Input::StartSeen(id.clone()));
+        r.input(Input::StartSeen(id));
+    }
+    let queued = r.m.event_inspects.len() + r.inspecting().len();
+    assert!(
+        queued <= EVENTS_QUEUED_MAX + INSPECTS_AT_ONCE,
+        "{queued} queued"
+    );
+    assert_eq!(r.inspecting().len(), INSPECTS_AT_ONCE);
+}
+
 #[test]
 fn the_engine_is_asked_once_per_socket_whether_it_runs_rootless() {
     let mut r = Rig::new();
