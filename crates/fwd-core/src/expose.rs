@@ -123,13 +123,21 @@ pub fn parse_bind_scope(s: &str) -> Result<BindScope, String> {
         "gateway" => Ok(BindScope::Gateway),
         "loopback" => Ok(BindScope::Loopback),
         "all" => Ok(BindScope::All),
-        other => other.parse::<IpAddr>().map(BindScope::Addr).map_err(|_| {
-            format!(
+        other => match other.parse::<IpAddr>() {
+            // sshd reads these as every address: only `all` says so, and
+            // is bound with its warning.
+            Ok(ip) if !is_one_address(ip) => Err(format!(
+                "expose_on entry {s:?} is not one address of the host (sshd would listen on \
+                 every address, or on none); write all to listen on every address on purpose, \
+                 or the host's own address"
+            )),
+            Ok(ip) => Ok(BindScope::Addr(ip)),
+            Err(_) => Err(format!(
                 "expose_on entry {s:?}: write gateway (the address host-gateway resolves to), \
                  loopback (for network_mode: host), all (every address of the host), \
                  or an IP address of the host"
-            )
-        }),
+            )),
+        },
     }
 }
 

@@ -68,6 +68,17 @@ fn scopes_and_binds() {
     assert!(parse_bind_scope("0.0.0.0/0")
         .unwrap_err()
         .contains("gateway"));
+    // Every address is written `all`, never as an address sshd widens.
+    for wide in [
+        "0.0.0.0",
+        "::",
+        "::ffff:0.0.0.0",
+        "255.255.255.255",
+        "224.0.0.1",
+    ] {
+        let e = parse_bind_scope(wide).unwrap_err();
+        assert!(e.contains("write all"), "{wide}: {e}");
+    }
 
     let binds = remote_binds(
         &[
