@@ -15,6 +15,9 @@
 //!   container's listeners may take at most a quarter of it, counted on the
 //!   side where each costs most ([`Limits::for_open_files`]). Whoever floods,
 //!   three quarters of the pool and the reserve stay for everyone else.
+//! - Listeners live as long as their containers, so all forwards together
+//!   may take at most half the pool (`forwards_total`): many containers,
+//!   each under its own cap, still leave the other half to connections.
 //! - What goes over a cap is refused at once (a connection is closed, a port
 //!   not bound), counted, and said once per episode ([`Refusals`],
 //!   [`CapReports`]); an accept that fails backs off ([`AcceptBackoff`]).
@@ -55,6 +58,9 @@ pub struct Limits {
     /// Published ports of one container that are forwarded; the rest are
     /// not bound (`max_forwards_per_container`).
     pub forwards_per_container: u64,
+    /// Forwards in all, across hosts and containers; the latest-started
+    /// claims beyond it are not bound (`max_forwards_total`).
+    pub forwards_total: u64,
     /// Concurrent connections of one forward (`max_tunnels_per_forward`).
     pub tunnels_per_forward: u64,
     /// Concurrent connections of one exposure (`max_tunnels_per_exposure`).
@@ -67,6 +73,7 @@ pub struct Limits {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LimitSettings {
     pub forwards_per_container: Option<u64>,
+    pub forwards_total: Option<u64>,
     pub tunnels_per_forward: Option<u64>,
     pub tunnels_per_exposure: Option<u64>,
     pub engine_clients: Option<u64>,
@@ -84,6 +91,9 @@ impl Limits {
             forwards_per_container: set
                 .forwards_per_container
                 .unwrap_or_else(|| share(FWDD_FDS_PER_FORWARD)),
+            forwards_total: set
+                .forwards_total
+                .unwrap_or_else(|| (pool / 2 / FWDD_FDS_PER_FORWARD).max(MIN_CAP)),
             tunnels_per_forward: set
                 .tunnels_per_forward
                 .unwrap_or_else(|| share(MASTER_FDS_PER_TUNNEL)),
@@ -251,10 +261,22 @@ impl Capped {
 }
 
 /// Each capped container is reported once while it stays capped; one that
-/// comes back over the cap (or under another cap) is reported again.
+/// comes back over the cap (or under another cap) is reported again. The
+/// same for the total: reaching it is one episode, said when it starts and
+/// when it ends.
 #[derive(Clone, Debug, Default)]
 pub struct CapReports {
     reported: BTreeSet<(HostKey, ContainerId, u64)>,
+    over_total: bool,
+}
+
+/// What to say about `max_forwards_total` after a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TotalNews {
+    /// Reached: `left_out` claimed ports are not forwarded.
+    Reached { left_out: usize },
+    /// Every claimed port fits again.
+    Cleared,
 }
 
 impl CapReports {
@@ -275,6 +297,21 @@ impl CapReports {
         self.reported = now;
         news
     }
+
+    /// After a plan that left `left_out` ports out for the total.
+    pub fn total(&mut self, left_out: usize) -> Option<TotalNews> {
+        match (self.over_total, left_out > 0) {
+            (false, true) => {
+                self.over_total = true;
+                Some(TotalNews::Reached { left_out })
+            }
+            (true, false) => {
+                self.over_total = false;
+                Some(TotalNews::Cleared)
+            }
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -290,6 +327,9 @@ mod tests {
         assert_eq!(l.tunnels_per_forward, pool / 4 / 3);
         assert_eq!(l.tunnels_per_exposure, pool / 4 / 2);
         assert_eq!(l.engine_clients, pool / 4 / 2);
+        // All listeners together: half the pool.
+        assert_eq!(l.forwards_total, pool / 2 / 2);
+        assert!(l.forwards_total * FWDD_FDS_PER_FORWARD <= pool / 2);
         // Far above what a job does, far below what exhausts anything:
         // a 3,000-port range is capped, 1,500 connections on one forward pass.
         assert!(l.forwards_per_container > 1_000 && l.forwards_per_container < 3_000);
@@ -314,6 +354,7 @@ mod tests {
     fn settings_win_over_the_derived_caps() {
         let set = LimitSettings {
             forwards_per_container: Some(5),
+            forwards_total: Some(6),
             tunnels_per_forward: Some(7),
             tunnels_per_exposure: None,
             engine_clients: Some(9),
@@ -327,6 +368,7 @@ mod tests {
             ),
             (5, 7, 9)
         );
+        assert_eq!(l.forwards_total, 6);
         assert_eq!(l.tunnels_per_exposure, (4096 - RESERVED_FDS) / 4 / 2);
     }
 
@@ -427,6 +469,19 @@ mod tests {
         assert_eq!(r.news(std::slice::from_ref(&a)), vec![&a]);
         let raised = capped(1, 200);
         assert_eq!(r.news(std::slice::from_ref(&raised)), vec![&raised]);
+    }
+
+    #[test]
+    fn reaching_the_total_is_said_when_it_starts_and_when_it_ends() {
+        let mut r = CapReports::default();
+        assert_eq!(r.total(0), None);
+        assert_eq!(r.total(40), Some(TotalNews::Reached { left_out: 40 }));
+        // Every later plan over it, however many are left out: nothing.
+        assert_eq!(r.total(40), None);
+        assert_eq!(r.total(900), None);
+        assert_eq!(r.total(0), Some(TotalNews::Cleared));
+        assert_eq!(r.total(0), None);
+        assert_eq!(r.total(1), Some(TotalNews::Reached { left_out: 1 }));
     }
 
     #[test]

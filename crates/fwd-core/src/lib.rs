@@ -26,7 +26,7 @@ pub mod supervisor;
 pub use backoff::{Backoff, BackoffPolicy};
 pub use budget::{
     AcceptBackoff, AcceptFailed, Admit, CapReports, Capped, LimitSettings, Limits, RefusalLog,
-    Refusals,
+    Refusals, TotalNews,
 };
 pub use classify::{classify_ssh_failure, FailureClass, FailureKind};
 pub use expose::{

@@ -162,13 +162,17 @@ pub struct Plan {
     /// Containers over the per-container cap: their ports beyond it are
     /// neither bound nor listed one by one.
     pub capped: Vec<Capped>,
+    /// Ports claimed but left out by the total cap (also in `rejected`).
+    pub over_total: usize,
 }
 
 /// From every host's containers to the actions on the held ports: claims
-/// under the rules, each host's cap, ownership, and the diff with `held`.
+/// under the rules, each container's and each host's cap, ownership, the
+/// cap on forwards in all (`forwards_total`), and the diff with `held`.
 pub fn plan(
     hosts: &[HostView<'_>],
     rules: &Rules,
+    forwards_total: Option<u64>,
     held: &BTreeMap<u16, Held>,
     now: Instant,
 ) -> Plan {
@@ -229,7 +233,12 @@ pub fn plan(
             u.container.clone(),
         )
     });
-    let desired = desired_forwards(claims.iter(), held);
+    let mut desired = desired_forwards(claims.iter(), held);
+    let over_total = forwards_total
+        .and_then(|t| usize::try_from(t).ok())
+        .map_or(0, |total| {
+            cap_total(&mut desired, held, total, &mut rejected)
+        });
     let actions = reconcile(&desired, held, now);
     rejected.extend(desired.conflicts);
     Plan {
@@ -237,7 +246,39 @@ pub fn plan(
         rejected,
         unsupported,
         capped,
+        over_total,
     }
+}
+
+/// Keeps at most `total` ports: those bound now first (a cap never takes
+/// a port away from its clients), then the earliest-started claims; the
+/// rest are rejected. Returns how many were left out.
+fn cap_total(
+    desired: &mut Desired,
+    held: &BTreeMap<u16, Held>,
+    total: usize,
+    rejected: &mut Vec<(Claim, String)>,
+) -> usize {
+    if desired.forwards.len() <= total {
+        return 0;
+    }
+    let mut order: Vec<(bool, i64, u16)> = desired
+        .forwards
+        .iter()
+        .map(|(p, c)| (!held.get(p).is_some_and(|h| h.bound), c.started_at_ns, *p))
+        .collect();
+    order.sort_unstable();
+    let left_out = order.split_off(total);
+    for (_, _, port) in &left_out {
+        if let Some(c) = desired.forwards.remove(port) {
+            let reason = format!(
+                "fwd forwards at most {total} ports in all (max_forwards_total; raise it, or the \
+                 open-files hard limit it is derived from)"
+            );
+            rejected.push((c, reason));
+        }
+    }
+    left_out.len()
 }
 
 #[cfg(test)]
@@ -389,7 +430,13 @@ mod tests {
             route: RouteFacts::PUBLISHED_ONLY,
             containers: vec![&new, &old],
         };
-        let p = plan(&[view], &Rules { rules: vec![] }, &BTreeMap::new(), now);
+        let p = plan(
+            &[view],
+            &Rules { rules: vec![] },
+            None,
+            &BTreeMap::new(),
+            now,
+        );
         let bound: Vec<u16> = p
             .actions
             .iter()
@@ -422,7 +469,7 @@ mod tests {
                 route: RouteFacts::PUBLISHED_ONLY,
                 containers: vec![&big, &small],
             };
-            plan(&[view], &Rules { rules: vec![] }, held, now)
+            plan(&[view], &Rules { rules: vec![] }, None, held, now)
         };
         let p = view(&BTreeMap::new());
         let bound: Vec<u16> = p
@@ -451,6 +498,65 @@ mod tests {
         let mut held = BTreeMap::new();
         apply(&mut held, &p.actions, &[], now);
         assert!(view(&held).actions.is_empty());
+    }
+
+    #[test]
+    fn the_total_keeps_bound_ports_then_the_earliest_started() {
+        let now = Instant::now();
+        let (a, b) = (HostKey::from("a"), HostKey::from("b"));
+        let first = container(1, 10, &[8080, 8081]);
+        let second = container(2, 20, &[9090]);
+        let third = container(3, 30, &[7070, 7071]);
+        let run = |held: &BTreeMap<u16, Held>, b_containers: Vec<&Container>| {
+            let views = [
+                HostView {
+                    host: &a,
+                    max_forwards: None,
+                    forwards_per_container: None,
+                    route: RouteFacts::PUBLISHED_ONLY,
+                    containers: vec![&first],
+                },
+                HostView {
+                    host: &b,
+                    max_forwards: None,
+                    forwards_per_container: None,
+                    route: RouteFacts::PUBLISHED_ONLY,
+                    containers: b_containers,
+                },
+            ];
+            plan(&views, &Rules { rules: vec![] }, Some(3), held, now)
+        };
+        let p = run(&BTreeMap::new(), vec![&third, &second]);
+        let mut bound: Vec<u16> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Bind(c) => Some(c.local_port),
+                _ => None,
+            })
+            .collect();
+        bound.sort_unstable();
+        assert_eq!(bound, vec![8080, 8081, 9090]);
+        assert_eq!(p.over_total, 2);
+        let mut out: Vec<u16> = p.rejected.iter().map(|(c, _)| c.local_port).collect();
+        out.sort_unstable();
+        assert_eq!(out, vec![7070, 7071]);
+        assert!(p.rejected[0].1.contains("max_forwards_total"));
+        // Applied: stable, and a container that goes frees room for the
+        // next in line; the bound ones are never taken away.
+        let mut held = BTreeMap::new();
+        apply(&mut held, &p.actions, &[], now);
+        assert!(run(&held, vec![&third, &second]).actions.is_empty());
+        let p = run(&held, vec![&third]);
+        assert_eq!(
+            p.actions
+                .iter()
+                .filter(|a| matches!(a, Action::Bind(c) if c.local_port == 7070))
+                .count(),
+            1
+        );
+        assert!(p.actions.contains(&Action::Release(9090)));
+        assert_eq!(p.over_total, 1);
     }
 
     #[test]

@@ -51,6 +51,13 @@ pub struct LimitsStatus {
     /// `max_forwards_per_container`: published ports of one container
     /// that are forwarded.
     pub forwards_per_container: u64,
+    /// `max_forwards_total`: forwards in all; the latest-started claims
+    /// beyond it are listed in `forwards` as `conflict`, with the reason.
+    #[serde(default)]
+    pub forwards_total: u64,
+    /// Claimed ports not forwarded because of `forwards_total`.
+    #[serde(default)]
+    pub forwards_left_out: u64,
     /// `max_tunnels_per_forward`: concurrent connections of one forward.
     pub tunnels_per_forward: u64,
     /// `max_tunnels_per_exposure`: concurrent connections of one exposure.

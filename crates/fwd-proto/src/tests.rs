@@ -236,6 +236,8 @@ pub(crate) fn sample_status() -> Status {
             open_files: Some(57),
             reserved: 256,
             forwards_per_container: 2_468,
+            forwards_total: 4_936,
+            forwards_left_out: 0,
             tunnels_per_forward: 1_645,
             tunnels_per_exposure: 2_468,
             engine_clients: 2_468,

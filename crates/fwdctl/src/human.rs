@@ -215,7 +215,7 @@ fn render_limits(out: &mut String, st: &Status) {
             .hosts
             .iter()
             .any(|h| h.engine.as_ref().is_some_and(|e| e.connections_refused > 0));
-    if l.capped.is_empty() && l.accept_failures == 0 && !refused {
+    if l.capped.is_empty() && l.accept_failures == 0 && l.forwards_left_out == 0 && !refused {
         return;
     }
     let open = l
@@ -223,15 +223,23 @@ fn render_limits(out: &mut String, st: &Status) {
         .map_or_else(|| "?".to_string(), |n| n.to_string());
     let _ = writeln!(
         out,
-        "\nLIMITS  {open} of {} open files; caps: {} ports per container, {} connections per forward, {} per exposure, {} engine clients per host",
+        "\nLIMITS  {open} of {} open files; caps: {} ports per container, {} forwards in all, {} connections per forward, {} per exposure, {} engine clients per host",
         l.open_files_limit,
         l.forwards_per_container,
+        l.forwards_total,
         l.tunnels_per_forward,
         l.tunnels_per_exposure,
         l.engine_clients
     );
     if l.accept_failures > 0 {
         let _ = writeln!(out, "  {} failed accepts", l.accept_failures);
+    }
+    if l.forwards_left_out > 0 {
+        let _ = writeln!(
+            out,
+            "  {} claimed ports not forwarded: {} forwards in all is the cap (max_forwards_total; listed as conflicts)",
+            l.forwards_left_out, l.forwards_total
+        );
     }
     for c in &l.capped {
         let line = format!(
@@ -451,7 +459,7 @@ HOST     REMOTE            RUNNER           STATE    CONN  REASON
 prod     172.17.0.1:18080  127.0.0.1:18080  active   1/5
 staging  :3000             127.0.0.1:3000   waiting  0/0   the host has no usable ssh master
 
-LIMITS  57 of 20000 open files; caps: 2468 ports per container, 1645 connections per forward, 2468 per exposure, 2468 engine clients per host
+LIMITS  57 of 20000 open files; caps: 2468 ports per container, 4936 forwards in all, 1645 connections per forward, 2468 per exposure, 2468 engine clients per host
   container ports on host prod publishes 3000 ports: the lowest 2468 are forwarded (max_forwards_per_container)
 
 HOST     LOCAL                      REMOTE          ROUTE      CONTAINER          PORT      STATE        SINCE      CONN                   REASON

@@ -125,6 +125,7 @@ struct FileConfig {
     resync_interval: Option<String>,
     metrics: Option<String>,
     max_forwards_per_container: Option<u64>,
+    max_forwards_total: Option<u64>,
     max_tunnels_per_forward: Option<u64>,
     max_tunnels_per_exposure: Option<u64>,
     max_engine_clients: Option<u64>,
@@ -282,6 +283,7 @@ pub fn render(c: &Config) -> String {
             "max_forwards_per_container",
             c.limits.forwards_per_container,
         ),
+        ("max_forwards_total", c.limits.forwards_total),
         ("max_tunnels_per_forward", c.limits.tunnels_per_forward),
         ("max_tunnels_per_exposure", c.limits.tunnels_per_exposure),
         ("max_engine_clients", c.limits.engine_clients),
@@ -501,6 +503,7 @@ impl Config {
                 "max_forwards_per_container",
                 file.max_forwards_per_container,
             )?,
+            forwards_total: cap("max_forwards_total", file.max_forwards_total)?,
             tunnels_per_forward: cap("max_tunnels_per_forward", file.max_tunnels_per_forward)?,
             tunnels_per_exposure: cap("max_tunnels_per_exposure", file.max_tunnels_per_exposure)?,
             engine_clients: cap("max_engine_clients", file.max_engine_clients)?,
@@ -1524,7 +1527,7 @@ mod limits_config {
             "{text}"
         );
         let set = load(&format!(
-            "max_forwards_per_container = 100\nmax_tunnels_per_forward = 200\n\
+            "max_forwards_per_container = 100\nmax_forwards_total = 150\nmax_tunnels_per_forward = 200\n\
              max_tunnels_per_exposure = 300\nmax_engine_clients = 40\n{host}"
         ))
         .expect("valid");
@@ -1532,6 +1535,7 @@ mod limits_config {
             set.limits,
             fwd_core::LimitSettings {
                 forwards_per_container: Some(100),
+                forwards_total: Some(150),
                 tunnels_per_forward: Some(200),
                 tunnels_per_exposure: Some(300),
                 engine_clients: Some(40),

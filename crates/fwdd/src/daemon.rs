@@ -64,6 +64,8 @@ pub struct Daemon {
     /// it are not bound), and which were said in the log.
     pub capped: RefCell<Vec<fwd_core::Capped>>,
     cap_reports: RefCell<fwd_core::CapReports>,
+    /// Claimed ports left out by `max_forwards_total` at the last plan.
+    pub over_total: Cell<usize>,
     pub serve: Rc<ServeContext>,
     /// Asks the planner for a plan: a host's containers changed, a host
     /// came or went. Notifications before the planner's turn make one plan.
@@ -107,6 +109,7 @@ impl Daemon {
             unsupported: RefCell::new(Vec::new()),
             capped: RefCell::new(Vec::new()),
             cap_reports: RefCell::default(),
+            over_total: Cell::new(0),
             serve,
             plan_wanted: Rc::new(Notify::new()),
             changed: Rc::new(watch::channel(0u64).0),
@@ -445,7 +448,14 @@ impl Daemon {
             .collect();
         let mut table = self.table.borrow_mut();
         let now = Instant::now();
-        let plan = fwd_core::plan(&views, &config.rules, &table.held(), now);
+        let limits = self.serve.limits.get();
+        let plan = fwd_core::plan(
+            &views,
+            &config.rules,
+            Some(limits.forwards_total),
+            &table.held(),
+            now,
+        );
         tracing::debug!(
             event = "planned",
             hosts = views.len(),
@@ -472,6 +482,24 @@ impl Daemon {
                 c.message()
             );
         }
+        match self.cap_reports.borrow_mut().total(plan.over_total) {
+            Some(fwd_core::TotalNews::Reached { left_out }) => tracing::warn!(
+                event = "forward_total_reached",
+                cap = limits.forwards_total,
+                left_out,
+                "fwd forwards at most {} ports in all and that many are claimed: {left_out} more are not \
+                 forwarded (fwdctl status lists them; set max_forwards_total in fwdd.toml, or raise \
+                 the open-files hard limit it is derived from)",
+                limits.forwards_total
+            ),
+            Some(fwd_core::TotalNews::Cleared) => tracing::info!(
+                event = "forward_total_cleared",
+                cap = limits.forwards_total,
+                "every claimed port fits under max_forwards_total again"
+            ),
+            None => {}
+        }
+        self.over_total.set(plan.over_total);
         *self.capped.borrow_mut() = plan.capped;
         // After a crash restart, the listeners systemd kept that no claim
         // took once every host has resynced are closed: their ports are

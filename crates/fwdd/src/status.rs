@@ -275,6 +275,8 @@ fn limits(d: &Daemon) -> fwd_proto::LimitsStatus {
         open_files: crate::fdlimit::open_now(),
         reserved: fwd_core::budget::RESERVED_FDS,
         forwards_per_container: l.forwards_per_container,
+        forwards_total: l.forwards_total,
+        forwards_left_out: d.over_total.get() as u64,
         tunnels_per_forward: l.tunnels_per_forward,
         tunnels_per_exposure: l.tunnels_per_exposure,
         engine_clients: l.engine_clients,

@@ -4,7 +4,7 @@
 //! takes only its share: everyone else is served, status answers within
 //! 1 s, the log says it once, and the descriptors come back.
 //!
-//! Host ports 21200-21219 and 41000-43999 are this file's.
+//! Host ports 21200-21219 and 41000-45199 are this file's.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 
@@ -189,6 +189,81 @@ fn a_container_publishing_3000_ports_takes_only_its_share() {
     // The other forward serves on; the descriptors came back (21201's
     // listeners are the only new ones).
     assert_eq!(host.http_get(21200).expect("existing forward"), "hello\n");
+    wait_fds_back(&fwdd, baseline + 2);
+}
+
+#[test]
+fn many_containers_each_under_its_cap_take_at_most_half_the_pool() {
+    let host = sandbox_host!("fds_many_containers");
+    let fwdd = spawn_with_nofile(&host, SOFT, HARD);
+    fwdd.wait_connected();
+    host.httpd(&["21220:8080"]);
+    assert_eq!(fwdd.wait_http(21220), "hello\n");
+    let pid = fwdd.child.id();
+    let baseline = open_fds(pid);
+    let l = limits(&fwdd);
+    assert_eq!(l.forwards_total, (HARD - l.reserved) / 2 / 2);
+    // Three containers of 400 ports each: every one under its own cap,
+    // together over the total.
+    assert!(400 < l.forwards_per_container && 3 * 400 > l.forwards_total);
+    let label = format!("{LABEL_KEY}={}", host.label);
+    let mut ids = Vec::new();
+    for first in [44_000, 44_400, 44_800] {
+        let range = format!("{first}-{}:{first}-{}", first + 399, first + 399);
+        ids.push(host.sandbox().docker_ok(&[
+            "create",
+            "--label",
+            &label,
+            "-p",
+            &range,
+            &host.image,
+            "sleep",
+            "600",
+        ]));
+    }
+    let total = l.forwards_total as usize;
+    fwdd.wait_for(Duration::from_secs(60), "the total reached", |st| {
+        let bound = st
+            .forwards
+            .iter()
+            .filter(|f| f.local_port >= 44_000 && f.state == ForwardState::Pending)
+            .count();
+        let left_out = st
+            .forwards
+            .iter()
+            .filter(|f| {
+                f.state == ForwardState::Conflict
+                    && f.reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains("max_forwards_total"))
+            })
+            .count();
+        // The one running forward counts too.
+        bound + 1 == total && left_out == 3 * 400 - (total - 1)
+    });
+    // Everyone else is served; the log says it once.
+    assert_eq!(host.http_get(21220).expect("existing forward"), "hello\n");
+    host.httpd(&["21221:8080"]);
+    let text = status_answers_within_a_second(&fwdd);
+    assert!(text.contains("forwards in all"), "{text}");
+    engine_answers(&fwdd);
+    assert_eq!(
+        events(&fwdd, "forward_total_reached"),
+        1,
+        "{}",
+        fwdd.log_tail(20)
+    );
+    assert_eq!(events(&fwdd, "forward_conflict"), 0);
+    assert_eq!(events(&fwdd, "accept_failed"), 0);
+
+    for id in &ids {
+        host.sandbox().docker_ok(&["rm", "-f", id]);
+    }
+    // The container started meanwhile gets its port once there is room.
+    assert_eq!(fwdd.wait_http(21221), "hello\n");
+    wait_until(Duration::from_secs(30), "the end said once", || {
+        events(&fwdd, "forward_total_cleared") == 1
+    });
     wait_fds_back(&fwdd, baseline + 2);
 }
 
