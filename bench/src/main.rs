@@ -9,14 +9,18 @@
 //! Usage: `fwd-bench [--only NAME,NAME…] [--seq N] [--kill N] [--burst N] [--conns N]
 //! [--many N] [--many-ports K] [--idle-secs S] [--bytes-mib M] [--engine-ps N]
 //! [--cp-mib M] [--cp-runs N] [--startup N] [--late N] [--conn-burst N]
-//! [--conn-burst-trials N] [--upgrade-trials N] [--pgbench-rounds N] [--pgbench-secs S]`
+//! [--conn-burst-trials N] [--upgrade-trials N] [--pgbench-rounds N] [--pgbench-secs S]
+//! [--budget-forwards N] [--budget-conns N]`
 //! with `FWD_SANDBOX=DIR/env` set. Names: start, kill, burst, setup, throughput,
 //! engine, master, link, many (many also measures memory and the idle minute),
 //! startup, upgrade (issue 12: `fwdctl upgrade` against a restart, on its own fwdd),
 //! expose (issue 20: container → runner through `expose` against a separate `ssh -R`),
-//! pgbench (issue 11: a real PostgreSQL through fwd and through a separate `ssh -L`). `burst` is both bursts: containers started back to back (issue 6) and
+//! pgbench (issue 11: a real PostgreSQL through fwd and through a separate `ssh -L`),
+//! budget (issue 29: descriptors and memory per forward at `--budget-forwards` and per
+//! tunnel at `--budget-conns` held connections, on its own fwdd). `burst` is both bursts: containers started back to back (issue 6) and
 //! connections at a master kill (issue 11, after `master` and `link`, on its own fwdd).
 
+mod budget;
 mod connburst;
 mod engine;
 mod expose;
@@ -79,6 +83,8 @@ struct Opts {
     upgrade_trials: usize,
     pgbench_rounds: usize,
     pgbench_secs: u64,
+    budget_forwards: usize,
+    budget_conns: usize,
 }
 
 impl Opts {
@@ -105,6 +111,8 @@ impl Opts {
             upgrade_trials: 5,
             pgbench_rounds: 3,
             pgbench_secs: 10,
+            budget_forwards: 1000,
+            budget_conns: 5000,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -135,6 +143,8 @@ impl Opts {
                 "--upgrade-trials" => o.upgrade_trials = num(),
                 "--pgbench-rounds" => o.pgbench_rounds = num(),
                 "--pgbench-secs" => o.pgbench_secs = num() as u64,
+                "--budget-forwards" => o.budget_forwards = num(),
+                "--budget-conns" => o.budget_conns = num(),
                 "--quickack" => {
                     o.quickack = true;
                     i += 1;
@@ -949,6 +959,10 @@ fn main() {
     }
     if opts.wants("many") {
         ctx.many(opts.many, opts.many_ports, opts.idle_secs);
+    }
+    if opts.wants("budget") {
+        // Its own fwdd, with the limits it raises itself to.
+        ctx.budget(opts.budget_forwards, opts.budget_conns);
     }
     if opts.wants("upgrade") {
         // Its own fwdd, started from an installed copy that each trial replaces.

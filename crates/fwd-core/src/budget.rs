@@ -35,9 +35,11 @@ pub const RESERVED_FDS: u64 = 256;
 /// connections per forward always works.
 pub const MIN_CAP: u64 = 16;
 
-/// What one tunnel costs the ssh master: the mux connection and the two
-/// descriptors of the client's socket it receives (stdin and stdout). fwdd
-/// keeps only the mux connection.
+/// What one tunnel costs the ssh master while it is set up: the mux
+/// connection and the two descriptors of the client's socket it receives
+/// (stdin and stdout). Once open a held tunnel costs it about 1.3
+/// (docs/benchmarks.md), but a burst of new ones is what runs it out: the
+/// cap is sized for the peak. fwdd keeps only the mux connection.
 pub const MASTER_FDS_PER_TUNNEL: u64 = 3;
 
 /// What one exposure connection or engine socket client costs fwdd: the
