@@ -196,6 +196,20 @@ fn fwdctl_for_everyone(dir: &Path) -> PathBuf {
     copy
 }
 
+/// Runs fwdctl as `user`, which must refuse: exit 2, nothing on stdout.
+/// Returns what it said on stderr.
+fn refused(user: &TestUser, fwdctl: &Path, args: &[&str]) -> String {
+    let out = fwdctl_as(user, fwdctl, args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "fwdctl {args:?}: {err}");
+    assert!(
+        out.stdout.is_empty(),
+        "fwdctl {args:?} printed {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    err
+}
+
 #[test]
 fn an_impostors_control_socket_is_refused_naming_its_owner() {
     if fwd_e2e::Sandbox::get().is_none() {
@@ -229,14 +243,7 @@ fn an_impostors_control_socket_is_refused_naming_its_owner() {
         &["status"],
         &["status", "--json"],
     ] {
-        let out = fwdctl_as(&victim, &fwdctl, args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "fwdctl {args:?}: {err}");
-        assert!(
-            out.stdout.is_empty(),
-            "fwdctl {args:?} printed {:?}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let err = refused(&victim, &fwdctl, args);
         assert!(
             err.starts_with(&format!(
                 "fwdctl: refusing the control socket {}/control.sock: its directory {} belongs to {owner}, not to you ({}, uid {}) or root",
@@ -310,14 +317,7 @@ fn a_socket_answered_by_another_user_is_refused_whatever_its_path() {
         &["--socket", sock_arg, "env"][..],
         &["--socket", sock_arg, "status"],
     ] {
-        let out = fwdctl_as(&victim, &fwdctl, args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "fwdctl {args:?}: {err}");
-        assert!(
-            out.stdout.is_empty(),
-            "fwdctl {args:?} printed {:?}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let err = refused(&victim, &fwdctl, args);
         assert!(
             err.starts_with(&format!(
                 "fwdctl: refusing the control socket {sock_arg}: the process answering on it runs as user {} (uid {}), not as you ({}, uid {}) or root",
