@@ -25,6 +25,8 @@ mod fds;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
+mod fuzz_corpus;
+#[cfg(test)]
 mod tests;
 
 pub use client::{spawn_remote, MuxClient, PendingMux, RemoteProcess, Session, StdioForward};
