@@ -739,6 +739,29 @@ impl TestHost {
         http_get_on(self.connect(port)?)
     }
 
+    /// `GET path` over HTTP/1.0 to `127.0.0.1:port` in the runner netns,
+    /// whatever the status: `(status, body)`, or `None` when nothing
+    /// answers whole within `read_timeout` (callers that bound the answer
+    /// assert their bound themselves).
+    pub fn http_get_path(
+        &self,
+        port: u16,
+        path: &str,
+        read_timeout: Duration,
+    ) -> Option<(u16, String)> {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+        self.in_runner_ns(move || {
+            let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+            s.set_read_timeout(Some(read_timeout)).ok()?;
+            s.write_all(request.as_bytes()).ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            let status = text.split_whitespace().nth(1)?.parse().ok()?;
+            let (_, body) = text.split_once("\r\n\r\n")?;
+            Some((status, body.to_string()))
+        })
+    }
+
     /// Binds `127.0.0.1:port` inside the runner netns (to provoke a port conflict).
     pub fn bind_in_runner(&self, port: u16) -> io::Result<TcpListener> {
         self.in_runner_ns(|| TcpListener::bind((Ipv4Addr::LOCALHOST, port)))

@@ -5,8 +5,6 @@
 #[macro_use]
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
 use common::{fwdctl, Fwdd};
@@ -18,17 +16,7 @@ const METRICS_PORT: u16 = 9633;
 
 /// `GET path` on `127.0.0.1:port` in the runner's namespace: (status, body).
 fn http_get(host: &TestHost, port: u16, path: &str) -> Option<(u16, String)> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
-    host.in_runner_ns(move || {
-        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(request.as_bytes()).ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let (_, body) = text.split_once("\r\n\r\n")?;
-        Some((status, body.to_string()))
-    })
+    host.http_get_path(port, path, Duration::from_secs(5))
 }
 
 /// `GET path` on fwdd's metrics endpoint.

@@ -21,17 +21,7 @@ const T: Duration = Duration::from_secs(30);
 /// `GET path` on the metrics endpoint from the runner's namespace, with a
 /// generous read timeout (the caller asserts the bound): (status, body).
 fn get(host: &TestHost, path: &str) -> Option<(u16, String)> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
-    host.in_runner_ns(move || {
-        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, METRICS_PORT)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        s.write_all(request.as_bytes()).ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let (_, body) = text.split_once("\r\n\r\n")?;
-        Some((status, body.to_string()))
-    })
+    host.http_get_path(METRICS_PORT, path, Duration::from_secs(10))
 }
 
 fn fds(pid: u32) -> usize {
