@@ -70,7 +70,7 @@ fn the_seeds_parse_and_write_out_to_themselves() {
 }
 
 proptest! {
-    #![proptest_config(mutate::config(384))]
+    #![proptest_config(mutate::config(2048))]
 
     #[test]
     fn mutated_documents_are_taken_whole_or_refused(
