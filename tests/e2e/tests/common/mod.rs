@@ -400,16 +400,32 @@ pub fn expect_line(
 
 /// Starts fwdd for `host` under an open-files limit of `soft` with a hard
 /// one of `hard` (`prlimit`, which then execs fwdd: the pid is fwdd's), as
-/// from a user's shell after `ulimit -Sn soft`.
+/// from a user's shell after `ulimit -Sn soft`. It forwards only this
+/// test's containers (a rule on the test's label): what other tests run on
+/// the shared engine meanwhile costs it nothing, so its descriptors can be
+/// counted.
 pub fn spawn_with_nofile(host: &TestHost, soft: u64, hard: u64) -> Fwdd<'_> {
     let url = format!("ssh://{}", host.alias);
     let cfg = host.ssh_config.to_string_lossy().into_owned();
     let fwdd = bin("fwdd").to_string_lossy().into_owned();
     let nofile = format!("--nofile={soft}:{hard}");
+    let rules = host.dir.join("own-containers.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "[[rule]]\nlabel = \"{}={}\"\n[[rule]]\naction = \"skip\"\n",
+            fwd_e2e::LABEL_KEY,
+            host.label
+        ),
+    )
+    .expect("write the rules");
+    let rules = rules.to_string_lossy().into_owned();
     let args = [
         nofile.as_str(),
         "--",
         &fwdd,
+        "--config",
+        &rules,
         "--host",
         &url,
         "--ssh-config",

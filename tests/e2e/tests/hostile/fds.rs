@@ -4,7 +4,7 @@
 //! takes only its share: everyone else is served, status answers within
 //! 1 s, the log says it once, and the descriptors come back.
 //!
-//! Host ports 21200-21219 and 41000-45199 are this file's.
+//! Host ports 21200-21229 and 41000-48199 are this file's.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 
@@ -20,6 +20,9 @@ use crate::common::{fwdctl_command, nofile_limit, open_fds, spawn_with_nofile, F
 /// it can raise that to.
 const SOFT: u64 = 1024;
 const HARD: u64 = 4096;
+/// The hard limit of issue 29's measurements: there, 3,000 ports are over
+/// a container's share and 1,500 connections are under a forward's.
+const ISSUE_HARD: u64 = 20_000;
 
 /// Descriptors that come and go in a steady fwdd without any flood: up to
 /// four spare mux connections per host and up to four idle inspect
@@ -62,19 +65,19 @@ fn events(fwdd: &Fwdd, event: &str) -> usize {
 }
 
 /// fwdd raised its limit to the hard one, and its master has the same.
-fn assert_raised(fwdd: &Fwdd) {
+fn assert_raised(fwdd: &Fwdd, hard: u64) {
     let pid = fwdd.child.id();
-    assert_eq!(nofile_limit(pid), (HARD, HARD), "fwdd's limit");
+    assert_eq!(nofile_limit(pid), (hard, hard), "fwdd's limit");
     assert_eq!(
         nofile_limit(fwdd.master_pid()),
-        (HARD, HARD),
+        (hard, hard),
         "the master's limit"
     );
     let l = limits(fwdd);
-    assert_eq!(l.open_files_limit, HARD);
+    assert_eq!(l.open_files_limit, hard);
     assert_eq!(
         (l.forwards_per_container, l.tunnels_per_forward),
-        ((HARD - l.reserved) / 4 / 2, (HARD - l.reserved) / 4 / 3)
+        ((hard - l.reserved) / 4 / 2, (hard - l.reserved) / 4 / 3)
     );
 }
 
@@ -114,11 +117,28 @@ fn engine_answers(fwdd: &Fwdd) {
 #[test]
 fn a_container_publishing_3000_ports_takes_only_its_share() {
     let host = sandbox_host!("fds_3000_ports");
-    let fwdd = spawn_with_nofile(&host, SOFT, HARD);
+    ports_flood(&host, SOFT, HARD, 21200, 41_000);
+}
+
+/// The same under the limits the issue measured with.
+#[test]
+fn a_container_publishing_3000_ports_under_the_issue_s_limits() {
+    let host = sandbox_host!("fds_3000_ports_issue");
+    ports_flood(&host, SOFT, ISSUE_HARD, 21202, 45_200);
+}
+
+/// One container publishes 3,000 ports from `first` (created, never
+/// started) while a container publishing `port` serves and one on
+/// `port + 1` starts.
+fn ports_flood(host: &fwd_e2e::TestHost, soft: u64, hard: u64, port: u16, first: u16) {
+    let range = first..first + 3_000;
+    let publish = format!("{first}-{}:{first}-{}", range.end - 1, range.end - 1);
+    let fwdd = spawn_with_nofile(host, soft, hard);
     fwdd.wait_connected();
-    assert_raised(&fwdd);
-    host.httpd(&["21200:8080"]);
-    assert_eq!(fwdd.wait_http(21200), "hello\n");
+    assert_raised(&fwdd, hard);
+    let (existing, next) = (port, port + 1);
+    host.httpd(&[&format!("{existing}:8080")]);
+    assert_eq!(fwdd.wait_http(existing), "hello\n");
     let pid = fwdd.child.id();
     let baseline = open_fds(pid);
 
@@ -129,54 +149,66 @@ fn a_container_publishing_3000_ports_takes_only_its_share() {
         "--label",
         &label,
         "-p",
-        "41000-43999:41000-43999",
+        &publish,
         &host.image,
         "sleep",
         "600",
     ]);
     let cap = limits(&fwdd).forwards_per_container;
+    let capped = cap < 3_000;
     fwdd.wait_for(
         Duration::from_secs(60),
-        "the container capped at its share",
+        "the container forwarded up to its share",
         |st| {
-            let capped = st.limits.as_ref().map(|l| l.capped.clone());
+            let listed = st.limits.as_ref().map(|l| l.capped.clone());
             let bound = st
                 .forwards
                 .iter()
-                .filter(|f| (41_000..44_000).contains(&f.local_port))
+                .filter(|f| range.contains(&f.local_port))
                 .count() as u64;
-            capped.is_some_and(|c| {
-                c.len() == 1
-                    && big.starts_with(&c[0].container_id[..12])
-                    && c[0].published == 3_000
-                    && c[0].forwarded == cap
-            }) && bound == cap
+            listed.is_some_and(|c| match capped {
+                true => {
+                    c.len() == 1
+                        && big.starts_with(&c[0].container_id[..12])
+                        && c[0].published == 3_000
+                        && c[0].forwarded == cap
+                }
+                false => c.is_empty(),
+            }) && bound == cap.min(3_000)
         },
     );
     // Its lowest ports are bound (pending); the rest are not.
     assert_eq!(
-        fwdd.forward(41_000).map(|f| f.state),
+        fwdd.forward(first).map(|f| f.state),
         Some(ForwardState::Pending)
     );
-    assert!(fwdd.forward(41_000 + cap as u16).is_none());
+    if capped {
+        assert!(fwdd.forward(first + cap as u16).is_none());
+    }
 
     // Everyone else: the existing forward, a container started next, the
     // control socket, the engine socket.
-    assert_eq!(host.http_get(21200).expect("existing forward"), "hello\n");
-    host.httpd(&["21201:8080"]);
-    assert_eq!(fwdd.wait_http(21201), "hello\n");
+    assert_eq!(
+        host.http_get(existing).expect("existing forward"),
+        "hello\n"
+    );
+    host.httpd(&[&format!("{next}:8080")]);
+    assert_eq!(fwdd.wait_http(next), "hello\n");
     let text = status_answers_within_a_second(&fwdd);
-    assert!(text.contains("3000 ports"), "{text}");
+    assert_eq!(text.contains("3000 ports"), capped, "{text}");
     engine_answers(&fwdd);
 
     // Said once, with the setting; no port-by-port lines, no failed accepts.
     assert_eq!(
         events(&fwdd, "forward_cap_reached"),
-        1,
+        usize::from(capped),
         "{}",
         fwdd.log_tail(20)
     );
-    assert!(fwdd.log_text().contains("max_forwards_per_container"));
+    assert_eq!(
+        fwdd.log_text().contains("max_forwards_per_container"),
+        capped
+    );
     assert_eq!(events(&fwdd, "forward_conflict"), 0);
     assert_eq!(events(&fwdd, "accept_failed"), 0);
     assert_eq!(limits(&fwdd).accept_failures, 0);
@@ -184,11 +216,14 @@ fn a_container_publishing_3000_ports_takes_only_its_share() {
     host.sandbox().docker_ok(&["rm", "-f", &big]);
     fwdd.wait_for(Duration::from_secs(30), "the capped ports released", |st| {
         st.limits.as_ref().is_some_and(|l| l.capped.is_empty())
-            && !st.forwards.iter().any(|f| f.local_port >= 41_000)
+            && !st.forwards.iter().any(|f| range.contains(&f.local_port))
     });
-    // The other forward serves on; the descriptors came back (21201's
-    // listeners are the only new ones).
-    assert_eq!(host.http_get(21200).expect("existing forward"), "hello\n");
+    // The other forward serves on; the descriptors came back (the next
+    // container's listeners are the only new ones).
+    assert_eq!(
+        host.http_get(existing).expect("existing forward"),
+        "hello\n"
+    );
     wait_fds_back(&fwdd, baseline + 2);
 }
 
@@ -226,7 +261,9 @@ fn many_containers_each_under_its_cap_take_at_most_half_the_pool() {
         let bound = st
             .forwards
             .iter()
-            .filter(|f| f.local_port >= 44_000 && f.state == ForwardState::Pending)
+            .filter(|f| {
+                (44_000..45_200).contains(&f.local_port) && f.state == ForwardState::Pending
+            })
             .count();
         let left_out = st
             .forwards
@@ -270,24 +307,63 @@ fn many_containers_each_under_its_cap_take_at_most_half_the_pool() {
 #[test]
 fn idle_connections_held_on_one_forward_take_only_its_share() {
     let host = sandbox_host!("fds_idle_clients");
-    let fwdd = spawn_with_nofile(&host, SOFT, HARD);
+    idle_flood(&host, SOFT, HARD, 21210);
+}
+
+/// Under the limits the issue measured with, the same flood is under the
+/// forward's share: served whole, and it takes nothing from anyone either.
+#[test]
+fn idle_connections_held_on_one_forward_under_the_issue_s_limits() {
+    let host = sandbox_host!("fds_idle_clients_issue");
+    idle_flood(&host, SOFT, ISSUE_HARD, 21214);
+}
+
+/// 1,500 idle clients on the forward of `port` while the one of `port + 1`
+/// serves.
+fn idle_flood(host: &fwd_e2e::TestHost, soft: u64, hard: u64, port: u16) {
+    const CLIENTS: u64 = 1_500;
+    // The remote sshd's session holds a socket per channel: it gets the
+    // room a real host's would have to give it for this many.
+    if let Some(sshd) = host.sshd_pid() {
+        let out = Command::new("prlimit")
+            .arg(format!("--pid={sshd}"))
+            .arg("--nofile=8192:8192")
+            .output()
+            .expect("run prlimit");
+        assert!(out.status.success(), "prlimit sshd: {out:?}");
+    }
+    let fwdd = spawn_with_nofile(host, soft, hard);
     fwdd.wait_connected();
-    assert_raised(&fwdd);
-    host.httpd(&["21210:8080"]);
-    host.httpd(&["21211:8080"]);
-    assert_eq!(fwdd.wait_http(21210), "hello\n");
-    assert_eq!(fwdd.wait_http(21211), "hello\n");
+    assert_raised(&fwdd, hard);
+    let (flooded, other) = (port, port + 1);
+    host.httpd(&[&format!("{flooded}:8080")]);
+    host.httpd(&[&format!("{other}:8080")]);
+    assert_eq!(fwdd.wait_http(flooded), "hello\n");
+    assert_eq!(fwdd.wait_http(other), "hello\n");
     let master = fwdd.master_pid();
     let pid = fwdd.child.id();
     let baseline = open_fds(pid);
     let cap = limits(&fwdd).tunnels_per_forward;
+    let capped = cap < CLIENTS;
 
-    // This test's own clients need descriptors too.
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 8192, 8192)
-        .expect("raise the test's own limit");
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 21210));
+    // This test's own clients need descriptors too: its soft limit goes
+    // up to its hard one, which stays (the other tests of this process
+    // start their fwdd under it).
+    let (_, hard_here) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("getrlimit");
+    assert!(
+        hard_here > CLIENTS + 100,
+        "the test runs under a hard limit of {hard_here}"
+    );
+    nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        hard_here,
+        hard_here,
+    )
+    .expect("raise the test's own limit");
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, flooded));
     let clients: Vec<TcpStream> = host.in_runner_ns(|| {
-        (0..1_500)
+        (0..CLIENTS)
             .map(|i| {
                 TcpStream::connect_timeout(&addr, Duration::from_secs(5))
                     .unwrap_or_else(|e| panic!("client {i}: {e}"))
@@ -296,19 +372,19 @@ fn idle_connections_held_on_one_forward_take_only_its_share() {
     });
     fwdd.wait_for(
         Duration::from_secs(30),
-        "the flood refused above the cap",
+        "the flood held up to the cap, the rest refused",
         |st| {
             st.forwards.iter().any(|f| {
-                f.local_port == 21210
-                    && f.connections_refused >= 1_500 - cap
-                    && f.connections_open <= cap
+                f.local_port == flooded
+                    && f.connections_refused == CLIENTS.saturating_sub(cap)
+                    && f.connections_open == CLIENTS.min(cap)
             })
         },
     );
 
     // Everyone else: status, the other forward, the master, the engine.
     status_answers_within_a_second(&fwdd);
-    assert_eq!(host.http_get(21211).expect("the other forward"), "hello\n");
+    assert_eq!(host.http_get(other).expect("the other forward"), "hello\n");
     let st = fwdd.status().expect("status");
     assert_eq!(st.hosts[0].master.state, MasterState::Connected);
     assert_eq!(
@@ -319,11 +395,11 @@ fn idle_connections_held_on_one_forward_take_only_its_share() {
     engine_answers(&fwdd);
     assert_eq!(
         events(&fwdd, "connection_cap_reached"),
-        1,
+        usize::from(capped),
         "{}",
         fwdd.log_tail(20)
     );
-    assert!(fwdd.log_text().contains("max_tunnels_per_forward"));
+    assert_eq!(fwdd.log_text().contains("max_tunnels_per_forward"), capped);
     assert_eq!(events(&fwdd, "accept_failed"), 0);
 
     drop(clients);
@@ -333,18 +409,18 @@ fn idle_connections_held_on_one_forward_take_only_its_share() {
         |st| {
             st.forwards
                 .iter()
-                .any(|f| f.local_port == 21210 && f.connections_open == 0)
+                .any(|f| f.local_port == flooded && f.connections_open == 0)
         },
     );
     wait_until(
         Duration::from_secs(10),
         "the episode's end said once",
-        || events(&fwdd, "connection_cap_cleared") == 1,
+        || events(&fwdd, "connection_cap_cleared") == usize::from(capped),
     );
     wait_fds_back(&fwdd, baseline);
     assert_eq!(
-        host.http_get(21210).expect("the flooded forward"),
+        host.http_get(flooded).expect("the flooded forward"),
         "hello\n"
     );
-    assert_eq!(events(&fwdd, "connection_cap_reached"), 1);
+    assert_eq!(events(&fwdd, "connection_cap_reached"), usize::from(capped));
 }
