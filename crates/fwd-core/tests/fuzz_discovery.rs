@@ -82,7 +82,7 @@ fn check(output: &str) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(mutate::config(1024))]
+    #![proptest_config(mutate::config(2048))]
 
     #[test]
     fn mutated_outputs_give_only_checked_candidates(

@@ -142,7 +142,7 @@ fn any_req() -> impl Strategy<Value = Req> {
 }
 
 proptest! {
-    #![proptest_config(mutate::config(2048))]
+    #![proptest_config(mutate::config(4096))]
 
     /// Mutated captures: no panic, the same answer however the bytes are
     /// cut, and only valid IDs out.

@@ -64,7 +64,7 @@ fn any_ip() -> impl Strategy<Value = IpAddr> {
 }
 
 proptest! {
-    #![proptest_config(mutate::config(8192))]
+    #![proptest_config(mutate::config(16384))]
 
     #[test]
     fn mutated_entries_and_scopes(input in mutate::mutated(corpus(), 6, 80)) {

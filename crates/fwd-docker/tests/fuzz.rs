@@ -366,7 +366,7 @@ fn an_event_line_past_its_bound_is_skipped_and_the_stream_goes_on() {
 }
 
 proptest! {
-    #![proptest_config(mutate::config(1024))]
+    #![proptest_config(mutate::config(2048))]
 
     #[test]
     fn mutated_answers_parse_or_fail_cleanly(body in answer()) {
@@ -411,7 +411,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(mutate::config(256))]
+    #![proptest_config(mutate::config(512))]
 
     /// One node of an answer made a long string: what is kept and what an
     /// error says stay bounded.

@@ -164,7 +164,7 @@ fn a_head_past_the_bound_is_refused_not_buffered() {
 }
 
 proptest! {
-    #![proptest_config(mutate::config(1024))]
+    #![proptest_config(mutate::config(2048))]
 
     #[test]
     fn mutated_requests_get_only_the_endpoints_answers(

@@ -71,7 +71,7 @@ fn every_golden_line_decodes_as_a_request_or_a_response() {
 }
 
 proptest! {
-    #![proptest_config(mutate::config(4096))]
+    #![proptest_config(mutate::config(8192))]
 
     #[test]
     fn mutated_lines_decode_or_fail_cleanly(

@@ -93,7 +93,7 @@ fn every_seed_reads_as_the_master_sent_it() {
 }
 
 proptest! {
-    #![proptest_config(mutate::config(4096))]
+    #![proptest_config(mutate::config(8192))]
 
     #[test]
     fn mutated_answers_read_the_same_however_they_are_cut(

@@ -154,7 +154,7 @@ fn the_golden_requests_are_answered_one_by_one() {
 }
 
 proptest! {
-    #![proptest_config(mutate::config(512))]
+    #![proptest_config(mutate::config(1024))]
 
     #[test]
     fn mutated_requests_are_answered_line_by_line(input in mutate::mutated(seeds(), 8, 3 * MAX_LINE)) {

@@ -70,7 +70,7 @@ fn the_seeds_parse_and_write_out_to_themselves() {
 }
 
 proptest! {
-    #![proptest_config(mutate::config(2048))]
+    #![proptest_config(mutate::config(4096))]
 
     #[test]
     fn mutated_documents_are_taken_whole_or_refused(
