@@ -191,11 +191,15 @@ impl Refusals {
 
 /// An accept loop's answer to a failed `accept(2)` (EMFILE, ENFILE,
 /// ENOBUFS, …): wait before the next try, doubling from [`Self::FIRST`] to
-/// [`Self::MAX`], and log once per episode (a success ends it).
+/// [`Self::MAX`], and log once per episode. Out of descriptors, accepts
+/// fail and succeed in turn (each freed descriptor lets one through), so an
+/// episode ends only with a success [`Self::QUIET`] after the last failure;
+/// until then the waits keep growing.
 #[derive(Clone, Debug)]
 pub struct AcceptBackoff {
     next: Duration,
     gate: RepeatGate,
+    last_failure: Option<Instant>,
 }
 
 /// What to do after a failed accept.
@@ -211,6 +215,7 @@ impl Default for AcceptBackoff {
         AcceptBackoff {
             next: Self::FIRST,
             gate: RepeatGate::new(REFUSAL_SUMMARY_EVERY),
+            last_failure: None,
         }
     }
 }
@@ -218,11 +223,13 @@ impl Default for AcceptBackoff {
 impl AcceptBackoff {
     pub const FIRST: Duration = Duration::from_millis(10);
     pub const MAX: Duration = Duration::from_secs(1);
+    pub const QUIET: Duration = Duration::from_secs(10);
 
     /// `accept` failed with `error` (a stable description).
     pub fn failed(&mut self, error: &str, now: Instant) -> AcceptFailed {
         let wait = self.next;
         self.next = (self.next * 2).min(Self::MAX);
+        self.last_failure = Some(now);
         let log = match self.gate.observe(error, now) {
             Verdict::Suppress => None,
             v => Some(v),
@@ -230,9 +237,14 @@ impl AcceptBackoff {
         AcceptFailed { wait, log }
     }
 
-    /// `accept` succeeded: the episode, if any, is over; returns how many
-    /// accepts failed in it.
-    pub fn succeeded(&mut self) -> Option<u64> {
+    /// `accept` succeeded: an episode whose last failure is [`Self::QUIET`]
+    /// ago is over; returns how many accepts failed in it.
+    pub fn succeeded(&mut self, now: Instant) -> Option<u64> {
+        let last = self.last_failure?;
+        if now.saturating_duration_since(last) < Self::QUIET {
+            return None;
+        }
+        self.last_failure = None;
         self.next = Self::FIRST;
         self.gate.clear()
     }
@@ -441,8 +453,36 @@ mod tests {
         // Never spins: twenty failures take seconds, not a burst.
         let total: Duration = waits.iter().sum();
         assert!(total >= Duration::from_secs(10), "{total:?}");
-        assert_eq!(b.succeeded(), Some(20));
+        let last = t0 + Duration::from_secs(19);
+        assert_eq!(b.succeeded(last + AcceptBackoff::QUIET), Some(20));
+        assert_eq!(b.succeeded(last + AcceptBackoff::QUIET), None);
         assert_eq!(b.failed("x", t0).wait, AcceptBackoff::FIRST);
+    }
+
+    #[test]
+    fn accepts_that_fail_and_succeed_in_turn_are_one_episode() {
+        let t0 = Instant::now();
+        let mut b = AcceptBackoff::default();
+        let mut lines = 0;
+        let mut waits = Vec::new();
+        // Out of descriptors: every freed one lets one accept through.
+        for i in 0..100 {
+            let at = t0 + Duration::from_millis(50 * i);
+            let f = b.failed("Too many open files", at);
+            lines += usize::from(f.log.is_some());
+            waits.push(f.wait);
+            assert_eq!(b.succeeded(at + Duration::from_millis(1)), None);
+        }
+        assert_eq!(lines, 1);
+        // The waits keep growing through the successes: no spinning.
+        assert_eq!(*waits.last().expect("waits"), AcceptBackoff::MAX);
+        // Quiet for long enough: over, with the count, and fast again.
+        let end = t0 + Duration::from_millis(50 * 99) + AcceptBackoff::QUIET;
+        assert_eq!(b.succeeded(end), Some(100));
+        assert_eq!(
+            b.failed("Too many open files", end).wait,
+            AcceptBackoff::FIRST
+        );
     }
 
     fn capped(id: u8, forwarded: u64) -> Capped {

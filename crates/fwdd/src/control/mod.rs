@@ -165,7 +165,7 @@ impl ControlServer {
                 _ = pause.changed() => {}
                 accepted = listener.accept(), if !paused => match accepted {
                     Ok((stream, _)) => {
-                        if let Some(failures) = backoff.succeeded() {
+                        if let Some(failures) = backoff.succeeded(std::time::Instant::now()) {
                             info!(event = "accept_recovered", failures, "the control socket accepts again after {failures} failures");
                         }
                         admission::admit(&shared, stream, &shutdown)

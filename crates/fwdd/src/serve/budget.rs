@@ -62,9 +62,10 @@ pub async fn accept_failed(backoff: &mut AcceptBackoff, socket: &str, e: &io::Er
     tokio::time::sleep(failed.wait).await;
 }
 
-/// An accept on `socket` succeeded: an episode of failures is over.
+/// An accept on `socket` succeeded: an episode of failures that has been
+/// quiet for long enough is over.
 pub fn accept_succeeded(backoff: &mut AcceptBackoff, socket: &str) {
-    if let Some(failures) = backoff.succeeded() {
+    if let Some(failures) = backoff.succeeded(Instant::now()) {
         tracing::info!(
             event = "accept_recovered",
             socket,

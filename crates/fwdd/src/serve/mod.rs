@@ -140,7 +140,8 @@ impl ServeContext {
         budget::accept_failed(backoff, socket, e).await;
     }
 
-    /// An accept on `socket` succeeded: an episode of failures is over.
+    /// An accept on `socket` succeeded: an episode of failures that has
+    /// been quiet for long enough is over.
     pub fn accept_succeeded(&self, backoff: &mut fwd_core::AcceptBackoff, socket: &str) {
         budget::accept_succeeded(backoff, socket);
     }

@@ -405,6 +405,17 @@ pub fn expect_line(
 /// the shared engine meanwhile costs it nothing, so its descriptors can be
 /// counted.
 pub fn spawn_with_nofile(host: &TestHost, soft: u64, hard: u64) -> Fwdd<'_> {
+    spawn_with_nofile_and(host, soft, hard, "")
+}
+
+/// [`spawn_with_nofile`] with `settings` (top-level TOML lines) in its
+/// configuration.
+pub fn spawn_with_nofile_and<'a>(
+    host: &'a TestHost,
+    soft: u64,
+    hard: u64,
+    settings: &str,
+) -> Fwdd<'a> {
     let url = format!("ssh://{}", host.alias);
     let cfg = host.ssh_config.to_string_lossy().into_owned();
     let fwdd = bin("fwdd").to_string_lossy().into_owned();
@@ -413,7 +424,7 @@ pub fn spawn_with_nofile(host: &TestHost, soft: u64, hard: u64) -> Fwdd<'_> {
     std::fs::write(
         &rules,
         format!(
-            "[[rule]]\nlabel = \"{}={}\"\n[[rule]]\naction = \"skip\"\n",
+            "{settings}\n[[rule]]\nlabel = \"{}={}\"\n[[rule]]\naction = \"skip\"\n",
             fwd_e2e::LABEL_KEY,
             host.label
         ),

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use fwd_e2e::{wait_until, LABEL_KEY};
 use fwd_proto::{ForwardState, LimitsStatus, MasterState};
 
-use crate::common::{fwdctl_command, nofile_limit, open_fds, spawn_with_nofile, Fwdd};
+use crate::common::{
+    fwdctl_command, nofile_limit, open_fds, spawn_with_nofile, spawn_with_nofile_and, Fwdd,
+};
 
 /// The limits fwdd starts under: a user's usual soft limit, and a hard one
 /// it can raise that to.
@@ -423,4 +425,99 @@ fn idle_flood(host: &fwd_e2e::TestHost, soft: u64, hard: u64, port: u16) {
         "hello\n"
     );
     assert_eq!(events(&fwdd, "connection_cap_reached"), usize::from(capped));
+}
+
+/// With the caps lifted and no limit to raise to, fwdd does run out of
+/// descriptors: each accept loop that fails says it once and backs off (it
+/// used to log every 100 ms), and everything comes back when the clients
+/// go.
+#[test]
+fn out_of_descriptors_anyway_each_accept_loop_says_it_once_and_recovers() {
+    let host = sandbox_host!("fds_out_of_descriptors");
+    let fwdd = spawn_with_nofile_and(&host, SOFT, SOFT, "max_tunnels_per_forward = 100000");
+    fwdd.wait_connected();
+    let port = 21225;
+    host.httpd(&[&format!("{port}:8080")]);
+    assert_eq!(fwdd.wait_http(port), "hello\n");
+    let (_, hard_here) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("getrlimit");
+    nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        hard_here,
+        hard_here,
+    )
+    .expect("raise the test's own limit");
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    // The kernel completes these whether fwdd accepts them or not.
+    let clients: Vec<TcpStream> = host.in_runner_ns(|| {
+        (0..1_500)
+            .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok())
+            .collect()
+    });
+    wait_until(Duration::from_secs(30), "fwdd out of descriptors", || {
+        events(&fwdd, "accept_failed") > 0
+    });
+    // An observation window, not a wait for anything: a loop that logged
+    // per attempt (every 50 or 100 ms) would write dozens of lines in it.
+    std::thread::sleep(Duration::from_secs(2));
+    let sockets = each_said_once(&fwdd);
+    assert!(
+        sockets.iter().any(|s| s.ends_with(&format!(":{port}"))),
+        "{sockets:?}"
+    );
+
+    drop(clients);
+    // Back: the control socket, the forward (on whichever master), the
+    // descriptors.
+    fwdd.wait_for(Duration::from_secs(60), "fwdd connected again", |st| {
+        st.hosts[0].master.state == MasterState::Connected
+            && st
+                .forwards
+                .iter()
+                .any(|f| f.local_port == port && f.connections_open == 0)
+    });
+    assert_eq!(fwdd.wait_http(port), "hello\n");
+    let st = fwdd.status().expect("status");
+    assert!(st.limits.is_some_and(|l| l.accept_failures > 0));
+    // Said once the loop has accepted without a failure for a while
+    // (`AcceptBackoff::QUIET`): clients keep coming until then.
+    wait_until(Duration::from_secs(30), "the recovery said", || {
+        let _ = host.http_get(port);
+        events(&fwdd, "accept_recovered") >= 1
+    });
+    // The control socket may have failed too (the status polls above),
+    // once; nothing said a second time.
+    each_said_once(&fwdd);
+}
+
+/// The sockets whose accepts failed, each said once (panics otherwise).
+fn each_said_once(fwdd: &Fwdd) -> Vec<String> {
+    let failed: Vec<String> = fwdd
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("\"event\":\"accept_failed\""))
+        .map(str::to_string)
+        .collect();
+    let mut sockets: Vec<String> = failed
+        .iter()
+        .map(|l| {
+            // fwdd's sockets name themselves; the control socket's lines
+            // carry no `socket`.
+            l.split("\"socket\":\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("control")
+                .to_string()
+        })
+        .collect();
+    let lines = sockets.len();
+    sockets.sort();
+    sockets.dedup();
+    assert_eq!(
+        lines,
+        sockets.len(),
+        "a socket said it more than once:\n{}",
+        failed.join("\n")
+    );
+    sockets
 }
