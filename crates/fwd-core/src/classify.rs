@@ -26,6 +26,9 @@ pub enum FailureKind {
     /// No engine in any place it is looked for (`discovery`): it may be
     /// starting, so tried again with the backoff.
     EngineNotFound,
+    /// fwdd or the system ran out of descriptors, processes or memory (a
+    /// master could not be started): it passes when the flood does.
+    OutOfResources,
     Unknown,
 }
 
@@ -55,6 +58,7 @@ impl FailureKind {
             FailureKind::InvalidConfig => "invalid_config",
             FailureKind::DockerMissing => "docker_missing",
             FailureKind::EngineNotFound => "engine_not_found",
+            FailureKind::OutOfResources => "out_of_resources",
             FailureKind::Unknown => "unknown",
         }
     }
@@ -72,6 +76,7 @@ impl FailureKind {
             FailureKind::DockerMissing => "the host could not run what fwd asked (the docker CLI for dial-stdio sessions, or fwd's command to find the engine): see the message",
             FailureKind::EngineNotFound => "the message lists each place fwd looked for the engine",
             FailureKind::NameResolution => "the host name does not resolve: check DNS or the host name",
+            FailureKind::OutOfResources => "fwdd or the system is out of descriptors, processes or memory: retrying with backoff (fwdctl status shows the open-files limit and what holds descriptors)",
             _ => "retrying with backoff",
         }
     }

@@ -608,6 +608,12 @@ fn master_failure(e: MasterError) -> Failure {
                 format!("ssh master failed to start: {}", last.unwrap_or("")),
             )
         }
+        // Out of descriptors, processes or memory: passes with the flood,
+        // unlike a missing ssh (a permanent failure, retried slowly).
+        MasterError::Spawn { source, .. } if spawn_out_of_resources(source) => Failure::new(
+            FailureKind::OutOfResources,
+            format!("cannot start ssh now: {source}"),
+        ),
         MasterError::InvalidDestination(_)
         | MasterError::InvalidOption(_)
         | MasterError::InvalidValue { .. }
@@ -617,9 +623,28 @@ fn master_failure(e: MasterError) -> Failure {
     }
 }
 
+/// A spawn that failed for want of resources, not for a missing program.
+fn spawn_out_of_resources(e: &std::io::Error) -> bool {
+    use nix::libc::{EAGAIN, EMFILE, ENFILE, ENOMEM};
+    matches!(e.raw_os_error(), Some(EMFILE | ENFILE | EAGAIN | ENOMEM))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spawn_out_of_descriptors_is_transient_a_missing_ssh_is_not() {
+        let spawn = |source| MasterError::Spawn {
+            program: "ssh".into(),
+            source,
+        };
+        let emfile = master_failure(spawn(std::io::Error::from_raw_os_error(nix::libc::EMFILE)));
+        assert_eq!(emfile.kind, FailureKind::OutOfResources);
+        assert_eq!(emfile.kind.class(), fwd_core::FailureClass::Transient);
+        let missing = master_failure(spawn(std::io::Error::from_raw_os_error(nix::libc::ENOENT)));
+        assert_eq!(missing.kind, FailureKind::InvalidConfig);
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_stderr_line_is_cut_at_its_bound_and_the_rest_dropped() {
