@@ -7,6 +7,7 @@
 //! Host ports 21200-21229 and 41000-48199 are this file's.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -520,4 +521,69 @@ fn each_said_once(fwdd: &Fwdd) -> Vec<String> {
         failed.join("\n")
     );
     sockets
+}
+
+/// Idle clients of the engine socket take at most `max_engine_clients`
+/// (here 20, so that a few dozen show it): the rest are closed at once,
+/// counted and said once, and forwards and status carry on.
+#[test]
+fn idle_engine_socket_clients_take_at_most_their_cap() {
+    const CAP: u64 = 20;
+    const CLIENTS: u64 = 60;
+    let host = sandbox_host!("fds_engine_clients");
+    let fwdd = spawn_with_nofile_and(&host, SOFT, HARD, &format!("max_engine_clients = {CAP}"));
+    fwdd.wait_connected();
+    assert_eq!(limits(&fwdd).engine_clients, CAP);
+    let port = 21226;
+    host.httpd(&[&format!("{port}:8080")]);
+    assert_eq!(fwdd.wait_http(port), "hello\n");
+    engine_answers(&fwdd);
+    // That client's relay ends a moment after the CLI exits.
+    fwdd.wait_for(Duration::from_secs(10), "no engine client open", |st| {
+        st.hosts[0]
+            .engine
+            .as_ref()
+            .is_some_and(|e| e.connections_open == 0)
+    });
+    let baseline = open_fds(fwdd.child.id());
+
+    let sock = fwdd.runtime_dir.join("docker.sock");
+    let clients: Vec<UnixStream> = (0..CLIENTS)
+        .map(|i| UnixStream::connect(&sock).unwrap_or_else(|e| panic!("client {i}: {e}")))
+        .collect();
+    fwdd.wait_for(
+        Duration::from_secs(30),
+        "the clients over the cap refused",
+        |st| {
+            st.hosts[0].engine.as_ref().is_some_and(|e| {
+                e.connections_open == CAP && e.connections_refused == CLIENTS - CAP
+            })
+        },
+    );
+    assert_eq!(host.http_get(port).expect("the forward"), "hello\n");
+    let text = status_answers_within_a_second(&fwdd);
+    assert!(text.contains("40 over the cap"), "{text}");
+    assert_eq!(
+        events(&fwdd, "connection_cap_reached"),
+        1,
+        "{}",
+        fwdd.log_tail(20)
+    );
+    assert!(fwdd.log_text().contains("max_engine_clients"));
+
+    drop(clients);
+    fwdd.wait_for(Duration::from_secs(30), "the clients gone", |st| {
+        st.hosts[0]
+            .engine
+            .as_ref()
+            .is_some_and(|e| e.connections_open == 0)
+    });
+    engine_answers(&fwdd);
+    wait_until(
+        Duration::from_secs(10),
+        "the episode's end said once",
+        || events(&fwdd, "connection_cap_cleared") == 1,
+    );
+    wait_fds_back(&fwdd, baseline);
+    assert_eq!(events(&fwdd, "connection_cap_reached"), 1);
 }
