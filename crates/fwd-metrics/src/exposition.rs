@@ -23,6 +23,21 @@ pub struct Scrape {
     /// The HTTP endpoint's own counts; set by the endpoint as it answers
     /// (absent from `fwdctl metrics`, which does not go through it).
     pub endpoint: Option<EndpointCounts>,
+    /// fwdd's descriptors: what it holds, its limit, failed accepts.
+    pub descriptors: Option<Descriptors>,
+}
+
+/// fwdd's own descriptors, as status reports them (`limits`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Descriptors {
+    /// Open now; `None` where they cannot be counted.
+    pub open: Option<u64>,
+    /// The soft `RLIMIT_NOFILE` fwdd runs with (raised at start).
+    pub limit: u64,
+    /// Descriptors no forward, exposure or client may take.
+    pub reserved: u64,
+    /// Failed `accept(2)` calls on any of fwdd's sockets, since the start.
+    pub accept_failures: u64,
 }
 
 /// What the metrics endpoint closed or failed to accept.
@@ -381,6 +396,34 @@ impl Collector for ScrapeCollector {
                 .iter()
                 .map(|h| (vec![host(h)], ConstGauge::new(h.ports_over_cap as i64))),
         )?;
+        if let Some(d) = &s.descriptors {
+            if let Some(open) = d.open {
+                ConstGauge::new(open as i64).encode(e.encode_descriptor(
+                    "fwd_open_files",
+                    "Descriptors fwdd holds now (listeners, tunnels' mux connections, clients).",
+                    None,
+                    Gauge,
+                )?)?;
+            }
+            ConstGauge::new(d.limit as i64).encode(e.encode_descriptor(
+                "fwd_open_files_limit",
+                "The open-files limit fwdd runs with (its soft limit, raised to the hard one at start).",
+                None,
+                Gauge,
+            )?)?;
+            ConstGauge::new(d.reserved as i64).encode(e.encode_descriptor(
+                "fwd_open_files_reserved",
+                "Descriptors no forward, exposure or client may take (the control socket's, the engine socket's, the masters').",
+                None,
+                Gauge,
+            )?)?;
+            ConstCounter::new(d.accept_failures).encode(e.encode_descriptor(
+                "fwd_accept_failures",
+                "Accepts that failed on fwdd's forwards, engine, control and exposure sockets (e.g. out of descriptors).",
+                None,
+                Counter,
+            )?)?;
+        }
         if let Some(c) = &s.endpoint {
             family(
                 &mut e,

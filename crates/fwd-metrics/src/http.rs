@@ -275,6 +275,7 @@ mod tests {
                         ..Default::default()
                     }],
                     endpoint: None,
+                    descriptors: None,
                 };
                 let server = tokio::task::spawn_local(serve(listener, Rc::new(Fixed(scrape))));
                 let m = get(

@@ -19,5 +19,5 @@ mod exposition;
 mod http;
 
 pub use counters::{FailureReason, HandoffHistogram, HostCounters, Refused, HANDOFF_BUCKETS};
-pub use exposition::{encode, readiness, EndpointCounts, Format, HostScrape, Scrape};
+pub use exposition::{encode, readiness, Descriptors, EndpointCounts, Format, HostScrape, Scrape};
 pub use http::{serve, serve_with, Limits, MetricsSource};

@@ -34,6 +34,7 @@ impl MetricsSource for Fixed {
                 ..Default::default()
             }],
             endpoint: None,
+            descriptors: None,
         }
     }
 }

@@ -90,6 +90,12 @@ pub fn scrape(d: &Daemon) -> Scrape {
         version: status.daemon.version,
         hosts,
         endpoint: None,
+        descriptors: status.limits.as_ref().map(|l| fwd_metrics::Descriptors {
+            open: l.open_files,
+            limit: l.open_files_limit,
+            reserved: l.reserved,
+            accept_failures: l.accept_failures,
+        }),
     }
 }
 

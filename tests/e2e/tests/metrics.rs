@@ -66,6 +66,18 @@ fn the_endpoint_counts_traffic_and_reconnects_and_readyz_follows_the_host() {
         v == 1.0
     });
     assert!(text.contains("fwd_build_info{version=\""), "{text}");
+    // Its descriptors: what it holds, of the limit it raised itself to.
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", fwdd.child.id()))
+        .map(|d| d.count() as f64)
+        .expect("fwdd's fds");
+    let open = sample(&text, "fwd_open_files").expect("fwd_open_files");
+    assert!((open - fds).abs() <= 8.0, "{open} reported, {fds} in /proc");
+    let limit = sample(&text, "fwd_open_files_limit").expect("fwd_open_files_limit");
+    assert!(limit > open, "{text}");
+    assert!(
+        sample(&text, "fwd_accept_failures_total").is_some(),
+        "{text}"
+    );
     assert_eq!(get(&host, "/healthz").0, 200);
     let (status, body) = get(&host, "/readyz");
     assert_eq!((status, body.as_str()), (200, "ready: box\n"));

@@ -39,6 +39,12 @@ fn sample() -> Scrape {
             never_asked: 2,
             accept_failed: 0,
         }),
+        descriptors: Some(Descriptors {
+            open: Some(41),
+            limit: 20_000,
+            reserved: 256,
+            accept_failures: 3,
+        }),
     }
 }
 
@@ -77,6 +83,12 @@ fn every_metric_of_the_contract_is_there() {
         "fwd_metrics_connections_closed_total{reason=\"made_room\"} 5",
         "fwd_metrics_connections_closed_total{reason=\"no_request\"} 2",
         "fwd_metrics_accept_failures_total 0",
+        "# TYPE fwd_open_files gauge",
+        "fwd_open_files 41",
+        "fwd_open_files_limit 20000",
+        "fwd_open_files_reserved 256",
+        "# TYPE fwd_accept_failures counter",
+        "fwd_accept_failures_total 3",
         "# EOF",
     ] {
         assert!(
