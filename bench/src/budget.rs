@@ -1,8 +1,8 @@
-//! Descriptors as a budget (issue 29): what one forward and one tunnel cost
-//! fwdd and its ssh master, in descriptors and resident memory, at 1,000
-//! forwards and at 5,000 held connections. fwdd runs with the limit it
-//! raises itself to (the bench's hard limit); the remote sshd, whose
-//! session holds a socket per channel, gets the same.
+//! Descriptors as a budget (issue 29): what one forward, one tunnel and one
+//! exposure cost fwdd and its ssh master, in descriptors and resident
+//! memory, at 1,000 forwards, 5,000 held connections and 200 exposures.
+//! fwdd runs with the limit it raises itself to (the bench's hard limit);
+//! the remote sshd, whose session holds a socket per channel, gets the same.
 
 #[allow(unused_imports)]
 use super::*;
@@ -15,6 +15,9 @@ const FIRST_FORWARD_PORT: u16 = 26000;
 /// of 20000).
 const FIRST_TUNNEL_PORT: u16 = 25100;
 const TUNNEL_PORTS: u16 = 4;
+/// Exposures measured: the runner ports from here, each its own exposure
+/// (a remote forward on the master and a socket of fwdd's).
+const FIRST_EXPOSED_PORT: u16 = 28000;
 
 /// A server that accepts on 8080-8083 and holds every connection until
 /// its client closes (busybox has none that holds thousands cheaply).
@@ -73,11 +76,15 @@ fn open_count(fwdd: &Fwdd) -> u64 {
 }
 
 impl Ctx<'_> {
-    pub(crate) fn budget(&mut self, forwards: usize, conns: usize) {
+    pub(crate) fn budget(&mut self, forwards: usize, conns: usize, exposures: usize) {
         println!(
-            "[budget] descriptors and memory at {forwards} forwards and {conns} held connections"
+            "[budget] descriptors and memory at {forwards} forwards, {conns} held connections \
+             and {exposures} exposures"
         );
         self.rm_all();
+        // Exposures need sshd to bind the bridge gateway (this restarts
+        // sshd: before its limit is raised and before fwdd connects).
+        self.host.add_sshd_config("GatewayPorts clientspecified");
         // This process holds the clients; sshd's session holds a socket per
         // channel: both need the room fwdd gives itself.
         let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -233,6 +240,44 @@ impl Ctx<'_> {
                 m2.rss_kb as f64 / 1024.0,
                 if back { "" } else { "; tunnels still open" }
             ),
+            "- (no target)",
+            None,
+        );
+
+        // Exposures: `exposures` runner ports the containers reach.
+        let (f5, m5) = (cost(fwdd.pid()), cost(mpid));
+        let socket = fwdd.runtime_dir.join(fwd_proto::CONTROL_SOCKET_NAME);
+        for k in 0..exposures as u16 {
+            let req = fwd_proto::Request::Expose {
+                host: None,
+                spec: (FIRST_EXPOSED_PORT + k).to_string(),
+            };
+            fwd_client::request(&socket, &req, Duration::from_secs(5)).expect("fwdctl expose");
+        }
+        let active = || {
+            fwdd.status().map_or(0, |st| {
+                st.exposed
+                    .iter()
+                    .filter(|e| e.remote_port >= FIRST_EXPOSED_PORT && e.state == "active")
+                    .count()
+            })
+        };
+        let all_active = poll(Duration::from_secs(120), || active() == exposures);
+        thread::sleep(Duration::from_secs(1));
+        let (f6, m6) = (cost(fwdd.pid()), cost(mpid));
+        self.rep.row(
+            &format!("one exposure, fwdd ({exposures} exposures)"),
+            if all_active {
+                per(f5, f6, exposures)
+            } else {
+                format!("only {} of {exposures} active", active())
+            },
+            "- (no target)",
+            None,
+        );
+        self.rep.row(
+            &format!("one exposure, ssh master ({exposures} exposures)"),
+            per(m5, m6, exposures),
             "- (no target)",
             None,
         );

@@ -10,14 +10,15 @@
 //! [--many N] [--many-ports K] [--idle-secs S] [--bytes-mib M] [--engine-ps N]
 //! [--cp-mib M] [--cp-runs N] [--startup N] [--late N] [--conn-burst N]
 //! [--conn-burst-trials N] [--upgrade-trials N] [--pgbench-rounds N] [--pgbench-secs S]
-//! [--budget-forwards N] [--budget-conns N]`
+//! [--budget-forwards N] [--budget-conns N] [--budget-exposures N]`
 //! with `FWD_SANDBOX=DIR/env` set. Names: start, kill, burst, setup, throughput,
 //! engine, master, link, many (many also measures memory and the idle minute),
 //! startup, upgrade (issue 12: `fwdctl upgrade` against a restart, on its own fwdd),
 //! expose (issue 20: container → runner through `expose` against a separate `ssh -R`),
 //! pgbench (issue 11: a real PostgreSQL through fwd and through a separate `ssh -L`),
-//! budget (issue 29: descriptors and memory per forward at `--budget-forwards` and per
-//! tunnel at `--budget-conns` held connections, on its own fwdd). `burst` is both bursts: containers started back to back (issue 6) and
+//! budget (issue 29: descriptors and memory per forward at `--budget-forwards`, per
+//! tunnel at `--budget-conns` held connections and per exposure at `--budget-exposures`,
+//! on its own fwdd). `burst` is both bursts: containers started back to back (issue 6) and
 //! connections at a master kill (issue 11, after `master` and `link`, on its own fwdd).
 
 mod budget;
@@ -85,6 +86,7 @@ struct Opts {
     pgbench_secs: u64,
     budget_forwards: usize,
     budget_conns: usize,
+    budget_exposures: usize,
 }
 
 impl Opts {
@@ -113,6 +115,7 @@ impl Opts {
             pgbench_secs: 10,
             budget_forwards: 1000,
             budget_conns: 5000,
+            budget_exposures: 200,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -145,6 +148,7 @@ impl Opts {
                 "--pgbench-secs" => o.pgbench_secs = num() as u64,
                 "--budget-forwards" => o.budget_forwards = num(),
                 "--budget-conns" => o.budget_conns = num(),
+                "--budget-exposures" => o.budget_exposures = num(),
                 "--quickack" => {
                     o.quickack = true;
                     i += 1;
@@ -962,7 +966,7 @@ fn main() {
     }
     if opts.wants("budget") {
         // Its own fwdd, with the limits it raises itself to.
-        ctx.budget(opts.budget_forwards, opts.budget_conns);
+        ctx.budget(opts.budget_forwards, opts.budget_conns, opts.budget_exposures);
     }
     if opts.wants("upgrade") {
         // Its own fwdd, started from an installed copy that each trial replaces.
