@@ -349,6 +349,17 @@ mod tests {
         actions
     }
 
+    /// The local ports a plan binds, in its order.
+    fn bound_ports(p: &Plan) -> Vec<u16> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Bind(c) => Some(c.local_port),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn start_binds_and_stop_releases() {
         let now = Instant::now();
@@ -437,14 +448,7 @@ mod tests {
             &BTreeMap::new(),
             now,
         );
-        let bound: Vec<u16> = p
-            .actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Bind(c) => Some(c.local_port),
-                _ => None,
-            })
-            .collect();
+        let bound = bound_ports(&p);
         assert_eq!(bound, vec![8080, 8081]);
         assert_eq!(p.rejected.len(), 1);
         assert_eq!(p.rejected[0].0.local_port, 9090);
@@ -472,14 +476,7 @@ mod tests {
             plan(&[view], &Rules { rules: vec![] }, None, held, now)
         };
         let p = view(&BTreeMap::new());
-        let bound: Vec<u16> = p
-            .actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Bind(c) => Some(c.local_port),
-                _ => None,
-            })
-            .collect();
+        let bound = bound_ports(&p);
         let expected: Vec<u16> = std::iter::once(8080).chain(41_000..41_100).collect();
         assert_eq!(bound, expected);
         // Reported as one entry, not 2,900 rejected ports.
@@ -527,14 +524,7 @@ mod tests {
             plan(&views, &Rules { rules: vec![] }, Some(3), held, now)
         };
         let p = run(&BTreeMap::new(), vec![&third, &second]);
-        let mut bound: Vec<u16> = p
-            .actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Bind(c) => Some(c.local_port),
-                _ => None,
-            })
-            .collect();
+        let mut bound = bound_ports(&p);
         bound.sort_unstable();
         assert_eq!(bound, vec![8080, 8081, 9090]);
         assert_eq!(p.over_total, 2);
