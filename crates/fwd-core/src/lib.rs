@@ -48,7 +48,7 @@ pub use route::{
 pub use rules::{Decision, Rule, RuleAction, Rules};
 pub use startup::{listen_probe_wait, retry_refused};
 pub use supervisor::{
-    parse_endpoint, Command, Endpoint, EngineHealth, EngineRoute, Failure, Handover, Health,
-    HostMachine, HostPolicy, Input, LastError, MasterPhase, Op, OpId, Outcome, Record, StreamPhase,
-    DEFAULT_ENGINE_SOCKET, ENGINE_GONE_AFTER, INSPECTS_AT_ONCE,
+    Command, EngineHealth, EngineRoute, Failure, Handover, Health, HostMachine, HostPolicy, Input,
+    LastError, MasterPhase, Op, OpId, Outcome, Record, StreamPhase, DEFAULT_ENGINE_SOCKET,
+    ENGINE_GONE_AFTER, INSPECTS_AT_ONCE,
 };

@@ -31,140 +31,36 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::backoff::{Backoff, BackoffPolicy};
+use crate::backoff::Backoff;
 use crate::classify::{classify_ssh_failure, FailureClass, FailureKind};
 use crate::model::{Container, ContainerEvent, ContainerId, EventAction};
 use crate::repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};
 
+mod health;
+mod io;
 mod pin;
+mod policy;
+mod record;
+
+pub use health::{EngineHealth, Health, LastError, MasterPhase, StreamPhase};
+pub use io::{
+    Command, EngineRoute, Failure, Handover, Input, Op, OpId, Outcome, DEFAULT_ENGINE_SOCKET,
+};
 use pin::EnginePin;
 pub use pin::ENGINE_GONE_AFTER;
-
-/// The numbers a host's supervision runs by (from the configuration).
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostPolicy {
-    pub backoff: BackoffPolicy,
-    /// How often a permanent failure (refused key, …) is tried again.
-    pub permanent_retry: Duration,
-    /// Health probe period while the link is up.
-    pub health_interval: Duration,
-    /// Full list-and-inspect period, repairing any drift of the event stream.
-    pub resync_interval: Duration,
-    /// How long `ssh -M` may take to answer on its control socket.
-    pub master_ready_timeout: Duration,
-    /// How long one request to the engine may take.
-    pub request_timeout: Duration,
-    /// How long the probe after a network change or resume may take.
-    pub wake_probe_timeout: Duration,
-    /// A repeating failure is summarised at most this often.
-    pub summary_every: Duration,
-    /// The remote engine's socket, when configured; otherwise it is learned
-    /// from the remote docker CLI once per master.
-    pub engine_socket: Option<String>,
-    /// How long a created, never started container keeps its ports bound.
-    pub pending_timeout: Duration,
-    /// How long an engine found by the search (not one the host names) may
-    /// be gone before another engine found on the host is taken.
-    pub engine_gone_after: Duration,
-}
-
-impl Default for HostPolicy {
-    fn default() -> Self {
-        HostPolicy {
-            backoff: BackoffPolicy::default(),
-            permanent_retry: Duration::from_secs(300),
-            health_interval: Duration::from_secs(30),
-            resync_interval: Duration::from_secs(300),
-            master_ready_timeout: Duration::from_secs(25),
-            request_timeout: Duration::from_secs(10),
-            wake_probe_timeout: Duration::from_secs(2),
-            summary_every: Duration::from_secs(300),
-            engine_socket: None,
-            pending_timeout: Duration::from_secs(60),
-            engine_gone_after: ENGINE_GONE_AFTER,
-        }
-    }
-}
-
-/// Where the remote docker CLI would connect, when nothing is known.
-pub const DEFAULT_ENGINE_SOCKET: &str = "/var/run/docker.sock";
-
-/// How fwd reaches the remote engine over the master: its own API and
-/// event channels, and every connection to the local engine socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EngineRoute {
-    /// Through a stream-local forward registered on the master (a private
-    /// socket in the runtime directory → the engine's socket): channels,
-    /// not sessions, so sshd's MaxSessions does not apply and opening one
-    /// costs no remote process.
-    StreamLocal,
-    /// One `docker system dial-stdio` session per connection: the engine is
-    /// not on a Unix socket, or the server refuses stream-local channels.
-    DialStdio,
-}
-
-impl EngineRoute {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EngineRoute::StreamLocal => "stream_local",
-            EngineRoute::DialStdio => "dial_stdio",
-        }
-    }
-}
-
-/// What the remote docker CLI said its endpoint is
-/// (`docker context inspect --format {{.Endpoints.docker.Host}}`, which
-/// honours the remote `DOCKER_HOST`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `unix://PATH`, with an absolute path safe to put in a mux request.
-    Unix(String),
-    /// Anything else (`tcp://…`, `npipe://…`, garbage): not forwardable
-    /// as a socket path.
-    Other(String),
-}
-
-/// Parses the endpoint line from the remote side. Bounded and strict: the
-/// path goes into a mux request, never into a shell.
-pub fn parse_endpoint(output: &str) -> Endpoint {
-    let line = output.trim();
-    let shown: String = line.chars().take(200).collect();
-    match line.strip_prefix("unix://") {
-        Some(path)
-            if path.starts_with('/')
-                && path.len() < 1024
-                && !path.chars().any(|c| c.is_control()) =>
-        {
-            Endpoint::Unix(path.to_string())
-        }
-        _ => Endpoint::Other(shown),
-    }
-}
-
-/// How the engine is reached, as status shows it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EngineHealth {
-    /// `None` until the current master's route is settled.
-    pub route: Option<EngineRoute>,
-    /// The engine's socket on the remote host, when known.
-    pub remote_socket: Option<String>,
-    /// Why the route is `DialStdio`.
-    pub reason: Option<String>,
-    /// How the engine was found (`engine_remote_socket`, `DOCKER_HOST`,
-    /// "rootless Podman's socket", …).
-    pub found_by: Option<&'static str>,
-    /// The engine runs rootless, as it says itself (Docker's `/info`,
-    /// Podman's `/libpod/info`); `None` until it has said.
-    pub rootless: Option<bool>,
-}
+pub use policy::HostPolicy;
+pub use record::Record;
 
 /// dockerd drops an API connection idle for 5 minutes: probe more often.
 const API_IDLE_LIMIT: Duration = Duration::from_secs(240);
+
 /// The master's own ready timeout fires first and carries ssh's stderr;
 /// the machine's deadline on the spawn is only a backstop.
 const SPAWN_SLACK: Duration = Duration::from_secs(5);
+
 /// Is the master alive after a channel failed? A local mux round trip.
 const CHECK_MASTER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A network change cuts a transient backoff short, but not more than once
 /// a second (a flapping interface must not become a retry loop).
 const MIN_EARLY_RETRY: Duration = Duration::from_secs(1);
@@ -187,364 +83,6 @@ pub const CHANGES_HELD_AT_MOST: Duration = Duration::from_millis(20);
 /// then bound after `docker run` has returned). Only over stream-local
 /// channels: dial-stdio would spend an SSH session on each.
 pub const INSPECTS_AT_ONCE: usize = 4;
-
-/// Identifies one operation, so late answers to abandoned ones are ignored.
-pub type OpId = u64;
-
-/// Work the shell carries out and answers with [`Input::Done`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// Clear a stale control socket, spawn `ssh -M` as a child, wait until
-    /// it answers on its control socket. Answer: `MasterReady` or `Failed`.
-    SpawnMaster,
-    /// Ask the remote docker CLI where its engine listens (a constant
-    /// command, in the master's first session). Answer: `Discovered`
-    /// (`None`: the CLI could not say).
-    DiscoverEngine,
-    /// Run a constant no-op command in a session (the master's first
-    /// session, when nothing needs discovering). Answer: `Answered`.
-    FirstSession,
-    /// Register the stream-local forward to the engine's socket on the
-    /// master. Answer: `Answered` or `Failed`.
-    ForwardEngine { remote_socket: String },
-    /// Open the API channel and ask the engine its version (the end-to-end
-    /// probe: master, sshd, the remote side, dockerd). Answer: `ApiReady`.
-    OpenApi { route: EngineRoute },
-    /// Open the event channel and subscribe from `since_ns` (engine clock).
-    /// Answer: `Subscribed`; events then arrive as [`Input::Events`].
-    Subscribe {
-        since_ns: Option<i64>,
-        route: EngineRoute,
-    },
-    /// Answer: `Listed`.
-    ListContainers,
-    /// Answer: `Inspected` or `Unparsable`.
-    Inspect(ContainerId),
-    /// Whether the engine runs rootless, asked on the API channel (on the
-    /// dial-stdio route, where nothing runs beside it; `podman`: the
-    /// engine said it is Podman). Answer: `Rootless`, or anything else
-    /// for "not known".
-    AskRootless { podman: bool },
-    /// Health: the mux answers and a request crosses to dockerd. Answer: `Answered`.
-    Probe,
-    /// After a Docker channel failed: does the master still answer on its
-    /// control socket? Answer: `Answered` or `Failed`.
-    CheckMaster,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    MasterReady {
-        pid: u32,
-    },
-    /// What [`crate::discovery::DISCOVERY_SCRIPT`] printed.
-    Discovered(String),
-    ApiReady {
-        version: String,
-    },
-    Subscribed,
-    Listed(Vec<ContainerId>),
-    Inspected(Option<Container>),
-    /// The engine's answer about a container could not be parsed: skip it.
-    Unparsable(String),
-    /// Whether the engine runs rootless.
-    Rootless(bool),
-    Answered,
-    Failed(Failure),
-}
-
-/// A host's state as one fwdd image hands it to the next (binary upgrade):
-/// see [`HostMachine::handover`] and [`HostMachine::adopt`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct Handover {
-    /// The live master, a child of the process (which stays the same
-    /// process across the upgrade); `None` when none was up.
-    pub master_pid: Option<u32>,
-    pub route: EngineRoute,
-    /// The master holds the stream-local forward to the engine's socket.
-    pub engine_forwarded: bool,
-    pub remote_socket: Option<String>,
-    /// How the engine was found (see `EngineHealth::found_by`).
-    pub found_by: Option<&'static str>,
-    /// Engine time of the last event seen: the new event stream resumes there.
-    pub since_ns: Option<i64>,
-    pub containers: Vec<Container>,
-    pub docker_version: Option<String>,
-    /// Whether the engine runs rootless, once it said.
-    pub rootless: Option<bool>,
-    /// How long the master had been connected (status keeps its "since").
-    pub connected_for: Duration,
-    /// Consecutive failures, and when the next attempt is due (without a
-    /// master): the new image keeps the backoff instead of retrying at once.
-    pub failures: u32,
-    pub retry_in: Option<Duration>,
-    /// What was logged of the current failure episode (not logged again).
-    pub episode: crate::EpisodeSnapshot,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    pub kind: FailureKind,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Failure {
-            kind,
-            message: message.into(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Input {
-    Done(OpId, Outcome),
-    /// The master process exited; `stderr_tail` says why (classified here).
-    MasterExited {
-        how: String,
-        stderr_tail: String,
-    },
-    /// A line the master printed on stderr.
-    MasterStderr(String),
-    /// Events read from the stream together (what it held at once): a burst
-    /// is told as one change of the containers.
-    Events(Vec<ContainerEvent>),
-    /// A line of the event stream that was malformed or too long.
-    EventSkipped(String),
-    /// A client started this container through fwd's engine socket: it is
-    /// inspected at once, as after its `start` event (which some engines
-    /// send only after `docker run` has returned).
-    StartSeen(ContainerId),
-    /// The event stream ended or failed.
-    StreamFailed(Failure),
-    /// A network interface changed; `usable`: some link is usable now.
-    Network {
-        usable: bool,
-    },
-    /// The machine woke from suspend.
-    Resumed,
-    ReconnectRequested,
-    ResyncRequested,
-    PolicyChanged(HostPolicy),
-    Shutdown,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Command {
-    Start(OpId, Op),
-    /// Inspect a container beside the operation in flight, on an API
-    /// channel of its own (opened when none is idle, kept for the next);
-    /// answered with [`Input::Done`]: `Inspected`, `Unparsable` or `Failed`.
-    Inspect(OpId, ContainerId),
-    /// Ask the engine whether it runs rootless (`podman`: in Podman's own
-    /// API), beside the rest like an inspect, once per engine socket;
-    /// answered with `Rootless`, or anything else when it could not say.
-    AskRootless(OpId, bool),
-    /// End the master (every channel and tunnel on it goes too) and drop
-    /// the Docker channels and any operation in flight.
-    StopMaster,
-    /// Drop the Docker channels (API, events, inspects) and any operation
-    /// in flight; the master stays.
-    CloseChannels,
-    /// The link is usable: hand connections to the master of `generation`;
-    /// engine connections take `engine`. Sent again when the route changes.
-    Publish {
-        generation: u64,
-        engine: EngineRoute,
-    },
-    /// Connections must wait: no usable master.
-    Withdraw,
-    /// The host's set of running containers changed: once for every burst
-    /// of changes (the events received together and their inspects), or
-    /// after [`CHANGES_HELD_AT_MOST`] if the burst goes on.
-    ContainersChanged,
-    Log(Record),
-}
-
-/// What to log. Each has a stable event name ([`Record::event`]); the shell
-/// picks the level and the wording.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Record {
-    LinkFailed {
-        kind: FailureKind,
-        consecutive_failures: u32,
-        retry_in: Duration,
-        message: String,
-    },
-    LinkStillFailing {
-        kind: FailureKind,
-        consecutive_failures: u32,
-        repeats: u64,
-        message: String,
-    },
-    LinkUp {
-        master_pid: u32,
-        failures_before: u64,
-    },
-    DockerVersion {
-        version: String,
-    },
-    StreamRestarting {
-        message: String,
-        retry_in: Duration,
-    },
-    StreamStillRestarting {
-        message: String,
-        repeats: u64,
-    },
-    ReconnectRequested,
-    ResyncRequested,
-    EventSkipped {
-        reason: String,
-    },
-    InspectUnparsable {
-        container: ContainerId,
-        error: String,
-    },
-    /// A line of ssh's stderr, the first of its kind in a while.
-    SshStderr {
-        line: String,
-    },
-    /// ssh reporting one refused channel ("open failed"): about a container
-    /// not listening, not about the link; for debugging only.
-    ChannelOpenFailed {
-        line: String,
-    },
-    /// No usable network while the master is up: it is kept for now.
-    /// `repeats`: outages not logged since the last line (a flapping link).
-    NetworkLost {
-        repeats: u64,
-    },
-    /// A network is back after `after`; the master is being probed.
-    NetworkBack {
-        after: Duration,
-    },
-    /// A retry is due but no network is usable: waiting for one.
-    WaitingForNetwork,
-    /// The engine found first was gone for `gone_for` (at least
-    /// `engine_gone_after`), and another engine of the host answered: it
-    /// is the host's engine now.
-    EngineReplaced {
-        from: String,
-        from_found_by: &'static str,
-        to: String,
-        to_found_by: &'static str,
-        gone_for: Duration,
-    },
-}
-
-impl Record {
-    pub fn event(&self) -> &'static str {
-        match self {
-            Record::LinkFailed { .. } => "link_failed",
-            Record::LinkStillFailing { .. } => "link_still_failing",
-            Record::LinkUp { .. } => "link_up",
-            Record::DockerVersion { .. } => "docker_version",
-            Record::StreamRestarting { .. } => "stream_restarting",
-            Record::StreamStillRestarting { .. } => "stream_still_restarting",
-            Record::ReconnectRequested => "reconnect_requested",
-            Record::ResyncRequested => "resync_requested",
-            Record::EventSkipped { .. } => "event_skipped",
-            Record::InspectUnparsable { .. } => "inspect_unparsable",
-            Record::SshStderr { .. } => "ssh_stderr",
-            Record::ChannelOpenFailed { .. } => "ssh_channel_open_failed",
-            Record::NetworkLost { .. } => "network_lost",
-            Record::NetworkBack { .. } => "network_back",
-            Record::WaitingForNetwork => "waiting_for_network",
-            Record::EngineReplaced { .. } => "engine_replaced",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MasterPhase {
-    Connecting,
-    Connected,
-    Backoff,
-    Stopped,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StreamPhase {
-    Streaming,
-    Resyncing,
-    Down,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct LastError {
-    pub kind: FailureKind,
-    pub message: String,
-    pub at: Instant,
-}
-
-/// What status reports about one host's link.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Health {
-    pub master: MasterPhase,
-    pub master_pid: Option<u32>,
-    /// When `master` last changed.
-    pub since: Instant,
-    pub last_probe_rtt: Option<Duration>,
-    pub reconnects: u64,
-    /// Reconnects by what ended the previous master's link: a failure
-    /// kind (`master_died`, `timeout`, …) or `requested`.
-    pub reconnect_reasons: std::collections::BTreeMap<&'static str, u64>,
-    pub consecutive_failures: u32,
-    pub last_error: Option<LastError>,
-    pub next_retry: Option<Instant>,
-    pub stream: StreamPhase,
-    pub events_received: u64,
-    pub last_event: Option<Instant>,
-    pub stream_restarts: u64,
-    pub docker_version: Option<String>,
-    /// Since when no network is usable while the master is kept.
-    pub network_lost_since: Option<Instant>,
-    pub engine: EngineHealth,
-}
-
-impl Health {
-    fn new(now: Instant) -> Self {
-        Health {
-            master: MasterPhase::Connecting,
-            master_pid: None,
-            since: now,
-            last_probe_rtt: None,
-            reconnects: 0,
-            reconnect_reasons: std::collections::BTreeMap::new(),
-            consecutive_failures: 0,
-            last_error: None,
-            next_retry: None,
-            stream: StreamPhase::Down,
-            events_received: 0,
-            last_event: None,
-            stream_restarts: 0,
-            docker_version: None,
-            network_lost_since: None,
-            engine: EngineHealth::default(),
-        }
-    }
-
-    /// A failure, retried at `next_retry`: the stream is down until then.
-    fn failed(&mut self, f: &Failure, failures: u32, next_retry: Instant, now: Instant) {
-        self.stream = StreamPhase::Down;
-        self.consecutive_failures = failures;
-        self.last_error = Some(LastError {
-            kind: f.kind,
-            message: f.message.clone(),
-            at: now,
-        });
-        self.next_retry = Some(next_retry);
-    }
-
-    fn set_master(&mut self, phase: MasterPhase, now: Instant) {
-        if self.master != phase {
-            self.master = phase;
-            self.since = now;
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Phase {
@@ -1015,10 +553,6 @@ impl HostMachine {
             }
             Input::StreamFailed(f) => {
                 if matches!(self.phase, Phase::Setup | Phase::Up) {
-                    self.inflight = None;
-                    self.inspecting.clear();
-                    self.asked_rootless = None;
-                    self.rootless_wanted = false;
                     self.channel_failed(f, now);
                 }
             }
@@ -1356,8 +890,9 @@ impl HostMachine {
         self.start(Purpose::Spawn, Op::SpawnMaster, timeout, now);
     }
 
-    /// Ends whatever runs: the master (and so every channel), the link.
-    fn teardown(&mut self) {
+    /// Forgets everything asked or queued on the Docker channels: their
+    /// answers, if any still come, are ignored (the one place that does).
+    fn drop_channel_work(&mut self) {
         self.inflight = None;
         self.inspecting.clear();
         self.asked_rootless = None;
@@ -1365,6 +900,11 @@ impl HostMachine {
         self.resync = None;
         self.event_inspects.clear();
         self.events.clear();
+    }
+
+    /// Ends whatever runs: the master (and so every channel), the link.
+    fn teardown(&mut self) {
+        self.drop_channel_work();
         self.wake_probe_wanted = false;
         self.resync_wanted = false;
         if self.published.take().is_some() {
@@ -1486,12 +1026,7 @@ impl HostMachine {
         if matches!(f.kind, FailureKind::MasterDied | FailureKind::Timeout) {
             return self.master_failed(f, now);
         }
-        self.resync = None;
-        self.inspecting.clear();
-        self.asked_rootless = None;
-        self.rootless_wanted = false;
-        self.event_inspects.clear();
-        self.events.clear();
+        self.drop_channel_work();
         self.commands.push_back(Command::CloseChannels);
         // Is the master itself still fine? Then only the channel failed.
         self.phase = Phase::CheckingMaster;
