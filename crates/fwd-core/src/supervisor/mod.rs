@@ -41,6 +41,7 @@ mod io;
 mod pin;
 mod policy;
 mod record;
+mod rootless;
 
 pub use health::{EngineHealth, Health, LastError, MasterPhase, StreamPhase};
 pub use io::{
@@ -50,6 +51,7 @@ use pin::EnginePin;
 pub use pin::ENGINE_GONE_AFTER;
 pub use policy::HostPolicy;
 pub use record::Record;
+use rootless::{Ask, RootlessQuestion};
 
 /// dockerd drops an API connection idle for 5 minutes: probe more often.
 const API_IDLE_LIMIT: Duration = Duration::from_secs(240);
@@ -159,13 +161,8 @@ pub struct HostMachine {
     inflight: Option<InFlight>,
     /// Inspects after events running beside `inflight` ([`Command::Inspect`]).
     inspecting: Vec<InFlight>,
-    /// The rootless question out ([`Command::AskRootless`]), and the last
-    /// answer with the socket it is about.
-    asked_rootless: Option<OpId>,
-    /// The rootless question waits for the API channel to be idle (the
-    /// dial-stdio route runs one request at a time).
-    rootless_wanted: bool,
-    rootless_of: Option<(String, bool)>,
+    /// Whether the engine runs rootless: asked once per socket.
+    rootless: RootlessQuestion,
     rng: u64,
 
     containers: HashMap<ContainerId, Container>,
@@ -258,7 +255,7 @@ impl HostMachine {
             // Known for this socket: not asked again, and the first plan
             // decides the same routes.
             let socket = from.remote_socket.clone().unwrap_or_default();
-            m.rootless_of = Some((socket, rootless));
+            m.rootless = RootlessQuestion::known_for(socket, rootless);
             m.health.engine.rootless = Some(rootless);
         }
         if let (Some(path), Some(_)) = (&from.remote_socket, &m.health.docker_version) {
@@ -358,9 +355,7 @@ impl HostMachine {
             next_op: 0,
             inflight: None,
             inspecting: Vec::new(),
-            asked_rootless: None,
-            rootless_wanted: false,
-            rootless_of: None,
+            rootless: RootlessQuestion::default(),
             rng: seed | 1,
             containers: HashMap::new(),
             since_ns: None,
@@ -508,8 +503,7 @@ impl HostMachine {
                 } else if let Some(i) = self.inspecting.iter().position(|op| op.id == id) {
                     let op = self.inspecting.swap_remove(i);
                     self.op_done(op, outcome, now);
-                } else if self.asked_rootless == Some(id) {
-                    self.asked_rootless = None;
+                } else if self.rootless.is_answer(id) {
                     self.answered_rootless(outcome);
                 }
             }
@@ -895,8 +889,7 @@ impl HostMachine {
     fn drop_channel_work(&mut self) {
         self.inflight = None;
         self.inspecting.clear();
-        self.asked_rootless = None;
-        self.rootless_wanted = false;
+        self.rootless.forget_asks();
         self.resync = None;
         self.event_inspects.clear();
         self.events.clear();
@@ -1187,7 +1180,7 @@ impl HostMachine {
             self.start_inspects(now);
         } else if let Some(id) = self.event_inspects.pop_front() {
             return self.request(Purpose::EventInspect(id.clone()), Op::Inspect(id), now);
-        } else if std::mem::take(&mut self.rootless_wanted) {
+        } else if self.rootless.take_wanted() {
             let podman = self.is_podman();
             return self.request(Purpose::Rootless, Op::AskRootless { podman }, now);
         }
@@ -1213,27 +1206,25 @@ impl HostMachine {
     /// (over stream-local channels only, beside the rest; it costs Podman a
     /// quarter of a second, so once per socket).
     fn ask_rootless(&mut self) {
-        if self.health.engine.rootless.is_some() || self.asked_rootless.is_some() {
-            return;
-        }
-        let socket = self.health.engine.remote_socket.clone().unwrap_or_default();
-        if let Some((known, rootless)) = &self.rootless_of {
-            if *known == socket {
-                self.health.engine.rootless = Some(*rootless);
+        let said = self.health.engine.rootless;
+        let stream_local = self.route == EngineRoute::StreamLocal;
+        // (Over dial-stdio it is asked on the API channel once it is idle:
+        // `next_work`.)
+        let socket = self.health.engine.remote_socket.as_deref().unwrap_or("");
+        match self.rootless.on_up(socket, said, stream_local) {
+            Ask::Nothing => {}
+            Ask::Known(rootless) => {
+                self.health.engine.rootless = Some(rootless);
                 self.routes_changed();
-                return;
+            }
+            Ask::Beside => {
+                let podman = self.is_podman();
+                self.next_op += 1;
+                self.rootless.asked_as(self.next_op);
+                self.commands
+                    .push_back(Command::AskRootless(self.next_op, podman));
             }
         }
-        if self.route != EngineRoute::StreamLocal {
-            // Asked on the API channel once it is idle (`next_work`).
-            self.rootless_wanted = true;
-            return;
-        }
-        let podman = self.is_podman();
-        self.next_op += 1;
-        self.asked_rootless = Some(self.next_op);
-        self.commands
-            .push_back(Command::AskRootless(self.next_op, podman));
     }
 
     fn is_podman(&self) -> bool {
@@ -1246,8 +1237,8 @@ impl HostMachine {
     /// Not knowing is no failure: status says nothing then.
     fn answered_rootless(&mut self, outcome: Outcome) {
         if let Outcome::Rootless(rootless) = outcome {
-            let socket = self.health.engine.remote_socket.clone().unwrap_or_default();
-            self.rootless_of = Some((socket, rootless));
+            let socket = self.engine_socket().to_string();
+            self.rootless.answered(socket, rootless);
             self.health.engine.rootless = Some(rootless);
             self.health_changed = true;
             self.routes_changed();
