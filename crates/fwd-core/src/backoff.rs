@@ -17,11 +17,12 @@ pub struct BackoffPolicy {
 
 impl Default for BackoffPolicy {
     fn default() -> Self {
+        use crate::defaults;
         BackoffPolicy {
-            base: Duration::from_millis(500),
-            cap: Duration::from_secs(30),
-            jitter: 0.25,
-            healthy_after: Duration::from_secs(60),
+            base: defaults::BACKOFF_BASE,
+            cap: defaults::BACKOFF_CAP,
+            jitter: defaults::BACKOFF_JITTER,
+            healthy_after: defaults::HEALTHY_AFTER,
         }
     }
 }

@@ -137,11 +137,14 @@ pub fn parse(output: &str) -> Vec<Candidate> {
                 "other" => State::Other,
                 _ => return None,
             };
-            if f.next().is_some() || path.len() > 1023 || path.chars().any(char::is_control) {
+            if f.next().is_some() {
                 return None;
             }
-            if state != State::Other && !path.starts_with('/') {
-                return None;
+            // `other` endpoints (tcp://…) need not be paths; bounded and plain all the same.
+            match crate::paths::remote_socket_path(path) {
+                Ok(_) => {}
+                Err(crate::paths::PathProblem::NotAbsolute) if state == State::Other => {}
+                Err(_) => return None,
             }
             Some(Candidate {
                 source,

@@ -8,11 +8,13 @@
 pub mod backoff;
 pub mod budget;
 pub mod classify;
+pub mod defaults;
 pub mod discovery;
 pub mod doctor;
 pub mod engine_requests;
 pub mod expose;
 pub mod model;
+pub mod paths;
 pub mod reconcile;
 pub mod reload;
 pub mod repeat;
