@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
 use crate::classify::{classify_ssh_failure, FailureClass, FailureKind};
-use crate::model::{Container, ContainerEvent, ContainerId, EventAction};
+use crate::model::{Container, ContainerEvent, ContainerId};
 use crate::repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};
 
 mod health;
@@ -42,6 +42,7 @@ mod pin;
 mod policy;
 mod record;
 mod rootless;
+mod tracker;
 
 pub use health::{EngineHealth, Health, LastError, MasterPhase, StreamPhase};
 pub use io::{
@@ -52,6 +53,8 @@ pub use pin::ENGINE_GONE_AFTER;
 pub use policy::HostPolicy;
 pub use record::Record;
 use rootless::{Ask, RootlessQuestion};
+use tracker::Tracker;
+pub use tracker::CHANGES_HELD_AT_MOST;
 
 /// dockerd drops an API connection idle for 5 minutes: probe more often.
 const API_IDLE_LIMIT: Duration = Duration::from_secs(240);
@@ -66,16 +69,6 @@ const CHECK_MASTER_TIMEOUT: Duration = Duration::from_secs(2);
 /// A network change cuts a transient backoff short, but not more than once
 /// a second (a flapping interface must not become a retry loop).
 const MIN_EARLY_RETRY: Duration = Duration::from_secs(1);
-
-/// Events received and not handled yet, at most: the stream is read no
-/// further until the machine catches up (the socket then holds the rest).
-const EVENTS_QUEUED_MAX: usize = 1024;
-
-/// How long a change of the containers may wait for the rest of its burst
-/// (events already received, their inspects) before it is told anyway:
-/// well under the time a container takes from `create` to `start`, so a
-/// created container's ports are bound before it can answer.
-pub const CHANGES_HELD_AT_MOST: Duration = Duration::from_millis(20);
 
 /// Inspects after events that run at once, each on an API channel of its
 /// own, beside the one serial operation. dockerd answers an inspect only
@@ -145,12 +138,6 @@ struct InFlight {
     timeout: Duration,
 }
 
-#[derive(Debug, Default)]
-struct Resync {
-    pending: VecDeque<ContainerId>,
-    fresh: HashMap<ContainerId, Container>,
-}
-
 pub struct HostMachine {
     policy: HostPolicy,
     phase: Phase,
@@ -165,9 +152,8 @@ pub struct HostMachine {
     rootless: RootlessQuestion,
     rng: u64,
 
-    containers: HashMap<ContainerId, Container>,
-    /// Engine time of the last event seen: where a new stream resumes.
-    since_ns: Option<i64>,
+    /// The containers, their events, inspects and resync.
+    tracker: Tracker,
 
     backoff: Backoff,
     attempt_started: Instant,
@@ -195,15 +181,7 @@ pub struct HostMachine {
     channel_backoff: Backoff,
     channels_started: Instant,
 
-    resync: Option<Resync>,
     resync_wanted: bool,
-    /// When each pending (created, not started) container was first seen.
-    pending_since: HashMap<ContainerId, Instant>,
-    event_inspects: VecDeque<ContainerId>,
-    /// Events received, handled in order between operations.
-    events: VecDeque<ContainerEvent>,
-    /// Since when the containers changed without [`Command::ContainersChanged`].
-    changed_since: Option<Instant>,
     wake_probe_wanted: bool,
     next_health: Instant,
     next_resync: Instant,
@@ -242,13 +220,7 @@ impl HostMachine {
         from: Handover,
     ) -> Self {
         let mut m = Self::idle(policy, net_usable, seed, now);
-        m.since_ns = from.since_ns;
-        for c in from.containers {
-            if c.pending {
-                m.pending_since.insert(c.id.clone(), now);
-            }
-            m.containers.insert(c.id.clone(), c);
-        }
+        m.tracker = Tracker::adopt(from.containers, from.since_ns, now);
         m.health.docker_version = from.docker_version.clone();
         m.logged_version = from.docker_version;
         if let Some(rootless) = from.rootless {
@@ -317,8 +289,8 @@ impl HostMachine {
             engine_forwarded: self.engine_forwarded,
             remote_socket: self.health.engine.remote_socket.clone(),
             found_by: self.health.engine.found_by,
-            since_ns: self.since_ns,
-            containers: self.containers.values().cloned().collect(),
+            since_ns: self.tracker.since_ns(),
+            containers: self.tracker.containers().values().cloned().collect(),
             docker_version: self.health.docker_version.clone(),
             rootless: self.health.engine.rootless,
             connected_for: match self.health.master {
@@ -357,8 +329,7 @@ impl HostMachine {
             inspecting: Vec::new(),
             rootless: RootlessQuestion::default(),
             rng: seed | 1,
-            containers: HashMap::new(),
-            since_ns: None,
+            tracker: Tracker::default(),
             attempt_started: now,
             master_pid: None,
             published: None,
@@ -372,12 +343,7 @@ impl HostMachine {
             logged_version: None,
             setup_rtt: None,
             channels_started: now,
-            resync: None,
             resync_wanted: false,
-            pending_since: HashMap::new(),
-            event_inspects: VecDeque::new(),
-            events: VecDeque::new(),
-            changed_since: None,
             wake_probe_wanted: false,
             next_health: now,
             next_resync: now,
@@ -393,7 +359,7 @@ impl HostMachine {
     /// `None`: nothing happens until an input arrives (waiting for a
     /// network, or stopped).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let tell = self.changed_since.map(|t| t + CHANGES_HELD_AT_MOST);
+        let tell = self.tracker.change_deadline();
         self.next_deadline().into_iter().chain(tell).min()
     }
 
@@ -409,11 +375,7 @@ impl HostMachine {
         match self.phase {
             Phase::Backoff { until, .. } | Phase::ChannelBackoff { until } => Some(until),
             Phase::Up if self.health.network_lost_since.is_none() => {
-                let expiry = self
-                    .pending_since
-                    .values()
-                    .min()
-                    .map(|t| *t + self.policy.pending_timeout);
+                let expiry = self.tracker.pending_expiry(self.policy.pending_timeout);
                 Some(
                     self.next_health
                         .min(self.next_resync)
@@ -435,7 +397,7 @@ impl HostMachine {
 
     /// The host's running containers as last seen.
     pub fn containers(&self) -> &HashMap<ContainerId, Container> {
-        &self.containers
+        self.tracker.containers()
     }
 
     /// Whether the shell should read the event stream now: once the link is
@@ -443,7 +405,7 @@ impl HostMachine {
     /// operation too, so a burst is seen whole; they are handled in order,
     /// between operations.
     pub fn wants_events(&self) -> bool {
-        self.phase == Phase::Up && self.events.len() < EVENTS_QUEUED_MAX
+        self.phase == Phase::Up && self.tracker.wants_events()
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -530,14 +492,8 @@ impl HostMachine {
                 }
             }
             Input::StartSeen(id) => {
-                // A client decides how many starts it sends (ids that
-                // exist or not): past the events' own bound they wait for
-                // their events, which inspect them all the same.
-                if self.phase == Phase::Up
-                    && self.event_inspects.len() < EVENTS_QUEUED_MAX
-                    && !self.event_inspects.contains(&id)
-                {
-                    self.event_inspects.push_back(id);
+                if self.phase == Phase::Up {
+                    self.tracker.start_seen(id);
                 }
             }
             Input::EventSkipped(reason) => {
@@ -613,12 +569,6 @@ impl HostMachine {
         let op = self.in_flight(Purpose::EventInspect(id.clone()), timeout, now);
         self.commands.push_back(Command::Inspect(op.id, id));
         self.inspecting.push(op);
-    }
-
-    fn is_inspecting(&self, id: &ContainerId) -> bool {
-        self.inspecting
-            .iter()
-            .any(|op| matches!(&op.purpose, Purpose::EventInspect(i) if i == id))
     }
 
     fn request(&mut self, purpose: Purpose, op: Op, now: Instant) {
@@ -781,22 +731,16 @@ impl HostMachine {
                 // Subscribe before listing, so nothing that happens during
                 // the resync is missed; events replaying what the resync
                 // saw are harmless (handling is idempotent).
-                let since_ns = self.since_ns;
+                let since_ns = self.tracker.since_ns();
                 self.request(Purpose::Subscribe, Op::Subscribe { since_ns, route }, now);
             }
             (Purpose::Subscribe, Outcome::Subscribed) => self.begin_resync(now),
             (Purpose::List, Outcome::Listed(ids)) => {
-                self.resync = Some(Resync {
-                    pending: ids.into(),
-                    fresh: HashMap::new(),
-                });
+                self.tracker.resync_listed(ids);
                 self.continue_resync(now);
             }
             (Purpose::ResyncInspect(id), Outcome::Inspected(c)) => {
-                // A container that stopped since the listing is simply absent.
-                if let (Some(r), Some(c)) = (&mut self.resync, c) {
-                    r.fresh.insert(id, c);
-                }
+                self.tracker.resync_inspected(id, c);
                 self.continue_resync(now);
             }
             (Purpose::ResyncInspect(id), Outcome::Unparsable(error)) => {
@@ -807,21 +751,7 @@ impl HostMachine {
                 self.continue_resync(now);
             }
             (Purpose::EventInspect(id), Outcome::Inspected(c)) => {
-                match c {
-                    Some(c) => {
-                        if c.pending {
-                            self.pending_since.entry(id).or_insert(now);
-                        } else {
-                            self.pending_since.remove(&id);
-                        }
-                        self.containers.insert(c.id.clone(), c);
-                    }
-                    None => {
-                        self.pending_since.remove(&id);
-                        self.containers.remove(&id);
-                    }
-                }
-                self.containers_changed(now);
+                self.tracker.inspected(id, c, now);
             }
             (Purpose::EventInspect(id), Outcome::Unparsable(error)) => {
                 self.log(Record::InspectUnparsable {
@@ -890,9 +820,7 @@ impl HostMachine {
         self.inflight = None;
         self.inspecting.clear();
         self.rootless.forget_asks();
-        self.resync = None;
-        self.event_inspects.clear();
-        self.events.clear();
+        self.tracker.drop_work();
     }
 
     /// Ends whatever runs: the master (and so every channel), the link.
@@ -1066,29 +994,16 @@ impl HostMachine {
     }
 
     fn begin_resync(&mut self, now: Instant) {
-        self.resync = None;
         self.request(Purpose::List, Op::ListContainers, now);
     }
 
     fn continue_resync(&mut self, now: Instant) {
-        let next = self.resync.as_mut().and_then(|r| r.pending.pop_front());
-        if let Some(id) = next {
+        if let Some(id) = self.tracker.next_resync_inspect() {
             return self.request(Purpose::ResyncInspect(id.clone()), Op::Inspect(id), now);
         }
-        if let Some(mut r) = self.resync.take() {
-            // The listing has only running containers: pending ones are
-            // kept from the events until they start, go, or expire.
-            for (id, c) in self.containers.drain() {
-                if c.pending && self.pending_since.contains_key(&id) {
-                    r.fresh.entry(id).or_insert(c);
-                }
-            }
-            self.pending_since
-                .retain(|id, _| r.fresh.get(id).is_some_and(|c| c.pending));
-            self.containers = r.fresh;
+        if self.tracker.finish_resync(now) {
             // Told now, whatever else is queued: the plan for what the
             // resync found is asked for before the link is published.
-            self.containers_changed(now);
             self.tell_changes_now();
         }
         self.next_resync = now + self.policy.resync_interval;
@@ -1159,32 +1074,27 @@ impl HostMachine {
             return;
         }
         // An event of a container being inspected waits for the answer.
-        let mut waiting = VecDeque::new();
-        while let Some(ev) = self.events.pop_front() {
-            if self.is_inspecting(&ev.id) {
-                waiting.push_back(ev);
-            } else {
-                self.on_event(ev, now);
-            }
-        }
-        self.events = waiting;
+        let inspecting = &self.inspecting;
+        self.tracker
+            .apply_events(|id| event_inspect_of(inspecting, id), now);
         if self.health.network_lost_since.is_some() {
             return;
         }
-        self.expire_pending(now);
+        self.tracker
+            .expire_pending(self.policy.pending_timeout, now);
         if std::mem::take(&mut self.wake_probe_wanted) {
             let timeout = self.policy.wake_probe_timeout;
             return self.start(Purpose::Probe, Op::Probe, timeout, now);
         }
         if self.route == EngineRoute::StreamLocal {
             self.start_inspects(now);
-        } else if let Some(id) = self.event_inspects.pop_front() {
+        } else if let Some(id) = self.tracker.next_to_inspect(|_| false) {
             return self.request(Purpose::EventInspect(id.clone()), Op::Inspect(id), now);
         } else if self.rootless.take_wanted() {
             let podman = self.is_podman();
             return self.request(Purpose::Rootless, Op::AskRootless { podman }, now);
         }
-        let inspects_due = !self.inspecting.is_empty() || !self.event_inspects.is_empty();
+        let inspects_due = !self.inspecting.is_empty() || self.tracker.inspects_queued();
         if inspects_due && now >= self.next_resync {
             // A resync replaces what the inspects would tell: it waits for
             // them (and its deadline moves, or the machine would spin).
@@ -1248,7 +1158,7 @@ impl HostMachine {
     /// What the routes depend on changed (see `fwd_core::route`): the
     /// containers are planned again.
     fn routes_changed(&mut self) {
-        if !self.containers.is_empty() {
+        if !self.tracker.containers().is_empty() {
             self.commands.push_back(Command::ContainersChanged);
         }
     }
@@ -1256,31 +1166,15 @@ impl HostMachine {
     /// Starts the queued inspects there is room for; a container already
     /// being inspected is asked again once its answer is in.
     fn start_inspects(&mut self, now: Instant) {
-        let mut i = 0;
-        while self.inspecting.len() < INSPECTS_AT_ONCE && i < self.event_inspects.len() {
-            if self.is_inspecting(&self.event_inspects[i]) {
-                i += 1;
-            } else if let Some(id) = self.event_inspects.remove(i) {
-                self.start_inspect(id, now);
-            }
-        }
-    }
-
-    /// A container created long ago and never started gives its ports back.
-    fn expire_pending(&mut self, now: Instant) {
-        let timeout = self.policy.pending_timeout;
-        let expired: Vec<ContainerId> = self
-            .pending_since
-            .iter()
-            .filter(|(_, since)| now >= **since + timeout)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &expired {
-            self.pending_since.remove(id);
-            self.containers.remove(id);
-        }
-        if !expired.is_empty() {
-            self.containers_changed(now);
+        while self.inspecting.len() < INSPECTS_AT_ONCE {
+            let inspecting = &self.inspecting;
+            let Some(id) = self
+                .tracker
+                .next_to_inspect(|id| event_inspect_of(inspecting, id))
+            else {
+                return;
+            };
+            self.start_inspect(id, now);
         }
     }
 
@@ -1291,68 +1185,26 @@ impl HostMachine {
         self.health.events_received += 1;
         self.health.last_event = Some(now);
         self.health_changed = true;
-        self.events.push_back(ev);
-    }
-
-    fn containers_changed(&mut self, now: Instant) {
-        self.changed_since.get_or_insert(now);
+        self.tracker.receive(ev);
     }
 
     /// Tells a change of the containers once its burst is over: no event is
     /// waiting and no event's inspect is queued or in flight; or once it
     /// has waited [`CHANGES_HELD_AT_MOST`].
     fn tell_changes(&mut self, now: Instant) {
-        let Some(since) = self.changed_since else {
-            return;
-        };
         let inspecting = !self.inspecting.is_empty()
             || self
                 .inflight
                 .as_ref()
                 .is_some_and(|op| matches!(op.purpose, Purpose::EventInspect(_)));
-        let burst_goes_on =
-            !self.events.is_empty() || !self.event_inspects.is_empty() || inspecting;
-        if !burst_goes_on || now >= since + CHANGES_HELD_AT_MOST {
-            self.tell_changes_now();
-        }
-    }
-
-    fn tell_changes_now(&mut self) {
-        if self.changed_since.take().is_some() {
+        if self.tracker.take_change(inspecting, now) {
             self.commands.push_back(Command::ContainersChanged);
         }
     }
 
-    fn on_event(&mut self, ev: ContainerEvent, now: Instant) {
-        self.since_ns = Some(self.since_ns.map_or(ev.time_nano, |s| s.max(ev.time_nano)));
-        match ev.action {
-            // A create is inspected like a start: its fixed host ports are
-            // bound before it runs.
-            EventAction::Create | EventAction::Start | EventAction::Refresh => {
-                // One inspect not yet asked answers for every event before it.
-                if !self.event_inspects.contains(&ev.id) {
-                    self.event_inspects.push_back(ev.id)
-                }
-            }
-            EventAction::Die => {
-                // An event older than the container's current start is a
-                // replay from before a restart: the container runs.
-                if self
-                    .containers
-                    .get(&ev.id)
-                    .is_some_and(|c| ev.time_nano >= c.started_at_ns)
-                {
-                    self.containers.remove(&ev.id);
-                    self.containers_changed(now);
-                }
-            }
-            EventAction::Destroy => {
-                self.pending_since.remove(&ev.id);
-                if self.containers.remove(&ev.id).is_some() {
-                    self.containers_changed(now);
-                }
-            }
-            EventAction::Ignore => {}
+    fn tell_changes_now(&mut self) {
+        if self.tracker.take_change_now() {
+            self.commands.push_back(Command::ContainersChanged);
         }
     }
 
@@ -1436,6 +1288,13 @@ impl HostMachine {
         let n = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
         (n >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// Whether one of the inspects `running` is of container `id`.
+fn event_inspect_of(running: &[InFlight], id: &ContainerId) -> bool {
+    running
+        .iter()
+        .any(|op| matches!(&op.purpose, Purpose::EventInspect(i) if i == id))
 }
 
 fn unexpected(outcome: Outcome) -> Failure {

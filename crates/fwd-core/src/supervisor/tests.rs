@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use super::tracker::EVENTS_QUEUED_MAX;
 use super::*;
 use crate::backoff::BackoffPolicy;
+use crate::model::EventAction;
 
 const STREAM_LOCAL: EngineRoute = EngineRoute::StreamLocal;
 
@@ -686,7 +688,7 @@ fn starts_seen_queue_no_further_than_events_do() {
         r.input(Input::StartSeen(id.clone()));
         r.input(Input::StartSeen(id));
     }
-    let queued = r.m.event_inspects.len() + r.inspecting().len();
+    let queued = r.m.tracker.queued_inspects() + r.inspecting().len();
     assert!(
         queued <= EVENTS_QUEUED_MAX + INSPECTS_AT_ONCE,
         "{queued} queued"
