@@ -24,7 +24,7 @@ pub const SSH_PROGRAM: &str = "ssh";
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(15);
 /// `engine_gone_after`: how long a found engine may be gone before another
 /// one found on the host is taken.
-pub const ENGINE_GONE_AFTER: Duration = crate::supervisor::ENGINE_GONE_AFTER;
+pub const ENGINE_GONE_AFTER: Duration = Duration::from_secs(300);
 /// How long a created, never started container keeps its ports bound.
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `ssh -M` may take to answer on its control socket when nothing

@@ -44,12 +44,12 @@ mod record;
 mod rootless;
 mod tracker;
 
+pub use crate::defaults::ENGINE_GONE_AFTER;
 pub use health::{EngineHealth, Health, LastError, MasterPhase, StreamPhase};
 pub use io::{
     Command, EngineRoute, Failure, Handover, Input, Op, OpId, Outcome, DEFAULT_ENGINE_SOCKET,
 };
 use pin::EnginePin;
-pub use pin::ENGINE_GONE_AFTER;
 pub use policy::HostPolicy;
 pub use record::Record;
 use rootless::{Ask, RootlessQuestion};

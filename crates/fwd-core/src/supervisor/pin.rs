@@ -15,9 +15,6 @@ use std::time::{Duration, Instant};
 
 use crate::discovery::{self, Candidate};
 
-/// How long a found engine may be gone before another one is taken.
-pub const ENGINE_GONE_AFTER: Duration = Duration::from_secs(300);
-
 /// How often a channel to a gone engine's socket is tried, at most.
 pub const ENGINE_WAIT_POLL: Duration = Duration::from_secs(2);
 

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use super::pin::ENGINE_GONE_AFTER;
 use crate::backoff::BackoffPolicy;
+use crate::defaults;
 
 /// The numbers a host's supervision runs by (from the configuration).
 #[derive(Clone, Debug, PartialEq)]
@@ -37,16 +37,16 @@ impl Default for HostPolicy {
     fn default() -> Self {
         HostPolicy {
             backoff: BackoffPolicy::default(),
-            permanent_retry: Duration::from_secs(300),
-            health_interval: Duration::from_secs(30),
-            resync_interval: Duration::from_secs(300),
-            master_ready_timeout: Duration::from_secs(25),
-            request_timeout: Duration::from_secs(10),
-            wake_probe_timeout: Duration::from_secs(2),
-            summary_every: Duration::from_secs(300),
+            permanent_retry: defaults::PERMANENT_RETRY,
+            health_interval: defaults::HEALTH_INTERVAL,
+            resync_interval: defaults::RESYNC_INTERVAL,
+            master_ready_timeout: defaults::MASTER_READY_TIMEOUT,
+            request_timeout: defaults::REQUEST_TIMEOUT,
+            wake_probe_timeout: defaults::WAKE_PROBE_TIMEOUT,
+            summary_every: defaults::SUMMARY_EVERY,
             engine_socket: None,
-            pending_timeout: Duration::from_secs(60),
-            engine_gone_after: ENGINE_GONE_AFTER,
+            pending_timeout: defaults::PENDING_TIMEOUT,
+            engine_gone_after: defaults::ENGINE_GONE_AFTER,
         }
     }
 }
