@@ -457,35 +457,9 @@ impl HostMachine {
             return;
         }
         match input {
-            Input::Done(id, outcome) => {
-                if self.inflight.as_ref().is_some_and(|op| op.id == id) {
-                    if let Some(op) = self.inflight.take() {
-                        self.op_done(op, outcome, now);
-                    }
-                } else if let Some(i) = self.inspecting.iter().position(|op| op.id == id) {
-                    let op = self.inspecting.swap_remove(i);
-                    self.op_done(op, outcome, now);
-                } else if self.rootless.is_answer(id) {
-                    self.answered_rootless(outcome);
-                }
-            }
-            Input::MasterExited { how, stderr_tail } => {
-                if self.master_pid.is_some() {
-                    let kind = match classify_ssh_failure(&stderr_tail) {
-                        FailureKind::Unknown => FailureKind::MasterDied,
-                        k => k,
-                    };
-                    let message = format!("ssh master exited ({how}) {}", last_line(&stderr_tail));
-                    self.master_failed(Failure::new(kind, message.trim_end()), now);
-                }
-            }
-            Input::MasterStderr(line) => {
-                if line.contains("open failed") {
-                    self.log(Record::ChannelOpenFailed { line });
-                } else if self.recent_stderr.is_fresh(&without_numbers(&line), now) {
-                    self.log(Record::SshStderr { line });
-                }
-            }
+            Input::Done(id, outcome) => self.answered(id, outcome, now),
+            Input::MasterExited { how, stderr_tail } => self.master_exited(&how, &stderr_tail, now),
+            Input::MasterStderr(line) => self.master_said(line, now),
             Input::Events(events) => {
                 for ev in events {
                     self.receive_event(ev, now);
@@ -528,20 +502,60 @@ impl HostMachine {
                 self.channel_backoff.set_policy(p.backoff.clone());
                 self.policy = p;
             }
-            Input::Shutdown => {
-                self.teardown();
-                self.phase = Phase::Stopped;
-                let h = &mut self.health;
-                h.set_master(MasterPhase::Stopped, now);
-                h.stream = StreamPhase::Down;
-                h.master_pid = None;
-                h.next_retry = None;
-                h.network_lost_since = None;
-                self.health_changed = true;
-                return;
-            }
+            Input::Shutdown => return self.shut_down(now),
         }
         self.handle_timeout(now);
+    }
+
+    /// An operation (or the rootless question) answered; an answer to an
+    /// operation abandoned meanwhile is ignored.
+    fn answered(&mut self, id: OpId, outcome: Outcome, now: Instant) {
+        if self.inflight.as_ref().is_some_and(|op| op.id == id) {
+            if let Some(op) = self.inflight.take() {
+                self.op_done(op, outcome, now);
+            }
+        } else if let Some(i) = self.inspecting.iter().position(|op| op.id == id) {
+            let op = self.inspecting.swap_remove(i);
+            self.op_done(op, outcome, now);
+        } else if self.rootless.is_answer(id) {
+            self.answered_rootless(outcome);
+        }
+    }
+
+    /// The master exited: its stderr says why, when it says anything known.
+    fn master_exited(&mut self, how: &str, stderr_tail: &str, now: Instant) {
+        if self.master_pid.is_none() {
+            return;
+        }
+        let kind = match classify_ssh_failure(stderr_tail) {
+            FailureKind::Unknown => FailureKind::MasterDied,
+            k => k,
+        };
+        let message = format!("ssh master exited ({how}) {}", last_line(stderr_tail));
+        self.master_failed(Failure::new(kind, message.trim_end()), now);
+    }
+
+    /// A line of the master's stderr: a refused channel is about a
+    /// container, not the link (debug only); anything else is said once in
+    /// a while.
+    fn master_said(&mut self, line: String, now: Instant) {
+        if line.contains("open failed") {
+            self.log(Record::ChannelOpenFailed { line });
+        } else if self.recent_stderr.is_fresh(&without_numbers(&line), now) {
+            self.log(Record::SshStderr { line });
+        }
+    }
+
+    fn shut_down(&mut self, now: Instant) {
+        self.teardown();
+        self.phase = Phase::Stopped;
+        let h = &mut self.health;
+        h.set_master(MasterPhase::Stopped, now);
+        h.stream = StreamPhase::Down;
+        h.master_pid = None;
+        h.next_retry = None;
+        h.network_lost_since = None;
+        self.health_changed = true;
     }
 
     // ---- operations ----
@@ -579,78 +593,13 @@ impl HostMachine {
     fn op_done(&mut self, op: InFlight, outcome: Outcome, now: Instant) {
         let rtt = now.saturating_duration_since(op.issued);
         match (op.purpose, outcome) {
-            (Purpose::Spawn, Outcome::MasterReady { pid }) => {
-                self.master_pid = Some(pid);
-                self.generation += 1;
-                self.health.master_pid = Some(pid);
-                self.health.engine = EngineHealth::default();
-                self.health_changed = true;
-                self.channel_backoff.reset();
-                self.engine_forwarded = false;
-                self.engine_alternatives.clear();
-                self.phase = Phase::Setup;
-                // Every master opens one session first, even when nothing
-                // is to be discovered: OpenSSH turns on TCP_NODELAY for the
-                // connection at its first session and never otherwise, and
-                // without it every forwarded connection waits out Nagle
-                // against delayed ACKs (~40 ms).
-                match self.policy.engine_socket {
-                    Some(_) => self.request(Purpose::FirstSession, Op::FirstSession, now),
-                    None => self.request(Purpose::Discover, Op::DiscoverEngine, now),
-                }
-            }
+            (Purpose::Spawn, Outcome::MasterReady { pid }) => self.master_ready(pid, now),
             (Purpose::Spawn, Outcome::Failed(f)) => self.master_failed(f, now),
-            (Purpose::Adopt, Outcome::Answered) => {
-                // The old image's forwards were serving through this very
-                // master a moment ago: serve at once, resync behind it.
-                self.published = Some((self.generation, self.route));
-                self.commands.push_back(Command::Publish {
-                    generation: self.generation,
-                    engine: self.route,
-                });
-                self.health_changed = true;
-                self.open_channels(now);
-            }
+            (Purpose::Adopt, Outcome::Answered) => self.adopted_master_answers(now),
             (Purpose::Adopt, Outcome::Failed(f)) => self.master_failed(f, now),
             (Purpose::Adopt, other) => self.master_failed(unexpected(other), now),
             (Purpose::Discover, Outcome::Discovered(answer)) => {
-                let candidates = crate::discovery::parse(&answer);
-                let gone_after = self.policy.engine_gone_after;
-                if let Some((path, how)) = self.pin.keep(&candidates, gone_after, now) {
-                    // The engine that answered before, found again or
-                    // waited for: never another one beside it.
-                    self.health.engine.found_by = Some(how);
-                    self.engine_alternatives.clear();
-                    return self.forward_engine(path, now);
-                }
-                match crate::discovery::choose(&candidates) {
-                    Ok(found) => {
-                        self.health.engine.found_by = Some(found.source.as_str());
-                        self.engine_alternatives = crate::discovery::usable(&candidates)
-                            .into_iter()
-                            .skip(1)
-                            .map(|c| (c.path.clone(), c.source.as_str()))
-                            .collect();
-                        self.forward_engine(found.path.clone(), now);
-                    }
-                    Err(none) => match crate::discovery::named(&candidates)
-                        .filter(|c| c.state == crate::discovery::State::Other)
-                    {
-                        // No socket, but the CLI has an engine elsewhere
-                        // (tcp://…): its dial-stdio sessions reach it.
-                        Some(other) => {
-                            self.health.engine.found_by = Some(other.source.as_str());
-                            self.health.engine.reason = Some(format!(
-                                "the remote engine listens at {}, not on a Unix socket",
-                                other.path
-                            ));
-                            self.open_channels(now);
-                        }
-                        None => {
-                            self.master_failed(Failure::new(FailureKind::EngineNotFound, none), now)
-                        }
-                    },
-                }
+                self.engine_discovered(&answer, now)
             }
             (Purpose::ForwardEngine, Outcome::Answered) => {
                 self.engine_forwarded = true;
@@ -669,70 +618,12 @@ impl HostMachine {
                 self.forward_engine(path.unwrap_or_else(|| DEFAULT_ENGINE_SOCKET.into()), now);
             }
             (Purpose::OpenApi(EngineRoute::StreamLocal), Outcome::Failed(f))
-                if f.kind == FailureKind::StreamEnded
-                    && self.pin.answers_over_stream_local(self.engine_socket()) =>
-            {
-                // The engine that answered here is gone (restarting,
-                // stopped): wait for it on the same master, every tunnel
-                // kept; neither another engine nor dial-stdio.
-                self.pin.lost(now);
-                let waiting = self.pin.waiting(self.policy.engine_gone_after, now);
-                self.health.engine.reason = waiting.clone();
-                let message = match waiting {
-                    Some(w) => format!("{w}: {}", f.message.trim()),
-                    None => f.message,
-                };
-                self.channel_failed(Failure::new(FailureKind::StreamEnded, message), now);
-            }
-            (Purpose::OpenApi(EngineRoute::StreamLocal), Outcome::Failed(f))
-                if f.kind == FailureKind::StreamEnded && !self.engine_alternatives.is_empty() =>
-            {
-                // A socket whose engine is gone answers nothing: the next
-                // one found is tried before stream-local channels are
-                // suspected (they fail the same way for every socket).
-                if let Some((path, how)) = self.engine_alternatives.pop_front() {
-                    let failed = self.health.engine.remote_socket.clone().unwrap_or_default();
-                    self.health.engine.reason = Some(format!(
-                        "{failed} did not answer ({}); trying {path}",
-                        f.message.trim()
-                    ));
-                    self.health.engine.found_by = Some(how);
-                    self.commands.push_back(Command::CloseChannels);
-                    self.forward_engine(path, now);
-                }
-            }
-            (Purpose::OpenApi(EngineRoute::StreamLocal), Outcome::Failed(f))
                 if f.kind == FailureKind::StreamEnded =>
             {
-                // The server may forbid stream-local channels
-                // (AllowStreamLocalForwarding, DisableForwarding, a
-                // `restrict` key): the sessions of dial-stdio still work.
-                let socket = self.health.engine.remote_socket.clone().unwrap_or_default();
-                self.health.engine.reason = Some(format!(
-                    "a stream-local channel to {socket} failed ({}); is stream-local forwarding allowed by sshd (AllowStreamLocalForwarding)?",
-                    f.message.trim()
-                ));
-                self.route = EngineRoute::DialStdio;
-                self.commands.push_back(Command::CloseChannels);
-                let route = self.route;
-                self.request(Purpose::OpenApi(route), Op::OpenApi { route }, now);
+                self.stream_local_ended(f, now)
             }
             (Purpose::OpenApi(route), Outcome::ApiReady { version }) => {
-                self.health.engine.route = Some(route);
-                if route == EngineRoute::StreamLocal {
-                    self.health.engine.reason = None;
-                }
-                self.engine_answered(route, now);
-                self.setup_rtt = Some(rtt);
-                if self.health.docker_version.as_deref() != Some(version.as_str()) {
-                    self.health.docker_version = Some(version);
-                    self.health_changed = true;
-                }
-                // Subscribe before listing, so nothing that happens during
-                // the resync is missed; events replaying what the resync
-                // saw are harmless (handling is idempotent).
-                let since_ns = self.tracker.since_ns();
-                self.request(Purpose::Subscribe, Op::Subscribe { since_ns, route }, now);
+                self.api_ready(route, version, rtt, now)
             }
             (Purpose::Subscribe, Outcome::Subscribed) => self.begin_resync(now),
             (Purpose::List, Outcome::Listed(ids)) => {
@@ -776,6 +667,140 @@ impl HostMachine {
             (_, Outcome::Failed(f)) => self.channel_failed(f, now),
             (_, other) => self.channel_failed(unexpected(other), now),
         }
+    }
+
+    /// A new master answers: every master opens one session first, even
+    /// when nothing is to be discovered: OpenSSH turns on TCP_NODELAY for
+    /// the connection at its first session and never otherwise, and without
+    /// it every forwarded connection waits out Nagle against delayed ACKs
+    /// (~40 ms).
+    fn master_ready(&mut self, pid: u32, now: Instant) {
+        self.master_pid = Some(pid);
+        self.generation += 1;
+        self.health.master_pid = Some(pid);
+        self.health.engine = EngineHealth::default();
+        self.health_changed = true;
+        self.channel_backoff.reset();
+        self.engine_forwarded = false;
+        self.engine_alternatives.clear();
+        self.phase = Phase::Setup;
+        match self.policy.engine_socket {
+            Some(_) => self.request(Purpose::FirstSession, Op::FirstSession, now),
+            None => self.request(Purpose::Discover, Op::DiscoverEngine, now),
+        }
+    }
+
+    /// The master the old image handed over answers: its forwards were
+    /// serving through it a moment ago, so serve at once, resync behind it.
+    fn adopted_master_answers(&mut self, now: Instant) {
+        self.published = Some((self.generation, self.route));
+        self.commands.push_back(Command::Publish {
+            generation: self.generation,
+            engine: self.route,
+        });
+        self.health_changed = true;
+        self.open_channels(now);
+    }
+
+    /// Discovery's answer: the pinned engine, else the one chosen, else
+    /// the engine the CLI reaches over dial-stdio, else none.
+    fn engine_discovered(&mut self, answer: &str, now: Instant) {
+        let candidates = crate::discovery::parse(answer);
+        let gone_after = self.policy.engine_gone_after;
+        if let Some((path, how)) = self.pin.keep(&candidates, gone_after, now) {
+            // The engine that answered before, found again or
+            // waited for: never another one beside it.
+            self.health.engine.found_by = Some(how);
+            self.engine_alternatives.clear();
+            return self.forward_engine(path, now);
+        }
+        match crate::discovery::choose(&candidates) {
+            Ok(found) => {
+                self.health.engine.found_by = Some(found.source.as_str());
+                self.engine_alternatives = crate::discovery::usable(&candidates)
+                    .into_iter()
+                    .skip(1)
+                    .map(|c| (c.path.clone(), c.source.as_str()))
+                    .collect();
+                self.forward_engine(found.path.clone(), now);
+            }
+            Err(none) => match crate::discovery::named(&candidates)
+                .filter(|c| c.state == crate::discovery::State::Other)
+            {
+                // No socket, but the CLI has an engine elsewhere
+                // (tcp://…): its dial-stdio sessions reach it.
+                Some(other) => {
+                    self.health.engine.found_by = Some(other.source.as_str());
+                    self.health.engine.reason = Some(format!(
+                        "the remote engine listens at {}, not on a Unix socket",
+                        other.path
+                    ));
+                    self.open_channels(now);
+                }
+                None => self.master_failed(Failure::new(FailureKind::EngineNotFound, none), now),
+            },
+        }
+    }
+
+    /// A stream-local channel to the engine's socket ended at once.
+    fn stream_local_ended(&mut self, f: Failure, now: Instant) {
+        if self.pin.answers_over_stream_local(self.engine_socket()) {
+            // The engine that answered here is gone (restarting,
+            // stopped): wait for it on the same master, every tunnel
+            // kept; neither another engine nor dial-stdio.
+            self.pin.lost(now);
+            let waiting = self.pin.waiting(self.policy.engine_gone_after, now);
+            self.health.engine.reason = waiting.clone();
+            let message = match waiting {
+                Some(w) => format!("{w}: {}", f.message.trim()),
+                None => f.message,
+            };
+            return self.channel_failed(Failure::new(FailureKind::StreamEnded, message), now);
+        }
+        if let Some((path, how)) = self.engine_alternatives.pop_front() {
+            // A socket whose engine is gone answers nothing: the next
+            // one found is tried before stream-local channels are
+            // suspected (they fail the same way for every socket).
+            let failed = self.health.engine.remote_socket.clone().unwrap_or_default();
+            self.health.engine.reason = Some(format!(
+                "{failed} did not answer ({}); trying {path}",
+                f.message.trim()
+            ));
+            self.health.engine.found_by = Some(how);
+            self.commands.push_back(Command::CloseChannels);
+            return self.forward_engine(path, now);
+        }
+        // The server may forbid stream-local channels
+        // (AllowStreamLocalForwarding, DisableForwarding, a `restrict`
+        // key): the sessions of dial-stdio still work.
+        let socket = self.health.engine.remote_socket.clone().unwrap_or_default();
+        self.health.engine.reason = Some(format!(
+            "a stream-local channel to {socket} failed ({}); is stream-local forwarding allowed by sshd (AllowStreamLocalForwarding)?",
+            f.message.trim()
+        ));
+        self.route = EngineRoute::DialStdio;
+        self.commands.push_back(Command::CloseChannels);
+        let route = self.route;
+        self.request(Purpose::OpenApi(route), Op::OpenApi { route }, now);
+    }
+
+    /// The engine answered `GET /version` on `route`: subscribe, then resync.
+    fn api_ready(&mut self, route: EngineRoute, version: String, rtt: Duration, now: Instant) {
+        self.health.engine.route = Some(route);
+        if route == EngineRoute::StreamLocal {
+            self.health.engine.reason = None;
+        }
+        self.engine_answered(route, now);
+        self.setup_rtt = Some(rtt);
+        if self.health.docker_version.as_deref() != Some(version.as_str()) {
+            self.health.docker_version = Some(version);
+            self.health_changed = true;
+        }
+        // Subscribe before listing, so nothing that happens during
+        // the resync is missed; events replaying what the resync
+        // saw are harmless (handling is idempotent).
+        let since_ns = self.tracker.since_ns();
+        self.request(Purpose::Subscribe, Op::Subscribe { since_ns, route }, now);
     }
 
     /// An operation got no answer in time. The mux alive check only proves
