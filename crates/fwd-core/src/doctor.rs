@@ -122,91 +122,107 @@ pub fn connection_with_keys(
     port: Option<u16>,
     offered: &[String],
 ) -> Vec<Check> {
-    let (hk, auth, reach) = ("host key", "authentication", "connection");
     let stderr = match result {
         Ok(()) => {
             return vec![
-                Check::pass(reach, "an ssh master is up"),
-                Check::pass(hk, "known and matching"),
-                Check::pass(auth, "accepted"),
+                Check::pass(REACH, "an ssh master is up"),
+                Check::pass(HOST_KEY, "known and matching"),
+                Check::pass(AUTH, "accepted"),
             ]
         }
         Err(s) => s,
     };
     let said = stderr.lines().last().unwrap_or("").trim();
-    let keyscan = match port {
-        Some(p) => format!("ssh-keyscan -p {p} {host}"),
-        None => format!("ssh-keyscan {host}"),
-    };
-    let lower = stderr.to_ascii_lowercase();
     match classify_ssh_failure(stderr) {
-        FailureKind::HostKey if lower.contains("identification has changed") => vec![
-            Check::pass(reach, "the host answers"),
-            Check::with(
-                hk,
-                Verdict::Fail,
-                format!("the host's key CHANGED: {said}"),
-                "find out why before anything else (a reinstalled host, or someone in between); \
-                 then remove the old key with ssh-keygen -R and add the new one",
-            ),
-            Check::skipped(auth, "no trusted connection"),
-        ],
-        FailureKind::HostKey => vec![
-            Check::pass(reach, "the host answers"),
-            Check::with(
-                hk,
-                Verdict::Fail,
-                format!("the host's key is not known: {said}"),
-                format!(
-                    "compare the fingerprint of `{keyscan} | ssh-keygen -lf -` with the host's own \
-                     (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub there), then: \
-                     {keyscan} >> ~/.ssh/known_hosts"
-                ),
-            ),
-            Check::skipped(auth, "no trusted connection"),
-        ],
-        FailureKind::AuthRefused => {
-            let methods = said
-                .split_once("Permission denied")
-                .map(|(_, m)| m.trim().to_string())
-                .unwrap_or_default();
-            let keys = match offered {
-                [] => String::new(),
-                keys => format!(": refused {}", keys.join("; ")),
-            };
-            vec![
-                Check::pass(reach, "the host answers"),
-                Check::pass(hk, "known and matching"),
-                Check::with(
-                    auth,
-                    Verdict::Fail,
-                    format!("the host refused every key offered {methods}{keys}"),
-                    "put the public key of the identity fwd uses (identity_file, or the agent's) \
-                     into the remote user's ~/.ssh/authorized_keys; `ssh -v` shows which keys were tried",
-                ),
-            ]
-        }
+        FailureKind::HostKey => host_key_refused(stderr, said, host, port),
+        FailureKind::AuthRefused => auth_refused(said, offered),
         FailureKind::NameResolution => vec![
             Check::with(
-                reach,
+                REACH,
                 Verdict::Fail,
                 said.to_string(),
                 "check the host name and DNS",
             ),
-            Check::skipped(hk, "no connection"),
-            Check::skipped(auth, "no connection"),
+            Check::skipped(HOST_KEY, "no connection"),
+            Check::skipped(AUTH, "no connection"),
         ],
         kind => vec![
             Check::with(
-                reach,
+                REACH,
                 Verdict::Fail,
                 format!("{}: {said}", kind.as_str()),
                 kind.hint(),
             ),
-            Check::skipped(hk, "no connection"),
-            Check::skipped(auth, "no connection"),
+            Check::skipped(HOST_KEY, "no connection"),
+            Check::skipped(AUTH, "no connection"),
         ],
     }
+}
+
+/// The names of the three checks [`connection_with_keys`] gives.
+const HOST_KEY: &str = "host key";
+const AUTH: &str = "authentication";
+const REACH: &str = "connection";
+
+/// The host answered but its key is not trusted: a changed key is a warning
+/// to stop and look, an unknown one is added after comparing fingerprints.
+fn host_key_refused(stderr: &str, said: &str, host: &str, port: Option<u16>) -> Vec<Check> {
+    let changed = stderr
+        .to_ascii_lowercase()
+        .contains("identification has changed");
+    let key = if changed {
+        Check::with(
+            HOST_KEY,
+            Verdict::Fail,
+            format!("the host's key CHANGED: {said}"),
+            "find out why before anything else (a reinstalled host, or someone in between); \
+             then remove the old key with ssh-keygen -R and add the new one",
+        )
+    } else {
+        let keyscan = match port {
+            Some(p) => format!("ssh-keyscan -p {p} {host}"),
+            None => format!("ssh-keyscan {host}"),
+        };
+        Check::with(
+            HOST_KEY,
+            Verdict::Fail,
+            format!("the host's key is not known: {said}"),
+            format!(
+                "compare the fingerprint of `{keyscan} | ssh-keygen -lf -` with the host's own \
+                 (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub there), then: \
+                 {keyscan} >> ~/.ssh/known_hosts"
+            ),
+        )
+    };
+    vec![
+        Check::pass(REACH, "the host answers"),
+        key,
+        Check::skipped(AUTH, "no trusted connection"),
+    ]
+}
+
+/// The host refused every key: which methods it named and which keys were
+/// offered, so the user knows which public key to install.
+fn auth_refused(said: &str, offered: &[String]) -> Vec<Check> {
+    let methods = said
+        .split_once("Permission denied")
+        .map(|(_, m)| m.trim().to_string())
+        .unwrap_or_default();
+    let keys = match offered {
+        [] => String::new(),
+        keys => format!(": refused {}", keys.join("; ")),
+    };
+    vec![
+        Check::pass(REACH, "the host answers"),
+        Check::pass(HOST_KEY, "known and matching"),
+        Check::with(
+            AUTH,
+            Verdict::Fail,
+            format!("the host refused every key offered {methods}{keys}"),
+            "put the public key of the identity fwd uses (identity_file, or the agent's) \
+             into the remote user's ~/.ssh/authorized_keys; `ssh -v` shows which keys were tried",
+        ),
+    ]
 }
 
 /// The keys ssh offered, from `ssh -v`'s `Offering public key: <file> <type>

@@ -186,41 +186,9 @@ pub fn explain(
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let (what, fix) = match role {
-        Role::Control => (
-            "the control socket",
-            "set XDG_RUNTIME_DIR to a directory of your own (fwdd and fwdctl then both use \
-             $XDG_RUNTIME_DIR/fwdd), or point --socket (or FWD_SOCKET) at your fwdd's \
-             control socket",
-        ),
-        Role::Engine => (
-            "fwdd's engine socket",
-            "give fwdd a runtime directory of your own (--runtime-dir, or XDG_RUNTIME_DIR) \
-             and restart it",
-        ),
-    };
-    let you = if caller == 0 {
-        "root".to_string()
-    } else {
-        match name(caller) {
-            Some(n) => format!("you ({n}, uid {caller}) or root"),
-            None => format!("you (uid {caller}) or root"),
-        }
-    };
-    // Another user's fwdd is asked as that user; root is told why its own
-    // rule did not cover it.
-    let as_them = |uid: u32| {
-        let name = name(uid).unwrap_or_else(|| format!("'#{uid}'"));
-        let mut m =
-            format!("If it is that user's fwdd, run fwdctl as that user (sudo -u {name} fwdctl …)");
-        if caller == 0 {
-            m.push_str(
-                ": as root, fwdctl trusts another user only in a directory root made for them \
-                 (its parent root's and writable by nobody else, like systemd's /run/fwdd)",
-            );
-        }
-        m
-    };
+    let (what, fix) = role.what_and_fix();
+    let you = you_or_root(caller, name);
+    let as_them = |uid: u32| as_that_user(uid, caller, name);
     let (d, s) = (dir.display(), socket.display());
     match doubt {
         Doubt::DirSymlink { owner } => format!(
@@ -274,6 +242,53 @@ pub fn explain(
             as_them(uid)
         ),
     }
+}
+
+impl Role {
+    /// The socket in words, and what the caller does about a socket that is
+    /// not theirs to trust.
+    fn what_and_fix(self) -> (&'static str, &'static str) {
+        match self {
+            Role::Control => (
+                "the control socket",
+                "set XDG_RUNTIME_DIR to a directory of your own (fwdd and fwdctl then both use \
+                 $XDG_RUNTIME_DIR/fwdd), or point --socket (or FWD_SOCKET) at your fwdd's \
+                 control socket",
+            ),
+            Role::Engine => (
+                "fwdd's engine socket",
+                "give fwdd a runtime directory of your own (--runtime-dir, or XDG_RUNTIME_DIR) \
+                 and restart it",
+            ),
+        }
+    }
+}
+
+/// Whom fwdctl trusts, in words: the caller and root, or root alone.
+fn you_or_root(caller: u32, name: &dyn Fn(u32) -> Option<String>) -> String {
+    if caller == 0 {
+        "root".to_string()
+    } else {
+        match name(caller) {
+            Some(n) => format!("you ({n}, uid {caller}) or root"),
+            None => format!("you (uid {caller}) or root"),
+        }
+    }
+}
+
+/// Another user's fwdd is asked as that user; root is told why its own rule
+/// did not cover it.
+fn as_that_user(uid: u32, caller: u32, name: &dyn Fn(u32) -> Option<String>) -> String {
+    let name = name(uid).unwrap_or_else(|| format!("'#{uid}'"));
+    let mut m =
+        format!("If it is that user's fwdd, run fwdctl as that user (sudo -u {name} fwdctl …)");
+    if caller == 0 {
+        m.push_str(
+            ": as root, fwdctl trusts another user only in a directory root made for them \
+             (its parent root's and writable by nobody else, like systemd's /run/fwdd)",
+        );
+    }
+    m
 }
 
 #[cfg(test)]
