@@ -38,6 +38,7 @@ use crate::repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};
 
 mod health;
 mod io;
+mod ops;
 mod pin;
 mod policy;
 mod record;
@@ -49,6 +50,7 @@ pub use health::{EngineHealth, Health, LastError, MasterPhase, StreamPhase};
 pub use io::{
     Command, EngineRoute, Failure, Handover, Input, Op, OpId, Outcome, DEFAULT_ENGINE_SOCKET,
 };
+use ops::{InFlight, Operations, Purpose};
 use pin::EnginePin;
 pub use policy::HostPolicy;
 pub use record::Record;
@@ -105,49 +107,14 @@ enum Phase {
     Stopped,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-enum Purpose {
-    Spawn,
-    FirstSession,
-    Discover,
-    ForwardEngine,
-    OpenApi(EngineRoute),
-    Subscribe,
-    List,
-    /// An inspect during a resync.
-    ResyncInspect(ContainerId),
-    /// An inspect after a `start` event.
-    EventInspect(ContainerId),
-    /// The rootless question on the API channel (see [`Op::AskRootless`]).
-    Rootless,
-    Probe,
-    CheckMaster(Failure),
-    /// A master handed over by the fwdd image this one replaced: does it
-    /// still answer?
-    Adopt,
-}
-
-#[derive(Clone, Debug)]
-struct InFlight {
-    id: OpId,
-    purpose: Purpose,
-    issued: Instant,
-    /// `None` while no network is usable: a request cannot be answered
-    /// then, and its silence says nothing about the connection.
-    deadline: Option<Instant>,
-    timeout: Duration,
-}
-
 pub struct HostMachine {
     policy: HostPolicy,
     phase: Phase,
     health: Health,
     health_changed: bool,
     commands: VecDeque<Command>,
-    next_op: OpId,
-    inflight: Option<InFlight>,
-    /// Inspects after events running beside `inflight` ([`Command::Inspect`]).
-    inspecting: Vec<InFlight>,
+    /// The serial operation out, and the inspects beside it.
+    ops: Operations,
     /// Whether the engine runs rootless: asked once per socket.
     rootless: RootlessQuestion,
     rng: u64,
@@ -324,9 +291,7 @@ impl HostMachine {
             health: Health::new(now),
             health_changed: true,
             commands: VecDeque::new(),
-            next_op: 0,
-            inflight: None,
-            inspecting: Vec::new(),
+            ops: Operations::default(),
             rootless: RootlessQuestion::default(),
             rng: seed | 1,
             tracker: Tracker::default(),
@@ -364,14 +329,15 @@ impl HostMachine {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let inspects = self.inspecting.iter().filter_map(|op| op.deadline).min();
-        self.serial_deadline().into_iter().chain(inspects).min()
+        let ops = self.ops.next_deadline();
+        if self.ops.serial().is_some() {
+            return ops;
+        }
+        ops.into_iter().chain(self.phase_deadline()).min()
     }
 
-    fn serial_deadline(&self) -> Option<Instant> {
-        if let Some(op) = &self.inflight {
-            return op.deadline;
-        }
+    /// When the current phase's wait ends, or its next piece of work is due.
+    fn phase_deadline(&self) -> Option<Instant> {
         match self.phase {
             Phase::Backoff { until, .. } | Phase::ChannelBackoff { until } => Some(until),
             Phase::Up if self.health.network_lost_since.is_none() => {
@@ -420,21 +386,10 @@ impl HostMachine {
     /// Whatever is due now: an operation's deadline, the end of a wait, the
     /// next piece of work.
     fn step(&mut self, now: Instant) {
-        let late = self
-            .inspecting
-            .iter()
-            .position(|op| op.deadline.is_some_and(|d| now >= d));
-        if let Some(i) = late {
-            let op = self.inspecting.swap_remove(i);
+        if let Some(op) = self.ops.take_late(now) {
             return self.op_timed_out(op, now);
         }
-        if let Some(op) = &self.inflight {
-            if op.deadline.is_some_and(|d| now >= d) {
-                let Some(op) = self.inflight.take() else {
-                    return;
-                };
-                self.op_timed_out(op, now);
-            }
+        if self.ops.serial().is_some() {
             return;
         }
         match self.phase {
@@ -510,12 +465,7 @@ impl HostMachine {
     /// An operation (or the rootless question) answered; an answer to an
     /// operation abandoned meanwhile is ignored.
     fn answered(&mut self, id: OpId, outcome: Outcome, now: Instant) {
-        if self.inflight.as_ref().is_some_and(|op| op.id == id) {
-            if let Some(op) = self.inflight.take() {
-                self.op_done(op, outcome, now);
-            }
-        } else if let Some(i) = self.inspecting.iter().position(|op| op.id == id) {
-            let op = self.inspecting.swap_remove(i);
+        if let Some(op) = self.ops.answered(id) {
             self.op_done(op, outcome, now);
         } else if self.rootless.is_answer(id) {
             self.answered_rootless(outcome);
@@ -561,28 +511,18 @@ impl HostMachine {
     // ---- operations ----
 
     fn start(&mut self, purpose: Purpose, op: Op, timeout: Duration, now: Instant) {
-        let op_in_flight = self.in_flight(purpose, timeout, now);
-        self.commands.push_back(Command::Start(op_in_flight.id, op));
-        self.inflight = Some(op_in_flight);
-    }
-
-    fn in_flight(&mut self, purpose: Purpose, timeout: Duration, now: Instant) -> InFlight {
-        self.next_op += 1;
-        InFlight {
-            id: self.next_op,
-            purpose,
-            issued: now,
-            deadline: self.net_usable.then(|| now + timeout),
-            timeout,
-        }
+        let serial = self.ops.issue(purpose, timeout, self.net_usable, now);
+        self.commands.push_back(Command::Start(serial.id, op));
+        self.ops.set_serial(serial);
     }
 
     /// An event's inspect beside the serial operation.
     fn start_inspect(&mut self, id: ContainerId, now: Instant) {
         let timeout = self.policy.request_timeout;
-        let op = self.in_flight(Purpose::EventInspect(id.clone()), timeout, now);
+        let purpose = Purpose::EventInspect(id.clone());
+        let op = self.ops.issue(purpose, timeout, self.net_usable, now);
         self.commands.push_back(Command::Inspect(op.id, id));
-        self.inspecting.push(op);
+        self.ops.add_inspect(op);
     }
 
     fn request(&mut self, purpose: Purpose, op: Op, now: Instant) {
@@ -842,8 +782,7 @@ impl HostMachine {
     /// Forgets everything asked or queued on the Docker channels: their
     /// answers, if any still come, are ignored (the one place that does).
     fn drop_channel_work(&mut self) {
-        self.inflight = None;
-        self.inspecting.clear();
+        self.ops.drop_all();
         self.rootless.forget_asks();
         self.tracker.drop_work();
     }
@@ -1095,13 +1034,12 @@ impl HostMachine {
 
     /// Up and idle: the next thing to do, if anything is due.
     fn next_work(&mut self, now: Instant) {
-        if self.inflight.is_some() {
+        if self.ops.serial().is_some() {
             return;
         }
         // An event of a container being inspected waits for the answer.
-        let inspecting = &self.inspecting;
-        self.tracker
-            .apply_events(|id| event_inspect_of(inspecting, id), now);
+        let ops = &self.ops;
+        self.tracker.apply_events(|id| ops.inspecting(id), now);
         if self.health.network_lost_since.is_some() {
             return;
         }
@@ -1119,7 +1057,7 @@ impl HostMachine {
             let podman = self.is_podman();
             return self.request(Purpose::Rootless, Op::AskRootless { podman }, now);
         }
-        let inspects_due = !self.inspecting.is_empty() || self.tracker.inspects_queued();
+        let inspects_due = self.ops.inspects_running() > 0 || self.tracker.inspects_queued();
         if inspects_due && now >= self.next_resync {
             // A resync replaces what the inspects would tell: it waits for
             // them (and its deadline moves, or the machine would spin).
@@ -1154,10 +1092,9 @@ impl HostMachine {
             }
             Ask::Beside => {
                 let podman = self.is_podman();
-                self.next_op += 1;
-                self.rootless.asked_as(self.next_op);
-                self.commands
-                    .push_back(Command::AskRootless(self.next_op, podman));
+                let id = self.ops.next_id();
+                self.rootless.asked_as(id);
+                self.commands.push_back(Command::AskRootless(id, podman));
             }
         }
     }
@@ -1191,12 +1128,9 @@ impl HostMachine {
     /// Starts the queued inspects there is room for; a container already
     /// being inspected is asked again once its answer is in.
     fn start_inspects(&mut self, now: Instant) {
-        while self.inspecting.len() < INSPECTS_AT_ONCE {
-            let inspecting = &self.inspecting;
-            let Some(id) = self
-                .tracker
-                .next_to_inspect(|id| event_inspect_of(inspecting, id))
-            else {
+        while self.ops.inspects_running() < INSPECTS_AT_ONCE {
+            let ops = &self.ops;
+            let Some(id) = self.tracker.next_to_inspect(|id| ops.inspecting(id)) else {
                 return;
             };
             self.start_inspect(id, now);
@@ -1217,12 +1151,7 @@ impl HostMachine {
     /// waiting and no event's inspect is queued or in flight; or once it
     /// has waited [`CHANGES_HELD_AT_MOST`].
     fn tell_changes(&mut self, now: Instant) {
-        let inspecting = !self.inspecting.is_empty()
-            || self
-                .inflight
-                .as_ref()
-                .is_some_and(|op| matches!(op.purpose, Purpose::EventInspect(_)));
-        if self.tracker.take_change(inspecting, now) {
+        if self.tracker.take_change(self.ops.any_event_inspect(), now) {
             self.commands.push_back(Command::ContainersChanged);
         }
     }
@@ -1242,9 +1171,7 @@ impl HostMachine {
             // Nothing can be answered now, and the master may well survive
             // a short outage: suspend every deadline instead of letting
             // silence condemn the connection.
-            for op in self.inflight.iter_mut().chain(&mut self.inspecting) {
-                op.deadline = None;
-            }
+            self.ops.suspend_deadlines();
             if master_up && self.health.network_lost_since.is_none() {
                 self.health.network_lost_since = Some(now);
                 self.health_changed = true;
@@ -1273,20 +1200,8 @@ impl HostMachine {
         if !self.net_usable {
             return;
         }
-        let wake = self.policy.wake_probe_timeout;
-        for op in &mut self.inspecting {
-            // Their silence indicts the connection again (the wake probe
-            // answers sooner, if it is gone).
-            op.deadline = Some(now + op.timeout);
-        }
-        if let Some(op) = &mut self.inflight {
-            // Whatever is in flight is the probe: it must answer soon.
-            let soon = now + wake;
-            op.deadline = Some(op.deadline.map_or(soon, |d| d.min(soon)));
-            if op.purpose == Purpose::Spawn {
-                // ssh dials afresh: give it its whole time.
-                op.deadline = Some(now + op.timeout);
-            }
+        // Whatever is in flight is the probe: it must answer soon.
+        if self.ops.on_wake(self.policy.wake_probe_timeout, now) {
             return;
         }
         match self.phase {
@@ -1313,13 +1228,6 @@ impl HostMachine {
         let n = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
         (n >> 11) as f64 / (1u64 << 53) as f64
     }
-}
-
-/// Whether one of the inspects `running` is of container `id`.
-fn event_inspect_of(running: &[InFlight], id: &ContainerId) -> bool {
-    running
-        .iter()
-        .any(|op| matches!(&op.purpose, Purpose::EventInspect(i) if i == id))
 }
 
 fn unexpected(outcome: Outcome) -> Failure {
