@@ -43,6 +43,7 @@ mod pin;
 mod policy;
 mod record;
 mod rootless;
+mod schedule;
 mod tracker;
 
 pub use crate::defaults::ENGINE_GONE_AFTER;
@@ -55,6 +56,7 @@ use pin::EnginePin;
 pub use policy::HostPolicy;
 pub use record::Record;
 use rootless::{Ask, RootlessQuestion};
+use schedule::Schedule;
 use tracker::Tracker;
 pub use tracker::CHANGES_HELD_AT_MOST;
 
@@ -148,10 +150,8 @@ pub struct HostMachine {
     channel_backoff: Backoff,
     channels_started: Instant,
 
-    resync_wanted: bool,
-    wake_probe_wanted: bool,
-    next_health: Instant,
-    next_resync: Instant,
+    /// The up link's health probes and resyncs.
+    schedule: Schedule,
 
     net_usable: bool,
 
@@ -308,10 +308,7 @@ impl HostMachine {
             logged_version: None,
             setup_rtt: None,
             channels_started: now,
-            resync_wanted: false,
-            wake_probe_wanted: false,
-            next_health: now,
-            next_resync: now,
+            schedule: Schedule::new(now),
             net_usable,
         }
     }
@@ -342,11 +339,7 @@ impl HostMachine {
             Phase::Backoff { until, .. } | Phase::ChannelBackoff { until } => Some(until),
             Phase::Up if self.health.network_lost_since.is_none() => {
                 let expiry = self.tracker.pending_expiry(self.policy.pending_timeout);
-                Some(
-                    self.next_health
-                        .min(self.next_resync)
-                        .min(expiry.unwrap_or(self.next_resync)),
-                )
+                Some(self.schedule.deadline(expiry))
             }
             _ => None,
         }
@@ -449,7 +442,7 @@ impl HostMachine {
             Input::ResyncRequested => {
                 if self.phase == Phase::Up {
                     self.log(Record::ResyncRequested);
-                    self.resync_wanted = true;
+                    self.schedule.want_resync();
                 }
             }
             Input::PolicyChanged(p) => {
@@ -790,8 +783,7 @@ impl HostMachine {
     /// Ends whatever runs: the master (and so every channel), the link.
     fn teardown(&mut self) {
         self.drop_channel_work();
-        self.wake_probe_wanted = false;
-        self.resync_wanted = false;
+        self.schedule.forget_wants();
         if self.published.take().is_some() {
             self.commands.push_back(Command::Withdraw);
         }
@@ -970,7 +962,7 @@ impl HostMachine {
             // resync found is asked for before the link is published.
             self.tell_changes_now();
         }
-        self.next_resync = now + self.policy.resync_interval;
+        self.schedule.resynced(self.policy.resync_interval, now);
         if self.phase == Phase::Setup {
             self.go_up(now);
         }
@@ -1025,7 +1017,7 @@ impl HostMachine {
                 self.log(Record::DockerVersion { version: v.clone() });
             }
         }
-        self.next_health = now + self.health_period();
+        self.schedule.link_up(self.health_period(), now);
     }
 
     fn health_period(&self) -> Duration {
@@ -1045,7 +1037,7 @@ impl HostMachine {
         }
         self.tracker
             .expire_pending(self.policy.pending_timeout, now);
-        if std::mem::take(&mut self.wake_probe_wanted) {
+        if self.schedule.take_wake_probe() {
             let timeout = self.policy.wake_probe_timeout;
             return self.start(Purpose::Probe, Op::Probe, timeout, now);
         }
@@ -1058,18 +1050,11 @@ impl HostMachine {
             return self.request(Purpose::Rootless, Op::AskRootless { podman }, now);
         }
         let inspects_due = self.ops.inspects_running() > 0 || self.tracker.inspects_queued();
-        if inspects_due && now >= self.next_resync {
-            // A resync replaces what the inspects would tell: it waits for
-            // them (and its deadline moves, or the machine would spin).
-            self.resync_wanted = true;
-            self.next_resync = now + self.policy.resync_interval;
-        } else if !inspects_due
-            && (std::mem::take(&mut self.resync_wanted) || now >= self.next_resync)
-        {
+        let interval = self.policy.resync_interval;
+        if self.schedule.take_resync(inspects_due, interval, now) {
             return self.begin_resync(now);
         }
-        if now >= self.next_health {
-            self.next_health = now + self.health_period();
+        if self.schedule.take_health_probe(self.health_period(), now) {
             let timeout = self.policy.health_interval.min(self.policy.request_timeout);
             self.start(Purpose::Probe, Op::Probe, timeout, now);
         }
@@ -1205,7 +1190,7 @@ impl HostMachine {
             return;
         }
         match self.phase {
-            Phase::Up => self.wake_probe_wanted = true,
+            Phase::Up => self.schedule.want_wake_probe(),
             Phase::Backoff {
                 early_wake: true,
                 failed_at,
