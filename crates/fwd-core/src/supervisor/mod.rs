@@ -31,10 +31,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::backoff::Backoff;
 use crate::classify::{classify_ssh_failure, FailureClass, FailureKind};
 use crate::model::{Container, ContainerEvent, ContainerId};
-use crate::repeat::{EpisodeLog, RecentLines, RepeatGate, UpLog, Verdict};
+use crate::repeat::{RecentLines, RepeatGate, UpLog, Verdict};
 
 mod health;
 mod io;
@@ -42,6 +41,7 @@ mod ops;
 mod pin;
 mod policy;
 mod record;
+mod retry;
 mod rootless;
 mod schedule;
 mod tracker;
@@ -55,6 +55,7 @@ use ops::{InFlight, Operations, Purpose};
 use pin::EnginePin;
 pub use policy::HostPolicy;
 pub use record::Record;
+use retry::Retry;
 use rootless::{Ask, RootlessQuestion};
 use schedule::Schedule;
 use tracker::Tracker;
@@ -124,8 +125,8 @@ pub struct HostMachine {
     /// The containers, their events, inspects and resync.
     tracker: Tracker,
 
-    backoff: Backoff,
-    attempt_started: Instant,
+    /// The master's connection: its backoff and what was said of it.
+    master: Retry,
     master_pid: Option<u32>,
     /// Generation and engine route the link is published with.
     published: Option<(u64, EngineRoute)>,
@@ -147,16 +148,14 @@ pub struct HostMachine {
     /// Round trip of the setup's version request, shown once up.
     setup_rtt: Option<Duration>,
 
-    channel_backoff: Backoff,
-    channels_started: Instant,
+    /// The Docker channels on a live master, likewise.
+    channels: Retry,
 
     /// The up link's health probes and resyncs.
     schedule: Schedule,
 
     net_usable: bool,
 
-    episodes: EpisodeLog,
-    channel_episodes: EpisodeLog,
     skipped: RepeatGate,
     network_lost_gate: RepeatGate,
     recent_stderr: RecentLines,
@@ -205,8 +204,7 @@ impl HostMachine {
         }
         m.health.engine.remote_socket = from.remote_socket;
         m.health.engine.found_by = from.found_by;
-        m.backoff.resume(from.failures);
-        m.episodes.resume(from.episode, now);
+        m.master.resume(from.failures, from.episode, now);
         m.commands.push_back(Command::ContainersChanged);
         match from.master_pid {
             Some(pid) => {
@@ -264,21 +262,19 @@ impl HostMachine {
                 MasterPhase::Connected => now.saturating_duration_since(self.health.since),
                 _ => Duration::ZERO,
             },
-            failures: self.backoff.failures(),
+            failures: self.master.failures(),
             retry_in: match self.phase {
                 Phase::Backoff { until, .. } => Some(until.saturating_duration_since(now)),
                 _ => None,
             },
-            episode: self.episodes.snapshot(),
+            episode: self.master.snapshot(),
         }
     }
 
     fn idle(policy: HostPolicy, net_usable: bool, seed: u64, now: Instant) -> Self {
         HostMachine {
-            backoff: Backoff::new(policy.backoff.clone()),
-            channel_backoff: Backoff::new(policy.backoff.clone()),
-            episodes: EpisodeLog::new(policy.backoff.healthy_after, policy.summary_every),
-            channel_episodes: EpisodeLog::new(policy.backoff.healthy_after, policy.summary_every),
+            master: Retry::new(&policy.backoff, policy.summary_every, now),
+            channels: Retry::new(&policy.backoff, policy.summary_every, now),
             skipped: RepeatGate::new(policy.summary_every),
             network_lost_gate: RepeatGate::new(policy.summary_every),
             recent_stderr: RecentLines::new(policy.summary_every, 32),
@@ -295,7 +291,6 @@ impl HostMachine {
             rootless: RootlessQuestion::default(),
             rng: seed | 1,
             tracker: Tracker::default(),
-            attempt_started: now,
             master_pid: None,
             published: None,
             route: EngineRoute::DialStdio,
@@ -307,7 +302,6 @@ impl HostMachine {
             pin: EnginePin::default(),
             logged_version: None,
             setup_rtt: None,
-            channels_started: now,
             schedule: Schedule::new(now),
             net_usable,
         }
@@ -435,7 +429,7 @@ impl HostMachine {
                     self.lost_reason.get_or_insert("requested");
                 }
                 self.log(Record::ReconnectRequested);
-                self.backoff.reset();
+                self.master.reset();
                 self.teardown();
                 self.connect(now);
             }
@@ -446,8 +440,8 @@ impl HostMachine {
                 }
             }
             Input::PolicyChanged(p) => {
-                self.backoff.set_policy(p.backoff.clone());
-                self.channel_backoff.set_policy(p.backoff.clone());
+                self.master.set_policy(p.backoff.clone());
+                self.channels.set_policy(p.backoff.clone());
                 self.policy = p;
             }
             Input::Shutdown => return self.shut_down(now),
@@ -613,7 +607,7 @@ impl HostMachine {
         self.health.master_pid = Some(pid);
         self.health.engine = EngineHealth::default();
         self.health_changed = true;
-        self.channel_backoff.reset();
+        self.channels.reset();
         self.engine_forwarded = false;
         self.engine_alternatives.clear();
         self.phase = Phase::Setup;
@@ -763,7 +757,7 @@ impl HostMachine {
     // ---- the master ----
 
     fn connect(&mut self, now: Instant) {
-        self.attempt_started = now;
+        self.master.attempt(now);
         self.phase = Phase::Spawning;
         self.health.set_master(MasterPhase::Connecting, now);
         self.health.next_retry = None;
@@ -799,24 +793,22 @@ impl HostMachine {
             self.lost_reason.get_or_insert(f.kind.as_str());
         }
         self.teardown();
-        self.backoff
-            .record_uptime(now.saturating_duration_since(self.attempt_started));
         let delay = match f.kind.class() {
             FailureClass::Permanent => {
-                self.backoff.next_delay(0.5);
+                self.master.failed(0.5, now);
                 self.policy.permanent_retry
             }
             FailureClass::Transient => {
                 let r = self.unit_random();
-                self.backoff.next_delay(r)
+                self.master.failed(r, now)
             }
         };
-        let failures = self.backoff.failures();
+        let failures = self.master.failures();
         self.health.set_master(MasterPhase::Backoff, now);
         self.health.master_pid = None;
         self.health.failed(&f, failures, now + delay, now);
         self.health_changed = true;
-        match self.episodes.on_failure(f.kind.as_str(), now) {
+        match self.master.say(f.kind.as_str(), now) {
             Verdict::Log => self.log(Record::LinkFailed {
                 kind: f.kind,
                 consecutive_failures: failures,
@@ -884,7 +876,7 @@ impl HostMachine {
             return self.request(Purpose::Discover, Op::DiscoverEngine, now);
         }
         self.phase = Phase::Setup;
-        self.channels_started = now;
+        self.channels.attempt(now);
         self.health.stream = StreamPhase::Resyncing;
         self.health_changed = true;
         // Stream-local whenever the forward exists: every attempt tries the
@@ -921,10 +913,8 @@ impl HostMachine {
         if f.kind.class() == FailureClass::Permanent {
             return self.master_failed(f, now);
         }
-        self.channel_backoff
-            .record_uptime(now.saturating_duration_since(self.channels_started));
         let r = self.unit_random();
-        let mut delay = self.channel_backoff.next_delay(r);
+        let mut delay = self.channels.failed(r, now);
         if self.pin.is_gone() {
             // Waiting for the engine (restarting): a channel to its socket
             // costs sshd no process, so look often and serve again within
@@ -932,10 +922,10 @@ impl HostMachine {
             delay = delay.min(pin::ENGINE_WAIT_POLL);
         }
         self.health.stream_restarts += 1;
-        let failures = self.channel_backoff.failures();
+        let failures = self.channels.failures();
         self.health.failed(&f, failures, now + delay, now);
         self.health_changed = true;
-        match self.channel_episodes.on_failure(f.kind.as_str(), now) {
+        match self.channels.say(f.kind.as_str(), now) {
             Verdict::Log => self.log(Record::StreamRestarting {
                 message: f.message,
                 retry_in: delay,
@@ -999,8 +989,8 @@ impl HostMachine {
         }
         self.health_changed = true;
         self.ever_connected = true;
-        self.channel_episodes.on_up(now);
-        let failures_before = match self.episodes.on_up(now) {
+        self.channels.up(now);
+        let failures_before = match self.master.up(now) {
             UpLog::Quiet => None,
             UpLog::First => Some(0),
             UpLog::Recovered { failures } => Some(failures),
