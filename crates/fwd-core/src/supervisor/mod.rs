@@ -37,6 +37,7 @@ use crate::repeat::{RecentLines, RepeatGate, UpLog, Verdict};
 
 mod health;
 mod io;
+mod link;
 mod ops;
 mod pin;
 mod policy;
@@ -51,6 +52,7 @@ pub use health::{EngineHealth, Health, LastError, MasterPhase, StreamPhase};
 pub use io::{
     Command, EngineRoute, Failure, Handover, Input, Op, OpId, Outcome, DEFAULT_ENGINE_SOCKET,
 };
+use link::Link;
 use ops::{InFlight, Operations, Purpose};
 use pin::EnginePin;
 pub use policy::HostPolicy;
@@ -127,18 +129,12 @@ pub struct HostMachine {
 
     /// The master's connection: its backoff and what was said of it.
     master: Retry,
-    master_pid: Option<u32>,
-    /// Generation and engine route the link is published with.
-    published: Option<(u64, EngineRoute)>,
+    /// The master, its generation, whether the link is published.
+    link: Link,
     /// The route the current master's channels take.
     route: EngineRoute,
     /// A stream-local forward to the engine is registered on this master.
     engine_forwarded: bool,
-    generation: u64,
-    ever_connected: bool,
-    /// What ended the link that was up last, until the next one is (see
-    /// `Health::reconnect_reasons`).
-    lost_reason: Option<&'static str>,
     /// Engine sockets found after the one in use, tried in turn when it
     /// does not answer (a socket left by an engine that is gone).
     engine_alternatives: VecDeque<(String, &'static str)>,
@@ -208,12 +204,10 @@ impl HostMachine {
         m.commands.push_back(Command::ContainersChanged);
         match from.master_pid {
             Some(pid) => {
-                m.master_pid = Some(pid);
+                m.link = Link::adopted(pid);
                 m.health.master_pid = Some(pid);
-                m.generation = 1;
                 m.engine_forwarded = from.engine_forwarded;
                 m.route = from.route;
-                m.ever_connected = true;
                 // Connected as far as anyone can tell: the old image's
                 // tunnels flow through it. The alive check below says
                 // otherwise within a second if it must.
@@ -249,7 +243,7 @@ impl HostMachine {
             Phase::Setup | Phase::Up | Phase::CheckingMaster | Phase::ChannelBackoff { .. }
         );
         Handover {
-            master_pid: self.master_pid.filter(|_| master_up),
+            master_pid: self.link.master_pid().filter(|_| master_up),
             route: self.route,
             engine_forwarded: self.engine_forwarded,
             remote_socket: self.health.engine.remote_socket.clone(),
@@ -291,13 +285,9 @@ impl HostMachine {
             rootless: RootlessQuestion::default(),
             rng: seed | 1,
             tracker: Tracker::default(),
-            master_pid: None,
-            published: None,
+            link: Link::default(),
             route: EngineRoute::DialStdio,
             engine_forwarded: false,
-            generation: 0,
-            ever_connected: false,
-            lost_reason: None,
             engine_alternatives: VecDeque::new(),
             pin: EnginePin::default(),
             logged_version: None,
@@ -426,7 +416,7 @@ impl HostMachine {
             Input::Resumed => self.on_wake(now),
             Input::ReconnectRequested => {
                 if self.phase == Phase::Up {
-                    self.lost_reason.get_or_insert("requested");
+                    self.link.lost("requested");
                 }
                 self.log(Record::ReconnectRequested);
                 self.master.reset();
@@ -461,7 +451,7 @@ impl HostMachine {
 
     /// The master exited: its stderr says why, when it says anything known.
     fn master_exited(&mut self, how: &str, stderr_tail: &str, now: Instant) {
-        if self.master_pid.is_none() {
+        if self.link.master_pid().is_none() {
             return;
         }
         let kind = match classify_ssh_failure(stderr_tail) {
@@ -602,8 +592,7 @@ impl HostMachine {
     /// it every forwarded connection waits out Nagle against delayed ACKs
     /// (~40 ms).
     fn master_ready(&mut self, pid: u32, now: Instant) {
-        self.master_pid = Some(pid);
-        self.generation += 1;
+        self.link.master_ready(pid);
         self.health.master_pid = Some(pid);
         self.health.engine = EngineHealth::default();
         self.health_changed = true;
@@ -620,9 +609,9 @@ impl HostMachine {
     /// The master the old image handed over answers: its forwards were
     /// serving through it a moment ago, so serve at once, resync behind it.
     fn adopted_master_answers(&mut self, now: Instant) {
-        self.published = Some((self.generation, self.route));
+        self.link.publish(self.route);
         self.commands.push_back(Command::Publish {
-            generation: self.generation,
+            generation: self.link.generation(),
             engine: self.route,
         });
         self.health_changed = true;
@@ -778,20 +767,18 @@ impl HostMachine {
     fn teardown(&mut self) {
         self.drop_channel_work();
         self.schedule.forget_wants();
-        if self.published.take().is_some() {
+        if self.link.withdraw() {
             self.commands.push_back(Command::Withdraw);
         }
-        if self.master_pid.take().is_some() || self.phase == Phase::Spawning {
+        if self.link.end_master() || self.phase == Phase::Spawning {
             self.commands.push_back(Command::StopMaster);
         }
         self.health.network_lost_since = None;
     }
 
     fn master_failed(&mut self, f: Failure, now: Instant) {
-        if self.ever_connected {
-            // The first failure since the link was up is what ended it.
-            self.lost_reason.get_or_insert(f.kind.as_str());
-        }
+        // The first failure since the link was up is what ended it.
+        self.link.lost(f.kind.as_str());
         self.teardown();
         let delay = match f.kind.class() {
             FailureClass::Permanent => {
@@ -962,33 +949,29 @@ impl HostMachine {
     fn go_up(&mut self, now: Instant) {
         self.phase = Phase::Up;
         self.ask_rootless();
-        let link = (self.generation, self.route);
-        if self.published != Some(link) {
-            self.published = Some(link);
+        if self.link.publish(self.route) {
             self.commands.push_back(Command::Publish {
-                generation: self.generation,
+                generation: self.link.generation(),
                 engine: self.route,
             });
         }
-        let pid = self.master_pid.unwrap_or(0);
+        let pid = self.link.master_pid().unwrap_or(0);
         {
             let h = &mut self.health;
             if h.master != MasterPhase::Connected {
-                if self.ever_connected {
+                if let Some(reason) = self.link.connected() {
                     h.reconnects += 1;
-                    let reason = self.lost_reason.take().unwrap_or("unknown");
                     *h.reconnect_reasons.entry(reason).or_default() += 1;
                 }
                 h.set_master(MasterPhase::Connected, now);
             }
-            h.master_pid = self.master_pid;
+            h.master_pid = self.link.master_pid();
             h.consecutive_failures = 0;
             h.next_retry = None;
             h.last_probe_rtt = self.setup_rtt;
             h.stream = StreamPhase::Streaming;
         }
         self.health_changed = true;
-        self.ever_connected = true;
         self.channels.up(now);
         let failures_before = match self.master.up(now) {
             UpLog::Quiet => None,
@@ -1141,7 +1124,7 @@ impl HostMachine {
 
     fn on_network(&mut self, usable: bool, now: Instant) {
         let was_usable = std::mem::replace(&mut self.net_usable, usable);
-        let master_up = self.master_pid.is_some();
+        let master_up = self.link.master_pid().is_some();
         if !usable {
             // Nothing can be answered now, and the master may well survive
             // a short outage: suspend every deadline instead of letting
