@@ -3,9 +3,33 @@
 
 use fwd_core::Record;
 
-/// The machine's log records, with their stable event names and fields.
+/// The machine's log records, with their stable event names and fields,
+/// by what they are about.
 pub fn log_record(host: &str, r: Record) {
     let event = r.event();
+    match r {
+        r @ (Record::LinkFailed { .. }
+        | Record::LinkStillFailing { .. }
+        | Record::LinkUp { .. }
+        | Record::ReconnectRequested
+        | Record::NetworkLost { .. }
+        | Record::NetworkBack { .. }
+        | Record::WaitingForNetwork) => log_link(host, event, r),
+        r @ (Record::StreamRestarting { .. }
+        | Record::StreamStillRestarting { .. }
+        | Record::ResyncRequested
+        | Record::EventSkipped { .. }) => log_stream(host, event, r),
+        r @ (Record::DockerVersion { .. }
+        | Record::InspectUnparsable { .. }
+        | Record::EngineReplaced { .. }) => log_engine(host, event, r),
+        r @ (Record::SshStderr { .. } | Record::ChannelOpenFailed { .. }) => {
+            log_ssh(host, event, r)
+        }
+    }
+}
+
+/// Records about the master and the network it needs: failures, retries, the link up.
+fn log_link(host: &str, event: &'static str, r: Record) {
     match r {
         Record::LinkFailed {
             kind,
@@ -47,47 +71,8 @@ pub fn log_record(host: &str, r: Record) {
             failures_before,
             "connected to {host} (ssh master pid {master_pid})"
         ),
-        Record::DockerVersion { version } => {
-            tracing::info!(event, host, version = %version, "Docker engine on {host}: {version}")
-        }
-        Record::StreamRestarting { message, retry_in } => tracing::info!(
-            event,
-            host,
-            error = %message,
-            retry_in_ms = retry_in.as_millis() as u64,
-            "docker channel to {host} ended ({message}); reopening"
-        ),
-        Record::StreamStillRestarting { message, repeats } => tracing::info!(
-            event,
-            host,
-            error = %message,
-            repeats,
-            "docker channel to {host} keeps ending ({repeats} more times): {message}"
-        ),
         Record::ReconnectRequested => {
             tracing::info!(event, host, "replacing the master of {host} on request")
-        }
-        Record::ResyncRequested => {
-            tracing::info!(event, host, "resyncing {host} on request")
-        }
-        Record::EventSkipped { reason } => tracing::warn!(
-            event,
-            host,
-            reason = %reason,
-            "skipped an event line from {host}: {reason}"
-        ),
-        Record::InspectUnparsable { container, error } => tracing::warn!(
-            event,
-            host,
-            container_id = %container,
-            error = %error,
-            "skipping container {container}: {error}"
-        ),
-        Record::SshStderr { line } => {
-            tracing::info!(event, host, line = %line, "ssh: {line}")
-        }
-        Record::ChannelOpenFailed { line } => {
-            tracing::debug!(event, host, line = %line, "ssh: {line}")
         }
         Record::NetworkLost { repeats } => tracing::info!(
             event,
@@ -105,6 +90,55 @@ pub fn log_record(host: &str, r: Record) {
             event,
             host,
             "no usable network link; waiting for one before retrying {host}"
+        ),
+        // `log_record` hands every other record to its own group.
+        _ => {}
+    }
+}
+
+/// Records about the Docker channels: the event stream ending, resyncs, event lines skipped.
+fn log_stream(host: &str, event: &'static str, r: Record) {
+    match r {
+        Record::StreamRestarting { message, retry_in } => tracing::info!(
+            event,
+            host,
+            error = %message,
+            retry_in_ms = retry_in.as_millis() as u64,
+            "docker channel to {host} ended ({message}); reopening"
+        ),
+        Record::StreamStillRestarting { message, repeats } => tracing::info!(
+            event,
+            host,
+            error = %message,
+            repeats,
+            "docker channel to {host} keeps ending ({repeats} more times): {message}"
+        ),
+        Record::ResyncRequested => {
+            tracing::info!(event, host, "resyncing {host} on request")
+        }
+        Record::EventSkipped { reason } => tracing::warn!(
+            event,
+            host,
+            reason = %reason,
+            "skipped an event line from {host}: {reason}"
+        ),
+        // `log_record` hands every other record to its own group.
+        _ => {}
+    }
+}
+
+/// Records about the engine: its version, containers it describes oddly, its replacement.
+fn log_engine(host: &str, event: &'static str, r: Record) {
+    match r {
+        Record::DockerVersion { version } => {
+            tracing::info!(event, host, version = %version, "Docker engine on {host}: {version}")
+        }
+        Record::InspectUnparsable { container, error } => tracing::warn!(
+            event,
+            host,
+            container_id = %container,
+            error = %error,
+            "skipping container {container}: {error}"
         ),
         Record::EngineReplaced {
             from,
@@ -125,5 +159,21 @@ pub fn log_record(host: &str, r: Record) {
              forwarded (engine_gone_after sets how long fwd waits)",
             gone_for.as_secs()
         ),
+        // `log_record` hands every other record to its own group.
+        _ => {}
+    }
+}
+
+/// Records about what ssh itself said.
+fn log_ssh(host: &str, event: &'static str, r: Record) {
+    match r {
+        Record::SshStderr { line } => {
+            tracing::info!(event, host, line = %line, "ssh: {line}")
+        }
+        Record::ChannelOpenFailed { line } => {
+            tracing::debug!(event, host, line = %line, "ssh: {line}")
+        }
+        // `log_record` hands every other record to its own group.
+        _ => {}
     }
 }
