@@ -374,17 +374,7 @@ pub(super) fn start_op(
     op: Op,
 ) -> OpFuture {
     let host = host.clone();
-    // Requests need the API channel; the machine issues them only while it
-    // is open, so its absence is a failed channel.
-    let no_channel = || -> OpFuture {
-        Box::pin(async {
-            Done::Plain(Outcome::Failed(Failure::new(
-                FailureKind::StreamEnded,
-                "the Docker API channel is closed",
-            )))
-        })
-    };
-    let fut: OpFuture = match op {
+    match op {
         Op::SpawnMaster => Box::pin(async move { Done::Master(spawn_master(&host).await) }),
         Op::DiscoverEngine => Box::pin(async move {
             Done::Plain(match discover_engine(&host).await {
@@ -398,40 +388,13 @@ pub(super) fn start_op(
                 Err(f) => Outcome::Failed(f),
             })
         }),
-        Op::ForwardEngine { remote_socket } => Box::pin(async move {
-            let forward = async {
-                let mut mux = MuxClient::connect(&host.control_path).await?;
-                mux.open_local_path_forward(&host.engine_forward, &remote_socket)
-                    .await
-            };
-            Done::Plain(match forward.await {
-                Ok(()) => Outcome::Answered,
-                Err(e @ (fwd_ssh::MuxError::Connect { .. } | fwd_ssh::MuxError::Closed)) => {
-                    Outcome::Failed(Failure::new(FailureKind::MasterDied, e.to_string()))
-                }
-                Err(e) => Outcome::Failed(Failure::new(FailureKind::StreamEnded, e.to_string())),
-            })
-        }),
-        Op::OpenApi { route } => Box::pin(async move {
-            let opened = async {
-                let (mut api, channel) = open_docker(&host, route).await?;
-                match api.version().await {
-                    Ok(v) => Ok((api, channel, v)),
-                    Err(e) => Err(channel.diagnose(e).await),
-                }
-            };
-            Done::Api(opened.await)
-        }),
-        Op::Subscribe { since_ns, route } => Box::pin(async move {
-            let opened = async {
-                let (api, channel) = open_docker(&host, route).await?;
-                match api.events(since_ns).await {
-                    Ok(stream) => Ok((stream, channel)),
-                    Err(e) => Err(channel.diagnose(e).await),
-                }
-            };
-            Done::Events(opened.await)
-        }),
+        Op::ForwardEngine { remote_socket } => {
+            Box::pin(async move { Done::Plain(forward_engine(&host, &remote_socket).await) })
+        }
+        Op::OpenApi { route } => Box::pin(async move { open_api(&host, route).await }),
+        Op::Subscribe { since_ns, route } => {
+            Box::pin(async move { subscribe(&host, since_ns, route).await })
+        }
         Op::ListContainers => {
             let Some(mut api) = res.api.take() else {
                 return no_channel();
@@ -456,13 +419,7 @@ pub(super) fn start_op(
                 return no_channel();
             };
             Box::pin(async move {
-                // An engine that cannot say (an error answer, one not
-                // understood) leaves it not known; the channel is fine.
-                let r = match api.rootless(podman).await {
-                    Ok(rootless) => Ok(Reply::Rootless(Some(rootless))),
-                    Err(ApiError::Status { .. } | ApiError::Parse(_)) => Ok(Reply::Rootless(None)),
-                    Err(e) => Err(e),
-                };
+                let r = ask_rootless(&mut api, podman).await;
                 Done::Request(api, r)
             })
         }
@@ -485,8 +442,71 @@ pub(super) fn start_op(
                 )),
             })
         }),
+    }
+}
+
+/// Requests need the API channel; the machine issues them only while it is
+/// open, so its absence is a failed channel.
+fn no_channel() -> OpFuture {
+    Box::pin(async {
+        Done::Plain(Outcome::Failed(Failure::new(
+            FailureKind::StreamEnded,
+            "the Docker API channel is closed",
+        )))
+    })
+}
+
+/// Registers the engine's forward on the master. A mux that cannot be
+/// reached or closes is the master's death; any other refusal is the
+/// channel's, so the master is kept.
+async fn forward_engine(host: &Host, remote_socket: &str) -> Outcome {
+    let forward = async {
+        let mut mux = MuxClient::connect(&host.control_path).await?;
+        mux.open_local_path_forward(&host.engine_forward, remote_socket)
+            .await
     };
-    fut
+    match forward.await {
+        Ok(()) => Outcome::Answered,
+        Err(e @ (fwd_ssh::MuxError::Connect { .. } | fwd_ssh::MuxError::Closed)) => {
+            Outcome::Failed(Failure::new(FailureKind::MasterDied, e.to_string()))
+        }
+        Err(e) => Outcome::Failed(Failure::new(FailureKind::StreamEnded, e.to_string())),
+    }
+}
+
+/// Opens the API channel and asks the engine its version: the end-to-end
+/// probe. A failed request is diagnosed on the channel it used.
+async fn open_api(host: &Host, route: EngineRoute) -> Done {
+    let opened = async {
+        let (mut api, channel) = open_docker(host, route).await?;
+        match api.version().await {
+            Ok(v) => Ok((api, channel, v)),
+            Err(e) => Err(channel.diagnose(e).await),
+        }
+    };
+    Done::Api(opened.await)
+}
+
+/// Opens the event channel and subscribes from `since_ns`.
+async fn subscribe(host: &Host, since_ns: Option<i64>, route: EngineRoute) -> Done {
+    let opened = async {
+        let (api, channel) = open_docker(host, route).await?;
+        match api.events(since_ns).await {
+            Ok(stream) => Ok((stream, channel)),
+            Err(e) => Err(channel.diagnose(e).await),
+        }
+    };
+    Done::Events(opened.await)
+}
+
+/// Whether the engine runs rootless. An engine that cannot say (an error
+/// answer, one not understood) leaves it not known; the channel is fine.
+async fn ask_rootless(api: &mut DockerApi, podman: bool) -> Result<Reply, ApiError> {
+    match api.rootless(podman).await {
+        Ok(rootless) => Ok(Reply::Rootless(Some(rootless))),
+        Err(ApiError::Status { .. } | ApiError::Parse(_)) => Ok(Reply::Rootless(None)),
+        Err(e) => Err(e),
+    }
 }
 
 /// The master's first session when there is nothing to discover.
