@@ -303,34 +303,7 @@ impl Daemon {
     /// are started, stopped or restarted; unchanged hosts and their forwards
     /// are left alone; hosts that are failing are retried at once.
     pub async fn reload(self: &Rc<Self>, mut new: Config) {
-        let old_dir = self.config.borrow().runtime_dir.clone();
-        if new.runtime_dir != old_dir {
-            tracing::warn!(
-                event = "reload_ignored_key",
-                key = "runtime_dir",
-                "runtime_dir cannot change while running; keeping {}",
-                old_dir.display()
-            );
-            new.runtime_dir = old_dir;
-        }
-        let old_group = self.config.borrow().engine_socket_group.clone();
-        if new.engine_socket_group != old_group {
-            tracing::warn!(
-                event = "reload_ignored_key",
-                key = "engine_socket_group",
-                "engine_socket_group cannot change while running (the sockets and the runtime directory keep their group); restart fwdd to change it"
-            );
-            new.engine_socket_group = old_group;
-        }
-        let old_metrics = self.config.borrow().metrics;
-        if new.metrics != old_metrics {
-            tracing::warn!(
-                event = "reload_ignored_key",
-                key = "metrics",
-                "metrics cannot change while running (the endpoint stays where it is); restart fwdd to change it"
-            );
-            new.metrics = old_metrics;
-        }
+        self.keep_restart_only_keys(&mut new);
         let hosts = self.hosts();
         // Exposures change without touching the connection (below).
         let running_cfg: Vec<HostConfig> = hosts.iter().map(|h| h.cfg.connection()).collect();
@@ -403,6 +376,40 @@ impl Daemon {
         self.request_plan();
     }
 
+    /// The keys a reload cannot change (what they set is already bound,
+    /// created or listening) keep their running values, each with a warning
+    /// that says to restart fwdd.
+    fn keep_restart_only_keys(&self, new: &mut Config) {
+        let old_dir = self.config.borrow().runtime_dir.clone();
+        if new.runtime_dir != old_dir {
+            tracing::warn!(
+                event = "reload_ignored_key",
+                key = "runtime_dir",
+                "runtime_dir cannot change while running; keeping {}",
+                old_dir.display()
+            );
+            new.runtime_dir = old_dir;
+        }
+        let old_group = self.config.borrow().engine_socket_group.clone();
+        if new.engine_socket_group != old_group {
+            tracing::warn!(
+                event = "reload_ignored_key",
+                key = "engine_socket_group",
+                "engine_socket_group cannot change while running (the sockets and the runtime directory keep their group); restart fwdd to change it"
+            );
+            new.engine_socket_group = old_group;
+        }
+        let old_metrics = self.config.borrow().metrics;
+        if new.metrics != old_metrics {
+            tracing::warn!(
+                event = "reload_ignored_key",
+                key = "metrics",
+                "metrics cannot change while running (the endpoint stays where it is); restart fwdd to change it"
+            );
+            new.metrics = old_metrics;
+        }
+    }
+
     /// Asks the planner for a plan at its next turn.
     pub fn request_plan(&self) {
         self.plan_wanted.notify_one();
@@ -470,35 +477,7 @@ impl Daemon {
         self.serve.starts.plan_applied();
         *self.rejected.borrow_mut() = plan.rejected;
         *self.unsupported.borrow_mut() = plan.unsupported;
-        for c in self.cap_reports.borrow_mut().news(&plan.capped) {
-            tracing::warn!(
-                event = "forward_cap_reached",
-                host = %c.host,
-                container = %c.container_name,
-                container_id = %c.container,
-                published = c.published,
-                forwarded = c.forwarded,
-                "{}",
-                c.message()
-            );
-        }
-        match self.cap_reports.borrow_mut().total(plan.over_total) {
-            Some(fwd_core::TotalNews::Reached { left_out }) => tracing::warn!(
-                event = "forward_total_reached",
-                cap = limits.forwards_total,
-                left_out,
-                "fwd forwards at most {} ports in all and that many are claimed: {left_out} more are not \
-                 forwarded (fwdctl status lists them; set max_forwards_total in fwdd.toml, or raise \
-                 the open-files hard limit it is derived from)",
-                limits.forwards_total
-            ),
-            Some(fwd_core::TotalNews::Cleared) => tracing::info!(
-                event = "forward_total_cleared",
-                cap = limits.forwards_total,
-                "every claimed port fits under max_forwards_total again"
-            ),
-            None => {}
-        }
+        self.report_caps(&plan.capped, plan.over_total, limits.forwards_total);
         self.over_total.set(plan.over_total);
         *self.capped.borrow_mut() = plan.capped;
         // After a crash restart, the listeners systemd kept that no claim
@@ -511,6 +490,40 @@ impl Daemon {
             release_stored(&self.serve.stored);
         }
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Logs what the caps left out, once per episode (`CapReports`): a
+    /// container that reached its cap, and every claim past the total.
+    fn report_caps(&self, capped: &[fwd_core::Capped], over_total: usize, forwards_total: u64) {
+        for c in self.cap_reports.borrow_mut().news(capped) {
+            tracing::warn!(
+                event = "forward_cap_reached",
+                host = %c.host,
+                container = %c.container_name,
+                container_id = %c.container,
+                published = c.published,
+                forwarded = c.forwarded,
+                "{}",
+                c.message()
+            );
+        }
+        match self.cap_reports.borrow_mut().total(over_total) {
+            Some(fwd_core::TotalNews::Reached { left_out }) => tracing::warn!(
+                event = "forward_total_reached",
+                cap = forwards_total,
+                left_out,
+                "fwd forwards at most {} ports in all and that many are claimed: {left_out} more are not \
+                 forwarded (fwdctl status lists them; set max_forwards_total in fwdd.toml, or raise \
+                 the open-files hard limit it is derived from)",
+                forwards_total
+            ),
+            Some(fwd_core::TotalNews::Cleared) => tracing::info!(
+                event = "forward_total_cleared",
+                cap = forwards_total,
+                "every claimed port fits under max_forwards_total again"
+            ),
+            None => {}
+        }
     }
 
     /// Whether a connection through local `port` is accepted by the remote
