@@ -130,19 +130,6 @@ fn main() -> ExitCode {
     let mut takeover = handover::inherited();
     // Before any socket or master: the budget is what the hard limit allows.
     let raised = fdlimit::raise();
-    // Until this image owns the handover, any reason not to start hands it
-    // back to the previous image, which carries on.
-    fn refuse(
-        takeover: &mut Option<Result<handover::Inherited, String>>,
-        code: u8,
-        why: String,
-    ) -> ExitCode {
-        match takeover.take() {
-            Some(Ok(pending)) => eprintln!("fwdd: {}", pending.roll_back(&why)),
-            _ => eprintln!("fwdd: {why}"),
-        }
-        ExitCode::from(code)
-    }
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) if takeover.is_some() => {
@@ -161,38 +148,8 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let mut settings = args.settings;
-    match args.command {
-        // The running image asks this of a new binary, with its own
-        // arguments: the binary must run, accept them, and understand the
-        // handover.
-        Some(Command::UpgradeCheck) => {
-            if let Err(e) = Config::load(settings.overrides()) {
-                eprintln!("fwdd: {e}");
-                return ExitCode::from(2);
-            }
-            let answer = handover::CheckAnswer {
-                fwdd: VERSION.to_string(),
-                handover_versions: handover::ACCEPTED_VERSIONS.to_vec(),
-            };
-            println!("{}", serde_json::to_string(&answer).unwrap_or_default());
-            return ExitCode::SUCCESS;
-        }
-        Some(Command::CheckConfig { file }) => {
-            if file.is_some() {
-                settings.config = file;
-            }
-            return match Config::load(settings.overrides()) {
-                Ok(c) => {
-                    print!("{}", config::render(&c));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("fwdd: {e}");
-                    ExitCode::from(2)
-                }
-            };
-        }
-        None => {}
+    if let Some(command) = args.command {
+        return answer(command, &mut settings);
     }
     let config = match Config::load(settings.overrides()) {
         Ok(c) => c,
@@ -201,45 +158,11 @@ fn main() -> ExitCode {
     if let Some(g) = &config.engine_socket_group {
         private_socket::share_engine_with(g.gid);
     }
-    // The runtime directory holds sockets that grant use of the SSH
-    // connection: one policy for it, the one every socket binder applies too.
-    if let Err(e) =
-        private_socket::ensure_private_dir(&config.runtime_dir, fwd_proto::effective_uid())
-    {
-        return refuse(
-            &mut takeover,
-            2,
-            format!("{e} (the runtime directory is set with --runtime-dir or FWD_RUNTIME_DIR)"),
-        );
-    }
-    for i in 0..config.hosts.len() {
-        let path = config.runtime_dir.join(format!("h{i}.ctl"));
-        if let Err(e) = fwd_ssh::check_control_path_len(&path) {
-            return refuse(
-                &mut takeover,
-                2,
-                format!("{e} (choose a shorter --runtime-dir)"),
-            );
-        }
+    if let Err(why) = check_runtime_dir(&config) {
+        return refuse(&mut takeover, 2, why);
     }
     init_logging(config.log_format);
-    match raised {
-        Ok(r) if r.now > r.before => tracing::info!(
-            event = "open_files_raised",
-            before = r.before,
-            now = r.now,
-            "open-files limit raised from {} to {} (the hard limit); the ssh masters inherit it",
-            r.before,
-            r.now
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(
-            event = "open_files_not_raised",
-            error = %e,
-            "the open-files limit could not be raised to the hard limit: {e}; the caps are shared out of {}",
-            fdlimit::current()
-        ),
-    }
+    log_open_files(raised);
     let takeover = match takeover {
         Some(Ok(pending)) => Some(pending.take()),
         Some(Err(e)) => {
@@ -267,6 +190,93 @@ fn main() -> ExitCode {
             eprintln!("fwdd: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Until this image owns the handover, any reason not to start hands it
+/// back to the previous image, which carries on.
+fn refuse(
+    takeover: &mut Option<Result<handover::Inherited, String>>,
+    code: u8,
+    why: String,
+) -> ExitCode {
+    match takeover.take() {
+        Some(Ok(pending)) => eprintln!("fwdd: {}", pending.roll_back(&why)),
+        _ => eprintln!("fwdd: {why}"),
+    }
+    ExitCode::from(code)
+}
+
+/// The subcommands answer and exit: they start nothing.
+fn answer(command: Command, settings: &mut Settings) -> ExitCode {
+    match command {
+        // The running image asks this of a new binary, with its own
+        // arguments: the binary must run, accept them, and understand the
+        // handover.
+        Command::UpgradeCheck => {
+            if let Err(e) = Config::load(settings.overrides()) {
+                eprintln!("fwdd: {e}");
+                return ExitCode::from(2);
+            }
+            let answer = handover::CheckAnswer {
+                fwdd: VERSION.to_string(),
+                handover_versions: handover::ACCEPTED_VERSIONS.to_vec(),
+            };
+            println!("{}", serde_json::to_string(&answer).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { file } => {
+            if file.is_some() {
+                settings.config = file;
+            }
+            match Config::load(settings.overrides()) {
+                Ok(c) => {
+                    print!("{}", config::render(&c));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fwdd: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+/// The runtime directory holds sockets that grant use of the SSH
+/// connection: one policy for it, the one every socket binder applies too;
+/// and every host's control path must fit in a socket address.
+fn check_runtime_dir(config: &Config) -> Result<(), String> {
+    private_socket::ensure_private_dir(&config.runtime_dir, fwd_proto::effective_uid()).map_err(
+        |e| format!("{e} (the runtime directory is set with --runtime-dir or FWD_RUNTIME_DIR)"),
+    )?;
+    for i in 0..config.hosts.len() {
+        let path = config.runtime_dir.join(format!("h{i}.ctl"));
+        fwd_ssh::check_control_path_len(&path)
+            .map_err(|e| format!("{e} (choose a shorter --runtime-dir)"))?;
+    }
+    Ok(())
+}
+
+/// Says whether the open-files limit was raised: the caps are shared out of
+/// what it is now.
+fn log_open_files(raised: std::io::Result<fdlimit::Raised>) {
+    match raised {
+        Ok(r) if r.now > r.before => tracing::info!(
+            event = "open_files_raised",
+            before = r.before,
+            now = r.now,
+            "open-files limit raised from {} to {} (the hard limit); the ssh masters inherit it",
+            r.before,
+            r.now
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            event = "open_files_not_raised",
+            error = %e,
+            "the open-files limit could not be raised to the hard limit: {e}; the caps are shared out of {}",
+            fdlimit::current()
+        ),
     }
 }
 
@@ -305,19 +315,7 @@ async fn run(
         image.upgrades = t.upgrades;
         t.control.take()
     });
-    let stored_control = stored
-        .take(&fdstore::unix_fd_name(&control_path))
-        .filter(|_| control_path.exists());
-    let config_control = control::ControlConfig::default();
-    let control = match (inherited_control, stored_control) {
-        (Some((path, fd)), _) => control::ControlServer::adopt(&path, fd, config_control)?,
-        (None, Some(fd)) => control::ControlServer::adopt(&control_path, fd, config_control)?,
-        (None, None) => {
-            let c = control::ControlServer::bind(&control_path, config_control)?;
-            c.store_with_systemd(&fdstore::unix_fd_name(&control_path));
-            c
-        }
-    };
+    let control = control_server(&control_path, inherited_control, &stored)?;
     let daemon = Daemon::new(
         config,
         net.usable.clone(),
@@ -353,14 +351,55 @@ async fn run(
     notify::ready();
     notify::spawn(daemon.clone());
 
+    let which = serve_signals(&daemon, reload).await?;
+    tracing::info!(event = "stopping", signal = which, "stopping on {which}");
+    notify::stopping();
+    planner.abort();
+    daemon.shutdown().await;
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_millis(300), control_task).await;
+    tracing::info!(event = "stopped", "fwdd stopped");
+    Ok(())
+}
+
+/// The control socket: the one the previous image handed over, else the one
+/// systemd's fd store kept across a crash (if its file is still there), else
+/// a new one, stored with systemd for the next crash.
+fn control_server(
+    control_path: &std::path::Path,
+    inherited: Option<(PathBuf, std::os::fd::OwnedFd)>,
+    stored: &fdstore::StoredFds,
+) -> anyhow::Result<control::ControlServer> {
+    let stored_control = stored
+        .take(&fdstore::unix_fd_name(control_path))
+        .filter(|_| control_path.exists());
+    let config_control = control::ControlConfig::default();
+    Ok(match (inherited, stored_control) {
+        (Some((path, fd)), _) => control::ControlServer::adopt(&path, fd, config_control)?,
+        (None, Some(fd)) => control::ControlServer::adopt(control_path, fd, config_control)?,
+        (None, None) => {
+            let c = control::ControlServer::bind(control_path, config_control)?;
+            c.store_with_systemd(&fdstore::unix_fd_name(control_path));
+            c
+        }
+    })
+}
+
+/// Serves the signals until one says stop: SIGHUP reloads the
+/// configuration, SIGUSR2 upgrades to the binary on disk. Returns the
+/// signal that stopped fwdd.
+async fn serve_signals(
+    daemon: &Rc<Daemon>,
+    reload: impl Fn() -> Result<Config, config::ConfigError>,
+) -> std::io::Result<&'static str> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
-    let which = loop {
+    loop {
         tokio::select! {
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
+            _ = term.recv() => return Ok("SIGTERM"),
+            _ = int.recv() => return Ok("SIGINT"),
             _ = hup.recv() => {
                 notify::reloading();
                 match reload() {
@@ -375,15 +414,7 @@ async fn run(
                 tokio::task::spawn_local(async move { let _ = upgrade::upgrade(&d, None).await; });
             }
         }
-    };
-    tracing::info!(event = "stopping", signal = which, "stopping on {which}");
-    notify::stopping();
-    planner.abort();
-    daemon.shutdown().await;
-    let _ = shutdown_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_millis(300), control_task).await;
-    tracing::info!(event = "stopped", "fwdd stopped");
-    Ok(())
+    }
 }
 
 /// The metrics endpoint, when configured: the listener the previous image
