@@ -35,6 +35,7 @@ use crate::classify::{classify_ssh_failure, FailureClass, FailureKind};
 use crate::model::{Container, ContainerEvent, ContainerId};
 use crate::repeat::{RecentLines, RepeatGate, UpLog, Verdict};
 
+mod engine;
 mod health;
 mod io;
 mod link;
@@ -48,13 +49,13 @@ mod schedule;
 mod tracker;
 
 pub use crate::defaults::ENGINE_GONE_AFTER;
+use engine::{Ended, EngineChoice, Found};
 pub use health::{EngineHealth, Health, LastError, MasterPhase, StreamPhase};
 pub use io::{
     Command, EngineRoute, Failure, Handover, Input, Op, OpId, Outcome, DEFAULT_ENGINE_SOCKET,
 };
 use link::Link;
 use ops::{InFlight, Operations, Purpose};
-use pin::EnginePin;
 pub use policy::HostPolicy;
 pub use record::Record;
 use retry::Retry;
@@ -131,15 +132,8 @@ pub struct HostMachine {
     master: Retry,
     /// The master, its generation, whether the link is published.
     link: Link,
-    /// The route the current master's channels take.
-    route: EngineRoute,
-    /// A stream-local forward to the engine is registered on this master.
-    engine_forwarded: bool,
-    /// Engine sockets found after the one in use, tried in turn when it
-    /// does not answer (a socket left by an engine that is gone).
-    engine_alternatives: VecDeque<(String, &'static str)>,
-    /// The engine that answered: kept across its restarts.
-    pin: EnginePin,
+    /// Which engine, and the route its channels take.
+    engine: EngineChoice,
     logged_version: Option<String>,
     /// Round trip of the setup's version request, shown once up.
     setup_rtt: Option<Duration>,
@@ -192,12 +186,21 @@ impl HostMachine {
             m.rootless = RootlessQuestion::known_for(socket, rootless);
             m.health.engine.rootless = Some(rootless);
         }
-        if let (Some(path), Some(_)) = (&from.remote_socket, &m.health.docker_version) {
-            // It was serving: the host's engine, as before the upgrade.
-            let found_by = from.found_by.unwrap_or("unknown");
-            let over_stream_local = from.route == EngineRoute::StreamLocal;
-            m.pin.answered(path, found_by, over_stream_local, now);
-        }
+        // An engine that was serving is the host's engine, as before the
+        // upgrade; the route and forward are the master's, if it has one.
+        let pinned = match (&from.remote_socket, &m.health.docker_version) {
+            (Some(path), Some(_)) => Some((
+                path.as_str(),
+                from.found_by.unwrap_or("unknown"),
+                from.route == EngineRoute::StreamLocal,
+            )),
+            _ => None,
+        };
+        let (route, forwarded) = match from.master_pid {
+            Some(_) => (from.route, from.engine_forwarded),
+            None => (EngineRoute::DialStdio, false),
+        };
+        m.engine = EngineChoice::adopt(route, forwarded, pinned, now);
         m.health.engine.remote_socket = from.remote_socket;
         m.health.engine.found_by = from.found_by;
         m.master.resume(from.failures, from.episode, now);
@@ -206,8 +209,6 @@ impl HostMachine {
             Some(pid) => {
                 m.link = Link::adopted(pid);
                 m.health.master_pid = Some(pid);
-                m.engine_forwarded = from.engine_forwarded;
-                m.route = from.route;
                 // Connected as far as anyone can tell: the old image's
                 // tunnels flow through it. The alive check below says
                 // otherwise within a second if it must.
@@ -244,8 +245,8 @@ impl HostMachine {
         );
         Handover {
             master_pid: self.link.master_pid().filter(|_| master_up),
-            route: self.route,
-            engine_forwarded: self.engine_forwarded,
+            route: self.engine.route(),
+            engine_forwarded: self.engine.forwarded(),
             remote_socket: self.health.engine.remote_socket.clone(),
             found_by: self.health.engine.found_by,
             since_ns: self.tracker.since_ns(),
@@ -286,10 +287,7 @@ impl HostMachine {
             rng: seed | 1,
             tracker: Tracker::default(),
             link: Link::default(),
-            route: EngineRoute::DialStdio,
-            engine_forwarded: false,
-            engine_alternatives: VecDeque::new(),
-            pin: EnginePin::default(),
+            engine: EngineChoice::new(),
             logged_version: None,
             setup_rtt: None,
             schedule: Schedule::new(now),
@@ -519,7 +517,7 @@ impl HostMachine {
                 self.engine_discovered(&answer, now)
             }
             (Purpose::ForwardEngine, Outcome::Answered) => {
-                self.engine_forwarded = true;
+                self.engine.forward_registered();
                 self.open_channels(now);
             }
             (Purpose::ForwardEngine, Outcome::Failed(f)) if f.kind != FailureKind::MasterDied => {
@@ -597,8 +595,7 @@ impl HostMachine {
         self.health.engine = EngineHealth::default();
         self.health_changed = true;
         self.channels.reset();
-        self.engine_forwarded = false;
-        self.engine_alternatives.clear();
+        self.engine.new_master();
         self.phase = Phase::Setup;
         match self.policy.engine_socket {
             Some(_) => self.request(Purpose::FirstSession, Op::FirstSession, now),
@@ -609,10 +606,11 @@ impl HostMachine {
     /// The master the old image handed over answers: its forwards were
     /// serving through it a moment ago, so serve at once, resync behind it.
     fn adopted_master_answers(&mut self, now: Instant) {
-        self.link.publish(self.route);
+        let route = self.engine.route();
+        self.link.publish(route);
         self.commands.push_back(Command::Publish {
             generation: self.link.generation(),
-            engine: self.route,
+            engine: route,
         });
         self.health_changed = true;
         self.open_channels(now);
@@ -621,83 +619,66 @@ impl HostMachine {
     /// Discovery's answer: the pinned engine, else the one chosen, else
     /// the engine the CLI reaches over dial-stdio, else none.
     fn engine_discovered(&mut self, answer: &str, now: Instant) {
-        let candidates = crate::discovery::parse(answer);
         let gone_after = self.policy.engine_gone_after;
-        if let Some((path, how)) = self.pin.keep(&candidates, gone_after, now) {
-            // The engine that answered before, found again or
-            // waited for: never another one beside it.
-            self.health.engine.found_by = Some(how);
-            self.engine_alternatives.clear();
-            return self.forward_engine(path, now);
-        }
-        match crate::discovery::choose(&candidates) {
-            Ok(found) => {
-                self.health.engine.found_by = Some(found.source.as_str());
-                self.engine_alternatives = crate::discovery::usable(&candidates)
-                    .into_iter()
-                    .skip(1)
-                    .map(|c| (c.path.clone(), c.source.as_str()))
-                    .collect();
-                self.forward_engine(found.path.clone(), now);
+        match self.engine.discovered(answer, gone_after, now) {
+            Found::Socket { path, found_by } => {
+                self.health.engine.found_by = Some(found_by);
+                self.forward_engine(path, now);
             }
-            Err(none) => match crate::discovery::named(&candidates)
-                .filter(|c| c.state == crate::discovery::State::Other)
-            {
-                // No socket, but the CLI has an engine elsewhere
-                // (tcp://…): its dial-stdio sessions reach it.
-                Some(other) => {
-                    self.health.engine.found_by = Some(other.source.as_str());
-                    self.health.engine.reason = Some(format!(
-                        "the remote engine listens at {}, not on a Unix socket",
-                        other.path
-                    ));
-                    self.open_channels(now);
-                }
-                None => self.master_failed(Failure::new(FailureKind::EngineNotFound, none), now),
-            },
+            Found::Elsewhere { found_by, why } => {
+                self.health.engine.found_by = Some(found_by);
+                self.health.engine.reason = Some(why);
+                self.open_channels(now);
+            }
+            Found::Nothing(none) => {
+                self.master_failed(Failure::new(FailureKind::EngineNotFound, none), now)
+            }
         }
     }
 
     /// A stream-local channel to the engine's socket ended at once.
     fn stream_local_ended(&mut self, f: Failure, now: Instant) {
-        if self.pin.answers_over_stream_local(self.engine_socket()) {
-            // The engine that answered here is gone (restarting,
-            // stopped): wait for it on the same master, every tunnel
-            // kept; neither another engine nor dial-stdio.
-            self.pin.lost(now);
-            let waiting = self.pin.waiting(self.policy.engine_gone_after, now);
-            self.health.engine.reason = waiting.clone();
-            let message = match waiting {
-                Some(w) => format!("{w}: {}", f.message.trim()),
-                None => f.message,
-            };
-            return self.channel_failed(Failure::new(FailureKind::StreamEnded, message), now);
+        let socket = self.engine_socket().to_string();
+        match self
+            .engine
+            .stream_local_ended(&socket, self.policy.engine_gone_after, now)
+        {
+            Ended::EngineGone { waiting } => {
+                // The engine that answered here is gone (restarting,
+                // stopped): wait for it on the same master, every tunnel
+                // kept; neither another engine nor dial-stdio.
+                self.health.engine.reason = waiting.clone();
+                let message = match waiting {
+                    Some(w) => format!("{w}: {}", f.message.trim()),
+                    None => f.message,
+                };
+                self.channel_failed(Failure::new(FailureKind::StreamEnded, message), now);
+            }
+            Ended::Next { path, found_by } => {
+                // A socket whose engine is gone answers nothing: the next
+                // one found is tried before stream-local channels are
+                // suspected (they fail the same way for every socket).
+                self.health.engine.reason = Some(format!(
+                    "{socket} did not answer ({}); trying {path}",
+                    f.message.trim()
+                ));
+                self.health.engine.found_by = Some(found_by);
+                self.commands.push_back(Command::CloseChannels);
+                self.forward_engine(path, now);
+            }
+            Ended::DialStdio => {
+                // The server may forbid stream-local channels
+                // (AllowStreamLocalForwarding, DisableForwarding, a
+                // `restrict` key): the sessions of dial-stdio still work.
+                self.health.engine.reason = Some(format!(
+                    "a stream-local channel to {socket} failed ({}); is stream-local forwarding allowed by sshd (AllowStreamLocalForwarding)?",
+                    f.message.trim()
+                ));
+                self.commands.push_back(Command::CloseChannels);
+                let route = EngineRoute::DialStdio;
+                self.request(Purpose::OpenApi(route), Op::OpenApi { route }, now);
+            }
         }
-        if let Some((path, how)) = self.engine_alternatives.pop_front() {
-            // A socket whose engine is gone answers nothing: the next
-            // one found is tried before stream-local channels are
-            // suspected (they fail the same way for every socket).
-            let failed = self.health.engine.remote_socket.clone().unwrap_or_default();
-            self.health.engine.reason = Some(format!(
-                "{failed} did not answer ({}); trying {path}",
-                f.message.trim()
-            ));
-            self.health.engine.found_by = Some(how);
-            self.commands.push_back(Command::CloseChannels);
-            return self.forward_engine(path, now);
-        }
-        // The server may forbid stream-local channels
-        // (AllowStreamLocalForwarding, DisableForwarding, a `restrict`
-        // key): the sessions of dial-stdio still work.
-        let socket = self.health.engine.remote_socket.clone().unwrap_or_default();
-        self.health.engine.reason = Some(format!(
-            "a stream-local channel to {socket} failed ({}); is stream-local forwarding allowed by sshd (AllowStreamLocalForwarding)?",
-            f.message.trim()
-        ));
-        self.route = EngineRoute::DialStdio;
-        self.commands.push_back(Command::CloseChannels);
-        let route = self.route;
-        self.request(Purpose::OpenApi(route), Op::OpenApi { route }, now);
     }
 
     /// The engine answered `GET /version` on `route`: subscribe, then resync.
@@ -836,9 +817,7 @@ impl HostMachine {
             return;
         };
         let found_by = self.health.engine.found_by.unwrap_or("unknown");
-        let over_stream_local = route == EngineRoute::StreamLocal;
-        self.engine_alternatives.clear();
-        if let Some(r) = self.pin.answered(&path, found_by, over_stream_local, now) {
+        if let Some(r) = self.engine.answered(&path, found_by, route, now) {
             self.log(Record::EngineReplaced {
                 from: r.from,
                 from_found_by: r.from_found_by,
@@ -855,7 +834,7 @@ impl HostMachine {
 
     fn open_channels(&mut self, now: Instant) {
         if self.policy.engine_socket.is_none()
-            && self.pin.gone_for_good(self.policy.engine_gone_after, now)
+            && self.engine.search_again(self.policy.engine_gone_after, now)
         {
             // The engine found first has been gone for good: search again
             // (the pin then gives it up for what the search finds).
@@ -866,14 +845,7 @@ impl HostMachine {
         self.channels.attempt(now);
         self.health.stream = StreamPhase::Resyncing;
         self.health_changed = true;
-        // Stream-local whenever the forward exists: every attempt tries the
-        // cheap route first (it may have failed only with dockerd).
-        self.route = if self.engine_forwarded {
-            EngineRoute::StreamLocal
-        } else {
-            EngineRoute::DialStdio
-        };
-        let route = self.route;
+        let route = self.engine.open_route();
         self.request(Purpose::OpenApi(route), Op::OpenApi { route }, now);
     }
 
@@ -902,7 +874,7 @@ impl HostMachine {
         }
         let r = self.unit_random();
         let mut delay = self.channels.failed(r, now);
-        if self.pin.is_gone() {
+        if self.engine.engine_gone() {
             // Waiting for the engine (restarting): a channel to its socket
             // costs sshd no process, so look often and serve again within
             // moments of its return, not after a backoff grown meanwhile.
@@ -949,10 +921,11 @@ impl HostMachine {
     fn go_up(&mut self, now: Instant) {
         self.phase = Phase::Up;
         self.ask_rootless();
-        if self.link.publish(self.route) {
+        let route = self.engine.route();
+        if self.link.publish(route) {
             self.commands.push_back(Command::Publish {
                 generation: self.link.generation(),
-                engine: self.route,
+                engine: route,
             });
         }
         let pid = self.link.master_pid().unwrap_or(0);
@@ -1014,7 +987,7 @@ impl HostMachine {
             let timeout = self.policy.wake_probe_timeout;
             return self.start(Purpose::Probe, Op::Probe, timeout, now);
         }
-        if self.route == EngineRoute::StreamLocal {
+        if self.engine.route() == EngineRoute::StreamLocal {
             self.start_inspects(now);
         } else if let Some(id) = self.tracker.next_to_inspect(|_| false) {
             return self.request(Purpose::EventInspect(id.clone()), Op::Inspect(id), now);
@@ -1038,7 +1011,7 @@ impl HostMachine {
     /// quarter of a second, so once per socket).
     fn ask_rootless(&mut self) {
         let said = self.health.engine.rootless;
-        let stream_local = self.route == EngineRoute::StreamLocal;
+        let stream_local = self.engine.route() == EngineRoute::StreamLocal;
         // (Over dial-stdio it is asked on the API channel once it is idle:
         // `next_work`.)
         let socket = self.health.engine.remote_socket.as_deref().unwrap_or("");
