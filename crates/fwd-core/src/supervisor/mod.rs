@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::classify::{classify_ssh_failure, FailureClass, FailureKind};
 use crate::model::{Container, ContainerEvent, ContainerId};
-use crate::repeat::{RecentLines, RepeatGate, UpLog, Verdict};
+use crate::repeat::{UpLog, Verdict};
 
 mod engine;
 mod health;
@@ -45,6 +45,7 @@ mod policy;
 mod record;
 mod retry;
 mod rootless;
+mod said;
 mod schedule;
 mod tracker;
 
@@ -60,6 +61,8 @@ pub use policy::HostPolicy;
 pub use record::Record;
 use retry::Retry;
 use rootless::{Ask, RootlessQuestion};
+pub use said::without_numbers;
+use said::Said;
 use schedule::Schedule;
 use tracker::Tracker;
 pub use tracker::CHANGES_HELD_AT_MOST;
@@ -134,7 +137,6 @@ pub struct HostMachine {
     link: Link,
     /// Which engine, and the route its channels take.
     engine: EngineChoice,
-    logged_version: Option<String>,
     /// Round trip of the setup's version request, shown once up.
     setup_rtt: Option<Duration>,
 
@@ -146,9 +148,8 @@ pub struct HostMachine {
 
     net_usable: bool,
 
-    skipped: RepeatGate,
-    network_lost_gate: RepeatGate,
-    recent_stderr: RecentLines,
+    /// What is said only now and then.
+    said: Said,
 }
 
 impl HostMachine {
@@ -178,7 +179,7 @@ impl HostMachine {
         let mut m = Self::idle(policy, net_usable, seed, now);
         m.tracker = Tracker::adopt(from.containers, from.since_ns, now);
         m.health.docker_version = from.docker_version.clone();
-        m.logged_version = from.docker_version;
+        m.said.version_said(from.docker_version);
         if let Some(rootless) = from.rootless {
             // Known for this socket: not asked again, and the first plan
             // decides the same routes.
@@ -270,9 +271,7 @@ impl HostMachine {
         HostMachine {
             master: Retry::new(&policy.backoff, policy.summary_every, now),
             channels: Retry::new(&policy.backoff, policy.summary_every, now),
-            skipped: RepeatGate::new(policy.summary_every),
-            network_lost_gate: RepeatGate::new(policy.summary_every),
-            recent_stderr: RecentLines::new(policy.summary_every, 32),
+            said: Said::new(policy.summary_every),
             policy,
             phase: Phase::Backoff {
                 until: now,
@@ -288,7 +287,6 @@ impl HostMachine {
             tracker: Tracker::default(),
             link: Link::default(),
             engine: EngineChoice::new(),
-            logged_version: None,
             setup_rtt: None,
             schedule: Schedule::new(now),
             net_usable,
@@ -401,7 +399,7 @@ impl HostMachine {
                 }
             }
             Input::EventSkipped(reason) => {
-                if self.skipped.observe("skipped", now) != Verdict::Suppress {
+                if self.said.skipped_event(now) {
                     self.log(Record::EventSkipped { reason });
                 }
             }
@@ -466,7 +464,7 @@ impl HostMachine {
     fn master_said(&mut self, line: String, now: Instant) {
         if line.contains("open failed") {
             self.log(Record::ChannelOpenFailed { line });
-        } else if self.recent_stderr.is_fresh(&without_numbers(&line), now) {
+        } else if self.said.stderr_line(&line, now) {
             self.log(Record::SshStderr { line });
         }
     }
@@ -957,10 +955,9 @@ impl HostMachine {
                 failures_before,
             });
         }
-        if let Some(v) = &self.health.docker_version {
-            if self.logged_version.as_ref() != Some(v) {
-                self.logged_version = Some(v.clone());
-                self.log(Record::DockerVersion { version: v.clone() });
+        if let Some(v) = self.health.docker_version.clone() {
+            if self.said.new_version(&v) {
+                self.log(Record::DockerVersion { version: v });
             }
         }
         self.schedule.link_up(self.health_period(), now);
@@ -1106,7 +1103,7 @@ impl HostMachine {
             if master_up && self.health.network_lost_since.is_none() {
                 self.health.network_lost_since = Some(now);
                 self.health_changed = true;
-                match self.network_lost_gate.observe("network_lost", now) {
+                match self.said.network_lost(now) {
                     Verdict::Log => self.log(Record::NetworkLost { repeats: 0 }),
                     Verdict::Summary { repeats } => self.log(Record::NetworkLost { repeats }),
                     Verdict::Suppress => {}
@@ -1177,25 +1174,6 @@ fn last_line(text: &str) -> &str {
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
-}
-
-/// Folds the numbers out of a line (pids, ports, channel numbers), so
-/// repeats of the same message count as the same line.
-pub fn without_numbers(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut in_number = false;
-    for c in line.chars() {
-        if c.is_ascii_digit() {
-            if !in_number {
-                out.push('#');
-            }
-            in_number = true;
-        } else {
-            in_number = false;
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
