@@ -68,13 +68,18 @@ fn the_startup_window_follows_connect_wait_and_can_be_turned_off() {
 }
 
 fn load_toml(text: &str) -> Result<Config, ConfigError> {
+    load_with(text, CliOverrides::default())
+}
+
+/// Loads `text` as the file, with the flags of `cli` over it.
+fn load_with(text: &str, cli: CliOverrides) -> Result<Config, ConfigError> {
     // One directory per call: tests run in parallel and must not share a file.
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("fwdd.toml");
     std::fs::write(&path, text).expect("write config");
     Config::load(CliOverrides {
         config_file: Some(path),
-        ..Default::default()
+        ..cli
     })
 }
 
@@ -417,15 +422,7 @@ mod render_tests {
 }
 
 mod metrics_config {
-    fn load(text: &str) -> Result<super::Config, super::ConfigError> {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("m.toml");
-        std::fs::write(&path, text).expect("write");
-        super::Config::load(super::CliOverrides {
-            config_file: Some(path),
-            ..Default::default()
-        })
-    }
+    use super::load_toml as load;
 
     #[test]
     fn an_address_off_or_an_error() {
@@ -449,15 +446,7 @@ mod metrics_config {
 }
 
 mod expose_config {
-    fn load(text: &str) -> Result<super::Config, super::ConfigError> {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("x.toml");
-        std::fs::write(&path, text).expect("write");
-        super::Config::load(super::CliOverrides {
-            config_file: Some(path),
-            ..Default::default()
-        })
-    }
+    use super::load_toml as load;
 
     #[test]
     fn entries_scopes_and_errors() {
@@ -533,15 +522,7 @@ mod example_config {
 }
 
 mod limits_config {
-    fn load(text: &str) -> Result<super::Config, super::ConfigError> {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("l.toml");
-        std::fs::write(&path, text).expect("write");
-        super::Config::load(super::CliOverrides {
-            config_file: Some(path),
-            ..Default::default()
-        })
-    }
+    use super::load_toml as load;
 
     #[test]
     fn caps_are_read_rendered_and_zero_is_refused() {
@@ -581,16 +562,6 @@ mod typed_errors {
     use super::super::error::Place;
     use super::*;
 
-    fn load_with(text: &str, cli: CliOverrides) -> Result<Config, ConfigError> {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("t.toml");
-        std::fs::write(&path, text).expect("write");
-        Config::load(CliOverrides {
-            config_file: Some(path),
-            ..cli
-        })
-    }
-
     fn line_of(e: &ConfigError) -> Option<usize> {
         match &e.place {
             Some(Place::Line(_, line)) => Some(*line),
@@ -615,7 +586,7 @@ mod typed_errors {
         assert_eq!(line_of(&e), Some(5));
         assert!(
             e.to_string()
-                .contains("t.toml:5: host[0].ssh_options[1]: \"bad\""),
+                .contains("fwdd.toml:5: host[0].ssh_options[1]: \"bad\""),
             "{e}"
         );
     }
@@ -666,7 +637,7 @@ mod typed_errors {
         assert_eq!(line_of(&e), Some(4));
         assert!(
             e.to_string()
-                .contains("t.toml:4: host \"h\" is configured twice"),
+                .contains("fwdd.toml:4: host \"h\" is configured twice"),
             "{e}"
         );
     }
@@ -677,7 +648,7 @@ mod typed_errors {
         let e = load_with("[[host]]\nurl = 5\n", CliOverrides::default()).expect_err("type");
         let text = e.to_string();
         assert!(
-            text.contains("t.toml: TOML parse error at line 2, column 7"),
+            text.contains("fwdd.toml: TOML parse error at line 2, column 7"),
             "{text}"
         );
         assert!(text.contains("expected a string"), "{text}");
@@ -709,7 +680,7 @@ mod typed_errors {
             .expect_err(value);
             let text = e.to_string();
             assert!(
-                text.contains("t.toml:3: host[0].engine_remote_socket: "),
+                text.contains("fwdd.toml:3: host[0].engine_remote_socket: "),
                 "{text}"
             );
             assert!(
