@@ -103,6 +103,35 @@ impl Health {
         self.next_retry = Some(next_retry);
     }
 
+    /// The master is connected: a reconnect is counted by why the last
+    /// link ended.
+    pub(super) fn connected(&mut self, reconnect: Option<&'static str>, now: Instant) {
+        if let Some(reason) = reconnect {
+            self.reconnects += 1;
+            *self.reconnect_reasons.entry(reason).or_default() += 1;
+        }
+        self.set_master(MasterPhase::Connected, now);
+    }
+
+    /// Resynced and streaming on the master `pid`; `probe_rtt`: the setup's
+    /// round trip, the first figure of the probe's.
+    pub(super) fn streaming(&mut self, pid: Option<u32>, probe_rtt: Option<Duration>) {
+        self.master_pid = pid;
+        self.consecutive_failures = 0;
+        self.next_retry = None;
+        self.last_probe_rtt = probe_rtt;
+        self.stream = StreamPhase::Streaming;
+    }
+
+    /// fwd stops: nothing runs, nothing is retried.
+    pub(super) fn stopped(&mut self, now: Instant) {
+        self.set_master(MasterPhase::Stopped, now);
+        self.stream = StreamPhase::Down;
+        self.master_pid = None;
+        self.next_retry = None;
+        self.network_lost_since = None;
+    }
+
     pub(super) fn set_master(&mut self, phase: MasterPhase, now: Instant) {
         if self.master != phase {
             self.master = phase;

@@ -472,12 +472,7 @@ impl HostMachine {
     fn shut_down(&mut self, now: Instant) {
         self.teardown();
         self.phase = Phase::Stopped;
-        let h = &mut self.health;
-        h.set_master(MasterPhase::Stopped, now);
-        h.stream = StreamPhase::Down;
-        h.master_pid = None;
-        h.next_retry = None;
-        h.network_lost_since = None;
+        self.health.stopped(now);
         self.health_changed = true;
     }
 
@@ -702,22 +697,7 @@ impl HostMachine {
     /// that the local ssh process lives, and a black-holed connection keeps
     /// it alive for a whole keepalive budget: silence indicts the connection.
     fn op_timed_out(&mut self, op: InFlight, now: Instant) {
-        let what = match &op.purpose {
-            Purpose::Spawn => "the ssh master did not become ready",
-            Purpose::FirstSession => "the first session on the master got no answer",
-            Purpose::Discover => "asking the remote docker CLI for its engine got no answer",
-            Purpose::ForwardEngine => "the master did not answer a forward request",
-            Purpose::OpenApi(_) => "the Docker engine did not answer GET /version",
-            Purpose::Subscribe => "subscribing to docker events got no answer",
-            Purpose::List => "listing containers got no answer",
-            Purpose::ResyncInspect(_) | Purpose::EventInspect(_) => {
-                "inspecting a container got no answer"
-            }
-            Purpose::Rootless => "asking the engine whether it runs rootless got no answer",
-            Purpose::Probe => "the health probe got no answer",
-            Purpose::CheckMaster(_) => "the ssh master did not answer on its control socket",
-            Purpose::Adopt => "the ssh master handed over by the previous fwdd did not answer",
-        };
+        let what = op.purpose.silence();
         let message = format!("{what} within {}", human_secs(op.timeout));
         self.master_failed(Failure::new(FailureKind::Timeout, message), now);
     }
@@ -927,21 +907,12 @@ impl HostMachine {
             });
         }
         let pid = self.link.master_pid().unwrap_or(0);
-        {
-            let h = &mut self.health;
-            if h.master != MasterPhase::Connected {
-                if let Some(reason) = self.link.connected() {
-                    h.reconnects += 1;
-                    *h.reconnect_reasons.entry(reason).or_default() += 1;
-                }
-                h.set_master(MasterPhase::Connected, now);
-            }
-            h.master_pid = self.link.master_pid();
-            h.consecutive_failures = 0;
-            h.next_retry = None;
-            h.last_probe_rtt = self.setup_rtt;
-            h.stream = StreamPhase::Streaming;
+        if self.health.master != MasterPhase::Connected {
+            let reconnect = self.link.connected();
+            self.health.connected(reconnect, now);
         }
+        self.health
+            .streaming(self.link.master_pid(), self.setup_rtt);
         self.health_changed = true;
         self.channels.up(now);
         let failures_before = match self.master.up(now) {

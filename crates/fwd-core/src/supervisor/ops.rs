@@ -34,6 +34,28 @@ pub enum Purpose {
     Adopt,
 }
 
+impl Purpose {
+    /// What it means that an operation for this got no answer in time.
+    pub fn silence(&self) -> &'static str {
+        match self {
+            Purpose::Spawn => "the ssh master did not become ready",
+            Purpose::FirstSession => "the first session on the master got no answer",
+            Purpose::Discover => "asking the remote docker CLI for its engine got no answer",
+            Purpose::ForwardEngine => "the master did not answer a forward request",
+            Purpose::OpenApi(_) => "the Docker engine did not answer GET /version",
+            Purpose::Subscribe => "subscribing to docker events got no answer",
+            Purpose::List => "listing containers got no answer",
+            Purpose::ResyncInspect(_) | Purpose::EventInspect(_) => {
+                "inspecting a container got no answer"
+            }
+            Purpose::Rootless => "asking the engine whether it runs rootless got no answer",
+            Purpose::Probe => "the health probe got no answer",
+            Purpose::CheckMaster(_) => "the ssh master did not answer on its control socket",
+            Purpose::Adopt => "the ssh master handed over by the previous fwdd did not answer",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct InFlight {
     pub id: OpId,
