@@ -93,92 +93,18 @@ fn route(now: crate::forwards::RouteNow, fell_back: bool) -> ForwardRoute {
 
 pub fn snapshot(d: &Daemon) -> Status {
     let (now, wall_now) = (Instant::now(), SystemTime::now());
-    let at = |t: Instant| instant_ms(t, now, wall_now);
     let hosts = d
         .hosts()
         .iter()
-        .map(|h| {
-            let machine = h.machine.borrow();
-            let health = machine.health();
-            HostStatus {
-                name: h.key.to_string(),
-                destination: h.cfg.ssh.destination.clone(),
-                master: MasterStatus {
-                    state: match health.master {
-                        MasterPhase::Connecting => MasterState::Connecting,
-                        MasterPhase::Connected => MasterState::Connected,
-                        MasterPhase::Backoff => MasterState::Backoff,
-                        MasterPhase::Stopped => MasterState::Stopped,
-                    },
-                    pid: health.master_pid,
-                    since_ms: at(health.since),
-                    last_probe_rtt_ms: health.last_probe_rtt.map(|d| d.as_secs_f64() * 1000.0),
-                    reconnects: health.reconnects,
-                    consecutive_failures: health.consecutive_failures,
-                    last_error: health.last_error.as_ref().map(|e| ErrorInfo {
-                        class: e.kind.class().as_str().to_string(),
-                        kind: e.kind.as_str().to_string(),
-                        message: format!("{} ({})", e.message, e.kind.hint()),
-                        at_ms: at(e.at),
-                    }),
-                    next_retry_ms: health
-                        .next_retry
-                        .map(|t| unix_ms(wall_now + t.saturating_duration_since(now))),
-                    network_lost_since_ms: health.network_lost_since.map(at),
-                },
-                events: StreamStatus {
-                    state: match health.stream {
-                        StreamPhase::Streaming => StreamState::Streaming,
-                        StreamPhase::Resyncing => StreamState::Resyncing,
-                        StreamPhase::Down => StreamState::Down,
-                    },
-                    events_received: health.events_received,
-                    last_event_ms: health.last_event.map(at),
-                    restarts: health.stream_restarts,
-                },
-                docker_version: health.docker_version.clone(),
-                engine: Some(engine_status(h, health)),
-            }
-        })
+        .map(|h| host_status(h, now, wall_now))
         .collect();
-
-    let mut forwards = Vec::new();
-    for f in d.table.borrow().forwards.values() {
-        let owner = &f.held.owner;
-        let link_up = d.serve.link(&owner.host).is_some();
-        let (state, reason) = if !f.held.bound {
-            (ForwardState::Conflict, f.reason.clone())
-        } else if owner.pending {
-            (
-                ForwardState::Pending,
-                Some(format!(
-                    "container {} is created but not started; connections wait up to {}s for it",
-                    owner.container_name,
-                    d.serve.connect_wait.get().as_secs()
-                )),
-            )
-        } else if !link_up {
-            (
-                ForwardState::Pending,
-                Some(format!(
-                    "waiting for the link to {}; new connections wait up to {}s",
-                    owner.host,
-                    d.serve.connect_wait.get().as_secs()
-                )),
-            )
-        } else {
-            (ForwardState::Active, None)
-        };
-        let mut s = forward(owner, state, reason, f.since);
-        s.local_addrs = f.local_addrs.iter().map(|a| a.to_string()).collect();
-        s.connections_open = f.stats.open.get();
-        s.connections_total = f.stats.total.get();
-        s.connections_refused = f.stats.refusals.borrow().total;
-        let now = f.route_now();
-        let fell_back = owner.route.is_direct() && !now.direct;
-        s.route = Some(route(now, fell_back));
-        forwards.push(s);
-    }
+    let mut forwards: Vec<ForwardStatus> = d
+        .table
+        .borrow()
+        .forwards
+        .values()
+        .map(|f| held_forward(d, f))
+        .collect();
     for (claim, reason) in d.rejected.borrow().iter() {
         forwards.push(forward(
             claim,
@@ -188,27 +114,7 @@ pub fn snapshot(d: &Daemon) -> Status {
         ));
     }
     for u in d.unsupported.borrow().iter() {
-        forwards.push(ForwardStatus {
-            host: u.host.to_string(),
-            local_port: u.binding.host_port,
-            local_addrs: Vec::new(),
-            remote: String::new(),
-            container_id: u.container.as_str().to_string(),
-            container_name: u.container_name.clone(),
-            compose_project: None,
-            container_port: format!(
-                "{}/{}",
-                u.binding.container_port,
-                u.binding.protocol.as_str()
-            ),
-            state: ForwardState::Unsupported,
-            reason: Some(u.reason.to_string()),
-            since_ms: unix_ms(d.started_at),
-            connections_open: 0,
-            connections_total: 0,
-            connections_refused: 0,
-            route: None,
-        });
+        forwards.push(unsupported(u, d.started_at));
     }
     let mut status = Status {
         daemon: DaemonInfo {
@@ -226,6 +132,117 @@ pub fn snapshot(d: &Daemon) -> Status {
     };
     status.health = Some(fwd_proto::verdict(&status));
     status
+}
+
+/// A host's master, event stream and engine as its machine sees them.
+fn host_status(h: &crate::daemon::Host, now: Instant, wall_now: SystemTime) -> HostStatus {
+    let at = |t: Instant| instant_ms(t, now, wall_now);
+    let machine = h.machine.borrow();
+    let health = machine.health();
+    HostStatus {
+        name: h.key.to_string(),
+        destination: h.cfg.ssh.destination.clone(),
+        master: MasterStatus {
+            state: match health.master {
+                MasterPhase::Connecting => MasterState::Connecting,
+                MasterPhase::Connected => MasterState::Connected,
+                MasterPhase::Backoff => MasterState::Backoff,
+                MasterPhase::Stopped => MasterState::Stopped,
+            },
+            pid: health.master_pid,
+            since_ms: at(health.since),
+            last_probe_rtt_ms: health.last_probe_rtt.map(|d| d.as_secs_f64() * 1000.0),
+            reconnects: health.reconnects,
+            consecutive_failures: health.consecutive_failures,
+            last_error: health.last_error.as_ref().map(|e| ErrorInfo {
+                class: e.kind.class().as_str().to_string(),
+                kind: e.kind.as_str().to_string(),
+                message: format!("{} ({})", e.message, e.kind.hint()),
+                at_ms: at(e.at),
+            }),
+            next_retry_ms: health
+                .next_retry
+                .map(|t| unix_ms(wall_now + t.saturating_duration_since(now))),
+            network_lost_since_ms: health.network_lost_since.map(at),
+        },
+        events: StreamStatus {
+            state: match health.stream {
+                StreamPhase::Streaming => StreamState::Streaming,
+                StreamPhase::Resyncing => StreamState::Resyncing,
+                StreamPhase::Down => StreamState::Down,
+            },
+            events_received: health.events_received,
+            last_event_ms: health.last_event.map(at),
+            restarts: health.stream_restarts,
+        },
+        docker_version: health.docker_version.clone(),
+        engine: Some(engine_status(h, health)),
+    }
+}
+
+/// A forward in the table: in conflict (not bound), pending (its container
+/// only created, or no link yet: connections wait) or active, with its
+/// connection counts and the route it takes now.
+fn held_forward(d: &Daemon, f: &crate::forwards::Forward) -> ForwardStatus {
+    let owner = &f.held.owner;
+    let link_up = d.serve.link(&owner.host).is_some();
+    let (state, reason) = if !f.held.bound {
+        (ForwardState::Conflict, f.reason.clone())
+    } else if owner.pending {
+        (
+            ForwardState::Pending,
+            Some(format!(
+                "container {} is created but not started; connections wait up to {}s for it",
+                owner.container_name,
+                d.serve.connect_wait.get().as_secs()
+            )),
+        )
+    } else if !link_up {
+        (
+            ForwardState::Pending,
+            Some(format!(
+                "waiting for the link to {}; new connections wait up to {}s",
+                owner.host,
+                d.serve.connect_wait.get().as_secs()
+            )),
+        )
+    } else {
+        (ForwardState::Active, None)
+    };
+    let mut s = forward(owner, state, reason, f.since);
+    s.local_addrs = f.local_addrs.iter().map(|a| a.to_string()).collect();
+    s.connections_open = f.stats.open.get();
+    s.connections_total = f.stats.total.get();
+    s.connections_refused = f.stats.refusals.borrow().total;
+    let now = f.route_now();
+    let fell_back = owner.route.is_direct() && !now.direct;
+    s.route = Some(route(now, fell_back));
+    s
+}
+
+/// A published port fwd will not forward, with the reason.
+fn unsupported(u: &fwd_core::Unsupported, started_at: SystemTime) -> ForwardStatus {
+    ForwardStatus {
+        host: u.host.to_string(),
+        local_port: u.binding.host_port,
+        local_addrs: Vec::new(),
+        remote: String::new(),
+        container_id: u.container.as_str().to_string(),
+        container_name: u.container_name.clone(),
+        compose_project: None,
+        container_port: format!(
+            "{}/{}",
+            u.binding.container_port,
+            u.binding.protocol.as_str()
+        ),
+        state: ForwardState::Unsupported,
+        reason: Some(u.reason.to_string()),
+        since_ms: unix_ms(started_at),
+        connections_open: 0,
+        connections_total: 0,
+        connections_refused: 0,
+        route: None,
+    }
 }
 
 /// A host's exposures, in port order.
