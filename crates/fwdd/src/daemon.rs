@@ -164,7 +164,7 @@ impl Daemon {
     pub fn adopt_host(
         self: &Rc<Self>,
         cfg: HostConfig,
-        from: crate::handover::HostTakeover,
+        from: crate::host::HostTakeover,
     ) -> Rc<Host> {
         let id = from.id;
         self.next_host_id.set(self.next_host_id.get().max(id + 1));

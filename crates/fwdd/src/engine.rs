@@ -30,10 +30,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::handover::document::{HostDoc, QueuedDoc, SocketDoc};
+use crate::handover::{Descriptors, Document};
 use crate::private_socket::{self, RefusalLog, SocketFileGuard};
 use crate::serve::relay::{
-    accept_thawed, unix_stream, AdoptedRelay, Directions, PausedRelay, RelayEnd, RelayEntry,
-    RelayState, Relays,
+    accept_thawed, unix_stream, AdoptedRelay, Directions, RelayEnd, RelayEntry, RelayState, Relays,
 };
 use crate::serve::starts::StartHold;
 use crate::serve::{Link, ServeContext};
@@ -183,13 +184,62 @@ impl EngineSocket {
         self.relays.running()
     }
 
-    pub fn paused_relays(&self) -> Vec<PausedRelay> {
-        self.relays.paused()
+    /// Its part of the handover: the sockets and counters in its host's
+    /// record `h`, and in the document's lists its relays paused between two
+    /// writes and the clients accepted but not relaying yet.
+    pub fn to_doc(&self, h: &mut HostDoc, doc: &mut Document) {
+        h.engine_sockets = self
+            .listener_fds
+            .iter()
+            .map(|(path, fd)| SocketDoc {
+                path: path.clone(),
+                fd: *fd,
+            })
+            .collect();
+        h.engine_total = self.stats.total.get();
+        h.engine_bytes_up = self.stats.bytes_up.get();
+        h.engine_bytes_down = self.stats.bytes_down.get();
+        let host = self.shared.host.to_string();
+        doc.engine_queued
+            .extend(self.relays.queued().into_iter().map(|fd| QueuedDoc {
+                host: host.clone(),
+                fd,
+            }));
+        doc.engine_relays
+            .extend(self.relays.paused().iter().map(|r| r.engine_doc(&host)));
     }
 
-    /// Clients accepted but not relaying yet.
-    pub fn queued_clients(&self) -> Vec<RawFd> {
-        self.relays.queued()
+    /// The sockets the previous image served for the host of `h`, owned
+    /// (for [`EngineSocket::adopt`]), and their counters.
+    pub fn inherited(
+        h: &HostDoc,
+        fds: &mut Descriptors,
+    ) -> (Vec<(PathBuf, OwnedFd)>, (u64, u64, u64)) {
+        let sockets = h
+            .engine_sockets
+            .iter()
+            .filter_map(|s| Some((s.path.clone(), fds.take(s.fd)?)))
+            .collect();
+        (
+            sockets,
+            (h.engine_total, h.engine_bytes_up, h.engine_bytes_down),
+        )
+    }
+
+    /// Resumes this host's relays the previous image paused, and serves the
+    /// clients it had accepted but not relayed yet.
+    pub fn resume_from(&self, doc: &Document, fds: &mut Descriptors) {
+        let mine = |host: &str| host == &*self.shared.host;
+        for r in doc.engine_relays.iter().filter(|r| mine(&r.host)) {
+            if let Some(relay) = AdoptedRelay::from_engine_doc(r, fds) {
+                self.resume(relay);
+            }
+        }
+        for q in doc.engine_queued.iter().filter(|q| mine(&q.host)) {
+            if let Some(fd) = fds.take(q.fd) {
+                self.serve_queued(fd);
+            }
+        }
     }
 
     /// Serves a client the previous image had accepted but not relayed yet.

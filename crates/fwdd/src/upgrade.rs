@@ -38,13 +38,12 @@ use std::time::{Duration, Instant};
 
 use crate::config::HostConfig;
 use crate::daemon::Daemon;
-use crate::handover::document::{
-    self, ForwardDoc, HostDoc, ListenerDoc, MasterDoc, QueuedDoc, RelayDoc, SocketDoc,
-};
+use crate::handover::document::{ListenerDoc, SocketDoc};
 use crate::handover::{
-    environment, set_cloexec, unix_ms, write_bytes, CheckAnswer, Document, HostTakeover, Takeover,
-    HANDOVER_ENV, HANDOVER_VERSION,
+    environment, set_cloexec, write_bytes, CheckAnswer, Document, Takeover, HANDOVER_ENV,
+    HANDOVER_VERSION,
 };
+use crate::host::HostTakeover;
 use crate::version::VERSION;
 
 /// How long `fwdd upgrade-check` may take.
@@ -179,194 +178,25 @@ fn running_relays(daemon: &Daemon) -> usize {
 }
 
 /// Everything this image hands over, synchronously: nothing may change
-/// between this and `execve`.
+/// between this and `execve`. Each part writes its own.
 fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
     let now = Instant::now();
-    let mut hosts = Vec::new();
-    let mut relays = Vec::new();
-    let mut queued = Vec::new();
-    let mut expose_relays = Vec::new();
-    let mut expose_queued = Vec::new();
+    let control = SocketDoc {
+        path: daemon.control_socket.0.clone(),
+        fd: daemon.control_socket.1,
+    };
+    let mut doc = daemon
+        .image
+        .document(control, reply_fd, daemon.next_host_id());
     for h in daemon.hosts() {
-        let mut exposures = Vec::new();
-        for e in h.exposures.handover() {
-            let port = e.spec.remote_port;
-            for r in &e.paused {
-                expose_relays.push(document::ExposeRelayDoc {
-                    host: h.key.to_string(),
-                    remote_port: port,
-                    client_fd: r.client,
-                    upstream_fd: r.upstream,
-                    up_open: r.up_open,
-                    down_open: r.down_open,
-                });
-            }
-            for fd in &e.queued {
-                expose_queued.push(document::ExposeQueuedDoc {
-                    host: h.key.to_string(),
-                    remote_port: port,
-                    fd: *fd,
-                });
-            }
-            exposures.push(document::ExposureDoc {
-                remote_port: port,
-                target: e.spec.target.to_string(),
-                runtime: e.source == fwd_core::ExposeSource::Runtime,
-                socket: SocketDoc {
-                    path: e.path,
-                    fd: e.listener_fd,
-                },
-                connections_total: e.total,
-                connections_failed: e.failed,
-            });
-        }
-        let state = h.machine.borrow().handover(now);
-        let master = match (state.master_pid, h.master_fds.get()) {
-            (Some(pid), Some((live, stderr_fd))) if pid == live => {
-                Some(MasterDoc { pid, stderr_fd })
-            }
-            _ => None,
-        };
-        let (engine_sockets, totals) = match h.engine_socket.borrow().as_ref() {
-            Ok(s) => {
-                for fd in s.queued_clients() {
-                    queued.push(QueuedDoc {
-                        host: h.key.to_string(),
-                        fd,
-                    });
-                }
-                for r in s.paused_relays() {
-                    relays.push(RelayDoc {
-                        host: h.key.to_string(),
-                        client_fd: r.client,
-                        upstream_fd: r.upstream,
-                        up_open: r.up_open,
-                        down_open: r.down_open,
-                        keep_fds: r.keep,
-                        drain_fd: r.drain,
-                    });
-                }
-                let sockets = s
-                    .listener_fds
-                    .iter()
-                    .map(|(path, fd)| SocketDoc {
-                        path: path.clone(),
-                        fd: *fd,
-                    })
-                    .collect();
-                (
-                    sockets,
-                    (
-                        s.stats.total.get(),
-                        s.stats.bytes_up.get(),
-                        s.stats.bytes_down.get(),
-                    ),
-                )
-            }
-            Err(_) => (Vec::new(), (0, 0, 0)),
-        };
-        hosts.push(HostDoc {
-            name: h.key.to_string(),
-            id: h.id,
-            route: document::route_name(state.route),
-            engine_forwarded: state.engine_forwarded,
-            remote_socket: state.remote_socket,
-            found_by: state.found_by.map(str::to_string),
-            since_ns: state.since_ns,
-            docker_version: state.docker_version,
-            rootless: state.rootless,
-            connected_for_ms: document::ms(state.connected_for),
-            containers: state
-                .containers
-                .iter()
-                .map(document::container_doc)
-                .collect(),
-            master,
-            engine_sockets,
-            engine_total: totals.0,
-            engine_bytes_up: totals.1,
-            engine_bytes_down: totals.2,
-            failures: state.failures,
-            retry_in_ms: state.retry_in.map(document::ms),
-            episode: document::EpisodeDoc {
-                kinds: state.episode.kinds,
-                failures: state.episode.failures,
-                recovery_logged: state.episode.recovery_logged,
-                announced_first_up: state.episode.announced_first_up,
-            },
-            exposures,
-        });
+        h.to_doc(now, &mut doc);
     }
-    let held = daemon.serve.registry.held();
-    let mut forwards = Vec::new();
-    for (port, f) in daemon.table.borrow().forwards.iter() {
-        if !f.held.bound {
-            continue;
-        }
-        let c = &f.held.owner;
-        let (running_for, listening) = f.target_state();
-        let conns = held.get(port);
-        forwards.push(ForwardDoc {
-            host: c.host.to_string(),
-            container: c.container.as_str().to_string(),
-            container_name: c.container_name.clone(),
-            compose_project: c.compose_project.clone(),
-            container_port: c.container_port,
-            started_at_ns: c.started_at_ns,
-            pending: c.pending,
-            local_port: c.local_port,
-            bind: c.bind.clone(),
-            remote_ip: c.remote.ip.clone(),
-            remote_port: c.remote.port,
-            listeners: f
-                .listener_fds()
-                .iter()
-                .map(|(addr, fd)| ListenerDoc {
-                    addr: *addr,
-                    fd: *fd,
-                })
-                .collect(),
-            running_for_ms: running_for.map(document::ms),
-            listening,
-            direct_route: document::direct_route_doc(&c.route),
-            direct_failed: f.direct_failed(),
-            since_ms: unix_ms(f.since),
-            connections_total: f.stats.total.get(),
-            tunnels: conns.map(|c| c.tunnels.clone()).unwrap_or_default(),
-            queued: conns.map(|c| c.queued.clone()).unwrap_or_default(),
-        });
-    }
-    Document {
-        handover_version: HANDOVER_VERSION,
-        from_version: crate::version::VERSION.to_string(),
-        daemon_started_at_ms: unix_ms(daemon.image.daemon_started_at),
-        upgrades: daemon.image.upgrades,
-        control: SocketDoc {
-            path: daemon.control_socket.0.clone(),
-            fd: daemon.control_socket.1,
-        },
-        reply_fd,
-        next_host_id: daemon.next_host_id(),
-        hosts,
-        forwards,
-        engine_relays: relays,
-        engine_queued: queued,
-        expose_relays,
-        expose_queued,
-        metrics: daemon
-            .metrics_listener
-            .get()
-            .map(|(addr, fd)| ListenerDoc { addr, fd }),
-        rollback_exe_fd: daemon.image.exe_fd,
-        binary: daemon.image.binary.to_string_lossy().into_owned(),
-        args: daemon
-            .image
-            .args
-            .iter()
-            .map(|a| a.to_str().map(str::to_string))
-            .collect::<Option<Vec<String>>>()
-            .unwrap_or_default(),
-    }
+    doc.forwards = daemon.table.borrow().to_doc(&daemon.serve.registry);
+    doc.metrics = daemon
+        .metrics_listener
+        .get()
+        .map(|(addr, fd)| ListenerDoc { addr, fd });
+    doc
 }
 
 /// Writes the document to an unlinked private file, opens exactly its
@@ -451,25 +281,67 @@ fn send(reply: OwnedFd, response: &fwd_proto::Response) {
 
 /// New image: forwards first (so the first plan finds them held),
 /// then each configured host from its handover, then the relays; then the
-/// `fwdctl upgrade` that asked is told what was kept.
+/// `fwdctl upgrade` that asked is told what was kept. Each part adopts its
+/// own state and descriptors; what none takes is closed at the end.
 pub fn take_over(daemon: &Rc<Daemon>, hosts: Vec<HostConfig>, t: Takeover) {
-    let now = std::time::Instant::now();
-    let listeners = t.forwards.iter().map(|f| f.listeners.len()).sum::<usize>()
-        + t.hosts
+    let Takeover {
+        doc_from,
+        reply,
+        rolled_back,
+        doc,
+        mut fds,
+        ..
+    } = t;
+    let now = Instant::now();
+    let listeners = doc
+        .forwards
+        .iter()
+        .map(|f| f.listeners.len())
+        .sum::<usize>()
+        + doc
+            .hosts
             .iter()
             .map(|h| h.engine_sockets.len() + h.exposures.len())
             .sum::<usize>()
         + 1;
-    let tunnels = t.forwards.iter().map(|f| f.tunnels.len()).sum::<usize>();
-    let engine_connections = t.relays.len();
+    let tunnels = doc.forwards.iter().map(|f| f.tunnels.len()).sum::<usize>();
     {
         let mut table = daemon.table.borrow_mut();
-        for f in t.forwards {
-            table.adopt(f, &daemon.serve, now);
+        for f in &doc.forwards {
+            table.adopt(f, &mut fds, &daemon.serve, now);
         }
     }
-    daemon.skip_host_ids_below(t.next_host_id);
-    let mut handed: Vec<HostTakeover> = t.hosts;
+    daemon.skip_host_ids_below(doc.next_host_id);
+    let handed = doc
+        .hosts
+        .iter()
+        .filter_map(|h| HostTakeover::from_doc(h, &mut fds))
+        .collect();
+    let masters = adopt_hosts(daemon, hosts, handed);
+    for h in daemon.hosts() {
+        h.resume_from(&doc, &mut fds);
+    }
+    daemon.request_plan();
+    let kept = fwd_proto::UpgradeReport {
+        from: doc_from,
+        to: VERSION.to_string(),
+        pid: std::process::id(),
+        listeners,
+        masters,
+        tunnels,
+        engine_connections: doc.engine_relays.len(),
+    };
+    report(kept, rolled_back, reply);
+}
+
+/// Each configured host from the previous image's, or a new one; the
+/// masters of hosts the configuration no longer has are ended. Returns
+/// how many masters were handed over.
+fn adopt_hosts(
+    daemon: &Rc<Daemon>,
+    hosts: Vec<HostConfig>,
+    mut handed: Vec<HostTakeover>,
+) -> usize {
     let mut masters = 0;
     for cfg in hosts {
         match handed.iter().position(|h| h.name == cfg.name) {
@@ -483,7 +355,6 @@ pub fn take_over(daemon: &Rc<Daemon>, hosts: Vec<HostConfig>, t: Takeover) {
             }
         }
     }
-    // Hosts the configuration no longer has: end their masters.
     for h in handed {
         if let Some((pid, stderr)) = h.master {
             let path = daemon
@@ -496,36 +367,23 @@ pub fn take_over(daemon: &Rc<Daemon>, hosts: Vec<HostConfig>, t: Takeover) {
             }
         }
     }
-    for (host, relay) in t.relays {
-        if let Some(h) = daemon.host(&host) {
-            if let Ok(s) = h.engine_socket.borrow().as_ref() {
-                s.resume(relay);
-            }
-        }
-    }
-    for (host, client) in t.engine_queued {
-        if let Some(h) = daemon.host(&host) {
-            if let Ok(s) = h.engine_socket.borrow().as_ref() {
-                s.serve_queued(client);
-            }
-        }
-    }
-    for (host, port, relay) in t.expose_relays {
-        if let Some(h) = daemon.host(&host) {
-            h.exposures.resume(port, relay);
-        }
-    }
-    for (host, port, arrival) in t.expose_queued {
-        if let Some(h) = daemon.host(&host) {
-            h.exposures.serve_queued(port, arrival);
-        }
-    }
-    daemon.request_plan();
-    let from = t.doc_from;
-    if let Some(why) = t.rolled_back {
+    masters
+}
+
+/// Says what was kept, in the log and to the `fwdctl upgrade` that asked;
+/// after a rollback, why the new image could not take over.
+fn report(kept: fwd_proto::UpgradeReport, rolled_back: Option<String>, reply: Option<OwnedFd>) {
+    let fwd_proto::UpgradeReport {
+        listeners,
+        masters,
+        tunnels,
+        engine_connections,
+        ..
+    } = kept;
+    if let Some(why) = rolled_back {
         tracing::error!(event = "upgrade_rolled_back", error = %why, listeners, masters, tunnels,
             "the new binary could not take over ({why}); this image ({VERSION}) serves on with everything it had");
-        if let Some(reply) = t.reply {
+        if let Some(reply) = reply {
             answer_error(
                 reply,
                 format!("the new binary could not take over ({why}); rolled back: fwdd {VERSION} serves on, nothing was dropped"),
@@ -533,21 +391,11 @@ pub fn take_over(daemon: &Rc<Daemon>, hosts: Vec<HostConfig>, t: Takeover) {
         }
         return;
     }
+    let from = &kept.from;
     tracing::info!(event = "upgraded", from = %from, to = VERSION, listeners, masters, tunnels, engine_connections,
         "upgraded from fwdd {from}: {listeners} listeners, {masters} masters, {tunnels} tunnels and {engine_connections} engine connections kept");
-    if let Some(reply) = t.reply {
-        answer(
-            reply,
-            fwd_proto::UpgradeReport {
-                from,
-                to: VERSION.to_string(),
-                pid: std::process::id(),
-                listeners,
-                masters,
-                tunnels,
-                engine_connections,
-            },
-        );
+    if let Some(reply) = reply {
+        answer(reply, kept);
     }
 }
 

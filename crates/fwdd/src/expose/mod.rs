@@ -17,7 +17,7 @@ mod relay;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -30,6 +30,9 @@ use fwd_ssh::{MuxClient, MuxError};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::handover::document::{self, ExposeQueuedDoc, ExposureDoc, HostDoc, SocketDoc};
+use crate::handover::{Descriptors, Document};
+use crate::serve::relay::AdoptedRelay;
 use crate::serve::{Link, ServeContext};
 pub use relay::ExposeStats;
 use relay::PortSocket;
@@ -55,27 +58,35 @@ pub struct HostExposures {
     task: RefCell<Option<JoinHandle<()>>>,
 }
 
-/// One exposure as an upgrade hands it over: its socket, its counters and
-/// its relays (the remote forwards stay in the master).
-pub struct ExposureHandover {
-    pub spec: ExposeSpec,
-    pub source: ExposeSource,
-    pub path: PathBuf,
-    pub listener_fd: std::os::fd::RawFd,
-    pub total: u64,
-    pub failed: u64,
-    pub paused: Vec<crate::serve::relay::PausedRelay>,
-    pub queued: Vec<std::os::fd::RawFd>,
-}
-
 /// An exposure the previous image handed over.
 pub struct AdoptedExposure {
     pub spec: ExposeSpec,
     pub source: ExposeSource,
     pub path: PathBuf,
-    pub listener: std::os::fd::OwnedFd,
+    pub listener: OwnedFd,
     pub total: u64,
     pub failed: u64,
+}
+
+impl AdoptedExposure {
+    /// The exposure `e` names, its socket owned.
+    pub fn from_doc(e: &ExposureDoc, fds: &mut Descriptors) -> Option<AdoptedExposure> {
+        // Taken either way: a spec `Document::parse` refused is closed.
+        let listener = fds.take(e.socket.fd)?;
+        let spec = document::expose_spec(e).ok()?;
+        Some(AdoptedExposure {
+            spec,
+            source: if e.runtime {
+                ExposeSource::Runtime
+            } else {
+                ExposeSource::Config
+            },
+            path: e.socket.path.clone(),
+            listener,
+            total: e.connections_total,
+            failed: e.connections_failed,
+        })
+    }
 }
 
 /// What status shows of one exposure.
@@ -148,26 +159,60 @@ impl HostExposures {
         }
     }
 
-    /// What an upgrade hands over.
-    pub fn handover(&self) -> Vec<ExposureHandover> {
+    /// Their part of the handover: each exposure in its host's record `h`,
+    /// its relays paused between two writes and its arrivals not relaying
+    /// yet in the document's lists.
+    pub fn to_doc(&self, h: &mut HostDoc, doc: &mut Document) {
+        let host = self.host.to_string();
         let sockets = self.sockets.borrow();
-        self.machine
-            .borrow()
-            .exposures()
-            .filter_map(|e| {
-                let s = sockets.get(&e.spec.remote_port)?;
-                Some(ExposureHandover {
-                    spec: e.spec.clone(),
-                    source: e.source,
+        for e in self.machine.borrow().exposures() {
+            let port = e.spec.remote_port;
+            let Some(s) = sockets.get(&port) else {
+                continue;
+            };
+            doc.expose_relays.extend(
+                s.relays()
+                    .paused()
+                    .iter()
+                    .map(|r| r.expose_doc(&host, port)),
+            );
+            doc.expose_queued
+                .extend(s.relays().queued().into_iter().map(|fd| ExposeQueuedDoc {
+                    host: host.clone(),
+                    remote_port: port,
+                    fd,
+                }));
+            h.exposures.push(ExposureDoc {
+                remote_port: port,
+                target: e.spec.target.to_string(),
+                runtime: e.source == ExposeSource::Runtime,
+                socket: SocketDoc {
                     path: s.path.clone(),
-                    listener_fd: s.listener_fd,
-                    total: s.stats.total.get(),
-                    failed: s.stats.failed.get(),
-                    paused: s.relays().paused(),
-                    queued: s.relays().queued(),
-                })
-            })
-            .collect()
+                    fd: s.listener_fd,
+                },
+                connections_total: s.stats.total.get(),
+                connections_failed: s.stats.failed.get(),
+            });
+        }
+    }
+
+    /// Resumes this host's relays the previous image paused, and serves the
+    /// arrivals it had accepted but not relayed yet.
+    pub fn resume_from(&self, doc: &Document, fds: &mut Descriptors) {
+        let sockets = self.sockets.borrow();
+        let mine = |host: &str| host == &*self.host;
+        for r in doc.expose_relays.iter().filter(|r| mine(&r.host)) {
+            let relay = AdoptedRelay::from_expose_doc(r, fds);
+            if let (Some(s), Some(relay)) = (sockets.get(&r.remote_port), relay) {
+                s.resume(relay);
+            }
+        }
+        for q in doc.expose_queued.iter().filter(|q| mine(&q.host)) {
+            let fd = fds.take(q.fd);
+            if let (Some(s), Some(fd)) = (sockets.get(&q.remote_port), fd) {
+                s.serve_queued(fd);
+            }
+        }
     }
 
     /// Relays an upgrade must wait for.
@@ -177,20 +222,6 @@ impl HostExposures {
             .values()
             .map(|s| s.relays().running())
             .sum()
-    }
-
-    /// Resumes a relay of exposed `port` the previous image paused.
-    pub fn resume(&self, port: u16, relay: crate::serve::relay::AdoptedRelay) {
-        if let Some(s) = self.sockets.borrow().get(&port) {
-            s.resume(relay);
-        }
-    }
-
-    /// Serves an arrival the previous image accepted but did not relay.
-    pub fn serve_queued(&self, port: u16, fd: std::os::fd::OwnedFd) {
-        if let Some(s) = self.sockets.borrow().get(&port) {
-            s.serve_queued(fd);
-        }
     }
 
     /// Stops the task and closes every socket (the master's forwards go

@@ -1,14 +1,20 @@
 //! What crosses `execve` from one fwdd image to the next: the versioned
 //! [`Document`] naming every descriptor kept, and owning those descriptors
-//! again on the new side ([`inherited`], [`Inherited::take`]) or handing
-//! them back to the old image when the new one cannot start
-//! ([`Inherited::roll_back`]). The old image's side, and applying a
-//! takeover to the daemon, are `upgrade`'s.
+//! again on the new side ([`inherited`], [`Inherited::take`]: the
+//! [`Descriptors`]) or handing them back to the old image when the new one
+//! cannot start ([`Inherited::roll_back`]).
+//!
+//! This module knows no part of the daemon: each part writes its own state
+//! into the document and adopts it back from there (`to_doc` and `adopt` or
+//! `from_doc` beside the state: `forwards/handover.rs`, `engine.rs`,
+//! `expose/handover.rs`, `serve/relay.rs`, `host/handover.rs`);
+//! `upgrade` assembles them, on both sides.
 
 pub mod document;
 #[cfg(test)]
 mod fuzz;
 
+use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
 use std::io::{Read, Seek, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -16,11 +22,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use document::{CheckAnswer, Document, ACCEPTED_VERSIONS, HANDOVER_VERSION};
-use fwd_core::HostKey;
-
-use crate::forwards::AdoptedForward;
-use crate::serve::relay::AdoptedRelay;
+pub use document::{CheckAnswer, Document, SocketDoc, ACCEPTED_VERSIONS, HANDOVER_VERSION};
 
 /// Names the handover document's descriptor in the new image's environment.
 pub const HANDOVER_ENV: &str = "FWD_HANDOVER_FD";
@@ -60,6 +62,40 @@ impl Image {
             daemon_started_at: now,
             upgrades: 0,
             exe_fd: own_executable(),
+        }
+    }
+
+    /// A document from this image, its parts not filled in yet: who writes
+    /// it, since when the daemon runs, what to roll back to.
+    pub fn document(
+        &self,
+        control: SocketDoc,
+        reply_fd: Option<RawFd>,
+        next_host_id: u32,
+    ) -> Document {
+        Document {
+            handover_version: HANDOVER_VERSION,
+            from_version: crate::version::VERSION.to_string(),
+            daemon_started_at_ms: unix_ms(self.daemon_started_at),
+            upgrades: self.upgrades,
+            control,
+            reply_fd,
+            next_host_id,
+            hosts: Vec::new(),
+            forwards: Vec::new(),
+            engine_relays: Vec::new(),
+            engine_queued: Vec::new(),
+            expose_relays: Vec::new(),
+            expose_queued: Vec::new(),
+            metrics: None,
+            rollback_exe_fd: self.exe_fd,
+            binary: self.binary.to_string_lossy().into_owned(),
+            args: self
+                .args
+                .iter()
+                .map(|a| a.to_str().map(str::to_string))
+                .collect::<Option<Vec<String>>>()
+                .unwrap_or_default(),
         }
     }
 }
@@ -152,7 +188,11 @@ pub fn write_bytes(bytes: &[u8], dir: &Path) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// What the previous image handed over, each descriptor owned exactly once.
+/// What the previous image handed over, each descriptor owned exactly once:
+/// the control socket, the `fwdctl upgrade` connection and the metrics
+/// listener taken out for `main`; everything else is in `doc`, and each
+/// part of the daemon takes its own descriptors from `fds` as it adopts its
+/// part (`upgrade::take_over`). What no part takes is closed with `fds`.
 pub struct Takeover {
     pub doc_from: String,
     pub daemon_started_at: SystemTime,
@@ -160,27 +200,44 @@ pub struct Takeover {
     /// The control socket's listener (taken first by `run`).
     pub control: Option<(PathBuf, OwnedFd)>,
     pub reply: Option<OwnedFd>,
-    pub next_host_id: u32,
-    pub hosts: Vec<HostTakeover>,
-    pub forwards: Vec<AdoptedForward>,
-    pub relays: Vec<(HostKey, AdoptedRelay)>,
-    pub engine_queued: Vec<(HostKey, OwnedFd)>,
-    pub expose_relays: Vec<(HostKey, u16, AdoptedRelay)>,
-    pub expose_queued: Vec<(HostKey, u16, OwnedFd)>,
     /// The metrics endpoint's listener and its address.
     pub metrics: Option<(std::net::SocketAddr, OwnedFd)>,
     /// This image is the old one again: the new one could not take over.
     pub rolled_back: Option<String>,
+    pub doc: Document,
+    pub fds: Descriptors,
 }
 
-pub struct HostTakeover {
-    pub name: String,
-    pub id: u32,
-    pub state: fwd_core::Handover,
-    pub master: Option<(u32, Option<OwnedFd>)>,
-    pub engine_sockets: Vec<(PathBuf, OwnedFd)>,
-    pub engine_totals: (u64, u64, u64),
-    pub exposures: Vec<crate::expose::AdoptedExposure>,
+/// The descriptors a handover document names, owned by this image and
+/// close-on-exec again (no later child inherits one); each is taken once,
+/// by the part that adopts what it was. Dropping this closes the rest.
+pub struct Descriptors(BTreeMap<RawFd, OwnedFd>);
+
+impl Descriptors {
+    /// Owns every descriptor `doc` names. Only for a document from
+    /// [`read_document`]: parsed (each descriptor named once, none stdio)
+    /// and each descriptor checked open.
+    fn own(doc: &Document) -> Descriptors {
+        let mut owned = BTreeMap::new();
+        for fd in doc.fds() {
+            let _ = set_cloexec(fd, true);
+            // SAFETY: `Document::parse` checked that each fd is named once,
+            // and `read_document` that it is open; nothing else in this image
+            // owns it, and the map takes it once.
+            owned.insert(fd, unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        Descriptors(owned)
+    }
+
+    /// The descriptor `fd` of the document, owned; `None` once taken.
+    pub fn take(&mut self, fd: RawFd) -> Option<OwnedFd> {
+        self.0.remove(&fd)
+    }
+
+    /// Each of `fds` still here, owned.
+    pub fn take_all(&mut self, fds: &[RawFd]) -> Vec<OwnedFd> {
+        fds.iter().filter_map(|fd| self.take(*fd)).collect()
+    }
 }
 
 /// Names, in the environment of an image the next one rolled back to, why
@@ -221,7 +278,32 @@ pub fn inherited() -> Option<Result<Inherited, String>> {
 impl Inherited {
     /// Takes ownership of everything handed over.
     pub fn take(self) -> Takeover {
-        own(self.doc, self.rolled_back)
+        let Inherited {
+            doc, rolled_back, ..
+        } = self;
+        let mut fds = Descriptors::own(&doc);
+        // The previous image's executable is needed no longer.
+        drop(doc.rollback_exe_fd.and_then(|fd| fds.take(fd)));
+        let now = SystemTime::now();
+        Takeover {
+            doc_from: doc.from_version.clone(),
+            daemon_started_at: UNIX_EPOCH
+                .checked_add(Duration::from_millis(doc.daemon_started_at_ms))
+                .unwrap_or(now),
+            // A rollback is the old image again, not one more upgrade.
+            upgrades: doc.upgrades + u32::from(rolled_back.is_none()),
+            control: fds
+                .take(doc.control.fd)
+                .map(|fd| (doc.control.path.clone(), fd)),
+            reply: doc.reply_fd.and_then(|fd| fds.take(fd)),
+            metrics: doc
+                .metrics
+                .as_ref()
+                .and_then(|m| Some((m.addr, fds.take(m.fd)?))),
+            rolled_back,
+            doc,
+            fds,
+        }
     }
 
     /// This image cannot take over (`why`): execute the previous image again
@@ -327,177 +409,6 @@ fn read_document(raw: &str) -> Result<(Document, Vec<u8>), String> {
 
 fn is_open(fd: RawFd) -> bool {
     nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok()
-}
-
-/// Takes ownership of every descriptor the (checked: each named once)
-/// document names, close-on-exec again so no later child inherits one.
-fn own(doc: Document, rolled_back: Option<String>) -> Takeover {
-    // The previous image's executable is needed no longer.
-    if let Some(fd) = doc.rollback_exe_fd {
-        let _ = nix::unistd::close(fd);
-    }
-    let take = |fd: RawFd| {
-        let _ = set_cloexec(fd, true);
-        // SAFETY: `Document::parse` checked that each fd is named once, and
-        // `read_takeover` that it is open; nothing else in this image owns it.
-        unsafe { OwnedFd::from_raw_fd(fd) }
-    };
-    let hosts = doc
-        .hosts
-        .into_iter()
-        .filter_map(|h| {
-            let state = fwd_core::Handover {
-                master_pid: h.master.as_ref().map(|m| m.pid),
-                route: document::route(&h.route).ok()?,
-                engine_forwarded: h.engine_forwarded,
-                remote_socket: h.remote_socket,
-                found_by: h
-                    .found_by
-                    .as_deref()
-                    .and_then(fwd_core::discovery::found_by),
-                since_ns: h.since_ns,
-                containers: h
-                    .containers
-                    .iter()
-                    .filter_map(|c| document::container(c).ok())
-                    .collect(),
-                docker_version: h.docker_version,
-                rootless: h.rootless,
-                connected_for: Duration::from_millis(h.connected_for_ms),
-                failures: h.failures,
-                retry_in: h.retry_in_ms.map(Duration::from_millis),
-                episode: fwd_core::EpisodeSnapshot {
-                    kinds: h.episode.kinds,
-                    failures: h.episode.failures,
-                    recovery_logged: h.episode.recovery_logged,
-                    announced_first_up: h.episode.announced_first_up,
-                },
-            };
-            Some(HostTakeover {
-                name: h.name,
-                id: h.id,
-                state,
-                master: h.master.map(|m| (m.pid, m.stderr_fd.map(take))),
-                engine_sockets: h
-                    .engine_sockets
-                    .into_iter()
-                    .map(|s| (s.path, take(s.fd)))
-                    .collect(),
-                engine_totals: (h.engine_total, h.engine_bytes_up, h.engine_bytes_down),
-                exposures: h
-                    .exposures
-                    .into_iter()
-                    .filter_map(|e| {
-                        // Checked by `Document::parse`; the fd is owned either way.
-                        let listener = take(e.socket.fd);
-                        let spec = document::expose_spec(&e).ok()?;
-                        Some(crate::expose::AdoptedExposure {
-                            spec,
-                            source: if e.runtime {
-                                fwd_core::ExposeSource::Runtime
-                            } else {
-                                fwd_core::ExposeSource::Config
-                            },
-                            path: e.socket.path,
-                            listener,
-                            total: e.connections_total,
-                            failed: e.connections_failed,
-                        })
-                    })
-                    .collect(),
-            })
-        })
-        .collect();
-    let now = SystemTime::now();
-    let forwards = doc
-        .forwards
-        .into_iter()
-        .filter_map(|f| {
-            let claim = document::claim(&f).ok()?;
-            Some(AdoptedForward {
-                claim,
-                listeners: f
-                    .listeners
-                    .iter()
-                    .map(|l| std::net::TcpListener::from(take(l.fd)))
-                    .collect(),
-                running_for: f.running_for_ms.map(Duration::from_millis),
-                listening: f.listening,
-                direct_failed: f.direct_failed,
-                since: UNIX_EPOCH
-                    .checked_add(Duration::from_millis(f.since_ms))
-                    .unwrap_or(now),
-                connections_total: f.connections_total,
-                tunnels: f.tunnels.into_iter().map(take).collect(),
-                queued: f.queued.into_iter().map(take).collect(),
-            })
-        })
-        .collect();
-    let relays = doc
-        .engine_relays
-        .into_iter()
-        .map(|r| {
-            (
-                HostKey::from(r.host.as_str()),
-                AdoptedRelay {
-                    client: take(r.client_fd),
-                    upstream: take(r.upstream_fd),
-                    up_open: r.up_open,
-                    down_open: r.down_open,
-                    keep: r.keep_fds.into_iter().map(take).collect(),
-                    drain: r.drain_fd.map(take),
-                },
-            )
-        })
-        .collect();
-    let engine_queued = doc
-        .engine_queued
-        .into_iter()
-        .map(|q| (HostKey::from(q.host.as_str()), take(q.fd)))
-        .collect();
-    let expose_relays = doc
-        .expose_relays
-        .into_iter()
-        .map(|r| {
-            (
-                HostKey::from(r.host.as_str()),
-                r.remote_port,
-                AdoptedRelay {
-                    client: take(r.client_fd),
-                    upstream: take(r.upstream_fd),
-                    up_open: r.up_open,
-                    down_open: r.down_open,
-                    keep: Vec::new(),
-                    drain: None,
-                },
-            )
-        })
-        .collect();
-    let expose_queued = doc
-        .expose_queued
-        .into_iter()
-        .map(|q| (HostKey::from(q.host.as_str()), q.remote_port, take(q.fd)))
-        .collect();
-    let metrics = doc.metrics.map(|m| (m.addr, take(m.fd)));
-    Takeover {
-        expose_relays,
-        expose_queued,
-        metrics,
-        engine_queued,
-        doc_from: doc.from_version,
-        daemon_started_at: UNIX_EPOCH
-            .checked_add(Duration::from_millis(doc.daemon_started_at_ms))
-            .unwrap_or(now),
-        // A rollback is the old image again, not one more upgrade.
-        upgrades: doc.upgrades + u32::from(rolled_back.is_none()),
-        rolled_back,
-        control: Some((doc.control.path, take(doc.control.fd))),
-        reply: doc.reply_fd.map(take),
-        next_host_id: doc.next_host_id,
-        hosts,
-        forwards,
-        relays,
-    }
 }
 
 /// A handover that cannot be used leaves descriptors nobody knows: close

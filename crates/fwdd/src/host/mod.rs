@@ -5,9 +5,11 @@
 //! can open a second SSH connection.
 
 mod driver;
+mod handover;
 mod log;
 mod ops;
 mod state;
 
 pub use driver::{sleep_until, start, Outputs};
+pub use handover::HostTakeover;
 pub use state::Host;

@@ -16,6 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::starts::StartHold;
+use crate::handover::document::{ExposeRelayDoc, RelayDoc};
+use crate::handover::Descriptors;
 
 /// Where a relay is, for a binary upgrade.
 #[derive(Clone, Debug)]
@@ -50,6 +52,61 @@ pub struct AdoptedRelay {
     pub down_open: bool,
     pub keep: Vec<OwnedFd>,
     pub drain: Option<OwnedFd>,
+}
+
+impl PausedRelay {
+    /// An engine socket's relay of `host` in the handover.
+    pub fn engine_doc(&self, host: &str) -> RelayDoc {
+        RelayDoc {
+            host: host.to_string(),
+            client_fd: self.client,
+            upstream_fd: self.upstream,
+            up_open: self.up_open,
+            down_open: self.down_open,
+            keep_fds: self.keep.clone(),
+            drain_fd: self.drain,
+        }
+    }
+
+    /// A relay of `host`'s exposed `remote_port` in the handover (it holds
+    /// nothing besides its two ends).
+    pub fn expose_doc(&self, host: &str, remote_port: u16) -> ExposeRelayDoc {
+        ExposeRelayDoc {
+            host: host.to_string(),
+            remote_port,
+            client_fd: self.client,
+            upstream_fd: self.upstream,
+            up_open: self.up_open,
+            down_open: self.down_open,
+        }
+    }
+}
+
+impl AdoptedRelay {
+    /// An engine socket's relay the previous image paused, its descriptors
+    /// owned.
+    pub fn from_engine_doc(r: &RelayDoc, fds: &mut Descriptors) -> Option<AdoptedRelay> {
+        Some(AdoptedRelay {
+            client: fds.take(r.client_fd)?,
+            upstream: fds.take(r.upstream_fd)?,
+            up_open: r.up_open,
+            down_open: r.down_open,
+            keep: fds.take_all(&r.keep_fds),
+            drain: r.drain_fd.and_then(|fd| fds.take(fd)),
+        })
+    }
+
+    /// An exposure's relay the previous image paused, its descriptors owned.
+    pub fn from_expose_doc(r: &ExposeRelayDoc, fds: &mut Descriptors) -> Option<AdoptedRelay> {
+        Some(AdoptedRelay {
+            client: fds.take(r.client_fd)?,
+            upstream: fds.take(r.upstream_fd)?,
+            up_open: r.up_open,
+            down_open: r.down_open,
+            keep: Vec::new(),
+            drain: None,
+        })
+    }
 }
 
 /// A Unix stream handed over by the previous image, for tokio.
