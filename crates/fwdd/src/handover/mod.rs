@@ -423,6 +423,53 @@ fn close_inherited() {
 mod tests {
     use super::*;
 
+    /// Each descriptor a document names is owned once, close-on-exec again
+    /// (no later child inherits it), and closed with the rest when no part
+    /// takes it: a pipe's read end sees its write end go.
+    #[test]
+    fn each_descriptor_is_owned_once_and_what_no_part_takes_is_closed() {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        use std::os::fd::{AsRawFd, IntoRawFd};
+        let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).expect("pipe");
+        let (control_r, control_w) = pipe();
+        let (reply_r, reply_w) = pipe();
+        let (control, reply) = (control_w.into_raw_fd(), reply_w.into_raw_fd());
+        // Inheritable, as `execve` leaves what it passes on (/dev/null: a
+        // child another test spawns meanwhile may inherit it harmlessly).
+        let exe = std::fs::File::open("/dev/null")
+            .expect("open")
+            .into_raw_fd();
+        set_cloexec(exe, false).expect("fcntl");
+        let mut image = Image::current();
+        image.exe_fd = Some(exe);
+        let socket = SocketDoc {
+            path: PathBuf::from("/run/fwdd/control.sock"),
+            fd: control,
+        };
+        let doc = Document::parse(&image.document(socket, Some(reply), 0).to_json())
+            .expect("the header alone is a document");
+        let mut fds = Descriptors::own(&doc);
+        let flags = fcntl(exe, FcntlArg::F_GETFD).expect("owned, open");
+        assert_eq!(flags & nix::libc::FD_CLOEXEC, nix::libc::FD_CLOEXEC);
+        let taken = fds.take(control).expect("owned");
+        assert!(fds.take(control).is_none(), "taken twice");
+        drop(fds);
+        let mut byte = [0u8; 1];
+        let read = |r: &OwnedFd, byte: &mut [u8]| nix::unistd::read(r.as_raw_fd(), byte);
+        assert_eq!(
+            read(&reply_r, &mut byte),
+            Ok(0),
+            "what no part took is closed"
+        );
+        assert_eq!(
+            read(&control_r, &mut byte),
+            Err(nix::errno::Errno::EAGAIN),
+            "what a part took stays open"
+        );
+        drop(taken);
+        assert_eq!(read(&control_r, &mut byte), Ok(0));
+    }
+
     #[test]
     fn the_binary_is_the_path_started_not_the_link_target() {
         let dir = tempfile::tempdir().expect("tempdir");

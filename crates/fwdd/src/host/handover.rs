@@ -151,3 +151,55 @@ fn machine_state(h: &HostDoc) -> Option<fwd_core::Handover> {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str = include_str!("../handover/tests/handover-v1.json");
+
+    /// Everything `HostMachine::handover` says comes back for
+    /// `HostMachine::adopt` through the document as the next image reads it:
+    /// a field one direction forgot fails here.
+    #[test]
+    fn a_hosts_machine_state_survives_the_document() {
+        let doc = Document::parse(V1.as_bytes()).expect("v1 parses");
+        let mut container = document::container(&doc.hosts[0].containers[0]).expect("container");
+        container.networks = vec![fwd_core::NetworkAttachment {
+            name: "bridge".into(),
+            driver: Some("bridge".into()),
+            ipv4: Some(std::net::Ipv4Addr::new(172, 17, 0, 2)),
+            ipv6: None,
+        }];
+        let state = fwd_core::Handover {
+            master_pid: Some(4242),
+            route: fwd_core::EngineRoute::DialStdio,
+            engine_forwarded: true,
+            remote_socket: Some("/run/user/1000/docker.sock".into()),
+            found_by: fwd_core::discovery::found_by("rootless Docker's socket"),
+            since_ns: Some(1_700_000_000_123_456_789),
+            containers: vec![container],
+            docker_version: Some("24.0.7".into()),
+            rootless: Some(true),
+            connected_for: Duration::from_millis(93_000),
+            failures: 3,
+            retry_in: Some(Duration::from_millis(1_500)),
+            episode: fwd_core::EpisodeSnapshot {
+                kinds: vec!["connect_refused".into()],
+                failures: 7,
+                recovery_logged: true,
+                announced_first_up: true,
+            },
+        };
+        assert!(state.found_by.is_some());
+        let master = Some(MasterDoc {
+            pid: 4242,
+            stderr_fd: Some(9),
+        });
+        let h = host_doc("db".into(), 2, state.clone(), master);
+        let read: HostDoc =
+            serde_json::from_slice(&serde_json::to_vec(&h).expect("json")).expect("parses");
+        assert_eq!(read, h);
+        assert_eq!(machine_state(&read), Some(state));
+    }
+}
