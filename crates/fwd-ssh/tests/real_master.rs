@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fwd_ssh::{
     clear_stale_control_socket, fallback_stdio_forward_command, spawn_remote, Master, MasterConfig,
-    MasterError, MuxClient, MuxError, PendingMux, SocketState,
+    MasterError, MuxClient, MuxError, PendingMux, SocketState, StdioForward,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -454,6 +454,38 @@ async fn a_spare_made_without_waiting_serves_a_forward_and_an_alive_check() {
     );
 }
 
+/// A master for `sshd` and one stdio forward through it to a listener of
+/// the test's: the client's end, the remote end as accepted, the forward.
+struct Tunnel {
+    master: Master,
+    client: TcpStream,
+    remote: TcpStream,
+    fwd: StdioForward,
+}
+
+impl Tunnel {
+    async fn open(sshd: &Sshd) -> Tunnel {
+        let ctl = sshd.ctl();
+        let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
+        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tport = target.local_addr().unwrap().port();
+        let (client, server) = local_pair().await;
+        let mc = MuxClient::connect(&ctl).await.unwrap();
+        let fwd = mc
+            .open_stdio_forward("127.0.0.1", tport, server.as_fd())
+            .await
+            .unwrap();
+        drop(server);
+        let (remote, _) = target.accept().await.unwrap();
+        Tunnel {
+            master,
+            client,
+            remote,
+            fwd,
+        }
+    }
+}
+
 /// The local client half-closes (request, then EOF) and the remote answers after
 /// that EOF: the answer arrives, then EOF.
 #[tokio::test]
@@ -462,19 +494,12 @@ async fn client_half_close_is_passed_on() {
         return;
     }
     let sshd = Sshd::start();
-    let ctl = sshd.ctl();
-    let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
-    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tport = target.local_addr().unwrap().port();
-
-    let (mut client, server) = local_pair().await;
-    let mc = MuxClient::connect(&ctl).await.unwrap();
-    let fwd = mc
-        .open_stdio_forward("127.0.0.1", tport, server.as_fd())
-        .await
-        .unwrap();
-    drop(server);
-    let (mut remote, _) = target.accept().await.unwrap();
+    let Tunnel {
+        master,
+        mut client,
+        mut remote,
+        fwd,
+    } = Tunnel::open(&sshd).await;
     client.write_all(b"req").await.unwrap();
     client.shutdown().await.unwrap();
     let mut req = Vec::new();
@@ -504,19 +529,12 @@ async fn remote_half_close_ends_the_whole_tunnel() {
         return;
     }
     let sshd = Sshd::start();
-    let ctl = sshd.ctl();
-    let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
-    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tport = target.local_addr().unwrap().port();
-
-    let (mut client, server) = local_pair().await;
-    let mc = MuxClient::connect(&ctl).await.unwrap();
-    let fwd = mc
-        .open_stdio_forward("127.0.0.1", tport, server.as_fd())
-        .await
-        .unwrap();
-    drop(server);
-    let (mut remote, _) = target.accept().await.unwrap();
+    let Tunnel {
+        master,
+        mut client,
+        mut remote,
+        fwd,
+    } = Tunnel::open(&sshd).await;
     remote.write_all(b"banner").await.unwrap();
     remote.shutdown().await.unwrap();
     let mut got = Vec::new();
