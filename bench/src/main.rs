@@ -966,7 +966,11 @@ fn main() {
     }
     if opts.wants("budget") {
         // Its own fwdd, with the limits it raises itself to.
-        ctx.budget(opts.budget_forwards, opts.budget_conns, opts.budget_exposures);
+        ctx.budget(
+            opts.budget_forwards,
+            opts.budget_conns,
+            opts.budget_exposures,
+        );
     }
     if opts.wants("upgrade") {
         // Its own fwdd, started from an installed copy that each trial replaces.
