@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::policy::HostPolicy;
 use super::record::Record;
-use crate::classify::FailureKind;
+use crate::classify::{classify_ssh_failure, FailureKind};
 use crate::model::{Container, ContainerEvent, ContainerId};
 
 /// Identifies one operation, so late answers to abandoned ones are ignored.
@@ -141,6 +141,36 @@ impl Failure {
             kind,
             message: message.into(),
         }
+    }
+
+    /// The master exited `how`; its stderr says why when it says anything
+    /// known (a refused key, a changed host key, …).
+    pub fn master_exited(how: &str, stderr_tail: &str) -> Self {
+        let kind = match classify_ssh_failure(stderr_tail) {
+            FailureKind::Unknown => FailureKind::MasterDied,
+            k => k,
+        };
+        let last = stderr_tail
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        let message = format!("ssh master exited ({how}) {last}");
+        Failure::new(kind, message.trim_end())
+    }
+
+    /// An operation got no answer within `timeout`: `what` says which.
+    pub fn no_answer(what: &str, timeout: Duration) -> Self {
+        let message = format!("{what} within {:.1}s", timeout.as_secs_f64());
+        Failure::new(FailureKind::Timeout, message)
+    }
+
+    /// The shell answered an operation with something it cannot mean.
+    pub fn unexpected(outcome: Outcome) -> Self {
+        Failure::new(
+            FailureKind::Unknown,
+            format!("unexpected answer from the shell: {outcome:?}"),
+        )
     }
 }
 

@@ -31,15 +31,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::classify::{classify_ssh_failure, FailureClass, FailureKind};
+use crate::classify::{FailureClass, FailureKind};
 use crate::model::{Container, ContainerEvent, ContainerId};
-use crate::repeat::{UpLog, Verdict};
+use crate::repeat::UpLog;
 
 mod engine;
 mod health;
 mod io;
 mod link;
 mod ops;
+mod phase;
 mod pin;
 mod policy;
 mod record;
@@ -57,6 +58,7 @@ pub use io::{
 };
 use link::Link;
 use ops::{InFlight, Operations, Purpose};
+use phase::Phase;
 pub use policy::HostPolicy;
 pub use record::Record;
 use retry::Retry;
@@ -77,10 +79,6 @@ const SPAWN_SLACK: Duration = Duration::from_secs(5);
 /// Is the master alive after a channel failed? A local mux round trip.
 const CHECK_MASTER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A network change cuts a transient backoff short, but not more than once
-/// a second (a flapping interface must not become a retry loop).
-const MIN_EARLY_RETRY: Duration = Duration::from_secs(1);
-
 /// Inspects after events that run at once, each on an API channel of its
 /// own, beside the one serial operation. dockerd answers an inspect only
 /// once the container's `start` is done (it holds the container's lock), a
@@ -89,32 +87,6 @@ const MIN_EARLY_RETRY: Duration = Duration::from_secs(1);
 /// then bound after `docker run` has returned). Only over stream-local
 /// channels: dial-stdio would spend an SSH session on each.
 pub const INSPECTS_AT_ONCE: usize = 4;
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Phase {
-    /// Waiting before the next attempt; a network change may cut a
-    /// transient wait short.
-    Backoff {
-        until: Instant,
-        early_wake: bool,
-        failed_at: Instant,
-    },
-    /// A retry is due, but no network is usable.
-    NoNetwork,
-    /// `SpawnMaster` in flight.
-    Spawning,
-    /// The master is up; the Docker channels are being set up and resynced.
-    Setup,
-    /// Published and streaming.
-    Up,
-    /// A Docker channel failed; `CheckMaster` in flight.
-    CheckingMaster,
-    /// The master is fine but the Docker channels failed: reopen at `until`.
-    ChannelBackoff {
-        until: Instant,
-    },
-    Stopped,
-}
 
 pub struct HostMachine {
     policy: HostPolicy,
@@ -240,10 +212,7 @@ impl HostMachine {
     /// master: the master (when one is up), the route its channels take,
     /// the containers and the event position.
     pub fn handover(&self, now: Instant) -> Handover {
-        let master_up = matches!(
-            self.phase,
-            Phase::Setup | Phase::Up | Phase::CheckingMaster | Phase::ChannelBackoff { .. }
-        );
+        let master_up = self.phase.master_up();
         Handover {
             master_pid: self.link.master_pid().filter(|_| master_up),
             route: self.engine.route(),
@@ -315,14 +284,14 @@ impl HostMachine {
 
     /// When the current phase's wait ends, or its next piece of work is due.
     fn phase_deadline(&self) -> Option<Instant> {
-        match self.phase {
-            Phase::Backoff { until, .. } | Phase::ChannelBackoff { until } => Some(until),
-            Phase::Up if self.health.network_lost_since.is_none() => {
-                let expiry = self.tracker.pending_expiry(self.policy.pending_timeout);
-                Some(self.schedule.deadline(expiry))
-            }
-            _ => None,
+        if let Some(until) = self.phase.wait_ends() {
+            return Some(until);
         }
+        let working = self.phase == Phase::Up && self.health.network_lost_since.is_none();
+        working.then(|| {
+            let expiry = self.tracker.pending_expiry(self.policy.pending_timeout);
+            self.schedule.deadline(expiry)
+        })
     }
 
     pub fn health(&self) -> &Health {
@@ -450,12 +419,7 @@ impl HostMachine {
         if self.link.master_pid().is_none() {
             return;
         }
-        let kind = match classify_ssh_failure(stderr_tail) {
-            FailureKind::Unknown => FailureKind::MasterDied,
-            k => k,
-        };
-        let message = format!("ssh master exited ({how}) {}", last_line(stderr_tail));
-        self.master_failed(Failure::new(kind, message.trim_end()), now);
+        self.master_failed(Failure::master_exited(how, stderr_tail), now);
     }
 
     /// A line of the master's stderr: a refused channel is about a
@@ -505,7 +469,7 @@ impl HostMachine {
             (Purpose::Spawn, Outcome::Failed(f)) => self.master_failed(f, now),
             (Purpose::Adopt, Outcome::Answered) => self.adopted_master_answers(now),
             (Purpose::Adopt, Outcome::Failed(f)) => self.master_failed(f, now),
-            (Purpose::Adopt, other) => self.master_failed(unexpected(other), now),
+            (Purpose::Adopt, other) => self.master_failed(Failure::unexpected(other), now),
             (Purpose::Discover, Outcome::Discovered(answer)) => {
                 self.engine_discovered(&answer, now)
             }
@@ -571,9 +535,9 @@ impl HostMachine {
                 let message = format!("ssh master lost its connection ({})", f.message.trim());
                 self.master_failed(Failure::new(FailureKind::MasterDied, message), now);
             }
-            (Purpose::Spawn, other) => self.master_failed(unexpected(other), now),
+            (Purpose::Spawn, other) => self.master_failed(Failure::unexpected(other), now),
             (_, Outcome::Failed(f)) => self.channel_failed(f, now),
-            (_, other) => self.channel_failed(unexpected(other), now),
+            (_, other) => self.channel_failed(Failure::unexpected(other), now),
         }
     }
 
@@ -697,9 +661,8 @@ impl HostMachine {
     /// that the local ssh process lives, and a black-holed connection keeps
     /// it alive for a whole keepalive budget: silence indicts the connection.
     fn op_timed_out(&mut self, op: InFlight, now: Instant) {
-        let what = op.purpose.silence();
-        let message = format!("{what} within {}", human_secs(op.timeout));
-        self.master_failed(Failure::new(FailureKind::Timeout, message), now);
+        let f = Failure::no_answer(op.purpose.silence(), op.timeout);
+        self.master_failed(f, now);
     }
 
     // ---- the master ----
@@ -754,20 +717,9 @@ impl HostMachine {
         self.health.master_pid = None;
         self.health.failed(&f, failures, now + delay, now);
         self.health_changed = true;
-        match self.master.say(f.kind.as_str(), now) {
-            Verdict::Log => self.log(Record::LinkFailed {
-                kind: f.kind,
-                consecutive_failures: failures,
-                retry_in: delay,
-                message: f.message,
-            }),
-            Verdict::Summary { repeats } => self.log(Record::LinkStillFailing {
-                kind: f.kind,
-                consecutive_failures: failures,
-                repeats,
-                message: f.message,
-            }),
-            Verdict::Suppress => {}
+        let verdict = self.master.say(f.kind.as_str(), now);
+        if let Some(r) = Record::link_failed(verdict, f.kind, failures, delay, f.message) {
+            self.log(r);
         }
         self.phase = Phase::Backoff {
             until: now + delay,
@@ -862,16 +814,9 @@ impl HostMachine {
         let failures = self.channels.failures();
         self.health.failed(&f, failures, now + delay, now);
         self.health_changed = true;
-        match self.channels.say(f.kind.as_str(), now) {
-            Verdict::Log => self.log(Record::StreamRestarting {
-                message: f.message,
-                retry_in: delay,
-            }),
-            Verdict::Summary { repeats } => self.log(Record::StreamStillRestarting {
-                message: f.message,
-                repeats,
-            }),
-            Verdict::Suppress => {}
+        let verdict = self.channels.say(f.kind.as_str(), now);
+        if let Some(r) = Record::stream_restarting(verdict, delay, f.message) {
+            self.log(r);
         }
         self.phase = Phase::ChannelBackoff { until: now + delay };
     }
@@ -1074,10 +1019,8 @@ impl HostMachine {
             if master_up && self.health.network_lost_since.is_none() {
                 self.health.network_lost_since = Some(now);
                 self.health_changed = true;
-                match self.said.network_lost(now) {
-                    Verdict::Log => self.log(Record::NetworkLost { repeats: 0 }),
-                    Verdict::Summary { repeats } => self.log(Record::NetworkLost { repeats }),
-                    Verdict::Suppress => {}
+                if let Some(r) = Record::network_lost(self.said.network_lost(now)) {
+                    self.log(r);
                 }
             }
             return;
@@ -1103,15 +1046,10 @@ impl HostMachine {
         if self.ops.on_wake(self.policy.wake_probe_timeout, now) {
             return;
         }
-        match self.phase {
-            Phase::Up => self.schedule.want_wake_probe(),
-            Phase::Backoff {
-                early_wake: true,
-                failed_at,
-                ..
-            } if now.saturating_duration_since(failed_at) >= MIN_EARLY_RETRY => self.connect(now),
-            Phase::NoNetwork => self.connect(now),
-            _ => {}
+        if self.phase == Phase::Up {
+            self.schedule.want_wake_probe();
+        } else if self.phase.retries_on_wake(now) {
+            self.connect(now);
         }
     }
 
@@ -1127,24 +1065,6 @@ impl HostMachine {
         let n = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
         (n >> 11) as f64 / (1u64 << 53) as f64
     }
-}
-
-fn unexpected(outcome: Outcome) -> Failure {
-    Failure::new(
-        FailureKind::Unknown,
-        format!("unexpected answer from the shell: {outcome:?}"),
-    )
-}
-
-fn human_secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
-}
-
-fn last_line(text: &str) -> &str {
-    text.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::classify::FailureKind;
 use crate::model::ContainerId;
+use crate::repeat::Verdict;
 
 /// What to log. Each has a stable event name ([`Record::event`]); the shell
 /// picks the level and the wording.
@@ -79,6 +80,56 @@ pub enum Record {
 }
 
 impl Record {
+    /// The link failed: said as its episode's verdict says (the first
+    /// failure of a kind, then a summary now and then).
+    pub fn link_failed(
+        verdict: Verdict,
+        kind: FailureKind,
+        consecutive_failures: u32,
+        retry_in: Duration,
+        message: String,
+    ) -> Option<Record> {
+        match verdict {
+            Verdict::Log => Some(Record::LinkFailed {
+                kind,
+                consecutive_failures,
+                retry_in,
+                message,
+            }),
+            Verdict::Summary { repeats } => Some(Record::LinkStillFailing {
+                kind,
+                consecutive_failures,
+                repeats,
+                message,
+            }),
+            Verdict::Suppress => None,
+        }
+    }
+
+    /// The Docker channels ended on a live master: said likewise.
+    pub fn stream_restarting(
+        verdict: Verdict,
+        retry_in: Duration,
+        message: String,
+    ) -> Option<Record> {
+        match verdict {
+            Verdict::Log => Some(Record::StreamRestarting { message, retry_in }),
+            Verdict::Summary { repeats } => {
+                Some(Record::StreamStillRestarting { message, repeats })
+            }
+            Verdict::Suppress => None,
+        }
+    }
+
+    /// No network is usable while the master is up: said likewise.
+    pub fn network_lost(verdict: Verdict) -> Option<Record> {
+        match verdict {
+            Verdict::Log => Some(Record::NetworkLost { repeats: 0 }),
+            Verdict::Summary { repeats } => Some(Record::NetworkLost { repeats }),
+            Verdict::Suppress => None,
+        }
+    }
+
     pub fn event(&self) -> &'static str {
         match self {
             Record::LinkFailed { .. } => "link_failed",
