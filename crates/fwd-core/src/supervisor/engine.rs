@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::io::EngineRoute;
 use super::pin::{EnginePin, Replaced};
+use super::rootless::RootlessQuestion;
 use crate::discovery::{self, State};
 
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub struct EngineChoice {
     forwarded: bool,
     /// The route the current master's channels take.
     route: EngineRoute,
+    /// Whether the engine runs rootless: asked once per socket.
+    rootless: RootlessQuestion,
 }
 
 /// What discovery's answer leads to.
@@ -61,7 +64,13 @@ impl EngineChoice {
             alternatives: VecDeque::new(),
             forwarded: false,
             route: EngineRoute::DialStdio,
+            rootless: RootlessQuestion::default(),
         }
+    }
+
+    /// The question whether the engine runs rootless.
+    pub fn rootless(&mut self) -> &mut RootlessQuestion {
+        &mut self.rootless
     }
 
     /// What the upgraded image had: its master's route and forward, and the

@@ -3,6 +3,8 @@
 //! engine route), and why the last link that was up ended, for the
 //! reconnect counts status keeps by reason.
 
+use std::time::Duration;
+
 use super::io::EngineRoute;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -14,6 +16,9 @@ pub struct Link {
     ever_connected: bool,
     /// What ended the link that was up last, until the next one is up.
     lost_reason: Option<&'static str>,
+    /// The round trip of the channels' first request on this master, the
+    /// first figure status shows for the probe.
+    setup_rtt: Option<Duration>,
 }
 
 impl Link {
@@ -31,6 +36,15 @@ impl Link {
     pub fn master_ready(&mut self, pid: u32) {
         self.master_pid = Some(pid);
         self.generation += 1;
+    }
+
+    /// The channels' first request answered after `rtt`.
+    pub fn setup_answered(&mut self, rtt: Duration) {
+        self.setup_rtt = Some(rtt);
+    }
+
+    pub fn setup_rtt(&self) -> Option<Duration> {
+        self.setup_rtt
     }
 
     pub fn master_pid(&self) -> Option<u32> {

@@ -96,8 +96,6 @@ pub struct HostMachine {
     commands: VecDeque<Command>,
     /// The serial operation out, and the inspects beside it.
     ops: Operations,
-    /// Whether the engine runs rootless: asked once per socket.
-    rootless: RootlessQuestion,
     rng: u64,
 
     /// The containers, their events, inspects and resync.
@@ -109,8 +107,6 @@ pub struct HostMachine {
     link: Link,
     /// Which engine, and the route its channels take.
     engine: EngineChoice,
-    /// Round trip of the setup's version request, shown once up.
-    setup_rtt: Option<Duration>,
 
     /// The Docker channels on a live master, likewise.
     channels: Retry,
@@ -152,13 +148,6 @@ impl HostMachine {
         m.tracker = Tracker::adopt(from.containers, from.since_ns, now);
         m.health.docker_version = from.docker_version.clone();
         m.said.version_said(from.docker_version);
-        if let Some(rootless) = from.rootless {
-            // Known for this socket: not asked again, and the first plan
-            // decides the same routes.
-            let socket = from.remote_socket.clone().unwrap_or_default();
-            m.rootless = RootlessQuestion::known_for(socket, rootless);
-            m.health.engine.rootless = Some(rootless);
-        }
         // An engine that was serving is the host's engine, as before the
         // upgrade; the route and forward are the master's, if it has one.
         let pinned = match (&from.remote_socket, &m.health.docker_version) {
@@ -174,6 +163,13 @@ impl HostMachine {
             None => (EngineRoute::DialStdio, false),
         };
         m.engine = EngineChoice::adopt(route, forwarded, pinned, now);
+        if let Some(rootless) = from.rootless {
+            // Known for this socket: not asked again, and the first plan
+            // decides the same routes.
+            let socket = from.remote_socket.clone().unwrap_or_default();
+            *m.engine.rootless() = RootlessQuestion::known_for(socket, rootless);
+            m.health.engine.rootless = Some(rootless);
+        }
         m.health.engine.remote_socket = from.remote_socket;
         m.health.engine.found_by = from.found_by;
         m.master.resume(from.failures, from.episode, now);
@@ -251,12 +247,10 @@ impl HostMachine {
             health_changed: true,
             commands: VecDeque::new(),
             ops: Operations::default(),
-            rootless: RootlessQuestion::default(),
             rng: seed | 1,
             tracker: Tracker::default(),
             link: Link::default(),
             engine: EngineChoice::new(),
-            setup_rtt: None,
             schedule: Schedule::new(now),
             net_usable,
         }
@@ -409,7 +403,7 @@ impl HostMachine {
     fn answered(&mut self, id: OpId, outcome: Outcome, now: Instant) {
         if let Some(op) = self.ops.answered(id) {
             self.op_done(op, outcome, now);
-        } else if self.rootless.is_answer(id) {
+        } else if self.engine.rootless().is_answer(id) {
             self.answered_rootless(outcome);
         }
     }
@@ -645,7 +639,7 @@ impl HostMachine {
             self.health.engine.reason = None;
         }
         self.engine_answered(route, now);
-        self.setup_rtt = Some(rtt);
+        self.link.setup_answered(rtt);
         if self.health.docker_version.as_deref() != Some(version.as_str()) {
             self.health.docker_version = Some(version);
             self.health_changed = true;
@@ -681,7 +675,7 @@ impl HostMachine {
     /// answers, if any still come, are ignored (the one place that does).
     fn drop_channel_work(&mut self) {
         self.ops.drop_all();
-        self.rootless.forget_asks();
+        self.engine.rootless().forget_asks();
         self.tracker.drop_work();
     }
 
@@ -857,7 +851,7 @@ impl HostMachine {
             self.health.connected(reconnect, now);
         }
         self.health
-            .streaming(self.link.master_pid(), self.setup_rtt);
+            .streaming(self.link.master_pid(), self.link.setup_rtt());
         self.health_changed = true;
         self.channels.up(now);
         let failures_before = match self.master.up(now) {
@@ -904,7 +898,7 @@ impl HostMachine {
             self.start_inspects(now);
         } else if let Some(id) = self.tracker.next_to_inspect(|_| false) {
             return self.request(Purpose::EventInspect(id.clone()), Op::Inspect(id), now);
-        } else if self.rootless.take_wanted() {
+        } else if self.engine.rootless().take_wanted() {
             let podman = self.is_podman();
             return self.request(Purpose::Rootless, Op::AskRootless { podman }, now);
         }
@@ -928,7 +922,7 @@ impl HostMachine {
         // (Over dial-stdio it is asked on the API channel once it is idle:
         // `next_work`.)
         let socket = self.health.engine.remote_socket.as_deref().unwrap_or("");
-        match self.rootless.on_up(socket, said, stream_local) {
+        match self.engine.rootless().on_up(socket, said, stream_local) {
             Ask::Nothing => {}
             Ask::Known(rootless) => {
                 self.health.engine.rootless = Some(rootless);
@@ -937,7 +931,7 @@ impl HostMachine {
             Ask::Beside => {
                 let podman = self.is_podman();
                 let id = self.ops.next_id();
-                self.rootless.asked_as(id);
+                self.engine.rootless().asked_as(id);
                 self.commands.push_back(Command::AskRootless(id, podman));
             }
         }
@@ -954,7 +948,7 @@ impl HostMachine {
     fn answered_rootless(&mut self, outcome: Outcome) {
         if let Outcome::Rootless(rootless) = outcome {
             let socket = self.engine_socket().to_string();
-            self.rootless.answered(socket, rootless);
+            self.engine.rootless().answered(socket, rootless);
             self.health.engine.rootless = Some(rootless);
             self.health_changed = true;
             self.routes_changed();
