@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::io::EngineRoute;
+use super::io::{EngineRoute, Handover};
 use super::pin::{EnginePin, Replaced};
 use super::rootless::RootlessQuestion;
 use crate::discovery::{self, State};
@@ -76,7 +76,7 @@ impl EngineChoice {
     /// What the upgraded image had: its master's route and forward, and the
     /// engine it served (`pinned`: its socket, how it was found, and whether
     /// it answered over stream-local channels).
-    pub fn adopt(
+    fn adopt(
         route: EngineRoute,
         forwarded: bool,
         pinned: Option<(&str, &'static str, bool)>,
@@ -89,6 +89,32 @@ impl EngineChoice {
         };
         if let Some((path, found_by, over_stream_local)) = pinned {
             e.pin.answered(path, found_by, over_stream_local, now);
+        }
+        e
+    }
+
+    /// What the upgraded image's handover says: an engine that was serving
+    /// is the host's engine, as before the upgrade (and whether it runs
+    /// rootless, known for its socket: not asked again, and the first plan
+    /// decides the same routes); the route and forward are the master's, if
+    /// it has one.
+    pub fn from_handover(from: &Handover, now: Instant) -> Self {
+        let pinned = match (&from.remote_socket, &from.docker_version) {
+            (Some(path), Some(_)) => Some((
+                path.as_str(),
+                from.found_by.unwrap_or("unknown"),
+                from.route == EngineRoute::StreamLocal,
+            )),
+            _ => None,
+        };
+        let (route, forwarded) = match from.master_pid {
+            Some(_) => (from.route, from.engine_forwarded),
+            None => (EngineRoute::DialStdio, false),
+        };
+        let mut e = EngineChoice::adopt(route, forwarded, pinned, now);
+        if let Some(rootless) = from.rootless {
+            let socket = from.remote_socket.clone().unwrap_or_default();
+            e.rootless = RootlessQuestion::known_for(socket, rootless);
         }
         e
     }

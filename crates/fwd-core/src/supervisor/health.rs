@@ -123,6 +123,42 @@ impl Health {
         self.stream = StreamPhase::Streaming;
     }
 
+    /// The master failed; the next attempt is at `next_retry`.
+    pub(super) fn master_failed(
+        &mut self,
+        f: &Failure,
+        failures: u32,
+        next_retry: Instant,
+        now: Instant,
+    ) {
+        self.set_master(MasterPhase::Backoff, now);
+        self.master_pid = None;
+        self.failed(f, failures, next_retry, now);
+    }
+
+    /// Waiting to retry at `next_retry` after `failures` failures (the
+    /// upgraded image's wait, going on).
+    pub(super) fn backing_off(&mut self, failures: u32, next_retry: Instant, now: Instant) {
+        self.set_master(MasterPhase::Backoff, now);
+        self.consecutive_failures = failures;
+        self.next_retry = Some(next_retry);
+    }
+
+    /// The engine is Podman, as its version says.
+    pub(super) fn is_podman(&self) -> bool {
+        self.docker_version
+            .as_deref()
+            .is_some_and(|v| v.starts_with("Podman "))
+    }
+
+    /// How long the master has been connected; zero when it is not.
+    pub(super) fn connected_for(&self, now: Instant) -> Duration {
+        match self.master {
+            MasterPhase::Connected => now.saturating_duration_since(self.since),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// fwd stops: nothing runs, nothing is retried.
     pub(super) fn stopped(&mut self, now: Instant) {
         self.set_master(MasterPhase::Stopped, now);

@@ -62,7 +62,7 @@ use phase::Phase;
 pub use policy::HostPolicy;
 pub use record::Record;
 use retry::Retry;
-use rootless::{Ask, RootlessQuestion};
+use rootless::Ask;
 pub use said::without_numbers;
 use said::Said;
 use schedule::Schedule;
@@ -145,31 +145,11 @@ impl HostMachine {
         from: Handover,
     ) -> Self {
         let mut m = Self::idle(policy, net_usable, seed, now);
+        m.engine = EngineChoice::from_handover(&from, now);
         m.tracker = Tracker::adopt(from.containers, from.since_ns, now);
         m.health.docker_version = from.docker_version.clone();
         m.said.version_said(from.docker_version);
-        // An engine that was serving is the host's engine, as before the
-        // upgrade; the route and forward are the master's, if it has one.
-        let pinned = match (&from.remote_socket, &m.health.docker_version) {
-            (Some(path), Some(_)) => Some((
-                path.as_str(),
-                from.found_by.unwrap_or("unknown"),
-                from.route == EngineRoute::StreamLocal,
-            )),
-            _ => None,
-        };
-        let (route, forwarded) = match from.master_pid {
-            Some(_) => (from.route, from.engine_forwarded),
-            None => (EngineRoute::DialStdio, false),
-        };
-        m.engine = EngineChoice::adopt(route, forwarded, pinned, now);
-        if let Some(rootless) = from.rootless {
-            // Known for this socket: not asked again, and the first plan
-            // decides the same routes.
-            let socket = from.remote_socket.clone().unwrap_or_default();
-            *m.engine.rootless() = RootlessQuestion::known_for(socket, rootless);
-            m.health.engine.rootless = Some(rootless);
-        }
+        m.health.engine.rootless = from.rootless;
         m.health.engine.remote_socket = from.remote_socket;
         m.health.engine.found_by = from.found_by;
         m.master.resume(from.failures, from.episode, now);
@@ -194,9 +174,7 @@ impl HostMachine {
                         early_wake: true,
                         failed_at: now,
                     };
-                    m.health.set_master(MasterPhase::Backoff, now);
-                    m.health.consecutive_failures = from.failures;
-                    m.health.next_retry = Some(now + wait);
+                    m.health.backing_off(from.failures, now + wait, now);
                 }
                 m.handle_timeout(now);
             }
@@ -219,10 +197,7 @@ impl HostMachine {
             containers: self.tracker.containers().values().cloned().collect(),
             docker_version: self.health.docker_version.clone(),
             rootless: self.health.engine.rootless,
-            connected_for: match self.health.master {
-                MasterPhase::Connected => now.saturating_duration_since(self.health.since),
-                _ => Duration::ZERO,
-            },
+            connected_for: self.health.connected_for(now),
             failures: self.master.failures(),
             retry_in: match self.phase {
                 Phase::Backoff { until, .. } => Some(until.saturating_duration_since(now)),
@@ -707,9 +682,7 @@ impl HostMachine {
             }
         };
         let failures = self.master.failures();
-        self.health.set_master(MasterPhase::Backoff, now);
-        self.health.master_pid = None;
-        self.health.failed(&f, failures, now + delay, now);
+        self.health.master_failed(&f, failures, now + delay, now);
         self.health_changed = true;
         let verdict = self.master.say(f.kind.as_str(), now);
         if let Some(r) = Record::link_failed(verdict, f.kind, failures, delay, f.message) {
@@ -899,7 +872,7 @@ impl HostMachine {
         } else if let Some(id) = self.tracker.next_to_inspect(|_| false) {
             return self.request(Purpose::EventInspect(id.clone()), Op::Inspect(id), now);
         } else if self.engine.rootless().take_wanted() {
-            let podman = self.is_podman();
+            let podman = self.health.is_podman();
             return self.request(Purpose::Rootless, Op::AskRootless { podman }, now);
         }
         let inspects_due = self.ops.inspects_running() > 0 || self.tracker.inspects_queued();
@@ -929,19 +902,12 @@ impl HostMachine {
                 self.routes_changed();
             }
             Ask::Beside => {
-                let podman = self.is_podman();
+                let podman = self.health.is_podman();
                 let id = self.ops.next_id();
                 self.engine.rootless().asked_as(id);
                 self.commands.push_back(Command::AskRootless(id, podman));
             }
         }
-    }
-
-    fn is_podman(&self) -> bool {
-        self.health
-            .docker_version
-            .as_deref()
-            .is_some_and(|v| v.starts_with("Podman "))
     }
 
     /// Not knowing is no failure: status says nothing then.
