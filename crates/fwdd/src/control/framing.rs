@@ -49,9 +49,8 @@ async fn read_line_bounded<R: AsyncRead + Unpin>(
         let consumed = done.unwrap_or(chunk.len());
         reader.consume(consumed);
         if done.is_some() {
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
-            }
+            // A "\r\n" ending keeps its "\r": the decoder strips one, and
+            // only one (stripping it here too took "\r\r\n" for "\n").
             return Ok(LineRead::Line);
         }
     }
