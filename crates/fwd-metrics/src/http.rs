@@ -31,8 +31,6 @@ const CONNECTIONS: usize = 32;
 /// accept or of its previous request (covers slow-loris heads, idle
 /// connections that never ask, and keep-alive between scrapes).
 const ASK_WITHIN: Duration = Duration::from_secs(3);
-/// After a failed accept (e.g. out of descriptors), wait this long.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The endpoint's limits.
 #[derive(Clone, Copy, Debug)]
@@ -84,11 +82,13 @@ pub async fn serve_with(listener: TcpListener, source: Rc<dyn MetricsSource>, li
         never_asked: Cell::new(0),
         accept_failed: Cell::new(0),
     });
-    let mut accept_gate = fwd_core::RepeatGate::new(Duration::from_secs(300));
+    // The same backoff and episode as fwdd's other accept loops.
+    let mut backoff = fwd_core::AcceptBackoff::default();
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => {
-                if let Some(n) = accept_gate.clear().filter(|n| *n > 1) {
+                let now = tokio::time::Instant::now().into_std();
+                if let Some(n) = backoff.succeeded(now).filter(|n| *n > 1) {
                     tracing::info!(
                         event = "metrics_accept_recovered",
                         failures = n,
@@ -99,19 +99,20 @@ pub async fn serve_with(listener: TcpListener, source: Rc<dyn MetricsSource>, li
             }
             Err(e) => {
                 server.accept_failed.set(server.accept_failed.get() + 1);
-                match accept_gate.observe(
-                    &e.kind().to_string(),
-                    tokio::time::Instant::now().into_std(),
-                ) {
-                    Verdict::Log => tracing::warn!(event = "metrics_accept_failed", error = %e,
-                        "accepting a connection to the metrics endpoint failed: {e}; retrying every {} ms", ACCEPT_BACKOFF.as_millis()),
-                    Verdict::Summary { repeats } => {
+                let now = tokio::time::Instant::now().into_std();
+                let failed = backoff.failed(&e.kind().to_string(), now);
+                match failed.log {
+                    Some(Verdict::Log) => {
+                        tracing::warn!(event = "metrics_accept_failed", error = %e,
+                        "accepting a connection to the metrics endpoint failed: {e}; retrying with a backoff up to {} ms", fwd_core::AcceptBackoff::MAX.as_millis())
+                    }
+                    Some(Verdict::Summary { repeats }) => {
                         tracing::warn!(event = "metrics_accept_failed", error = %e, repeats,
                         "accepting a connection to the metrics endpoint still fails ({repeats} more): {e}")
                     }
-                    Verdict::Suppress => {}
+                    _ => {}
                 }
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                tokio::time::sleep(failed.wait).await;
                 continue;
             }
         };
