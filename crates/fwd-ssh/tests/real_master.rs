@@ -368,18 +368,12 @@ async fn remote_close_first_propagates_to_local_client() {
         return;
     }
     let sshd = Sshd::start();
-    let ctl = sshd.ctl();
-    let (master, _lines) = Master::spawn(&sshd.config(), &ctl, READY).await.unwrap();
-    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tport = target.local_addr().unwrap().port();
-    let (mut client, server) = local_pair().await;
-    let mc = MuxClient::connect(&ctl).await.unwrap();
-    let fwd = mc
-        .open_stdio_forward("127.0.0.1", tport, server.as_fd())
-        .await
-        .unwrap();
-    drop(server);
-    let (mut remote, _) = target.accept().await.unwrap();
+    let Tunnel {
+        master,
+        mut client,
+        mut remote,
+        fwd,
+    } = Tunnel::open(&sshd).await;
     remote.write_all(b"bye").await.unwrap();
     drop(remote); // remote closes completely
     let mut got = Vec::new();
