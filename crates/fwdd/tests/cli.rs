@@ -20,6 +20,24 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().expect("scratch dir")
 }
 
+/// `fwdd.toml` of `text` in a scratch directory (kept while the guard lives).
+fn config_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = scratch();
+    let cfg = dir.path().join("fwdd.toml");
+    std::fs::write(&cfg, text).expect("write");
+    (dir, cfg)
+}
+
+/// `fwdd check-config FILE`, without a host from the environment.
+fn check_config(cfg: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fwdd"))
+        .arg("check-config")
+        .arg(cfg)
+        .env_remove("FWD_HOST")
+        .output()
+        .expect("run fwdd")
+}
+
 #[test]
 fn no_host_is_an_error() {
     let (code, err) = fwdd(&[]);
@@ -36,13 +54,7 @@ fn a_bad_url_is_named() {
 
 #[test]
 fn a_bad_duration_in_the_file_names_the_key() {
-    let dir = scratch();
-    let cfg = dir.path().join("fwdd.toml");
-    std::fs::write(
-        &cfg,
-        "[[host]]\nurl = \"ssh://h\"\nhealth_interval = \"often\"\n",
-    )
-    .expect("write");
+    let (_dir, cfg) = config_file("[[host]]\nurl = \"ssh://h\"\nhealth_interval = \"often\"\n");
     let (code, err) = fwdd(&["--config", cfg.to_str().expect("utf8 path")]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("host[0].health_interval"), "{err}");
@@ -127,20 +139,11 @@ fn logs_to_a_pipe_have_no_colour() {
 /// check-config prints every effective setting, the rules and host caps included.
 #[test]
 fn check_config_prints_rules_and_max_forwards() {
-    let dir = scratch();
-    let cfg = dir.path().join("fwdd.toml");
-    std::fs::write(
-        &cfg,
+    let (_dir, cfg) = config_file(
         "[[rule]]\nports = \"9100-9199\"\naction = \"skip\"\n\
          [[host]]\nname = \"ci\"\nurl = \"ssh://ci@h\"\nmax_forwards = 7\n",
-    )
-    .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_fwdd"))
-        .arg("check-config")
-        .arg(&cfg)
-        .env_remove("FWD_HOST")
-        .output()
-        .expect("run fwdd");
+    );
+    let out = check_config(&cfg);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -158,19 +161,8 @@ fn check_config_prints_rules_and_max_forwards() {
 /// path, naming the key and the fix.
 #[test]
 fn check_config_refuses_a_host_name_that_is_a_path() {
-    let dir = scratch();
-    let cfg = dir.path().join("fwdd.toml");
-    std::fs::write(
-        &cfg,
-        "[[host]]\nname = \"a/../../x\"\nurl = \"ssh://ci@h\"\n",
-    )
-    .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_fwdd"))
-        .arg("check-config")
-        .arg(&cfg)
-        .env_remove("FWD_HOST")
-        .output()
-        .expect("run fwdd");
+    let (_dir, cfg) = config_file("[[host]]\nname = \"a/../../x\"\nurl = \"ssh://ci@h\"\n");
+    let out = check_config(&cfg);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "accepted:\n{log}");
     assert!(
