@@ -63,7 +63,8 @@ pub use policy::HostPolicy;
 pub use record::Record;
 use retry::Retry;
 use rootless::Ask;
-pub use said::without_numbers;
+#[cfg(test)]
+use said::without_numbers;
 use said::Said;
 use schedule::Schedule;
 use tracker::Tracker;
