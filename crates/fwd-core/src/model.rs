@@ -118,7 +118,18 @@ pub struct Container {
     /// The networks it is attached to, with their addresses (none while
     /// only created): where the direct route may reach it.
     pub networks: Vec<NetworkAttachment>,
+    /// The TCP ports it declares, published or not (its image's and
+    /// `--expose`'s `ExposedPorts`), ascending and bounded: what its name
+    /// serves besides its published container ports and `fwd.ports`.
+    pub exposed_ports: Vec<u16>,
+    /// Its network aliases (compose adds the service name), bounded.
+    pub aliases: Vec<String>,
 }
+
+/// The label docker compose puts on every container of a project.
+pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
+/// The label docker compose (v1 and v2) puts on a service's containers.
+pub const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
 
 /// A container's wish to have `local_port` forwarded to `remote`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,6 +188,11 @@ fn remote_ip_for(host_ip: &str) -> String {
 }
 
 impl Container {
+    /// The compose service it runs (`com.docker.compose.service`), if any.
+    pub fn compose_service(&self) -> Option<&str> {
+        self.labels.get(COMPOSE_SERVICE_LABEL).map(String::as_str)
+    }
+
     /// Splits the container's bindings into forwardable claims (TCP, one per
     /// local port, as the rules decide, each with its [route](crate::route))
     /// and the ones fwd lists but does not forward. Ports the rules skip are
@@ -310,6 +326,8 @@ mod tests {
             ports,
             labels: BTreeMap::new(),
             networks: vec![],
+            exposed_ports: vec![],
+            aliases: vec![],
         }
     }
 

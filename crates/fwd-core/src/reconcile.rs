@@ -426,6 +426,8 @@ mod tests {
                 .collect(),
             labels: Default::default(),
             networks: vec![],
+            exposed_ports: vec![],
+            aliases: vec![],
         }
     }
 

@@ -10,8 +10,7 @@ use bollard_stubs::models::{ContainerInspectResponse, EventMessage, EventMessage
 use fwd_core::{Container, ContainerId, NetworkAttachment, PortBinding, Protocol};
 pub use fwd_core::{ContainerEvent, EventAction};
 
-/// The label docker compose puts on every container of a project.
-pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
+pub use fwd_core::model::COMPOSE_PROJECT_LABEL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
@@ -193,8 +192,10 @@ pub(crate) fn parse_inspect_with_network_ids(
             .map(port_bindings)
             .unwrap_or_default()
     };
+    let exposed_ports = declared_tcp_ports(&resp);
     let mut networks = Vec::new();
     let mut network_ids = Vec::new();
+    let mut aliases: Vec<String> = Vec::new();
     if !pending {
         let mut attached: Vec<_> = resp
             .network_settings
@@ -206,6 +207,16 @@ pub(crate) fn parse_inspect_with_network_ids(
             .collect();
         attached.sort_by(|a, b| a.0.cmp(b.0));
         for (name, endpoint) in attached.into_iter().take(MAX_NETWORKS) {
+            for alias in endpoint.aliases.iter().flatten() {
+                if aliases.len() < MAX_ALIASES
+                    && alias.len() <= 253
+                    && !aliases.contains(alias)
+                    // dockerd < 25 lists the short ID as an alias: no name.
+                    && !id.as_str().starts_with(alias.as_str())
+                {
+                    aliases.push(alias.clone());
+                }
+            }
             networks.push(NetworkAttachment {
                 name: name.clone(),
                 driver: None,
@@ -234,9 +245,45 @@ pub(crate) fn parse_inspect_with_network_ids(
             ports,
             labels,
             networks,
+            exposed_ports,
+            aliases,
         },
         network_ids,
     )))
+}
+
+/// Aliases kept per container (compose gives one or two per network).
+const MAX_ALIASES: usize = 32;
+
+/// Declared ports kept per container: `--expose 1-65535` is legal, and a
+/// name serves at most its per-container cap anyway (its lowest ports).
+const MAX_DECLARED_PORTS: usize = 4096;
+
+/// The TCP ports a container declares: `Config.ExposedPorts` (the image's
+/// `EXPOSE` and `--expose`) and the keys of `NetworkSettings.Ports` (which
+/// also lists exposed ports with no binding), lowest first.
+fn declared_tcp_ports(resp: &ContainerInspectResponse) -> Vec<u16> {
+    let from_config = resp
+        .config
+        .as_ref()
+        .and_then(|c| c.exposed_ports.as_ref())
+        .into_iter()
+        .flatten();
+    let from_settings = resp
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref())
+        .into_iter()
+        .flat_map(|m| m.keys());
+    let ports: std::collections::BTreeSet<u16> = from_config
+        .chain(from_settings)
+        .filter_map(|key| {
+            let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+            (proto == "tcp").then(|| port.parse::<u16>().ok()).flatten()
+        })
+        .filter(|p| *p != 0)
+        .collect();
+    ports.into_iter().take(MAX_DECLARED_PORTS).collect()
 }
 
 /// The driver of a network (`GET /networks/{id}`): `bridge`, `macvlan`, …

@@ -94,6 +94,28 @@ fn inspect_names_drop_the_slash() {
     assert_eq!(c.name, "sample-p-v4v6");
 }
 
+/// What a name serves and answers to: the declared port published or
+/// not, the aliases without dockerd's short-ID one, the compose service.
+#[test]
+fn an_unpublished_container_declares_its_ports_and_aliases() {
+    let c = parse_inspect(&sample("inspect-expose-alias.json"))
+        .expect("parses")
+        .expect("runs");
+    assert!(c.ports.is_empty(), "{:?}", c.ports);
+    assert_eq!(c.exposed_ports, vec![5432]);
+    assert_eq!(c.aliases, vec!["db".to_string(), "db.shop".to_string()]);
+    assert_eq!(c.compose_service(), Some("db"));
+    assert_eq!(c.compose_project.as_deref(), Some("shop"));
+    let publish_all = parse_inspect(&sample("inspect-p-several.json"))
+        .expect("parses")
+        .expect("runs");
+    assert_eq!(publish_all.exposed_ports, vec![8080, 9090]);
+    let udp = parse_inspect(&sample("inspect-p-udp.json"))
+        .expect("parses")
+        .expect("runs");
+    assert!(udp.exposed_ports.is_empty(), "UDP is no TCP port");
+}
+
 #[test]
 fn event_sample_parses_every_line_with_the_right_actions() {
     let text = sample("events.jsonl");

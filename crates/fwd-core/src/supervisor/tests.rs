@@ -24,6 +24,8 @@ fn container(n: u8, started_at_ns: i64) -> Container {
         ports: vec![],
         labels: BTreeMap::new(),
         networks: vec![],
+        exposed_ports: vec![],
+        aliases: vec![],
     }
 }
 

@@ -306,6 +306,8 @@ mod tests {
             ports: vec![],
             labels: BTreeMap::new(),
             networks: vec![],
+            exposed_ports: vec![],
+            aliases: vec![],
         }
     }
 

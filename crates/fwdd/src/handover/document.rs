@@ -186,6 +186,12 @@ pub struct ContainerDoc {
     /// Its networks (the direct route is decided from them).
     #[serde(default)]
     pub networks: Vec<NetworkDoc>,
+    /// The TCP ports it declares (its name serves them).
+    #[serde(default)]
+    pub exposed_ports: Vec<u16>,
+    /// Its network aliases (names).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -425,6 +431,8 @@ pub fn container_doc(c: &Container) -> ContainerDoc {
                 ipv6: n.ipv6,
             })
             .collect(),
+        exposed_ports: c.exposed_ports.clone(),
+        aliases: c.aliases.clone(),
     }
 }
 
@@ -462,6 +470,8 @@ pub fn container(d: &ContainerDoc) -> Result<Container, DocumentError> {
                 ipv6: n.ipv6,
             })
             .collect(),
+        exposed_ports: d.exposed_ports.clone(),
+        aliases: d.aliases.clone(),
     })
 }
 
