@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod doctor;
 pub mod engine_requests;
 pub mod expose;
+pub mod hostsfile;
 pub mod model;
 pub mod paths;
 pub mod reconcile;
