@@ -4,6 +4,7 @@ use fwd_client as client;
 mod doctor;
 mod env;
 mod human;
+mod manual;
 mod wait;
 mod watch;
 
@@ -232,6 +233,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "sh")]
         format: env::Format,
     },
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell);
+    /// the packages install them, e.g. `fwdctl completions zsh > ~/.zfunc/_fwdctl`
+    Completions { shell: clap_complete::Shell },
+    /// Write fwdctl.1 and a page per subcommand (fwdctl-status.1, ...) into DIR
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 const DOCTOR_HELP: &str = "\
@@ -606,6 +613,14 @@ fn main() -> ExitCode {
         ),
         Command::Expose { spec, host } => host_command(&socket, Request::Expose { host, spec }),
         Command::Unexpose { port, host } => host_command(&socket, Request::Unexpose { host, port }),
+        Command::Completions { shell } => {
+            manual::print_completions(<Cli as clap::CommandFactory>::command(), shell)
+                .map(|()| human::EXIT_HEALTHY)
+        }
+        Command::Man { dir } => {
+            manual::write_man_pages(<Cli as clap::CommandFactory>::command(), &dir)
+                .map(|()| human::EXIT_HEALTHY)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

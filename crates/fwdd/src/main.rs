@@ -13,6 +13,7 @@ mod forwards;
 mod handler;
 mod handover;
 mod host;
+mod manual;
 mod metrics;
 mod netwatch;
 mod notify;
@@ -107,6 +108,12 @@ enum Command {
     /// upgrading to it.
     #[command(hide = true)]
     UpgradeCheck,
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell);
+    /// the packages install them, e.g. `fwdd completions zsh > ~/.zfunc/_fwdd`
+    Completions { shell: clap_complete::Shell },
+    /// Write fwdd.1 and a page per subcommand (fwdd-check-config.1) into DIR
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 impl Settings {
@@ -210,6 +217,14 @@ fn refuse(
 /// The subcommands answer and exit: they start nothing.
 fn answer(command: Command, settings: &mut Settings) -> ExitCode {
     match command {
+        Command::Completions { shell } => generated(manual::print_completions(
+            <Args as clap::CommandFactory>::command(),
+            shell,
+        )),
+        Command::Man { dir } => generated(manual::write_man_pages(
+            <Args as clap::CommandFactory>::command(),
+            &dir,
+        )),
         // The running image asks this of a new binary, with its own
         // arguments: the binary must run, accept them, and understand the
         // handover.
@@ -239,6 +254,16 @@ fn answer(command: Command, settings: &mut Settings) -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+    }
+}
+
+fn generated(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fwdd: {e:#}");
+            ExitCode::from(1)
         }
     }
 }
