@@ -12,6 +12,7 @@ mod fdstore;
 mod forwards;
 mod handler;
 mod handover;
+mod hostsfile;
 mod host;
 mod manual;
 mod metrics;
