@@ -15,6 +15,7 @@ pub mod engine_requests;
 pub mod expose;
 pub mod hostsfile;
 pub mod model;
+pub mod names;
 pub mod paths;
 pub mod reconcile;
 pub mod reload;

@@ -180,7 +180,7 @@ pub struct Unsupported {
 /// A wildcard binding is reachable on the host's loopback, which is also the
 /// only address guaranteed to be reachable from sshd; a specific address is
 /// used as published, since nothing else listens for that port.
-fn remote_ip_for(host_ip: &str) -> String {
+pub(crate) fn remote_ip_for(host_ip: &str) -> String {
     match host_ip {
         "" | "0.0.0.0" | "::" => "127.0.0.1".to_string(),
         other => other.to_string(),
