@@ -4,7 +4,6 @@ use fwd_client as client;
 mod doctor;
 mod env;
 mod human;
-mod manual;
 mod wait;
 mod watch;
 
@@ -235,7 +234,7 @@ enum Command {
     },
     /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell);
     /// the packages install them, e.g. `fwdctl completions zsh > ~/.zfunc/_fwdctl`
-    Completions { shell: clap_complete::Shell },
+    Completions { shell: fwd_manual::Shell },
     /// Write fwdctl.1 and a page per subcommand (fwdctl-status.1, ...) into DIR
     #[command(hide = true)]
     Man { dir: PathBuf },
@@ -614,12 +613,12 @@ fn main() -> ExitCode {
         Command::Expose { spec, host } => host_command(&socket, Request::Expose { host, spec }),
         Command::Unexpose { port, host } => host_command(&socket, Request::Unexpose { host, port }),
         Command::Completions { shell } => {
-            manual::print_completions(<Cli as clap::CommandFactory>::command(), shell)
+            fwd_manual::print_completion_script(<Cli as clap::CommandFactory>::command(), shell)
                 .map(|()| human::EXIT_HEALTHY)
         }
         Command::Man { dir } => {
-            manual::write_man_pages(<Cli as clap::CommandFactory>::command(), &dir)
-                .map(|()| human::EXIT_HEALTHY)
+            fwd_manual::write_man_pages(<Cli as clap::CommandFactory>::command(), &dir)
+                .map(|_| human::EXIT_HEALTHY)
         }
     };
     match result {

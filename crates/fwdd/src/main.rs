@@ -14,7 +14,6 @@ mod handler;
 mod handover;
 mod hostsfile;
 mod host;
-mod manual;
 mod metrics;
 mod netwatch;
 mod notify;
@@ -111,7 +110,7 @@ enum Command {
     UpgradeCheck,
     /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell);
     /// the packages install them, e.g. `fwdd completions zsh > ~/.zfunc/_fwdd`
-    Completions { shell: clap_complete::Shell },
+    Completions { shell: fwd_manual::Shell },
     /// Write fwdd.1 and a page per subcommand (fwdd-check-config.1) into DIR
     #[command(hide = true)]
     Man { dir: PathBuf },
@@ -218,14 +217,14 @@ fn refuse(
 /// The subcommands answer and exit: they start nothing.
 fn answer(command: Command, settings: &mut Settings) -> ExitCode {
     match command {
-        Command::Completions { shell } => generated(manual::print_completions(
+        Command::Completions { shell } => generated(fwd_manual::print_completion_script(
             <Args as clap::CommandFactory>::command(),
             shell,
         )),
-        Command::Man { dir } => generated(manual::write_man_pages(
-            <Args as clap::CommandFactory>::command(),
-            &dir,
-        )),
+        Command::Man { dir } => generated(
+            fwd_manual::write_man_pages(<Args as clap::CommandFactory>::command(), &dir)
+                .map(|_| ()),
+        ),
         // The running image asks this of a new binary, with its own
         // arguments: the binary must run, accept them, and understand the
         // handover.
