@@ -14,6 +14,10 @@
 #   /etc/fwd/fwdd.toml                     (conffile: never clobbered by upgrades)
 #   /usr/share/doc/fwd/                    (README, operations guide, control API)
 #   /usr/share/fwd/upgrade-running.sh      (postinst: fwdctl upgrade, else restart)
+#   /usr/share/bash-completion/completions/{fwdd,fwdctl}, /usr/share/zsh/
+#   vendor-completions/_{fwdd,fwdctl}, /usr/share/fish/vendor_completions.d/
+#   {fwdd,fwdctl}.fish, /usr/share/man/man1/fwdctl.1.gz, fwdctl-status.1.gz, ...
+#                                          (made by the packaged binaries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -54,6 +58,23 @@ install -m 0644 config/fwdd.toml "$stage/etc/fwd/fwdd.toml"
 install -m 0755 packaging/upgrade-running.sh "$stage/usr/share/fwd/upgrade-running.sh"
 install -m 0644 README.md docs/operations.md docs/control-api.md packaging/debian/copyright \
   "$stage/usr/share/doc/fwd/"
+
+# Completions and manual pages from the binaries being packaged (prebuilt
+# ones too), so they describe exactly those.
+bash_dir=$stage/usr/share/bash-completion/completions
+zsh_dir=$stage/usr/share/zsh/vendor-completions
+fish_dir=$stage/usr/share/fish/vendor_completions.d
+man_dir=$stage/usr/share/man/man1
+install -d -m 0755 "$bash_dir" "$zsh_dir" "$fish_dir" "$man_dir"
+for b in fwdd fwdctl; do
+  "$stage/usr/bin/$b" completions bash >"$bash_dir/$b"
+  "$stage/usr/bin/$b" completions zsh >"$zsh_dir/_$b"
+  "$stage/usr/bin/$b" completions fish >"$fish_dir/$b.fish"
+  "$stage/usr/bin/$b" man "$man_dir"
+done
+chmod 0644 "$bash_dir"/* "$zsh_dir"/* "$fish_dir"/* "$man_dir"/*
+# Debian policy: manual pages compressed, without a timestamp in the header.
+gzip -9n "$man_dir"/*.1
 
 installed_size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
 sed -e "s/@VERSION@/$deb_version/" -e "s/@ARCH@/$arch/" -e "s/@INSTALLED_SIZE@/$installed_size/" \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds a release tarball: dist/fwd-<version>-<target>.tar.gz (+ .sha256)
 # holding the stripped binaries, the systemd units, the launchd agent, the
-# example configuration, the docs and install.sh.
+# example configuration, the docs, install.sh, and the shell completions
+# (completions/{bash,zsh,fish}/) and manual pages (man/man1/) the binaries make.
 #
 #   packaging/build-release.sh            # cargo build --release --locked
 #   FWD_BIN_DIR=DIR packaging/build-release.sh   # package prebuilt binaries
@@ -45,6 +46,20 @@ install -m 0644 README.md "$stage/"
 install -m 0755 packaging/install.sh "$stage/install.sh"
 # install.sh runs it after an install onto a running service.
 install -m 0755 packaging/upgrade-running.sh "$stage/packaging/upgrade-running.sh"
+# Made by the binaries being shipped, so they describe exactly those.
+install -d -m 0755 "$stage/completions/bash" "$stage/completions/zsh" "$stage/completions/fish" \
+  "$stage/man/man1"
+for b in fwdd fwdctl; do
+  "$stage/bin/$b" --version >/dev/null 2>&1 || {
+    echo "build-release.sh: $bin_dir/$b does not run here, and it makes the completions and pages: build on the target platform" >&2
+    exit 1
+  }
+  "$stage/bin/$b" completions bash >"$stage/completions/bash/$b"
+  "$stage/bin/$b" completions zsh >"$stage/completions/zsh/_$b"
+  "$stage/bin/$b" completions fish >"$stage/completions/fish/$b.fish"
+  "$stage/bin/$b" man "$stage/man/man1"
+done
+chmod 0644 "$stage"/completions/*/* "$stage"/man/man1/*
 
 mkdir -p "$dist"
 tarball=$dist/$name.tar.gz

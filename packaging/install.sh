@@ -18,6 +18,11 @@
 #   FWD_BIN_DIR          where fwdd and fwdctl are (default: bin/ of the
 #                        tarball, else $CARGO_TARGET_DIR/release or target/release)
 #   FWD_PLATFORM         linux or macos (default: from uname)
+#   MANDIR               $PREFIX/share/man
+#   BASH_COMPLETION_DIR  $PREFIX/share/bash-completion/completions
+#   ZSH_COMPLETION_DIR   $PREFIX/share/zsh/site-functions
+#   FISH_COMPLETION_DIR  $PREFIX/share/fish/vendor_completions.d
+#                        (the directories each shell searches under a prefix)
 #
 # An existing configuration file is never overwritten: the shipped example
 # always goes to $PREFIX/share/doc/fwd/fwdd.toml.example as well.
@@ -39,6 +44,10 @@ PREFIX=${PREFIX:-/usr/local}
 SYSCONFDIR=${SYSCONFDIR:-/etc}
 SYSTEMD_UNIT_DIR=${SYSTEMD_UNIT_DIR:-$PREFIX/lib/systemd/system}
 SYSTEMD_USER_UNIT_DIR=${SYSTEMD_USER_UNIT_DIR:-$PREFIX/lib/systemd/user}
+MANDIR=${MANDIR:-$PREFIX/share/man}
+BASH_COMPLETION_DIR=${BASH_COMPLETION_DIR:-$PREFIX/share/bash-completion/completions}
+ZSH_COMPLETION_DIR=${ZSH_COMPLETION_DIR:-$PREFIX/share/zsh/site-functions}
+FISH_COMPLETION_DIR=${FISH_COMPLETION_DIR:-$PREFIX/share/fish/vendor_completions.d}
 case "${FWD_PLATFORM:-$(uname -s)}" in
   linux | Linux) platform=linux ;;
   macos | Darwin) platform=macos ;;
@@ -64,6 +73,22 @@ for d in README.md docs/operations.md docs/control-api.md; do
   if [ -f "$src/$d" ]; then install -m 0644 "$src/$d" "$DESTDIR$docdir/"; fi
 done
 say "installed $bindir/fwdd and $bindir/fwdctl"
+
+# Completions and manual pages, made by the binaries just installed (a
+# tarball's completions/ and man/ are the same, made by its own binaries).
+install -d -m 0755 "$DESTDIR$BASH_COMPLETION_DIR" "$DESTDIR$ZSH_COMPLETION_DIR" \
+  "$DESTDIR$FISH_COMPLETION_DIR" "$DESTDIR$MANDIR/man1"
+for b in fwdd fwdctl; do
+  "$bin_dir/$b" completions bash >"$DESTDIR$BASH_COMPLETION_DIR/$b"
+  "$bin_dir/$b" completions zsh >"$DESTDIR$ZSH_COMPLETION_DIR/_$b"
+  "$bin_dir/$b" completions fish >"$DESTDIR$FISH_COMPLETION_DIR/$b.fish"
+  chmod 0644 "$DESTDIR$BASH_COMPLETION_DIR/$b" "$DESTDIR$ZSH_COMPLETION_DIR/_$b" \
+    "$DESTDIR$FISH_COMPLETION_DIR/$b.fish"
+  "$bin_dir/$b" man "$DESTDIR$MANDIR/man1"
+  # Readable by everyone whatever this shell's umask.
+  chmod 0644 "$DESTDIR$MANDIR/man1/$b".1 "$DESTDIR$MANDIR/man1/$b"-*.1
+done
+say "installed the bash, zsh and fish completions and the manual pages (man fwdctl, man fwdd)"
 
 # install_config DEST: the example configuration, only where none exists.
 install_config() {

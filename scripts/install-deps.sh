@@ -25,6 +25,8 @@ command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v dpkg-deb >/dev/null || missing+=(dpkg)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
+# The manual pages fwdctl and fwdd make are rendered as man reads them.
+command -v man >/dev/null || missing+=(man-db)
 # The other engines of the e2e tests: Podman (rootful and rootless), rootless
 # Docker (docker.io's dockerd-rootless.sh under rootlesskit); rootless needs
 # subordinate ids and user-mode networking; Podman's bridge, the CNI plugins.

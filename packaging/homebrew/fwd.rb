@@ -23,6 +23,14 @@ class Fwd < Formula
     (etc/"fwd").install "config/fwdd.toml"
     pkgshare.install "launchd/com.fwd.fwdd.plist", "launchd/fwdd.newsyslog.conf"
     doc.install "README.md", "docs/operations.md", "docs/control-api.md"
+
+    # Completions and manual pages, made by the binaries just built
+    # (`fwdctl completions bash`, ..., `fwdctl man DIR`).
+    %w[fwdd fwdctl].each do |b|
+      generate_completions_from_executable(bin/b, "completions", base_name: b)
+      system bin/b, "man", buildpath/"man1"
+    end
+    man1.install Dir[buildpath/"man1/*.1"]
   end
 
   def post_install
@@ -71,5 +79,7 @@ class Fwd < Formula
     assert_match version.to_s, shell_output("#{bin}/fwdd --version")
     # No daemon running: fwdctl reports "unreachable" with exit status 2.
     shell_output("#{bin}/fwdctl --runtime-dir #{testpath}/run status", 2)
+    assert_match "status", shell_output("#{bin}/fwdctl completions bash")
+    assert_path_exists man1/"fwdctl-status.1"
   end
 end

@@ -281,3 +281,51 @@ pub fn unit_with_binary(unit: &Path, fwdd: &Path, dir: &Path, name: &str) -> Pat
     std::fs::write(&out, text).expect("write unit copy");
     out
 }
+
+/// What bash offers on TAB for the command line `words` (the last word is
+/// the one being completed): `script` is sourced as bash-completion would,
+/// and the function it registered for `words[0]` (`complete -p`) runs with
+/// the COMP_WORDS and COMP_CWORD bash gives it.
+pub fn bash_offers(script: &Path, words: &[&str]) -> Vec<String> {
+    let driver = r#"
+source "$1"; shift
+spec=$(complete -p "$1") || exit 3
+function=${spec#*-F }; function=${function%% *}
+COMP_WORDS=("$@")
+COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+COMP_LINE="${COMP_WORDS[*]}"; COMP_POINT=${#COMP_LINE}
+previous=""; [ "$COMP_CWORD" -gt 0 ] && previous=${COMP_WORDS[COMP_CWORD-1]}
+"$function" "$1" "${COMP_WORDS[COMP_CWORD]}" "$previous"
+printf '%s\n' "${COMPREPLY[@]}"
+"#;
+    let out = run_ok(
+        Command::new("bash")
+            .args(["--norc", "--noprofile", "-c", driver, "bash"])
+            .arg(script)
+            .args(words),
+    );
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `man` renders `page` (a name looked up in `manpath`, or with `manpath`
+/// `None` a file, as `man -l` reads it: .gz too); returns the text. `None`
+/// when man-db is missing outside CI (see `require_tool`).
+pub fn man_renders(manpath: Option<&Path>, page: &str) -> Option<String> {
+    let man = require_tool("man", "man-db")?;
+    let mut cmd = Command::new(man);
+    cmd.args(["-P", "cat"])
+        .env("MANWIDTH", "100")
+        .env("LC_ALL", "C.UTF-8")
+        .env_remove("MANPAGER")
+        .env_remove("PAGER");
+    match manpath {
+        Some(dir) => cmd.env("MANPATH", dir).arg(page),
+        None => cmd.arg("-l").arg(page),
+    };
+    let text = run_ok(&mut cmd);
+    assert!(!text.is_empty(), "man {page} printed nothing");
+    Some(text)
+}

@@ -9,7 +9,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use fwd_packaging_tests::{
-    bin, bin_dir, require_tool, run, run_ok, unit_with_binary, workspace, Unit,
+    bash_offers, bin, bin_dir, man_renders, require_tool, run, run_ok, unit_with_binary, workspace,
+    Help, Unit,
 };
 
 struct Built {
@@ -73,6 +74,14 @@ fn listing_has_binaries_units_and_config() {
         "/usr/share/doc/fwd/operations.md",
         "/usr/share/doc/fwd/copyright",
         "/usr/share/fwd/upgrade-running.sh",
+        "/usr/share/bash-completion/completions/fwdctl",
+        "/usr/share/bash-completion/completions/fwdd",
+        "/usr/share/zsh/vendor-completions/_fwdctl",
+        "/usr/share/fish/vendor_completions.d/fwdctl.fish",
+        "/usr/share/man/man1/fwdctl.1.gz",
+        "/usr/share/man/man1/fwdctl-status.1.gz",
+        "/usr/share/man/man1/fwdd.1.gz",
+        "/usr/share/man/man1/fwdd-check-config.1.gz",
     ] {
         assert!(
             files.iter().any(|f| f == want),
@@ -200,4 +209,73 @@ fn packaged_unit_verifies_against_packaged_binary() {
         out.status.success() && !stderr.lines().any(|l| l.contains("fwdd")),
         "{stderr}"
     );
+}
+
+#[test]
+fn completions_are_the_packaged_binaries_own_and_complete() {
+    let Some(b) = built() else { return };
+    for program in ["fwdd", "fwdctl"] {
+        for (shell, path) in [
+            (
+                "bash",
+                format!("/usr/share/bash-completion/completions/{program}"),
+            ),
+            (
+                "zsh",
+                format!("/usr/share/zsh/vendor-completions/_{program}"),
+            ),
+            (
+                "fish",
+                format!("/usr/share/fish/vendor_completions.d/{program}.fish"),
+            ),
+        ] {
+            let shipped = std::fs::read_to_string(in_root(&b.root, &path))
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            let made = run_ok(Command::new(bin(program)).args(["completions", shell]));
+            assert_eq!(shipped, made, "{path} is not what {program} makes");
+        }
+    }
+    let fwdd = in_root(&b.root, "/usr/share/bash-completion/completions/fwdd");
+    assert_eq!(bash_offers(&fwdd, &["fwdd", "--c"]), ["--config"]);
+    let commands = bash_offers(&fwdd, &["fwdd", ""]);
+    assert!(commands.iter().any(|w| w == "check-config"), "{commands:?}");
+    for hidden in ["upgrade-check", "man"] {
+        assert!(
+            !commands.iter().any(|w| w == hidden),
+            "hidden {hidden} offered: {commands:?}"
+        );
+    }
+    let fwdctl = in_root(&b.root, "/usr/share/bash-completion/completions/fwdctl");
+    let flags = bash_offers(&fwdctl, &["fwdctl", "status", "--"]);
+    assert!(flags.iter().any(|w| w == "--json"), "{flags:?}");
+}
+
+#[test]
+fn manual_pages_are_compressed_and_render() {
+    let Some(b) = built() else { return };
+    let man1 = in_root(&b.root, "/usr/share/man/man1");
+    let mut pages: Vec<String> = std::fs::read_dir(&man1)
+        .expect("man1 in the package")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    // A page per program and per subcommand its --help lists.
+    let mut expected = Vec::new();
+    for program in ["fwdd", "fwdctl"] {
+        let help = Help::parse(&run_ok(Command::new(bin(program)).arg("--help")));
+        expected.push(format!("{program}.1.gz"));
+        for command in help.commands.iter().filter(|c| *c != "help") {
+            expected.push(format!("{program}-{command}.1.gz"));
+        }
+    }
+    expected.sort();
+    assert_eq!(pages, expected);
+    let Some(text) = man_renders(None, man1.join("fwdctl-status.1.gz").to_str().unwrap()) else {
+        return;
+    };
+    assert!(text.contains("--json"), "{text}");
+    let Some(text) = man_renders(None, man1.join("fwdd.1.gz").to_str().unwrap()) else {
+        return;
+    };
+    assert!(text.contains("FWD_CONFIG"), "the flags' variables: {text}");
 }

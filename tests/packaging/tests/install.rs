@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fwd_packaging_tests::{bin, bin_dir, run_ok, workspace, Unit};
+use fwd_packaging_tests::{bash_offers, bin, bin_dir, man_renders, run_ok, workspace, Unit};
 
 const PREFIX: &str = "/usr/local";
 
@@ -67,6 +67,51 @@ fn check_linux_tree(d: &Path) {
     assert!(staged(d, &format!("{PREFIX}/share/doc/fwd/operations.md")).is_file());
     // DESTDIR installs do not create the service user's home.
     assert!(!staged(d, "/var/lib/fwd").exists());
+    check_completions_and_pages(d);
+}
+
+/// Where a shell under PREFIX looks for them, as the binaries make them;
+/// `man` finds the pages under PREFIX/share/man.
+fn check_completions_and_pages(d: &Path) {
+    for program in ["fwdd", "fwdctl"] {
+        for (shell, path) in [
+            (
+                "bash",
+                format!("share/bash-completion/completions/{program}"),
+            ),
+            ("zsh", format!("share/zsh/site-functions/_{program}")),
+            (
+                "fish",
+                format!("share/fish/vendor_completions.d/{program}.fish"),
+            ),
+        ] {
+            let installed = staged(d, &format!("{PREFIX}/{path}"));
+            let text = std::fs::read_to_string(&installed)
+                .unwrap_or_else(|e| panic!("{}: {e}", installed.display()));
+            let made = run_ok(Command::new(bin(program)).args(["completions", shell]));
+            assert_eq!(text, made, "{path} is not what {program} makes");
+            let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644, "{path}");
+        }
+        let page = staged(d, &format!("{PREFIX}/share/man/man1/{program}.1"));
+        let mode = std::fs::metadata(&page)
+            .unwrap_or_else(|e| panic!("{}: {e}", page.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "{}", page.display());
+    }
+    let bash = staged(
+        d,
+        &format!("{PREFIX}/share/bash-completion/completions/fwdctl"),
+    );
+    let offered = bash_offers(&bash, &["fwdctl", ""]);
+    for subcommand in ["status", "wait"] {
+        assert!(offered.iter().any(|w| w == subcommand), "{offered:?}");
+    }
+    let manpath = staged(d, &format!("{PREFIX}/share/man"));
+    if let Some(text) = man_renders(Some(&manpath), "fwdctl-status") {
+        assert!(text.contains("--json"), "{text}");
+    }
 }
 
 #[test]
@@ -136,6 +181,7 @@ fn macos_install_renders_the_launch_agent() {
         newsyslog.contains("/Users/ci/Library/Logs/fwd/fwdd.log    ci:staff"),
         "{newsyslog}"
     );
+    check_completions_and_pages(&d);
 }
 
 #[test]
@@ -179,8 +225,26 @@ fn release_tarball_installs_from_its_own_tree() {
         "docs/operations.md",
         "install.sh",
         "packaging/upgrade-running.sh",
+        "completions/bash/fwdd",
+        "completions/bash/fwdctl",
+        "completions/zsh/_fwdd",
+        "completions/zsh/_fwdctl",
+        "completions/fish/fwdd.fish",
+        "completions/fish/fwdctl.fish",
+        "man/man1/fwdd.1",
+        "man/man1/fwdd-check-config.1",
+        "man/man1/fwdctl.1",
+        "man/man1/fwdctl-status.1",
     ] {
         assert!(tree.join(f).is_file(), "{f} missing from the tarball");
+    }
+    let shipped = std::fs::read_to_string(tree.join("completions/bash/fwdctl")).unwrap();
+    assert_eq!(
+        shipped,
+        run_ok(Command::new(bin("fwdctl")).args(["completions", "bash"]))
+    );
+    if let Some(text) = man_renders(Some(&tree.join("man")), "fwdctl-status") {
+        assert!(text.contains("--json"), "{text}");
     }
     let v = run_ok(Command::new(tree.join("bin/fwdd")).arg("--version"));
     assert_eq!(v, run_ok(Command::new(bin("fwdd")).arg("--version")));
