@@ -12,6 +12,12 @@
 //!   loopback and says nothing), retry what failed on a capped schedule,
 //!   unregister what is no longer wanted, and say each failure once.
 //!
+//! sshd reads its configuration when a connection begins, and a reload
+//! (SIGHUP) changes nothing for connections already made: a `GatewayPorts`
+//! failure is tried again on the next master only, never on the same one
+//! (measured: retries on the master for a minute after the fix and the
+//! reload all failed), and says that `fwdctl reconnect` makes that master.
+//!
 //! The runner-side target of an exposure comes from configuration (or
 //! `fwdctl expose`) only; the remote side chooses nothing.
 
@@ -256,7 +262,9 @@ impl fmt::Display for ExposeFailure {
                 "sshd accepted the remote forward but does not listen on {at} ({detail}): \
                  its GatewayPorts setting binds it to loopback only; set \
                  `GatewayPorts clientspecified` in the host's sshd_config (for example in a \
-                 `Match User <user>` block) and reload sshd"
+                 `Match User <user>` block), reload sshd (`systemctl reload ssh`, or SIGHUP \
+                 to sshd), then run `fwdctl reconnect`: sshd applies it to new connections \
+                 only"
             ),
             ExposeFailure::Unverified(why) => write!(f, "cannot verify the remote forward: {why}"),
         }
@@ -284,7 +292,8 @@ pub enum ExposeState {
     /// Registered; checking each bind in turn (index of the next).
     Verifying(usize),
     Active,
-    /// Retried at `retry_at`, or (`None`) on the next master.
+    /// Retried at `retry_at`, or (`None`) on the next master: a failure
+    /// the same master would only repeat.
     Failed {
         failure: ExposeFailure,
         retry_at: Option<Instant>,
@@ -361,9 +370,11 @@ pub enum VerifyResult {
     Failed(String),
 }
 
-/// The first retry after a failure, doubled per failure up to [`RETRY_CAP`].
+/// The first retry after a failure, doubled per failure up to [`RETRY_CAP`]:
+/// a port sshd refused because something held it is served within 30 s
+/// of being freed.
 pub const RETRY_FIRST: Duration = Duration::from_secs(1);
-pub const RETRY_CAP: Duration = Duration::from_secs(60);
+pub const RETRY_CAP: Duration = Duration::from_secs(30);
 
 /// One host's exposures.
 #[derive(Debug, Default)]
@@ -410,15 +421,24 @@ impl ExposeMachine {
         }
     }
 
-    /// Adds or updates one exposure.
+    /// Adds or updates one exposure. `fwdctl expose` of a failed one
+    /// tries it again now, on the master there is: the person asking
+    /// waits for the verdict.
     pub fn add(&mut self, source: ExposeSource, spec: ExposeSpec, now: Instant) {
         let port = spec.remote_port;
+        let can_register = matches!(self.link, Some(Ok(_)));
         if let Some(e) = self.entries.get_mut(&port) {
             if e.source == ExposeSource::Runtime && source == ExposeSource::Config {
                 return;
             }
             e.source = source;
             e.spec = spec;
+            if source == ExposeSource::Runtime
+                && can_register
+                && matches!(e.state, ExposeState::Failed { .. })
+            {
+                e.state = ExposeState::Registering;
+            }
             return;
         }
         let state = match &self.link {
@@ -646,7 +666,9 @@ impl ExposeMachine {
     }
 
     /// Marks `port` failed; what it registered is closed, and a retry is
-    /// due after the capped backoff (for want of binds: on the next master).
+    /// due after the capped backoff (for want of binds, or sshd's
+    /// `GatewayPorts`, which this master's connection keeps: on the next
+    /// master).
     fn fail(&mut self, port: u16, failure: ExposeFailure, now: Instant) {
         let Some(e) = self.entries.get_mut(&port) else {
             return;
@@ -656,7 +678,7 @@ impl ExposeMachine {
             .saturating_mul(1u32 << e.failures.saturating_sub(1).min(16))
             .min(RETRY_CAP);
         let retry_at = match failure {
-            ExposeFailure::NoBind(_) => None,
+            ExposeFailure::NoBind(_) | ExposeFailure::NotListening { .. } => None,
             _ => Some(now + delay),
         };
         let registered = std::mem::take(&mut e.registered);
@@ -667,7 +689,7 @@ impl ExposeMachine {
         if e.said.as_deref() != Some(message.as_str()) {
             e.said = Some(message.clone());
             let when = match retry_at {
-                Some(_) => "retrying, less often each time (at most every minute)",
+                Some(_) => "retrying, less often each time (at least every 30 s)",
                 None => "tried again with the next connection",
             };
             self.said.push_back(ExposeNotice {

@@ -230,7 +230,7 @@ fn registered_verified_then_active_on_every_new_master() {
 }
 
 #[test]
-fn a_silent_loopback_bind_is_caught_said_once_and_retried_on_a_capped_schedule() {
+fn a_silent_loopback_bind_is_caught_said_once_and_tried_again_on_the_next_master() {
     let t0 = Instant::now();
     let mut m = ExposeMachine::default();
     m.link_up(Ok(gateway_binds()), t0);
@@ -245,17 +245,86 @@ fn a_silent_loopback_bind_is_caught_said_once_and_retried_on_a_capped_schedule()
         panic!("{:?}", m.exposure(18080));
     };
     assert_eq!(failure.kind(), "gateway_ports");
-    assert!(failure.to_string().contains("GatewayPorts clientspecified"));
-    assert!(failure.to_string().contains("172.17.0.1:18080"));
-    assert_eq!(*retry_at, Some(t0 + RETRY_FIRST));
+    let reason = failure.to_string();
+    assert!(reason.contains("GatewayPorts clientspecified"), "{reason}");
+    assert!(reason.contains("172.17.0.1:18080"), "{reason}");
+    assert!(reason.contains("reload sshd"), "{reason}");
+    assert!(reason.contains("then run `fwdctl reconnect`"), "{reason}");
+    // sshd's setting is the connection's: this master would only fail again.
+    assert_eq!(*retry_at, None);
+    assert_eq!(m.poll_timeout(), None);
     // What sshd bound on loopback is closed again: never left behind.
     assert!(
         matches!(first.last(), Some(ExposeCommand::Unregister { port: 18080, binds, .. }) if binds == &gateway_binds()),
         "{first:?}"
     );
-    assert_eq!(said(&first).len(), 1);
+    let n = said(&first);
+    assert_eq!(n.len(), 1);
+    assert!(n[0]
+        .message
+        .contains("tried again with the next connection"));
 
-    // Retries: each after a longer wait, capped; the same failure is not said again.
+    // `fwdctl expose` again tries at once, on this master: the same
+    // failure, not said again.
+    let later = t0 + Duration::from_secs(5);
+    m.add(ExposeSource::Runtime, spec(18080, "127.0.0.1:18080"), later);
+    assert_eq!(m.exposure(18080).unwrap().state, ExposeState::Registering);
+    let again = run(&mut m, later, |_| refused());
+    assert!(matches!(
+        again[0],
+        ExposeCommand::Register { port: 18080, .. }
+    ));
+    assert!(said(&again).is_empty(), "{again:?}");
+    assert!(matches!(
+        m.exposure(18080).unwrap().state,
+        ExposeState::Failed { retry_at: None, .. }
+    ));
+
+    // sshd fixed and reloaded, then a new master (`fwdctl reconnect`):
+    // active, and said so.
+    m.link_down();
+    m.link_up(Ok(gateway_binds()), later);
+    let done = run(&mut m, later, |_| None);
+    assert_eq!(m.exposure(18080).unwrap().state, ExposeState::Active);
+    assert!(said(&done)[0].message.starts_with("again exposed"));
+}
+
+#[test]
+fn a_refused_forward_is_retried_on_a_capped_schedule() {
+    let t0 = Instant::now();
+    let mut m = ExposeMachine::default();
+    m.link_up(Ok(gateway_binds()), t0);
+    m.add(ExposeSource::Config, spec(18080, "127.0.0.1:18080"), t0);
+    let refuse = |m: &mut ExposeMachine, now: Instant| -> Vec<ExposeCommand> {
+        let mut seen = Vec::new();
+        while let Some(c) = m.poll_command() {
+            if let ExposeCommand::Register { epoch, port, .. } = &c {
+                m.registered(
+                    *epoch,
+                    *port,
+                    Vec::new(),
+                    Some("remote port forwarding failed for listen port 18080".into()),
+                    now,
+                );
+            }
+            seen.push(c);
+        }
+        seen
+    };
+    let first = refuse(&mut m, t0);
+    assert_eq!(said(&first).len(), 1);
+    assert!(
+        said(&first)[0].message.contains("at least every 30 s"),
+        "{first:?}"
+    );
+    let ExposeState::Failed { failure, retry_at } = &m.exposure(18080).unwrap().state else {
+        panic!("{:?}", m.exposure(18080));
+    };
+    assert_eq!(failure.kind(), "refused");
+    assert_eq!(*retry_at, Some(t0 + RETRY_FIRST));
+
+    // Retries: each after a longer wait, capped at 30 s; the same failure
+    // is not said again.
     let mut now = t0;
     let mut waits = Vec::new();
     for _ in 0..9 {
@@ -263,17 +332,24 @@ fn a_silent_loopback_bind_is_caught_said_once_and_retried_on_a_capped_schedule()
         waits.push(at - now);
         now = at;
         m.handle_timeout(now);
-        let done = run(&mut m, now, |_| refused());
+        let done = refuse(&mut m, now);
         assert!(said(&done).is_empty(), "said again: {done:?}");
     }
     assert_eq!(waits[0], RETRY_FIRST);
     assert!(waits.windows(2).all(|w| w[1] >= w[0]));
     assert_eq!(*waits.last().unwrap(), RETRY_CAP);
+    assert_eq!(RETRY_CAP, Duration::from_secs(30));
+    // Not before its time.
+    let at = m.poll_timeout().unwrap();
+    m.handle_timeout(at - Duration::from_millis(1));
+    assert!(matches!(
+        m.exposure(18080).unwrap().state,
+        ExposeState::Failed { .. }
+    ));
 
-    // sshd fixed: the next retry makes it active, and says so.
-    now = m.poll_timeout().unwrap();
-    m.handle_timeout(now);
-    let done = run(&mut m, now, |_| None);
+    // The port freed: the next retry makes it active, and says so.
+    m.handle_timeout(at);
+    let done = run(&mut m, at, |_| None);
     assert_eq!(m.exposure(18080).unwrap().state, ExposeState::Active);
     assert!(said(&done)[0].message.starts_with("again exposed"));
 }
