@@ -114,6 +114,12 @@ pub struct ExposedStatus {
     /// `max_tunnels_per_exposure`. Added within version 1.
     #[serde(default)]
     pub connections_refused: u64,
+    /// When a failed exposure is tried again (Unix ms); `null` while not
+    /// failed, or when only the next master can help (`gateway_ports`:
+    /// sshd applies its setting to new connections; `no_bind`). Added
+    /// within version 1.
+    #[serde(default)]
+    pub next_retry_ms: Option<u64>,
 }
 
 /// How the host's remote engine is served on the runner.

@@ -208,6 +208,7 @@ pub(crate) fn sample_status() -> Status {
                 connections_total: 5,
                 connections_failed: 0,
                 connections_refused: 0,
+                next_retry_ms: None,
             },
             crate::ExposedStatus {
                 host: "staging".into(),
@@ -222,6 +223,25 @@ pub(crate) fn sample_status() -> Status {
                 connections_total: 0,
                 connections_failed: 0,
                 connections_refused: 0,
+                next_retry_ms: None,
+            },
+            crate::ExposedStatus {
+                host: "prod".into(),
+                remote_port: 18081,
+                runner: "127.0.0.1:18081".into(),
+                binds: vec![],
+                state: "failed".into(),
+                reason: Some(
+                    "sshd refused the remote forward: remote port forwarding failed for listen port 18081"
+                        .into(),
+                ),
+                reason_kind: Some("refused".into()),
+                source: "runtime".into(),
+                connections_open: 0,
+                connections_total: 0,
+                connections_failed: 0,
+                connections_refused: 0,
+                next_retry_ms: Some(1_700_000_230_000),
             },
         ],
         health: Some(Health {
@@ -229,6 +249,7 @@ pub(crate) fn sample_status() -> Status {
             reasons: vec![
                 "host staging is backoff".into(),
                 "1 forward in conflict".into(),
+                "host prod: exposed port 18081 failed (refused)".into(),
             ],
         }),
         limits: Some(crate::LimitsStatus {
@@ -259,6 +280,7 @@ fn the_verdict_names_every_reason_and_is_healthy_without_one() {
     assert_eq!(Some(verdict(&st)), st.health);
     st.hosts.truncate(1);
     st.forwards.retain(|f| f.state != ForwardState::Conflict);
+    st.exposed.retain(|e| e.state != "failed");
     assert_eq!(verdict(&st).state, HealthState::Healthy);
     assert!(verdict(&st).reasons.is_empty());
     st.hosts[0].master.network_lost_since_ms = Some(1);
@@ -290,6 +312,16 @@ fn golden_status_json() {
     // And the golden file reads back into the same value.
     let back: Status = serde_json::from_str(&expected).unwrap();
     assert_eq!(back, sample_status());
+}
+
+/// An exposure as a daemon before `next_retry_ms` wrote it still reads.
+#[test]
+fn an_exposure_without_next_retry_reads() {
+    let mut value = serde_json::to_value(&sample_status().exposed[2]).unwrap();
+    value.as_object_mut().unwrap().remove("next_retry_ms");
+    let back: ExposedStatus = serde_json::from_value(value).unwrap();
+    assert_eq!(back.next_retry_ms, None);
+    assert_eq!(back.reason_kind.as_deref(), Some("refused"));
 }
 
 #[test]

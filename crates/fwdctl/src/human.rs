@@ -80,12 +80,20 @@ fn render_host(out: &mut String, h: &HostStatus, now_ms: u64) {
         Some(ms) => format!("{ms:.1} ms"),
         None => "-".into(),
     };
+    // An error from before the connection there is now is history: said
+    // as such, so it is not read as the trouble of the moment.
+    let recovered = m.state == fwd_proto::MasterState::Connected;
     let last_error = match &m.last_error {
         Some(e) => format!(
-            "{}/{}, {}: {}",
+            "{}/{}, {}{}: {}",
             e.class,
             e.kind,
             ago(now_ms, e.at_ms),
+            if recovered && e.at_ms <= m.since_ms {
+                " (before the current connection)"
+            } else {
+                ""
+            },
             e.message
         ),
         None => "none".into(),
@@ -309,13 +317,32 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
             if e.connections_refused > 0 {
                 let _ = write!(conn, " ({} over the cap)", e.connections_refused);
             }
+            let mut reason = e.reason.clone().unwrap_or_default();
+            if e.state == "failed" {
+                match e.next_retry_ms {
+                    Some(at) => {
+                        let _ = write!(
+                            reason,
+                            " (next try in {})",
+                            fmt_duration(at.saturating_sub(now_ms))
+                        );
+                    }
+                    None => {
+                        let _ = write!(
+                            reason,
+                            " (next try with the next ssh connection: fwdctl reconnect {})",
+                            e.host
+                        );
+                    }
+                }
+            }
             rows.push(vec![
                 e.host.clone(),
                 remote,
                 e.runner.clone(),
                 e.state.clone(),
                 conn,
-                e.reason.clone().unwrap_or_default(),
+                reason,
             ]);
         }
         out.push_str(&table(&rows));
@@ -435,13 +462,13 @@ mod tests {
     #[test]
     fn human_output_is_stable() {
         let expected = "\
-fwdd 0.1.0 (pid 4242), up 3m20s, degraded: host staging is backoff; 1 forward in conflict
+fwdd 0.1.0 (pid 4242), up 3m20s, degraded: host staging is backoff; 1 forward in conflict; host prod: exposed port 18081 failed (refused)
 
 host prod (deploy@docker1.example.com)
   master      connected, pid 4300, since 1m40s ago
   probe rtt   1.8 ms
   reconnects  2, consecutive failures 0
-  last error  transient/connection_refused, 1m50s ago: ssh: connect to host docker1.example.com port 22: Connection refused
+  last error  transient/connection_refused, 1m50s ago (before the current connection): ssh: connect to host docker1.example.com port 22: Connection refused
   events      streaming, 1234 received, last 10s ago, 1 restart
   docker      27.3.1
   engine      unix:///run/user/1000/fwd/docker-prod.sock -> /var/run/docker.sock [docker context] (stream_local), 1 open, 42 total
@@ -458,6 +485,7 @@ EXPOSED (runner ports the hosts' containers reach at host.docker.internal)
 HOST     REMOTE            RUNNER           STATE    CONN  REASON
 prod     172.17.0.1:18080  127.0.0.1:18080  active   1/5
 staging  :3000             127.0.0.1:3000   waiting  0/0   the host has no usable ssh master
+prod     :18081            127.0.0.1:18081  failed   0/0   sshd refused the remote forward: remote port forwarding failed for listen port 18081 (next try in 30s)
 
 LIMITS  57 of 20000 open files; caps: 2468 ports per container, 4936 forwards in all, 1645 connections per forward, 2468 per exposure, 2468 engine clients per host
   container ports on host prod publishes 3000 ports: the lowest 2468 are forwarded (max_forwards_per_container)
@@ -478,11 +506,33 @@ staging  :9000                      127.0.0.1:9000  published  minio            
     }
 
     #[test]
+    fn a_failure_only_a_new_connection_mends_says_the_reconnect_to_run() {
+        let mut st = sample();
+        let e = st
+            .exposed
+            .iter_mut()
+            .find(|e| e.state == "failed")
+            .expect("a failed exposure");
+        e.reason_kind = Some("gateway_ports".into());
+        e.next_retry_ms = None;
+        let text = render_status(&st, NOW);
+        assert!(
+            text.contains("(next try with the next ssh connection: fwdctl reconnect prod)"),
+            "{text}"
+        );
+        // A master not connected: its last error is the trouble of the moment.
+        st.hosts[0].master.state = MasterState::Backoff;
+        let text = render_status(&st, NOW);
+        assert!(!text.contains("before the current connection"), "{text}");
+    }
+
+    #[test]
     fn healthy_single_host() {
         let mut st = sample();
         st.hosts.truncate(1);
         st.forwards
             .retain(|f| f.host == "prod" && f.state == ForwardState::Active);
+        st.exposed.retain(|e| e.state != "failed");
         assert_eq!(problems(&st), Vec::<String>::new());
         assert_eq!(exit_code(&st), EXIT_HEALTHY);
         let text = render_status(&st, NOW);
@@ -602,6 +652,7 @@ staging  :9000                      127.0.0.1:9000  published  minio            
             let mut st = sample();
             st.hosts.truncate(1);
             st.forwards.clear();
+            st.exposed.retain(|e| e.state != "failed");
             st
         };
         assert_eq!(exit_code(&base), EXIT_HEALTHY);
@@ -638,10 +689,14 @@ staging  :9000                      127.0.0.1:9000  published  minio            
         );
         st.hosts[0].events.state = StreamState::Resyncing;
         assert_eq!(exit_code(&st), EXIT_HEALTHY);
-        // The full sample: one host in backoff and one conflict.
+        // The full sample: one host in backoff, one conflict, one failed exposure.
         assert_eq!(
             problems(&sample()),
-            ["host staging is backoff", "1 forward in conflict"]
+            [
+                "host staging is backoff",
+                "1 forward in conflict",
+                "host prod: exposed port 18081 failed (refused)"
+            ]
         );
         assert_eq!(exit_code(&sample()), EXIT_DEGRADED);
     }

@@ -110,6 +110,7 @@ fn status_human_and_healthy_exit_0() {
     st.hosts.truncate(1);
     st.forwards
         .retain(|f| f.state == fwd_proto::ForwardState::Active);
+    st.exposed.retain(|e| e.state != "failed");
     // What a daemon does with every snapshot: its verdict goes along.
     st.health = Some(fwd_proto::verdict(&st));
     let server = fake_daemon(

@@ -127,7 +127,11 @@ pub fn snapshot(d: &Daemon) -> Status {
         hosts,
         forwards,
         health: None,
-        exposed: d.hosts().iter().flat_map(|h| exposed(h)).collect(),
+        exposed: d
+            .hosts()
+            .iter()
+            .flat_map(|h| exposed(h, now, wall_now))
+            .collect(),
         limits: Some(limits(d)),
     };
     status.health = Some(fwd_proto::verdict(&status));
@@ -157,7 +161,14 @@ fn host_status(h: &crate::daemon::Host, now: Instant, wall_now: SystemTime) -> H
             last_error: health.last_error.as_ref().map(|e| ErrorInfo {
                 class: e.kind.class().as_str().to_string(),
                 kind: e.kind.as_str().to_string(),
-                message: format!("{} ({})", e.message, e.kind.hint()),
+                // The hint says what fwdd does about it ("retrying with
+                // backoff"): only while it still does, not once a master
+                // made after the error is up.
+                message: if health.master == MasterPhase::Connected && e.at <= health.since {
+                    e.message.clone()
+                } else {
+                    format!("{} ({})", e.message, e.kind.hint())
+                },
                 at_ms: at(e.at),
             }),
             next_retry_ms: health
@@ -246,7 +257,7 @@ fn unsupported(u: &fwd_core::Unsupported, started_at: SystemTime) -> ForwardStat
 }
 
 /// A host's exposures, in port order.
-fn exposed(h: &crate::daemon::Host) -> Vec<ExposedStatus> {
+fn exposed(h: &crate::daemon::Host, now: Instant, wall_now: SystemTime) -> Vec<ExposedStatus> {
     h.exposures
         .views()
         .into_iter()
@@ -262,6 +273,12 @@ fn exposed(h: &crate::daemon::Host) -> Vec<ExposedStatus> {
                 _ => (None, None),
             };
             let count = |f: fn(&crate::expose::ExposeStats) -> u64| v.stats.as_deref().map_or(0, f);
+            let next_retry_ms = match &v.state {
+                fwd_core::ExposeState::Failed {
+                    retry_at: Some(t), ..
+                } => Some(unix_ms(wall_now + t.saturating_duration_since(now))),
+                _ => None,
+            };
             ExposedStatus {
                 host: h.key.to_string(),
                 remote_port: port,
@@ -279,6 +296,7 @@ fn exposed(h: &crate::daemon::Host) -> Vec<ExposedStatus> {
                 connections_total: count(|s| s.total.get()),
                 connections_failed: count(|s| s.failed.get()),
                 connections_refused: count(|s| s.refusals.borrow().total),
+                next_retry_ms,
             }
         })
         .collect()
