@@ -3,6 +3,7 @@
 use fwd_client as client;
 mod doctor;
 mod env;
+mod expose;
 mod human;
 mod wait;
 mod watch;
@@ -188,6 +189,11 @@ enum Command {
         /// Host name from fwdd's configuration (default: the first host)
         #[arg(long)]
         host: Option<String>,
+        /// How long to wait until sshd listens and the check arrived (0s: do not
+        /// wait). Registering and verifying take well under a second on a live
+        /// master; a check may take 5 s to give up.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
     },
     /// Check a Docker host's setup (ssh client, host key, key, sshd's
     /// forwarding, the engine, the clock) and say how to fix what fails
@@ -281,9 +287,15 @@ Containers need `--add-host host.docker.internal:host-gateway` (compose:
 extra_hosts: [\"host.docker.internal:host-gateway\"]). sshd on the host must allow it:
 `GatewayPorts clientspecified`; `fwdctl status` says when it does not.
 
+fwdctl expose waits (--timeout, 10s) until sshd listens on the host and a check
+through it arrived here, then says how containers reach it; or why not, and the fix.
+sshd applies GatewayPorts to new connections only: after changing it and reloading
+sshd, `fwdctl reconnect HOST` gives fwdd a new one.
+
 Exit codes:
-  0   done (fwdd registers and verifies the exposure next: see fwdctl status)
-  1   refused (bad entry, unknown host, port not exposed)
+  0   exposed and verified (with --timeout 0s: fwdd took it, and verifies it next)
+  1   refused (bad entry, unknown host, port not exposed), failed (the message says
+      why and what to do), or not verified within --timeout (fwdd keeps trying)
   2   fwdd unreachable (not running, permission denied, timeout, protocol error)";
 
 const UPGRADE_HELP: &str = "\
@@ -416,6 +428,51 @@ fn host_command(socket: &std::path::Path, req: Request) -> Result<i32> {
     let line = client::request(socket, &req, client::REQUEST_TIMEOUT)?;
     let resp = decode_response(&line)
         .map_err(|e| anyhow!("bad answer from fwdd ({}): {e}", socket.display()))?;
+    host_answer(resp)
+}
+
+/// `expose`, then (unless `wait` is zero) its verdict: active, or why not
+/// and what to do. `socket_args` repeat the socket in suggested commands.
+fn expose_command(
+    socket: &std::path::Path,
+    req: Request,
+    wait: Duration,
+    socket_args: &str,
+) -> Result<i32> {
+    let line = client::request(socket, &req, client::REQUEST_TIMEOUT)?;
+    let resp = decode_response(&line)
+        .map_err(|e| anyhow!("bad answer from fwdd ({}): {e}", socket.display()))?;
+    let change = match resp {
+        Response::Expose(change) if !wait.is_zero() => change,
+        other => return host_answer(other),
+    };
+    let verdict = expose::await_verdict(
+        || fetch_status(socket).map(|(st, _)| st),
+        &change,
+        wait,
+        now_ms,
+        socket_args,
+    )?;
+    // Host names and reasons come from fwdd: each line made safe alone.
+    match verdict {
+        expose::Verdict::Active(text) => {
+            for line in text.lines() {
+                println!("{}", for_terminal(line));
+            }
+            Ok(human::EXIT_HEALTHY)
+        }
+        expose::Verdict::NotActive(text) => {
+            for (i, line) in text.lines().enumerate() {
+                let lead = if i == 0 { "fwdctl: " } else { "  " };
+                eprintln!("{lead}{}", for_terminal(line));
+            }
+            Ok(human::EXIT_DEGRADED)
+        }
+    }
+}
+
+/// What fwdd answered a host command, said.
+fn host_answer(resp: Response) -> Result<i32> {
     let (hosts, what) = match resp {
         Response::Reconnect { hosts } => (hosts, "replacing the ssh master"),
         Response::Resync { hosts } => (hosts, "listing and inspecting the containers again"),
@@ -577,6 +634,7 @@ fn main() -> ExitCode {
             });
         }
     };
+    let socket_chosen = cli.socket.is_some() || cli.runtime_dir.is_some();
     let socket = client::resolve_socket(
         cli.socket,
         cli.runtime_dir,
@@ -610,7 +668,16 @@ fn main() -> ExitCode {
             }),
             json,
         ),
-        Command::Expose { spec, host } => host_command(&socket, Request::Expose { host, spec }),
+        Command::Expose {
+            spec,
+            host,
+            timeout,
+        } => expose_command(
+            &socket,
+            Request::Expose { host, spec },
+            timeout,
+            &expose::socket_args(socket_chosen.then_some(socket.as_path())),
+        ),
         Command::Unexpose { port, host } => host_command(&socket, Request::Unexpose { host, port }),
         Command::Completions { shell } => {
             fwd_manual::print_completion_script(<Cli as clap::CommandFactory>::command(), shell)

@@ -354,3 +354,85 @@ fn loopback_mode_serves_host_network_containers_without_gateway_ports() {
     ]);
     assert_eq!(out, "loop ping");
 }
+
+/// The first minutes of `fwdctl expose` on a host whose sshd keeps its
+/// default `GatewayPorts no`: the command waits for the verdict and fails
+/// with the setting to change and the command to run after the reload
+/// (sshd applies its configuration to new connections only, so the master
+/// fwdd has keeps the old setting); that command, run as printed, serves
+/// the exposure, and `fwdctl expose` then says how a container reaches it.
+#[test]
+fn expose_waits_for_the_verdict_and_its_failure_says_the_fix_and_what_to_run() {
+    let host = sandbox_host!("expose_verdict");
+    runner_server(&host, 20650, "verdict");
+    let fwdd = Fwdd::spawn_with_config(&host, &config(&host, ""));
+    fwdd.wait_connected();
+    let name = fwdd.status().expect("status").hosts[0].name.clone();
+    let master = fwdd.master_pid();
+
+    let t0 = Instant::now();
+    let out = fwdctl(&fwdd, &["expose", "20650"]);
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert!(
+        err.starts_with(&format!(
+            "fwdctl: {name}: cannot expose port 20650 (gateway_ports): "
+        )),
+        "{err}"
+    );
+    assert!(err.contains("`GatewayPorts clientspecified`"), "{err}");
+    assert!(err.contains("reload sshd"), "{err}");
+    let run = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("after reloading sshd, run: fwdctl "))
+        .unwrap_or_else(|| panic!("no command to run in: {err}"));
+    assert!(run.ends_with(&format!(" reconnect {name}")), "{run}");
+    let e = exposed(&fwdd.status().expect("status"), 20650).expect("kept");
+    assert_eq!(e.state, "failed");
+    assert_eq!(e.next_retry_ms, None, "this master would only fail again: {e:?}\n{}", fwdd.log_tail(20));
+    assert_eq!(
+        fwdd.master_pid(),
+        master,
+        "the master is not replaced unasked"
+    );
+
+    // The fix, as the message says: the setting, a reload of this test's
+    // sshd (SIGHUP: connections already made keep what they read), then
+    // the command printed, run as printed.
+    let mut cfg = std::fs::read_to_string(&host.sshd_config).expect("read sshd_config");
+    cfg.push_str("GatewayPorts clientspecified\n");
+    std::fs::write(&host.sshd_config, cfg).expect("write sshd_config");
+    let sshd = host.sshd_pid().expect("sshd runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sshd),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("reload sshd");
+    let reconnect = std::process::Command::new(common::bin("fwdctl"))
+        .args(run.split_whitespace())
+        .env_remove("FWD_SOCKET")
+        .output()
+        .expect("run the printed command");
+    assert!(reconnect.status.success(), "{reconnect:?}");
+    let e = wait_exposed(&fwdd, 20650, "active");
+    assert_eq!(e.binds, ["172.17.0.1:20650"], "{e:?}");
+    assert_eq!(from_container(&host, None, 20650), "verdict ping");
+
+    // Exposed and verified: how a container reaches it.
+    let out = fwdctl(&fwdd, &["expose", "20650"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with(&format!(
+            "{name}: exposed: containers reach 127.0.0.1:20650 here at \
+             host.docker.internal:20650 (sshd listens on 172.17.0.1:20650)\n"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("--add-host host.docker.internal:host-gateway"),
+        "{said}"
+    );
+}
