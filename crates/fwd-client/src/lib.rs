@@ -61,19 +61,34 @@ pub fn unexpected_answer(other: &fwd_proto::Response) -> ClientError {
     )
 }
 
+/// The ways to point fwdctl at a daemon, said wherever one cannot be
+/// reached: a daemon started elsewhere (`fwdd --runtime-dir`, another
+/// user, a demo) is not where fwdctl looks by default. The flags are
+/// fwdctl's (its clap definitions; a test there keeps them in step).
+pub fn point_at_daemon() -> String {
+    format!(
+        "point fwdctl at the fwdd that runs with --socket PATH (its control.sock), \
+         --runtime-dir DIR (the --runtime-dir fwdd was given) or {}=PATH",
+        fwd_proto::SOCKET_ENV
+    )
+}
+
 fn not_reachable(path: &Path, e: io::Error) -> ClientError {
     let p = path.display();
+    let point = point_at_daemon();
     match e.kind() {
         io::ErrorKind::NotFound => {
-            fail!("fwdd is not running (no control socket at {p})")
+            fail!("fwdd is not running (no control socket at {p}): start fwdd, or {point}")
         }
-        io::ErrorKind::ConnectionRefused => {
-            fail!("fwdd is not running (control socket {p} exists but nothing accepts on it)")
-        }
-        io::ErrorKind::PermissionDenied => {
-            fail!("permission denied on control socket {p} (is fwdd running as another user?)")
-        }
-        _ => fail!("cannot connect to fwdd control socket {p}: {e}"),
+        io::ErrorKind::ConnectionRefused => fail!(
+            "fwdd is not running (control socket {p} exists but nothing accepts on it): \
+             start fwdd, or {point}"
+        ),
+        io::ErrorKind::PermissionDenied => fail!(
+            "permission denied on control socket {p} (is fwdd running as another user?): run \
+             fwdctl as that user, or {point}"
+        ),
+        _ => fail!("cannot connect to fwdd control socket {p}: {e}; {point}"),
     }
 }
 
@@ -348,7 +363,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_control_socket_is_still_not_running() {
+    fn a_missing_control_socket_is_still_not_running_and_says_how_to_point_at_one() {
         let err = status(
             Path::new("/nonexistent-fwd-dir/control.sock"),
             REQUEST_TIMEOUT,
@@ -357,8 +372,38 @@ mod tests {
         .to_string();
         assert_eq!(
             err,
-            "fwdd is not running (no control socket at /nonexistent-fwd-dir/control.sock)"
+            "fwdd is not running (no control socket at /nonexistent-fwd-dir/control.sock): \
+             start fwdd, or point fwdctl at the fwdd that runs with --socket PATH (its \
+             control.sock), --runtime-dir DIR (the --runtime-dir fwdd was given) or \
+             FWD_SOCKET=PATH"
         );
+    }
+
+    #[test]
+    fn every_way_of_not_reaching_fwdd_names_the_ways_to_point_at_it() {
+        let p = Path::new("/run/fwdd/control.sock");
+        for kind in [
+            io::ErrorKind::NotFound,
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::PermissionDenied,
+            io::ErrorKind::Other,
+        ] {
+            let err = not_reachable(p, io::Error::from(kind)).to_string();
+            assert!(err.contains("/run/fwdd/control.sock"), "{kind:?}: {err}");
+            for way in ["--socket PATH", "--runtime-dir DIR", "FWD_SOCKET=PATH"] {
+                assert!(err.contains(way), "{kind:?}: {err}");
+            }
+        }
+        // A socket file nobody accepts on (fwdd gone, its file left).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("control.sock");
+        drop(UnixListener::bind(&sock).expect("bind"));
+        let err = status(&sock, REQUEST_TIMEOUT).unwrap_err().to_string();
+        assert!(
+            err.starts_with("fwdd is not running (control socket"),
+            "{err}"
+        );
+        assert!(err.contains("--socket PATH"), "{err}");
     }
 
     #[test]

@@ -51,9 +51,24 @@ fn no_daemon_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "fwdctl: fwdd is not running (no control socket at /nonexistent/x.sock)\n"
+        format!(
+            "fwdctl: fwdd is not running (no control socket at /nonexistent/x.sock): start \
+             fwdd, or {}\n",
+            fwd_client::point_at_daemon()
+        )
     );
     assert!(out.stdout.is_empty());
+    // The ways it names are fwdctl's own.
+    let help = fwdctl(&["--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for (way, flag) in [
+        ("--socket PATH", "--socket <PATH>"),
+        ("--runtime-dir DIR", "--runtime-dir <DIR>"),
+        ("FWD_SOCKET=PATH", "env: FWD_SOCKET"),
+    ] {
+        assert!(fwd_client::point_at_daemon().contains(way), "{way}");
+        assert!(help.contains(flag), "{flag} in:\n{help}");
+    }
 
     // Same through --runtime-dir and the environment variable.
     let out = fwdctl(&["--runtime-dir", "/nonexistent", "status", "--json"]);

@@ -96,6 +96,7 @@ fn absent_daemon_exits_2_for_every_command() {
         &["watch"],
         &["reconnect"],
         &["resync", "x"],
+        &["expose", "20399"],
     ] {
         let t = Instant::now();
         let out = fwdctl(&fwdd, args);
@@ -103,8 +104,9 @@ fn absent_daemon_exits_2_for_every_command() {
         assert_eq!(
             text(&out.stderr),
             format!(
-                "fwdctl: fwdd is not running (no control socket at {})\n",
-                sock.display()
+                "fwdctl: fwdd is not running (no control socket at {}): start fwdd, or {}\n",
+                sock.display(),
+                fwd_client::point_at_daemon()
             ),
             "{args:?}"
         );
