@@ -238,8 +238,10 @@ enum Command {
         #[arg(long, value_enum, default_value = "sh")]
         format: env::Format,
     },
-    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell);
-    /// the packages install them, e.g. `fwdctl completions zsh > ~/.zfunc/_fwdctl`
+    /// Print the shell completion script for SHELL
+    ///
+    /// The packages install them; by hand, e.g.
+    /// `fwdctl completions zsh > ~/.zfunc/_fwdctl`.
     Completions { shell: fwd_manual::Shell },
     /// Write fwdctl.1 and a page per subcommand (fwdctl-status.1, ...) into DIR
     #[command(hide = true)]

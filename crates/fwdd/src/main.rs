@@ -108,8 +108,10 @@ enum Command {
     /// upgrading to it.
     #[command(hide = true)]
     UpgradeCheck,
-    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell);
-    /// the packages install them, e.g. `fwdd completions zsh > ~/.zfunc/_fwdd`
+    /// Print the shell completion script for SHELL
+    ///
+    /// The packages install them; by hand, e.g.
+    /// `fwdd completions zsh > ~/.zfunc/_fwdd`.
     Completions { shell: fwd_manual::Shell },
     /// Write fwdd.1 and a page per subcommand (fwdd-check-config.1) into DIR
     #[command(hide = true)]
