@@ -501,8 +501,14 @@ impl HostMachine {
             }
             (Purpose::CheckMaster(f), Outcome::Answered) => self.channels_down(f, now),
             (Purpose::CheckMaster(f), _) => {
-                // The channel failed because the connection under it did.
-                let message = format!("ssh master lost its connection ({})", f.message.trim());
+                // The channel failed because the connection under it did:
+                // said as that, since the channel's own words (hyper's
+                // "error reading a body") name only the symptom.
+                let message = format!(
+                    "the connection to the host was lost: the ssh master no longer answers \
+                     (a Docker channel on it ended: {})",
+                    f.message.trim()
+                );
                 self.master_failed(Failure::new(FailureKind::MasterDied, message), now);
             }
             (Purpose::Spawn, other) => self.master_failed(Failure::unexpected(other), now),

@@ -532,7 +532,15 @@ fn docker_missing_is_permanent_and_a_dead_master_is_a_master_failure() {
     )));
     let err = r.m.health().last_error.clone().expect("error");
     assert_eq!(err.kind, FailureKind::MasterDied);
-    assert!(err.message.contains("lost its connection"), "{err:?}");
+    assert!(
+        err.message
+            .starts_with("the connection to the host was lost: the ssh master no longer answers"),
+        "{err:?}"
+    );
+    assert!(
+        err.message.ends_with("(a Docker channel on it ended: eof)"),
+        "{err:?}"
+    );
     r.expect_op(Op::SpawnMaster);
 }
 
