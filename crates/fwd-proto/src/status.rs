@@ -34,6 +34,44 @@ pub struct Status {
     /// Added within version 1: absent from older daemons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsStatus>,
+    /// Containers served by name on addresses of their own (hosts with
+    /// `names = true`), by address; the unnamed ones last, with why. Added
+    /// within version 1: absent from older daemons and when no host has
+    /// names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<NameStatus>,
+}
+
+/// One container and its names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameStatus {
+    pub host: String,
+    pub container_id: String,
+    pub container_name: String,
+    /// Its address on the runner's loopback; `null` when it has none
+    /// (`state` `unnamed`, `reason` says why).
+    pub address: Option<std::net::Ipv4Addr>,
+    /// The names that resolve to `address`.
+    pub names: Vec<String>,
+    /// The ports served on `address`, each going to the same port of the
+    /// container's own address `to`.
+    pub ports: Vec<u16>,
+    pub to: Option<String>,
+    /// `serving`, `failed` (a listener could not be bound: `reason`),
+    /// `unnamed`. Readers must accept other values.
+    pub state: String,
+    pub reason: Option<String>,
+    /// Names it asked for and did not get, and why.
+    #[serde(default)]
+    pub refused: Vec<RefusedName>,
+    pub connections_open: u64,
+    pub connections_total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedName {
+    pub name: String,
+    pub why: String,
 }
 
 /// fwdd's open-files budget (see `fwd_core::budget`): the limit it runs

@@ -252,6 +252,7 @@ pub(crate) fn sample_status() -> Status {
                 "host prod: exposed port 18081 failed (refused)".into(),
             ],
         }),
+        names: Vec::new(),
         limits: Some(crate::LimitsStatus {
             open_files_limit: 20_000,
             open_files: Some(57),
@@ -512,6 +513,7 @@ fn small_status() -> Status {
         health: None,
         exposed: vec![],
         limits: None,
+        names: Vec::new(),
     }
 }
 

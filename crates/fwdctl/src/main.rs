@@ -5,6 +5,7 @@ mod doctor;
 mod env;
 mod expose;
 mod human;
+mod names;
 mod wait;
 mod watch;
 
@@ -156,6 +157,14 @@ enum Command {
         /// Give up after this long (e.g. 30s, 2m, 1m30s)
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
+    },
+    /// List the containers served by name: names, address, ports, where
+    /// connections go, and names refused (hosts with names = true)
+    Names {
+        /// Print the list as JSON: an array of the status's `names` objects
+        /// (schema: docs/control-api.md)
+        #[arg(long)]
+        json: bool,
     },
     /// Print state changes as they happen, until interrupted
     #[command(after_help = WATCH_HELP)]
@@ -380,6 +389,18 @@ fn status(socket: &std::path::Path, json: bool) -> Result<i32> {
     }
     out.flush()?;
     Ok(human::exit_code(&status))
+}
+
+fn names_command(socket: &std::path::Path, json: bool) -> Result<i32> {
+    let (status, _) = fetch_status(socket)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&status.names)?)?;
+    } else {
+        out.write_all(names::render(&status.names).as_bytes())?;
+    }
+    out.flush()?;
+    Ok(0)
 }
 
 fn wait(socket: &std::path::Path, targets: &[wait::Target], timeout: Duration) -> Result<i32> {
@@ -644,6 +665,7 @@ fn main() -> ExitCode {
     );
     let result = match cli.command {
         Command::Status { json } => status(&socket, json),
+        Command::Names { json } => names_command(&socket, json),
         Command::Wait { targets, timeout } => wait(&socket, &targets, timeout),
         Command::Watch { json } => {
             watch::exit_0_on_interrupt();

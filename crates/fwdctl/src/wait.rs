@@ -383,6 +383,7 @@ mod tests {
             health: None,
             exposed: vec![],
             limits: None,
+            names: Vec::new(),
         }
     }
 

@@ -25,6 +25,7 @@ use crate::expose::HostExposures;
 use crate::forwards::ForwardTable;
 pub use crate::host::Host;
 use crate::host::{self, Outputs};
+use crate::names::Names;
 use crate::serve::ServeContext;
 
 /// The supervisor's numbers for one host, from the configuration.
@@ -56,6 +57,8 @@ pub struct Daemon {
     hosts: RefCell<Vec<Rc<Host>>>,
     next_host_id: Cell<u32>,
     pub table: RefCell<ForwardTable>,
+    /// Containers by name: their addresses, listeners and hosts files.
+    pub names: RefCell<Names>,
     /// Claims not served, with the reason: the port is another host's, or
     /// the host is at its cap (reported as conflicts, never bound).
     pub rejected: RefCell<Vec<(Claim, String)>>,
@@ -97,6 +100,7 @@ impl Daemon {
             config.limits,
         ));
         Rc::new(Daemon {
+            names: RefCell::new(Names::new(&config.runtime_dir, &config.names)),
             config: RefCell::new(config),
             started_at: image.daemon_started_at,
             image,
@@ -354,6 +358,7 @@ impl Daemon {
             plan.restart.len(),
             plan.keep.len(),
         );
+        self.names.borrow_mut().configure(&new.names);
         *self.config.borrow_mut() = new;
         let mut skipped = 0;
         for cfg in to_start {
@@ -486,10 +491,63 @@ impl Daemon {
         let resynced = machines
             .iter()
             .all(|m| m.health().stream == fwd_core::StreamPhase::Streaming);
+        self.plan_names(&hosts, &views, &config, resynced, now);
         if resynced {
             release_stored(&self.serve.stored);
         }
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// The names of the hosts that have them (`names = true`), after the
+    /// forwards: a name's listener is on an address of its own, so the two
+    /// never compete for a port.
+    fn plan_names(
+        &self,
+        hosts: &[Rc<Host>],
+        views: &[HostView<'_>],
+        config: &Config,
+        resynced: bool,
+        now: Instant,
+    ) {
+        let named = |key: &HostKey| {
+            config
+                .hosts
+                .iter()
+                .find(|c| *c.name == **key)
+                .is_some_and(|c| c.names)
+        };
+        let named_views: Vec<HostView<'_>> = views
+            .iter()
+            .filter(|v| named(v.host))
+            .map(|v| HostView {
+                host: v.host,
+                max_forwards: v.max_forwards,
+                forwards_per_container: v.forwards_per_container,
+                route: v.route,
+                containers: v.containers.clone(),
+            })
+            .collect();
+        let mut names = self.names.borrow_mut();
+        if named_views.is_empty() && names.last_plan().named.is_empty() {
+            return;
+        }
+        let settings = fwd_core::names::NamesSettings {
+            range: config.names.range,
+            spelling: fwd_core::names::Spelling {
+                with_host: hosts.len() > 1,
+                suffix: config.names.suffix.clone(),
+            },
+            ports_per_container: usize::try_from(self.serve.limits.get().forwards_per_container)
+                .unwrap_or(usize::MAX),
+        };
+        names.plan(
+            &settings,
+            &named_views,
+            &config.rules,
+            resynced,
+            &self.serve,
+            now,
+        );
     }
 
     /// Logs what the caps left out, once per episode (`CapReports`): a
@@ -563,6 +621,7 @@ impl Daemon {
 
     /// Shutdown: ports first (nothing new may be accepted), then every host.
     pub async fn shutdown(&self) {
+        self.names.borrow_mut().clear();
         {
             let mut table = self.table.borrow_mut();
             let n = table.forwards.len();

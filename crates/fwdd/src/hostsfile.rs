@@ -7,9 +7,6 @@
 //! it is replaced atomically (a temporary file renamed over it); a reader
 //! sees the old file or the new one, never a part.
 
-// The names serving side calls these; until it is wired they are unused.
-#![allow(dead_code)]
-
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

@@ -133,9 +133,75 @@ pub fn snapshot(d: &Daemon) -> Status {
             .flat_map(|h| exposed(h, now, wall_now))
             .collect(),
         limits: Some(limits(d)),
+        names: names(d),
     };
     status.health = Some(fwd_proto::verdict(&status));
     status
+}
+
+/// Each named container with its listeners' state, then the unnamed.
+fn names(d: &Daemon) -> Vec<fwd_proto::NameStatus> {
+    let names = d.names.borrow();
+    let plan = names.last_plan();
+    let table = names.table();
+    let refused_of = |host: &str, id: &fwd_core::ContainerId| {
+        plan.refused
+            .iter()
+            .filter(|r| &*r.host == host && &r.container == id)
+            .map(|r| fwd_proto::RefusedName {
+                name: r.name.clone(),
+                why: r.why.clone(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut out = Vec::new();
+    for n in &plan.named {
+        let listeners: Vec<_> = n
+            .ports()
+            .filter_map(|p| {
+                table
+                    .listeners
+                    .get(&std::net::SocketAddrV4::new(n.address, p))
+            })
+            .collect();
+        let failed = listeners.iter().find_map(|l| l.failed.clone());
+        out.push(fwd_proto::NameStatus {
+            host: n.host.to_string(),
+            container_id: n.container.short().to_string(),
+            container_name: n.container_name.clone(),
+            address: Some(n.address),
+            names: n.names.clone(),
+            ports: n.ports().collect(),
+            to: Some(n.to.clone()),
+            state: if failed.is_some() {
+                "failed"
+            } else {
+                "serving"
+            }
+            .to_string(),
+            reason: failed,
+            refused: refused_of(&n.host, &n.container),
+            connections_open: listeners.iter().map(|l| l.stats.open.get()).sum(),
+            connections_total: listeners.iter().map(|l| l.stats.total.get()).sum(),
+        });
+    }
+    for u in &plan.unnamed {
+        out.push(fwd_proto::NameStatus {
+            host: u.host.to_string(),
+            container_id: u.container.short().to_string(),
+            container_name: u.container_name.clone(),
+            address: None,
+            names: Vec::new(),
+            ports: Vec::new(),
+            to: None,
+            state: "unnamed".to_string(),
+            reason: Some(u.why.clone()),
+            refused: refused_of(&u.host, &u.container),
+            connections_open: 0,
+            connections_total: 0,
+        });
+    }
+    out
 }
 
 /// A host's master, event stream and engine as its machine sees them.

@@ -22,7 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use crate::hostsfile::{normalise, Entry};
 use crate::model::{remote_ip_for, Claim, Container, ContainerId, HostKey, Protocol, Remote};
 use crate::reconcile::HostView;
-use crate::route::{self, Route};
+use crate::route::{self, PublishedWhy, Route};
 use crate::rules::Rules;
 use book::{Addresses, Holder};
 pub use ports::{parse_ports_label, PORTS_LABEL};
@@ -107,6 +107,9 @@ pub struct Unnamed {
     pub container: ContainerId,
     pub container_name: String,
     pub why: String,
+    /// It will pass by itself (the engine has not said yet whether it
+    /// runs rootless): listed, not logged.
+    pub passing: bool,
 }
 
 /// A name a container asked for and did not get.
@@ -222,6 +225,8 @@ impl NameBook {
                         container: c.id.clone(),
                         container_name: c.name.clone(),
                         why: format!("no address of its own: {why}"),
+                        // Known within moments of the link: nothing to say.
+                        passing: why == PublishedWhy::EngineNotKnown,
                     }),
                 }
             }
@@ -250,6 +255,7 @@ impl NameBook {
                     container: k.c.id.clone(),
                     container_name: k.c.name.clone(),
                     why: format!("the names range {} is full", settings.range),
+                    passing: false,
                 }),
             }
         }
@@ -340,12 +346,17 @@ impl NameBook {
             container_name: r.container_name.clone(),
             text: format!("name {} refused: {}", r.name, r.why),
         }));
-        notices.extend(out.unnamed.iter().map(|u| NameNotice {
-            host: u.host.clone(),
-            container: u.container.clone(),
-            container_name: u.container_name.clone(),
-            text: u.why.clone(),
-        }));
+        notices.extend(
+            out.unnamed
+                .iter()
+                .filter(|u| !u.passing)
+                .map(|u| NameNotice {
+                    host: u.host.clone(),
+                    container: u.container.clone(),
+                    container_name: u.container_name.clone(),
+                    text: u.why.clone(),
+                }),
+        );
         out.news = self.news(notices, hosts);
         out
     }

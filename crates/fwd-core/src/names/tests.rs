@@ -295,7 +295,7 @@ fn a_published_port_is_the_fallback() {
 #[test]
 fn notices_are_said_once() {
     let mut book = NameBook::new(AddressRange::default());
-    let c = container(1, "bad_name", 10, "172.18.0.2");
+    let c = container(1, "bad!name", 10, "172.18.0.2");
     let first = plan_of(
         &mut book,
         "h",

@@ -65,7 +65,10 @@ pub fn wishes(c: &Container, host: &str, spelling: &Spelling) -> Wishes {
         if raw.is_empty() {
             continue;
         }
-        let Some(base) = normalise(&raw) else {
+        // Docker's own names (`frosty_cray`) and compose v1's (`shop_db_1`)
+        // have underscores, which no host name may: they answer with hyphens,
+        // as compose v2 names its containers (`shop-db-1`).
+        let Some(base) = normalise(&raw.replace('_', "-")) else {
             let shown = format!("{:?}", raw.chars().take(80).collect::<String>());
             if !out.invalid.contains(&shown) {
                 out.invalid.push(shown);
@@ -134,17 +137,29 @@ mod tests {
         assert!(w.invalid.is_empty());
     }
 
-    /// compose v1 names containers `shop_db_1`: no host name, said; its
-    /// service names still come out.
+    /// compose v1 names containers `shop_db_1`, Docker `frosty_cray`:
+    /// they answer with hyphens, as compose v2 names them.
     #[test]
-    fn a_name_that_is_no_host_name_is_left_out_and_said() {
+    fn underscores_answer_as_hyphens() {
         let c = compose("shop_db_1", "db", "shop", &[]);
         let w = wishes(&c, "h", &Spelling::default());
         assert_eq!(
             names(&w),
-            vec![("db", Kind::Service), ("db.shop", Kind::ServiceInProject)]
+            vec![
+                ("db", Kind::Service),
+                ("db.shop", Kind::ServiceInProject),
+                ("shop-db-1", Kind::ContainerName)
+            ]
         );
-        assert_eq!(w.invalid, vec!["\"shop_db_1\"".to_string()]);
+        assert!(w.invalid.is_empty());
+    }
+
+    /// A name that is no host name even so is left out, and said.
+    #[test]
+    fn a_name_that_is_no_host_name_is_left_out_and_said() {
+        let c = compose("web", "db", "shop", &["x.y!"]);
+        let w = wishes(&c, "h", &Spelling::default());
+        assert_eq!(w.invalid, vec!["\"x.y!\"".to_string()]);
     }
 
     #[test]

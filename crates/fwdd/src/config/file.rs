@@ -47,6 +47,9 @@ pub struct FileConfig {
     pub max_tunnels_per_forward: Option<S<u64>>,
     pub max_tunnels_per_exposure: Option<S<u64>>,
     pub max_engine_clients: Option<S<u64>>,
+    pub names_range: Option<S<String>>,
+    pub names_suffix: Option<S<String>>,
+    pub hosts_file: Option<S<String>>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<S<FileRule>>,
     #[serde(default, rename = "host")]
@@ -85,6 +88,7 @@ pub struct FileHost {
     pub engine_socket: Option<bool>,
     pub engine_remote_socket: Option<S<String>>,
     pub direct_route: Option<bool>,
+    pub names: Option<bool>,
     #[serde(default)]
     pub expose: Vec<S<FileExpose>>,
     pub expose_on: Option<S<Vec<S<String>>>>,
@@ -110,6 +114,7 @@ impl FileHost {
             engine_socket: None,
             engine_remote_socket: None,
             direct_route: None,
+            names: None,
             expose: Vec::new(),
             expose_on: None,
         }

@@ -47,6 +47,7 @@ pub fn host_config(key: &Key, h: &FileHost, cli: &CliOverrides) -> Result<HostCo
         max_forwards: h.max_forwards,
         engine_socket: h.engine_socket.unwrap_or(true),
         direct_route: h.direct_route.unwrap_or(true),
+        names: h.names.unwrap_or(false),
         engine_remote_socket: engine_remote_socket(key, h)?,
     })
 }

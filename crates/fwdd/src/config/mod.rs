@@ -25,7 +25,7 @@ use fwd_core::defaults;
 
 pub use error::ConfigError;
 pub use render::render;
-pub use settings::{CliOverrides, Config, HostConfig, LogFormat, RetryConfig};
+pub use settings::{CliOverrides, Config, HostConfig, LogFormat, NamesConfig, RetryConfig};
 
 use error::Key;
 use file::{parts, FileConfig, FileHost};
@@ -72,6 +72,7 @@ fn from_parts(file: &FileConfig, cli: &CliOverrides) -> Result<Config, ConfigErr
     Ok(Config {
         metrics,
         limits: limits(file)?,
+        names: values::names(file)?,
         rules,
         engine_socket_group,
         runtime_dir: cli

@@ -44,6 +44,11 @@ struct TopView {
     max_tunnels_per_exposure: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_engine_clients: Option<u64>,
+    names_range: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    names_suffix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hosts_file: Option<String>,
 }
 
 /// One `[[rule]]`: the conditions it has, then its action.
@@ -85,6 +90,7 @@ struct HostView {
     max_forwards: Option<usize>,
     engine_socket: bool,
     direct_route: bool,
+    names: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     engine_remote_socket: Option<String>,
     expose: Vec<String>,
@@ -169,6 +175,9 @@ fn top_view(c: &Config) -> TopView {
         max_tunnels_per_forward: l.tunnels_per_forward,
         max_tunnels_per_exposure: l.tunnels_per_exposure,
         max_engine_clients: l.engine_clients,
+        names_range: c.names.range.to_string(),
+        names_suffix: c.names.suffix.clone(),
+        hosts_file: c.names.hosts_file.as_ref().map(|p| p.display().to_string()),
     }
 }
 
@@ -177,6 +186,11 @@ fn top_comments(c: &Config) -> String {
     let mut out = String::new();
     if c.metrics.is_none() {
         out.push_str("# metrics: off (set metrics = \"127.0.0.1:9633\" to serve /metrics)\n");
+    }
+    if c.names.hosts_file.is_none() {
+        out.push_str(
+            "# hosts_file: not set, names are written to hosts in the runtime directory only\n",
+        );
     }
     let l = &c.limits;
     for (key, value) in [
@@ -247,6 +261,7 @@ fn host_view(h: &HostConfig) -> HostView {
         max_forwards: h.max_forwards,
         engine_socket: h.engine_socket,
         direct_route: h.direct_route,
+        names: h.names,
         engine_remote_socket: h.engine_remote_socket.clone(),
         expose: h
             .expose

@@ -29,7 +29,23 @@ pub struct Config {
     /// `max_tunnels_per_forward`, …); unset: derived from the open-files
     /// limit (`fwd_core::budget`).
     pub limits: fwd_core::LimitSettings,
+    /// Every container by name (issue 31): where addresses come from, how
+    /// names are spelled, which system hosts file holds fwd's block.
+    pub names: NamesConfig,
     pub hosts: Vec<HostConfig>,
+}
+
+/// The daemon-wide settings of names (each host turns them on with
+/// `names = true`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamesConfig {
+    /// `names_range`: the loopback block names' addresses come from.
+    pub range: fwd_core::names::AddressRange,
+    /// `names_suffix`: every name also as `<name>.<suffix>`.
+    pub suffix: Option<String>,
+    /// `hosts_file`: the system hosts file fwd keeps a block in; `None`:
+    /// only fwd's own file in the runtime directory.
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// `engine_socket_group`, resolved when the configuration is loaded.
@@ -88,6 +104,8 @@ pub struct HostConfig {
     /// Forwards may reach containers at their own address (see
     /// `fwd_core::route`); off: always the published port.
     pub direct_route: bool,
+    /// Every running container by name, on an address of its own.
+    pub names: bool,
 }
 
 impl HostConfig {
@@ -99,6 +117,7 @@ impl HostConfig {
             expose_on: Vec::new(),
             // Read by every plan: a change needs no new connection.
             direct_route: true,
+            names: false,
             ..self.clone()
         }
     }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::error::{ConfigError, Key};
-use super::file::{parts, S};
-use super::settings::SocketGroup;
+use super::file::{parts, FileConfig, S};
+use super::settings::{NamesConfig, SocketGroup};
 
 /// A duration greater than zero, or `default` when unset.
 pub fn duration(
@@ -84,4 +84,48 @@ pub fn socket_group(value: &Option<S<String>>) -> Result<Option<SocketGroup>, Co
         )),
         Err(e) => Err(key.error(span, format!("cannot look up group {name:?}: {e}"))),
     }
+}
+
+/// `names_range`, `names_suffix`, `hosts_file`.
+pub fn names(file: &FileConfig) -> Result<NamesConfig, ConfigError> {
+    use fwd_core::names::AddressRange;
+    let range = match parts(&file.names_range) {
+        None => AddressRange::default(),
+        Some((v, span)) => AddressRange::parse(v).map_err(|e| {
+            Key::file("names_range").error(
+                span,
+                format!(
+                    "{e}; write a block inside 127.0.0.0/8 such as \"{}\"",
+                    fwd_core::names::DEFAULT_RANGE
+                ),
+            )
+        })?,
+    };
+    let suffix = match parts(&file.names_suffix) {
+        None => None,
+        Some((v, span)) => Some(fwd_core::hostsfile::normalise(v).ok_or_else(|| {
+            Key::file("names_suffix").error(
+                span,
+                format!(
+                    "{v:?} is not a host name (letters, digits and '-', labels separated by \
+                     dots); write e.g. \"fwd\" for names like db.fwd"
+                ),
+            )
+        })?),
+    };
+    let hosts_file = match parts(&file.hosts_file) {
+        None => None,
+        Some((v, span)) if !v.starts_with('/') => {
+            return Err(Key::file("hosts_file").error(
+                span,
+                format!("{v:?} is not an absolute path; write \"/etc/hosts\" or remove the key"),
+            ))
+        }
+        Some((v, _)) => Some(std::path::PathBuf::from(v)),
+    };
+    Ok(NamesConfig {
+        range,
+        suffix,
+        hosts_file,
+    })
 }

@@ -118,6 +118,7 @@ pub(super) fn fixture() -> Status {
         health: None,
         exposed: vec![],
         limits: None,
+        names: Vec::new(),
     }
 }
 

@@ -14,7 +14,7 @@ use fwd_ssh::{MuxError, StdioForward};
 use tokio::sync::watch;
 
 use super::target::{ConnStats, RouteNow, Target};
-use crate::serve::{ConnState, Link, LinkWatch, Registered, ServeContext};
+use crate::serve::{ConnKey, ConnState, Link, LinkWatch, Registered, ServeContext};
 
 /// Serves one client connection of a forward in its own task, counted.
 pub(super) fn spawn_served(
@@ -25,16 +25,16 @@ pub(super) fn spawn_served(
 ) {
     stats.open.set(stats.open.get() + 1);
     stats.total.set(stats.total.get() + 1);
-    let (port, host) = {
+    let (key, host) = {
         let t = target.borrow();
-        (t.claim.local_port, t.claim.host.clone())
+        (t.key, t.claim.host.clone())
     };
     let counters = ctx.counters(&host);
     counters.connection();
     let accepted = std::time::Instant::now();
     let registered = ctx
         .registry
-        .register(port, ConnState::Queued(sock.as_raw_fd()));
+        .register(key, ConnState::Queued(sock.as_raw_fd()));
     let ended = target.clone();
     tokio::task::spawn_local(async move {
         let opened = || counters.handoff.observe(accepted.elapsed());
@@ -51,21 +51,21 @@ pub(super) fn spawn_served(
 /// stays open (the tunnel lives as long as it does) and is counted.
 pub(super) fn spawn_adopted_tunnel(
     fd: OwnedFd,
-    port: u16,
+    key: ConnKey,
     stats: Rc<ConnStats>,
     ctx: Rc<ServeContext>,
 ) {
     let tunnel = match fwd_ssh::StdioForward::adopt(fd) {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(event = "upgrade_tunnel_lost", port, error = %e, "a handed-over tunnel could not be kept");
+            tracing::warn!(event = "upgrade_tunnel_lost", listener = ?key, error = %e, "a handed-over tunnel could not be kept");
             return;
         }
     };
     stats.open.set(stats.open.get() + 1);
     let registered = ctx
         .registry
-        .register(port, ConnState::Tunnel(tunnel.as_raw_fd()));
+        .register(key, ConnState::Tunnel(tunnel.as_raw_fd()));
     tokio::task::spawn_local(async move {
         tunnel.closed().await;
         drop(registered);
@@ -560,7 +560,8 @@ mod tests {
                 // No await since: the task has not run.
                 let held = ctx.registry.held();
                 assert_eq!(
-                    held.get(&addr.port()).map(|h| h.queued.clone()),
+                    held.get(&ConnKey::Port(addr.port()))
+                        .map(|h| h.queued.clone()),
                     Some(vec![fd])
                 );
                 drop(client);

@@ -9,6 +9,7 @@
 
 mod accept;
 mod handoff;
+mod names;
 mod target;
 
 use std::collections::BTreeMap;
@@ -23,9 +24,10 @@ use tokio::task::JoinHandle;
 
 use crate::handover::document::{self, ForwardDoc, ListenerDoc};
 use crate::handover::{unix_ms, Descriptors};
-use crate::serve::{Registry, ServeContext};
+use crate::serve::{ConnKey, Registry, ServeContext};
 use accept::{bind_all, serve_listeners};
 use handoff::{spawn_adopted_tunnel, spawn_served};
+pub use names::NameTable;
 pub use target::ConnStats;
 pub use target::RouteNow;
 use target::Target;
@@ -250,7 +252,7 @@ impl ForwardTable {
             .iter()
             .filter(|(_, f)| f.held.bound)
             .map(|(port, f)| {
-                let conns = held.get(port);
+                let conns = held.get(&ConnKey::Port(*port));
                 let mut doc = f.to_doc();
                 doc.tunnels = conns.map(|c| c.tunnels.clone()).unwrap_or_default();
                 doc.queued = conns.map(|c| c.queued.clone()).unwrap_or_default();
@@ -292,7 +294,7 @@ impl ForwardTable {
         let (local_addrs, listener_fds, accept_tasks) =
             serve_listeners(listeners, &target, &stats, ctx);
         for fd in fds.take_all(&f.tunnels) {
-            spawn_adopted_tunnel(fd, port, stats.clone(), ctx.clone());
+            spawn_adopted_tunnel(fd, ConnKey::Port(port), stats.clone(), ctx.clone());
         }
         for fd in fds.take_all(&f.queued) {
             let sock = std::net::TcpStream::from(fd);

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use fwd_core::{Claim, Remote, Route};
 
-use crate::serve::{Holder, ServeContext};
+use crate::serve::{ConnKey, Holder, ServeContext};
 
 #[derive(Default, Debug)]
 pub struct ConnStats {
@@ -70,6 +70,9 @@ fn holder<'a>(what: &'a str, host: &'a str) -> Holder<'a> {
 #[derive(Clone, Debug)]
 pub struct Target {
     pub claim: Claim,
+    /// The listener its connections are registered under (an upgrade hands
+    /// them over with it).
+    pub key: ConnKey,
     pub running_since: Option<Instant>,
     /// The container was seen listening (a probe channel stayed open):
     /// later connections are handed over without probing.
@@ -113,9 +116,16 @@ impl RouteNow {
 
 impl Target {
     pub(super) fn new(claim: Claim, now: Instant) -> Target {
+        let key = ConnKey::Port(claim.local_port);
+        Target::keyed(claim, key, now)
+    }
+
+    /// A target whose connections come from the listener `key`.
+    pub(super) fn keyed(claim: Claim, key: ConnKey, now: Instant) -> Target {
         let running_since = (!claim.pending).then_some(now);
         Target {
             claim,
+            key,
             running_since,
             listening: Rc::default(),
             direct_failed: Rc::default(),
@@ -160,6 +170,7 @@ impl Target {
                 Rc::default()
             },
             claim,
+            key: self.key,
             running_since,
         }
     }

@@ -31,7 +31,7 @@ use tokio::sync::{watch, Semaphore};
 
 pub use budget::Holder;
 pub use link::{Link, LinkWatch};
-pub use registry::{ConnState, Registered, Registry};
+pub use registry::{ConnKey, ConnState, Registered, Registry};
 use spares::Spares;
 
 /// Concurrent hand-offs per host: ssh's control socket listens with a

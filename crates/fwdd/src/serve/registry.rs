@@ -3,6 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 
@@ -18,9 +19,17 @@ pub enum ConnState {
     Fallback,
 }
 
+/// Which listener a connection came from: a forward's port (on every
+/// address it binds), or one port of a container's name (its own address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ConnKey {
+    Port(u16),
+    Name(SocketAddrV4),
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Conn {
-    port: u16,
+    key: ConnKey,
     state: ConnState,
 }
 
@@ -61,10 +70,10 @@ impl Registry {
     /// Called in the same step as the accept (or the adoption): an upgrade
     /// that freezes right after must find the connection, not a task that has
     /// not run yet.
-    pub fn register(&self, port: u16, state: ConnState) -> Registered {
+    pub fn register(&self, key: ConnKey, state: ConnState) -> Registered {
         let id = self.next.get();
         self.next.set(id + 1);
-        self.conns.borrow_mut().insert(id, Conn { port, state });
+        self.conns.borrow_mut().insert(id, Conn { key, state });
         Registered {
             conns: self.conns.clone(),
             id,
@@ -82,11 +91,11 @@ impl Registry {
             .count()
     }
 
-    /// Per local port, the tunnels and the waiting clients fwdd holds.
-    pub fn held(&self) -> BTreeMap<u16, HeldConns> {
-        let mut out: BTreeMap<u16, HeldConns> = BTreeMap::new();
+    /// Per listener, the tunnels and the waiting clients fwdd holds.
+    pub fn held(&self) -> BTreeMap<ConnKey, HeldConns> {
+        let mut out: BTreeMap<ConnKey, HeldConns> = BTreeMap::new();
         for c in self.conns.borrow().values() {
-            let held = out.entry(c.port).or_default();
+            let held = out.entry(c.key).or_default();
             match c.state {
                 ConnState::Queued(fd) => held.queued.push(fd),
                 ConnState::Tunnel(fd) => held.tunnels.push(fd),

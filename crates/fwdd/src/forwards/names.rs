@@ -1,0 +1,95 @@
+//! The listeners of containers' names: one per port on each name's own
+//! loopback address, serving connections exactly as a forward does (the
+//! direct route to the container's address, over the host's master).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+use fwd_core::Claim;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::accept::{bind_all, serve_listeners};
+use super::target::{ConnStats, Target};
+use crate::serve::{ConnKey, ServeContext};
+
+/// One port of one name.
+pub(crate) struct NameListener {
+    target: watch::Sender<Target>,
+    pub stats: Rc<ConnStats>,
+    /// Why it could not be bound (tried again at the next plan).
+    pub failed: Option<String>,
+    listener_fds: Vec<(SocketAddr, RawFd)>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for NameListener {
+    fn drop(&mut self) {
+        for t in &self.accept_tasks {
+            t.abort();
+        }
+        for (addr, _) in &self.listener_fds {
+            crate::fdstore::remove_fd(&crate::fdstore::tcp_fd_name(*addr));
+        }
+    }
+}
+
+/// Every name's listeners, by address and port.
+#[derive(Default)]
+pub struct NameTable {
+    pub listeners: BTreeMap<SocketAddrV4, NameListener>,
+}
+
+impl NameTable {
+    /// Holds exactly the listeners `wanted` lists: new ones bound, changed
+    /// ones retargeted (a listener stays bound while its container is the
+    /// same or another takes its address), the rest closed.
+    pub fn apply(
+        &mut self,
+        wanted: BTreeMap<SocketAddrV4, Claim>,
+        ctx: &Rc<ServeContext>,
+        now: Instant,
+    ) {
+        self.listeners.retain(|addr, _| wanted.contains_key(addr));
+        for (addr, claim) in wanted {
+            match self.listeners.get_mut(&addr) {
+                Some(l) if l.failed.is_none() => {
+                    if l.target.borrow().claim != claim {
+                        l.target.send_modify(|t| *t = t.next(claim, now));
+                    }
+                }
+                _ => {
+                    let listener = bind(addr, claim, ctx, now);
+                    self.listeners.insert(addr, listener);
+                }
+            }
+        }
+    }
+}
+
+fn bind(addr: SocketAddrV4, claim: Claim, ctx: &Rc<ServeContext>, now: Instant) -> NameListener {
+    let target = watch::channel(Target::keyed(claim, ConnKey::Name(addr), now)).0;
+    let stats = Rc::new(ConnStats::default());
+    match bind_all(addr.port(), &[IpAddr::V4(*addr.ip())], &ctx.stored) {
+        Ok(listeners) => {
+            let (_, listener_fds, accept_tasks) = serve_listeners(listeners, &target, &stats, ctx);
+            NameListener {
+                target,
+                stats,
+                failed: None,
+                listener_fds,
+                accept_tasks,
+            }
+        }
+        Err(why) => NameListener {
+            target,
+            stats,
+            failed: Some(why),
+            listener_fds: Vec::new(),
+            accept_tasks: Vec::new(),
+        },
+    }
+}
