@@ -739,6 +739,11 @@ impl TestHost {
         http_get_on(self.connect(port)?)
     }
 
+    /// `GET /` over HTTP/1.0 to `addr` in the runner netns: the body.
+    pub fn http_get_addr(&self, addr: SocketAddr) -> io::Result<String> {
+        http_get_on(self.connect_addr(addr)?)
+    }
+
     /// `GET path` over HTTP/1.0 to `127.0.0.1:port` in the runner netns,
     /// whatever the status: `(status, body)`, or `None` when nothing
     /// answers whole within `read_timeout` (callers that bound the answer
