@@ -198,9 +198,11 @@ enum Command {
         /// Host name from fwdd's configuration (default: the first host)
         #[arg(long)]
         host: Option<String>,
-        /// How long to wait until sshd listens and the check arrived (0s: do not
-        /// wait). Registering and verifying take well under a second on a live
-        /// master; a check may take 5 s to give up.
+        /// How long to wait for the verdict (0s: do not wait)
+        ///
+        /// Until sshd listens and a check through it arrived here, or the
+        /// exposure failed. Registering and verifying take well under a second
+        /// on a live master; a check may take 5 s to give up.
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         timeout: Duration,
     },
