@@ -15,7 +15,9 @@ use fwd_core::{ContainerId, HostKey, HostView, Rules};
 
 use crate::config::NamesConfig;
 use crate::forwards::NameTable;
-use crate::serve::ServeContext;
+use crate::handover::document::{NameAddressDoc, NamesDoc};
+use crate::handover::Descriptors;
+use crate::serve::{Registry, ServeContext};
 
 /// Where resolvers look when `hosts_file` is not set: fwd never shadows
 /// its names, though it writes no block there.
@@ -107,6 +109,49 @@ impl Names {
         }
         let _ = std::fs::remove_file(&self.own_file);
         self.written = None;
+    }
+
+    /// What an upgrade hands over: the addresses given, the listeners with
+    /// their connections.
+    pub fn to_doc(&self, registry: &Registry) -> NamesDoc {
+        NamesDoc {
+            addresses: self
+                .book
+                .addresses()
+                .held()
+                .map(|((host, id), address, identities)| NameAddressDoc {
+                    host: host.to_string(),
+                    container: id.as_str().to_string(),
+                    address,
+                    identities: identities.to_vec(),
+                })
+                .collect(),
+            listeners: self.table.to_doc(registry),
+        }
+    }
+
+    /// The new image takes over every address and listener: the first plan
+    /// finds them held, so a name keeps its address and its open tunnels.
+    pub fn adopt(
+        &mut self,
+        doc: &NamesDoc,
+        fds: &mut Descriptors,
+        ctx: &Rc<ServeContext>,
+        now: Instant,
+    ) {
+        for a in &doc.addresses {
+            let Ok(id) = ContainerId::parse(&a.container) else {
+                continue;
+            };
+            self.book.addresses_mut().restore(
+                (HostKey::from(a.host.as_str()), id),
+                a.address,
+                a.identities.clone(),
+            );
+        }
+        for f in &doc.listeners {
+            self.table.adopt(f, fds, ctx, now);
+        }
     }
 
     pub fn last_plan(&self) -> &NamesPlan {

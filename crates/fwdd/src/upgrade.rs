@@ -192,6 +192,7 @@ fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
         h.to_doc(now, &mut doc);
     }
     doc.forwards = daemon.table.borrow().to_doc(&daemon.serve.registry);
+    doc.names = daemon.names.borrow().to_doc(&daemon.serve.registry);
     doc.metrics = daemon
         .metrics_listener
         .get()
@@ -304,13 +305,29 @@ pub fn take_over(daemon: &Rc<Daemon>, hosts: Vec<HostConfig>, t: Takeover) {
             .map(|h| h.engine_sockets.len() + h.exposures.len())
             .sum::<usize>()
         + 1;
-    let tunnels = doc.forwards.iter().map(|f| f.tunnels.len()).sum::<usize>();
+    let listeners = listeners
+        + doc
+            .names
+            .listeners
+            .iter()
+            .map(|f| f.listeners.len())
+            .sum::<usize>();
+    let tunnels = doc
+        .forwards
+        .iter()
+        .chain(&doc.names.listeners)
+        .map(|f| f.tunnels.len())
+        .sum::<usize>();
     {
         let mut table = daemon.table.borrow_mut();
         for f in &doc.forwards {
             table.adopt(f, &mut fds, &daemon.serve, now);
         }
     }
+    daemon
+        .names
+        .borrow_mut()
+        .adopt(&doc.names, &mut fds, &daemon.serve, now);
     daemon.skip_host_ids_below(doc.next_host_id);
     let handed = doc
         .hosts

@@ -8,6 +8,7 @@
 //! ([`handoff`]); from then on bytes flow socket ⇄ ssh without touching fwdd.
 
 mod accept;
+mod doc;
 mod handoff;
 mod names;
 mod target;
@@ -16,17 +17,16 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use fwd_core::{Action, Claim, Held};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::handover::document::{self, ForwardDoc, ListenerDoc};
-use crate::handover::{unix_ms, Descriptors};
+use crate::handover::document::ForwardDoc;
+use crate::handover::Descriptors;
 use crate::serve::{ConnKey, Registry, ServeContext};
 use accept::{bind_all, serve_listeners};
-use handoff::{spawn_adopted_tunnel, spawn_served};
 pub use names::NameTable;
 pub use target::ConnStats;
 pub use target::RouteNow;
@@ -50,18 +50,6 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// How long the target container has run (`None`: only created), and
-    /// whether it was seen listening.
-    pub fn target_state(&self) -> (Option<Duration>, bool) {
-        let t = self.target.borrow();
-        (t.running_since.map(|s| s.elapsed()), t.listening.get())
-    }
-
-    /// Why its direct route failed for this run of the container.
-    pub fn direct_failed(&self) -> Option<String> {
-        self.target.borrow().direct_failed.borrow().clone()
-    }
-
     /// Where its connections go now, and why.
     pub fn route_now(&self) -> RouteNow {
         self.target.borrow().route_now()
@@ -240,30 +228,28 @@ impl ForwardTable {
 }
 
 // ---- binary upgrade: each bound forward as a `ForwardDoc` and back ------
-// A new piece of per-forward state is a field of `ForwardDoc` (with
-// `#[serde(default)]`) and a line in each direction here.
+// (`doc.rs`, shared with the names' listeners).
 
 impl ForwardTable {
     /// The bound forwards as the handover names them, each with the tunnels
     /// and waiting clients `registry` holds for its port.
     pub fn to_doc(&self, registry: &Registry) -> Vec<ForwardDoc> {
-        let held = registry.held();
         self.forwards
-            .iter()
-            .filter(|(_, f)| f.held.bound)
-            .map(|(port, f)| {
-                let conns = held.get(&ConnKey::Port(*port));
-                let mut doc = f.to_doc();
-                doc.tunnels = conns.map(|c| c.tunnels.clone()).unwrap_or_default();
-                doc.queued = conns.map(|c| c.queued.clone()).unwrap_or_default();
-                doc
+            .values()
+            .filter(|f| f.held.bound)
+            .map(|f| {
+                doc::to_doc(
+                    &f.target.borrow(),
+                    &f.stats,
+                    &f.listener_fds,
+                    f.since,
+                    registry,
+                )
             })
             .collect()
     }
 
-    /// Takes over a forward from the previous fwdd image: its listeners keep
-    /// their queues, its tunnels are kept open and counted, and clients it
-    /// had accepted but not handed over yet are served from the start.
+    /// Takes over a forward from the previous fwdd image.
     pub fn adopt(
         &mut self,
         f: &ForwardDoc,
@@ -271,97 +257,26 @@ impl ForwardTable {
         ctx: &Rc<ServeContext>,
         now: Instant,
     ) {
-        // Checked by `Document::parse`.
-        let Ok(claim) = document::claim(f) else {
+        let Some(a) = doc::adopt(f, |c| ConnKey::Port(c.local_port), fds, ctx, now) else {
             return;
         };
-        let port = claim.local_port;
-        let mut target = Target::new(claim.clone(), now);
-        target.running_since = f
-            .running_for_ms
-            .map(|ms| now.checked_sub(Duration::from_millis(ms)).unwrap_or(now));
-        target.listening.set(f.listening);
-        target.direct_failed.replace(f.direct_failed.clone());
-        let target = watch::channel(target).0;
-        let stats = Rc::new(ConnStats::default());
-        stats.total.set(f.connections_total);
-        let listeners = f
-            .listeners
-            .iter()
-            .filter_map(|l| fds.take(l.fd))
-            .map(std::net::TcpListener::from)
-            .collect();
-        let (local_addrs, listener_fds, accept_tasks) =
-            serve_listeners(listeners, &target, &stats, ctx);
-        for fd in fds.take_all(&f.tunnels) {
-            spawn_adopted_tunnel(fd, ConnKey::Port(port), stats.clone(), ctx.clone());
-        }
-        for fd in fds.take_all(&f.queued) {
-            let sock = std::net::TcpStream::from(fd);
-            if sock.set_nonblocking(true).is_err() {
-                continue;
-            }
-            // Counted once already, by the image that accepted it.
-            stats.total.set(stats.total.get().saturating_sub(1));
-            spawn_served(sock, target.subscribe(), stats.clone(), ctx.clone());
-        }
-        let since = UNIX_EPOCH
-            .checked_add(Duration::from_millis(f.since_ms))
-            .unwrap_or_else(SystemTime::now);
+        let claim = a.target.borrow().claim.clone();
         self.forwards.insert(
-            port,
+            claim.local_port,
             Forward {
                 held: Held {
                     owner: claim,
                     bound: true,
                     retry_at: None,
                 },
-                target,
+                target: a.target,
                 reason: None,
-                since,
-                local_addrs,
-                stats,
-                listener_fds,
-                accept_tasks,
+                since: a.since,
+                local_addrs: a.local_addrs,
+                stats: a.stats,
+                listener_fds: a.listener_fds,
+                accept_tasks: a.accept_tasks,
             },
         );
-    }
-}
-
-impl Forward {
-    /// This forward in the handover, without its connections (the
-    /// registry's).
-    fn to_doc(&self) -> ForwardDoc {
-        let c = &self.held.owner;
-        let (running_for, listening) = self.target_state();
-        ForwardDoc {
-            host: c.host.to_string(),
-            container: c.container.as_str().to_string(),
-            container_name: c.container_name.clone(),
-            compose_project: c.compose_project.clone(),
-            container_port: c.container_port,
-            started_at_ns: c.started_at_ns,
-            pending: c.pending,
-            local_port: c.local_port,
-            bind: c.bind.clone(),
-            remote_ip: c.remote.ip.clone(),
-            remote_port: c.remote.port,
-            listeners: self
-                .listener_fds
-                .iter()
-                .map(|(addr, fd)| ListenerDoc {
-                    addr: *addr,
-                    fd: *fd,
-                })
-                .collect(),
-            running_for_ms: running_for.map(document::ms),
-            listening,
-            direct_route: document::direct_route_doc(&c.route),
-            direct_failed: self.direct_failed(),
-            since_ms: unix_ms(self.since),
-            connections_total: self.stats.total.get(),
-            tunnels: Vec::new(),
-            queued: Vec::new(),
-        }
     }
 }

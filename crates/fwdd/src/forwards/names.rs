@@ -6,15 +6,18 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use fwd_core::Claim;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::accept::{bind_all, serve_listeners};
+use super::doc;
 use super::target::{ConnStats, Target};
-use crate::serve::{ConnKey, ServeContext};
+use crate::handover::document::ForwardDoc;
+use crate::handover::Descriptors;
+use crate::serve::{ConnKey, Registry, ServeContext};
 
 /// One port of one name.
 pub(crate) struct NameListener {
@@ -22,6 +25,7 @@ pub(crate) struct NameListener {
     pub stats: Rc<ConnStats>,
     /// Why it could not be bound (tried again at the next plan).
     pub failed: Option<String>,
+    since: SystemTime,
     listener_fds: Vec<(SocketAddr, RawFd)>,
     accept_tasks: Vec<JoinHandle<()>>,
 }
@@ -70,6 +74,57 @@ impl NameTable {
     }
 }
 
+// ---- binary upgrade: each bound listener as a `ForwardDoc` and back -----
+
+impl NameTable {
+    /// The bound listeners as the handover names them, with their tunnels
+    /// and waiting clients.
+    pub fn to_doc(&self, registry: &Registry) -> Vec<ForwardDoc> {
+        self.listeners
+            .values()
+            .filter(|l| l.failed.is_none())
+            .map(|l| {
+                doc::to_doc(
+                    &l.target.borrow(),
+                    &l.stats,
+                    &l.listener_fds,
+                    l.since,
+                    registry,
+                )
+            })
+            .collect()
+    }
+
+    /// Takes over a name's listener from the previous image (one whose
+    /// claim names no IPv4 address of its own is left to the plan).
+    pub fn adopt(
+        &mut self,
+        f: &ForwardDoc,
+        fds: &mut Descriptors,
+        ctx: &Rc<ServeContext>,
+        now: Instant,
+    ) {
+        let Some(IpAddr::V4(ip)) = f.bind.first().copied() else {
+            return;
+        };
+        let addr = SocketAddrV4::new(ip, f.local_port);
+        let Some(a) = doc::adopt(f, |_| ConnKey::Name(addr), fds, ctx, now) else {
+            return;
+        };
+        self.listeners.insert(
+            addr,
+            NameListener {
+                target: a.target,
+                stats: a.stats,
+                failed: None,
+                since: a.since,
+                listener_fds: a.listener_fds,
+                accept_tasks: a.accept_tasks,
+            },
+        );
+    }
+}
+
 fn bind(addr: SocketAddrV4, claim: Claim, ctx: &Rc<ServeContext>, now: Instant) -> NameListener {
     let target = watch::channel(Target::keyed(claim, ConnKey::Name(addr), now)).0;
     let stats = Rc::new(ConnStats::default());
@@ -80,6 +135,7 @@ fn bind(addr: SocketAddrV4, claim: Claim, ctx: &Rc<ServeContext>, now: Instant) 
                 target,
                 stats,
                 failed: None,
+                since: SystemTime::now(),
                 listener_fds,
                 accept_tasks,
             }
@@ -88,6 +144,7 @@ fn bind(addr: SocketAddrV4, claim: Claim, ctx: &Rc<ServeContext>, now: Instant) 
             target,
             stats,
             failed: Some(why),
+            since: SystemTime::now(),
             listener_fds: Vec::new(),
             accept_tasks: Vec::new(),
         },

@@ -53,6 +53,9 @@ pub struct Document {
     pub next_host_id: u32,
     pub hosts: Vec<HostDoc>,
     pub forwards: Vec<ForwardDoc>,
+    /// Containers by name: the addresses given and their listeners.
+    #[serde(default)]
+    pub names: NamesDoc,
     /// Engine socket connections in flight, paused between two writes.
     #[serde(default)]
     pub engine_relays: Vec<RelayDoc>,
@@ -252,6 +255,23 @@ pub struct ForwardDoc {
     pub queued: Vec<RawFd>,
 }
 
+/// The names' part: which container holds which address (so each keeps
+/// it), and each name's listener as a forward on the name's own address.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NamesDoc {
+    pub addresses: Vec<NameAddressDoc>,
+    pub listeners: Vec<ForwardDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameAddressDoc {
+    pub host: String,
+    pub container: String,
+    pub address: std::net::Ipv4Addr,
+    /// The names the address is remembered by after the container goes.
+    pub identities: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerDoc {
     pub addr: SocketAddr,
@@ -330,8 +350,11 @@ impl Document {
                 expose_spec(e)?;
             }
         }
-        for f in &self.forwards {
+        for f in self.forwards.iter().chain(&self.names.listeners) {
             claim(f)?;
+        }
+        for a in &self.names.addresses {
+            ContainerId::parse(&a.container).map_err(|e| DocumentError::Invalid(e.to_string()))?;
         }
         Ok(())
     }
@@ -346,7 +369,7 @@ impl Document {
             fds.extend(h.engine_sockets.iter().map(|s| s.fd));
             fds.extend(h.exposures.iter().map(|e| e.socket.fd));
         }
-        for f in &self.forwards {
+        for f in self.forwards.iter().chain(&self.names.listeners) {
             fds.extend(f.listeners.iter().map(|l| l.fd));
             fds.extend(&f.tunnels);
             fds.extend(&f.queued);

@@ -83,6 +83,7 @@ impl Image {
             next_host_id,
             hosts: Vec::new(),
             forwards: Vec::new(),
+            names: Default::default(),
             engine_relays: Vec::new(),
             engine_queued: Vec::new(),
             expose_relays: Vec::new(),
