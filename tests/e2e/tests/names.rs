@@ -469,3 +469,80 @@ fn hostile_names_write_nothing_and_system_names_are_never_shadowed() {
     });
     assert_eq!(said(&fwdd.log_text()), 2, "{}", fwdd.log_tail(40));
 }
+
+/// The zero-downtime upgrade keeps every name's address and listener and
+/// every open tunnel: a connection made before it echoes after it, new
+/// ones are served by name, and the hosts file is untouched.
+#[test]
+fn an_upgrade_keeps_every_name_address_and_open_tunnel() {
+    let host = sandbox_host!("names_upgrade");
+    let hosts = system_hosts(&host);
+    let dir = host.dir.join("bin");
+    std::fs::create_dir_all(&dir).expect("bin dir");
+    let binary = dir.join("fwdd");
+    std::fs::copy(common::bin("fwdd"), &binary).expect("install fwdd");
+    let toml_path = host.dir.join("fwdd.toml");
+    std::fs::write(&toml_path, config(&host, &hosts)).expect("config");
+    let toml_path = toml_path.to_string_lossy().into_owned();
+    let fwdd = Fwdd::spawn_in(
+        &host,
+        &host.dir.join("rt"),
+        &binary,
+        &["--config", &toml_path],
+        &[],
+    );
+    fwdd.wait_connected();
+    let name = format!("{}-echo", host.label);
+    host.run_with_host_binaries(&[
+        "--name",
+        &name,
+        "--expose",
+        "8080",
+        &host.image,
+        "/usr/bin/python3",
+        "-u",
+        "-c",
+        common::ECHO_SERVER,
+    ]);
+    let before = wait_named(&fwdd, &name);
+    let address = SocketAddr::from((before.address.expect("address"), 8080));
+    let mut held = host.in_runner_ns(|| {
+        wait_until(Duration::from_secs(20), "echo by name", || {
+            host.connect_addr(address)
+                .and_then(|mut c| {
+                    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    common::echo(&mut c, "hello")
+                })
+                .is_ok()
+        });
+        host.connect_addr(address).expect("connect")
+    });
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    assert_eq!(common::echo(&mut held, "before").expect("echo"), "before");
+    let text_before = std::fs::read_to_string(&hosts).expect("hosts");
+
+    let out = common::fwdctl(&fwdd, &["upgrade"]);
+    assert!(
+        out.status.success(),
+        "fwdctl upgrade: {} {}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        fwdd.log_tail(40)
+    );
+    assert_eq!(
+        common::echo(&mut held, "after").expect("the held tunnel survives"),
+        "after"
+    );
+    let after = name_of(&fwdd, &name).expect("still named");
+    assert_eq!(after.address, before.address);
+    assert_eq!(after.names, before.names);
+    assert_eq!(after.state, "serving");
+    let mut fresh = host.connect_addr(address).expect("a new connection");
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    assert_eq!(common::echo(&mut fresh, "new").expect("echo"), "new");
+    assert_eq!(std::fs::read_to_string(&hosts).expect("hosts"), text_before);
+    assert_eq!(fwdd.status().expect("status").daemon.upgrades, 1);
+}

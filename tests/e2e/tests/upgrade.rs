@@ -5,7 +5,7 @@
 #[macro_use]
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,25 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{bin, fwdctl, Fwdd};
+use common::{bin, echo, fwdctl, Fwdd, ECHO_SERVER};
 use fwd_e2e::{wait_until, TestHost};
 use fwd_proto::{ForwardState, MasterState};
-
-/// A line echo server (the host's Python, bind-mounted: busybox has none
-/// that serves many clients at once).
-const ECHO_SERVER: &str = "
-import socketserver
-class H(socketserver.StreamRequestHandler):
-    def handle(self):
-        for line in self.rfile:
-            self.wfile.write(line)
-            self.wfile.flush()
-class S(socketserver.ThreadingTCPServer):
-    request_queue_size = 1024
-    allow_reuse_address = True
-    daemon_threads = True
-S(('0.0.0.0', 8080), H).serve_forever()
-";
 
 fn echo_server(host: &TestHost, publish: &str) -> String {
     host.run_with_host_binaries(&[
@@ -58,20 +42,6 @@ fn exe_of(pid: u32) -> String {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// Sends a line and reads its echo.
-fn echo(conn: &mut TcpStream, line: &str) -> std::io::Result<String> {
-    conn.write_all(format!("{line}\n").as_bytes())?;
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while !got.ends_with(b"\n") {
-        if conn.read(&mut byte)? == 0 {
-            return Err(std::io::Error::other("closed"));
-        }
-        got.push(byte[0]);
-    }
-    Ok(String::from_utf8_lossy(&got).trim_end().to_string())
 }
 
 /// A connection through the forward of `port`, once the echo server answers,

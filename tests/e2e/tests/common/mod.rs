@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
@@ -466,4 +466,34 @@ pub fn nofile_limit(pid: u32) -> (u64, u64) {
         nums.next().expect("soft limit"),
         nums.next().expect("hard limit"),
     )
+}
+
+/// A line echo server (the host's Python, bind-mounted: busybox has none
+/// that serves many clients at once).
+pub const ECHO_SERVER: &str = "
+import socketserver
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+            self.wfile.flush()
+class S(socketserver.ThreadingTCPServer):
+    request_queue_size = 1024
+    allow_reuse_address = True
+    daemon_threads = True
+S(('0.0.0.0', 8080), H).serve_forever()
+";
+
+/// Sends a line and reads its echo.
+pub fn echo(conn: &mut std::net::TcpStream, line: &str) -> std::io::Result<String> {
+    conn.write_all(format!("{line}\n").as_bytes())?;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\n") {
+        if conn.read(&mut byte)? == 0 {
+            return Err(std::io::Error::other("closed"));
+        }
+        got.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&got).trim_end().to_string())
 }
