@@ -14,6 +14,7 @@ mod handler;
 mod handover;
 mod host;
 mod hostsfile;
+mod loopback;
 mod metrics;
 mod names;
 mod netwatch;

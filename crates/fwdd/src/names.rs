@@ -17,6 +17,7 @@ use crate::config::NamesConfig;
 use crate::forwards::NameTable;
 use crate::handover::document::{NameAddressDoc, NamesDoc};
 use crate::handover::Descriptors;
+use crate::loopback::Aliases;
 use crate::serve::{Registry, ServeContext};
 
 /// Where resolvers look when `hosts_file` is not set: fwd never shadows
@@ -34,6 +35,8 @@ pub struct Names {
     hostname: Option<String>,
     /// A file that could not be written or read, said once until it works.
     trouble_said: BTreeSet<PathBuf>,
+    /// macOS: the lo0 aliases the names' addresses need.
+    aliases: Aliases,
 }
 
 impl Names {
@@ -49,6 +52,7 @@ impl Names {
                 .ok()
                 .and_then(|h| h.into_string().ok()),
             trouble_said: BTreeSet::new(),
+            aliases: Aliases::default(),
         }
     }
 
@@ -91,7 +95,12 @@ impl Names {
             );
         }
         self.say_changes(&plan);
-        self.table.apply(plan.claims(), ctx, now);
+        let claims = plan.claims();
+        let addresses = claims.keys().map(|a| *a.ip()).collect();
+        for (addr, why) in self.aliases.keep(&addresses) {
+            tracing::warn!(event = "name_address_unavailable", address = %addr, "{why}");
+        }
+        self.table.apply(claims, ctx, now);
         self.plan = plan;
         let entries = self.plan.entries();
         if self.written.as_ref() != Some(&entries) && (settled || !entries.is_empty()) {
@@ -104,6 +113,7 @@ impl Names {
     /// other files.
     pub fn clear(&mut self) {
         self.table.listeners.clear();
+        self.aliases.clear();
         if let Some(path) = self.hosts_file.clone() {
             self.update_system_file(&path, None);
         }
