@@ -347,6 +347,10 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
         }
         out.push_str(&table(&rows));
     }
+    if !st.names.is_empty() {
+        out.push_str("\nNAMES (containers by name, each on an address of its own)\n");
+        out.push_str(&crate::names::render(&st.names));
+    }
     render_limits(&mut out, st);
     out.push('\n');
     if st.forwards.is_empty() {

@@ -213,6 +213,12 @@ services:
     let listed = common::fwdctl(&fwdd, &["names"]);
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains(&format!("db, db.{project}")), "{listed}");
+    let shown = common::fwdctl(&fwdd, &["status"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("NAMES") && shown.contains(&format!("db, db.{project}")),
+        "{shown}"
+    );
 
     let text = std::fs::read_to_string(&hosts).expect("hosts");
     let (block, outside) = split_block(&text);
