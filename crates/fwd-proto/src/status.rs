@@ -404,6 +404,11 @@ pub struct ForwardStatus {
     pub container_name: String,
     /// Value of the `com.docker.compose.project` label, if any.
     pub compose_project: Option<String>,
+    /// Value of the `com.docker.compose.service` label (the same in compose
+    /// v1 and v2), if any: `fwdctl wait web` finds a service's containers
+    /// by it. Added within version 1: `null` from older daemons.
+    #[serde(default)]
+    pub compose_service: Option<String>,
     /// The container-side port and protocol, e.g. `"5432/tcp"`.
     pub container_port: String,
     /// State of this forward.

@@ -96,6 +96,7 @@ pub(crate) fn sample_status() -> Status {
                 container_id: "9f2c1a7e3b4d".repeat(6)[..64].to_string(),
                 container_name: "web".into(),
                 compose_project: None,
+                compose_service: None,
                 container_port: "80/tcp".into(),
                 state: ForwardState::Active,
                 reason: None,
@@ -118,6 +119,7 @@ pub(crate) fn sample_status() -> Status {
                 container_id: "4e5d6c7b8a90".repeat(6)[..64].to_string(),
                 container_name: "shop-db-1".into(),
                 compose_project: Some("shop".into()),
+                compose_service: Some("db".into()),
                 container_port: "5432/tcp".into(),
                 state: ForwardState::Active,
                 reason: None,
@@ -140,6 +142,7 @@ pub(crate) fn sample_status() -> Status {
                 container_id: "0123456789ab".repeat(6)[..64].to_string(),
                 container_name: "shop-cache-1".into(),
                 compose_project: Some("shop".into()),
+                compose_service: Some("cache".into()),
                 container_port: "6379/tcp".into(),
                 state: ForwardState::Conflict,
                 reason: Some("127.0.0.1:6379 is in use by another process".into()),
@@ -162,6 +165,7 @@ pub(crate) fn sample_status() -> Status {
                 container_id: "abcdef012345".repeat(6)[..64].to_string(),
                 container_name: "dns".into(),
                 compose_project: None,
+                compose_service: None,
                 container_port: "53/udp".into(),
                 state: ForwardState::Unsupported,
                 reason: Some("UDP ports are not forwarded".into()),
@@ -179,6 +183,7 @@ pub(crate) fn sample_status() -> Status {
                 container_id: "fedcba987654".repeat(6)[..64].to_string(),
                 container_name: "minio".into(),
                 compose_project: None,
+                compose_service: None,
                 container_port: "9000/tcp".into(),
                 state: ForwardState::Pending,
                 reason: Some("waiting for the ssh master".into()),
@@ -313,6 +318,17 @@ fn golden_status_json() {
     // And the golden file reads back into the same value.
     let back: Status = serde_json::from_str(&expected).unwrap();
     assert_eq!(back, sample_status());
+}
+
+/// A forward as a daemon before `compose_service` wrote it still reads.
+#[test]
+fn a_forward_without_compose_service_reads() {
+    let mut value = serde_json::to_value(&sample_status().forwards[1]).unwrap();
+    assert_eq!(value["compose_service"], "db");
+    value.as_object_mut().unwrap().remove("compose_service");
+    let back: ForwardStatus = serde_json::from_value(value).unwrap();
+    assert_eq!(back.compose_service, None);
+    assert_eq!(back.compose_project.as_deref(), Some("shop"));
 }
 
 /// An exposure as a daemon before `next_retry_ms` wrote it still reads.

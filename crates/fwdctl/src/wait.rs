@@ -331,6 +331,7 @@ mod tests {
             container_id: format!("{id:0<64}"),
             container_name: name.into(),
             compose_project: None,
+            compose_service: None,
             container_port: format!("{port}/tcp"),
             state,
             reason: match state {

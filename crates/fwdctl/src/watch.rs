@@ -258,6 +258,7 @@ mod tests {
             container_id: "a".repeat(64),
             container_name: "db".into(),
             compose_project: None,
+            compose_service: None,
             container_port: "5432/tcp".into(),
             state: ForwardState::Active,
             reason: None,

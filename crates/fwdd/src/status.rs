@@ -67,6 +67,8 @@ fn forward(
         container_id: claim.container.as_str().to_string(),
         container_name: claim.container_name.clone(),
         compose_project: claim.compose_project.clone(),
+        // Filled from the container's labels by `compose_services`.
+        compose_service: None,
         container_port: format!("{}/tcp", claim.container_port),
         state,
         reason,
@@ -116,6 +118,7 @@ pub fn snapshot(d: &Daemon) -> Status {
     for u in d.unsupported.borrow().iter() {
         forwards.push(unsupported(u, d.started_at));
     }
+    compose_services(d, &mut forwards);
     let mut status = Status {
         daemon: DaemonInfo {
             version: crate::version::VERSION.to_string(),
@@ -137,6 +140,23 @@ pub fn snapshot(d: &Daemon) -> Status {
     };
     status.health = Some(fwd_proto::verdict(&status));
     status
+}
+
+/// Each forward's compose service, from its container's labels as its
+/// host's machine holds them (a claim does not carry it). A container gone
+/// since the last plan leaves it `null`.
+fn compose_services(d: &Daemon, forwards: &mut [ForwardStatus]) {
+    for h in d.hosts() {
+        let machine = h.machine.borrow();
+        let containers = machine.containers();
+        for f in forwards.iter_mut().filter(|f| f.host == *h.key) {
+            f.compose_service = fwd_core::ContainerId::parse(&f.container_id)
+                .ok()
+                .and_then(|id| containers.get(&id))
+                .and_then(|c| c.compose_service())
+                .map(str::to_string);
+        }
+    }
 }
 
 /// Each named container with its listeners' state, then the unnamed.
@@ -307,6 +327,7 @@ fn unsupported(u: &fwd_core::Unsupported, started_at: SystemTime) -> ForwardStat
         container_id: u.container.as_str().to_string(),
         container_name: u.container_name.clone(),
         compose_project: None,
+        compose_service: None,
         container_port: format!(
             "{}/{}",
             u.binding.container_port,

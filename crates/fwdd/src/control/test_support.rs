@@ -93,6 +93,7 @@ pub(super) fn forward(port: u16) -> fwd_proto::ForwardStatus {
         container_id: format!("{port:064x}"),
         container_name: format!("svc-{port}"),
         compose_project: None,
+        compose_service: None,
         container_port: "80/tcp".into(),
         state: ForwardState::Active,
         reason: None,
