@@ -77,6 +77,30 @@ fn wait_get_by_name(fwdd: &Fwdd, hosts: &Path, name: &str, port: u16) -> String 
     }
 }
 
+/// fwdd with names for `host`, connected, and the system hosts file it
+/// keeps its block in.
+fn start(host: &TestHost) -> (PathBuf, Fwdd<'_>) {
+    let hosts = system_hosts(host);
+    let fwdd = Fwdd::spawn_with_config(host, &config(host, &hosts));
+    fwdd.wait_connected();
+    (hosts, fwdd)
+}
+
+/// A container named `name` serving `body` over HTTP on port 8080, which
+/// it declares (`--expose`) and does not publish.
+fn serve_named(host: &TestHost, name: &str, body: &str) -> String {
+    host.run(&[
+        "--name",
+        name,
+        "--expose",
+        "8080",
+        &host.image,
+        "sh",
+        "-c",
+        &httpd_serving(body),
+    ])
+}
+
 /// The host name a container's name answers as (underscores as hyphens:
 /// the tests' labels hold their names).
 fn dns(container_name: &str) -> String {
@@ -149,9 +173,7 @@ fn compose(host: &TestHost, dir: &Path, args: &[&str]) -> String {
 #[test]
 fn a_compose_service_that_publishes_nothing_answers_by_name() {
     let host = sandbox_host!("names_compose");
-    let hosts = system_hosts(&host);
-    let fwdd = Fwdd::spawn_with_config(&host, &config(&host, &hosts));
-    fwdd.wait_connected();
+    let (hosts, fwdd) = start(&host);
     let dir = host.dir.join("compose");
     std::fs::create_dir_all(&dir).expect("compose dir");
     let serve = |body: &str, port: u16| {
@@ -251,23 +273,11 @@ services:
 #[test]
 fn two_containers_on_the_same_unpublished_port_answer_at_their_own_names() {
     let host = sandbox_host!("names_same_port");
-    let hosts = system_hosts(&host);
-    let fwdd = Fwdd::spawn_with_config(&host, &config(&host, &hosts));
-    fwdd.wait_connected();
+    let (hosts, fwdd) = start(&host);
     let one = format!("{}-one", host.label);
     let two = format!("{}-two", host.label);
-    for (name, body) in [(&one, "one"), (&two, "two")] {
-        host.run(&[
-            "--name",
-            name,
-            "--expose",
-            "8080",
-            &host.image,
-            "sh",
-            "-c",
-            &httpd_serving(body),
-        ]);
-    }
+    serve_named(&host, &one, "one");
+    serve_named(&host, &two, "two");
     assert_eq!(wait_get_by_name(&fwdd, &hosts, &dns(&one), 8080), "one\n");
     assert_eq!(wait_get_by_name(&fwdd, &hosts, &dns(&two), 8080), "two\n");
     let (a, b) = (wait_named(&fwdd, &one), wait_named(&fwdd, &two));
@@ -279,20 +289,9 @@ fn two_containers_on_the_same_unpublished_port_answer_at_their_own_names() {
 #[test]
 fn a_removed_container_loses_its_name_within_a_second() {
     let host = sandbox_host!("names_removed");
-    let hosts = system_hosts(&host);
-    let fwdd = Fwdd::spawn_with_config(&host, &config(&host, &hosts));
-    fwdd.wait_connected();
+    let (hosts, fwdd) = start(&host);
     let name = format!("{}-gone", host.label);
-    let id = host.run(&[
-        "--name",
-        &name,
-        "--expose",
-        "8080",
-        &host.image,
-        "sh",
-        "-c",
-        &httpd_serving("gone"),
-    ]);
+    let id = serve_named(&host, &name, "gone");
     assert_eq!(wait_get_by_name(&fwdd, &hosts, &dns(&name), 8080), "gone\n");
     let address = wait_named(&fwdd, &name).address.expect("address");
     host.sandbox().docker_ok(&["rm", "-f", id.trim()]);
@@ -316,20 +315,9 @@ fn a_removed_container_loses_its_name_within_a_second() {
 #[test]
 fn names_refuse_nothing_while_the_master_comes_back() {
     let host = sandbox_host!("names_master_kill");
-    let hosts = system_hosts(&host);
-    let fwdd = Fwdd::spawn_with_config(&host, &config(&host, &hosts));
-    fwdd.wait_connected();
+    let (hosts, fwdd) = start(&host);
     let name = format!("{}-steady", host.label);
-    host.run(&[
-        "--name",
-        &name,
-        "--expose",
-        "8080",
-        &host.image,
-        "sh",
-        "-c",
-        &httpd_serving("steady"),
-    ]);
+    serve_named(&host, &name, "steady");
     assert_eq!(
         wait_get_by_name(&fwdd, &hosts, &dns(&name), 8080),
         "steady\n"
@@ -374,16 +362,7 @@ fn a_restarted_fwdd_rewrites_its_block_never_duplicates_it() {
     let host = sandbox_host!("names_crash");
     let hosts = system_hosts(&host);
     let name = format!("{}-kept", host.label);
-    host.run(&[
-        "--name",
-        &name,
-        "--expose",
-        "8080",
-        &host.image,
-        "sh",
-        "-c",
-        &httpd_serving("kept"),
-    ]);
+    serve_named(&host, &name, "kept");
     let toml = config(&host, &hosts);
     {
         let mut fwdd = Fwdd::spawn_with_config(&host, &toml);
@@ -433,16 +412,7 @@ fn hostile_names_write_nothing_and_system_names_are_never_shadowed() {
         "-c",
         &httpd_serving("odd"),
     ]);
-    host.run(&[
-        "--name",
-        &sys,
-        "--expose",
-        "8080",
-        &host.image,
-        "sh",
-        "-c",
-        &httpd_serving("sys"),
-    ]);
+    serve_named(&host, &sys, "sys");
     assert_eq!(wait_get_by_name(&fwdd, &hosts, &dns(&name), 8080), "odd\n");
     let shadowing = wait_named(&fwdd, &sys);
     assert!(

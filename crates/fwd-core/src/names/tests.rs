@@ -42,6 +42,21 @@ fn service(mut c: Container, service: &str, project: &str, exposed: &[u16]) -> C
     c
 }
 
+const ROOTLESS: RouteFacts = RouteFacts {
+    direct_allowed: true,
+    rootless: Some(true),
+};
+
+fn view<'a>(host: &'a HostKey, containers: &'a [Container], route: RouteFacts) -> HostView<'a> {
+    HostView {
+        host,
+        max_forwards: None,
+        forwards_per_container: None,
+        route,
+        containers: containers.iter().collect(),
+    }
+}
+
 fn settings() -> NamesSettings {
     NamesSettings {
         range: AddressRange::default(),
@@ -57,13 +72,7 @@ fn plan_of(
     reserved: &Reserved,
 ) -> NamesPlan {
     let key = HostKey::from(host);
-    let views = [HostView {
-        host: &key,
-        max_forwards: None,
-        forwards_per_container: None,
-        route: ROOTFUL,
-        containers: containers.iter().collect(),
-    }];
+    let views = [view(&key, containers, ROOTFUL)];
     book.plan(&settings(), &views, &Rules { rules: vec![] }, reserved)
 }
 
@@ -204,16 +213,7 @@ fn a_rootless_engines_containers_are_unnamed_with_the_reason() {
     let mut book = NameBook::new(AddressRange::default());
     let key = HostKey::from("h");
     let c = container(1, "db", 10, "172.18.0.2");
-    let views = [HostView {
-        host: &key,
-        max_forwards: None,
-        forwards_per_container: None,
-        route: RouteFacts {
-            direct_allowed: true,
-            rootless: Some(true),
-        },
-        containers: vec![&c],
-    }];
+    let views = [view(&key, std::slice::from_ref(&c), ROOTLESS)];
     let plan = book.plan(
         &settings(),
         &views,
@@ -331,20 +331,8 @@ fn several_hosts_qualify_names() {
     let a = container(1, "web", 10, "172.18.0.2");
     let b = container(2, "web", 20, "172.18.0.2");
     let views = [
-        HostView {
-            host: &h1,
-            max_forwards: None,
-            forwards_per_container: None,
-            route: ROOTFUL,
-            containers: vec![&a],
-        },
-        HostView {
-            host: &h2,
-            max_forwards: None,
-            forwards_per_container: None,
-            route: ROOTFUL,
-            containers: vec![&b],
-        },
+        view(&h1, std::slice::from_ref(&a), ROOTFUL),
+        view(&h2, std::slice::from_ref(&b), ROOTFUL),
     ];
     let mut s = settings();
     s.spelling.with_host = true;
