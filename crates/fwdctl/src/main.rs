@@ -57,32 +57,54 @@ nobody else may write in it, and the socket and the process answering on it are 
 or root's (see docs/operations.md, \"Where fwdctl looks, and what it refuses\").";
 
 const WAIT_HELP: &str = "\
-Each TARGET is a local port (a number, e.g. 5432) or a container (its name, e.g.
-shop-db-1, or a prefix of its ID). A port is ready when it is forwarded (state active)
-AND a connection through the forward reaches a listener on the Docker host; a container
-is ready when all of its published TCP ports are. Targets that do not exist yet are
-waited for: containers may start after `wait` does. fwdd is asked every 100 ms.
+Each TARGET is one of:
+  5432            a local port: ready when it is forwarded (state active) AND a
+                  connection through the forward reaches a listener on the Docker host
+  web, shop-db-1  a word, looked for as everything it may name, all of what exists:
+  web.shop        the containers of that name, the containers of the compose service
+                  of that name (`web` in any project, `web.shop` in project shop;
+                  compose v1 and v2 alike, whatever they named the containers), and
+                  the name fwd serves (hosts with names = true). Only when none of
+                  these exists, the containers whose ID starts with it. Ready when
+                  all their published TCP ports are, and every port of the name
+                  answers as below.
+  db:5432         a port of a name fwd serves (names = true): ready when the name is
+                  served (state serving) with that port AND fwdctl's own connection to
+                  the name's address (e.g. 127.77.0.2:5432) is accepted. That proves
+                  fwdd's listener, so fwdctl must run where fwdd does. Unlike a
+                  forward's, a name's port is not probed on the Docker host: fwdd
+                  hands the connection on like any client's, and a client connecting
+                  while the container starts waits for it.
+  exposed:18080   an exposure's remote port: ready once fwdd verified it
+Targets that do not exist yet are waited for: containers may start after `wait` does.
+fwdd is asked every 100 ms.
 
 Examples (CI):
   docker compose up -d
+  fwdctl wait web db --timeout 60s         # the compose services, whatever their
+                                           # containers are called
   fwdctl wait 5432 6379 --timeout 60s      # then run the tests against localhost
 
   docker run -d --name db -p 5432:5432 postgres:16
   fwdctl wait db --timeout 2m && psql -h localhost -U postgres -c 'select 1'
 
+  # with names = true, unpublished ports too:
+  docker run -d --name db --expose 5432 postgres:16
+  fwdctl wait db:5432 --timeout 2m && psql -h db -U postgres -c 'select 1'
+
   # \"ready\" means the port accepts connections, not that the service finished
   # initialising: keep the service's own readiness check where it matters.
 
-On success, prints `ready after 1.2s: port 5432, port 6379` and exits 0. On timeout,
-prints one line naming each target still missing and why, e.g.
+On success, prints `ready after 1.2s: port 5432, web, db:5432` and exits 0. On
+timeout, prints one line naming each target still missing and why, e.g.
   fwdctl: timed out after 30s: port 5432 not forwarded (no running container publishes it)
 and exits 1.
 
 Exit codes:
-  0   every target is forwarded and answers
+  0   every target is served and answers
   1   timed out
   2   fwdd unreachable (not running, permission denied, protocol error)
-  64  invalid command line (e.g. a bad --timeout)";
+  64  invalid command line (e.g. a bad --timeout or target)";
 
 const WATCH_HELP: &str = "\
 Prints one line per change: forwards added and removed, forward state changes (active,
@@ -148,11 +170,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Block until ports or containers are forwarded and answer (for CI scripts)
+    /// Block until ports, containers, compose services or names are served and answer
+    /// (for CI scripts)
     #[command(after_help = WAIT_HELP)]
     Wait {
-        /// Local port (e.g. 5432) or container name / ID prefix
-        #[arg(value_name = "PORT|CONTAINER", required = true, value_parser = parse_target)]
+        /// Local port (5432), container, compose service or name (db, web.shop), a
+        /// name's port (db:5432), or exposed:PORT
+        #[arg(value_name = "TARGET", required = true, value_parser = parse_target)]
         targets: Vec<wait::Target>,
         /// Give up after this long (e.g. 30s, 2m, 1m30s)
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]

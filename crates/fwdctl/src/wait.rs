@@ -1,14 +1,16 @@
-//! `fwdctl wait`: block until ports (or all TCP ports of containers) are forwarded and
-//! answer through the forward.
+//! `fwdctl wait`: block until ports, containers, compose services or names are
+//! served and answer.
 //!
 //! The matching of targets against a status ([`evaluate`]) is pure; [`run`] polls the
-//! daemon (`status`, then `probe` for every active forward not yet verified) every
-//! [`POLL_INTERVAL`] until everything is ready or the timeout passes.
+//! daemon (`status`, then `probe` for every active forward not yet verified, and a
+//! connection to every served name's port not yet tried) every [`POLL_INTERVAL`]
+//! until everything is ready or the timeout passes.
 
 use anyhow::{anyhow, Result};
 use fwd_proto::{decode_response, error_code, ForwardState, ForwardStatus, Request, Response};
-use fwd_proto::{MasterState, Status};
+use fwd_proto::{MasterState, NameStatus, Status};
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,25 +22,34 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest a single probe may take on the daemon's side is 5 s; allow for that.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// What to wait for: a local port, or every published TCP port of a container.
+/// A name's listener is on this machine's loopback: a connection is accepted at once
+/// or never.
+const NAME_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What to wait for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A local port (`5432`).
     Port(u16),
-    /// A container name (`shop-db-1`) or a prefix of its ID (`4e5d6c7b`).
-    Container(String),
+    /// A word: a container's name (`shop-db-1`) or a prefix of its ID (`4e5d6c7b`), a
+    /// compose service (`web`, or `web.shop` for the service of project `shop`), a name
+    /// fwd serves (hosts with `names = true`): whichever of them exist, all of them.
+    Word(String),
+    /// One port of a name fwd serves (`db:5432`).
+    NamePort(String, u16),
     /// An exposure's remote port (`exposed:18080`): active once verified.
     Exposed(u16),
 }
 
 impl Target {
-    /// A number is a port; anything else names a container.
+    /// A number is a port, `exposed:PORT` an exposure, `NAME:PORT` a name's port;
+    /// anything else is a word.
     pub fn parse(s: &str) -> Result<Target, String> {
         let s = s.trim();
         if s.is_empty() {
             return Err(
-                "the target is empty; give a local port such as 5432 or a container name \
-                 such as shop-db-1"
+                "the target is empty; give a local port such as 5432, a container or compose \
+                 service such as db, or a name and port such as db:5432"
                     .into(),
             );
         }
@@ -60,16 +71,66 @@ impl Target {
                 )),
             };
         }
-        Ok(Target::Container(s.trim_start_matches('/').to_string()))
+        if let Some((name, port)) = s.rsplit_once(':') {
+            if name.parse::<std::net::IpAddr>().is_ok()
+                || name
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok()
+            {
+                return Err(format!(
+                    "{s}: wait takes local ports as numbers (e.g. 5432), not addresses"
+                ));
+            }
+            if name.is_empty() || !name.bytes().all(is_name_byte) {
+                return Err(format!(
+                    "{name:?} is not a name; write NAME:PORT with a name fwd serves, e.g. \
+                     db:5432"
+                ));
+            }
+            return match port.parse::<u16>() {
+                Ok(p) if p > 0 => Ok(Target::NamePort(name.to_string(), p)),
+                _ => Err(format!(
+                    "{port:?} is not a TCP port; write NAME:PORT with a port from 1 to 65535, \
+                     e.g. db:5432"
+                )),
+            };
+        }
+        Ok(Target::Word(s.trim_start_matches('/').to_string()))
     }
+}
+
+/// Bytes of container names (`[a-zA-Z0-9][a-zA-Z0-9_.-]`) and host names.
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
 }
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Port(p) => write!(f, "port {p}"),
-            Target::Container(c) => write!(f, "container {c}"),
+            Target::Word(w) => write!(f, "{w}"),
+            Target::NamePort(n, p) => write!(f, "{n}:{p}"),
             Target::Exposed(p) => write!(f, "exposed port {p}"),
+        }
+    }
+}
+
+/// Something that must answer before a target is ready.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Answer {
+    /// A forward's local port: fwdd's `probe` opens a channel to its remote end.
+    Forward(u16),
+    /// A name's port: a connection from here to the name's address, which fwdd's
+    /// listener accepts (what a client of the name gets first).
+    Name { name: String, addr: SocketAddrV4 },
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Forward(p) => write!(f, "port {p}"),
+            Answer::Name { name, addr } => write!(f, "{name}:{} at {addr}", addr.port()),
         }
     }
 }
@@ -77,10 +138,10 @@ impl std::fmt::Display for Target {
 /// Where a target stands in one status snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
-    /// Every port the target needs is forwarded (`active`); these must still answer a
-    /// probe.
-    Forwarded(Vec<u16>),
-    /// Not forwarded yet, and why (one clause, e.g. `port 5432 not forwarded (...)`).
+    /// Everything the target needs is forwarded (`active`) or served (`serving`);
+    /// these must still answer.
+    Served(Vec<Answer>),
+    /// Not served yet, and why (one clause, e.g. `port 5432 not forwarded (...)`).
     Missing(String),
 }
 
@@ -109,137 +170,294 @@ fn not_active(f: &ForwardStatus) -> String {
     s
 }
 
-/// Matches `target` against the forwards in `st`.
+/// A name as fwd spells the names it serves: lower case, underscores as hyphens
+/// (compose v1's `shop_db_1` answers as `shop-db-1`).
+fn name_key(s: &str) -> String {
+    s.to_ascii_lowercase().replace('_', "-")
+}
+
+fn has_name(n: &NameStatus, key: &str) -> bool {
+    n.names.iter().any(|x| x.eq_ignore_ascii_case(key))
+}
+
+/// Whether the forward belongs to compose service `word`: `web` (any project) or
+/// `web.shop` (project `shop`).
+fn of_service(f: &ForwardStatus, word: &str) -> bool {
+    let Some(service) = f.compose_service.as_deref() else {
+        return false;
+    };
+    if service == word {
+        return true;
+    }
+    match (word.strip_prefix(service), f.compose_project.as_deref()) {
+        (Some(rest), Some(project)) => rest.strip_prefix('.') == Some(project),
+        _ => false,
+    }
+}
+
+/// Why no name `key` is served, when status says: a container that got no address, a
+/// name refused; then the hosts not connected.
+fn why_no_name(key: &str, st: &Status) -> String {
+    let mut why = Vec::new();
+    for n in &st.names {
+        if n.state == "unnamed" && name_key(&n.container_name) == key {
+            why.push(format!(
+                "container {} is unnamed: {}",
+                n.container_name,
+                n.reason.as_deref().unwrap_or("no reason given")
+            ));
+        }
+        for r in n
+            .refused
+            .iter()
+            .filter(|r| r.name.eq_ignore_ascii_case(key))
+        {
+            why.push(format!(
+                "name {} refused to {}: {}",
+                r.name, n.container_name, r.why
+            ));
+        }
+    }
+    let mut s = String::new();
+    for w in why {
+        s.push_str("; ");
+        s.push_str(&w);
+    }
+    s.push_str(&hosts_down(st));
+    s
+}
+
+/// A name's entry that is not serving, as a clause.
+fn not_serving(n: &NameStatus) -> String {
+    let name = n.names.first().unwrap_or(&n.container_name);
+    let at = n.address.map(|a| format!(" at {a}")).unwrap_or_default();
+    match &n.reason {
+        Some(r) => format!("name {name}{at} is {}: {r}", n.state),
+        None => format!("name {name}{at} is {}", n.state),
+    }
+}
+
+/// Matches `target` against the forwards and names in `st`.
 ///
 /// * A port is forwarded when some TCP forward of that local port is `active` (there
 ///   can be several claimants across hosts; the active one serves).
-/// * A container matches by exact name, else by ID prefix (all containers with that
-///   prefix); it is forwarded when all of its TCP forwards are `active`. UDP ports
-///   (`unsupported`) are ignored; a container that publishes only UDP never is.
+/// * A word matches every forward of a container of that exact name, every forward of
+///   a compose service of that name (`web`, or `web.shop` within project `shop`), and
+///   every name entry that has it among its names (or whose container has that name);
+///   only when none of these exist, containers whose ID starts with it. It is served
+///   when all of its TCP forwards are `active` and all of its names `serving`. UDP
+///   ports (`unsupported`) are ignored; a word with no TCP port at all never is.
+/// * `NAME:PORT` is served when a `serving` name entry has NAME and serves PORT.
 pub fn evaluate(target: &Target, st: &Status) -> Check {
-    let tcp = |f: &&ForwardStatus| f.state != ForwardState::Unsupported;
     match target {
-        Target::Exposed(p) => {
-            let all: Vec<_> = st.exposed.iter().filter(|e| e.remote_port == *p).collect();
-            if all.is_empty() {
-                return Check::Missing(format!(
-                    "port {p} is not exposed (fwdctl expose {p}, or expose = [{p}] in the \
-                     host's configuration)"
-                ));
-            }
-            if all.iter().all(|e| e.state == "active") {
-                // Verified end to end by fwdd: nothing more to probe.
-                return Check::Forwarded(vec![]);
-            }
-            let e = all.iter().find(|e| e.state != "active").unwrap_or(&all[0]);
-            Check::Missing(format!(
-                "exposed port {p} of {} is {}{}",
-                e.host,
-                e.state,
-                e.reason
-                    .as_deref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            ))
+        Target::Exposed(p) => exposed(*p, st),
+        Target::Port(p) => port(*p, st),
+        Target::Word(w) => word(w, st),
+        Target::NamePort(n, p) => name_port(n, *p, st),
+    }
+}
+
+fn exposed(p: u16, st: &Status) -> Check {
+    let all: Vec<_> = st.exposed.iter().filter(|e| e.remote_port == p).collect();
+    if all.is_empty() {
+        return Check::Missing(format!(
+            "port {p} is not exposed (fwdctl expose {p}, or expose = [{p}] in the \
+             host's configuration)"
+        ));
+    }
+    match all.iter().find(|e| e.state != "active") {
+        // Verified end to end by fwdd: nothing more to probe.
+        None => Check::Served(vec![]),
+        Some(e) => Check::Missing(format!(
+            "exposed port {p} of {} is {}{}",
+            e.host,
+            e.state,
+            e.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        )),
+    }
+}
+
+fn port(p: u16, st: &Status) -> Check {
+    let all: Vec<&ForwardStatus> = st.forwards.iter().filter(|f| f.local_port == p).collect();
+    let fws: Vec<&ForwardStatus> = all
+        .iter()
+        .copied()
+        .filter(|f| f.state != ForwardState::Unsupported)
+        .collect();
+    if fws.iter().any(|f| f.state == ForwardState::Active) {
+        return Check::Served(vec![Answer::Forward(p)]);
+    }
+    // Prefer the most telling reason: a conflict over pending.
+    if let Some(f) = fws
+        .iter()
+        .find(|f| f.state == ForwardState::Conflict)
+        .or(fws.first())
+    {
+        return Check::Missing(not_active(f));
+    }
+    if let Some(udp) = all.first() {
+        return Check::Missing(format!(
+            "port {p} not forwarded (published only as UDP by {})",
+            udp.container_name
+        ));
+    }
+    Check::Missing(format!(
+        "port {p} not forwarded (no running container publishes it{})",
+        hosts_down(st)
+    ))
+}
+
+fn word(w: &str, st: &Status) -> Check {
+    let key = name_key(w);
+    let mut fws: Vec<&ForwardStatus> = st
+        .forwards
+        .iter()
+        .filter(|f| f.container_name == w || of_service(f, w))
+        .collect();
+    let mut named: Vec<&NameStatus> = st
+        .names
+        .iter()
+        .filter(|n| n.state != "unnamed" && (has_name(n, &key) || n.container_name == w))
+        .collect();
+    // A name wins over an ID prefix; a word that is not hex is never a prefix.
+    if fws.is_empty() && named.is_empty() && w.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let prefix = w.to_ascii_lowercase();
+        fws = st
+            .forwards
+            .iter()
+            .filter(|f| f.container_id.starts_with(&prefix))
+            .collect();
+        // Names list short IDs.
+        named = st
+            .names
+            .iter()
+            .filter(|n| {
+                n.state != "unnamed"
+                    && (n.container_id.starts_with(&prefix) || prefix.starts_with(&n.container_id))
+            })
+            .collect();
+    }
+    if fws.is_empty() && named.is_empty() {
+        return Check::Missing(format!(
+            "{w} not found (no running container or compose service of that name or ID \
+             publishes a port, and no name {key} is served{})",
+            why_no_name(&key, st)
+        ));
+    }
+    let tcp: Vec<&ForwardStatus> = fws
+        .iter()
+        .copied()
+        .filter(|f| f.state != ForwardState::Unsupported)
+        .collect();
+    let mut missing: Vec<String> = tcp
+        .iter()
+        .filter(|f| f.state != ForwardState::Active)
+        .map(|f| not_active(f))
+        .collect();
+    missing.extend(
+        named
+            .iter()
+            .filter(|n| n.state != "serving")
+            .map(|n| not_serving(n)),
+    );
+    if !missing.is_empty() {
+        return Check::Missing(format!("{w}: {}", missing.join(", ")));
+    }
+    let mut answers: BTreeSet<Answer> = tcp.iter().map(|f| Answer::Forward(f.local_port)).collect();
+    for n in &named {
+        let (Some(address), Some(name)) = (n.address, n.names.first()) else {
+            continue;
+        };
+        for p in &n.ports {
+            answers.insert(Answer::Name {
+                name: name.clone(),
+                addr: SocketAddrV4::new(address, *p),
+            });
         }
-        Target::Port(p) => {
-            let all: Vec<&ForwardStatus> =
-                st.forwards.iter().filter(|f| f.local_port == *p).collect();
-            let fws: Vec<&ForwardStatus> = all.iter().copied().filter(tcp).collect();
-            if fws.iter().any(|f| f.state == ForwardState::Active) {
-                return Check::Forwarded(vec![*p]);
-            }
-            // Prefer the most telling reason: a conflict over pending.
-            if let Some(f) = fws
-                .iter()
-                .find(|f| f.state == ForwardState::Conflict)
-                .or(fws.first())
-            {
-                return Check::Missing(not_active(f));
-            }
-            if !all.is_empty() {
-                return Check::Missing(format!(
-                    "port {p} not forwarded (published only as UDP by {})",
-                    all[0].container_name
-                ));
-            }
+    }
+    if answers.is_empty() {
+        return Check::Missing(if named.is_empty() {
+            format!("{w} publishes no TCP ports (UDP is not forwarded)")
+        } else {
+            format!(
+                "{w} has no TCP port to wait for (it publishes none, and its name serves \
+                 none: the container declares no port)"
+            )
+        });
+    }
+    Check::Served(answers.into_iter().collect())
+}
+
+fn name_port(n: &str, p: u16, st: &Status) -> Check {
+    let key = name_key(n);
+    let Some(entry) = st.names.iter().find(|e| has_name(e, &key)) else {
+        return Check::Missing(format!(
+            "name {key} not served (no running container has it; names are served for \
+             hosts with names = true{})",
+            why_no_name(&key, st)
+        ));
+    };
+    if entry.state != "serving" {
+        return Check::Missing(not_serving(entry));
+    }
+    match entry.address {
+        Some(address) if entry.ports.contains(&p) => Check::Served(vec![Answer::Name {
+            name: key,
+            addr: SocketAddrV4::new(address, p),
+        }]),
+        _ => {
+            let serves: Vec<String> = entry.ports.iter().map(u16::to_string).collect();
             Check::Missing(format!(
-                "port {p} not forwarded (no running container publishes it{})",
-                hosts_down(st)
+                "name {key} does not serve port {p} (it serves {}: the ports {} publishes or \
+                 declares)",
+                if serves.is_empty() {
+                    "none".to_string()
+                } else {
+                    serves.join(", ")
+                },
+                entry.container_name
             ))
-        }
-        Target::Container(c) => {
-            let by_name: Vec<&ForwardStatus> = st
-                .forwards
-                .iter()
-                .filter(|f| f.container_name == *c)
-                .collect();
-            let is_hex = c.bytes().all(|b| b.is_ascii_hexdigit());
-            let matched = if !by_name.is_empty() || !is_hex {
-                by_name
-            } else {
-                let prefix = c.to_ascii_lowercase();
-                st.forwards
-                    .iter()
-                    .filter(|f| f.container_id.starts_with(&prefix))
-                    .collect()
-            };
-            if matched.is_empty() {
-                return Check::Missing(format!(
-                    "container {c} not found (no running container with that name or ID publishes a port{})",
-                    hosts_down(st)
-                ));
-            }
-            let fws: Vec<&ForwardStatus> = matched.iter().copied().filter(tcp).collect();
-            if fws.is_empty() {
-                return Check::Missing(format!(
-                    "container {c} publishes no TCP ports (UDP is not forwarded)"
-                ));
-            }
-            let pending: Vec<String> = fws
-                .iter()
-                .filter(|f| f.state != ForwardState::Active)
-                .map(|f| not_active(f))
-                .collect();
-            if !pending.is_empty() {
-                return Check::Missing(format!("container {c}: {}", pending.join(", ")));
-            }
-            let ports: BTreeSet<u16> = fws.iter().map(|f| f.local_port).collect();
-            Check::Forwarded(ports.into_iter().collect())
         }
     }
 }
 
 /// Outcome of one round over all targets: `Ok` when everything is ready, else the
-/// reasons (one per target not ready) and the ports to probe.
+/// reasons (one per target not ready) and what to try.
 pub fn round(
     targets: &[Target],
     st: &Status,
-    probed: &BTreeMap<u16, Result<(), String>>,
-) -> (Vec<String>, BTreeSet<u16>) {
+    tried: &BTreeMap<Answer, Result<(), String>>,
+) -> (Vec<String>, BTreeSet<Answer>) {
     let mut reasons = Vec::new();
-    let mut to_probe = BTreeSet::new();
+    let mut to_try = BTreeSet::new();
     for t in targets {
         match evaluate(t, st) {
             Check::Missing(r) => reasons.push(r),
-            Check::Forwarded(ports) => {
-                for p in ports {
-                    match probed.get(&p) {
+            Check::Served(answers) => {
+                for a in answers {
+                    let served = match a {
+                        Answer::Forward(_) => "forwarded",
+                        Answer::Name { .. } => "served",
+                    };
+                    match tried.get(&a) {
                         Some(Ok(())) => {}
                         Some(Err(e)) => {
-                            reasons.push(format!("port {p} forwarded but not answering ({e})"));
-                            to_probe.insert(p);
+                            reasons.push(format!("{a} {served} but not answering ({e})"));
+                            to_try.insert(a);
                         }
                         None => {
-                            reasons.push(format!("port {p} forwarded, not probed yet"));
-                            to_probe.insert(p);
+                            reasons.push(format!("{a} {served}, not tried yet"));
+                            to_try.insert(a);
                         }
                     }
                 }
             }
         }
     }
-    (reasons, to_probe)
+    (reasons, to_try)
 }
 
 /// How `wait` ended without an error talking to the daemon.
@@ -269,28 +487,40 @@ fn probe(socket: &Path, port: u16, timeout: Duration) -> Result<Result<(), Strin
     }
 }
 
-/// Polls until every target is forwarded and answers, or `timeout` passes.
+/// A connection to a name's listener, closed at once. fwdd hands it to the
+/// container as any client's, so it proves the listener, not the service behind it.
+fn connect(addr: SocketAddrV4) -> Result<(), String> {
+    TcpStream::connect_timeout(&SocketAddr::V4(addr), NAME_CONNECT_TIMEOUT)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Polls until every target is served and answers, or `timeout` passes.
 pub fn run(socket: &Path, targets: &[Target], timeout: Duration) -> Result<Outcome> {
     let started = Instant::now();
     let deadline = started + timeout;
-    let mut probed: BTreeMap<u16, Result<(), String>> = BTreeMap::new();
+    let mut tried: BTreeMap<Answer, Result<(), String>> = BTreeMap::new();
     loop {
         let st = fetch_status(socket)?;
-        let (_, to_probe) = round(targets, &st, &probed);
-        for p in to_probe {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let t = left.clamp(Duration::from_millis(500), PROBE_TIMEOUT);
-            match probe(socket, p, t) {
-                Ok(r) => {
-                    probed.insert(p, r);
+        let (_, to_try) = round(targets, &st, &tried);
+        for a in to_try {
+            let result = match &a {
+                Answer::Forward(p) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let t = left.clamp(Duration::from_millis(500), PROBE_TIMEOUT);
+                    match probe(socket, *p, t) {
+                        Ok(r) => r,
+                        Err(_) if Instant::now() >= deadline => {
+                            Err("the probe did not finish in time".into())
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                Err(_) if Instant::now() >= deadline => {
-                    probed.insert(p, Err("the probe did not finish in time".into()));
-                }
-                Err(e) => return Err(e),
-            }
+                Answer::Name { addr, .. } => connect(*addr),
+            };
+            tried.insert(a, result);
         }
-        let (reasons, _) = round(targets, &st, &probed);
+        let (reasons, _) = round(targets, &st, &tried);
         if reasons.is_empty() {
             let what: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
             return Ok(Outcome::Ready(format!(
@@ -307,8 +537,8 @@ pub fn run(socket: &Path, targets: &[Target], timeout: Duration) -> Result<Outco
                 reasons.join("; ")
             )));
         }
-        // A failed probe is re-tried on the next round.
-        probed.retain(|_, r| r.is_ok());
+        // A failed try is repeated on the next round.
+        tried.retain(|_, r| r.is_ok());
         std::thread::sleep(POLL_INTERVAL.min(deadline - now));
     }
 }
@@ -320,7 +550,8 @@ fn round_to_ms(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fwd_proto::{DaemonInfo, HostStatus, MasterStatus, StreamState, StreamStatus};
+    use fwd_proto::{DaemonInfo, HostStatus, MasterStatus, RefusedName, StreamState, StreamStatus};
+    use std::net::Ipv4Addr;
 
     fn fw(port: u16, name: &str, id: &str, state: ForwardState) -> ForwardStatus {
         ForwardStatus {
@@ -345,6 +576,43 @@ mod tests {
             connections_total: 0,
             connections_refused: 0,
             route: None,
+        }
+    }
+
+    /// A forward of a compose container.
+    fn composed(port: u16, name: &str, id: &str, service: &str, project: &str) -> ForwardStatus {
+        let mut f = fw(port, name, id, ForwardState::Active);
+        f.compose_service = Some(service.into());
+        f.compose_project = Some(project.into());
+        f
+    }
+
+    /// A container served by name at 127.77.0.`last`.
+    fn named(container: &str, id: &str, last: u8, names: &[&str], ports: &[u16]) -> NameStatus {
+        NameStatus {
+            host: "h".into(),
+            container_id: id.into(),
+            container_name: container.into(),
+            address: Some(Ipv4Addr::new(127, 77, 0, last)),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            ports: ports.to_vec(),
+            to: Some(format!("172.17.0.{last}")),
+            state: "serving".into(),
+            reason: None,
+            refused: vec![],
+            connections_open: 0,
+            connections_total: 0,
+        }
+    }
+
+    fn at(last: u8, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(127, 77, 0, last), port)
+    }
+
+    fn name_answer(name: &str, last: u8, port: u16) -> Answer {
+        Answer::Name {
+            name: name.into(),
+            addr: at(last, port),
         }
     }
 
@@ -403,6 +671,10 @@ mod tests {
         )
     }
 
+    fn word(w: &str) -> Target {
+        Target::Word(w.into())
+    }
+
     #[test]
     fn parse_targets() {
         assert_eq!(Target::parse("5432"), Ok(Target::Port(5432)));
@@ -410,12 +682,10 @@ mod tests {
         assert!(Target::parse("exposed:x")
             .unwrap_err()
             .contains("exposed:PORT"));
-        assert_eq!(Target::parse("db"), Ok(Target::Container("db".into())));
-        assert_eq!(Target::parse("/db"), Ok(Target::Container("db".into())));
-        assert_eq!(
-            Target::parse("abc123"),
-            Ok(Target::Container("abc123".into()))
-        );
+        assert_eq!(Target::parse("db"), Ok(word("db")));
+        assert_eq!(Target::parse("/db"), Ok(word("db")));
+        assert_eq!(Target::parse("abc123"), Ok(word("abc123")));
+        assert_eq!(Target::parse("web.shop"), Ok(word("web.shop")));
         assert!(Target::parse("0").is_err());
         assert_eq!(
             Target::parse("65536"),
@@ -425,11 +695,42 @@ mod tests {
     }
 
     #[test]
+    fn parse_name_and_port() {
+        assert_eq!(
+            Target::parse("db:5432"),
+            Ok(Target::NamePort("db".into(), 5432))
+        );
+        assert_eq!(
+            Target::parse("web.shop:80"),
+            Ok(Target::NamePort("web.shop".into(), 80))
+        );
+        assert_eq!(
+            Target::parse("db:0"),
+            Err("\"0\" is not a TCP port; write NAME:PORT with a port from 1 to 65535, e.g. db:5432".into())
+        );
+        assert!(Target::parse("db:").is_err_and(|e| e.contains("NAME:PORT")));
+        assert!(Target::parse("db:http").is_err_and(|e| e.contains("NAME:PORT")));
+        assert!(Target::parse(":5432").is_err_and(|e| e.contains("is not a name")));
+        assert!(Target::parse("a/b:80").is_err_and(|e| e.contains("is not a name")));
+        assert!(Target::parse("127.0.0.1:5432").is_err_and(|e| e.contains("not addresses")));
+        assert!(Target::parse("[::1]:5432").is_err_and(|e| e.contains("not addresses")));
+        // An exposure keeps its prefix.
+        assert_eq!(Target::parse("exposed:80"), Ok(Target::Exposed(80)));
+    }
+
+    #[test]
+    fn targets_display_as_written() {
+        assert_eq!(word("web.shop").to_string(), "web.shop");
+        assert_eq!(Target::NamePort("db".into(), 5432).to_string(), "db:5432");
+        assert_eq!(Target::Port(5432).to_string(), "port 5432");
+    }
+
+    #[test]
     fn ports() {
         let st = sample();
         assert_eq!(
             evaluate(&Target::Port(5432), &st),
-            Check::Forwarded(vec![5432])
+            Check::Served(vec![Answer::Forward(5432)])
         );
         assert_eq!(
             evaluate(&Target::Port(6379), &st),
@@ -465,47 +766,39 @@ mod tests {
         st.forwards.insert(0, other);
         assert_eq!(
             evaluate(&Target::Port(5432), &st),
-            Check::Forwarded(vec![5432])
+            Check::Served(vec![Answer::Forward(5432)])
         );
     }
 
     #[test]
     fn containers_by_name_and_id_prefix() {
         let st = sample();
-        assert_eq!(
-            evaluate(&Target::Container("db".into()), &st),
-            Check::Forwarded(vec![5432])
-        );
-        assert_eq!(
-            evaluate(&Target::Container("ABC1".into()), &st),
-            Check::Forwarded(vec![5432])
-        );
+        let forwarded =
+            |ports: &[u16]| Check::Served(ports.iter().map(|p| Answer::Forward(*p)).collect());
+        assert_eq!(evaluate(&word("db"), &st), forwarded(&[5432]));
+        assert_eq!(evaluate(&word("ABC1"), &st), forwarded(&[5432]));
         // Every TCP port of the container must be active.
         assert_eq!(
-            evaluate(&Target::Container("web".into()), &st),
-            Check::Missing(
-                "container web: port 8443 is pending: waiting for the ssh master".into()
-            )
+            evaluate(&word("web"), &st),
+            Check::Missing("web: port 8443 is pending: waiting for the ssh master".into())
         );
         // UDP ports are ignored...
-        assert_eq!(
-            evaluate(&Target::Container("both".into()), &st),
-            Check::Forwarded(vec![9000])
-        );
+        assert_eq!(evaluate(&word("both"), &st), forwarded(&[9000]));
         // ...but a UDP-only container can never be ready.
         assert_eq!(
-            evaluate(&Target::Container("dns".into()), &st),
-            Check::Missing("container dns publishes no TCP ports (UDP is not forwarded)".into())
+            evaluate(&word("dns"), &st),
+            Check::Missing("dns publishes no TCP ports (UDP is not forwarded)".into())
         );
         // A prefix shared by two containers covers both.
         assert!(matches!(
-            evaluate(&Target::Container("ab".into()), &st),
+            evaluate(&word("ab"), &st),
             Check::Missing(r) if r.contains("6379 is conflict")
         ));
         assert_eq!(
-            evaluate(&Target::Container("nope".into()), &st),
+            evaluate(&word("nope"), &st),
             Check::Missing(
-                "container nope not found (no running container with that name or ID publishes a port)"
+                "nope not found (no running container or compose service of that name or ID \
+                 publishes a port, and no name nope is served)"
                     .into()
             )
         );
@@ -513,29 +806,261 @@ mod tests {
         let mut st2 = sample();
         st2.forwards
             .push(fw(7000, "abc", "000", ForwardState::Active));
+        assert_eq!(evaluate(&word("abc"), &st2), forwarded(&[7000]));
+    }
+
+    #[test]
+    fn compose_services_by_service_and_project() {
+        let mut st = sample();
+        st.forwards.extend([
+            // Compose v1 and v2 spell the container differently; the label is the same.
+            composed(8081, "shop_web_1", "a1", "web", "shop"),
+            composed(8082, "shop_web_2", "a2", "web", "shop"),
+            composed(8090, "p2-web-1", "b1", "web", "p2"),
+            composed(5433, "p2-db-1", "b2", "db", "p2"),
+        ]);
+        let forwarded =
+            |ports: &[u16]| Check::Served(ports.iter().map(|p| Answer::Forward(*p)).collect());
+        // The service in one project: every container of it.
+        assert_eq!(evaluate(&word("web.shop"), &st), forwarded(&[8081, 8082]));
+        assert_eq!(evaluate(&word("web.p2"), &st), forwarded(&[8090]));
+        // The bare service: every project's, and the container named so as well.
         assert_eq!(
-            evaluate(&Target::Container("abc".into()), &st2),
-            Check::Forwarded(vec![7000])
+            evaluate(&word("web"), &st),
+            Check::Missing("web: port 8443 is pending: waiting for the ssh master".into())
+        );
+        st.forwards.retain(|f| f.local_port != 8443);
+        assert_eq!(
+            evaluate(&word("web"), &st),
+            forwarded(&[8080, 8081, 8082, 8090])
+        );
+        assert_eq!(evaluate(&word("db.p2"), &st), forwarded(&[5433]));
+        assert_eq!(evaluate(&word("db"), &st), forwarded(&[5432, 5433]));
+        // The container's own name still works; an unknown project is not found.
+        assert_eq!(evaluate(&word("p2-web-1"), &st), forwarded(&[8090]));
+        assert!(matches!(
+            evaluate(&word("web.other"), &st),
+            Check::Missing(r) if r.starts_with("web.other not found")
+        ));
+        // A pending container of the service holds the service back.
+        st.forwards
+            .push(fw(8083, "shop_web_3", "a3", ForwardState::Pending));
+        st.forwards.last_mut().unwrap().compose_service = Some("web".into());
+        st.forwards.last_mut().unwrap().compose_project = Some("shop".into());
+        assert_eq!(
+            evaluate(&word("web.shop"), &st),
+            Check::Missing("web.shop: port 8083 is pending: waiting for the ssh master".into())
         );
     }
 
     #[test]
-    fn rounds_need_probes() {
-        let st = sample();
-        let targets = [Target::Port(5432), Target::Container("both".into())];
-        let mut probed = BTreeMap::new();
-        let (reasons, to_probe) = round(&targets, &st, &probed);
-        assert_eq!(to_probe.into_iter().collect::<Vec<_>>(), [5432, 9000]);
-        assert_eq!(reasons.len(), 2);
-        probed.insert(5432, Ok(()));
-        probed.insert(9000, Err("nothing accepts connections".into()));
-        let (reasons, to_probe) = round(&targets, &st, &probed);
-        assert_eq!(to_probe.into_iter().collect::<Vec<_>>(), [9000]);
+    fn a_daemon_without_compose_services_finds_none() {
+        let mut st = sample();
+        let mut f = composed(8081, "shop_web_1", "a1", "web", "shop");
+        f.compose_service = None;
+        st.forwards = vec![f];
+        assert!(matches!(
+            evaluate(&word("web"), &st),
+            Check::Missing(r) if r.starts_with("web not found")
+        ));
+    }
+
+    #[test]
+    fn names_with_a_port() {
+        let mut st = sample();
+        st.names = vec![
+            named("pg", "0a1b2c3d4e5f", 2, &["pg", "db.shop", "db"], &[5432]),
+            named("web2", "1a1b2c3d4e5f", 3, &["web2"], &[80, 443]),
+        ];
+        assert_eq!(
+            evaluate(&Target::NamePort("db".into(), 5432), &st),
+            Check::Served(vec![name_answer("db", 2, 5432)])
+        );
+        // Names are host names: any case, underscores as hyphens.
+        assert_eq!(
+            evaluate(&Target::NamePort("DB.Shop".into(), 5432), &st),
+            Check::Served(vec![name_answer("db.shop", 2, 5432)])
+        );
+        assert_eq!(
+            evaluate(&Target::NamePort("db".into(), 5433), &st),
+            Check::Missing(
+                "name db does not serve port 5433 (it serves 5432: the ports pg publishes or \
+                 declares)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            evaluate(&Target::NamePort("cache".into(), 6379), &st),
+            Check::Missing(
+                "name cache not served (no running container has it; names are served for \
+                 hosts with names = true)"
+                    .into()
+            )
+        );
+        // A listener that could not be bound.
+        st.names[1].state = "failed".into();
+        st.names[1].reason = Some("127.77.0.3:80: address in use".into());
+        assert_eq!(
+            evaluate(&Target::NamePort("web2".into(), 80), &st),
+            Check::Missing(
+                "name web2 at 127.77.0.3 is failed: 127.77.0.3:80: address in use".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_missing_name_says_why_when_status_does() {
+        let mut st = status(vec![], MasterState::Backoff);
+        let mut unnamed = named("cache", "2a1b2c3d4e5f", 0, &[], &[]);
+        unnamed.address = None;
+        unnamed.state = "unnamed".into();
+        unnamed.reason = Some("no direct route: the engine runs rootless".into());
+        let mut other = named("other", "3a1b2c3d4e5f", 4, &["other"], &[80]);
+        other.refused = vec![RefusedName {
+            name: "db".into(),
+            why: "the system's hosts file has it".into(),
+        }];
+        st.names = vec![other, unnamed];
+        assert_eq!(
+            evaluate(&Target::NamePort("cache".into(), 6379), &st),
+            Check::Missing(
+                "name cache not served (no running container has it; names are served for \
+                 hosts with names = true; container cache is unnamed: no direct route: the \
+                 engine runs rootless; host h is backoff)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            evaluate(&word("db"), &st),
+            Check::Missing(
+                "db not found (no running container or compose service of that name or ID \
+                 publishes a port, and no name db is served; name db refused to other: the \
+                 system's hosts file has it; host h is backoff)"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_word_covers_containers_services_and_names_alike() {
+        let mut st = sample();
+        st.forwards
+            .push(composed(8081, "shop_web_1", "a1", "web", "shop"));
+        st.forwards.retain(|f| f.local_port != 8443);
+        st.names = vec![
+            // The compose container's name entry: its service is among its names.
+            named(
+                "shop_web_1",
+                "a10000000000",
+                2,
+                &["shop-web-1", "web.shop", "web"],
+                &[80],
+            ),
+            // Served by name only: no published port.
+            named("pg", "0a1b2c3d4e5f", 3, &["pg"], &[5432]),
+        ];
+        assert_eq!(
+            evaluate(&word("web"), &st),
+            Check::Served(vec![
+                Answer::Forward(8080),
+                Answer::Forward(8081),
+                name_answer("shop-web-1", 2, 80),
+            ])
+        );
+        // Every port of a name, published or not; by container name or ID prefix too.
+        let pg = Check::Served(vec![name_answer("pg", 3, 5432)]);
+        assert_eq!(evaluate(&word("pg"), &st), pg);
+        assert_eq!(evaluate(&word("0a1b2c"), &st), pg);
+        assert_eq!(
+            evaluate(&word(&format!("{:0<64}", "0a1b2c3d4e5f")), &st),
+            pg
+        );
+        // The compose v1 container name matches its forwards and its name entry.
+        assert_eq!(
+            evaluate(&word("shop_web_1"), &st),
+            Check::Served(vec![
+                Answer::Forward(8081),
+                name_answer("shop-web-1", 2, 80)
+            ])
+        );
+        // A name not serving holds the word back, whatever else is ready.
+        st.names[0].state = "failed".into();
+        st.names[0].reason = Some("address in use".into());
+        assert_eq!(
+            evaluate(&word("web"), &st),
+            Check::Missing("web: name shop-web-1 at 127.77.0.2 is failed: address in use".into())
+        );
+        // A name with no port is nothing to wait for.
+        st.names[1].ports.clear();
+        assert_eq!(
+            evaluate(&word("pg"), &st),
+            Check::Missing(
+                "pg has no TCP port to wait for (it publishes none, and its name serves none: \
+                 the container declares no port)"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn rounds_need_answers() {
+        let mut st = sample();
+        st.names = vec![named("pg", "0a1b2c3d4e5f", 3, &["pg"], &[5432])];
+        let targets = [
+            Target::Port(5432),
+            word("both"),
+            Target::NamePort("pg".into(), 5432),
+        ];
+        let mut tried = BTreeMap::new();
+        let (reasons, to_try) = round(&targets, &st, &tried);
+        assert_eq!(
+            to_try.into_iter().collect::<Vec<_>>(),
+            [
+                Answer::Forward(5432),
+                Answer::Forward(9000),
+                name_answer("pg", 3, 5432)
+            ]
+        );
         assert_eq!(
             reasons,
-            ["port 9000 forwarded but not answering (nothing accepts connections)"]
+            [
+                "port 5432 forwarded, not tried yet",
+                "port 9000 forwarded, not tried yet",
+                "pg:5432 at 127.77.0.3:5432 served, not tried yet"
+            ]
         );
-        probed.insert(9000, Ok(()));
-        assert_eq!(round(&targets, &st, &probed), (vec![], BTreeSet::new()));
+        tried.insert(Answer::Forward(5432), Ok(()));
+        tried.insert(
+            Answer::Forward(9000),
+            Err("nothing accepts connections".into()),
+        );
+        tried.insert(
+            name_answer("pg", 3, 5432),
+            Err("Connection refused (os error 111)".into()),
+        );
+        let (reasons, to_try) = round(&targets, &st, &tried);
+        assert_eq!(to_try.len(), 2);
+        assert_eq!(
+            reasons,
+            [
+                "port 9000 forwarded but not answering (nothing accepts connections)",
+                "pg:5432 at 127.77.0.3:5432 served but not answering (Connection refused (os \
+                 error 111))"
+            ]
+        );
+        tried.insert(Answer::Forward(9000), Ok(()));
+        tried.insert(name_answer("pg", 3, 5432), Ok(()));
+        assert_eq!(round(&targets, &st, &tried), (vec![], BTreeSet::new()));
+    }
+
+    #[test]
+    fn a_name_answers_when_something_listens_on_its_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let Ok(SocketAddr::V4(addr)) = listener.local_addr() else {
+            panic!("not IPv4")
+        };
+        assert_eq!(connect(addr), Ok(()));
+        drop(listener);
+        assert!(connect(addr).is_err());
     }
 }

@@ -189,7 +189,7 @@ fn wait_times_out_with_one_line_reason() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("container no-such-container not found"),
+        err.contains("no-such-container not found"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
