@@ -266,39 +266,35 @@ impl Names {
             let same = before
                 .get(key)
                 .is_some_and(|b| b.names == n.names && b.ports().eq(n.ports()) && b.to == n.to);
-            if !same && n.names.is_empty() {
-                tracing::info!(
-                    event = "name_added",
-                    host = %n.host,
-                    container = %n.container_name,
-                    container_id = %n.container,
-                    address = %n.address,
-                    ports = ?ports,
-                    to = %n.to,
-                    "container {} holds {} (ports {:?}, to {}) but no name of its own (fwdctl names says why)",
-                    n.container_name,
-                    n.address,
-                    ports,
-                    n.to
-                );
-            } else if !same {
-                tracing::info!(
-                    event = "name_added",
-                    host = %n.host,
-                    container = %n.container_name,
-                    container_id = %n.container,
-                    address = %n.address,
-                    names = %n.names.join(" "),
-                    ports = ?ports,
-                    to = %n.to,
-                    "container {} answers as {} at {} (ports {:?}, to {})",
+            if same {
+                continue;
+            }
+            let message = if n.names.is_empty() {
+                format!(
+                    "container {} holds {} (ports {ports:?}, to {}) but no name of its own \
+                     (fwdctl names says why)",
+                    n.container_name, n.address, n.to
+                )
+            } else {
+                format!(
+                    "container {} answers as {} at {} (ports {ports:?}, to {})",
                     n.container_name,
                     n.names.join(", "),
                     n.address,
-                    ports,
                     n.to
-                );
-            }
+                )
+            };
+            tracing::info!(
+                event = "name_added",
+                host = %n.host,
+                container = %n.container_name,
+                container_id = %n.container,
+                address = %n.address,
+                names = %n.names.join(" "),
+                ports = ?ports,
+                to = %n.to,
+                "{message}"
+            );
         }
         for (key, n) in &before {
             if !after.contains_key(key) {

@@ -55,6 +55,44 @@ fn the_engine_socket_group_must_exist() {
     assert_eq!(c.engine_socket_group, None);
 }
 
+/// Names are off unless a host asks; the range, the suffix and the hosts
+/// file are checked with the fix in the message, and shown by check-config.
+#[test]
+fn names_settings_are_checked_and_shown() {
+    let c = load_toml("[[host]]\nurl = \"ssh://h\"\n").expect("loads");
+    assert!(!c.hosts[0].names);
+    assert_eq!(c.names.range.to_string(), "127.77.0.0/16");
+    assert_eq!(c.names.hosts_file, None);
+    let c = load_toml(
+        "names_range = \"127.99.0.0/24\"\nnames_suffix = \"Docker\"\nhosts_file = \"/etc/hosts\"\n\
+         [[host]]\nurl = \"ssh://h\"\nnames = true\n",
+    )
+    .expect("loads");
+    assert!(c.hosts[0].names);
+    assert_eq!(c.names.suffix.as_deref(), Some("docker"));
+    let shown = render(&c);
+    for line in [
+        "names_range = \"127.99.0.0/24\"",
+        "names_suffix = \"docker\"",
+        "hosts_file = \"/etc/hosts\"",
+        "names = true",
+    ] {
+        assert!(shown.contains(line), "{line} not in {shown}");
+    }
+    for (bad, says) in [
+        ("names_range = \"10.0.0.0/16\"", "not inside 127.0.0.0/8"),
+        (
+            "names_range = \"127.77.0.1/16\"",
+            "did you mean 127.77.0.0/16",
+        ),
+        ("names_suffix = \"a b\"", "is not a host name"),
+        ("hosts_file = \"etc/hosts\"", "not an absolute path"),
+    ] {
+        let e = load_toml(&format!("{bad}\n[[host]]\nurl = \"ssh://h\"\n")).expect_err(bad);
+        assert!(e.to_string().contains(says), "{bad}: {e}");
+    }
+}
+
 #[test]
 fn the_startup_window_follows_connect_wait_and_can_be_turned_off() {
     let c = load_toml("connect_wait = \"7s\"\n[[host]]\nurl = \"ssh://h\"\n").expect("loads");

@@ -14,35 +14,49 @@ use super::handoff::spawn_served;
 use super::target::{ConnStats, Target};
 use crate::serve::ServeContext;
 
-pub(super) type Served = (
-    Vec<SocketAddr>,
-    Vec<(SocketAddr, RawFd)>,
-    Vec<JoinHandle<()>>,
-);
+/// A forward's or a name's listeners: their descriptors (what an upgrade
+/// hands over) and their accept tasks. Dropping it stops the tasks, which
+/// close the listeners, and takes them out of systemd's store, which would
+/// otherwise keep the ports bound.
+#[derive(Default)]
+pub(super) struct Listening {
+    pub fds: Vec<(SocketAddr, RawFd)>,
+    tasks: Vec<JoinHandle<()>>,
+}
 
-/// One accept task per listener.
+impl Drop for Listening {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for (addr, _) in &self.fds {
+            crate::fdstore::remove_fd(&crate::fdstore::tcp_fd_name(*addr));
+        }
+    }
+}
+
+/// One accept task per listener; the addresses they listen on.
 pub(super) fn serve_listeners(
     listeners: Vec<TcpListener>,
     target: &watch::Sender<Target>,
     stats: &Rc<ConnStats>,
     ctx: &Rc<ServeContext>,
-) -> Served {
+) -> (Vec<SocketAddr>, Listening) {
     let mut addrs = Vec::new();
-    let mut fds = Vec::new();
-    let mut tasks = Vec::new();
+    let mut listening = Listening::default();
     for l in listeners {
         if let Ok(addr) = l.local_addr() {
             addrs.push(addr);
-            fds.push((addr, l.as_raw_fd()));
+            listening.fds.push((addr, l.as_raw_fd()));
         }
-        tasks.push(tokio::task::spawn_local(accept_loop(
+        listening.tasks.push(tokio::task::spawn_local(accept_loop(
             l,
             target.subscribe(),
             stats.clone(),
             ctx.clone(),
         )));
     }
-    (addrs, fds, tasks)
+    (addrs, listening)
 }
 
 /// Binds `port` on every address (by default 127.0.0.1 and [::1]). Any

@@ -10,9 +10,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use super::accept::serve_listeners;
+use super::accept::{serve_listeners, Listening};
 use super::handoff::{spawn_adopted_tunnel, spawn_served};
 use super::target::{ConnStats, Target};
 use crate::handover::document::{self, ForwardDoc, ListenerDoc};
@@ -65,8 +64,7 @@ pub(super) struct Adopted {
     pub target: watch::Sender<Target>,
     pub stats: Rc<ConnStats>,
     pub local_addrs: Vec<SocketAddr>,
-    pub listener_fds: Vec<(SocketAddr, RawFd)>,
-    pub accept_tasks: Vec<JoinHandle<()>>,
+    pub listening: Listening,
     pub since: SystemTime,
 }
 
@@ -99,8 +97,7 @@ pub(super) fn adopt(
         .filter_map(|l| fds.take(l.fd))
         .map(std::net::TcpListener::from)
         .collect();
-    let (local_addrs, listener_fds, accept_tasks) =
-        serve_listeners(listeners, &target, &stats, ctx);
+    let (local_addrs, listening) = serve_listeners(listeners, &target, &stats, ctx);
     for fd in fds.take_all(&f.tunnels) {
         spawn_adopted_tunnel(fd, key, stats.clone(), ctx.clone());
     }
@@ -120,8 +117,7 @@ pub(super) fn adopt(
         target,
         stats,
         local_addrs,
-        listener_fds,
-        accept_tasks,
+        listening,
         since,
     })
 }

@@ -15,18 +15,16 @@ mod target;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fwd_core::{Action, Claim, Held};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::handover::document::ForwardDoc;
 use crate::handover::Descriptors;
 use crate::serve::{ConnKey, Registry, ServeContext};
-use accept::{bind_all, serve_listeners};
+use accept::{bind_all, serve_listeners, Listening};
 pub use names::NameTable;
 pub use target::ConnStats;
 pub use target::RouteNow;
@@ -43,28 +41,13 @@ pub struct Forward {
     pub since: SystemTime,
     pub local_addrs: Vec<SocketAddr>,
     pub stats: Rc<ConnStats>,
-    /// The listeners' descriptors (owned by the accept tasks), for a
-    /// binary upgrade.
-    listener_fds: Vec<(SocketAddr, RawFd)>,
-    accept_tasks: Vec<JoinHandle<()>>,
+    listening: Listening,
 }
 
 impl Forward {
     /// Where its connections go now, and why.
     pub fn route_now(&self) -> RouteNow {
         self.target.borrow().route_now()
-    }
-}
-
-impl Drop for Forward {
-    fn drop(&mut self) {
-        for t in &self.accept_tasks {
-            t.abort();
-        }
-        // systemd's store would keep the port bound otherwise.
-        for (addr, _) in &self.listener_fds {
-            crate::fdstore::remove_fd(&crate::fdstore::tcp_fd_name(*addr));
-        }
     }
 }
 
@@ -155,8 +138,7 @@ impl ForwardTable {
             Ok(listeners) => {
                 let target = watch::channel(Target::new(claim.clone(), now)).0;
                 let stats = Rc::new(ConnStats::default());
-                let (local_addrs, listener_fds, accept_tasks) =
-                    serve_listeners(listeners, &target, &stats, ctx);
+                let (local_addrs, listening) = serve_listeners(listeners, &target, &stats, ctx);
                 tracing::info!(
                     event = "forward_added",
                     host = %claim.host,
@@ -188,8 +170,7 @@ impl ForwardTable {
                         since: SystemTime::now(),
                         local_addrs,
                         stats,
-                        listener_fds,
-                        accept_tasks,
+                        listening,
                     },
                 );
             }
@@ -218,8 +199,7 @@ impl ForwardTable {
                         since: SystemTime::now(),
                         local_addrs: Vec::new(),
                         stats: Rc::new(ConnStats::default()),
-                        listener_fds: Vec::new(),
-                        accept_tasks: Vec::new(),
+                        listening: Listening::default(),
                     },
                 );
             }
@@ -241,7 +221,7 @@ impl ForwardTable {
                 doc::to_doc(
                     &f.target.borrow(),
                     &f.stats,
-                    &f.listener_fds,
+                    &f.listening.fds,
                     f.since,
                     registry,
                 )
@@ -274,8 +254,7 @@ impl ForwardTable {
                 since: a.since,
                 local_addrs: a.local_addrs,
                 stats: a.stats,
-                listener_fds: a.listener_fds,
-                accept_tasks: a.accept_tasks,
+                listening: a.listening,
             },
         );
     }

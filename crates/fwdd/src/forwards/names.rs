@@ -3,16 +3,14 @@
 //! direct route to the container's address, over the host's master).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
-use std::os::fd::RawFd;
+use std::net::{IpAddr, SocketAddrV4};
 use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
 use fwd_core::Claim;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use super::accept::{bind_all, serve_listeners};
+use super::accept::{bind_all, serve_listeners, Listening};
 use super::doc;
 use super::target::{ConnStats, Target};
 use crate::handover::document::ForwardDoc;
@@ -26,19 +24,7 @@ pub(crate) struct NameListener {
     /// Why it could not be bound (tried again at the next plan).
     pub failed: Option<String>,
     since: SystemTime,
-    listener_fds: Vec<(SocketAddr, RawFd)>,
-    accept_tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for NameListener {
-    fn drop(&mut self) {
-        for t in &self.accept_tasks {
-            t.abort();
-        }
-        for (addr, _) in &self.listener_fds {
-            crate::fdstore::remove_fd(&crate::fdstore::tcp_fd_name(*addr));
-        }
-    }
+    listening: Listening,
 }
 
 /// Every name's listeners, by address and port.
@@ -87,7 +73,7 @@ impl NameTable {
                 doc::to_doc(
                     &l.target.borrow(),
                     &l.stats,
-                    &l.listener_fds,
+                    &l.listening.fds,
                     l.since,
                     registry,
                 )
@@ -118,8 +104,7 @@ impl NameTable {
                 stats: a.stats,
                 failed: None,
                 since: a.since,
-                listener_fds: a.listener_fds,
-                accept_tasks: a.accept_tasks,
+                listening: a.listening,
             },
         );
     }
@@ -130,14 +115,13 @@ fn bind(addr: SocketAddrV4, claim: Claim, ctx: &Rc<ServeContext>, now: Instant) 
     let stats = Rc::new(ConnStats::default());
     match bind_all(addr.port(), &[IpAddr::V4(*addr.ip())], &ctx.stored) {
         Ok(listeners) => {
-            let (_, listener_fds, accept_tasks) = serve_listeners(listeners, &target, &stats, ctx);
+            let (_, listening) = serve_listeners(listeners, &target, &stats, ctx);
             NameListener {
                 target,
                 stats,
                 failed: None,
                 since: SystemTime::now(),
-                listener_fds,
-                accept_tasks,
+                listening,
             }
         }
         Err(why) => NameListener {
@@ -145,8 +129,7 @@ fn bind(addr: SocketAddrV4, claim: Claim, ctx: &Rc<ServeContext>, now: Instant) 
             stats,
             failed: Some(why),
             since: SystemTime::now(),
-            listener_fds: Vec::new(),
-            accept_tasks: Vec::new(),
+            listening: Listening::default(),
         },
     }
 }
