@@ -492,7 +492,15 @@ fn probe(socket: &Path, port: u16, timeout: Duration) -> Result<Result<(), Strin
 fn connect(addr: SocketAddrV4) -> Result<(), String> {
     TcpStream::connect_timeout(&SocketAddr::V4(addr), NAME_CONNECT_TIMEOUT)
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e.kind() {
+            // fwdd says it listens there: a refusal that lasts means another
+            // machine or network namespace than fwdd's.
+            std::io::ErrorKind::ConnectionRefused => format!(
+                "{e}; fwdd's status says it listens there: if this lasts, fwdctl does not \
+                 run in fwdd's network namespace"
+            ),
+            _ => e.to_string(),
+        })
 }
 
 /// Polls until every target is served and answers, or `timeout` passes.
@@ -1061,6 +1069,7 @@ mod tests {
         };
         assert_eq!(connect(addr), Ok(()));
         drop(listener);
-        assert!(connect(addr).is_err());
+        assert!(connect(addr)
+            .is_err_and(|e| e.ends_with("fwdctl does not run in fwdd's network namespace")));
     }
 }

@@ -234,6 +234,15 @@ fn wait_on_a_name_and_its_unpublished_port() {
             .expect("GET the name's address after wait"),
         "db\n"
     );
+    // fwdctl elsewhere than fwdd (the root namespace) cannot reach the
+    // name's listener, and says where to run.
+    let elsewhere = common::fwdctl(&fwdd, &["wait", &target, "--timeout", "500ms"]);
+    assert_eq!(elsewhere.status.code(), Some(1));
+    assert!(
+        text(&elsewhere.stderr).contains("fwdctl does not run in fwdd's network namespace"),
+        "{}",
+        text(&elsewhere.stderr)
+    );
     // The bare name: every port it serves.
     assert_ready(&fwdctl_wait(&fwdd, &[&db, "--timeout", "10s"]), &db);
 
