@@ -35,6 +35,10 @@ command -v rootlesskit >/dev/null || missing+=(rootlesskit)
 command -v newuidmap >/dev/null || missing+=(uidmap)
 command -v slirp4netns >/dev/null || missing+=(slirp4netns)
 [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+# The CI step's tests: the GitHub Action's entry points run under node, and
+# the action's and the GitLab component's YAML are read with python3's yaml.
+command -v node >/dev/null || missing+=(nodejs)
+python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 # The alert rules' checks and unit tests, and the metrics e2e test's scraper.
 command -v promtool >/dev/null || missing+=(prometheus)
 
