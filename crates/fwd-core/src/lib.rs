@@ -26,6 +26,7 @@ pub mod slots;
 pub mod socket_trust;
 pub mod startup;
 pub mod supervisor;
+pub mod udp;
 
 pub use backoff::{Backoff, BackoffPolicy};
 pub use budget::{
