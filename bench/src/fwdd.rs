@@ -22,14 +22,32 @@ impl Fwdd {
 
     /// fwdd started from `binary` (an installed copy, for the upgrade figures).
     pub(crate) fn spawn_binary(host: &TestHost, binary: &Path, env: &[(&str, &str)]) -> Fwdd {
+        let host_args = [
+            "--host".into(),
+            format!("ssh://{}", host.alias).into(),
+            "--ssh-config".into(),
+            host.ssh_config.clone().into_os_string(),
+        ];
+        Fwdd::spawn_args(host, binary, &host_args, env)
+    }
+
+    /// fwdd with the configuration file `config` instead of `--host`.
+    pub(crate) fn spawn_with_config(host: &TestHost, bin_dir: &Path, config: &Path) -> Fwdd {
+        let args = ["--config".into(), config.as_os_str().to_owned()];
+        Fwdd::spawn_args(host, &bin_dir.join("fwdd"), &args, &[])
+    }
+
+    fn spawn_args(
+        host: &TestHost,
+        binary: &Path,
+        args: &[std::ffi::OsString],
+        env: &[(&str, &str)],
+    ) -> Fwdd {
         let runtime_dir = host.dir.join("rt");
         let log = host.dir.join("fwdd.log");
         let log_file = File::create(&log).expect("create fwdd log");
         let mut cmd = host.runner_command(binary);
-        cmd.arg("--host")
-            .arg(format!("ssh://{}", host.alias))
-            .arg("--ssh-config")
-            .arg(&host.ssh_config)
+        cmd.args(args)
             .arg("--runtime-dir")
             .arg(&runtime_dir)
             .args(["--log-format", "json"])

@@ -10,7 +10,7 @@
 //! [--many N] [--many-ports K] [--idle-secs S] [--bytes-mib M] [--engine-ps N]
 //! [--cp-mib M] [--cp-runs N] [--startup N] [--late N] [--conn-burst N]
 //! [--conn-burst-trials N] [--upgrade-trials N] [--pgbench-rounds N] [--pgbench-secs S]
-//! [--budget-forwards N] [--budget-conns N] [--budget-exposures N]`
+//! [--budget-forwards N] [--budget-conns N] [--budget-exposures N] [--names N]`
 //! with `FWD_SANDBOX=DIR/env` set. Names: start, kill, burst, setup, throughput,
 //! engine, master, link, many (many also measures memory and the idle minute),
 //! startup, upgrade (issue 12: `fwdctl upgrade` against a restart, on its own fwdd),
@@ -18,14 +18,18 @@
 //! pgbench (issue 11: a real PostgreSQL through fwd and through a separate `ssh -L`),
 //! budget (issue 29: descriptors and memory per forward at `--budget-forwards`, per
 //! tunnel at `--budget-conns` held connections and per exposure at `--budget-exposures`,
-//! on its own fwdd). `burst` is both bursts: containers started back to back (issue 6) and
-//! connections at a master kill (issue 11, after `master` and `link`, on its own fwdd).
+//! on its own fwdd), names (issue 31: `--names` container starts → name answers, and
+//! setup and throughput by name against the published-port forward and a separate
+//! `ssh -L`, on its own fwdd with `names = true`). `burst` is both bursts: containers
+//! started back to back (issue 6) and connections at a master kill (issue 11, after
+//! `master` and `link`, on its own fwdd).
 
 mod budget;
 mod connburst;
 mod engine;
 mod expose;
 mod fwdd;
+mod names;
 mod net;
 mod pgbench;
 mod procstat;
@@ -87,6 +91,7 @@ struct Opts {
     budget_forwards: usize,
     budget_conns: usize,
     budget_exposures: usize,
+    names: usize,
 }
 
 impl Opts {
@@ -116,6 +121,7 @@ impl Opts {
             budget_forwards: 1000,
             budget_conns: 5000,
             budget_exposures: 200,
+            names: 30,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -149,6 +155,7 @@ impl Opts {
                 "--budget-forwards" => o.budget_forwards = num(),
                 "--budget-conns" => o.budget_conns = num(),
                 "--budget-exposures" => o.budget_exposures = num(),
+                "--names" => o.names = num(),
                 "--quickack" => {
                     o.quickack = true;
                     i += 1;
@@ -177,6 +184,7 @@ impl Opts {
         o.late = o.late.min(10);
         o.conn_burst = o.conn_burst.clamp(1, 2000);
         o.conn_burst_trials = o.conn_burst_trials.clamp(1, 10);
+        o.names = o.names.clamp(1, 100);
         o
     }
 
@@ -971,6 +979,10 @@ fn main() {
             opts.budget_conns,
             opts.budget_exposures,
         );
+    }
+    if opts.wants("names") {
+        // Its own fwdd, with `names = true` in its configuration.
+        ctx.names(opts.names, opts.conns, opts.bytes_mib);
     }
     if opts.wants("upgrade") {
         // Its own fwdd, started from an installed copy that each trial replaces.
