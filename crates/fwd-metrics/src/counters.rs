@@ -114,8 +114,10 @@ impl HandoffHistogram {
 /// One host's hot-path counters.
 #[derive(Debug, Default)]
 pub struct HostCounters {
-    /// Client connections accepted on the host's forwards.
+    /// Client connections accepted on the host's forwards and names.
     pub connections: AtomicU64,
+    /// Of those, the ones accepted on a container's name (its own address).
+    name_connections: AtomicU64,
     failures: [AtomicU64; FailureReason::ALL.len()],
     refused: [AtomicU64; Refused::ALL.len()],
     /// Accept → tunnel open, for connections that got one.
@@ -137,6 +139,16 @@ impl HostCounters {
 
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// A client accepted on a name's address; counted besides
+    /// [`connection`](Self::connection), which counts every client.
+    pub fn name_connection(&self) {
+        self.name_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn name_connections(&self) -> u64 {
+        self.name_connections.load(Ordering::Relaxed)
     }
 
     pub fn refuse(&self, what: Refused) {
@@ -171,6 +183,9 @@ mod tests {
         assert_eq!(c.failures(FailureReason::Refused), 2);
         assert_eq!(c.failures(FailureReason::NoMaster), 0);
         assert_eq!(c.connections(), 1);
+        assert_eq!(c.name_connections(), 0);
+        c.name_connection();
+        assert_eq!(c.name_connections(), 1);
         c.refuse(Refused::Tunnel);
         assert_eq!(c.refused(Refused::Tunnel), 1);
         assert_eq!(c.refused(Refused::EngineClient), 0);

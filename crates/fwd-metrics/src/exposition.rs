@@ -75,6 +75,11 @@ pub struct HostScrape {
     /// Published ports not forwarded because their container publishes
     /// more than `max_forwards_per_container`.
     pub ports_over_cap: u64,
+    /// Containers by the state of their name (`serving`, `failed`,
+    /// `unnamed`), with `names = true`.
+    pub names: BTreeMap<String, u64>,
+    /// Client connections open now on the host's names.
+    pub name_connections_open: u64,
     pub counters: Arc<HostCounters>,
 }
 
@@ -304,11 +309,42 @@ impl Collector for ScrapeCollector {
         family(
             &mut e,
             "fwd_connections",
-            "Client connections accepted on the host's forwards.",
+            "Client connections accepted on the host's forwards and names.",
             Counter,
             s.hosts
                 .iter()
                 .map(|h| (vec![host(h)], ConstCounter::new(h.counters.connections()))),
+        )?;
+        family(
+            &mut e,
+            "fwd_names",
+            "Containers by the state of their name (names = true): serving (its address answers on its ports), failed (a port of its address could not be bound), unnamed (no address: not reachable directly, or the range is used up).",
+            Gauge,
+            counts_by(&s.hosts, "state", |h| &h.names),
+        )?;
+        family(
+            &mut e,
+            "fwd_name_connections_open",
+            "Client connections open now on the host's containers' names.",
+            Gauge,
+            s.hosts.iter().map(|h| {
+                (
+                    vec![host(h)],
+                    ConstGauge::new(h.name_connections_open as i64),
+                )
+            }),
+        )?;
+        family(
+            &mut e,
+            "fwd_name_connections",
+            "Client connections accepted on the host's containers' names (also counted in fwd_connections).",
+            Counter,
+            s.hosts.iter().map(|h| {
+                (
+                    vec![host(h)],
+                    ConstCounter::new(h.counters.name_connections()),
+                )
+            }),
         )?;
         family(
             &mut e,

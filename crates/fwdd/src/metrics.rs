@@ -44,6 +44,14 @@ pub fn scrape(d: &Daemon) -> Scrape {
             for e in status.exposed.iter().filter(|e| e.host == h.name) {
                 *exposures.entry(e.state.clone()).or_default() += 1;
             }
+            // Per host and state, never per name: a name is a container's,
+            // and their number grows with the workload.
+            let mut names: BTreeMap<String, u64> = BTreeMap::new();
+            let mut name_connections_open = 0;
+            for n in status.names.iter().filter(|n| n.host == h.name) {
+                *names.entry(n.state.clone()).or_default() += 1;
+                name_connections_open += n.connections_open;
+            }
             let reconnects = d
                 .host(&h.name)
                 .map(|host| {
@@ -82,6 +90,8 @@ pub fn scrape(d: &Daemon) -> Scrape {
                 probe_rtt: h.master.last_probe_rtt_ms.map(|ms| ms / 1000.0),
                 exposures,
                 ports_over_cap,
+                names,
+                name_connections_open,
                 counters: d.serve.counters(&key),
             }
         })

@@ -27,8 +27,13 @@ fn get(host: &TestHost, path: &str) -> (u16, String) {
 /// fwdd for `host` (named "box") serving its metrics on METRICS_PORT,
 /// once connected.
 fn with_metrics(host: &TestHost) -> Fwdd<'_> {
+    with_metrics_and(host, "")
+}
+
+/// [`with_metrics`] with more settings of the host's (`extra`, TOML lines).
+fn with_metrics_and<'a>(host: &'a TestHost, extra: &str) -> Fwdd<'a> {
     let config = format!(
-        "metrics = \"127.0.0.1:{METRICS_PORT}\"\n[[host]]\nname = \"box\"\nurl = \"ssh://{}\"\nssh_config = \"{}\"\n",
+        "metrics = \"127.0.0.1:{METRICS_PORT}\"\n[[host]]\nname = \"box\"\nurl = \"ssh://{}\"\nssh_config = \"{}\"\n{extra}",
         host.alias,
         host.ssh_config.display()
     );
@@ -149,6 +154,72 @@ fn the_endpoint_counts_traffic_and_reconnects_and_readyz_follows_the_host() {
         "{text}"
     );
     assert!(!text.contains("# EOF"), "{text}");
+}
+
+/// Names (issue 31) are counted per host and state, never per container:
+/// a named container, a connection held open on its address, and none of
+/// its names or its address in any label.
+#[test]
+fn names_and_their_connections_are_counted_per_host() {
+    let host = sandbox_host!("metrics_names");
+    let fwdd = with_metrics_and(&host, "names = true\n");
+    let name = format!("{}-counted", host.label);
+    host.run(&[
+        "--name",
+        &name,
+        "--expose",
+        "8080",
+        &host.image,
+        "sh",
+        "-c",
+        &common::httpd_serving("counted"),
+    ]);
+    wait_sample(
+        &host,
+        "fwd_names{host=\"box\",state=\"serving\"}",
+        "the container named",
+        |v| v == 1.0,
+    );
+    let address = fwdd
+        .status()
+        .and_then(|s| s.names.into_iter().find(|n| n.container_name == name))
+        .and_then(|n| n.address)
+        .expect("the name's address");
+    let text = wait_sample(
+        &host,
+        "fwd_name_connections_open{host=\"box\"}",
+        "no connection yet",
+        |v| v == 0.0,
+    );
+    assert!(
+        sample(&text, "fwd_name_connections_total{host=\"box\"}").is_some(),
+        "{text}"
+    );
+    // Held open without a request: the client is accepted, so counted open.
+    let held = host
+        .connect_addr(std::net::SocketAddr::from((address, 8080)))
+        .expect("connect to the name's address");
+    let text = wait_sample(
+        &host,
+        "fwd_name_connections_open{host=\"box\"}",
+        "the held connection",
+        |v| v == 1.0,
+    );
+    assert!(
+        sample(&text, "fwd_connections_total{host=\"box\"}").is_some_and(|v| v >= 1.0),
+        "a name's connection is one of the host's: {text}"
+    );
+    let dns = name.replace('_', "-");
+    for unbounded in [dns.as_str(), name.as_str(), &address.to_string()] {
+        assert!(!text.contains(unbounded), "{unbounded} in a label: {text}");
+    }
+    drop(held);
+    wait_sample(
+        &host,
+        "fwd_name_connections_open{host=\"box\"}",
+        "the connection closed",
+        |v| v == 0.0,
+    );
 }
 
 /// Debian's Prometheus, scraping fwdd every second from the runner's

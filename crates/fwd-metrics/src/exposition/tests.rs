@@ -21,12 +21,15 @@ fn sample() -> Scrape {
                     let c = Arc::new(HostCounters::default());
                     c.connection();
                     c.connection();
+                    c.name_connection();
                     c.failed(FailureReason::Refused);
                     c.handoff.observe(Duration::from_micros(400));
                     c.refuse(crate::Refused::Tunnel);
                     c
                 },
                 ports_over_cap: 2_520,
+                names: [("serving".to_string(), 4), ("unnamed".to_string(), 1)].into(),
+                name_connections_open: 3,
             },
             HostScrape {
                 name: "we\"ird\\host\n".into(),
@@ -65,6 +68,13 @@ fn every_metric_of_the_contract_is_there() {
         "# TYPE fwd_host_reconnects counter",
         "fwd_host_reconnects_total{host=\"prod\",reason=\"master_died\"} 2",
         "fwd_connections_total{host=\"prod\"} 2",
+        "# TYPE fwd_names gauge",
+        "fwd_names{host=\"prod\",state=\"serving\"} 4",
+        "fwd_names{host=\"prod\",state=\"unnamed\"} 1",
+        "# TYPE fwd_name_connections_open gauge",
+        "fwd_name_connections_open{host=\"prod\"} 3",
+        "# TYPE fwd_name_connections counter",
+        "fwd_name_connections_total{host=\"prod\"} 1",
         "fwd_connection_failures_total{host=\"prod\",reason=\"refused\"} 1",
         "# TYPE fwd_connections_refused counter",
         "fwd_connections_refused_total{host=\"prod\",what=\"tunnel\"} 1",
@@ -98,6 +108,10 @@ fn every_metric_of_the_contract_is_there() {
     }
     // A host that never probed has no RTT sample rather than a made-up one.
     assert_eq!(text.matches("fwd_master_probe_rtt_seconds{").count(), 1);
+    // A host without names has no fwd_names sample, and zeros for its
+    // connections (a rate over them works from the first scrape).
+    assert_eq!(text.matches("fwd_names{").count(), 2);
+    assert!(text.contains("fwd_name_connections_total{host=\"we\\\"ird\\\\host\\n\"} 0"));
 }
 
 #[test]
@@ -126,6 +140,10 @@ fn the_classic_format_names_counter_families_with_total_and_has_no_eof() {
     );
     assert!(text.contains("fwd_connections_total{host=\"prod\"} 2\n"));
     assert!(text.contains("# TYPE fwd_host_up gauge\n"));
+    // A gauge whose name begins with a counter's keeps its own name.
+    assert!(text.contains("# TYPE fwd_name_connections_total counter\n"));
+    assert!(text.contains("# TYPE fwd_name_connections_open gauge\n"));
+    assert!(!text.contains("fwd_name_connections_open_total"), "{text}");
     assert!(text.contains("# TYPE fwd_handoff_seconds histogram\n"));
     assert!(!text.contains("# EOF"));
     assert_eq!(Format::from_accept(None), Format::Classic);
