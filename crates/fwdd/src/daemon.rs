@@ -528,7 +528,7 @@ impl Daemon {
             })
             .collect();
         let mut names = self.names.borrow_mut();
-        if named_views.is_empty() && names.last_plan().named.is_empty() {
+        if named_views.is_empty() && names.last_plan() == &fwd_core::names::NamesPlan::default() {
             return;
         }
         let settings = fwd_core::names::NamesSettings {
