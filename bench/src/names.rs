@@ -200,7 +200,7 @@ impl Ctx<'_> {
                 pct(&by_port, 50.0),
                 pct(&by_name, 50.0) / pct(&by_port, 50.0)
             ),
-            "p50 ≤ the published port's",
+            "p50 ≤ 1.10× the published port's",
             Some(missing == 0 && pct(&by_name, 50.0) <= pct(&by_port, 50.0) * 1.10),
         );
     }
