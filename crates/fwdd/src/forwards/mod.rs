@@ -87,17 +87,27 @@ impl ForwardTable {
                 Action::Retarget(claim) => {
                     if let Some(f) = self.forwards.get_mut(&claim.local_port) {
                         // A created container that starts keeps its port:
-                        // nothing a person needs to read.
-                        if f.held.bound && !f.held.owner.same_owner(&claim) {
+                        // nothing a person needs to read, unless its
+                        // connections now go elsewhere (the direct route,
+                        // once the engine's answers allow it), which the log
+                        // says as status does.
+                        let old = &f.held.owner;
+                        let moved = !old.same_owner(&claim)
+                            || old.connect_to() != claim.connect_to()
+                            || old.route.is_direct() != claim.route.is_direct();
+                        if f.held.bound && moved {
+                            let route = route_kind(&claim);
                             tracing::info!(
                                 event = "forward_retargeted",
                                 host = %claim.host,
                                 port = claim.local_port,
                                 container = %claim.container_name,
                                 container_id = %claim.container,
-                                remote = %claim.remote,
-                                "local port {} now forwards to container {}",
+                                remote = %claim.connect_to(),
+                                route,
+                                "local port {} now forwards to {} ({route}) of container {}",
                                 claim.local_port,
+                                claim.connect_to(),
                                 claim.container_name
                             );
                         }
@@ -139,15 +149,17 @@ impl ForwardTable {
                 let target = watch::channel(Target::new(claim.clone(), now)).0;
                 let stats = Rc::new(ConnStats::default());
                 let (local_addrs, listening) = serve_listeners(listeners, &target, &stats, ctx);
+                let route = route_kind(&claim);
                 tracing::info!(
                     event = "forward_added",
                     host = %claim.host,
                     port,
                     container = %claim.container_name,
                     container_id = %claim.container,
-                    remote = %claim.remote,
-                    "forwarding localhost:{port} to {} of container {}",
-                    claim.remote,
+                    remote = %claim.connect_to(),
+                    route,
+                    "forwarding localhost:{port} to {} ({route}) of container {}",
+                    claim.connect_to(),
                     claim.container_name
                 );
                 if was_conflict {
@@ -204,6 +216,16 @@ impl ForwardTable {
                 );
             }
         }
+    }
+}
+
+/// Where a claim's connections go, in status's words (its ROUTE column):
+/// log lines name the route status shows.
+fn route_kind(claim: &Claim) -> &'static str {
+    if claim.route.is_direct() {
+        "direct"
+    } else {
+        "published"
     }
 }
 
