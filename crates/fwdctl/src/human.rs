@@ -355,6 +355,9 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
     out.push('\n');
     if st.forwards.is_empty() {
         out.push_str("no forwards\n");
+        if !st.exposed.is_empty() {
+            out.push_str(CONN_LEGEND);
+        }
         return out;
     }
     let multi_host =
@@ -429,8 +432,14 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
         rows.push(row);
     }
     out.push_str(&table(&rows));
+    out.push_str(CONN_LEGEND);
     out
 }
+
+/// What the CONN columns count: `0/3` reads as a fault to someone who
+/// has not seen it (nothing open is the normal state between clients).
+const CONN_LEGEND: &str =
+    "\nCONN: connections open now / accepted in all since the forward (or exposure) began\n";
 
 #[cfg(test)]
 mod tests {
@@ -500,6 +509,8 @@ prod     127.0.0.1:5432,[::1]:5432  127.0.0.1:5432  published  shop/shop-db-1   
 prod     :6379                      127.0.0.1:6379  published  shop/shop-cache-1  6379/tcp  conflict     1m10s ago  0/0                    127.0.0.1:6379 is in use by another process
 prod     127.0.0.1:8080             172.17.0.2:80   direct     web                80/tcp    active       1m20s ago  0/3 (12 over the cap)
 staging  :9000                      127.0.0.1:9000  published  minio              9000/tcp  pending      50s ago    0/0                    waiting for the ssh master
+
+CONN: connections open now / accepted in all since the forward (or exposure) began
 ";
         let actual = render_status(&sample(), NOW);
         // Compare line by line for a readable failure.
@@ -552,6 +563,8 @@ staging  :9000                      127.0.0.1:9000  published  minio            
                 "LOCAL                      REMOTE          ROUTE      CONTAINER       PORT      STATE   SINCE      CONN                   REASON",
                 "127.0.0.1:5432,[::1]:5432  127.0.0.1:5432  published  shop/shop-db-1  5432/tcp  active  1m30s ago  2/17                   the direct route to 172.18.0.3:5432 failed: administratively prohibited: open failed",
                 "127.0.0.1:8080             172.17.0.2:80   direct     web             80/tcp    active  1m20s ago  0/3 (12 over the cap)",
+                "",
+                "CONN: connections open now / accepted in all since the forward (or exposure) began",
             ]
         );
     }
@@ -646,6 +659,7 @@ staging  :9000                      127.0.0.1:9000  published  minio            
         let rows: Vec<&str> = text
             .lines()
             .skip_while(|l| !(l.starts_with("HOST") && l.contains("LOCAL")))
+            .take_while(|l| !l.is_empty())
             .collect();
         assert_eq!(rows.len(), 1 + benign.forwards.len(), "{text}");
     }
