@@ -209,6 +209,11 @@ fn names_and_their_connections_are_counted_per_host() {
         sample(&text, "fwd_connections_total{host=\"box\"}").is_some_and(|v| v >= 1.0),
         "a name's connection is one of the host's: {text}"
     );
+    assert_eq!(
+        sample(&text, "fwd_name_connections_total{host=\"box\"}"),
+        Some(1.0),
+        "{text}"
+    );
     let dns = name.replace('_', "-");
     for unbounded in [dns.as_str(), name.as_str(), &address.to_string()] {
         assert!(!text.contains(unbounded), "{unbounded} in a label: {text}");

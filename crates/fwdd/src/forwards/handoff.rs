@@ -31,6 +31,9 @@ pub(super) fn spawn_served(
     };
     let counters = ctx.counters(&host);
     counters.connection();
+    if matches!(key, ConnKey::Name(_)) {
+        counters.name_connection();
+    }
     let accepted = std::time::Instant::now();
     let registered = ctx
         .registry
