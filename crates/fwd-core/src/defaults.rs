@@ -59,6 +59,9 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// `conflict_retry`: how often a port taken by another program is tried.
 pub const CONFLICT_RETRY: Duration = Duration::from_secs(3);
+/// A UDP session (one client address of a forward) without a datagram
+/// either way for this long ends (`udp_idle`).
+pub const UDP_IDLE: Duration = Duration::from_secs(60);
 
 // The caps (`max_forwards_per_container`, …) have no fixed default: unset,
 // they are shared out of the open-files limit (`crate::budget`).

@@ -32,7 +32,7 @@ pub use events::{diff, Event};
 pub use status::{
     verdict, CappedContainer, DaemonInfo, EngineStatus, ErrorInfo, ExposedStatus, ForwardRoute,
     ForwardState, ForwardStatus, Health, HealthState, HostStatus, LimitsStatus, MasterState,
-    MasterStatus, NameStatus, RefusedName, RouteKind, Status, StreamState, StreamStatus,
+    MasterStatus, NameStatus, RefusedName, RouteKind, Status, StreamState, StreamStatus, UdpStatus,
 };
 
 /// Version carried as `"v"` by every request and response.

@@ -40,6 +40,38 @@ pub struct Status {
     /// names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<NameStatus>,
+    /// Published UDP ports forwarded (hosts with `udp = true`), by local
+    /// port. Added within version 1: absent from older daemons and when no
+    /// host has UDP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub udp: Vec<UdpStatus>,
+}
+
+/// One forwarded UDP port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpStatus {
+    pub host: String,
+    pub local_port: u16,
+    pub container_id: String,
+    pub container_name: String,
+    /// Where the relay on the host sends, e.g. `127.0.0.1:5353`.
+    pub remote: String,
+    /// `serving`, `waiting` (no master yet, or the relay is starting),
+    /// `unsupported` (the relay cannot run on the host: `reason` says why
+    /// and what to do), `failed` (tried again). Readers must accept other
+    /// values.
+    pub state: String,
+    pub reason: Option<String>,
+    /// Client addresses with a session now.
+    pub sessions: u64,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    /// Datagrams dropped here: no relay running, a full queue, a forward
+    /// at its session cap.
+    pub dropped: u64,
+    /// Datagrams the host's relay dropped (replies past its queue), for
+    /// the whole host.
+    pub dropped_on_host: u64,
 }
 
 /// One container and its names.

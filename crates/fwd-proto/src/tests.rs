@@ -258,6 +258,7 @@ pub(crate) fn sample_status() -> Status {
             ],
         }),
         names: Vec::new(),
+        udp: Vec::new(),
         limits: Some(crate::LimitsStatus {
             open_files_limit: 20_000,
             open_files: Some(57),
@@ -530,6 +531,7 @@ fn small_status() -> Status {
         exposed: vec![],
         limits: None,
         names: Vec::new(),
+        udp: Vec::new(),
     }
 }
 

@@ -351,6 +351,29 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
         out.push_str("\nNAMES (containers by name, each on an address of its own)\n");
         out.push_str(&crate::names::render(&st.names));
     }
+    if !st.udp.is_empty() {
+        out.push_str("\nUDP (published UDP ports, through a relay on the host)\n");
+        let mut rows = vec![[
+            "HOST", "LOCAL", "REMOTE", "CONTAINER", "STATE", "SESSIONS", "IN/OUT", "DROPPED",
+            "REASON",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for u in &st.udp {
+            rows.push(vec![
+                u.host.clone(),
+                u.local_port.to_string(),
+                u.remote.clone(),
+                u.container_name.clone(),
+                u.state.clone(),
+                u.sessions.to_string(),
+                format!("{}/{}", u.datagrams_in, u.datagrams_out),
+                format!("{} (host {})", u.dropped, u.dropped_on_host),
+                u.reason.clone().unwrap_or_default(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
     render_limits(&mut out, st);
     out.push('\n');
     if st.forwards.is_empty() {

@@ -661,6 +661,7 @@ mod tests {
             exposed: vec![],
             limits: None,
             names: Vec::new(),
+            udp: Vec::new(),
         }
     }
 

@@ -26,6 +26,7 @@ use crate::forwards::ForwardTable;
 pub use crate::host::Host;
 use crate::host::{self, Outputs};
 use crate::names::Names;
+use crate::udp::UdpTable;
 use crate::serve::ServeContext;
 
 /// The supervisor's numbers for one host, from the configuration.
@@ -59,6 +60,8 @@ pub struct Daemon {
     pub table: RefCell<ForwardTable>,
     /// Containers by name: their addresses, listeners and hosts files.
     pub names: RefCell<Names>,
+    /// Published UDP ports (hosts with `udp = true`) and their relays.
+    pub udp: RefCell<UdpTable>,
     /// Claims not served, with the reason: the port is another host's, or
     /// the host is at its cap (reported as conflicts, never bound).
     pub rejected: RefCell<Vec<(Claim, String)>>,
@@ -101,6 +104,7 @@ impl Daemon {
         ));
         Rc::new(Daemon {
             names: RefCell::new(Names::new(&config.runtime_dir, &config.names)),
+            udp: RefCell::new(UdpTable::default()),
             config: RefCell::new(config),
             started_at: image.daemon_started_at,
             image,
@@ -481,7 +485,18 @@ impl Daemon {
         }
         self.serve.starts.plan_applied();
         *self.rejected.borrow_mut() = plan.rejected;
-        *self.unsupported.borrow_mut() = plan.unsupported;
+        let udp_on = |host: &HostKey| {
+            config
+                .hosts
+                .iter()
+                .any(|c| *c.name == **host && c.udp)
+        };
+        // A UDP port of a host with `udp = true` is a UDP forward instead.
+        *self.unsupported.borrow_mut() = plan
+            .unsupported
+            .into_iter()
+            .filter(|u| !(u.binding.protocol == fwd_core::Protocol::Udp && udp_on(&u.host)))
+            .collect();
         self.report_caps(&plan.capped, plan.over_total, limits.forwards_total);
         self.over_total.set(plan.over_total);
         *self.capped.borrow_mut() = plan.capped;
@@ -492,6 +507,7 @@ impl Daemon {
             .iter()
             .all(|m| m.health().stream == fwd_core::StreamPhase::Streaming);
         self.plan_names(&hosts, &views, &config, resynced, now);
+        self.plan_udp(&views, &config);
         if resynced {
             release_stored(&self.serve.stored);
         }
@@ -548,6 +564,36 @@ impl Daemon {
             &self.serve,
             now,
         );
+    }
+
+    /// The published UDP ports of the hosts with `udp = true`.
+    fn plan_udp(&self, views: &[HostView<'_>], config: &Config) {
+        let udp_views: Vec<HostView<'_>> = views
+            .iter()
+            .filter(|v| config.hosts.iter().any(|c| *c.name == **v.host && c.udp))
+            .map(|v| HostView {
+                host: v.host,
+                max_forwards: v.max_forwards,
+                forwards_per_container: v.forwards_per_container,
+                route: v.route,
+                containers: v.containers.clone(),
+            })
+            .collect();
+        let mut udp = self.udp.borrow_mut();
+        if udp_views.is_empty() && udp.forwards.is_empty() {
+            return;
+        }
+        udp.set_settings(fwd_core::udp::SessionSettings {
+            idle: config.udp_idle,
+            ..Default::default()
+        });
+        let held = udp
+            .forwards
+            .iter()
+            .map(|(port, f)| (*port, f.claim.host.clone()))
+            .collect();
+        let plan = fwd_core::udp::plan(&udp_views, &config.rules, &held);
+        udp.apply(plan.claims, &self.serve);
     }
 
     /// Logs what the caps left out, once per episode (`CapReports`): a
@@ -622,6 +668,8 @@ impl Daemon {
     /// Shutdown: ports first (nothing new may be accepted), then every host.
     pub async fn shutdown(&self) {
         self.names.borrow_mut().clear();
+        // The relays' stdin closes: each ends on its host.
+        *self.udp.borrow_mut() = UdpTable::default();
         {
             let mut table = self.table.borrow_mut();
             let n = table.forwards.len();

@@ -22,6 +22,7 @@ mod notify;
 mod private_socket;
 mod serve;
 mod sleepwatch;
+mod udp;
 mod status;
 mod upgrade;
 mod version;

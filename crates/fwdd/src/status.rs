@@ -137,6 +137,7 @@ pub fn snapshot(d: &Daemon) -> Status {
             .collect(),
         limits: Some(limits(d)),
         names: names(d),
+        udp: udp(d),
     };
     status.health = Some(fwd_proto::verdict(&status));
     status
@@ -157,6 +158,48 @@ fn compose_services(d: &Daemon, forwards: &mut [ForwardStatus]) {
                 .map(str::to_string);
         }
     }
+}
+
+/// Each forwarded UDP port, with its host's relay.
+fn udp(d: &Daemon) -> Vec<fwd_proto::UdpStatus> {
+    use crate::udp::RelayState;
+    let table = d.udp.borrow();
+    table
+        .forwards
+        .values()
+        .map(|f| {
+            let c = &f.claim;
+            let (relay, dropped_on_host) = table
+                .relay_state(&c.host)
+                .unwrap_or((RelayState::Starting, 0));
+            let (state, reason) = match (&f.failed, relay) {
+                (Some(why), _) => ("failed", Some(why.clone())),
+                (None, RelayState::Running) => ("serving", None),
+                (None, RelayState::Starting) => (
+                    "waiting",
+                    Some("waiting for the master, or starting the relay on the host".to_string()),
+                ),
+                (None, RelayState::Unsupported { why, fix }) => {
+                    ("unsupported", Some(format!("{why}; {fix}")))
+                }
+                (None, RelayState::Failed(why)) => ("failed", Some(why)),
+            };
+            fwd_proto::UdpStatus {
+                host: c.host.to_string(),
+                local_port: c.local_port,
+                container_id: c.container.short().to_string(),
+                container_name: c.container_name.clone(),
+                remote: c.to.to_string(),
+                state: state.to_string(),
+                reason,
+                sessions: f.stats.sessions.get(),
+                datagrams_in: f.stats.datagrams_in.get(),
+                datagrams_out: f.stats.datagrams_out.get(),
+                dropped: f.stats.dropped.get(),
+                dropped_on_host,
+            }
+        })
+        .collect()
 }
 
 /// Each named container with its listeners' state, then the unnamed.

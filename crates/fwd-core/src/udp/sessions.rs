@@ -21,7 +21,7 @@ pub struct SessionSettings {
 impl Default for SessionSettings {
     fn default() -> Self {
         SessionSettings {
-            idle: Duration::from_secs(60),
+            idle: crate::defaults::UDP_IDLE,
             per_forward: 1024,
         }
     }

@@ -50,6 +50,7 @@ pub struct FileConfig {
     pub names_range: Option<S<String>>,
     pub names_suffix: Option<S<String>>,
     pub hosts_file: Option<S<String>>,
+    pub udp_idle: Option<S<String>>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<S<FileRule>>,
     #[serde(default, rename = "host")]
@@ -89,6 +90,7 @@ pub struct FileHost {
     pub engine_remote_socket: Option<S<String>>,
     pub direct_route: Option<bool>,
     pub names: Option<bool>,
+    pub udp: Option<bool>,
     #[serde(default)]
     pub expose: Vec<S<FileExpose>>,
     pub expose_on: Option<S<Vec<S<String>>>>,
@@ -115,6 +117,7 @@ impl FileHost {
             engine_remote_socket: None,
             direct_route: None,
             names: None,
+            udp: None,
             expose: Vec::new(),
             expose_on: None,
         }

@@ -48,6 +48,7 @@ pub fn host_config(key: &Key, h: &FileHost, cli: &CliOverrides) -> Result<HostCo
         engine_socket: h.engine_socket.unwrap_or(true),
         direct_route: h.direct_route.unwrap_or(true),
         names: h.names.unwrap_or(false),
+        udp: h.udp.unwrap_or(false),
         engine_remote_socket: engine_remote_socket(key, h)?,
     })
 }

@@ -73,6 +73,7 @@ fn from_parts(file: &FileConfig, cli: &CliOverrides) -> Result<Config, ConfigErr
         metrics,
         limits: limits(file)?,
         names: values::names(file)?,
+        udp_idle: duration(&Key::file("udp_idle"), &file.udp_idle, defaults::UDP_IDLE)?,
         rules,
         engine_socket_group,
         runtime_dir: cli

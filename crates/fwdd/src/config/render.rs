@@ -49,6 +49,7 @@ struct TopView {
     names_suffix: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     hosts_file: Option<String>,
+    udp_idle: String,
 }
 
 /// One `[[rule]]`: the conditions it has, then its action.
@@ -91,6 +92,7 @@ struct HostView {
     engine_socket: bool,
     direct_route: bool,
     names: bool,
+    udp: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     engine_remote_socket: Option<String>,
     expose: Vec<String>,
@@ -178,6 +180,7 @@ fn top_view(c: &Config) -> TopView {
         names_range: c.names.range.to_string(),
         names_suffix: c.names.suffix.clone(),
         hosts_file: c.names.hosts_file.as_ref().map(|p| p.display().to_string()),
+        udp_idle: human(c.udp_idle),
     }
 }
 
@@ -262,6 +265,7 @@ fn host_view(h: &HostConfig) -> HostView {
         engine_socket: h.engine_socket,
         direct_route: h.direct_route,
         names: h.names,
+        udp: h.udp,
         engine_remote_socket: h.engine_remote_socket.clone(),
         expose: h
             .expose

@@ -32,6 +32,8 @@ pub struct Config {
     /// Every container by name (issue 31): where addresses come from, how
     /// names are spelled, which system hosts file holds fwd's block.
     pub names: NamesConfig,
+    /// `udp_idle`: a UDP session without traffic for this long ends.
+    pub udp_idle: Duration,
     pub hosts: Vec<HostConfig>,
 }
 
@@ -106,6 +108,8 @@ pub struct HostConfig {
     pub direct_route: bool,
     /// Every running container by name, on an address of its own.
     pub names: bool,
+    /// Published UDP ports too, through a relay fwd starts on the host.
+    pub udp: bool,
 }
 
 impl HostConfig {
@@ -118,6 +122,7 @@ impl HostConfig {
             // Read by every plan: a change needs no new connection.
             direct_route: true,
             names: false,
+            udp: false,
             ..self.clone()
         }
     }

@@ -120,6 +120,7 @@ pub(super) fn fixture() -> Status {
         exposed: vec![],
         limits: None,
         names: Vec::new(),
+        udp: Vec::new(),
     }
 }
 

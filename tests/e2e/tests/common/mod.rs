@@ -32,6 +32,16 @@ macro_rules! sandbox_host {
 /// (a no-op when they are current), with `FWD_E2E_FEATURES` if set (e.g.
 /// `portable`: the code macOS runs, see `build/platform.rs`).
 pub fn bin(name: &str) -> PathBuf {
+    build(name, true)
+}
+
+/// fwdd's UDP relay (`fwd-udp-relay`), built beside fwdd, where fwdd looks
+/// for it. It has no features: `FWD_E2E_FEATURES` is not passed on.
+pub fn udp_relay() -> PathBuf {
+    build("fwd-udp-relay", false)
+}
+
+fn build(name: &str, with_features: bool) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>
@@ -51,7 +61,7 @@ pub fn bin(name: &str) -> PathBuf {
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        if let Some(features) = std::env::var_os("FWD_E2E_FEATURES") {
+        if let Some(features) = std::env::var_os("FWD_E2E_FEATURES").filter(|_| with_features) {
             cmd.arg("--features").arg(features);
         }
         let status = cmd.status().expect("run cargo build");
