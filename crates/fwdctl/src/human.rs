@@ -354,7 +354,14 @@ pub fn render_status(st: &Status, now_ms: u64) -> String {
     if !st.udp.is_empty() {
         out.push_str("\nUDP (published UDP ports, through a relay on the host)\n");
         let mut rows = vec![[
-            "HOST", "LOCAL", "REMOTE", "CONTAINER", "STATE", "SESSIONS", "IN/OUT", "DROPPED",
+            "HOST",
+            "LOCAL",
+            "REMOTE",
+            "CONTAINER",
+            "STATE",
+            "SESSIONS",
+            "IN/OUT",
+            "DROPPED",
             "REASON",
         ]
         .map(String::from)

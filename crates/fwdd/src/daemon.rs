@@ -26,8 +26,8 @@ use crate::forwards::ForwardTable;
 pub use crate::host::Host;
 use crate::host::{self, Outputs};
 use crate::names::Names;
-use crate::udp::UdpTable;
 use crate::serve::ServeContext;
+use crate::udp::UdpTable;
 
 /// The supervisor's numbers for one host, from the configuration.
 pub fn host_policy(config: &Config, host: &HostConfig) -> HostPolicy {
@@ -485,12 +485,7 @@ impl Daemon {
         }
         self.serve.starts.plan_applied();
         *self.rejected.borrow_mut() = plan.rejected;
-        let udp_on = |host: &HostKey| {
-            config
-                .hosts
-                .iter()
-                .any(|c| *c.name == **host && c.udp)
-        };
+        let udp_on = |host: &HostKey| config.hosts.iter().any(|c| *c.name == **host && c.udp);
         // A UDP port of a host with `udp = true` is a UDP forward instead.
         *self.unsupported.borrow_mut() = plan
             .unsupported

@@ -22,8 +22,8 @@ mod notify;
 mod private_socket;
 mod serve;
 mod sleepwatch;
-mod udp;
 mod status;
+mod udp;
 mod upgrade;
 mod version;
 

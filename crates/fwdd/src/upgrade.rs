@@ -193,6 +193,7 @@ fn collect(daemon: &Daemon, reply_fd: Option<RawFd>) -> Document {
     }
     doc.forwards = daemon.table.borrow().to_doc(&daemon.serve.registry);
     doc.names = daemon.names.borrow().to_doc(&daemon.serve.registry);
+    doc.udp = daemon.udp.borrow().to_doc();
     doc.metrics = daemon
         .metrics_listener
         .get()
@@ -328,6 +329,12 @@ pub fn take_over(daemon: &Rc<Daemon>, hosts: Vec<HostConfig>, t: Takeover) {
         .names
         .borrow_mut()
         .adopt(&doc.names, &mut fds, &daemon.serve, now);
+    {
+        let mut udp = daemon.udp.borrow_mut();
+        for u in &doc.udp {
+            udp.adopt(u, &mut fds, &daemon.serve);
+        }
+    }
     daemon.skip_host_ids_below(doc.next_host_id);
     let handed = doc
         .hosts

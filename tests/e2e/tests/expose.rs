@@ -391,7 +391,12 @@ fn expose_waits_for_the_verdict_and_its_failure_says_the_fix_and_what_to_run() {
     assert!(run.ends_with(&format!(" reconnect {name}")), "{run}");
     let e = exposed(&fwdd.status().expect("status"), 20650).expect("kept");
     assert_eq!(e.state, "failed");
-    assert_eq!(e.next_retry_ms, None, "this master would only fail again: {e:?}\n{}", fwdd.log_tail(20));
+    assert_eq!(
+        e.next_retry_ms,
+        None,
+        "this master would only fail again: {e:?}\n{}",
+        fwdd.log_tail(20)
+    );
     assert_eq!(
         fwdd.master_pid(),
         master,

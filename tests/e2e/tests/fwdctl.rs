@@ -188,10 +188,7 @@ fn wait_times_out_with_one_line_reason() {
     let out = fwdctl(&fwdd, &["wait", "no-such-container", "--timeout", "300ms"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(
-        err.contains("no-such-container not found"),
-        "{err}"
-    );
+    assert!(err.contains("no-such-container not found"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     let out = fwdctl(&fwdd, &["wait", "1", "--timeout", "soon"]);
     assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));

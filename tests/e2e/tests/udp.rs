@@ -323,3 +323,113 @@ fn a_burst_past_what_the_path_carries_is_dropped_and_counted() {
         Some(&b"after"[..])
     );
 }
+
+/// The inode of the UDP socket bound to 127.0.0.1:`port` in the runner's
+/// namespace (`/proc/net/udp`): the same inode is the same socket.
+fn udp_socket_inode(host: &TestHost, port: u16) -> Option<u64> {
+    let local = format!("0100007F:{port:04X}");
+    host.in_runner_ns(|| {
+        let table = std::fs::read_to_string("/proc/thread-self/net/udp").ok()?;
+        table.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&local.as_str()))
+                .then(|| f.get(9)?.parse().ok())
+                .flatten()
+        })
+    })
+}
+
+/// The zero-downtime upgrade keeps the UDP socket bound (sessions start
+/// again): the same client is answered after it.
+#[test]
+fn an_upgrade_keeps_the_udp_socket() {
+    let host = sandbox_host!("udp_upgrade");
+    let dir = host.dir.join("bin");
+    std::fs::create_dir_all(&dir).expect("bin dir");
+    let binary = dir.join("fwdd");
+    std::fs::copy(common::bin("fwdd"), &binary).expect("install fwdd");
+    std::fs::copy(common::udp_relay(), dir.join("fwd-udp-relay")).expect("install the relay");
+    let toml = host.dir.join("fwdd.toml");
+    std::fs::write(&toml, config(&host, "")).expect("config");
+    let toml = toml.to_string_lossy().into_owned();
+    let fwdd = Fwdd::spawn_in(
+        &host,
+        &host.dir.join("rt"),
+        &binary,
+        &["--config", &toml],
+        &[],
+    );
+    fwdd.wait_connected();
+    udp_echo(&host, 21445);
+    wait_udp_state(&fwdd, 21445, "serving");
+    let c = client(&host, 21445);
+    assert!(round_trip(&c, b"before", Duration::from_secs(20)).is_some());
+    let inode = udp_socket_inode(&host, 21445).expect("the forward's socket");
+    // A client sending all through the upgrade: an unbound port would
+    // answer with ICMP port unreachable, which a connected UDP socket
+    // reports as a refusal.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let prober = client(&host, 21445);
+    let out = std::thread::scope(|scope| {
+        let refused = scope.spawn(|| {
+            let mut refused = 0;
+            let mut buf = [0u8; 64];
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let sent = prober.send(b"probe");
+                let got = prober.recv(&mut buf);
+                for e in [sent.err(), got.err()].into_iter().flatten() {
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                        refused += 1;
+                    }
+                }
+            }
+            refused
+        });
+        let out = common::fwdctl(&fwdd, &["upgrade"]);
+        // Through the new image's takeover until its relay serves.
+        fwdd.wait_for(
+            Duration::from_secs(20),
+            "UDP served by the new image",
+            |st| {
+                st.daemon.upgrades == 1
+                    && st
+                        .udp
+                        .iter()
+                        .any(|u| u.local_port == 21445 && u.state == "serving")
+            },
+        );
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            refused.join().expect("prober"),
+            0,
+            "the UDP port was unbound"
+        );
+        out
+    });
+    assert!(
+        out.status.success(),
+        "fwdctl upgrade: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        fwdd.log_tail(30)
+    );
+    assert_eq!(
+        round_trip(&c, b"after", Duration::from_secs(10)).as_deref(),
+        Some(&b"after"[..]),
+        "{}",
+        fwdd.log_tail(30)
+    );
+    assert_eq!(
+        udp_socket_inode(&host, 21445),
+        Some(inode),
+        "the new image bound a socket of its own instead of keeping the old one"
+    );
+    let st = fwdd.status().expect("status");
+    assert_eq!(st.daemon.upgrades, 1);
+    let udp = st
+        .udp
+        .iter()
+        .find(|u| u.local_port == 21445)
+        .expect("still listed");
+    assert!(udp.datagrams_in >= 2, "counts carried over: {udp:?}");
+}

@@ -56,6 +56,9 @@ pub struct Document {
     /// Containers by name: the addresses given and their listeners.
     #[serde(default)]
     pub names: NamesDoc,
+    /// UDP forwards: their sockets (sessions start again in the new image).
+    #[serde(default)]
+    pub udp: Vec<UdpDoc>,
     /// Engine socket connections in flight, paused between two writes.
     #[serde(default)]
     pub engine_relays: Vec<RelayDoc>,
@@ -255,6 +258,52 @@ pub struct ForwardDoc {
     pub queued: Vec<RawFd>,
 }
 
+/// A UDP forward: its claim and its bound sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpDoc {
+    pub host: String,
+    pub container: String,
+    pub container_name: String,
+    pub container_port: u16,
+    pub started_at_ns: i64,
+    pub local_port: u16,
+    pub bind: Vec<IpAddr>,
+    pub to_ip: String,
+    pub to_port: u16,
+    pub sockets: Vec<ListenerDoc>,
+    #[serde(default)]
+    pub datagrams_in: u64,
+    #[serde(default)]
+    pub datagrams_out: u64,
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+/// A UDP forward's claim, checked as the plan made it.
+pub fn udp_claim(u: &UdpDoc) -> Result<fwd_core::udp::UdpClaim, DocumentError> {
+    let container =
+        ContainerId::parse(&u.container).map_err(|e| DocumentError::Invalid(e.to_string()))?;
+    if u.local_port == 0 || u.to_port == 0 || u.to_ip.parse::<IpAddr>().is_err() {
+        return Err(DocumentError::Invalid(format!(
+            "UDP forward {} → {}:{}",
+            u.local_port, u.to_ip, u.to_port
+        )));
+    }
+    Ok(fwd_core::udp::UdpClaim {
+        host: HostKey::from(u.host.as_str()),
+        container,
+        container_name: u.container_name.clone(),
+        container_port: u.container_port,
+        started_at_ns: u.started_at_ns,
+        local_port: u.local_port,
+        bind: u.bind.clone(),
+        to: fwd_core::Remote {
+            ip: u.to_ip.clone(),
+            port: u.to_port,
+        },
+    })
+}
+
 /// The names' part: which container holds which address (so each keeps
 /// it), and each name's listener as a forward on the name's own address.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -353,6 +402,9 @@ impl Document {
         for f in self.forwards.iter().chain(&self.names.listeners) {
             claim(f)?;
         }
+        for u in &self.udp {
+            udp_claim(u)?;
+        }
         for a in &self.names.addresses {
             ContainerId::parse(&a.container).map_err(|e| DocumentError::Invalid(e.to_string()))?;
         }
@@ -373,6 +425,9 @@ impl Document {
             fds.extend(f.listeners.iter().map(|l| l.fd));
             fds.extend(&f.tunnels);
             fds.extend(&f.queued);
+        }
+        for u in &self.udp {
+            fds.extend(u.sockets.iter().map(|s| s.fd));
         }
         fds.extend(self.engine_queued.iter().map(|q| q.fd));
         for r in &self.engine_relays {

@@ -84,6 +84,7 @@ impl Image {
             hosts: Vec::new(),
             forwards: Vec::new(),
             names: Default::default(),
+            udp: Vec::new(),
             engine_relays: Vec::new(),
             engine_queued: Vec::new(),
             expose_relays: Vec::new(),

@@ -20,9 +20,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use relay::{RelayState, UdpStats};
 use relay::{Inbound, Shared, Target};
+pub use relay::{RelayState, UdpStats};
 
+use crate::handover::document::{self, ListenerDoc, UdpDoc};
+use crate::handover::Descriptors;
 use crate::serve::ServeContext;
 
 /// One forwarded UDP port.
@@ -31,6 +33,8 @@ pub struct UdpForward {
     pub stats: Rc<UdpStats>,
     /// Why its sockets could not be bound (tried again at the next plan).
     pub failed: Option<String>,
+    /// Its sockets (an upgrade hands them over).
+    sockets: Vec<Rc<UdpSocket>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -92,7 +96,7 @@ impl UdpTable {
                 continue;
             }
             let relay = self.relay_for(&claim.host, ctx);
-            let forward = bind(claim, relay, ctx);
+            let forward = bind(claim, relay);
             self.forwards.insert(port, forward);
         }
         let hosts: Vec<HostKey> = self.relays.keys().cloned().collect();
@@ -110,6 +114,71 @@ impl UdpTable {
                     .is_some_and(|f| &f.claim.host == host && f.failed.is_none())
             });
         }
+    }
+
+    /// What an upgrade hands over: each bound forward's sockets.
+    pub fn to_doc(&self) -> Vec<UdpDoc> {
+        use std::os::fd::AsRawFd;
+        self.forwards
+            .values()
+            .filter(|f| f.failed.is_none())
+            .map(|f| {
+                let c = &f.claim;
+                UdpDoc {
+                    host: c.host.to_string(),
+                    container: c.container.as_str().to_string(),
+                    container_name: c.container_name.clone(),
+                    container_port: c.container_port,
+                    started_at_ns: c.started_at_ns,
+                    local_port: c.local_port,
+                    bind: c.bind.clone(),
+                    to_ip: c.to.ip.clone(),
+                    to_port: c.to.port,
+                    sockets: f
+                        .sockets
+                        .iter()
+                        .filter_map(|s| {
+                            Some(ListenerDoc {
+                                addr: s.local_addr().ok()?,
+                                fd: s.as_raw_fd(),
+                            })
+                        })
+                        .collect(),
+                    datagrams_in: f.stats.datagrams_in.get(),
+                    datagrams_out: f.stats.datagrams_out.get(),
+                    dropped: f.stats.dropped.get(),
+                }
+            })
+            .collect()
+    }
+
+    /// The new image takes over a forward's sockets: they never unbind,
+    /// and its host's relay starts again on the adopted master.
+    pub fn adopt(&mut self, u: &UdpDoc, fds: &mut Descriptors, ctx: &Rc<ServeContext>) {
+        let Ok(claim) = document::udp_claim(u) else {
+            return;
+        };
+        let sockets: Vec<UdpSocket> = u
+            .sockets
+            .iter()
+            .filter_map(|l| fds.take(l.fd))
+            .filter_map(|fd| {
+                let s = std::net::UdpSocket::from(fd);
+                s.set_nonblocking(true).ok()?;
+                UdpSocket::from_std(s).ok()
+            })
+            .collect();
+        if sockets.is_empty() {
+            return;
+        }
+        let stats = Rc::new(UdpStats::default());
+        stats.datagrams_in.set(u.datagrams_in);
+        stats.datagrams_out.set(u.datagrams_out);
+        stats.dropped.set(u.dropped);
+        let port = claim.local_port;
+        let relay = self.relay_for(&claim.host, ctx);
+        let forward = serve(claim, sockets, relay, stats);
+        self.forwards.insert(port, forward);
     }
 
     fn relay_for(&mut self, host: &HostKey, ctx: &Rc<ServeContext>) -> &HostRelay {
@@ -137,37 +206,69 @@ impl UdpTable {
     }
 }
 
-fn bind(claim: UdpClaim, relay: &HostRelay, _ctx: &Rc<ServeContext>) -> UdpForward {
-    let stats = Rc::new(UdpStats::default());
+fn bind(claim: UdpClaim, relay: &HostRelay) -> UdpForward {
+    match bind_sockets(&claim) {
+        Ok(sockets) => {
+            tracing::info!(
+                event = "udp_forward_added",
+                host = %claim.host,
+                port = claim.local_port,
+                container = %claim.container_name,
+                container_id = %claim.container,
+                remote = %claim.to,
+                "forwarding UDP localhost:{} to {} of container {}",
+                claim.local_port,
+                claim.to,
+                claim.container_name
+            );
+            serve(claim, sockets, relay, Rc::new(UdpStats::default()))
+        }
+        Err(why) => UdpForward {
+            claim,
+            stats: Rc::default(),
+            failed: Some(why),
+            sockets: Vec::new(),
+            tasks: Vec::new(),
+        },
+    }
+}
+
+/// The claim's port on each of its addresses (a machine without IPv6
+/// loopback has 127.0.0.1 alone).
+fn bind_sockets(claim: &UdpClaim) -> Result<Vec<UdpSocket>, String> {
     let port = claim.local_port;
     let mut sockets = Vec::new();
-    let mut failed = None;
     for ip in &claim.bind {
         match bind_one(SocketAddr::new(*ip, port)) {
-            Ok(s) => sockets.push(Rc::new(s)),
-            // No IPv6 loopback on this machine: 127.0.0.1 alone.
+            Ok(s) => sockets.push(s),
             Err(e)
                 if *ip == IpAddr::V6(Ipv6Addr::LOCALHOST)
                     && (e.kind() == std::io::ErrorKind::AddrNotAvailable
                         || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT)) => {}
-            Err(e) => {
-                failed = Some(if e.kind() == std::io::ErrorKind::AddrInUse {
-                    format!("UDP {ip}:{port} is already in use by another program")
-                } else {
-                    format!("cannot bind UDP {ip}:{port}: {e}")
-                });
-                break;
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(format!(
+                    "UDP {ip}:{port} is already in use by another program"
+                ))
             }
+            Err(e) => return Err(format!("cannot bind UDP {ip}:{port}: {e}")),
         }
     }
-    if failed.is_some() || sockets.is_empty() {
-        return UdpForward {
-            claim,
-            stats,
-            failed: failed.or(Some(format!("no address to bind UDP port {port} on"))),
-            tasks: Vec::new(),
-        };
+    if sockets.is_empty() {
+        return Err(format!("no address to bind UDP port {port} on"));
     }
+    Ok(sockets)
+}
+
+/// A forward serving on `sockets`: the relay of its host knows it, and a
+/// task per socket reads its datagrams.
+fn serve(
+    claim: UdpClaim,
+    sockets: Vec<UdpSocket>,
+    relay: &HostRelay,
+    stats: Rc<UdpStats>,
+) -> UdpForward {
+    let port = claim.local_port;
+    let sockets: Vec<Rc<UdpSocket>> = sockets.into_iter().map(Rc::new).collect();
     let to = claim
         .to
         .ip
@@ -182,32 +283,17 @@ fn bind(claim: UdpClaim, relay: &HostRelay, _ctx: &Rc<ServeContext>) -> UdpForwa
             stats: stats.clone(),
         },
     );
-    tracing::info!(
-        event = "udp_forward_added",
-        host = %claim.host,
-        port,
-        container = %claim.container_name,
-        container_id = %claim.container,
-        remote = %claim.to,
-        "forwarding UDP localhost:{port} to {} of container {}",
-        claim.to,
-        claim.container_name
-    );
     let tasks = sockets
         .iter()
         .map(|s| {
-            tokio::task::spawn_local(receive(
-                s.clone(),
-                port,
-                relay.inbox.clone(),
-                stats.clone(),
-            ))
+            tokio::task::spawn_local(receive(s.clone(), port, relay.inbox.clone(), stats.clone()))
         })
         .collect();
     UdpForward {
         claim,
         stats,
         failed: None,
+        sockets,
         tasks,
     }
 }

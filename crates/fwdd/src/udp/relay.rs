@@ -56,7 +56,10 @@ pub enum RelayState {
     /// No master yet, or the relay is being put on the host.
     Starting,
     Running,
-    Unsupported { why: String, fix: String },
+    Unsupported {
+        why: String,
+        fix: String,
+    },
     Failed(String),
 }
 
@@ -102,7 +105,16 @@ pub async fn run(
         let outcome = match started {
             Ok(remote) => {
                 backoff = Duration::from_secs(1);
-                serve(&host, remote, &mut inbox, &mut link_rx, link.generation, &shared, settings).await
+                serve(
+                    &host,
+                    remote,
+                    &mut inbox,
+                    &mut link_rx,
+                    link.generation,
+                    &shared,
+                    settings,
+                )
+                .await
             }
             Err(e) => Err(e),
         };
@@ -184,9 +196,7 @@ async fn serve(
     shared: &Shared,
     settings: SessionSettings,
 ) -> Result<Ended, NotRunning> {
-    let fwd_ssh::RemoteProcess {
-        stdio, session, ..
-    } = remote;
+    let fwd_ssh::RemoteProcess { stdio, session, .. } = remote;
     let mut decoder = Decoder::default();
     let mut out: Vec<u8> = Vec::new();
     let mut queue = Queue::new(TO_RELAY_MAX);
@@ -196,9 +206,7 @@ async fn serve(
     push(&mut out, &mut queue, &Frame::Hello(HELLO.to_vec()), true);
     let mut buf = vec![0u8; 65_536];
     let ended = loop {
-        let expiry = sessions
-            .next_expiry()
-            .map(tokio::time::Instant::from_std);
+        let expiry = sessions.next_expiry().map(tokio::time::Instant::from_std);
         tokio::select! {
             r = stdio.readable() => {
                 if r.is_err() { break Err(NotRunning::Failed("the relay's channel failed".into())) }
@@ -335,7 +343,15 @@ fn outbound(
     let id = match sessions.open(d.port, d.client, Instant::now()) {
         Opened::Existing(id) => id,
         Opened::New(id) => {
-            push(out, queue, &Frame::Open { session: id, to: target.to }, true);
+            push(
+                out,
+                queue,
+                &Frame::Open {
+                    session: id,
+                    to: target.to,
+                },
+                true,
+            );
             count_sessions(sessions, shared);
             id
         }
@@ -366,12 +382,15 @@ fn reply(f: Frame, sessions: &mut Sessions, shared: &Shared, out: &mut Vec<u8>, 
                 push(out, queue, &Frame::Close { session }, true);
                 return;
             };
-            let socket = target
-                .sockets
-                .iter()
-                .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == client.is_ipv4()));
+            let socket = target.sockets.iter().find(|s| {
+                s.local_addr()
+                    .is_ok_and(|a| a.is_ipv4() == client.is_ipv4())
+            });
             match socket.map(|s| s.try_send_to(&datagram, client)) {
-                Some(Ok(_)) => target.stats.datagrams_out.set(target.stats.datagrams_out.get() + 1),
+                Some(Ok(_)) => target
+                    .stats
+                    .datagrams_out
+                    .set(target.stats.datagrams_out.get() + 1),
                 _ => target.stats.dropped.set(target.stats.dropped.get() + 1),
             }
         }
