@@ -65,6 +65,49 @@ impl Refused {
     }
 }
 
+/// Which way a datagram crossed a host's UDP forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpDirection {
+    /// From a client on the runner, read off a forward's socket.
+    In,
+    /// A reply handed back to the client that asked.
+    Out,
+}
+
+impl UdpDirection {
+    pub const ALL: [UdpDirection; 2] = [UdpDirection::In, UdpDirection::Out];
+
+    /// The `direction` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UdpDirection::In => "in",
+            UdpDirection::Out => "out",
+        }
+    }
+}
+
+/// Where a host's UDP datagrams were dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpDropped {
+    /// In fwdd: no relay running, a full queue, a forward at its session
+    /// cap, a reply the client's socket would not take.
+    Runner,
+    /// By the relay on the host (replies past its queue), as it reports.
+    Host,
+}
+
+impl UdpDropped {
+    pub const ALL: [UdpDropped; 2] = [UdpDropped::Runner, UdpDropped::Host];
+
+    /// The `where` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UdpDropped::Runner => "runner",
+            UdpDropped::Host => "host",
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the hand-off latency buckets: from a warm
 /// hand-off (~0.3 ms) to a client held through a reconnect (seconds).
 pub const HANDOFF_BUCKETS: [f64; 12] = [
@@ -120,6 +163,10 @@ pub struct HostCounters {
     name_connections: AtomicU64,
     failures: [AtomicU64; FailureReason::ALL.len()],
     refused: [AtomicU64; Refused::ALL.len()],
+    /// UDP datagrams, by direction, for the life of the process: a
+    /// forward's own counts (status) go with it when its container does.
+    udp_datagrams: [AtomicU64; UdpDirection::ALL.len()],
+    udp_dropped: [AtomicU64; UdpDropped::ALL.len()],
     /// Accept → tunnel open, for connections that got one.
     pub handoff: HandoffHistogram,
 }
@@ -158,6 +205,23 @@ impl HostCounters {
     pub fn refused(&self, what: Refused) -> u64 {
         self.refused[what as usize].load(Ordering::Relaxed)
     }
+
+    pub fn udp_datagram(&self, direction: UdpDirection) {
+        self.udp_datagrams[direction as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn udp_datagrams(&self, direction: UdpDirection) -> u64 {
+        self.udp_datagrams[direction as usize].load(Ordering::Relaxed)
+    }
+
+    /// `n` datagrams dropped `at` (the relay reports its drops in batches).
+    pub fn udp_drop(&self, at: UdpDropped, n: u64) {
+        self.udp_dropped[at as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn udp_dropped(&self, at: UdpDropped) -> u64 {
+        self.udp_dropped[at as usize].load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -189,5 +253,15 @@ mod tests {
         c.refuse(Refused::Tunnel);
         assert_eq!(c.refused(Refused::Tunnel), 1);
         assert_eq!(c.refused(Refused::EngineClient), 0);
+        c.udp_datagram(UdpDirection::In);
+        c.udp_datagram(UdpDirection::In);
+        c.udp_datagram(UdpDirection::Out);
+        c.udp_drop(UdpDropped::Host, 5);
+        c.udp_drop(UdpDropped::Runner, 1);
+        c.udp_drop(UdpDropped::Host, 2);
+        assert_eq!(c.udp_datagrams(UdpDirection::In), 2);
+        assert_eq!(c.udp_datagrams(UdpDirection::Out), 1);
+        assert_eq!(c.udp_dropped(UdpDropped::Host), 7);
+        assert_eq!(c.udp_dropped(UdpDropped::Runner), 1);
     }
 }

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::counters::{FailureReason, HostCounters, Refused};
+use crate::counters::{FailureReason, HostCounters, Refused, UdpDirection, UdpDropped};
 
 /// What a scrape reads of the daemon, taken in one step.
 #[derive(Clone, Debug, Default)]
@@ -80,7 +80,19 @@ pub struct HostScrape {
     pub names: BTreeMap<String, u64>,
     /// Client connections open now on the host's names.
     pub name_connections_open: u64,
+    /// Its UDP forwards, for a host with `udp = true` (none: no UDP series).
+    pub udp: Option<UdpScrape>,
     pub counters: Arc<HostCounters>,
+}
+
+/// A host's UDP forwards now; its datagrams and drops are counted in its
+/// [`HostCounters`], which outlive each forward.
+#[derive(Clone, Debug, Default)]
+pub struct UdpScrape {
+    /// Forwards by state (`serving`, `waiting`, `unsupported`, `failed`).
+    pub forwards: BTreeMap<String, u64>,
+    /// Client addresses with a session now, over the host's forwards.
+    pub sessions: u64,
 }
 
 impl HostScrape {
@@ -344,6 +356,58 @@ impl Collector for ScrapeCollector {
                     vec![host(h)],
                     ConstCounter::new(h.counters.name_connections()),
                 )
+            }),
+        )?;
+        // Per host, never per port or client: a host's published UDP ports
+        // and their clients' addresses grow with the workload.
+        let udp_hosts = || s.hosts.iter().filter_map(|h| Some((h, h.udp.as_ref()?)));
+        family(
+            &mut e,
+            "fwd_udp_forwards",
+            "Published UDP ports forwarded (udp = true), by state: serving, waiting (no master yet, or the relay is starting), unsupported (the relay cannot run on the host), failed (tried again).",
+            Gauge,
+            udp_hosts().flat_map(|(h, u)| {
+                u.forwards.iter().map(move |(state, n)| {
+                    (
+                        vec![host(h), ("state", Escaped(state))],
+                        ConstGauge::new(*n as i64),
+                    )
+                })
+            }),
+        )?;
+        family(
+            &mut e,
+            "fwd_udp_sessions",
+            "Client addresses with a UDP session now, over the host's UDP forwards.",
+            Gauge,
+            udp_hosts().map(|(h, u)| (vec![host(h)], ConstGauge::new(u.sessions as i64))),
+        )?;
+        family(
+            &mut e,
+            "fwd_udp_datagrams",
+            "UDP datagrams through the host's forwards: in (from clients on the runner), out (replies delivered to them).",
+            Counter,
+            udp_hosts().flat_map(|(h, _)| {
+                UdpDirection::ALL.iter().map(move |d| {
+                    (
+                        vec![host(h), ("direction", Escaped(d.as_str()))],
+                        ConstCounter::new(h.counters.udp_datagrams(*d)),
+                    )
+                })
+            }),
+        )?;
+        family(
+            &mut e,
+            "fwd_udp_dropped",
+            "UDP datagrams dropped: runner (in fwdd: no relay running, a full queue, a session cap), host (by the relay on the host: replies past its queue).",
+            Counter,
+            udp_hosts().flat_map(|(h, _)| {
+                UdpDropped::ALL.iter().map(move |w| {
+                    (
+                        vec![host(h), ("where", Escaped(w.as_str()))],
+                        ConstCounter::new(h.counters.udp_dropped(*w)),
+                    )
+                })
             }),
         )?;
         family(

@@ -18,6 +18,11 @@ mod counters;
 mod exposition;
 mod http;
 
-pub use counters::{FailureReason, HandoffHistogram, HostCounters, Refused, HANDOFF_BUCKETS};
-pub use exposition::{encode, readiness, Descriptors, EndpointCounts, Format, HostScrape, Scrape};
+pub use counters::{
+    FailureReason, HandoffHistogram, HostCounters, Refused, UdpDirection, UdpDropped,
+    HANDOFF_BUCKETS,
+};
+pub use exposition::{
+    encode, readiness, Descriptors, EndpointCounts, Format, HostScrape, Scrape, UdpScrape,
+};
 pub use http::{serve, serve_with, Limits, MetricsSource};

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use fwd_metrics::{HostScrape, MetricsSource, Scrape};
+use fwd_metrics::{HostScrape, MetricsSource, Scrape, UdpScrape};
 use fwd_proto::{ForwardState, MasterState, StreamState};
 
 use crate::daemon::Daemon;
@@ -22,6 +22,14 @@ impl MetricsSource for DaemonMetrics {
 
 pub fn scrape(d: &Daemon) -> Scrape {
     let status = crate::status::snapshot(d);
+    let udp_hosts: Vec<String> = d
+        .config
+        .borrow()
+        .hosts
+        .iter()
+        .filter(|c| c.udp)
+        .map(|c| c.name.clone())
+        .collect();
     let hosts = status
         .hosts
         .iter()
@@ -52,6 +60,16 @@ pub fn scrape(d: &Daemon) -> Scrape {
                 *names.entry(n.state.clone()).or_default() += 1;
                 name_connections_open += n.connections_open;
             }
+            // Per host and state, never per port: a host with udp = true
+            // has its series from the start, zeros until a forward comes.
+            let udp = udp_hosts.contains(&h.name).then(|| {
+                let mut u = UdpScrape::default();
+                for f in status.udp.iter().filter(|f| f.host == h.name) {
+                    *u.forwards.entry(f.state.clone()).or_default() += 1;
+                    u.sessions += f.sessions;
+                }
+                u
+            });
             let reconnects = d
                 .host(&h.name)
                 .map(|host| {
@@ -92,6 +110,7 @@ pub fn scrape(d: &Daemon) -> Scrape {
                 ports_over_cap,
                 names,
                 name_connections_open,
+                udp,
                 counters: d.serve.counters(&key),
             }
         })

@@ -227,6 +227,171 @@ fn names_and_their_connections_are_counted_per_host() {
     );
 }
 
+/// A UDP echo server (the runner's Python, bind-mounted) on container port
+/// 5353, published at `host_port`; its container id.
+fn udp_echo(host: &TestHost, host_port: u16) -> String {
+    host.run_with_host_binaries(&[
+        "-p",
+        &format!("{host_port}:5353/udp"),
+        &host.image,
+        "/usr/bin/python3",
+        "-u",
+        "-c",
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('0.0.0.0', 5353))\n\
+         while True:\n    d, a = s.recvfrom(65535)\n    s.sendto(d, a)\n",
+    ])
+}
+
+/// The label names of each sample of the families beginning with `prefix`.
+fn label_names<'a>(text: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| {
+            let labels = l.split_once('{')?.1.rsplit_once('}')?.0;
+            Some(
+                labels
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// UDP forwards (issue 33) are counted per host: forwards by state,
+/// sessions, datagrams each way and drops, never per port or client; the
+/// datagrams stay counted when their forward goes with its container.
+#[test]
+fn udp_forwards_are_counted_per_host_and_outlive_their_container() {
+    let host = sandbox_host!("metrics_udp");
+    // fwdd carries the relay from beside its own binary.
+    common::udp_relay();
+    let fwdd = with_metrics_and(&host, "udp = true\n");
+    // A host with udp = true has its series before any forward, at zero.
+    let text = wait_sample(
+        &host,
+        "fwd_udp_sessions{host=\"box\"}",
+        "the UDP series of a host with udp = true",
+        |v| v == 0.0,
+    );
+    for series in [
+        "fwd_udp_datagrams_total{host=\"box\",direction=\"in\"}",
+        "fwd_udp_datagrams_total{host=\"box\",direction=\"out\"}",
+        "fwd_udp_dropped_total{host=\"box\",where=\"runner\"}",
+        "fwd_udp_dropped_total{host=\"box\",where=\"host\"}",
+    ] {
+        assert_eq!(sample(&text, series), Some(0.0), "{series}: {text}");
+    }
+    let id = udp_echo(&host, 20720);
+    wait_sample(
+        &host,
+        "fwd_udp_forwards{host=\"box\",state=\"serving\"}",
+        "the UDP forward serving",
+        |v| v == 1.0,
+    );
+    let client = host.in_runner_ns(|| {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a client");
+        s.connect(("127.0.0.1", 20720)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        s
+    });
+    // Each trip sent again until its echo comes (the relay may lose one
+    // while it starts); every send and every echo is counted.
+    let mut sent = 0;
+    let mut buf = [0u8; 64];
+    for i in 0..20 {
+        let msg = format!("trip {i}");
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            assert!(std::time::Instant::now() < deadline, "no echo of {msg}");
+            client.send(msg.as_bytes()).expect("send");
+            sent += 1;
+            if client
+                .recv(&mut buf)
+                .is_ok_and(|n| &buf[..n] == msg.as_bytes())
+            {
+                break;
+            }
+        }
+    }
+    let text = wait_sample(
+        &host,
+        "fwd_udp_datagrams_total{host=\"box\",direction=\"out\"}",
+        "the echoes counted",
+        |v| v >= 20.0,
+    );
+    let received = sample(
+        &text,
+        "fwd_udp_datagrams_total{host=\"box\",direction=\"in\"}",
+    )
+    .expect("datagrams in");
+    assert!(
+        (20.0..=f64::from(sent)).contains(&received),
+        "{sent} sent: {text}"
+    );
+    assert_eq!(
+        sample(&text, "fwd_udp_sessions{host=\"box\"}"),
+        Some(1.0),
+        "one client, one session: {text}"
+    );
+    // The same count as status's (read after it: never less, never more
+    // than was sent).
+    let st = fwdd
+        .status()
+        .and_then(|s| s.udp.into_iter().find(|u| u.local_port == 20720))
+        .expect("the UDP forward in status");
+    assert!(
+        (received..=f64::from(sent)).contains(&(st.datagrams_in as f64)),
+        "{st:?}: {text}"
+    );
+    for labels in label_names(&text, "fwd_udp_") {
+        assert!(
+            labels
+                .iter()
+                .all(|k| ["host", "state", "direction", "where"].contains(k)),
+            "a UDP series labelled by more than its host: {labels:?} in {text}"
+        );
+    }
+    // The container removed: the forward goes, its datagrams stay counted.
+    host.sandbox().docker_ok(&["rm", "-f", id.trim()]);
+    let deadline = std::time::Instant::now() + T;
+    let text = loop {
+        let (_, text) = get(&host, "/metrics");
+        if sample(&text, "fwd_udp_forwards{host=\"box\",state=\"serving\"}").is_none() {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the forward never went: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        sample(&text, "fwd_udp_sessions{host=\"box\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "fwd_udp_datagrams_total{host=\"box\",direction=\"in\"}"
+        )
+        .is_some_and(|v| v >= received),
+        "a counter went back with its forward: {text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "fwd_udp_datagrams_total{host=\"box\",direction=\"out\"}"
+        )
+        .is_some_and(|v| v >= 20.0),
+        "{text}"
+    );
+}
+
 /// Debian's Prometheus, scraping fwdd every second from the runner's
 /// namespace; `query` asks its HTTP API for one instant value.
 struct Prometheus {

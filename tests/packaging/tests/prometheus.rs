@@ -55,6 +55,7 @@ fn the_rules_use_only_metrics_fwdd_exposes() {
         "fwd_open_files_limit",
         "fwd_connections_refused_total",
         "fwd_names",
+        "fwd_udp_forwards",
     ];
     let source = std::fs::read_to_string(workspace().join("crates/fwd-metrics/src/exposition.rs"))
         .expect("exposition.rs");

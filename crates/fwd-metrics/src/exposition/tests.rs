@@ -25,11 +25,20 @@ fn sample() -> Scrape {
                     c.failed(FailureReason::Refused);
                     c.handoff.observe(Duration::from_micros(400));
                     c.refuse(crate::Refused::Tunnel);
+                    for _ in 0..3 {
+                        c.udp_datagram(crate::UdpDirection::In);
+                    }
+                    c.udp_datagram(crate::UdpDirection::Out);
+                    c.udp_drop(crate::UdpDropped::Host, 40);
                     c
                 },
                 ports_over_cap: 2_520,
                 names: [("serving".to_string(), 4), ("unnamed".to_string(), 1)].into(),
                 name_connections_open: 3,
+                udp: Some(UdpScrape {
+                    forwards: [("serving".to_string(), 2), ("unsupported".to_string(), 1)].into(),
+                    sessions: 5,
+                }),
             },
             HostScrape {
                 name: "we\"ird\\host\n".into(),
@@ -76,6 +85,17 @@ fn every_metric_of_the_contract_is_there() {
         "# TYPE fwd_name_connections counter",
         "fwd_name_connections_total{host=\"prod\"} 1",
         "fwd_connection_failures_total{host=\"prod\",reason=\"refused\"} 1",
+        "# TYPE fwd_udp_forwards gauge",
+        "fwd_udp_forwards{host=\"prod\",state=\"serving\"} 2",
+        "fwd_udp_forwards{host=\"prod\",state=\"unsupported\"} 1",
+        "# TYPE fwd_udp_sessions gauge",
+        "fwd_udp_sessions{host=\"prod\"} 5",
+        "# TYPE fwd_udp_datagrams counter",
+        "fwd_udp_datagrams_total{host=\"prod\",direction=\"in\"} 3",
+        "fwd_udp_datagrams_total{host=\"prod\",direction=\"out\"} 1",
+        "# TYPE fwd_udp_dropped counter",
+        "fwd_udp_dropped_total{host=\"prod\",where=\"runner\"} 0",
+        "fwd_udp_dropped_total{host=\"prod\",where=\"host\"} 40",
         "# TYPE fwd_connections_refused counter",
         "fwd_connections_refused_total{host=\"prod\",what=\"tunnel\"} 1",
         "fwd_connections_refused_total{host=\"prod\",what=\"engine_client\"} 0",
@@ -112,6 +132,15 @@ fn every_metric_of_the_contract_is_there() {
     // connections (a rate over them works from the first scrape).
     assert_eq!(text.matches("fwd_names{").count(), 2);
     assert!(text.contains("fwd_name_connections_total{host=\"we\\\"ird\\\\host\\n\"} 0"));
+    // A host without udp = true has no UDP series at all: prod's only.
+    for (family, samples) in [
+        ("fwd_udp_forwards{", 2),
+        ("fwd_udp_sessions{", 1),
+        ("fwd_udp_datagrams_total{", 2),
+        ("fwd_udp_dropped_total{", 2),
+    ] {
+        assert_eq!(text.matches(family).count(), samples, "{family} in {text}");
+    }
 }
 
 #[test]
@@ -144,6 +173,9 @@ fn the_classic_format_names_counter_families_with_total_and_has_no_eof() {
     assert!(text.contains("# TYPE fwd_name_connections_total counter\n"));
     assert!(text.contains("# TYPE fwd_name_connections_open gauge\n"));
     assert!(!text.contains("fwd_name_connections_open_total"), "{text}");
+    assert!(text.contains("# TYPE fwd_udp_datagrams_total counter\n"));
+    assert!(text.contains("# TYPE fwd_udp_dropped_total counter\n"));
+    assert!(text.contains("# TYPE fwd_udp_sessions gauge\n"));
     assert!(text.contains("# TYPE fwd_handoff_seconds histogram\n"));
     assert!(!text.contains("# EOF"));
     assert_eq!(Format::from_accept(None), Format::Classic);

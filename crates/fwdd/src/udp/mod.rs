@@ -189,6 +189,7 @@ impl UdpTable {
                 targets: Default::default(),
                 state: std::cell::RefCell::new(RelayState::Starting),
                 relay_dropped: Default::default(),
+                counters: ctx.counters(host),
             });
             let task = tokio::task::spawn_local(relay::run(
                 host.clone(),
@@ -286,7 +287,13 @@ fn serve(
     let tasks = sockets
         .iter()
         .map(|s| {
-            tokio::task::spawn_local(receive(s.clone(), port, relay.inbox.clone(), stats.clone()))
+            tokio::task::spawn_local(receive(
+                s.clone(),
+                port,
+                relay.inbox.clone(),
+                stats.clone(),
+                relay.shared.counters.clone(),
+            ))
         })
         .collect();
     UdpForward {
@@ -311,6 +318,7 @@ async fn receive(
     port: u16,
     inbox: mpsc::Sender<Inbound>,
     stats: Rc<UdpStats>,
+    counters: std::sync::Arc<fwd_metrics::HostCounters>,
 ) {
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -318,6 +326,7 @@ async fn receive(
             continue;
         };
         stats.datagrams_in.set(stats.datagrams_in.get() + 1);
+        counters.udp_datagram(fwd_metrics::UdpDirection::In);
         let d = Inbound {
             port,
             client,
@@ -327,6 +336,7 @@ async fn receive(
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 stats.dropped.set(stats.dropped.get() + 1);
+                counters.udp_drop(fwd_metrics::UdpDropped::Runner, 1);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }

@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fwd_core::udp::{Decoder, Frame, Opened, Queue, SessionSettings, Sessions, HELLO};
 use fwd_core::HostKey;
+use fwd_metrics::{HostCounters, UdpDirection, UdpDropped};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -69,6 +71,8 @@ pub struct Shared {
     pub state: RefCell<RelayState>,
     /// Datagrams the relay on the host dropped (it says so).
     pub relay_dropped: Cell<u64>,
+    /// The host's counters for /metrics, which outlive its forwards.
+    pub counters: Arc<HostCounters>,
 }
 
 pub async fn run(
@@ -155,6 +159,7 @@ enum Ended {
 }
 
 fn drop_one(shared: &Shared, port: u16) {
+    shared.counters.udp_drop(UdpDropped::Runner, 1);
     if let Some(t) = shared.targets.borrow().get(&port) {
         t.stats.dropped.set(t.stats.dropped.get() + 1);
     }
@@ -357,6 +362,7 @@ fn outbound(
         }
         Opened::Full => {
             target.stats.dropped.set(target.stats.dropped.get() + 1);
+            shared.counters.udp_drop(UdpDropped::Runner, 1);
             return;
         }
     };
@@ -366,6 +372,7 @@ fn outbound(
     };
     if !push(out, queue, &frame, false) {
         target.stats.dropped.set(target.stats.dropped.get() + 1);
+        shared.counters.udp_drop(UdpDropped::Runner, 1);
     }
 }
 
@@ -387,18 +394,27 @@ fn reply(f: Frame, sessions: &mut Sessions, shared: &Shared, out: &mut Vec<u8>, 
                     .is_ok_and(|a| a.is_ipv4() == client.is_ipv4())
             });
             match socket.map(|s| s.try_send_to(&datagram, client)) {
-                Some(Ok(_)) => target
-                    .stats
-                    .datagrams_out
-                    .set(target.stats.datagrams_out.get() + 1),
-                _ => target.stats.dropped.set(target.stats.dropped.get() + 1),
+                Some(Ok(_)) => {
+                    target
+                        .stats
+                        .datagrams_out
+                        .set(target.stats.datagrams_out.get() + 1);
+                    shared.counters.udp_datagram(UdpDirection::Out);
+                }
+                _ => {
+                    target.stats.dropped.set(target.stats.dropped.get() + 1);
+                    shared.counters.udp_drop(UdpDropped::Runner, 1);
+                }
             }
         }
         Frame::Close { session } => {
             sessions.close(session);
             count_sessions(sessions, shared);
         }
-        Frame::Dropped(n) => shared.relay_dropped.set(shared.relay_dropped.get() + n),
+        Frame::Dropped(n) => {
+            shared.relay_dropped.set(shared.relay_dropped.get() + n);
+            shared.counters.udp_drop(UdpDropped::Host, n);
+        }
         Frame::Hello(_) | Frame::Open { .. } => {}
     }
 }
