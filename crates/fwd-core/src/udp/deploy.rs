@@ -1,18 +1,27 @@
 //! Putting the relay on a host: the constant commands fwdd runs in a
-//! session of the master, and what their answers mean. The relay fwdd
-//! carries is built for the runner's own CPU; it is cached on the host
+//! session of the master, and what their answers mean. First the host's
+//! platform (`uname`), which picks the relay fwdd carries for it: one built
+//! for that platform by name (`fwd-udp-relay-linux-aarch64`, so a macOS
+//! runner can carry Linux relays), or fwdd's own (`fwd-udp-relay`) when
+//! the host is the runner's platform. The relay is cached on the host
 //! under `${XDG_CACHE_HOME:-$HOME/.cache}/fwd`, named by its SHA-256, and
 //! that hash is checked before it is stored and before it is used. The
-//! only values put into the commands are that hash (64 hex digits, fwd's
-//! own) and the CPU name (a constant): nothing from the remote side.
+//! only value put into the commands is that hash (64 hex digits, fwd's
+//! own): nothing from the remote side.
 
 /// The relay's file name on the host, before its hash.
 pub const RELAY_FILE: &str = "fwd-udp-relay-";
 
+/// The relay fwdd carries for its own platform, beside its binary.
+pub const OWN_RELAY: &str = "fwd-udp-relay";
+
 /// The directory on the host, as the host's shell expands it.
 const CACHE_DIR: &str = r#""${XDG_CACHE_HOME:-$HOME/.cache}/fwd""#;
 
-/// What the first command found.
+/// The host's kernel and CPU, one a line.
+pub const PLATFORM_COMMAND: &str = "uname -s; uname -m";
+
+/// What the check found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Check {
     /// The relay is cached and its hash checks.
@@ -23,17 +32,90 @@ pub enum Check {
     Unsupported { why: String, fix: String },
 }
 
-/// `uname -m`'s name for the CPU fwd runs on (`std::env::consts::ARCH`).
-pub fn uname_arch(rust_arch: &str) -> &'static str {
-    match rust_arch {
-        "x86_64" => "x86_64",
-        "aarch64" => "aarch64",
-        "arm" => "armv7l",
-        "x86" => "i686",
-        "riscv64" => "riscv64",
-        "s390x" => "s390x",
-        "powerpc64" => "ppc64le",
-        _ => "unknown",
+/// A kernel and a CPU, as `uname` names them, lowercase (`linux`,
+/// `x86_64`; `arm64` and `amd64` as `aarch64` and `x86_64`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub arch: String,
+}
+
+impl Platform {
+    /// The platform fwdd runs on.
+    pub fn runner() -> Platform {
+        Platform {
+            os: match std::env::consts::OS {
+                "macos" => "darwin".to_string(),
+                other => other.to_string(),
+            },
+            arch: normal_arch(std::env::consts::ARCH),
+        }
+    }
+
+    /// The relay files beside fwdd that run on this platform, in order.
+    pub fn relay_files(&self, runner: &Platform) -> Vec<String> {
+        let mut files = vec![format!("{OWN_RELAY}-{}-{}", self.os, self.arch)];
+        if self == runner {
+            files.push(OWN_RELAY.to_string());
+        }
+        files
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.os, self.arch)
+    }
+}
+
+fn normal_arch(arch: &str) -> String {
+    match arch {
+        "arm64" => "aarch64".to_string(),
+        "amd64" => "x86_64".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Reads `uname -s; uname -m`; `None` for anything else (a restricted
+/// shell's banner, more lines, odd characters).
+pub fn parse_platform(out: &str) -> Option<Platform> {
+    let word = |s: &str| {
+        let s = s.trim().to_ascii_lowercase();
+        (!s.is_empty()
+            && s.len() <= 32
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .then_some(s)
+    };
+    let mut lines = out.lines();
+    let os = word(lines.next()?)?;
+    let arch = normal_arch(&word(lines.next()?)?);
+    lines.next().is_none().then_some(Platform { os, arch })
+}
+
+/// Why the relay cannot run: the host's shell answered something else.
+pub fn odd_shell(out: &str) -> Check {
+    Check::Unsupported {
+        why: format!(
+            "the host's shell answered {:?} to fwd's check",
+            out.chars().take(60).collect::<String>()
+        ),
+        fix: "check that the ssh user has a POSIX shell (sshd's ForceCommand allows no other \
+              command), or set udp = false"
+            .into(),
+    }
+}
+
+/// Why the relay cannot run: fwd carries none for the host's platform.
+pub fn no_relay_for(host: &Platform, looked_for: &[String]) -> Check {
+    Check::Unsupported {
+        why: format!(
+            "fwd carries no relay for {host} (looked for {} beside fwdd)",
+            looked_for.join(", ")
+        ),
+        fix: format!(
+            "install the fwd release that includes {}, or set udp = false",
+            looked_for.first().map_or(OWN_RELAY, String::as_str)
+        ),
     }
 }
 
@@ -44,19 +126,17 @@ fn valid_hash(hash: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-/// Whether the host runs fwd's CPU, has `sha256sum`, and has the relay.
-/// `None`: `hash` is not a lowercase SHA-256 (never sent to a shell).
-pub fn check_command(hash: &str, arch: &str) -> Option<String> {
-    if !valid_hash(hash) || !arch.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return None;
-    }
-    Some(format!(
-        "m=$(uname -m); [ \"$m\" = {arch} ] || {{ echo \"arch $m\"; exit 0; }}; \
-         command -v sha256sum >/dev/null 2>&1 || {{ echo nosha; exit 0; }}; \
-         f={CACHE_DIR}/{RELAY_FILE}{hash}; \
-         if [ -f \"$f\" ] && [ \"$(sha256sum < \"$f\" | cut -c1-64)\" = {hash} ]; \
-         then echo have; else echo need; fi"
-    ))
+/// Whether the host has `sha256sum` and the relay of that hash. `None`:
+/// `hash` is not a lowercase SHA-256 (never sent to a shell).
+pub fn check_command(hash: &str) -> Option<String> {
+    valid_hash(hash).then(|| {
+        format!(
+            "command -v sha256sum >/dev/null 2>&1 || {{ echo nosha; exit 0; }}; \
+             f={CACHE_DIR}/{RELAY_FILE}{hash}; \
+             if [ -f \"$f\" ] && [ \"$(sha256sum < \"$f\" | cut -c1-64)\" = {hash} ]; \
+             then echo have; else echo need; fi"
+        )
+    })
 }
 
 /// Stores the relay read from stdin, if its hash checks; prints `stored`.
@@ -78,37 +158,15 @@ pub fn start_command(hash: &str) -> Option<String> {
 }
 
 /// Reads the check's first line.
-pub fn parse_check(out: &str, arch: &str) -> Check {
-    let line = out.lines().next().unwrap_or("").trim();
-    match line {
+pub fn parse_check(out: &str) -> Check {
+    match out.lines().next().unwrap_or("").trim() {
         "have" => Check::Have,
         "need" => Check::Need,
         "nosha" => Check::Unsupported {
             why: "the host has no sha256sum to check the relay with".into(),
             fix: "install coreutils on the host, or set udp = false".into(),
         },
-        _ => match line.strip_prefix("arch ") {
-            Some(other) => Check::Unsupported {
-                why: format!(
-                    "the host's CPU is {}, fwd carries a relay for {arch}",
-                    other
-                        .chars()
-                        .take(32)
-                        .filter(|c| c.is_ascii_graphic())
-                        .collect::<String>()
-                ),
-                fix: "run fwdd on a runner of the host's CPU, or set udp = false".into(),
-            },
-            None => Check::Unsupported {
-                why: format!(
-                    "the host's shell answered {:?} to fwd's check",
-                    line.chars().take(60).collect::<String>()
-                ),
-                fix: "check that the ssh user has a POSIX shell (sshd's ForceCommand \
-                      allows no other command), or set udp = false"
-                    .into(),
-            },
-        },
+        _ => odd_shell(out),
     }
 }
 
@@ -140,11 +198,10 @@ mod tests {
     const HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     #[test]
-    fn commands_take_only_a_lowercase_hash_and_a_plain_cpu_name() {
-        assert!(check_command(HASH, "x86_64").is_some());
-        assert!(check_command(&HASH.to_uppercase(), "x86_64").is_none());
-        assert!(check_command("abc", "x86_64").is_none());
-        assert!(check_command(HASH, "x86; rm -rf ~").is_none());
+    fn commands_take_only_a_lowercase_hash() {
+        assert!(check_command(HASH).is_some());
+        assert!(check_command(&HASH.to_uppercase()).is_none());
+        assert!(check_command("abc").is_none());
         assert!(upload_command("$(reboot)").is_none());
         assert_eq!(
             start_command(HASH).expect("valid"),
@@ -152,16 +209,52 @@ mod tests {
         );
     }
 
+    /// A Linux host gets a relay built for it by name, or fwdd's own when
+    /// the runner is the same platform; a macOS runner carries Linux ones.
+    #[test]
+    fn the_relay_is_chosen_by_the_hosts_platform() {
+        let linux = parse_platform("Linux\nx86_64\n").expect("parses");
+        assert_eq!(
+            linux,
+            Platform {
+                os: "linux".into(),
+                arch: "x86_64".into()
+            }
+        );
+        assert_eq!(
+            linux.relay_files(&linux),
+            ["fwd-udp-relay-linux-x86_64", "fwd-udp-relay"]
+        );
+        let mac = Platform {
+            os: "darwin".into(),
+            arch: "aarch64".into(),
+        };
+        assert_eq!(linux.relay_files(&mac), ["fwd-udp-relay-linux-x86_64"]);
+        let arm = parse_platform("Linux\narm64\n").expect("parses");
+        assert_eq!(arm.arch, "aarch64");
+        assert!(matches!(
+            no_relay_for(&arm, &arm.relay_files(&linux)),
+            Check::Unsupported { why, fix } if why.contains("linux aarch64") && fix.contains("fwd-udp-relay-linux-aarch64")
+        ));
+        for odd in [
+            "",
+            "Linux",
+            "Linux\nx86_64\nmore",
+            "This account is restricted.\n\n",
+            "Linux\nx86 64",
+        ] {
+            assert_eq!(parse_platform(odd), None, "{odd:?}");
+        }
+    }
+
     #[test]
     fn odd_answers_are_unsupported_with_a_fix() {
         assert!(matches!(
-            parse_check("This account is restricted\n", "x86_64"),
+            parse_check("This account is restricted\n"),
             Check::Unsupported { fix, .. } if fix.contains("ForceCommand")
         ));
-        assert!(matches!(
-            parse_check("nosha", "x86_64"),
-            Check::Unsupported { .. }
-        ));
+        assert!(matches!(parse_check("nosha"), Check::Unsupported { .. }));
+        assert_eq!(parse_check("have\n"), Check::Have);
         assert!(start_failure(Some(126)).0.contains("noexec"));
     }
 }

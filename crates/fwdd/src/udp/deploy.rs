@@ -1,16 +1,18 @@
-//! The relay onto a host and started there, over the host's master: a
-//! check (is fwd's CPU, `sha256sum` and the cached relay there?), an upload
-//! when it is not, then the relay in a session of its own. The commands
-//! and what their answers mean are `fwd_core::udp::deploy`'s.
+//! The relay onto a host and started there, over the host's master: the
+//! host's platform (which relay fwdd carries for it), a check (is
+//! `sha256sum` and the cached relay there?), an upload when it is not, then
+//! the relay in a session of its own. The commands and what their answers
+//! mean are `fwd_core::udp::deploy`'s.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex};
 
-use fwd_core::udp::deploy::{self, Check};
+use fwd_core::udp::deploy::{self, Check, Platform};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The relay fwdd carries: its bytes and their SHA-256 (lowercase hex).
+/// A relay fwdd carries: its bytes and their SHA-256 (lowercase hex).
 pub struct LocalRelay {
     pub bytes: Vec<u8>,
     pub hash: String,
@@ -26,44 +28,58 @@ pub enum NotRunning {
     Failed(String),
 }
 
-/// The relay program beside fwdd's own binary (`fwd-udp-relay`), read once.
-pub fn local_relay() -> Result<&'static LocalRelay, NotRunning> {
-    static RELAY: OnceLock<Result<LocalRelay, String>> = OnceLock::new();
-    RELAY
-        .get_or_init(|| {
-            let path = relay_path()?;
-            let bytes = std::fs::read(&path)
-                .map_err(|e| format!("cannot read the relay {}: {e}", path.display()))?;
-            let hash = Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            Ok(LocalRelay { bytes, hash })
-        })
-        .as_ref()
-        .map_err(|why| NotRunning::Unsupported {
-            why: why.clone(),
-            fix: "install fwd-udp-relay beside fwdd (the packages do), or set udp = false".into(),
-        })
+impl From<Check> for NotRunning {
+    fn from(c: Check) -> NotRunning {
+        match c {
+            Check::Unsupported { why, fix } => NotRunning::Unsupported { why, fix },
+            other => NotRunning::Failed(format!("{other:?}")),
+        }
+    }
 }
 
-fn relay_path() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find fwdd's own path: {e}"))?;
-    let dir = exe
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or("fwdd's path has no directory")?;
-    Ok(dir.join("fwd-udp-relay"))
+/// The relay for `host` beside fwdd's own binary, read once per file:
+/// `None` when fwdd carries none for that platform.
+fn local_relay(host: &Platform) -> Result<Option<Arc<LocalRelay>>, NotRunning> {
+    static READ: Mutex<BTreeMap<PathBuf, Arc<LocalRelay>>> = Mutex::new(BTreeMap::new());
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .ok_or_else(|| NotRunning::Failed("cannot find fwdd's own path".into()))?;
+    for name in host.relay_files(&Platform::runner()) {
+        let path = dir.join(&name);
+        let mut read = READ.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(relay) = read.get(&path) {
+            return Ok(Some(relay.clone()));
+        }
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let hash = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let relay = Arc::new(LocalRelay { bytes, hash });
+        read.insert(path, relay.clone());
+        return Ok(Some(relay));
+    }
+    Ok(None)
 }
 
-/// Checks the host, sends the relay if it lacks it, and starts it.
+/// Finds the host's platform, checks the host, sends the relay if it
+/// lacks it, and starts it.
 pub async fn start(control_path: &Path) -> Result<fwd_ssh::RemoteProcess, NotRunning> {
-    let relay = local_relay()?;
-    let arch = deploy::uname_arch(std::env::consts::ARCH);
+    let (_, out) = run(control_path, deploy::PLATFORM_COMMAND, &[]).await?;
+    let Some(platform) = deploy::parse_platform(&out) else {
+        return Err(deploy::odd_shell(&out).into());
+    };
+    let Some(relay) = local_relay(&platform)? else {
+        let looked_for = platform.relay_files(&Platform::runner());
+        return Err(deploy::no_relay_for(&platform, &looked_for).into());
+    };
     let bad_hash = || NotRunning::Failed("the relay's hash is not a SHA-256".into());
-    let check = deploy::check_command(&relay.hash, arch).ok_or_else(bad_hash)?;
+    let check = deploy::check_command(&relay.hash).ok_or_else(bad_hash)?;
     let (_, out) = run(control_path, &check, &[]).await?;
-    match deploy::parse_check(&out, arch) {
+    match deploy::parse_check(&out) {
         Check::Have => {}
         Check::Need => {
             let upload = deploy::upload_command(&relay.hash).ok_or_else(bad_hash)?;
@@ -81,7 +97,7 @@ pub async fn start(control_path: &Path) -> Result<fwd_ssh::RemoteProcess, NotRun
                 });
             }
         }
-        Check::Unsupported { why, fix } => return Err(NotRunning::Unsupported { why, fix }),
+        unsupported => return Err(unsupported.into()),
     }
     let start = deploy::start_command(&relay.hash).ok_or_else(bad_hash)?;
     fwd_ssh::spawn_remote(control_path, &start)
@@ -168,21 +184,17 @@ mod tests {
             })
             .expect("sha256sum");
         let hash = String::from_utf8_lossy(&out.stdout)[..64].to_string();
-        let arch = deploy::uname_arch(std::env::consts::ARCH);
-        let check = deploy::check_command(&hash, arch).expect("valid");
-        assert_eq!(deploy::parse_check(&sh(&check, b"").1, arch), Check::Need);
+        let platform = deploy::parse_platform(&sh(deploy::PLATFORM_COMMAND, b"").1).expect("uname");
+        assert_eq!(platform, Platform::runner());
+        let check = deploy::check_command(&hash).expect("valid");
+        assert_eq!(deploy::parse_check(&sh(&check, b"").1), Check::Need);
         let upload = deploy::upload_command(&hash).expect("valid");
         assert_eq!(sh(&upload, b"not the relay"), (Some(1), "corrupt\n".into()));
-        assert_eq!(deploy::parse_check(&sh(&check, b"").1, arch), Check::Need);
+        assert_eq!(deploy::parse_check(&sh(&check, b"").1), Check::Need);
         assert_eq!(sh(&upload, relay), (Some(0), "stored\n".into()));
-        assert_eq!(deploy::parse_check(&sh(&check, b"").1, arch), Check::Have);
+        assert_eq!(deploy::parse_check(&sh(&check, b"").1), Check::Have);
         let start = deploy::start_command(&hash).expect("valid");
         assert_eq!(sh(&start, b""), (Some(0), "relay-ran\n".into()));
-        let elsewhere = deploy::check_command(&hash, "sparc64").expect("valid");
-        assert!(matches!(
-            deploy::parse_check(&sh(&elsewhere, b"").1, "sparc64"),
-            Check::Unsupported { why, .. } if why.contains(arch)
-        ));
         let _ = std::fs::remove_dir_all(&home);
     }
 }
