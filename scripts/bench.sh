@@ -40,7 +40,11 @@ if [ -n "${FWD_BENCH_REV:-}" ]; then
   echo "bench.sh: daemon from $FWD_BENCH_REV ($(git -C "$root" rev-parse --short "$FWD_BENCH_REV")), built in $src" >&2
 fi
 target=${CARGO_TARGET_DIR:-$root/target}
-(cd "$src" && CARGO_TARGET_DIR="$target" cargo build --release -p fwdd -p fwdctl -p fwd-bench)
+# fwdd carries its UDP relay from beside its own binary (the udp figures);
+# a revision from before the relay has none to build.
+relay=()
+[ -d "$src/crates/fwd-udp-relay" ] && relay=(-p fwd-udp-relay)
+(cd "$src" && CARGO_TARGET_DIR="$target" cargo build --release -p fwdd -p fwdctl "${relay[@]}" -p fwd-bench)
 
 sandbox=$(mktemp -d /tmp/fwdbn.XXXXXX)
 cleanup() {

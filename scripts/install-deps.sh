@@ -41,6 +41,8 @@ command -v node >/dev/null || missing+=(nodejs)
 python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 # The alert rules' checks and unit tests, and the metrics e2e test's scraper.
 command -v promtool >/dev/null || missing+=(prometheus)
+# The UDP benchmark's baseline: socat at both ends of a separate ssh -L.
+command -v socat >/dev/null || missing+=(socat)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -230,14 +230,14 @@ impl Summary {
 
 /// One process: ppid, comm, cmdline, and utime+stime+cutime+cstime in seconds (a child
 /// that ends and is reaped moves its CPU to its parent: busybox httpd forks per client).
-struct Proc {
+pub(crate) struct Proc {
     ppid: u32,
-    comm: String,
+    pub(crate) comm: String,
     cmdline: String,
-    cpu: f64,
+    pub(crate) cpu: f64,
 }
 
-fn procs() -> HashMap<u32, Proc> {
+pub(crate) fn procs() -> HashMap<u32, Proc> {
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -317,7 +317,7 @@ fn snap() -> CpuSnap {
     }
 }
 
-fn descendants(p: &HashMap<u32, Proc>, root: u32) -> Vec<u32> {
+pub(crate) fn descendants(p: &HashMap<u32, Proc>, root: u32) -> Vec<u32> {
     let mut out = vec![root];
     let mut i = 0;
     while i < out.len() {

@@ -10,7 +10,8 @@
 //! [--many N] [--many-ports K] [--idle-secs S] [--bytes-mib M] [--engine-ps N]
 //! [--cp-mib M] [--cp-runs N] [--startup N] [--late N] [--conn-burst N]
 //! [--conn-burst-trials N] [--upgrade-trials N] [--pgbench-rounds N] [--pgbench-secs S]
-//! [--budget-forwards N] [--budget-conns N] [--budget-exposures N] [--names N]`
+//! [--budget-forwards N] [--budget-conns N] [--budget-exposures N] [--names N]
+//! [--udp-trips N] [--udp-secs S]`
 //! with `FWD_SANDBOX=DIR/env` set. Names: start, kill, burst, setup, throughput,
 //! engine, master, link, many (many also measures memory and the idle minute),
 //! startup, upgrade (issue 12: `fwdctl upgrade` against a restart, on its own fwdd),
@@ -20,7 +21,10 @@
 //! tunnel at `--budget-conns` held connections and per exposure at `--budget-exposures`,
 //! on its own fwdd), names (issue 31: `--names` container starts → name answers, and
 //! setup and throughput by name against the published-port forward and a separate
-//! `ssh -L`, on its own fwdd with `names = true`). `burst` is both bursts: containers
+//! `ssh -L`, on its own fwdd with `names = true`), udp (issue 33: `--udp-trips` lockstep
+//! round trips and `--udp-secs` windows of datagrams/s through a UDP forward against
+//! socat at both ends of a separate `ssh -L`, on its own fwdd with `udp = true`).
+//! `burst` is both bursts: containers
 //! started back to back (issue 6) and connections at a master kill (issue 11, after
 //! `master` and `link`, on its own fwdd).
 
@@ -36,6 +40,7 @@ mod procstat;
 mod report;
 mod startup;
 mod times;
+mod udp;
 mod upgrade;
 
 use fwdd::*;
@@ -92,6 +97,8 @@ struct Opts {
     budget_conns: usize,
     budget_exposures: usize,
     names: usize,
+    udp_trips: usize,
+    udp_secs: u64,
 }
 
 impl Opts {
@@ -122,6 +129,8 @@ impl Opts {
             budget_conns: 5000,
             budget_exposures: 200,
             names: 30,
+            udp_trips: 2000,
+            udp_secs: 3,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -156,6 +165,8 @@ impl Opts {
                 "--budget-conns" => o.budget_conns = num(),
                 "--budget-exposures" => o.budget_exposures = num(),
                 "--names" => o.names = num(),
+                "--udp-trips" => o.udp_trips = num(),
+                "--udp-secs" => o.udp_secs = num() as u64,
                 "--quickack" => {
                     o.quickack = true;
                     i += 1;
@@ -185,6 +196,8 @@ impl Opts {
         o.conn_burst = o.conn_burst.clamp(1, 2000);
         o.conn_burst_trials = o.conn_burst_trials.clamp(1, 10);
         o.names = o.names.clamp(1, 100);
+        o.udp_trips = o.udp_trips.clamp(1, 100_000);
+        o.udp_secs = o.udp_secs.clamp(1, 60);
         o
     }
 
@@ -983,6 +996,10 @@ fn main() {
     if opts.wants("names") {
         // Its own fwdd, with `names = true` in its configuration.
         ctx.names(opts.names, opts.conns, opts.bytes_mib);
+    }
+    if opts.wants("udp") {
+        // Its own fwdd, with `udp = true`; fwd-udp-relay beside fwdd.
+        ctx.udp(opts.udp_trips, opts.udp_secs);
     }
     if opts.wants("upgrade") {
         // Its own fwdd, started from an installed copy that each trial replaces.
