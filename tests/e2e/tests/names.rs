@@ -9,11 +9,10 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{httpd_serving, Fwdd};
-use fwd_e2e::{run_ok, wait_until, TestHost};
+use fwd_e2e::{wait_until, TestHost};
 use fwd_proto::NameStatus;
 
 /// A system hosts file as Debian writes it, with lines of the runner's own
@@ -155,18 +154,6 @@ fn blocks_in(text: &str) -> usize {
         .count()
 }
 
-fn compose(host: &TestHost, dir: &Path, args: &[&str]) -> String {
-    run_ok(
-        Command::new("docker-compose")
-            .env(
-                "DOCKER_HOST",
-                format!("unix://{}", host.sandbox().docker_sock.display()),
-            )
-            .current_dir(dir)
-            .args(args),
-    )
-}
-
 /// The compose project: `db` and `web` publish nothing, and the
 /// runner reaches them as `db:5432` and `web.<project>:8080`, through
 /// the system resolver; the hosts file changes only inside fwd's block.
@@ -207,7 +194,7 @@ services:
     )
     .expect("write compose file");
     let project = format!("fwd{}", host.label.replace(['-', '_'], ""));
-    compose(&host, &dir, &["-p", &project, "up", "-d"]);
+    common::compose(&host, &dir, &["-p", &project, "up", "-d"]);
 
     assert_eq!(wait_get_by_name(&fwdd, &hosts, "db", 5432), "db\n");
     assert_eq!(
@@ -256,7 +243,7 @@ services:
     let own = std::fs::read_to_string(fwdd.runtime_dir.join("hosts")).expect("own hosts file");
     assert!(own.contains(&format!("web.{project}")), "{own}");
 
-    compose(&host, &dir, &["-p", &project, "down", "-t", "1"]);
+    common::compose(&host, &dir, &["-p", &project, "down", "-t", "1"]);
     wait_until(
         Duration::from_secs(10),
         "names gone after compose down",

@@ -6,12 +6,11 @@
 mod common;
 
 use std::io::Read;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{bin, httpd_serving, Fwdd};
-use fwd_e2e::{run_ok, TestHost};
+use fwd_e2e::TestHost;
 use fwd_proto::ForwardState;
 
 fn text(b: &[u8]) -> String {
@@ -82,18 +81,6 @@ fn assert_ready(out: &Output, what: &str) {
     );
 }
 
-fn compose(host: &TestHost, dir: &Path, args: &[&str]) -> String {
-    run_ok(
-        Command::new("docker-compose")
-            .env(
-                "DOCKER_HOST",
-                format!("unix://{}", host.sandbox().docker_sock.display()),
-            )
-            .current_dir(dir)
-            .args(args),
-    )
-}
-
 /// The README's `docker compose up -d; fwdctl wait web`: compose v1 names
 /// the container `<project>_web_1`, v2 `<project>-web-1`; both label it
 /// with the service, and `wait` finds it by that.
@@ -121,7 +108,7 @@ services:
     )
     .expect("write compose file");
     let project = format!("fwdw{}", host.label.replace(['-', '_'], ""));
-    compose(&host, &dir, &["-p", &project, "up", "-d"]);
+    common::compose(&host, &dir, &["-p", &project, "up", "-d"]);
 
     let out = fwdctl_wait(&fwdd, &["web", "--timeout", "60s"]);
     assert_ready(&out, "web");
@@ -174,7 +161,7 @@ services:
         text(&out.stderr)
     );
 
-    compose(&host, &dir, &["-p", &project, "down", "-t", "1"]);
+    common::compose(&host, &dir, &["-p", &project, "down", "-t", "1"]);
 }
 
 fn names_config(host: &TestHost) -> String {

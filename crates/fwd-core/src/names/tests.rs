@@ -57,6 +57,26 @@ fn view<'a>(host: &'a HostKey, containers: &'a [Container], route: RouteFacts) -
     }
 }
 
+/// compose's `shop` project: `db` declares 5432, started first.
+fn shop_db() -> Container {
+    service(
+        container(1, "shop-db-1", 10, "172.18.0.2"),
+        "db",
+        "shop",
+        &[5432],
+    )
+}
+
+/// compose's `shop` project: `web` declares `port`.
+fn shop_web(port: u16) -> Container {
+    service(
+        container(2, "shop-web-1", 20, "172.18.0.3"),
+        "web",
+        "shop",
+        &[port],
+    )
+}
+
 fn settings() -> NamesSettings {
     NamesSettings {
         range: AddressRange::default(),
@@ -88,18 +108,8 @@ fn named<'a>(plan: &'a NamesPlan, container_name: &str) -> &'a Named {
 #[test]
 fn an_unpublished_service_answers_by_its_names_on_its_own_address() {
     let mut book = NameBook::new(AddressRange::default());
-    let db = service(
-        container(1, "shop-db-1", 10, "172.18.0.2"),
-        "db",
-        "shop",
-        &[5432],
-    );
-    let web = service(
-        container(2, "shop-web-1", 20, "172.18.0.3"),
-        "web",
-        "shop",
-        &[8080],
-    );
+    let db = shop_db();
+    let web = shop_web(8080);
     let plan = plan_of(&mut book, "h", &[db, web], &Reserved::default());
     let db = named(&plan, "shop-db-1");
     assert_eq!(db.names, vec!["db", "db.shop", "shop-db-1"]);
@@ -234,18 +244,8 @@ fn a_rootless_engines_containers_are_unnamed_with_the_reason() {
 #[test]
 fn a_recreated_service_keeps_its_address_and_a_removed_one_lets_it_go() {
     let mut book = NameBook::new(AddressRange::default());
-    let db = service(
-        container(1, "shop-db-1", 10, "172.18.0.2"),
-        "db",
-        "shop",
-        &[5432],
-    );
-    let web = service(
-        container(2, "shop-web-1", 20, "172.18.0.3"),
-        "web",
-        "shop",
-        &[80],
-    );
+    let db = shop_db();
+    let web = shop_web(80);
     let first = plan_of(&mut book, "h", &[db, web.clone()], &Reserved::default());
     let address = named(&first, "shop-db-1").address;
 

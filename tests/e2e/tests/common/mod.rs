@@ -507,3 +507,17 @@ pub fn echo(conn: &mut std::net::TcpStream, line: &str) -> std::io::Result<Strin
     }
     Ok(String::from_utf8_lossy(&got).trim_end().to_string())
 }
+
+/// `docker-compose` (Compose v1, Debian's) in `dir` against the sandbox's
+/// dockerd; its output (the command must succeed).
+pub fn compose(host: &TestHost, dir: &Path, args: &[&str]) -> String {
+    fwd_e2e::run_ok(
+        std::process::Command::new("docker-compose")
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}", host.sandbox().docker_sock.display()),
+            )
+            .current_dir(dir)
+            .args(args),
+    )
+}
