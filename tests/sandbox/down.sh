@@ -72,8 +72,10 @@ if [ -S "$SOCK" ] && docker -H "unix://$SOCK" version >/dev/null 2>&1; then
         docker -H "unix://$SOCK" rm -f $ids >/dev/null 2>&1 || true
     fi
 fi
-if [ -f "$DIR/docker.pid" ]; then
-    DPID=$(cat "$DIR/docker.pid")
+# (dockerd 20.10, and dockerd 26 beside it)
+for pidfile in "$DIR/docker.pid" "$DIR/docker26/docker.pid"; do
+    [ -f "$pidfile" ] || continue
+    DPID=$(cat "$pidfile")
     if alive "$DPID"; then
         kill -TERM "$DPID" 2>/dev/null || true
         if ! wait_gone 20 "$DPID" >/dev/null; then
@@ -82,7 +84,7 @@ if [ -f "$DIR/docker.pid" ]; then
             wait_gone 5 "$DPID" >/dev/null || true
         fi
     fi
-fi
+done
 # leftovers: containerd / shims / docker-proxy started for this DIR (never ourselves or our callers)
 ANCESTORS=" "
 a=$$
@@ -117,7 +119,7 @@ pids_of_uid() {
     return 0
 }
 if [ -n "$RUN_ID" ]; then
-    for u in "fwd${RUN_ID}d" "fwd${RUN_ID}p"; do
+    for u in "fwd${RUN_ID}d" "fwd${RUN_ID}p" "fwd${RUN_ID}d26" "fwd${RUN_ID}p5"; do
         uid=$(id -u "$u" 2>/dev/null) || continue
         OWN=$(pids_of_uid "$uid" | tr '\n' ' ')
         if [ -n "${OWN// /}" ]; then

@@ -212,6 +212,164 @@ if ! docker -H "unix://$RP_SOCK" image inspect "$IMAGE" >/dev/null 2>&1; then
     "${DOCKER[@]}" save "$IMAGE" | docker -H "unix://$RP_SOCK" load >/dev/null
 fi
 
+# Today's engines beside those: Debian 13's dockerd 26 and Podman 5, unpacked
+# under /opt/fwd-engines by scripts/install-deps.sh (the system's packages stay
+# Debian 12's), rootful and rootless, in the same remote namespace (sshd must
+# reach their containers and published ports as it does the others').
+ENGINES=/opt/fwd-engines
+D26_BIN="$ENGINES/docker-26/usr/sbin"
+P5="$ENGINES/podman-5/usr"
+if [ ! -x "$D26_BIN/dockerd" ] || [ ! -x "$P5/bin/podman" ]; then
+    die "missing $ENGINES (Debian 13's dockerd 26 and Podman 5): run scripts/install-deps.sh"
+fi
+
+# dockerd 26, rootful. Two dockerds in one namespace would fight: each names
+# its bridge docker0 and, at start, deletes and rebuilds the DOCKER iptables
+# chains the other's rules are in. So this one gets a bridge of its own
+# (made here, addressed out of both the per-test /30s and Podman's ranges)
+# and leaves iptables alone: its published ports are then served by its
+# docker-proxy, which is what answers on loopback anyway, and the host reaches
+# its containers' addresses over the bridge.
+D26="$DIR/docker26"
+D26_SOCK="$D26/docker.sock"
+if ! curl -sf --unix-socket "$D26_SOCK" http://engine/_ping >/dev/null 2>&1; then
+    mkdir -p "$D26"
+    echo '{}' > "$D26/daemon.json"
+    if ! ip -n "$NS" link show fwd26br0 >/dev/null 2>&1; then
+        ip -n "$NS" link add fwd26br0 type bridge
+        ip -n "$NS" addr add 172.30.0.1/16 dev fwd26br0
+    fi
+    ip -n "$NS" link set fwd26br0 up
+    [ -f "$D26/docker.pid" ] && alive "$(cat "$D26/docker.pid")" && kill "$(cat "$D26/docker.pid")"
+    rm -f "$D26/docker.pid" "$D26_SOCK"
+    setsid nsenter --net="/var/run/netns/$NS" env PATH="$D26_BIN:$PATH" "$D26_BIN/dockerd" \
+        -H "unix://$D26_SOCK" \
+        --config-file "$D26/daemon.json" \
+        --data-root "$D26/data" \
+        --exec-root "$D26/exec" \
+        --pidfile "$D26/docker.pid" \
+        --bridge fwd26br0 --iptables=false \
+        --default-address-pool base=172.31.0.0/16,size=24 \
+        --userland-proxy-path "$D26_BIN/docker-proxy" \
+        </dev/null >"$D26/dockerd.log" 2>&1 &
+    wait_engine "$D26_SOCK" "$D26/dockerd.log" "dockerd 26"
+fi
+if ! docker -H "unix://$D26_SOCK" image inspect "$IMAGE" >/dev/null 2>&1; then
+    "${DOCKER[@]}" save "$IMAGE" | docker -H "unix://$D26_SOCK" load >/dev/null
+fi
+
+# Podman 5's configuration: its own helpers, Debian 12's runc (trixie's crun
+# refuses this machine's hybrid cgroups: "cgroups in hybrid mode not
+# supported"), iptables rules (netavark defaults to nft, not installed here),
+# file locks (rootful Podman 4.3 holds the machine-wide shared-memory ones).
+# Rootful, its default network has a bridge and a subnet of its own: Podman
+# 4.3's CNI network is 10.88.0.0/16 on cni-podman0, and a rootless Podman 5's
+# pasta names its tap after an interface of this namespace.
+# p5_conf [NETWORK_LINES [ENGINE_LINES]]: Podman 5's containers.conf.
+p5_conf() {
+    cat <<CONF
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+seccomp_profile = "$P5/share/containers/seccomp.json"
+[network]
+network_backend = "netavark"
+firewall_driver = "iptables"
+${1:-}
+[engine]
+events_logger = "file"
+cgroup_manager = "cgroupfs"
+conmon_path = ["$P5/bin/conmon"]
+helper_binaries_dir = ["$P5/lib/podman", "$P5/libexec/podman", "$P5/bin"]
+runtime = "runc"
+${2:-}
+[engine.runtimes]
+runc = ["/usr/sbin/runc"]
+CONF
+}
+
+PM5="$DIR/podman5"
+PM5_SOCK="$PM5/podman.sock"
+if ! curl -sf --unix-socket "$PM5_SOCK" http://engine/_ping >/dev/null 2>&1; then
+    mkdir -p "$PM5/networks"
+    p5_conf "network_config_dir = \"$PM5/networks\"
+default_subnet_pools = [{\"base\" = \"10.251.0.0/16\", \"size\" = 24}]" \
+        'lock_type = "file"' > "$PM5/containers.conf"
+    cat > "$PM5/networks/podman.json" <<'NET'
+{
+  "name": "podman",
+  "id": "2f259bab93aaaaa2542ba43ef33eb990d0999ee1b9924b557b7be53c0b7a1bb9",
+  "driver": "bridge",
+  "network_interface": "fwdp5br0",
+  "subnets": [{"subnet": "10.250.0.0/24", "gateway": "10.250.0.1"}],
+  "ipv6_enabled": false,
+  "internal": false,
+  "dns_enabled": false,
+  "ipam_options": {"driver": "host-local"}
+}
+NET
+    rm -f "$PM5_SOCK"
+    CONTAINERS_CONF="$PM5/containers.conf" PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
+        setsid nsenter --net="/var/run/netns/$NS" \
+        "$P5/bin/podman" --root "$PM5/root" --runroot "$PM5/run" --tmpdir "$PM5/tmp" \
+        system service --time=0 "unix://$PM5_SOCK" \
+        </dev/null >"$PM5/service.log" 2>&1 &
+    wait_engine "$PM5_SOCK" "$PM5/service.log" "podman 5's API"
+fi
+if ! docker -H "unix://$PM5_SOCK" image inspect "$IMAGE" >/dev/null 2>&1; then
+    "${DOCKER[@]}" save "$IMAGE" | docker -H "unix://$PM5_SOCK" load >/dev/null
+fi
+
+# Rootless dockerd 26: docker.io 26's own dockerd-rootless.sh (under Debian
+# 12's rootlesskit), finding dockerd 26 first on its PATH. (Its published
+# ports go through rootlesskit-docker-proxy, Debian 12's, which dockerd 26
+# still takes when no --userland-proxy-path is given.)
+RD26_USER="fwd${RUN_ID}d26"
+RD26_UID=$(rootless_user "$RD26_USER")
+RD26_SOCK="/run/user/$RD26_UID/docker.sock"
+RD26="$DIR/rootless-docker26"
+if ! curl -sf --unix-socket "$RD26_SOCK" http://engine/_ping >/dev/null 2>&1; then
+    install -d -o "$RD26_UID" -g "$(id -g "$RD26_USER")" -m 0700 "$RD26"
+    rm -f "$RD26_SOCK"
+    as_user "$RD26_USER" "$RD26_UID" env PATH="$D26_BIN:$ENGINES/docker-26/usr/share/docker.io/contrib:/usr/bin:/bin:/usr/sbin:/sbin" \
+        dockerd-rootless.sh --data-root "$RD26/data" \
+        </dev/null >"$DIR/rootless-docker26.log" 2>&1 &
+    wait_engine "$RD26_SOCK" "$DIR/rootless-docker26.log" "rootless dockerd 26"
+fi
+if ! docker -H "unix://$RD26_SOCK" image inspect "$IMAGE" >/dev/null 2>&1; then
+    "${DOCKER[@]}" save "$IMAGE" | docker -H "unix://$RD26_SOCK" load >/dev/null
+fi
+
+# Rootless Podman 5: its containers' network is pasta's (the compat API's
+# default bridge lives in a namespace pasta connects; rootlessport binds the
+# published ports in this one). pasta copies the addresses and routes of the
+# host's interface with the default route into that namespace; this one has
+# no default route, and copying a bridge with no port fails ("Couldn't set
+# IPv4 route(s) in guest: Invalid argument"), so it is given an interface as a
+# host's uplink would be: up, with an address (what 169.254.1.2, pasta's
+# address for the host, reaches), and no default route.
+if ! ip -n "$NS" link show fwdup0 >/dev/null 2>&1; then
+    ip -n "$NS" link add fwdup0 type bridge
+    ip -n "$NS" addr add 10.252.0.1/24 dev fwdup0
+fi
+ip -n "$NS" link set fwdup0 up
+RP5_USER="fwd${RUN_ID}p5"
+RP5_UID=$(rootless_user "$RP5_USER")
+RP5_SOCK="/run/user/$RP5_UID/podman/podman.sock"
+RP5="$DIR/rootless-podman5"
+if ! curl -sf --unix-socket "$RP5_SOCK" http://engine/_ping >/dev/null 2>&1; then
+    install -d -o "$RP5_UID" -g "$(id -g "$RP5_USER")" -m 0700 "$RP5" "/run/user/$RP5_UID/podman"
+    p5_conf 'pasta_options = ["--interface", "fwdup0"]' > "$RP5/containers.conf"
+    chmod 0644 "$RP5/containers.conf"
+    rm -f "$RP5_SOCK"
+    as_user "$RP5_USER" "$RP5_UID" env CONTAINERS_CONF="$RP5/containers.conf" PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
+        "$P5/bin/podman" --root "$RP5/root" system service --time=0 "unix://$RP5_SOCK" \
+        </dev/null >"$DIR/rootless-podman5.log" 2>&1 &
+    wait_engine "$RP5_SOCK" "$DIR/rootless-podman5.log" "rootless podman 5"
+fi
+if ! docker -H "unix://$RP5_SOCK" image inspect "$IMAGE" >/dev/null 2>&1; then
+    "${DOCKER[@]}" save "$IMAGE" | docker -H "unix://$RP5_SOCK" load >/dev/null
+fi
+
 # A client library that cannot speak ssh:// (docker-py, from PyPI) for the
 # engine socket's e2e test. The registry is reachable from this namespace only.
 PY="$DIR/venv/bin/python"
@@ -234,6 +392,12 @@ FWD_SANDBOX_ROOTLESS_DOCKER_USER=$RD_USER
 FWD_SANDBOX_ROOTLESS_DOCKER_SOCK=$RD_SOCK
 FWD_SANDBOX_ROOTLESS_PODMAN_USER=$RP_USER
 FWD_SANDBOX_ROOTLESS_PODMAN_SOCK=$RP_SOCK
+FWD_SANDBOX_DOCKER26_SOCK=$D26_SOCK
+FWD_SANDBOX_PODMAN5_SOCK=$PM5_SOCK
+FWD_SANDBOX_ROOTLESS_DOCKER26_USER=$RD26_USER
+FWD_SANDBOX_ROOTLESS_DOCKER26_SOCK=$RD26_SOCK
+FWD_SANDBOX_ROOTLESS_PODMAN5_USER=$RP5_USER
+FWD_SANDBOX_ROOTLESS_PODMAN5_SOCK=$RP5_SOCK
 EOF
 mv "$DIR/env.tmp" "$DIR/env"
 echo "up.sh: sandbox ready: FWD_SANDBOX=$DIR/env (netns $NS, dockerd pid $(cat "$DIR/docker.pid"))"

@@ -144,6 +144,23 @@ pub struct Sandbox {
     pub rootless_docker: (String, PathBuf),
     /// Rootless Podman: its user and `/run/user/UID/podman/podman.sock`.
     pub rootless_podman: (String, PathBuf),
+    /// Today's engines beside those; `None` in an env file written by an
+    /// up.sh from before them.
+    pub todays: Option<TodaysEngines>,
+}
+
+/// Debian 13's engines the sandbox runs beside Debian 12's (unpacked under
+/// `/opt/fwd-engines` by `scripts/install-deps.sh`), in the same remote netns.
+#[derive(Debug)]
+pub struct TodaysEngines {
+    /// dockerd 26 (API 1.45), rootful.
+    pub docker26_sock: PathBuf,
+    /// Podman 5's Docker-compatible API, rootful.
+    pub podman5_sock: PathBuf,
+    /// Rootless dockerd 26: its user and `/run/user/UID/docker.sock`.
+    pub rootless_docker26: (String, PathBuf),
+    /// Rootless Podman 5 (pasta): its user and `/run/user/UID/podman/podman.sock`.
+    pub rootless_podman5: (String, PathBuf),
 }
 
 impl Sandbox {
@@ -204,6 +221,21 @@ impl Sandbox {
                 get("FWD_SANDBOX_ROOTLESS_PODMAN_USER")?,
                 get("FWD_SANDBOX_ROOTLESS_PODMAN_SOCK")?.into(),
             ),
+            todays: match get("FWD_SANDBOX_DOCKER26_SOCK") {
+                Err(_) => None,
+                Ok(docker26_sock) => Some(TodaysEngines {
+                    docker26_sock: docker26_sock.into(),
+                    podman5_sock: get("FWD_SANDBOX_PODMAN5_SOCK")?.into(),
+                    rootless_docker26: (
+                        get("FWD_SANDBOX_ROOTLESS_DOCKER26_USER")?,
+                        get("FWD_SANDBOX_ROOTLESS_DOCKER26_SOCK")?.into(),
+                    ),
+                    rootless_podman5: (
+                        get("FWD_SANDBOX_ROOTLESS_PODMAN5_USER")?,
+                        get("FWD_SANDBOX_ROOTLESS_PODMAN5_SOCK")?.into(),
+                    ),
+                }),
+            },
         };
         if !nix::unistd::geteuid().is_root() {
             return Err("the e2e tests must run as root".into());
@@ -250,8 +282,13 @@ impl Sandbox {
     /// runtime directories (`/run/user/UID`) of the sandbox's rootless
     /// engines' users, where their sockets are.
     pub fn remote_runtime_dirs(&self) -> Vec<PathBuf> {
-        [&self.rootless_docker.1, &self.rootless_podman.1]
+        let todays = self
+            .todays
             .iter()
+            .flat_map(|t| [&t.rootless_docker26.1, &t.rootless_podman5.1]);
+        [&self.rootless_docker.1, &self.rootless_podman.1]
+            .into_iter()
+            .chain(todays)
             .filter_map(|sock| {
                 sock.ancestors()
                     .find(|a| a.parent() == Some(Path::new("/run/user")))
