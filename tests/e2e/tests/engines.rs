@@ -12,7 +12,12 @@
 //! docker would run them), on the direct route to the container on a
 //! rootful engine and on the published port on a rootless one; `-P` too; `docker ps` through that socket; a
 //! stopped container's port is released and answers again on restart; a
-//! removed one's is released. Host ports 21000-21099 are this file's.
+//! removed one's is released.
+//!
+//! Each twice: Debian 12's engines (dockerd 20.10, Podman 4.3) and today's,
+//! Debian 13's, run beside them in the same remote namespace (dockerd 26.1,
+//! API 1.45; Podman 5.4, whose rootless containers' network is pasta's).
+//! Host ports 21000-21099 and 21400-21499 are this file's.
 
 #[macro_use]
 mod common;
@@ -21,7 +26,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::Fwdd;
-use fwd_e2e::{run_ok, TestHost};
+use fwd_e2e::{run_ok, TestHost, TodaysEngines};
 use fwd_proto::{ForwardState, RouteKind};
 
 struct Engine<'a> {
@@ -208,6 +213,78 @@ fn rootless_podman_found_in_its_users_runtime_directory() {
         found_by,
         version: "Podman 4.",
         ports: 21060,
+        rootless: true,
+    };
+    rootless(&host, user, engine);
+}
+
+/// Today's engines of the sandbox (an env file from before them lacks them).
+fn todays(host: &TestHost) -> &'static TodaysEngines {
+    host.sandbox().todays.as_ref().expect(
+        "no dockerd 26 or Podman 5 in this sandbox: run scripts/install-deps.sh, \
+         then tests/sandbox/down.sh and up.sh again",
+    )
+}
+
+#[test]
+fn rootful_docker_26_named_by_docker_host() {
+    let host = sandbox_host!("engine_docker26");
+    let socket = &todays(&host).docker26_sock;
+    host.set_session_env(&format!("DOCKER_HOST=unix://{}", socket.display()));
+    forwards_everything_on(
+        &host,
+        Engine {
+            socket,
+            found_by: "DOCKER_HOST",
+            version: "26.",
+            ports: 21400,
+            rootless: false,
+        },
+    );
+}
+
+#[test]
+fn rootful_podman_5_found_at_its_socket() {
+    let host = sandbox_host!("engine_podman5");
+    let socket = &todays(&host).podman5_sock;
+    host.set_session_env("");
+    let podman_dir = socket.parent().expect("podman 5's directory");
+    host.bind_on_remote(podman_dir, Path::new("/run/podman"));
+    forwards_everything_on(
+        &host,
+        Engine {
+            socket,
+            found_by: "Podman's socket",
+            version: "Podman 5.",
+            ports: 21420,
+            rootless: false,
+        },
+    );
+}
+
+#[test]
+fn rootless_docker_26_found_in_its_users_runtime_directory() {
+    let host = sandbox_host!("engine_rootless_docker26");
+    let (user, socket) = &todays(&host).rootless_docker26;
+    let engine = Engine {
+        socket,
+        found_by: "rootless Docker's socket",
+        version: "26.",
+        ports: 21440,
+        rootless: true,
+    };
+    rootless(&host, user, engine);
+}
+
+#[test]
+fn rootless_podman_5_with_pasta_found_in_its_users_runtime_directory() {
+    let host = sandbox_host!("engine_rootless_podman5");
+    let (user, socket) = &todays(&host).rootless_podman5;
+    let engine = Engine {
+        socket,
+        found_by: "rootless Podman's socket",
+        version: "Podman 5.",
+        ports: 21460,
         rootless: true,
     };
     rootless(&host, user, engine);
