@@ -1,7 +1,8 @@
-//! The parsers against output captured from a real dockerd 20.10 (API 1.41);
+//! The parsers against output captured from real engines (dockerd 20.10 and
+//! 26.1, Podman 4.3 and 5.4) and written from the API 1.52 specification;
 //! see testdata/README.md for how each sample was made.
 
-use fwd_core::{HostKey, Protocol, Route, RouteFacts, Rules};
+use fwd_core::{HostKey, Protocol, PublishedWhy, Route, RouteFacts, Rules};
 use fwd_docker::parse::{
     parse_container_list, parse_docker_rootless, parse_event, parse_inspect, parse_network_driver,
     parse_network_gateways, parse_podman_rootless, parse_version,
@@ -376,4 +377,182 @@ fn a_running_containers_networks_and_their_drivers_give_the_direct_route() {
         .unwrap()
         .unwrap();
     assert!(created.networks.is_empty(), "no address before the start");
+}
+
+// Today's engines, captured in the sandbox (Debian 13's, run beside Debian
+// 12's): dockerd 26.1 (API 1.45) and Podman 5.4. See testdata/README.md.
+
+fn docker26(name: &str) -> Vec<u8> {
+    sample(&format!("docker-26.1/{name}"))
+}
+
+fn podman5(name: &str) -> Vec<u8> {
+    sample(&format!("podman-5.4/{name}"))
+}
+
+#[test]
+fn docker_26_events_map_like_20_10s() {
+    // `create -p`, `start`, `stop -t 1` (httpd ignores SIGTERM), `rm`: 26
+    // still sends the legacy `status`, `id` and `from` beside `Action`.
+    let actions = event_actions(&docker26("events.jsonl"));
+    assert_eq!(
+        actions,
+        [
+            EventAction::Create,
+            EventAction::Start,
+            EventAction::Ignore, // kill, signal 15
+            EventAction::Die,    // kill, signal 9
+            EventAction::Ignore, // stop, sent before die here
+            EventAction::Die,
+            EventAction::Destroy,
+        ]
+    );
+}
+
+#[test]
+fn docker_26_inspect_version_list_network_and_rootless() {
+    assert_eq!(
+        parse_version(&docker26("version.json")).unwrap(),
+        "26.1.5+dfsg1 (API 1.45)"
+    );
+    let mut c = parse_inspect(&docker26("inspect-p-v4v6.json"))
+        .unwrap()
+        .unwrap();
+    assert!(!c.pending);
+    assert!(c.started_at_ns > 1_700_000_000_000_000_000);
+    let hosts: Vec<&str> = c.ports.iter().map(|p| p.host_ip.as_str()).collect();
+    assert_eq!(hosts, ["0.0.0.0", "::"]);
+    assert_eq!(c.networks.len(), 1, "{:?}", c.networks);
+    assert_eq!(c.networks[0].name, "bridge");
+    c.networks[0].driver = parse_network_driver(&docker26("network-bridge.json")).unwrap();
+    let rootful = RouteFacts {
+        direct_allowed: true,
+        rootless: Some(false),
+    };
+    let (claims, unsupported) = c.claims(&HostKey::from("h"), &Rules { rules: vec![] }, rootful);
+    assert!(unsupported.is_empty());
+    assert_eq!(claims.len(), 1, "0.0.0.0 and :: for one port: one forward");
+    assert_eq!(claims[0].local_port, 20399);
+    match &claims[0].route {
+        Route::Direct { to, network } => {
+            assert_eq!(network, "bridge");
+            assert_eq!(to.to_string(), "172.30.0.2:8080");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let created = parse_inspect(&docker26("inspect-created.json"))
+        .unwrap()
+        .unwrap();
+    assert!(created.pending);
+    let (claims, _) = created.claims(
+        &HostKey::from("h"),
+        &Rules { rules: vec![] },
+        RouteFacts::PUBLISHED_ONLY,
+    );
+    let ports: Vec<(u16, bool)> = claims.iter().map(|c| (c.local_port, c.pending)).collect();
+    assert_eq!(ports, vec![(20399, true)]);
+
+    assert_eq!(
+        parse_container_list(&docker26("containers-json.json"))
+            .unwrap()
+            .len(),
+        1
+    );
+    // dockerd 26 writes its bridge's gateway (20.10 left it out).
+    assert_eq!(
+        parse_network_gateways(&docker26("network-bridge.json")).unwrap(),
+        ["172.30.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert!(!parse_docker_rootless(&docker26("info.json")).unwrap());
+    assert!(parse_docker_rootless(&docker26("info-rootless.json")).unwrap());
+}
+
+#[test]
+fn podman_5_events_map_like_4_3s_without_the_kill() {
+    let actions = event_actions(&podman5("events.jsonl"));
+    assert_eq!(
+        actions,
+        [
+            EventAction::Create,
+            EventAction::Ignore, // init
+            EventAction::Start,
+            EventAction::Die,     // `stop -t 1`: no kill events on Podman 5
+            EventAction::Ignore,  // cleanup
+            EventAction::Destroy, // remove
+        ]
+    );
+}
+
+#[test]
+fn podman_5_inspect_version_list_network_and_rootless() {
+    assert_eq!(
+        parse_version(&podman5("version.json")).unwrap(),
+        "Podman 5.4.2 (API 1.41)"
+    );
+    let mut c = parse_inspect(&podman5("inspect-p.json")).unwrap().unwrap();
+    assert!(!c.pending);
+    assert_eq!(c.ports.len(), 1);
+    assert_eq!(
+        c.ports[0].host_ip, "0.0.0.0",
+        "Podman 5 writes 0.0.0.0 where 4.3 wrote \"\""
+    );
+    assert_eq!(c.networks.len(), 1, "{:?}", c.networks);
+    assert_eq!(c.networks[0].name, "podman");
+    c.networks[0].driver = parse_network_driver(&podman5("network-bridge.json")).unwrap();
+    let rootful = RouteFacts {
+        direct_allowed: true,
+        rootless: Some(false),
+    };
+    let (claims, _) = c.claims(&HostKey::from("h"), &Rules { rules: vec![] }, rootful);
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].local_port, 20399);
+    match &claims[0].route {
+        Route::Direct { to, network } => {
+            assert_eq!(network, "podman");
+            assert_eq!(to.to_string(), "10.250.0.16:8080");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Created, not started: Podman 5 already lists the bindings under
+    // NetworkSettings.Ports (Docker leaves them out until the start).
+    let created = parse_inspect(&podman5("inspect-created.json"))
+        .unwrap()
+        .unwrap();
+    assert!(created.pending);
+    assert_eq!(created.ports[0].host_port, 20399);
+
+    // Rootless (pasta): the container has an address, in a namespace of the
+    // user's that the host cannot reach; only the engine's word tells.
+    let rootless = parse_inspect(&podman5("inspect-p-rootless.json"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rootless.networks[0]
+            .ipv4
+            .map(|ip| ip.to_string())
+            .as_deref(),
+        Some("10.88.0.9")
+    );
+    let facts = RouteFacts {
+        direct_allowed: true,
+        rootless: Some(true),
+    };
+    let (claims, _) = rootless.claims(&HostKey::from("h"), &Rules { rules: vec![] }, facts);
+    assert_eq!(claims[0].connect_to().to_string(), "127.0.0.1:20399");
+    assert_eq!(claims[0].route, Route::Published(PublishedWhy::Rootless));
+
+    assert_eq!(
+        parse_container_list(&podman5("containers-json.json"))
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        parse_network_gateways(&podman5("network-bridge.json")).unwrap(),
+        ["10.250.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert!(!parse_podman_rootless(&podman5("libpod-info.json")).unwrap());
+    assert!(parse_podman_rootless(&podman5("libpod-info-rootless.json")).unwrap());
 }
