@@ -3,12 +3,15 @@
 # tree, write DEBIAN/, `dpkg-deb --build`. Output: dist/fwd_<ver>-<rev>_<arch>.deb
 #
 #   packaging/build-deb.sh                       # cargo build --release --locked
-#   FWD_BIN_DIR=DIR packaging/build-deb.sh       # package prebuilt binaries
+#   FWD_BIN_DIR=DIR packaging/build-deb.sh       # package prebuilt binaries:
+#                      fwdd, fwdctl and a static fwd-udp-relay
 #   DIST=DIR           where the .deb goes (default: dist/ in the checkout)
 #   FWD_DEB_REVISION   Debian revision (default 1)
 #
 # Layout (what the units expect):
 #   /usr/bin/fwdd, /usr/bin/fwdctl
+#   /usr/bin/fwd-udp-relay                 (static; fwdd looks beside itself
+#                                          and uploads it to the Docker host)
 #   /usr/lib/systemd/system/fwdd.service   (User=fwd, --config /etc/fwd/fwdd.toml)
 #   /usr/lib/systemd/user/fwdd.service     (--config ~/.config/fwd/fwdd.toml)
 #   /etc/fwd/fwdd.toml                     (conffile: never clobbered by upgrades)
@@ -22,6 +25,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 umask 022
+# shellcheck source=SCRIPTDIR/relay.sh
+. packaging/relay.sh
 
 command -v dpkg-deb >/dev/null || { echo "build-deb.sh: dpkg-deb not found (apt-get install dpkg)" >&2; exit 1; }
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
@@ -34,11 +39,15 @@ if [ -n "${FWD_BIN_DIR:-}" ]; then
   bin_dir=$FWD_BIN_DIR
 else
   cargo build --release --locked -p fwdd -p fwdctl
+  build_static_relay
   bin_dir=${CARGO_TARGET_DIR:-$root/target}/release
 fi
 for b in fwdd fwdctl; do
   [ -x "$bin_dir/$b" ] || { echo "build-deb.sh: $bin_dir/$b not found" >&2; exit 1; }
 done
+relay=$bin_dir/fwd-udp-relay
+[ -x "$relay" ] || { echo "build-deb.sh: $relay not found: build it with $relay_build_command" >&2; exit 1; }
+is_static "$relay" || { echo "build-deb.sh: $relay is not a static executable: build it with $relay_build_command" >&2; exit 1; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -47,7 +56,7 @@ install -d -m 0755 "$stage/DEBIAN" "$stage/usr/bin" "$stage/usr/lib/systemd/syst
   "$stage/usr/lib/systemd/user" "$stage/etc/fwd" "$stage/usr/share/doc/fwd" \
   "$stage/usr/share/fwd"
 
-for b in fwdd fwdctl; do
+for b in fwdd fwdctl fwd-udp-relay; do
   install -m 0755 "$bin_dir/$b" "$stage/usr/bin/$b"
   strip --strip-unneeded "$stage/usr/bin/$b" 2>/dev/null || true
 done

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs fwd (fwdd, fwdctl, service definitions, example configuration).
+# Installs fwd (fwdd, fwdctl, the UDP relay, service definitions, example
+# configuration).
 # Works from a source checkout (after `cargo build --release`) and from an
 # unpacked release tarball (packaging/build-release.sh), where this script
 # sits at the top next to bin/.
@@ -17,6 +18,9 @@
 #   SYSTEMD_USER_UNIT_DIR $PREFIX/lib/systemd/user
 #   FWD_BIN_DIR          where fwdd and fwdctl are (default: bin/ of the
 #                        tarball, else $CARGO_TARGET_DIR/release or target/release)
+#                        and the UDP relays: fwd-udp-relay, fwd-udp-relay-linux-*
+#                        (a checkout's: cargo rustc --release --locked -p fwd-udp-relay
+#                        --bin fwd-udp-relay -- -C target-feature=+crt-static)
 #   FWD_PLATFORM         linux or macos (default: from uname)
 #   MANDIR               $PREFIX/share/man
 #   BASH_COMPLETION_DIR  $PREFIX/share/bash-completion/completions
@@ -73,6 +77,19 @@ for d in README.md docs/operations.md docs/control-api.md; do
   if [ -f "$src/$d" ]; then install -m 0644 "$src/$d" "$DESTDIR$docdir/"; fi
 done
 say "installed $bindir/fwdd and $bindir/fwdctl"
+# The UDP relays go beside fwdd, where it looks for them before it uploads
+# one to a Docker host (a macOS tarball carries only Linux ones).
+relays=()
+for relay in "$bin_dir/fwd-udp-relay" "$bin_dir"/fwd-udp-relay-*; do
+  if [ -f "$relay" ] && [ -x "$relay" ]; then relays+=("$relay"); fi
+done
+# (${relays[*]:-}: macOS's bash 3.2 calls an empty array unbound.)
+if [ -n "${relays[*]:-}" ]; then
+  install -m 0755 "${relays[@]}" "$DESTDIR$bindir/"
+  say "installed the UDP relay in $bindir: ${relays[*]##*/}"
+else
+  say "no UDP relay (fwd-udp-relay) in $bin_dir: hosts' UDP ports will be unsupported"
+fi
 
 # Completions and manual pages, made by the binaries just installed (a
 # tarball's completions/ and man/ are the same, made by its own binaries).

@@ -5,6 +5,14 @@
 # with the same settings as launchd/com.fwd.fwdd.plist.
 #
 # Release step: replace url and sha256 with the published tarball's.
+#
+# The UDP relay fwdd uploads to a Docker host must be a static Linux
+# executable, which a Mac cannot build. The source tarball carries the ones
+# the Linux release tarballs have (bin/fwd-udp-relay-linux-*) in relays/:
+#   git archive --prefix=fwd-0.1.0/relays/ --add-file=DIR/fwd-udp-relay-linux-x86_64 \
+#     --add-file=DIR/fwd-udp-relay-linux-aarch64 --prefix=fwd-0.1.0/ v0.1.0 | gzip
+# A tarball without them still installs; fwdd then reports UDP ports as
+# unsupported.
 class Fwd < Formula
   desc "Published ports of remote Docker containers on localhost over one SSH connection"
   homepage "https://example.invalid/fwd"
@@ -17,6 +25,11 @@ class Fwd < Formula
   def install
     system "cargo", "install", *std_cargo_args(path: "crates/fwdd")
     system "cargo", "install", *std_cargo_args(path: "crates/fwdctl")
+    # Beside fwdd, where it looks for them (bin/, also as linked into
+    # HOMEBREW_PREFIX/bin and opt_bin: fwdd does not resolve its own symlink
+    # on macOS).
+    relays = Dir["relays/fwd-udp-relay-linux-*"]
+    bin.install relays unless relays.empty?
 
     # Homebrew never overwrites a file in etc that the user changed; an
     # upgrade puts the new example next to it as fwdd.toml.default.
@@ -81,5 +94,10 @@ class Fwd < Formula
     shell_output("#{bin}/fwdctl --runtime-dir #{testpath}/run status", 2)
     assert_match "status", shell_output("#{bin}/fwdctl completions bash")
     assert_path_exists man1/"fwdctl-status.1"
+    # Relays the tarball carried: Linux programs, which a Mac cannot run,
+    # so only that they are there.
+    Dir[bin/"fwd-udp-relay-linux-*"].each do |relay|
+      assert_predicate Pathname(relay), :executable?
+    end
   end
 end

@@ -1,6 +1,6 @@
 //! Helpers for the packaging tests: where the workspace is, the built
-//! `fwdd`/`fwdctl`, running tools that may be missing, and reading systemd
-//! unit files.
+//! `fwdd`/`fwdctl` and static UDP relay, running tools that may be missing,
+//! and reading systemd unit files.
 //!
 //! The tests never touch the real system: every install goes into a
 //! temporary DESTDIR or a scratch root, and no user is created.
@@ -18,9 +18,16 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// The directory holding freshly built `fwdd` and `fwdctl`. A test crate
-/// cannot depend on another package's binaries, so this asks cargo to build
-/// them into the same target directory (a no-op when they are current).
+/// The directory the packaging scripts take their binaries from
+/// (`FWD_BIN_DIR`): freshly built `fwdd` and `fwdctl`, and `fwd-udp-relay`
+/// built static, as the scripts build it for a release. A test crate cannot
+/// depend on another package's binaries, so this asks cargo to build them
+/// into the same target directory (a no-op when they are current).
+///
+/// The relay is copied into a directory of the packaging tests' own
+/// (`target/<profile>/packaging-bin`, with links to fwdd and fwdctl):
+/// `target/<profile>/fwd-udp-relay` is whichever build of it cargo made
+/// last, and the e2e tests build it without crt-static.
 pub fn bin_dir() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -32,23 +39,131 @@ pub fn bin_dir() -> &'static Path {
             .expect("target/<profile> dir")
             .to_path_buf();
         let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "fwdd", "-p", "fwdctl", "--bins"])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .current_dir(workspace());
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = || {
+            let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+            cmd.env("CARGO_TARGET_DIR", &target_dir)
+                .current_dir(workspace());
+            cmd
+        };
+        let mut fwdd = cargo();
+        fwdd.args(["build", "--quiet", "-p", "fwdd", "-p", "fwdctl", "--bins"]);
+        if release {
+            fwdd.arg("--release");
         }
-        let status = cmd.status().expect("run cargo build");
+        let status = fwdd.status().expect("run cargo build");
         assert!(status.success(), "building fwdd/fwdctl failed");
-        profile_dir
+        // As packaging/relay.sh builds it, in this profile.
+        let mut relay = cargo();
+        relay.args(["rustc", "--quiet", "-p", RELAY, "--bin", RELAY]);
+        if release {
+            relay.arg("--release");
+        }
+        relay.args(["--", "-C", "target-feature=+crt-static"]);
+        let status = relay.status().expect("run cargo rustc");
+        assert!(status.success(), "building a static {RELAY} failed");
+
+        let dir = profile_dir.join("packaging-bin");
+        std::fs::create_dir_all(&dir).expect("create packaging-bin");
+        for b in ["fwdd", "fwdctl"] {
+            match std::os::unix::fs::symlink(profile_dir.join(b), dir.join(b)) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    panic!("link {b} into {}: {e}", dir.display())
+                }
+                _ => {}
+            }
+        }
+        // Copied, checked, then renamed into place: another test process
+        // may be doing the same.
+        let copy = dir.join(format!(".{RELAY}.{}", std::process::id()));
+        std::fs::copy(profile_dir.join(RELAY), &copy).expect("copy the relay");
+        assert!(
+            is_static_executable(&copy),
+            "{} is not static: cargo rebuilt it without crt-static meanwhile?",
+            profile_dir.join(RELAY).display()
+        );
+        std::fs::rename(&copy, dir.join(RELAY)).expect("rename the relay");
+        dir
     })
 }
 
-/// Path of a built workspace binary (`fwdd` or `fwdctl`).
+/// The UDP relay's file name, for fwdd's own platform.
+pub const RELAY: &str = fwd_core::udp::deploy::OWN_RELAY;
+
+/// Path of a built workspace binary (`fwdd`, `fwdctl` or the relay).
 pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
+}
+
+/// Whether `path` is an ELF executable that needs no dynamic loader (no
+/// `PT_INTERP` program header), so it runs whatever the host's glibc: what
+/// `file` calls "statically linked" or "static-pie linked".
+pub fn is_static_executable(path: &Path) -> bool {
+    const PT_INTERP: u32 = 3;
+    let Ok(elf) = std::fs::read(path) else {
+        return false;
+    };
+    let bytes = |at: usize, n: usize| elf.get(at..at + n);
+    let uint = |at: usize, n: usize| -> Option<usize> {
+        let b = bytes(at, n)?;
+        Some(b.iter().rev().fold(0usize, |v, &x| v << 8 | usize::from(x)))
+    };
+    // Little-endian ELF: every Linux CPU fwd names.
+    let headers = match bytes(0, 6) {
+        Some([0x7f, b'E', b'L', b'F', 2, 1]) => uint(32, 8).zip(uint(54, 2)).zip(uint(56, 2)),
+        Some([0x7f, b'E', b'L', b'F', 1, 1]) => uint(28, 4).zip(uint(42, 2)).zip(uint(44, 2)),
+        _ => None,
+    };
+    let Some(((offset, size), count)) = headers else {
+        return false;
+    };
+    (0..count).all(|i| uint(offset + i * size, 4).is_some_and(|kind| kind != PT_INTERP as usize))
+}
+
+/// Checks the relays beside an fwdd (`dir`: where fwdd is): fwdd finds one
+/// for a host of `host`'s platform, run by a runner of `runner`'s (the
+/// names `fwd_core::udp::deploy` looks for, in its order), and it is an
+/// executable file, static. Returns the path fwdd takes.
+pub fn relay_fwdd_finds(
+    dir: &Path,
+    host: &fwd_core::udp::deploy::Platform,
+    runner: &fwd_core::udp::deploy::Platform,
+) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let names = host.relay_files(runner);
+    let relay = names
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("none of {names:?} beside fwdd in {}", dir.display()));
+    let mode = std::fs::metadata(&relay)
+        .expect("relay metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755, "{}", relay.display());
+    assert!(
+        is_static_executable(&relay),
+        "{} is not statically linked",
+        relay.display()
+    );
+    relay
+}
+
+/// The relay fwdd finds beside it in `dir` for a host of its own platform
+/// (a Linux runner's): there, static, and it runs here: with no input
+/// (the end of fwdd's session) it ends at once, successfully.
+pub fn check_relay_beside_fwdd(dir: &Path) -> PathBuf {
+    use fwd_core::udp::deploy::Platform;
+    let relay = relay_fwdd_finds(dir, &Platform::runner(), &Platform::runner());
+    let out = run(Command::new(&relay).stdin(std::process::Stdio::null()));
+    assert!(
+        out.status.success(),
+        "{} with no input: {}\n{}",
+        relay.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    relay
 }
 
 /// Whether `program` can be run (found on PATH or in the sbin dirs).

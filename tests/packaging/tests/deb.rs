@@ -9,8 +9,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use fwd_packaging_tests::{
-    bash_offers, bin, bin_dir, man_renders, require_tool, run, run_ok, unit_with_binary, workspace,
-    Help, Unit,
+    bash_offers, bin, bin_dir, check_relay_beside_fwdd, man_renders, require_tool, run, run_ok,
+    unit_with_binary, workspace, Help, Unit, RELAY,
 };
 
 struct Built {
@@ -68,6 +68,7 @@ fn listing_has_binaries_units_and_config() {
     for want in [
         "/usr/bin/fwdd",
         "/usr/bin/fwdctl",
+        "/usr/bin/fwd-udp-relay",
         "/usr/lib/systemd/system/fwdd.service",
         "/usr/lib/systemd/user/fwdd.service",
         "/etc/fwd/fwdd.toml",
@@ -91,6 +92,19 @@ fn listing_has_binaries_units_and_config() {
     for line in listing.lines() {
         assert!(line.contains(" root/root "), "owned by root: {line}");
     }
+}
+
+/// Beside /usr/bin/fwdd, where fwdd looks for it: static (the Docker
+/// host's glibc may be older than the runner's), stripped like fwdd, and
+/// it runs.
+#[test]
+fn udp_relay_is_beside_fwdd_static_and_runs() {
+    let Some(b) = built() else { return };
+    let relay = check_relay_beside_fwdd(&in_root(&b.root, "/usr/bin"));
+    assert_eq!(relay, in_root(&b.root, &format!("/usr/bin/{RELAY}")));
+    let packaged = std::fs::metadata(&relay).expect("relay").len();
+    let built = std::fs::metadata(bin(RELAY)).expect("built relay").len();
+    assert!(packaged < built, "not stripped: {packaged} bytes");
 }
 
 #[test]

@@ -7,7 +7,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fwd_packaging_tests::{bash_offers, bin, bin_dir, man_renders, run_ok, workspace, Unit};
+use fwd_core::udp::deploy::Platform;
+use fwd_packaging_tests::{
+    bash_offers, bin, bin_dir, check_relay_beside_fwdd, man_renders, relay_fwdd_finds, run, run_ok,
+    workspace, Unit, RELAY,
+};
 
 const PREFIX: &str = "/usr/local";
 
@@ -37,6 +41,7 @@ fn check_linux_tree(d: &Path) {
             .mode();
         assert_eq!(mode & 0o777, 0o755, "{}", p.display());
     }
+    check_relay_beside_fwdd(&staged(d, &format!("{PREFIX}/bin")));
     let system = Unit::read(&staged(
         d,
         &format!("{PREFIX}/lib/systemd/system/fwdd.service"),
@@ -172,6 +177,10 @@ fn macos_install_renders_the_launch_agent() {
         staged(&d, "/Users/ci/Library/Logs/fwd").is_dir(),
         "launchd does not create it"
     );
+    assert!(
+        staged(&d, &format!("{PREFIX}/bin/{RELAY}")).is_file(),
+        "the relay beside fwdd"
+    );
     let newsyslog = std::fs::read_to_string(staged(
         &d,
         &format!("{PREFIX}/share/fwd/fwdd.newsyslog.conf"),
@@ -184,22 +193,31 @@ fn macos_install_renders_the_launch_agent() {
     check_completions_and_pages(&d);
 }
 
-#[test]
-fn release_tarball_installs_from_its_own_tree() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dist = tmp.path().join("dist");
-    let out = run_ok(
-        Command::new("bash")
-            .arg(workspace().join("packaging/build-release.sh"))
-            .env("FWD_BIN_DIR", bin_dir())
-            .env("DIST", &dist),
-    );
-    let tarball = PathBuf::from(out.lines().last().unwrap().trim());
+/// Runs packaging/build-release.sh with `env` (into `tmp`/dist) and unpacks
+/// the tarball: its one top-level directory, and what the script said on
+/// stderr.
+fn build_release(tmp: &Path, env: &[(&str, &std::ffi::OsStr)]) -> (PathBuf, String) {
+    let dist = tmp.join("dist");
+    let mut build = Command::new("bash");
+    build
+        .arg(workspace().join("packaging/build-release.sh"))
+        .env("FWD_BIN_DIR", bin_dir())
+        .env("DIST", &dist)
+        .env_remove("FWD_LINUX_RELAYS")
+        .env_remove("FWD_PLATFORM");
+    for (k, v) in env {
+        build.env(k, v);
+    }
+    let out = run(&mut build);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "build-release.sh: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let tarball = PathBuf::from(stdout.lines().last().unwrap().trim());
     assert!(tarball.is_file(), "{}", tarball.display());
     let sums = std::fs::read_to_string(format!("{}.sha256", tarball.display())).unwrap();
     assert!(sums.contains(tarball.file_name().unwrap().to_str().unwrap()));
 
-    let unpack = tmp.path().join("unpack");
+    let unpack = tmp.join("unpack");
     std::fs::create_dir(&unpack).unwrap();
     run_ok(
         Command::new("tar")
@@ -213,7 +231,27 @@ fn release_tarball_installs_from_its_own_tree() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(top.len(), 1, "one top-level directory: {top:?}");
-    let tree = &top[0];
+    (top[0].clone(), stderr)
+}
+
+/// A Mac running fwdd (the relays it carries are Linux ones).
+fn mac_runner() -> Platform {
+    Platform {
+        os: "darwin".into(),
+        arch: "aarch64".into(),
+    }
+}
+
+/// The name of the relay for a Linux host of this machine's CPU.
+fn linux_relay_name() -> String {
+    Platform::runner().relay_files(&mac_runner())[0].clone()
+}
+
+#[test]
+fn release_tarball_installs_from_its_own_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tree, _) = build_release(tmp.path(), &[]);
+    let tree = &tree;
     for f in [
         "bin/fwdd",
         "bin/fwdctl",
@@ -238,6 +276,23 @@ fn release_tarball_installs_from_its_own_tree() {
     ] {
         assert!(tree.join(f).is_file(), "{f} missing from the tarball");
     }
+    // The relay under both names fwdd looks for: its own platform's, and
+    // the Linux one by CPU, which a macOS tarball carries too. One file.
+    let relay = check_relay_beside_fwdd(&tree.join("bin"));
+    assert_eq!(relay, tree.join("bin").join(linux_relay_name()));
+    relay_fwdd_finds(&tree.join("bin"), &Platform::runner(), &mac_runner());
+    {
+        use std::os::unix::fs::MetadataExt;
+        let own = std::fs::metadata(tree.join("bin").join(RELAY)).expect("bin/fwd-udp-relay");
+        let named = std::fs::metadata(&relay).unwrap();
+        assert_eq!(
+            (own.dev(), own.ino()),
+            (named.dev(), named.ino()),
+            "hard-linked"
+        );
+        let built = std::fs::metadata(bin(RELAY)).unwrap();
+        assert!(own.len() < built.len(), "stripped: {} bytes", own.len());
+    }
     let shipped = std::fs::read_to_string(tree.join("completions/bash/fwdctl")).unwrap();
     assert_eq!(
         shipped,
@@ -260,4 +315,86 @@ fn release_tarball_installs_from_its_own_tree() {
             .env_remove("FWD_BIN_DIR"),
     );
     check_linux_tree(&d);
+    let named = staged(&d, &format!("{PREFIX}/bin/{}", linux_relay_name()));
+    assert!(named.is_file(), "{} installed", named.display());
+}
+
+/// A macOS tarball, put together on Linux as a macOS build machine would:
+/// it carries the Linux relays it is given (built on Linux), and without
+/// them it is built all the same, with a warning.
+#[test]
+fn macos_tarball_carries_the_linux_relays_it_is_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relays = tmp.path().join("relays");
+    std::fs::create_dir(&relays).unwrap();
+    std::fs::copy(bin(RELAY), relays.join(linux_relay_name())).unwrap();
+    let macos = std::ffi::OsStr::new("macos");
+    let target = std::ffi::OsStr::new("aarch64-apple-darwin");
+    let (tree, _) = build_release(
+        &tmp.path().join("with"),
+        &[
+            ("FWD_PLATFORM", macos),
+            ("FWD_TARGET", target),
+            ("FWD_LINUX_RELAYS", relays.as_os_str()),
+        ],
+    );
+    relay_fwdd_finds(&tree.join("bin"), &Platform::runner(), &mac_runner());
+    assert!(
+        !tree.join("bin").join(RELAY).exists(),
+        "no relay of the Mac's own: no Docker host runs macOS"
+    );
+    let d = tmp.path().join("root");
+    run_ok(
+        Command::new("bash")
+            .arg(tree.join("install.sh"))
+            .env("DESTDIR", &d)
+            .env("PREFIX", PREFIX)
+            .env("FWD_PLATFORM", "macos")
+            .env("HOME", "/Users/ci")
+            .env_remove("FWD_BIN_DIR"),
+    );
+    relay_fwdd_finds(
+        &staged(&d, &format!("{PREFIX}/bin")),
+        &Platform::runner(),
+        &mac_runner(),
+    );
+
+    let (tree, stderr) = build_release(
+        &tmp.path().join("without"),
+        &[("FWD_PLATFORM", macos), ("FWD_TARGET", target)],
+    );
+    assert!(tree.join("bin/fwdd").is_file());
+    assert!(stderr.contains("no UDP relay"), "{stderr}");
+}
+
+/// A relay that needs the build machine's dynamic loader would fail on a
+/// host of another glibc: neither package script takes one.
+#[test]
+fn a_dynamically_linked_relay_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bins = tmp.path().join("bin");
+    std::fs::create_dir(&bins).unwrap();
+    for b in ["fwdd", "fwdctl"] {
+        std::os::unix::fs::symlink(bin(b), bins.join(b)).unwrap();
+    }
+    // fwdd itself is linked dynamically.
+    std::os::unix::fs::symlink(bin("fwdd"), bins.join(RELAY)).unwrap();
+    let mut scripts = vec!["build-release.sh"];
+    if fwd_packaging_tests::find_tool("dpkg-deb").is_some() {
+        scripts.push("build-deb.sh");
+    }
+    for script in scripts {
+        let out = run(Command::new("bash")
+            .arg(workspace().join("packaging").join(script))
+            .env("FWD_BIN_DIR", &bins)
+            .env("DIST", tmp.path().join("dist"))
+            .env("FWD_PLATFORM", "linux"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{script} took it");
+        assert!(
+            stderr.contains("not a static executable") && stderr.contains("crt-static"),
+            "{script}: {stderr}"
+        );
+    }
+    assert!(!tmp.path().join("dist").exists(), "nothing built");
 }
