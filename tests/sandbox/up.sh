@@ -344,12 +344,17 @@ fi
 # published ports in this one). pasta copies the addresses and routes of the
 # host's interface with the default route into that namespace; this one has
 # no default route, and copying a bridge with no port fails ("Couldn't set
-# IPv4 route(s) in guest: Invalid argument"), so it is given an interface as a
-# host's uplink would be: up, with an address (what 169.254.1.2, pasta's
-# address for the host, reaches), and no default route.
+# IPv4 route(s) in guest: Invalid argument"), so pasta is given an interface
+# as a host's uplink would be: up, with an address (what 169.254.1.2, pasta's
+# address for the host, reaches). A default route here would change what
+# every test in this namespace sees for an address nobody has, so instead
+# pasta is told the gateway to route through, as it would copy a real
+# uplink's default route: without one, containers cannot reach 169.254.1.2
+# at all ("Network is unreachable").
+PASTA_UPLINK_IP=10.252.0.1
 if ! ip -n "$NS" link show fwdup0 >/dev/null 2>&1; then
     ip -n "$NS" link add fwdup0 type bridge
-    ip -n "$NS" addr add 10.252.0.1/24 dev fwdup0
+    ip -n "$NS" addr add "$PASTA_UPLINK_IP/24" dev fwdup0
 fi
 ip -n "$NS" link set fwdup0 up
 RP5_USER="fwd${RUN_ID}p5"
@@ -358,7 +363,8 @@ RP5_SOCK="/run/user/$RP5_UID/podman/podman.sock"
 RP5="$DIR/rootless-podman5"
 if ! curl -sf --unix-socket "$RP5_SOCK" http://engine/_ping >/dev/null 2>&1; then
     install -d -o "$RP5_UID" -g "$(id -g "$RP5_USER")" -m 0700 "$RP5" "/run/user/$RP5_UID/podman"
-    p5_conf 'pasta_options = ["--interface", "fwdup0"]' > "$RP5/containers.conf"
+    p5_conf 'pasta_options = ["--interface", "fwdup0", "--gateway", "10.252.0.254"]' \
+        > "$RP5/containers.conf"
     chmod 0644 "$RP5/containers.conf"
     rm -f "$RP5_SOCK"
     as_user "$RP5_USER" "$RP5_UID" env CONTAINERS_CONF="$RP5/containers.conf" PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
@@ -398,6 +404,7 @@ FWD_SANDBOX_ROOTLESS_DOCKER26_USER=$RD26_USER
 FWD_SANDBOX_ROOTLESS_DOCKER26_SOCK=$RD26_SOCK
 FWD_SANDBOX_ROOTLESS_PODMAN5_USER=$RP5_USER
 FWD_SANDBOX_ROOTLESS_PODMAN5_SOCK=$RP5_SOCK
+FWD_SANDBOX_PASTA_UPLINK_IP=$PASTA_UPLINK_IP
 EOF
 mv "$DIR/env.tmp" "$DIR/env"
 echo "up.sh: sandbox ready: FWD_SANDBOX=$DIR/env (netns $NS, dockerd pid $(cat "$DIR/docker.pid"))"

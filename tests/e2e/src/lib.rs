@@ -161,6 +161,9 @@ pub struct TodaysEngines {
     pub rootless_docker26: (String, PathBuf),
     /// Rootless Podman 5 (pasta): its user and `/run/user/UID/podman/podman.sock`.
     pub rootless_podman5: (String, PathBuf),
+    /// The remote host's address on the interface pasta takes for its
+    /// uplink: what 169.254.1.2 reaches from rootless Podman 5's containers.
+    pub pasta_uplink_ip: String,
 }
 
 impl Sandbox {
@@ -234,6 +237,7 @@ impl Sandbox {
                         get("FWD_SANDBOX_ROOTLESS_PODMAN5_USER")?,
                         get("FWD_SANDBOX_ROOTLESS_PODMAN5_SOCK")?.into(),
                     ),
+                    pasta_uplink_ip: get("FWD_SANDBOX_PASTA_UPLINK_IP")?,
                 }),
             },
         };

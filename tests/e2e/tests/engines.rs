@@ -22,12 +22,15 @@
 #[macro_use]
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::Fwdd;
 use fwd_e2e::{run_ok, TestHost, TodaysEngines};
-use fwd_proto::{ForwardState, RouteKind};
+use fwd_proto::{ExposedStatus, ForwardState, RouteKind};
 
 struct Engine<'a> {
     /// The engine's socket, for the harness's own cleanup.
@@ -288,4 +291,111 @@ fn rootless_podman_5_with_pasta_found_in_its_users_runtime_directory() {
         rootless: true,
     };
     rootless(&host, user, engine);
+}
+
+/// A server on the runner's loopback answering each connection with
+/// `pong` and the line it got.
+fn runner_pong(host: &TestHost, port: u16) {
+    let listener = host
+        .in_runner_ns(|| TcpListener::bind((Ipv4Addr::LOCALHOST, port)))
+        .expect("bind the runner's server");
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut line = [0u8; 64];
+            let n = conn.read(&mut line).unwrap_or(0);
+            let _ =
+                conn.write_all(format!("pong {}", String::from_utf8_lossy(&line[..n])).as_bytes());
+        }
+    });
+}
+
+/// `expose` on rootless Podman 5, whose containers' network is pasta's.
+/// Their `host-gateway` (and `host.containers.internal`) is 169.254.1.2,
+/// which pasta connects to the host's own address on its uplink (not to its
+/// loopback: Podman runs pasta with `--no-map-gw`). fwd's default
+/// `expose_on = ["gateway"]` asks the engine for its `bridge` network, and
+/// rootless Podman answers with the one in the user's namespace
+/// (10.88.0.1), no address of the host's: sshd refuses the forward and the
+/// exposure fails, or, where another engine's bridge has that address, the
+/// exposure is active where these containers never arrive. Naming the
+/// host's address in `expose_on` works: sshd
+/// listens there (`GatewayPorts clientspecified`) and a container reaches
+/// the runner at `host.docker.internal`.
+#[test]
+fn rootless_podman_5_containers_reach_an_exposure_on_the_hosts_own_address() {
+    let host = sandbox_host!("engine_rootless_podman5_expose");
+    let todays = todays(&host);
+    let (user, socket) = &todays.rootless_podman5;
+    let containers = host.containers_on(socket);
+    host.add_sshd_config("GatewayPorts clientspecified");
+    host.set_session_env("");
+    host.log_in_as(user);
+    runner_pong(&host, 21480);
+    let config = |expose_on: &str| {
+        format!(
+            "[[host]]\nurl = \"ssh://{}\"\nssh_config = \"{}\"\nexpose = [21480]\n{expose_on}\n",
+            host.alias,
+            host.ssh_config.display()
+        )
+    };
+    let exposure = |fwdd: &Fwdd, states: &[&str]| -> ExposedStatus {
+        fwdd.wait_for(
+            Duration::from_secs(30),
+            &format!("exposure 21480 {states:?}"),
+            |st| {
+                st.exposed
+                    .iter()
+                    .any(|e| e.remote_port == 21480 && states.contains(&e.state.as_str()))
+            },
+        );
+        let st = fwdd.status().expect("status");
+        st.exposed
+            .into_iter()
+            .find(|e| e.remote_port == 21480)
+            .expect("exposure")
+    };
+    // What a container of the engine's prints: its host-gateway, and what
+    // came back from it on 21480.
+    let label = format!("fwd-test={}", host.label);
+    let from_container = || -> String {
+        let script = "set -- $(busybox grep -w host.docker.internal /etc/hosts); \
+                      echo \"$1\"; echo ping | busybox timeout 10 nc $1 21480";
+        let out = containers
+            .docker()
+            .args(["run", "--rm", "--label", &label])
+            .args(["--add-host", "host.docker.internal:host-gateway"])
+            .args([host.image.as_str(), "sh", "-c", script])
+            .output()
+            .expect("docker run");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+
+    // The default: the engine's bridge gateway, which is not the host's.
+    // sshd refuses it, or, where another engine's bridge on the host has
+    // that address (rootful Podman 4.3's cni-podman0 here, once it ran a
+    // container), binds it there; neither reaches these containers.
+    let mut fwdd = Fwdd::spawn_with_config(&host, &config(""));
+    fwdd.wait_connected();
+    let settled = exposure(&fwdd, &["failed", "active"]);
+    if settled.state == "failed" {
+        assert!(settled.binds.is_empty(), "{settled:?}");
+        assert_eq!(
+            settled.reason_kind.as_deref(),
+            Some("refused"),
+            "{settled:?}"
+        );
+    } else {
+        assert_eq!(settled.binds, ["10.88.0.1:21480"], "{settled:?}");
+    }
+    assert_eq!(from_container(), "169.254.1.2", "not reached");
+    fwdd.terminate();
+
+    // The host's own address: reached from a container as host-gateway.
+    let uplink = &todays.pasta_uplink_ip;
+    let fwdd = Fwdd::spawn_with_config(&host, &config(&format!("expose_on = [\"{uplink}\"]")));
+    fwdd.wait_connected();
+    let active = exposure(&fwdd, &["active"]);
+    assert_eq!(active.binds, [format!("{uplink}:21480")], "{active:?}");
+    assert_eq!(from_container(), "169.254.1.2\npong ping");
 }
