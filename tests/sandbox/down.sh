@@ -72,6 +72,18 @@ if [ -S "$SOCK" ] && docker -H "unix://$SOCK" version >/dev/null 2>&1; then
         docker -H "unix://$SOCK" rm -f $ids >/dev/null 2>&1 || true
     fi
 fi
+# Rootful Podman 5's addresses are allocated in a database of the machine's
+# (/run/containers/networks/ipam.db, shared by every rootful Podman 5, by
+# design): its containers are removed through it, or their addresses stay
+# taken for good.
+P5_SOCK="$DIR/podman5/podman.sock"
+if [ -S "$P5_SOCK" ] && curl -sf --unix-socket "$P5_SOCK" http://engine/_ping >/dev/null 2>&1; then
+    ids=$(docker -H "unix://$P5_SOCK" ps -aq || true)
+    if [ -n "$ids" ]; then
+        # shellcheck disable=SC2086
+        docker -H "unix://$P5_SOCK" rm -f $ids >/dev/null 2>&1 || true
+    fi
+fi
 # (dockerd 20.10, and dockerd 26 beside it)
 for pidfile in "$DIR/docker.pid" "$DIR/docker26/docker.pid"; do
     [ -f "$pidfile" ] || continue
