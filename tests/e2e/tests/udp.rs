@@ -190,11 +190,14 @@ fn udp_answers_again_within_a_second_of_a_new_master() {
     .expect("kill the master");
     // The socket never unbinds: the same client socket works after.
     let new_master = Instant::now();
+    // "The new master": connected, its link published (from then on TCP
+    // forwards are served again too).
     wait_until(Duration::from_secs(30), "a new master", || {
         fwdd.status().is_some_and(|s| {
-            s.hosts
-                .iter()
-                .any(|h| h.master.pid.is_some_and(|p| p != old))
+            s.hosts.iter().any(|h| {
+                h.master.pid.is_some_and(|p| p != old)
+                    && h.master.state == fwd_proto::MasterState::Connected
+            })
         })
     });
     let up = Instant::now();

@@ -21,14 +21,9 @@ const CACHE_DIR: &str = r#""${XDG_CACHE_HOME:-$HOME/.cache}/fwd""#;
 /// The host's kernel and CPU, one a line.
 pub const PLATFORM_COMMAND: &str = "uname -s; uname -m";
 
-/// What the check found.
+/// Why the relay cannot run on a host: UDP ports stay unsupported there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Check {
-    /// The relay is cached and its hash checks.
-    Have,
-    /// It must be sent first.
-    Need,
-    /// The relay cannot run on this host: UDP ports stay unsupported.
     Unsupported { why: String, fix: String },
 }
 
@@ -126,15 +121,23 @@ fn valid_hash(hash: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-/// Whether the host has `sha256sum` and the relay of that hash. `None`:
-/// `hash` is not a lowercase SHA-256 (never sent to a shell).
-pub fn check_command(hash: &str) -> Option<String> {
+/// The exit status of [`run_command`] when the host lacks the relay (or
+/// holds another file under its name): it must be sent first.
+pub const NEED_EXIT: u32 = 3;
+/// The exit status of [`run_command`] when the host has no `sha256sum`.
+pub const NO_SHA_EXIT: u32 = 4;
+
+/// Runs the cached relay in place of the session's shell, if its hash
+/// checks; else exits [`NEED_EXIT`] (or [`NO_SHA_EXIT`]). One session per
+/// start: a new master has its relay running after one round trip.
+/// `None`: `hash` is not a lowercase SHA-256 (never sent to a shell).
+pub fn run_command(hash: &str) -> Option<String> {
     valid_hash(hash).then(|| {
         format!(
-            "command -v sha256sum >/dev/null 2>&1 || {{ echo nosha; exit 0; }}; \
+            "command -v sha256sum >/dev/null 2>&1 || exit {NO_SHA_EXIT}; \
              f={CACHE_DIR}/{RELAY_FILE}{hash}; \
              if [ -f \"$f\" ] && [ \"$(sha256sum < \"$f\" | cut -c1-64)\" = {hash} ]; \
-             then echo have; else echo need; fi"
+             then exec \"$f\"; fi; exit {NEED_EXIT}"
         )
     })
 }
@@ -152,27 +155,13 @@ pub fn upload_command(hash: &str) -> Option<String> {
     ))
 }
 
-/// Runs the cached relay in place of the session's shell.
-pub fn start_command(hash: &str) -> Option<String> {
-    valid_hash(hash).then(|| format!("exec {CACHE_DIR}/{RELAY_FILE}{hash}"))
-}
-
-/// Reads the check's first line.
-pub fn parse_check(out: &str) -> Check {
-    match out.lines().next().unwrap_or("").trim() {
-        "have" => Check::Have,
-        "need" => Check::Need,
-        "nosha" => Check::Unsupported {
-            why: "the host has no sha256sum to check the relay with".into(),
-            fix: "install coreutils on the host, or set udp = false".into(),
-        },
-        _ => odd_shell(out),
-    }
-}
-
 /// Why the relay could not start, from its session's exit status.
 pub fn start_failure(exit: Option<u32>) -> (String, String) {
     match exit {
+        Some(NO_SHA_EXIT) => (
+            "the host has no sha256sum to check the relay with".into(),
+            "install coreutils on the host, or set udp = false".into(),
+        ),
         Some(126) => (
             "the host refuses to execute the relay in ~/.cache/fwd (a noexec file system?)".into(),
             "point XDG_CACHE_HOME of the ssh user at a file system that allows execution, or set udp = false".into(),
@@ -199,14 +188,13 @@ mod tests {
 
     #[test]
     fn commands_take_only_a_lowercase_hash() {
-        assert!(check_command(HASH).is_some());
-        assert!(check_command(&HASH.to_uppercase()).is_none());
-        assert!(check_command("abc").is_none());
+        assert!(run_command(HASH).is_some());
+        assert!(run_command(&HASH.to_uppercase()).is_none());
+        assert!(run_command("abc").is_none());
         assert!(upload_command("$(reboot)").is_none());
-        assert_eq!(
-            start_command(HASH).expect("valid"),
-            format!("exec \"${{XDG_CACHE_HOME:-$HOME/.cache}}/fwd\"/fwd-udp-relay-{HASH}")
-        );
+        assert!(run_command(HASH)
+            .expect("valid")
+            .contains(&format!("/fwd-udp-relay-{HASH}")));
     }
 
     /// A Linux host gets a relay built for it by name, or fwdd's own when
@@ -248,13 +236,12 @@ mod tests {
     }
 
     #[test]
-    fn odd_answers_are_unsupported_with_a_fix() {
+    fn odd_answers_and_exits_are_said_with_a_fix() {
         assert!(matches!(
-            parse_check("This account is restricted\n"),
+            odd_shell("This account is restricted\n"),
             Check::Unsupported { fix, .. } if fix.contains("ForceCommand")
         ));
-        assert!(matches!(parse_check("nosha"), Check::Unsupported { .. }));
-        assert_eq!(parse_check("have\n"), Check::Have);
         assert!(start_failure(Some(126)).0.contains("noexec"));
+        assert!(start_failure(Some(NO_SHA_EXIT)).0.contains("sha256sum"));
     }
 }

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use fwd_core::udp::deploy::{self, Check, Platform};
+use fwd_core::udp::{Frame, HELLO};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -30,10 +33,8 @@ pub enum NotRunning {
 
 impl From<Check> for NotRunning {
     fn from(c: Check) -> NotRunning {
-        match c {
-            Check::Unsupported { why, fix } => NotRunning::Unsupported { why, fix },
-            other => NotRunning::Failed(format!("{other:?}")),
-        }
+        let Check::Unsupported { why, fix } = c;
+        NotRunning::Unsupported { why, fix }
     }
 }
 
@@ -65,44 +66,111 @@ fn local_relay(host: &Platform) -> Result<Option<Arc<LocalRelay>>, NotRunning> {
     Ok(None)
 }
 
-/// Finds the host's platform, checks the host, sends the relay if it
-/// lacks it, and starts it.
-pub async fn start(control_path: &Path) -> Result<fwd_ssh::RemoteProcess, NotRunning> {
-    let (_, out) = run(control_path, deploy::PLATFORM_COMMAND, &[]).await?;
-    let Some(platform) = deploy::parse_platform(&out) else {
-        return Err(deploy::odd_shell(&out).into());
+/// Starts the relay on the host: its platform (asked once per host,
+/// `platform` keeps it), then in one session the cached relay if its hash
+/// checks — else it is sent first, and started again. Returns once the
+/// relay said HELLO.
+pub async fn start(
+    control_path: &Path,
+    platform: &mut Option<Platform>,
+) -> Result<fwd_ssh::RemoteProcess, NotRunning> {
+    let host = match platform {
+        Some(p) => p.clone(),
+        None => {
+            let (_, out) = run(control_path, deploy::PLATFORM_COMMAND, &[]).await?;
+            let p = deploy::parse_platform(&out).ok_or_else(|| deploy::odd_shell(&out))?;
+            *platform = Some(p.clone());
+            p
+        }
     };
-    let Some(relay) = local_relay(&platform)? else {
-        let looked_for = platform.relay_files(&Platform::runner());
-        return Err(deploy::no_relay_for(&platform, &looked_for).into());
+    let Some(relay) = local_relay(&host)? else {
+        let looked_for = host.relay_files(&Platform::runner());
+        return Err(deploy::no_relay_for(&host, &looked_for).into());
     };
     let bad_hash = || NotRunning::Failed("the relay's hash is not a SHA-256".into());
-    let check = deploy::check_command(&relay.hash).ok_or_else(bad_hash)?;
-    let (_, out) = run(control_path, &check, &[]).await?;
-    match deploy::parse_check(&out) {
-        Check::Have => {}
-        Check::Need => {
-            let upload = deploy::upload_command(&relay.hash).ok_or_else(bad_hash)?;
-            let (status, out) = run(control_path, &upload, &relay.bytes).await?;
-            if status != Some(0) || out.trim() != "stored" {
-                return Err(NotRunning::Unsupported {
-                    why: format!(
-                        "the relay could not be stored in ~/.cache/fwd on the host (exit {}: {})",
-                        status.map_or_else(|| "unknown".into(), |s| s.to_string()),
-                        out.trim().chars().take(80).collect::<String>()
-                    ),
-                    fix:
-                        "give the ssh user a writable home (or XDG_CACHE_HOME), or set udp = false"
-                            .into(),
-                });
+    let command = deploy::run_command(&relay.hash).ok_or_else(bad_hash)?;
+    for sent in [false, true] {
+        let mut remote = fwd_ssh::spawn_remote(control_path, &command)
+            .await
+            .map_err(|e| session_refused(&e))?;
+        match tokio::time::timeout(HELLO_WITHIN, read_hello(&mut remote.stdio)).await {
+            Ok(Ok(())) => return Ok(remote),
+            Ok(Err(HelloError::Other(why))) => return Err(NotRunning::Failed(why)),
+            Err(_) => {
+                return Err(NotRunning::Failed(
+                    "the relay did not answer within 10 s".into(),
+                ))
             }
+            Ok(Err(HelloError::Ended)) => {}
         }
-        unsupported => return Err(unsupported.into()),
+        let status = tokio::time::timeout(Duration::from_secs(2), remote.session.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        if status != Some(deploy::NEED_EXIT) || sent {
+            let (why, fix) = deploy::start_failure(status);
+            return Err(match status {
+                Some(126 | 127) | Some(deploy::NO_SHA_EXIT) => NotRunning::Unsupported { why, fix },
+                _ => NotRunning::Failed(why),
+            });
+        }
+        upload(control_path, &relay).await?;
     }
-    let start = deploy::start_command(&relay.hash).ok_or_else(bad_hash)?;
-    fwd_ssh::spawn_remote(control_path, &start)
-        .await
-        .map_err(|e| session_refused(&e))
+    Err(NotRunning::Failed("the relay did not start".into()))
+}
+
+/// How long a started relay has to say HELLO.
+const HELLO_WITHIN: Duration = Duration::from_secs(10);
+
+enum HelloError {
+    /// The session ended first (the relay did not run).
+    Ended,
+    Other(String),
+}
+
+/// The relay's first frame: its HELLO, of this protocol.
+async fn read_hello(stdio: &mut tokio::net::UnixStream) -> Result<(), HelloError> {
+    let mut hello = Vec::new();
+    Frame::Hello(HELLO.to_vec())
+        .encode(&mut hello)
+        .map_err(|e| HelloError::Other(e.to_string()))?;
+    let mut got = vec![0u8; hello.len()];
+    let mut read = 0;
+    while read < got.len() {
+        match stdio.read(&mut got[read..]).await {
+            Ok(0) if read == 0 => return Err(HelloError::Ended),
+            Ok(0) => return Err(HelloError::Other("the relay's HELLO was cut short".into())),
+            Ok(n) => read += n,
+            Err(_) if read == 0 => return Err(HelloError::Ended),
+            Err(e) => return Err(HelloError::Other(format!("the relay's channel: {e}"))),
+        }
+    }
+    if got != hello {
+        return Err(HelloError::Other(format!(
+            "the relay on the host does not speak {:?}",
+            String::from_utf8_lossy(HELLO)
+        )));
+    }
+    Ok(())
+}
+
+/// Stores the relay on the host, if its hash checks there.
+async fn upload(control_path: &Path, relay: &LocalRelay) -> Result<(), NotRunning> {
+    let bad_hash = || NotRunning::Failed("the relay's hash is not a SHA-256".into());
+    let upload = deploy::upload_command(&relay.hash).ok_or_else(bad_hash)?;
+    let (status, out) = run(control_path, &upload, &relay.bytes).await?;
+    if status == Some(0) && out.trim() == "stored" {
+        return Ok(());
+    }
+    Err(NotRunning::Unsupported {
+        why: format!(
+            "the relay could not be stored in ~/.cache/fwd on the host (exit {}: {})",
+            status.map_or_else(|| "unknown".into(), |s| s.to_string()),
+            out.trim().chars().take(80).collect::<String>()
+        ),
+        fix: "give the ssh user a writable home (or XDG_CACHE_HOME), or set udp = false".into(),
+    })
 }
 
 /// A session the master could not open: sshd refuses commands (its
@@ -186,15 +254,14 @@ mod tests {
         let hash = String::from_utf8_lossy(&out.stdout)[..64].to_string();
         let platform = deploy::parse_platform(&sh(deploy::PLATFORM_COMMAND, b"").1).expect("uname");
         assert_eq!(platform, Platform::runner());
-        let check = deploy::check_command(&hash).expect("valid");
-        assert_eq!(deploy::parse_check(&sh(&check, b"").1), Check::Need);
+        let run = deploy::run_command(&hash).expect("valid");
+        assert_eq!(sh(&run, b"").0, Some(deploy::NEED_EXIT as i32));
         let upload = deploy::upload_command(&hash).expect("valid");
         assert_eq!(sh(&upload, b"not the relay"), (Some(1), "corrupt\n".into()));
-        assert_eq!(deploy::parse_check(&sh(&check, b"").1), Check::Need);
+        assert_eq!(sh(&run, b"").0, Some(deploy::NEED_EXIT as i32));
         assert_eq!(sh(&upload, relay), (Some(0), "stored\n".into()));
-        assert_eq!(deploy::parse_check(&sh(&check, b"").1), Check::Have);
-        let start = deploy::start_command(&hash).expect("valid");
-        assert_eq!(sh(&start, b""), (Some(0), "relay-ran\n".into()));
+
+        assert_eq!(sh(&run, b""), (Some(0), "relay-ran\n".into()));
         let _ = std::fs::remove_dir_all(&home);
     }
 }

@@ -26,8 +26,9 @@ use crate::serve::ServeContext;
 const TO_RELAY_MAX: usize = 256 * 1024;
 /// Datagrams waiting between the sockets and the relay task at most.
 pub const INBOX: usize = 1024;
-/// How long the relay has to say HELLO.
-const HELLO_WITHIN: Duration = Duration::from_secs(10);
+/// How long a relay that ended waits for its master to be seen gone
+/// before it is started again on the same master.
+const MASTER_GONE_WITHIN: Duration = Duration::from_millis(500);
 
 /// A datagram a client sent to a forward.
 pub struct Inbound {
@@ -86,6 +87,8 @@ pub async fn run(
         return;
     };
     let mut backoff = Duration::from_secs(1);
+    // The host's platform, asked once: a new master is the same host.
+    let mut platform = None;
     loop {
         // A master first; meanwhile datagrams are dropped and counted.
         let link = loop {
@@ -103,7 +106,7 @@ pub async fn run(
         };
         *shared.state.borrow_mut() = RelayState::Starting;
         let started = tokio::select! {
-            r = deploy::start(&link.control_path) => r,
+            r = deploy::start(&link.control_path, &mut platform) => r,
             _ = link_rx.changed() => continue,
         };
         let outcome = match started {
@@ -125,6 +128,15 @@ pub async fn run(
         match outcome {
             Ok(Ended::InboxClosed) => return,
             Ok(Ended::NewMaster) => continue,
+            Ok(Ended::RelayExited(status)) => {
+                // Mostly its master went (a kill, a network loss): the link
+                // says so a moment later, and the relay starts on the next
+                // master. Otherwise it is started again on this one.
+                let gone = tokio::time::timeout(MASTER_GONE_WITHIN, link_rx.changed()).await;
+                if gone.is_err() {
+                    tracing::warn!(event = "udp_relay_ended", host = %host, "the UDP relay on {host} ended (exit {status}); starting it again");
+                }
+            }
             Err(NotRunning::Unsupported { why, fix }) => {
                 tracing::warn!(event = "udp_unsupported", host = %host, reason = %why, "UDP ports of {host} stay unsupported: {why}; {fix}");
                 *shared.state.borrow_mut() = RelayState::Unsupported { why, fix };
@@ -156,6 +168,8 @@ pub async fn run(
 enum Ended {
     InboxClosed,
     NewMaster,
+    /// The relay's session ended (its exit status, as words).
+    RelayExited(String),
 }
 
 fn drop_one(shared: &Shared, port: u16) {
@@ -206,8 +220,9 @@ async fn serve(
     let mut out: Vec<u8> = Vec::new();
     let mut queue = Queue::new(TO_RELAY_MAX);
     let mut sessions = Sessions::new(settings);
-    let mut greeted = false;
-    let hello_by = tokio::time::Instant::now() + HELLO_WITHIN;
+    // The relay said HELLO before `deploy::start` returned.
+    *shared.state.borrow_mut() = RelayState::Running;
+    tracing::info!(event = "udp_relay_started", host = %host, "the UDP relay runs on {host}");
     push(&mut out, &mut queue, &Frame::Hello(HELLO.to_vec()), true);
     let mut buf = vec![0u8; 65_536];
     let ended = loop {
@@ -216,28 +231,14 @@ async fn serve(
             r = stdio.readable() => {
                 if r.is_err() { break Err(NotRunning::Failed("the relay's channel failed".into())) }
                 match stdio.try_read(&mut buf) {
-                    Ok(0) => break Err(ended_early(session, greeted).await),
+                    Ok(0) => break Ok(Ended::RelayExited(exit_status(session).await)),
                     Ok(n) => {
                         let frames = match decoder.push(&buf[..n]) {
                             Ok(f) => f,
                             Err(e) => break Err(NotRunning::Failed(format!("the relay sent what fwd cannot read: {e}"))),
                         };
-                        let mut wrong = None;
                         for f in frames {
-                            match f {
-                                Frame::Hello(text) if text == HELLO => {
-                                    greeted = true;
-                                    *shared.state.borrow_mut() = RelayState::Running;
-                                    tracing::info!(event = "udp_relay_started", host = %host, "the UDP relay runs on {host}");
-                                }
-                                Frame::Hello(text) => {
-                                    wrong = Some(String::from_utf8_lossy(&text).chars().take(40).collect::<String>());
-                                }
-                                f => reply(f, &mut sessions, shared, &mut out, &mut queue),
-                            }
-                        }
-                        if let Some(text) = wrong {
-                            break Err(NotRunning::Failed(format!("the relay on the host speaks {text:?}, not {:?}", String::from_utf8_lossy(HELLO))));
+                            reply(f, &mut sessions, shared, &mut out, &mut queue);
                         }
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
@@ -257,10 +258,6 @@ async fn serve(
             }
             d = inbox.recv() => {
                 let Some(d) = d else { break Ok(Ended::InboxClosed) };
-                if !greeted {
-                    drop_one(shared, d.port);
-                    continue;
-                }
                 outbound(d, &mut sessions, shared, &mut out, &mut queue);
             }
             _ = sleep_until(expiry) => {
@@ -268,9 +265,6 @@ async fn serve(
                     push(&mut out, &mut queue, &Frame::Close { session: id }, true);
                 }
                 count_sessions(&sessions, shared);
-            }
-            _ = tokio::time::sleep_until(hello_by), if !greeted => {
-                break Err(NotRunning::Failed("the relay did not answer within 10 s".into()));
             }
             changed = link_rx.changed() => {
                 let same = link_rx.borrow().as_ref().is_some_and(|l| l.generation == generation);
@@ -295,26 +289,14 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// The relay's session ended: why, from its exit status.
-async fn ended_early(session: fwd_ssh::Session, greeted: bool) -> NotRunning {
-    let status = tokio::time::timeout(Duration::from_secs(2), session.wait())
+/// The relay's session ended: its exit status, as words.
+async fn exit_status(session: fwd_ssh::Session) -> String {
+    tokio::time::timeout(Duration::from_secs(2), session.wait())
         .await
         .ok()
         .and_then(Result::ok)
-        .flatten();
-    if greeted {
-        return NotRunning::Failed(format!(
-            "the relay ended (exit {})",
-            status.map_or_else(|| "unknown".into(), |s| s.to_string())
-        ));
-    }
-    match status {
-        Some(126 | 127) => {
-            let (why, fix) = fwd_core::udp::deploy::start_failure(status);
-            NotRunning::Unsupported { why, fix }
-        }
-        other => NotRunning::Failed(fwd_core::udp::deploy::start_failure(other).0),
-    }
+        .flatten()
+        .map_or_else(|| "unknown".into(), |s| s.to_string())
 }
 
 /// Queues a frame for the relay; a datagram that does not fit is dropped
