@@ -233,7 +233,7 @@ impl Summary {
 pub(crate) struct Proc {
     ppid: u32,
     pub(crate) comm: String,
-    cmdline: String,
+    pub(crate) cmdline: String,
     pub(crate) cpu: f64,
 }
 

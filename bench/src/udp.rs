@@ -23,6 +23,7 @@
 #[allow(unused_imports)]
 use super::*;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::UdpSocket;
 
 use crate::connburst::{descendants, procs, Proc};
@@ -90,18 +91,20 @@ fn drain(s: &UdpSocket, buf: &mut [u8]) {
 }
 
 /// What one windowed stream measured.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Stream {
     sent: u64,
     /// Echoed bytes in `SIZE` datagrams.
     echoed: f64,
     /// Echoes that arrived as one whole datagram of `SIZE` bytes.
     whole: u64,
+    /// Datagrams still in flight when the time was up (not lost: their
+    /// echoes came after it).
+    tail: u64,
     secs: f64,
-    /// CPU seconds the path's processes spent meanwhile, on the runner and
-    /// on the host.
-    runner_cpu: f64,
-    host_cpu: f64,
+    /// CPU seconds each of the path's processes spent meanwhile, by where
+    /// and what they are (e.g. `runner fwdd`, `host fwd-udp-relay`).
+    cpu: BTreeMap<String, f64>,
 }
 
 impl Stream {
@@ -150,6 +153,7 @@ fn stream(s: &UdpSocket, secs: f64, buf: &mut [u8]) -> Stream {
         }
     }
     out.secs = start.elapsed().as_secs_f64();
+    out.tail = (in_flight / SIZE) as u64;
     out.echoed = echoed_bytes as f64 / SIZE as f64;
     out
 }
@@ -202,6 +206,39 @@ impl Ctx<'_> {
         fwdd
     }
 
+    /// `ssh -L 127.0.0.1:SSH_L_PORT:127.0.0.1:HOST_SOCAT_PORT` on its own
+    /// connection, its session `cat` on a pipe this side holds: the session
+    /// (and so OpenSSH's TCP_NODELAY) is open, and it ends on the host with
+    /// the connection (a `sleep` would be left running there).
+    fn udp_ssh_l(&self) -> Child {
+        let mut cmd = self.host.ssh_command();
+        cmd.args([
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "ControlPath=none",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+            &format!("127.0.0.1:{SSH_L_PORT}:127.0.0.1:{HOST_SOCAT_PORT}"),
+            &self.host.alias,
+            "cat",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = cmd.spawn().expect("spawn ssh -L");
+        let up = spawn_in_ns(&self.ns(), || {
+            poll(Duration::from_secs(20), || {
+                TcpStream::connect_timeout(&local(SSH_L_PORT), Duration::from_secs(1)).is_ok()
+            })
+        })
+        .join()
+        .expect("ssh -L wait");
+        assert!(up, "ssh -L 127.0.0.1:{SSH_L_PORT} never listened");
+        child
+    }
+
     pub(crate) fn udp(&mut self, trips: usize, secs: u64) {
         println!(
             "[udp] {trips} lockstep round trips and 3 × {secs} s of a {WINDOW}-datagram window \
@@ -209,7 +246,7 @@ impl Ctx<'_> {
         );
         self.rm_all();
         let fwdd = self.udp_fwdd();
-        self.host.run_with_host_binaries(&[
+        let echo = self.host.run_with_host_binaries(&[
             "-p",
             &format!("{ECHO_PORT}:5353/udp"),
             &self.host.image,
@@ -236,18 +273,30 @@ impl Ctx<'_> {
             format!("TCP-LISTEN:{HOST_SOCAT_PORT},fork,reuseaddr,bind=127.0.0.1"),
             format!("UDP:127.0.0.1:{ECHO_PORT}"),
         ]));
-        let mut ssh_l = self.ssh_l_serving(SSH_L_PORT, &format!("127.0.0.1:{HOST_SOCAT_PORT}"));
+        let mut ssh_l = self.udp_ssh_l();
         let runner_socat = Group::spawn(self.host.runner_command("socat").args([
             format!("UDP-LISTEN:{RUNNER_SOCAT_PORT},fork,reuseaddr,bind=127.0.0.1"),
             format!("TCP:127.0.0.1:{SSH_L_PORT}"),
         ]));
         // Each path's processes, for the CPU a datagram costs: on the
         // runner fwdd and its master, or socat and ssh -L; on the host the
-        // test host's sshd with its sessions (the relay is one) and socat.
+        // test host's sshd with its sessions (the relay is one) and socat;
+        // the echo server and its docker-proxy, which both paths share.
         let sshd = self.host.sshd_pid().map_or(0, |p| p as u32);
+        let echo_pid: u32 = self
+            .sb
+            .docker_ok(&["inspect", "-f", "{{.State.Pid}}", echo.trim()])
+            .parse()
+            .unwrap_or(0);
+        let proxy_port = format!("-host-port {ECHO_PORT} ");
+        let proxies = procs()
+            .into_iter()
+            .filter(|(_, p)| p.comm == "docker-proxy" && p.cmdline.contains(&proxy_port))
+            .map(|(pid, _)| pid);
         let roles = CpuPaths {
             runner: [vec![fwdd.pid()], vec![runner_socat.0.id(), ssh_l.id()]],
             host: vec![sshd, host_socat.0.id()],
+            echo: proxies.chain([echo_pid]).collect(),
         };
         // Sockets keep the namespace they were made in: the clients run
         // on this thread from here on.
@@ -264,7 +313,12 @@ impl Ctx<'_> {
             .and_then(|s| s.udp.into_iter().find(|u| u.local_port == ECHO_PORT));
         fwdd.stop();
         self.rm_all();
-        let Measured { rtt, lost, streams } = match measured {
+        let Measured {
+            rtt,
+            lost,
+            rtt_cpu,
+            streams,
+        } = match measured {
             Ok(m) => m,
             Err(why) => {
                 self.rep.row(
@@ -287,6 +341,25 @@ impl Ctx<'_> {
             p50_p90(&socat),
             lost[1]
         ));
+        // What each path's own processes spent per trip: fwdd, its master
+        // and the relay, or the two socats and ssh -L.
+        // (The host's sshd serves both; the CPU is counted in 10 ms ticks,
+        // so these are ±10 ms over all the trips.)
+        for (name, cpu, n, on_host) in [
+            ("fwd  ", &rtt_cpu[0], fwd.len(), "host fwd-udp-relay"),
+            ("socat", &rtt_cpu[1], socat.len(), "host socat"),
+        ] {
+            let own: Vec<String> = cpu
+                .iter()
+                .filter(|(k, _)| k.starts_with("runner") || k.starts_with(on_host))
+                .filter(|(_, v)| **v > 0.0)
+                .map(|(k, v)| format!("{k} {:.1}", 1e6 * v / n.max(1) as f64))
+                .collect();
+            self.rep.note(format!(
+                "udp CPU per round trip via {name} (µs, its own processes): {}",
+                own.join(", ")
+            ));
+        }
         let ratio = |p: f64| pct(&fwd, p) / pct(&socat, p);
         self.rep.row(
             &format!("UDP round trip ({SIZE} B, lockstep), fwd / socat over a separate ssh -L"),
@@ -307,17 +380,37 @@ impl Ctx<'_> {
             let sent: u64 = v.iter().map(|s| s.sent).sum();
             let echoed: f64 = v.iter().map(|s| s.echoed).sum();
             let whole: u64 = v.iter().map(|s| s.whole).sum();
-            let per_k =
-                |f: fn(&Stream) -> f64| 1e6 * v.iter().map(f).sum::<f64>() / echoed.max(1.0);
+            let tail: u64 = v.iter().map(|s| s.tail).sum();
+            let lost = (sent as f64 - echoed - tail as f64).max(0.0);
+            let mut cpu: BTreeMap<&str, f64> = BTreeMap::new();
+            for (what, secs) in v.iter().flat_map(|s| &s.cpu) {
+                *cpu.entry(what).or_default() += secs;
+            }
+            let per_k = |secs: f64| 1e6 * secs / echoed.max(1.0);
+            let side = |prefix: &str| {
+                per_k(
+                    cpu.iter()
+                        .filter(|(k, _)| k.starts_with(prefix))
+                        .map(|(_, v)| v)
+                        .sum(),
+                )
+            };
             self.rep.note(format!(
-                "udp datagrams/s via {name}: {:.0?}; {sent} sent, {echoed:.0} echoed ({:.1} % lost), \
-                 {} of them merged or split; CPU per 1,000 echoed: runner {:.0} ms, \
-                 host {:.0} ms",
+                "udp datagrams/s via {name}: {:.0?}; {sent} sent, {echoed:.0} echoed, {tail} in \
+                 flight at the ends, {lost:.0} lost; {} of them merged or split",
                 v.iter().map(Stream::rate).collect::<Vec<_>>(),
-                100.0 * (1.0 - echoed / sent.max(1) as f64),
                 echoed as u64 - whole.min(echoed as u64),
-                per_k(|s| s.runner_cpu),
-                per_k(|s| s.host_cpu),
+            ));
+            self.rep.note(format!(
+                "udp CPU per 1,000 echoed via {name}: runner {:.1} ms, host {:.1} ms, echo server \
+                 and docker-proxy {:.1} ms ({})",
+                side("runner"),
+                side("host"),
+                side("echo"),
+                cpu.iter()
+                    .map(|(k, v)| format!("{k} {:.1}", per_k(*v)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         if let Some(u) = udp {
@@ -354,22 +447,42 @@ struct CpuPaths {
     runner: [Vec<u32>; 2],
     /// On the host, for either path (only one moves datagrams at a time).
     host: Vec<u32>,
+    /// The echo server and its docker-proxy, which both paths go through.
+    echo: Vec<u32>,
 }
 
 impl CpuPaths {
-    /// CPU seconds of `roots` and their descendants in `p`.
-    fn cpu(p: &HashMap<u32, Proc>, roots: &[u32]) -> f64 {
-        roots
-            .iter()
-            .flat_map(|r| descendants(p, *r))
-            .filter_map(|pid| p.get(&pid).map(|q| q.cpu))
-            .sum()
+    /// CPU seconds path `i`'s processes spent from `a` to `b`, by where and
+    /// what each is (a process forked meanwhile counts whole).
+    fn spent(
+        &self,
+        i: usize,
+        a: &HashMap<u32, Proc>,
+        b: &HashMap<u32, Proc>,
+    ) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for (side, roots) in [
+            ("runner", &self.runner[i]),
+            ("host", &self.host),
+            ("echo", &self.echo),
+        ] {
+            let pids: BTreeSet<u32> = roots.iter().flat_map(|r| descendants(b, *r)).collect();
+            for pid in pids {
+                let Some(q) = b.get(&pid) else { continue };
+                let was = a.get(&pid).map_or(0.0, |p| p.cpu);
+                *out.entry(format!("{side} {}", q.comm)).or_default() += (q.cpu - was).max(0.0);
+            }
+        }
+        out
     }
 }
 
 struct Measured {
     rtt: [Vec<f64>; 2],
     lost: [usize; 2],
+    /// CPU seconds over all the round trips, by process, of each path's
+    /// own processes (the host's sshd and the echo server are both's).
+    rtt_cpu: [BTreeMap<String, f64>; 2],
     streams: [Vec<Stream>; 2],
 }
 
@@ -403,6 +516,7 @@ fn measure(
     let mut rtt = [Vec::new(), Vec::new()];
     let mut lost = [0usize; 2];
     let deadline = Instant::now() + Duration::from_secs(300);
+    let before = procs();
     for round in 0..trips {
         if Instant::now() > deadline {
             break;
@@ -417,6 +531,8 @@ fn measure(
             }
         }
     }
+    let after = procs();
+    let rtt_cpu = [0, 1].map(|i| roles.spent(i, &before, &after));
     for s in paths {
         drain(s, &mut buf);
     }
@@ -427,16 +543,17 @@ fn measure(
             let before = procs();
             let mut st = stream(&paths[i], secs as f64, &mut buf);
             let after = procs();
-            let spent = |roots: &[u32]| {
-                (CpuPaths::cpu(&after, roots) - CpuPaths::cpu(&before, roots)).max(0.0)
-            };
-            st.runner_cpu = spent(&roles.runner[i]);
-            st.host_cpu = spent(&roles.host);
+            st.cpu = roles.spent(i, &before, &after);
             streams[i].push(st);
             drain(&paths[i], &mut buf);
         }
     }
-    Ok(Measured { rtt, lost, streams })
+    Ok(Measured {
+        rtt,
+        lost,
+        rtt_cpu,
+        streams,
+    })
 }
 
 /// p50 / p90 / max of a sorted slice, in ms.
