@@ -246,19 +246,7 @@ impl Ctx<'_> {
         );
         self.rm_all();
         let fwdd = self.udp_fwdd();
-        let echo = self.host.run_with_host_binaries(&[
-            "-p",
-            &format!("{ECHO_PORT}:5353/udp"),
-            &self.host.image,
-            "/usr/bin/python3",
-            "-u",
-            "-c",
-            "import socket\n\
-             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)\n\
-             s.bind(('0.0.0.0', 5353))\n\
-             while True:\n    d, a = s.recvfrom(65535)\n    s.sendto(d, a)\n",
-        ]);
+        let echo = self.host.udp_echo(ECHO_PORT);
         let serving = poll(Duration::from_secs(30), || {
             fwdd.status().is_some_and(|s| {
                 s.udp

@@ -718,6 +718,25 @@ impl TestHost {
         self.run(&full)
     }
 
+    /// A UDP echo server (the runner's Python, bind-mounted: busybox has
+    /// none) on container port 5353, published at `host_port`/udp; its
+    /// container id. A 4 MiB receive buffer, so a burst reaches it whole.
+    pub fn udp_echo(&self, host_port: u16) -> String {
+        self.run_with_host_binaries(&[
+            "-p",
+            &format!("{host_port}:5353/udp"),
+            &self.image,
+            "/usr/bin/python3",
+            "-u",
+            "-c",
+            "import socket\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)\n\
+             s.bind(('0.0.0.0', 5353))\n\
+             while True:\n    d, a = s.recvfrom(65535)\n    s.sendto(d, a)\n",
+        ])
+    }
+
     /// Busybox httpd serving `/www` (body `hello\n`) on container port 8080, published with
     /// the given `-p` specs (e.g. `["18080:8080"]`); returns the container id.
     pub fn httpd(&self, publish: &[&str]) -> String {

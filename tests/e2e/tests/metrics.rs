@@ -227,23 +227,6 @@ fn names_and_their_connections_are_counted_per_host() {
     );
 }
 
-/// A UDP echo server (the runner's Python, bind-mounted) on container port
-/// 5353, published at `host_port`; its container id.
-fn udp_echo(host: &TestHost, host_port: u16) -> String {
-    host.run_with_host_binaries(&[
-        "-p",
-        &format!("{host_port}:5353/udp"),
-        &host.image,
-        "/usr/bin/python3",
-        "-u",
-        "-c",
-        "import socket\n\
-         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-         s.bind(('0.0.0.0', 5353))\n\
-         while True:\n    d, a = s.recvfrom(65535)\n    s.sendto(d, a)\n",
-    ])
-}
-
 /// The label names of each sample of the families beginning with `prefix`.
 fn label_names<'a>(text: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
     text.lines()
@@ -284,7 +267,7 @@ fn udp_forwards_are_counted_per_host_and_outlive_their_container() {
     ] {
         assert_eq!(sample(&text, series), Some(0.0), "{series}: {text}");
     }
-    let id = udp_echo(&host, 20720);
+    let id = host.udp_echo(20720);
     wait_sample(
         &host,
         "fwd_udp_forwards{host=\"box\",state=\"serving\"}",

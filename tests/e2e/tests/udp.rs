@@ -14,24 +14,6 @@ use common::Fwdd;
 use fwd_e2e::{wait_until, TestHost};
 use fwd_proto::UdpStatus;
 
-/// A UDP echo server (the host's Python, bind-mounted) on container port
-/// 5353, published at `host_port`.
-fn udp_echo(host: &TestHost, host_port: u16) -> String {
-    host.run_with_host_binaries(&[
-        "-p",
-        &format!("{host_port}:5353/udp"),
-        &host.image,
-        "/usr/bin/python3",
-        "-u",
-        "-c",
-        "import socket\n\
-         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)\n\
-         s.bind(('0.0.0.0', 5353))\n\
-         while True:\n    d, a = s.recvfrom(65535)\n    s.sendto(d, a)\n",
-    ])
-}
-
 fn config(host: &TestHost, extra: &str) -> String {
     // fwdd carries the relay from beside its own binary.
     common::udp_relay();
@@ -107,7 +89,7 @@ fn a_published_udp_port_answers_whole_and_each_client_gets_its_own_replies() {
     let host = sandbox_host!("udp_echo");
     let fwdd = Fwdd::spawn_with_config(&host, &config(&host, ""));
     fwdd.wait_connected();
-    udp_echo(&host, 21400);
+    host.udp_echo(21400);
     wait_udp_state(&fwdd, 21400, "serving");
     let c = client(&host, 21400);
     assert_eq!(
@@ -178,7 +160,7 @@ fn udp_answers_again_within_a_second_of_a_new_master() {
     let host = sandbox_host!("udp_master_kill");
     let fwdd = Fwdd::spawn_with_config(&host, &config(&host, ""));
     fwdd.wait_connected();
-    udp_echo(&host, 21410);
+    host.udp_echo(21410);
     wait_udp_state(&fwdd, 21410, "serving");
     let c = client(&host, 21410);
     assert!(round_trip(&c, b"before", Duration::from_secs(20)).is_some());
@@ -223,8 +205,8 @@ fn a_removed_container_releases_its_port_and_a_stopped_fwdd_leaves_nothing() {
     let host = sandbox_host!("udp_cleanup");
     let mut fwdd = Fwdd::spawn_with_config(&host, &config(&host, ""));
     fwdd.wait_connected();
-    let id = udp_echo(&host, 21420);
-    udp_echo(&host, 21421);
+    let id = host.udp_echo(21420);
+    host.udp_echo(21421);
     wait_udp_state(&fwdd, 21420, "serving");
     let c = client(&host, 21420);
     assert!(round_trip(&c, b"x", Duration::from_secs(20)).is_some());
@@ -263,7 +245,7 @@ fn a_host_where_the_relay_cannot_run_says_why_and_nothing_else_breaks() {
     ));
     let fwdd = Fwdd::spawn_with_config(&host, &config(&host, ""));
     fwdd.wait_connected();
-    udp_echo(&host, 21430);
+    host.udp_echo(21430);
     host.httpd(&["21431:8080"]);
     let st = wait_udp_state(&fwdd, 21430, "unsupported");
     let reason = st.reason.unwrap_or_default();
@@ -290,7 +272,7 @@ fn a_burst_past_what_the_path_carries_is_dropped_and_counted() {
     let host = sandbox_host!("udp_burst");
     let fwdd = Fwdd::spawn_with_config(&host, &config(&host, ""));
     fwdd.wait_connected();
-    udp_echo(&host, 21440);
+    host.udp_echo(21440);
     wait_udp_state(&fwdd, 21440, "serving");
     let c = client(&host, 21440);
     assert!(round_trip(&c, b"warm", Duration::from_secs(20)).is_some());
@@ -363,7 +345,7 @@ fn an_upgrade_keeps_the_udp_socket() {
         &[],
     );
     fwdd.wait_connected();
-    udp_echo(&host, 21445);
+    host.udp_echo(21445);
     wait_udp_state(&fwdd, 21445, "serving");
     let c = client(&host, 21445);
     assert!(round_trip(&c, b"before", Duration::from_secs(20)).is_some());
