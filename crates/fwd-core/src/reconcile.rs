@@ -138,6 +138,7 @@ pub fn reconcile(desired: &Desired, held: &BTreeMap<u16, Held>, now: Instant) ->
 }
 
 /// One host's part in a reconcile.
+#[derive(Clone)]
 pub struct HostView<'a> {
     pub host: &'a HostKey,
     /// `max_forwards`: at most this many of the host's claims are served.

@@ -485,12 +485,14 @@ impl Daemon {
         }
         self.serve.starts.plan_applied();
         *self.rejected.borrow_mut() = plan.rejected;
-        let udp_on = |host: &HostKey| config.hosts.iter().any(|c| *c.name == **host && c.udp);
         // A UDP port of a host with `udp = true` is a UDP forward instead.
         *self.unsupported.borrow_mut() = plan
             .unsupported
             .into_iter()
-            .filter(|u| !(u.binding.protocol == fwd_core::Protocol::Udp && udp_on(&u.host)))
+            .filter(|u| {
+                !(u.binding.protocol == fwd_core::Protocol::Udp
+                    && configured(&config, &u.host, |c| c.udp))
+            })
             .collect();
         self.report_caps(&plan.capped, plan.over_total, limits.forwards_total);
         self.over_total.set(plan.over_total);
@@ -520,24 +522,7 @@ impl Daemon {
         resynced: bool,
         now: Instant,
     ) {
-        let named = |key: &HostKey| {
-            config
-                .hosts
-                .iter()
-                .find(|c| *c.name == **key)
-                .is_some_and(|c| c.names)
-        };
-        let named_views: Vec<HostView<'_>> = views
-            .iter()
-            .filter(|v| named(v.host))
-            .map(|v| HostView {
-                host: v.host,
-                max_forwards: v.max_forwards,
-                forwards_per_container: v.forwards_per_container,
-                route: v.route,
-                containers: v.containers.clone(),
-            })
-            .collect();
+        let named_views = views_where(views, config, |c| c.names);
         let mut names = self.names.borrow_mut();
         if named_views.is_empty() && names.last_plan() == &fwd_core::names::NamesPlan::default() {
             return;
@@ -563,17 +548,7 @@ impl Daemon {
 
     /// The published UDP ports of the hosts with `udp = true`.
     fn plan_udp(&self, views: &[HostView<'_>], config: &Config) {
-        let udp_views: Vec<HostView<'_>> = views
-            .iter()
-            .filter(|v| config.hosts.iter().any(|c| *c.name == **v.host && c.udp))
-            .map(|v| HostView {
-                host: v.host,
-                max_forwards: v.max_forwards,
-                forwards_per_container: v.forwards_per_container,
-                route: v.route,
-                containers: v.containers.clone(),
-            })
-            .collect();
+        let udp_views = views_where(views, config, |c| c.udp);
         let mut udp = self.udp.borrow_mut();
         if udp_views.is_empty() && udp.forwards.is_empty() {
             return;
@@ -688,6 +663,24 @@ impl Daemon {
             let _ = std::fs::remove_file(&h.engine_forward);
         }
     }
+}
+
+/// Whether `host`'s configuration now (a reload keeps the host) has `on`.
+fn configured(config: &Config, host: &HostKey, on: impl Fn(&HostConfig) -> bool) -> bool {
+    config.hosts.iter().any(|c| *c.name == **host && on(c))
+}
+
+/// The views of the hosts whose configuration has `on` (names, UDP).
+fn views_where<'a>(
+    views: &[HostView<'a>],
+    config: &Config,
+    on: impl Fn(&HostConfig) -> bool,
+) -> Vec<HostView<'a>> {
+    views
+        .iter()
+        .filter(|v| configured(config, v.host, &on))
+        .cloned()
+        .collect()
 }
 
 /// Gives a host's exposures their configuration; a port that cannot be
