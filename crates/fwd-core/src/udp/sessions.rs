@@ -50,6 +50,9 @@ pub struct Sessions {
     settings: SessionSettings,
     by_client: HashMap<(u16, SocketAddr), SessionId>,
     by_id: BTreeMap<SessionId, Session>,
+    /// Sessions per forward, kept with the maps: `open` asks it for every
+    /// new client, and status for every forward.
+    per_forward: HashMap<u16, usize>,
     next: SessionId,
 }
 
@@ -82,6 +85,7 @@ impl Sessions {
             }
         }
         let id = self.next;
+        *self.per_forward.entry(forward).or_default() += 1;
         self.by_client.insert((forward, client), id);
         self.by_id.insert(
             id,
@@ -104,6 +108,12 @@ impl Sessions {
     pub fn close(&mut self, id: SessionId) {
         if let Some(s) = self.by_id.remove(&id) {
             self.by_client.remove(&(s.forward, s.client));
+            if let Some(n) = self.per_forward.get_mut(&s.forward) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_forward.remove(&s.forward);
+                }
+            }
         }
     }
 
@@ -151,10 +161,11 @@ impl Sessions {
     pub fn reset(&mut self) {
         self.by_client.clear();
         self.by_id.clear();
+        self.per_forward.clear();
     }
 
     pub fn count(&self, forward: u16) -> usize {
-        self.by_id.values().filter(|s| s.forward == forward).count()
+        self.per_forward.get(&forward).copied().unwrap_or(0)
     }
 }
 

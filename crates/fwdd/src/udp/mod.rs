@@ -280,7 +280,10 @@ fn serve(
         port,
         Target {
             to,
-            sockets: sockets.clone(),
+            sockets: sockets
+                .iter()
+                .filter_map(|s| Some((s.local_addr().ok()?, s.clone())))
+                .collect(),
             stats: stats.clone(),
         },
     );

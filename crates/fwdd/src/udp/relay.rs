@@ -49,7 +49,9 @@ pub struct UdpStats {
 /// Where the relay sends a forward's datagrams, and how replies leave.
 pub struct Target {
     pub to: SocketAddr,
-    pub sockets: Vec<Rc<UdpSocket>>,
+    /// Each socket with its address, learnt once: a reply leaves through
+    /// the socket of its client's family.
+    pub sockets: Vec<(SocketAddr, Rc<UdpSocket>)>,
     pub stats: Rc<UdpStats>,
 }
 
@@ -371,10 +373,11 @@ fn reply(f: Frame, sessions: &mut Sessions, shared: &Shared, out: &mut Vec<u8>, 
                 push(out, queue, &Frame::Close { session }, true);
                 return;
             };
-            let socket = target.sockets.iter().find(|s| {
-                s.local_addr()
-                    .is_ok_and(|a| a.is_ipv4() == client.is_ipv4())
-            });
+            let socket = target
+                .sockets
+                .iter()
+                .find(|(a, _)| a.is_ipv4() == client.is_ipv4())
+                .map(|(_, s)| s);
             match socket.map(|s| s.try_send_to(&datagram, client)) {
                 Some(Ok(_)) => {
                     target
