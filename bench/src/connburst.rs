@@ -703,15 +703,17 @@ impl Ctx<'_> {
         }
     }
 
-    /// `ssh -L 127.0.0.1:<lport>:<remote> <alias> sleep 3600` in the runner netns: its own
+    /// `ssh -L 127.0.0.1:<lport>:<remote>` in the runner netns: its own
     /// connection (no ControlMaster) with a session open.
     pub(crate) fn spawn_ssh_l(&self, lport: u16, remote: &str) -> Child {
         self.spawn_ssh_forwarding(&["-L", &format!("127.0.0.1:{lport}:{remote}")])
     }
 
-    /// `ssh <forwarding args> <alias> sleep 3600` in the runner netns: what a
-    /// user runs instead of fwd, on its own connection with a session open
-    /// (so OpenSSH turns TCP_NODELAY on).
+    /// `ssh <forwarding args> <alias> cat` in the runner netns: what a user
+    /// runs instead of fwd, on its own connection with a session open (so
+    /// OpenSSH turns TCP_NODELAY on). The session's `cat` reads a pipe the
+    /// child holds, so it ends on the host with the connection (a `sleep`
+    /// was left running there).
     pub(crate) fn spawn_ssh_forwarding(&self, forwards: &[&str]) -> Child {
         let mut cmd = self.host.ssh_command();
         cmd.args([
@@ -723,8 +725,8 @@ impl Ctx<'_> {
             "ExitOnForwardFailure=yes",
         ])
         .args(forwards)
-        .args([&self.host.alias, "sleep", "3600"])
-        .stdin(Stdio::null())
+        .args([&self.host.alias, "cat"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         cmd.spawn().expect("spawn ssh")

@@ -546,22 +546,7 @@ impl Ctx<'_> {
             let mut ssh_l = self.ssh_l_serving(lport, &remote);
             let want = mib * 1024 * 1024;
             let (a, b) = spawn_in_ns(&self.ns(), move || {
-                let transfer = |p: u16| -> Option<f64> {
-                    for _ in 0..50 {
-                        let t = Instant::now();
-                        let Ok(mut s) = TcpStream::connect(local(p)) else {
-                            thread::sleep(Duration::from_millis(100));
-                            continue;
-                        };
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-                        if read_up_to(&mut s, want) >= want {
-                            return Some(want as f64 / 1048576.0 / t.elapsed().as_secs_f64());
-                        }
-                        drop(s);
-                        thread::sleep(Duration::from_millis(100));
-                    }
-                    None
-                };
+                let transfer = |p: u16| transfer_mib_s(local(p), want);
                 let (mut a, mut b) = (Vec::new(), Vec::new());
                 for _ in 0..2 {
                     a.extend(transfer(port));

@@ -320,24 +320,7 @@ impl Ctx<'_> {
             local(SSH_L_BULK_PORT),
         ];
         let runs = spawn_in_ns(&self.ns(), move || {
-            let transfer = |to: SocketAddr| -> Option<f64> {
-                // nc serves one client at a time and is restarted by the
-                // loop: a connection that finds it between two is retried.
-                for _ in 0..50 {
-                    let t = Instant::now();
-                    let Ok(mut s) = TcpStream::connect(to) else {
-                        thread::sleep(Duration::from_millis(100));
-                        continue;
-                    };
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-                    if read_up_to(&mut s, want) >= want {
-                        return Some(want as f64 / 1048576.0 / t.elapsed().as_secs_f64());
-                    }
-                    drop(s);
-                    thread::sleep(Duration::from_millis(100));
-                }
-                None
-            };
+            let transfer = |to: SocketAddr| transfer_mib_s(to, want);
             let mut runs = vec![Vec::new(); paths.len()];
             for round in 0..3 {
                 // Each round begins with another path (see the setup's).

@@ -206,39 +206,6 @@ impl Ctx<'_> {
         fwdd
     }
 
-    /// `ssh -L 127.0.0.1:SSH_L_PORT:127.0.0.1:HOST_SOCAT_PORT` on its own
-    /// connection, its session `cat` on a pipe this side holds: the session
-    /// (and so OpenSSH's TCP_NODELAY) is open, and it ends on the host with
-    /// the connection (a `sleep` would be left running there).
-    fn udp_ssh_l(&self) -> Child {
-        let mut cmd = self.host.ssh_command();
-        cmd.args([
-            "-o",
-            "ControlMaster=no",
-            "-o",
-            "ControlPath=none",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-L",
-            &format!("127.0.0.1:{SSH_L_PORT}:127.0.0.1:{HOST_SOCAT_PORT}"),
-            &self.host.alias,
-            "cat",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let child = cmd.spawn().expect("spawn ssh -L");
-        let up = spawn_in_ns(&self.ns(), || {
-            poll(Duration::from_secs(20), || {
-                TcpStream::connect_timeout(&local(SSH_L_PORT), Duration::from_secs(1)).is_ok()
-            })
-        })
-        .join()
-        .expect("ssh -L wait");
-        assert!(up, "ssh -L 127.0.0.1:{SSH_L_PORT} never listened");
-        child
-    }
-
     pub(crate) fn udp(&mut self, trips: usize, secs: u64) {
         println!(
             "[udp] {trips} lockstep round trips and 3 × {secs} s of a {WINDOW}-datagram window \
@@ -261,7 +228,7 @@ impl Ctx<'_> {
             format!("TCP-LISTEN:{HOST_SOCAT_PORT},fork,reuseaddr,bind=127.0.0.1"),
             format!("UDP:127.0.0.1:{ECHO_PORT}"),
         ]));
-        let mut ssh_l = self.udp_ssh_l();
+        let mut ssh_l = self.ssh_l_serving(SSH_L_PORT, &format!("127.0.0.1:{HOST_SOCAT_PORT}"));
         let runner_socat = Group::spawn(self.host.runner_command("socat").args([
             format!("UDP-LISTEN:{RUNNER_SOCAT_PORT},fork,reuseaddr,bind=127.0.0.1"),
             format!("TCP:127.0.0.1:{SSH_L_PORT}"),
